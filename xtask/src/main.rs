@@ -1,0 +1,44 @@
+//! `cargo xtask <task>`: the project's developer entry points.
+//!
+//! xtask compiles on any stable toolchain; everything else is built with the toolchains pinned in
+//! the workspace Cargo.toml, which `setup` installs.
+
+mod cmd;
+mod install;
+mod setup;
+mod tasks;
+mod toolchains;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  setup              install the pinned toolchains, bpf-linker, Debian packages, test venv; mount bpffs
+  build [--release]  build the agent (and, through it, the XDP program)
+  run -- <args>      build and run the agent with <args>, e.g. `cargo xtask run -- run -c dev.toml`
+  demo               private (and public) mode end to end in throw-away network namespaces
+  test [args]        every test of the project (args go to `cargo test`)
+  bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
+  install            install the binary, the systemd unit and an example config";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "setup" => setup::run().map(|_| ()),
+        "build" => tasks::build(&rest),
+        "run" => tasks::run(&rest),
+        "demo" => tasks::demo(&rest),
+        "test" => tasks::test(&rest),
+        "bench" => tasks::bench(&rest),
+        "install" => tasks::install(&rest),
+        "" | "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n\n{USAGE}"),
+    }
+}
