@@ -1,2 +1,26 @@
 //! serve-guard: keeps Ray Serve's ports private to the VPC with an XDP filter, or (public mode)
 //! behind a per-cluster bearer token.
+//!
+//! Where things live:
+//! - `config`: the TOML config file and its validation.
+//! - `cidr`: the VPC CIDR list: parsing, normalisation, limits.
+//! - `filter`: the XDP program: loading, pinning, attaching, maps, counters.
+//! - `agent`: `serve-guard run`, wiring the filter, the control socket, metrics and the proxy.
+//! - `control`: the agent's control socket (HTTP/1.1 + JSON over a Unix socket), server and client.
+//! - `store`: the CIDR file as the source of truth: revisions, atomic writes, live apply.
+//! - `watch`: follows the CIDR file on disk (inotify).
+//! - `metrics`: the Prometheus /metrics and /ready endpoint.
+//! - `token`, `proxy`: public mode, the token and the token-checking reverse proxy.
+//! - `cli`: one file per verb.
+
+pub mod agent;
+pub mod cidr;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod filter;
+pub mod metrics;
+pub mod proxy;
+pub mod store;
+pub mod token;
+pub mod watch;

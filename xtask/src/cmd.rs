@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 /// Runs `cmd`, inheriting stdio; fails with the command line if it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", display(cmd));
-    let status = cmd.status().with_context(|| format!("starting `{}`", display(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting `{}`", display(cmd)))?;
     if !status.success() {
         bail!("`{}` failed: {status}", display(cmd));
     }
@@ -23,7 +25,9 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 
 /// Runs `cmd` and returns its stdout, failing with its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("starting `{}`", display(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting `{}`", display(cmd)))?;
     if !out.status.success() {
         bail!(
             "`{}` failed: {}\n{}",

@@ -25,13 +25,17 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// lib/ holds `libLLVM.so` and the versioned name, both links into the nightly's sysroot. Kept
 /// outside the repository because bpf-linker's RUNPATH points at it.
 fn llvm_prefix(ebpf_toolchain: &str) -> PathBuf {
-    cargo_home().join("serve-guard").join(format!("llvm-{ebpf_toolchain}"))
+    cargo_home()
+        .join("serve-guard")
+        .join(format!("llvm-{ebpf_toolchain}"))
 }
 
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        })
 }
 
 /// Outcome of one step, for the closing summary.
@@ -44,8 +48,14 @@ enum Step {
 pub fn run() -> Result<Toolchains> {
     let tc = toolchains::load()?;
     let steps: [(&str, Box<dyn Fn() -> Result<Step>>); 6] = [
-        ("stable toolchain", Box::new(|| toolchain(&tc.stable, &["clippy", "rustfmt"]))),
-        ("eBPF toolchain", Box::new(|| toolchain(&tc.ebpf, &["rust-src"]))),
+        (
+            "stable toolchain",
+            Box::new(|| toolchain(&tc.stable, &["clippy", "rustfmt"])),
+        ),
+        (
+            "eBPF toolchain",
+            Box::new(|| toolchain(&tc.ebpf, &["rust-src"])),
+        ),
         ("bpf-linker", Box::new(|| bpf_linker(&tc.ebpf))),
         ("Debian packages", Box::new(debian_packages)),
         ("bpffs", Box::new(bpffs)),
@@ -71,10 +81,16 @@ fn toolchain(name: &str, components: &[&str]) -> Result<Step> {
     let installed = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
     let have_toolchain = installed.lines().any(|l| l.starts_with(name));
     let have_components = have_toolchain && {
-        let list = cmd::output(
-            Command::new("rustup").args(["component", "list", "--installed", "--toolchain", name]),
-        )?;
-        components.iter().all(|c| list.lines().any(|l| l.starts_with(c)))
+        let list = cmd::output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            name,
+        ]))?;
+        components
+            .iter()
+            .all(|c| list.lines().any(|l| l.starts_with(c)))
     };
     if have_components {
         return Ok(Step::Done);
@@ -97,7 +113,11 @@ fn bpf_linker(ebpf_toolchain: &str) -> Result<Step> {
     if works && stamp.exists() {
         return Ok(Step::Done);
     }
-    let sysroot = cmd::output(Command::new("rustc").arg(format!("+{ebpf_toolchain}")).args(["--print", "sysroot"]))?;
+    let sysroot = cmd::output(
+        Command::new("rustc")
+            .arg(format!("+{ebpf_toolchain}"))
+            .args(["--print", "sysroot"]),
+    )?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
     let libllvm = std::fs::read_dir(&sysroot_lib)
         .with_context(|| format!("reading {}", sysroot_lib.display()))?
@@ -124,7 +144,11 @@ fn bpf_linker(ebpf_toolchain: &str) -> Result<Step> {
         .args(["install", "bpf-linker", "--locked", "--force"])
         .env("LLVM_PREFIX", &prefix);
     if llvm_major != 23 {
-        install.args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")]);
+        install.args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ]);
     }
     cmd::run(&mut install)?;
     if !cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
@@ -189,7 +213,11 @@ fn python_venv() -> Result<Step> {
     if std::fs::read_to_string(&installed).is_ok_and(|have| have == wanted) {
         return Ok(Step::Done);
     }
-    cmd::run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
     cmd::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check", "-r"])

@@ -9,7 +9,8 @@ use std::process::Command;
 
 fn cargo(tc: &Toolchains) -> Command {
     let mut c = Command::new("cargo");
-    c.arg(format!("+{}", tc.stable)).current_dir(toolchains::workspace_root());
+    c.arg(format!("+{}", tc.stable))
+        .current_dir(toolchains::workspace_root());
     // The tests and the demo find the agent binary and the Ray venv through these.
     c.env("SERVE_GUARD_RAY_VENV", setup::venv_dir());
     c
@@ -22,7 +23,9 @@ fn target_dir() -> PathBuf {
 }
 
 fn agent_path(release: bool) -> PathBuf {
-    target_dir().join(if release { "release" } else { "debug" }).join("serve-guard")
+    target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("serve-guard")
 }
 
 fn build_agent(tc: &Toolchains, release: bool) -> Result<PathBuf> {
@@ -58,9 +61,17 @@ pub fn demo(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let agent = build_agent(&tc, false)?;
     let mut c = cargo(&tc);
-    c.args(["run", "--quiet", "--package", "serve-guard-tests", "--bin", "demo", "--"])
-        .args(args)
-        .env("SERVE_GUARD_BIN", agent);
+    c.args([
+        "run",
+        "--quiet",
+        "--package",
+        "serve-guard-tests",
+        "--bin",
+        "demo",
+        "--",
+    ])
+    .args(args)
+    .env("SERVE_GUARD_BIN", agent);
     cmd::run(&mut c)
 }
 
@@ -68,15 +79,26 @@ pub fn test(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let agent = build_agent(&tc, false)?;
     let mut c = cargo(&tc);
-    c.args(["test", "--workspace"]).args(args).env("SERVE_GUARD_BIN", agent);
+    c.args(["test", "--workspace"])
+        .args(args)
+        .env("SERVE_GUARD_BIN", agent);
     cmd::run(&mut c)
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let mut c = cargo(&tc);
-    c.args(["run", "--release", "--quiet", "--package", "serve-guard-tests", "--bin", "bench", "--"])
-        .args(args);
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "serve-guard-tests",
+        "--bin",
+        "bench",
+        "--",
+    ])
+    .args(args);
     cmd::run(&mut c)
 }
 

@@ -64,7 +64,9 @@ mod tests {
 
     #[test]
     fn names_a_missing_key() {
-        let err = super::parse("[workspace.metadata.toolchains]\nstable = \"1\"\n").err().unwrap();
+        let err = super::parse("[workspace.metadata.toolchains]\nstable = \"1\"\n")
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("ebpf"), "{err}");
     }
 }

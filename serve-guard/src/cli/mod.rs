@@ -1,0 +1,76 @@
+//! The command line: `serve-guard [-c FILE] <verb>`. One file per verb; each exposes `Args` and
+//! `exec`. This is the binary's edge, so verbs return anyhow errors.
+
+mod cidr;
+mod detach;
+mod run;
+mod stats;
+mod status;
+mod token;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Where every verb looks for the config unless `-c` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/serve-guard/serve-guard.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "serve-guard", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file. Global: every verb reads it, so it finds the same files and control socket as
+    /// the agent.
+    #[arg(short = 'c', long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "SERVE_GUARD_CONFIG")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: attach the filter (and, in public mode, the token proxy) until stopped.
+    Run(run::Args),
+    /// Mode, interfaces, ports, CIDR revision; in public mode the URL, token and API docs links.
+    Status(status::Args),
+    /// List or change the VPC CIDR allow-list (live, through the running agent).
+    Cidr(cidr::Args),
+    /// Show or rotate the public-mode token.
+    Token(token::Args),
+    /// Packet counters by reason and address family.
+    Stats(stats::Args),
+    /// Remove the filter: XDP links, program and pinned maps.
+    Detach(detach::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("serve-guard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let config = cli.config;
+        match cli.command {
+            Command::Run(args) => run::exec(&config, args).await,
+            Command::Status(args) => status::exec(&config, args).await,
+            Command::Cidr(args) => cidr::exec(&config, args).await,
+            Command::Token(args) => token::exec(&config, args).await,
+            Command::Stats(args) => stats::exec(&config, args).await,
+            Command::Detach(args) => detach::exec(&config, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("serve-guard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! `serve-guard stats` (being written).
+
+use std::path::Path;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub async fn exec(_config: &Path, _args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`stats` is not implemented yet")
+}

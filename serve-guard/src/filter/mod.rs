@@ -1,0 +1,3 @@
+//! The XDP program: loading, pinning, attaching, maps, counters.
+
+pub mod object;
