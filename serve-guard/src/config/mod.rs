@@ -1,1 +1,3 @@
-//! (being written)
+//! The TOML config file (being written).
+
+pub mod public;
