@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod filter;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod store;
