@@ -1,1 +1,568 @@
-//! (being written)
+//! The CIDR file as the single source of truth, and the one path every change takes.
+//!
+//! Every change (a `cidr` verb over the control socket, the watcher seeing the file change, or the
+//! CLI editing the file while no agent runs) goes through [`Store::apply`], which:
+//! 1. serialises: one change at a time in this process (mutex) and across processes (flock on
+//!    `<state_dir>/cidr.lock`);
+//! 2. folds in an external edit of the file first, so a change never overwrites an edit it has not
+//!    seen, and checks `--if-revision` against the result;
+//! 3. validates the whole change before touching anything (errors name the line or argument);
+//! 4. writes the file atomically, then updates the XDP maps (the filter adds before it removes, so
+//!    there is no gap); if the maps cannot be updated, it restores the old list in the maps and the
+//!    old bytes in the file, so file and maps always hold the same list;
+//! 5. records the revision in `<state_dir>/cidr-revision` so it survives restarts.
+//!
+//! The revision counts list changes. An edit that leaves the list as it was (a comment, our own
+//! write seen by the watcher, an `add` of a range already present) does not make a revision.
+
+pub mod fsutil;
+
+use crate::cidr::{self, CidrError, CidrList};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The revision file in `state_dir`: `revision N`, then the list the revision stands for.
+pub const REVISION_FILE: &str = "cidr-revision";
+/// The lock file in `state_dir` that serialises changes across processes.
+pub const LOCK_FILE: &str = "cidr.lock";
+/// How long a change waits for another process's change before giving up.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first revision of a list the store has never seen.
+pub const FIRST_REVISION: u64 = 1;
+
+const REVISION_PREFIX: &str = "revision ";
+const FILE_HEADER: &str = "serve-guard VPC CIDR allow-list: one CIDR per line, `#` starts a comment.\n\
+Edits to this file apply live; `serve-guard cidr add|remove|replace` edits it too.";
+const REVISION_HEADER: &str = "serve-guard CIDR revision state; do not edit.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Cidr(#[from] CidrError),
+    #[error("{path}: {source}")]
+    InvalidFile { path: PathBuf, source: CidrError },
+    #[error("{at}: {net} is not in the list, nothing was removed")]
+    NotPresent { at: cidr::Location, net: IpNet },
+    #[error(
+        "the change was made against revision {expected} but the list is at revision {current}; nothing was changed (run `serve-guard cidr list` and retry)"
+    )]
+    Stale { expected: u64, current: u64 },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} is corrupt ({reason}); remove it to start the revision count again")]
+    CorruptRevision { path: PathBuf, reason: String },
+    #[error(
+        "another change holds {path} for more than {}s; nothing was changed",
+        LOCK_TIMEOUT.as_secs()
+    )]
+    LockTimeout { path: PathBuf },
+    #[error(
+        "updating the XDP maps failed ({reason}); the file and the maps were restored to revision {revision}, nothing was changed"
+    )]
+    MapsRestored { reason: String, revision: u64 },
+    #[error(
+        "updating the XDP maps failed ({reason}) and restoring revision {revision} failed too ({restore}); the maps may hold a mix of both lists: restart the agent to reload {path}"
+    )]
+    MapsInconsistent {
+        reason: String,
+        restore: String,
+        revision: u64,
+        path: PathBuf,
+    },
+    #[error("the change worker stopped: {0}")]
+    Worker(String),
+}
+
+impl StoreError {
+    fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Self + 'a {
+        move |source| StoreError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether the request itself was wrong (bad input, stale revision) rather than the node.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Cidr(_)
+                | StoreError::InvalidFile { .. }
+                | StoreError::NotPresent { .. }
+                | StoreError::Stale { .. }
+        )
+    }
+}
+
+/// Where the XDP maps are updated. Implemented by the filter; tests use a recording sink.
+pub trait CidrSink: Send {
+    /// Makes the maps hold exactly `list`, without a gap for sources in both old and new list.
+    fn load_cidrs(
+        &mut self,
+        list: &CidrList,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// The maps as the agent shares them.
+pub type SharedSink = Arc<tokio::sync::Mutex<dyn CidrSink>>;
+
+/// One change to the list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "op", content = "cidrs")]
+pub enum Change {
+    /// Add command-line CIDRs.
+    Add(Vec<String>),
+    /// Remove command-line CIDRs; each must be in the list.
+    Remove(Vec<String>),
+    /// Replace the list with the content of a CIDR file.
+    Replace(String),
+    /// Re-read the CIDR file (the watcher, after an edit on disk).
+    Reload,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub revision: u64,
+    /// False when the list was already what the change asked for.
+    pub changed: bool,
+    pub ipv4: usize,
+    pub ipv6: usize,
+    pub added: Vec<IpNet>,
+    pub removed: Vec<IpNet>,
+    /// Host bits cleared, with where the entry came from.
+    pub warnings: Vec<String>,
+    /// False when no agent runs: the file changed and the maps follow at the next start.
+    pub applied_to_maps: bool,
+}
+
+/// The list and its revision, as `cidr list` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Listing {
+    pub revision: u64,
+    pub ipv4: usize,
+    pub ipv6: usize,
+    pub cidrs: Vec<IpNet>,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ApplyStats {
+    /// Unix seconds of the last change applied (0 = none since start).
+    pub last_apply_unix: AtomicU64,
+    /// Map updates that failed and watcher reloads of an invalid file.
+    pub apply_errors: AtomicU64,
+}
+
+struct Current {
+    list: CidrList,
+    revision: u64,
+}
+
+/// The CIDR list, its file and its revision.
+pub struct Store {
+    cidr_file: PathBuf,
+    state_dir: PathBuf,
+    current: Mutex<Current>,
+    sink: Mutex<Option<SharedSink>>,
+    stats: ApplyStats,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("cidr_file", &self.cidr_file)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Reads the CIDR file and the recorded revision. A list that differs from the recorded one
+    /// (edited while no agent ran) gets the next revision. Creates `state_dir` (0700) if needed.
+    pub fn open(cidr_file: &Path, state_dir: &Path) -> Result<Self, StoreError> {
+        fsutil::create_private_dir(state_dir).map_err(StoreError::io("create", state_dir))?;
+        let _lock = fsutil::lock_exclusive(&state_dir.join(LOCK_FILE), LOCK_TIMEOUT)
+            .map_err(|e| lock_error(e, &state_dir.join(LOCK_FILE)))?;
+        let list = read_list(cidr_file)?;
+        let revision_path = state_dir.join(REVISION_FILE);
+        let revision = match read_revision(&revision_path)? {
+            None => FIRST_REVISION,
+            Some((revision, recorded)) if recorded == list => revision,
+            Some((revision, _)) => revision + 1,
+        };
+        write_revision(&revision_path, revision, &list)?;
+        Ok(Store {
+            cidr_file: cidr_file.to_owned(),
+            state_dir: state_dir.to_owned(),
+            current: Mutex::new(Current { list, revision }),
+            sink: Mutex::new(None),
+            stats: ApplyStats::default(),
+        })
+    }
+
+    /// From now on, every change also updates these maps. The agent calls this once the maps
+    /// hold [`Store::list`].
+    pub fn attach_sink(&self, sink: SharedSink) {
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    pub fn cidr_file(&self) -> &Path {
+        &self.cidr_file
+    }
+
+    pub fn stats(&self) -> &ApplyStats {
+        &self.stats
+    }
+
+    /// The list as last applied.
+    pub fn list(&self) -> CidrList {
+        self.lock_current().list.clone()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.lock_current().revision
+    }
+
+    pub fn listing(&self) -> Listing {
+        let current = self.lock_current();
+        Listing {
+            revision: current.revision,
+            ipv4: current.list.v4().len(),
+            ipv6: current.list.v6().len(),
+            cidrs: current.list.iter().collect(),
+        }
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Current> {
+        // A panic mid-change leaves `current` as it was before the change (it is only assigned
+        // once everything succeeded), so a poisoned lock still guards a consistent value.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a change off the async runtime (file I/O, fsync, map updates). The change runs to
+    /// its end even if the caller goes away, so it is never half-applied.
+    pub async fn apply(
+        self: &Arc<Self>,
+        change: Change,
+        if_revision: Option<u64>,
+    ) -> Result<Outcome, StoreError> {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.apply_blocking(change, if_revision))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    /// [`Store::apply`] for callers that are not async (and for tests).
+    pub fn apply_blocking(
+        &self,
+        change: Change,
+        if_revision: Option<u64>,
+    ) -> Result<Outcome, StoreError> {
+        let mut current = self.lock_current();
+        let lock_path = self.state_dir.join(LOCK_FILE);
+        let _lock = fsutil::lock_exclusive(&lock_path, LOCK_TIMEOUT)
+            .map_err(|e| lock_error(e, &lock_path))?;
+
+        // Catch up with the disk first: an edit the watcher has not applied yet, or a change
+        // another process (the CLI while no agent ran) committed. A change never overwrites an
+        // edit it has not seen, and `if_revision` is checked against the caught-up revision.
+        let on_disk = fsutil::read_to_string(&self.cidr_file)
+            .map_err(StoreError::io("read", &self.cidr_file))?;
+        let synced = match CidrList::from_file_text(&on_disk) {
+            Ok((list, warnings)) => self.sync(&mut current, list, &warnings)?,
+            Err(source) if change == Change::Reload => {
+                return Err(StoreError::InvalidFile {
+                    path: self.cidr_file.clone(),
+                    source,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(file = %self.cidr_file.display(), "the file on disk is invalid ({e}); the change replaces it");
+                None
+            }
+        };
+        if change == Change::Reload {
+            return Ok(synced.unwrap_or_else(|| self.unchanged(&current, Vec::new())));
+        }
+
+        if let Some(expected) = if_revision
+            && expected != current.revision
+        {
+            return Err(StoreError::Stale {
+                expected,
+                current: current.revision,
+            });
+        }
+
+        let (next, warnings) = match &change {
+            Change::Add(args) => {
+                let parsed = cidr::parse_args(args.iter().map(String::as_str))?;
+                let mut next = current.list.clone();
+                for net in parsed.networks {
+                    next.insert(net);
+                }
+                next.validate()?;
+                (next, parsed.warnings)
+            }
+            Change::Remove(args) => {
+                let parsed = cidr::parse_args(args.iter().map(String::as_str))?;
+                let mut next = current.list.clone();
+                for (i, net) in parsed.networks.iter().enumerate() {
+                    if !current.list.contains(net) {
+                        return Err(StoreError::NotPresent {
+                            at: cidr::Location::Argument(i + 1),
+                            net: *net,
+                        });
+                    }
+                    next.remove(net);
+                }
+                next.validate()?;
+                (next, parsed.warnings)
+            }
+            Change::Replace(text) => CidrList::from_file_text(text)?,
+            Change::Reload => unreachable!("handled above"),
+        };
+        let warnings = report_warnings(&warnings);
+        if next == current.list {
+            return Ok(self.unchanged(&current, warnings));
+        }
+        let revision = current.revision + 1;
+        self.commit(&mut current, next, warnings, revision, Some(on_disk))
+    }
+
+    /// Makes the in-memory list and the maps follow the file on disk. `None` when they already
+    /// did.
+    fn sync(
+        &self,
+        current: &mut Current,
+        disk: CidrList,
+        warnings: &[cidr::Normalised],
+    ) -> Result<Option<Outcome>, StoreError> {
+        let recorded = read_revision(&self.state_dir.join(REVISION_FILE))?;
+        // Committed by another process: take its revision rather than counting a new one.
+        let committed_elsewhere = recorded
+            .as_ref()
+            .filter(|(rev, list)| *list == disk && *rev > current.revision)
+            .map(|(rev, _)| *rev);
+        if disk == current.list {
+            if let Some(rev) = committed_elsewhere {
+                current.revision = rev;
+            }
+            return Ok(None);
+        }
+        let warnings = report_warnings(warnings);
+        let outcome = match committed_elsewhere {
+            Some(rev) => self.commit(current, disk, warnings, rev, None)?,
+            None => {
+                tracing::info!(file = %self.cidr_file.display(), "applying an edit of the file");
+                let recorded_rev = recorded.map_or(0, |(rev, _)| rev);
+                let rev = current.revision.max(recorded_rev) + 1;
+                self.commit(current, disk, warnings, rev, None)?
+            }
+        };
+        Ok(Some(outcome))
+    }
+
+    fn unchanged(&self, current: &Current, warnings: Vec<String>) -> Outcome {
+        Outcome {
+            revision: current.revision,
+            changed: false,
+            ipv4: current.list.v4().len(),
+            ipv6: current.list.v6().len(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            warnings,
+            applied_to_maps: self.sink().is_some(),
+        }
+    }
+
+    fn sink(&self) -> Option<SharedSink> {
+        self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes `next` the list at `revision`: file, maps, revision record. `rewrite` holds the
+    /// file's current bytes when the file must be rewritten (and restored if the maps refuse);
+    /// `None` when the file already holds `next`.
+    fn commit(
+        &self,
+        current: &mut Current,
+        next: CidrList,
+        warnings: Vec<String>,
+        revision: u64,
+        rewrite: Option<String>,
+    ) -> Result<Outcome, StoreError> {
+        let sink = self.sink();
+        let mut outcome = Outcome {
+            revision,
+            changed: true,
+            ipv4: next.v4().len(),
+            ipv6: next.v6().len(),
+            added: next.iter().filter(|n| !current.list.contains(n)).collect(),
+            removed: current.list.iter().filter(|n| !next.contains(n)).collect(),
+            warnings,
+            applied_to_maps: sink.is_some(),
+        };
+        if rewrite.is_some() {
+            let text = next.to_file_text(&format!("{FILE_HEADER}\nrevision {revision}"));
+            fsutil::write_atomic(&self.cidr_file, text.as_bytes())
+                .map_err(StoreError::io("write", &self.cidr_file))?;
+        }
+
+        if let Some(sink) = &sink {
+            let mut maps = sink.blocking_lock();
+            if let Err(reason) = maps.load_cidrs(&next) {
+                self.stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+                let reason = reason.to_string();
+                tracing::error!(%reason, "updating the XDP maps failed; restoring revision {}", current.revision);
+                let mut restore = Vec::new();
+                if let Err(e) = maps.load_cidrs(&current.list) {
+                    restore.push(format!("maps: {e}"));
+                }
+                if let Some(old) = &rewrite
+                    && let Err(e) = fsutil::write_atomic(&self.cidr_file, old.as_bytes())
+                {
+                    restore.push(format!("{}: {e}", self.cidr_file.display()));
+                }
+                return Err(if restore.is_empty() {
+                    StoreError::MapsRestored {
+                        reason,
+                        revision: current.revision,
+                    }
+                } else {
+                    StoreError::MapsInconsistent {
+                        reason,
+                        restore: restore.join("; "),
+                        revision: current.revision,
+                        path: self.cidr_file.clone(),
+                    }
+                });
+            }
+        }
+
+        // File and maps hold `next`. If recording the revision fails, the next start sees a list
+        // that differs from the recorded one and counts it as a new revision, so it stays
+        // monotonic; the change itself stands.
+        if let Err(e) = write_revision(&self.state_dir.join(REVISION_FILE), revision, &next) {
+            tracing::error!("{e}; the revision is recounted at the next start");
+        }
+        current.list = next;
+        current.revision = revision;
+        outcome.revision = revision;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.stats.last_apply_unix.store(now, Ordering::Relaxed);
+        tracing::info!(
+            revision,
+            ipv4 = outcome.ipv4,
+            ipv6 = outcome.ipv6,
+            added = outcome.added.len(),
+            removed = outcome.removed.len(),
+            maps = outcome.applied_to_maps,
+            "CIDR list changed"
+        );
+        Ok(outcome)
+    }
+
+    /// Re-reads the file after an edit on disk, through the same serialised path. An invalid file
+    /// is logged (with its line) and counted; the old list stays.
+    pub async fn reload_from_disk(self: &Arc<Self>) -> Result<Outcome, StoreError> {
+        let result = self.apply(Change::Reload, None).await;
+        if let Err(e) = &result {
+            if !matches!(
+                e,
+                StoreError::MapsRestored { .. } | StoreError::MapsInconsistent { .. }
+            ) {
+                self.stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::error!("the edited CIDR file was not applied, the old list stays: {e}");
+        }
+        result
+    }
+}
+
+fn report_warnings(warnings: &[cidr::Normalised]) -> Vec<String> {
+    warnings
+        .iter()
+        .map(|w| {
+            tracing::warn!("{w}");
+            w.to_string()
+        })
+        .collect()
+}
+
+fn lock_error(e: io::Error, path: &Path) -> StoreError {
+    if e.kind() == io::ErrorKind::TimedOut {
+        StoreError::LockTimeout {
+            path: path.to_owned(),
+        }
+    } else {
+        StoreError::Io {
+            action: "lock",
+            path: path.to_owned(),
+            source: e,
+        }
+    }
+}
+
+/// Reads and validates a CIDR file.
+pub fn read_list(path: &Path) -> Result<CidrList, StoreError> {
+    let text = fsutil::read_to_string(path).map_err(StoreError::io("read", path))?;
+    let (list, warnings) =
+        CidrList::from_file_text(&text).map_err(|source| StoreError::InvalidFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    for w in warnings {
+        tracing::warn!("{}: {w}", path.display());
+    }
+    Ok(list)
+}
+
+fn read_revision(path: &Path) -> Result<Option<(u64, CidrList)>, StoreError> {
+    let text = match fsutil::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("read", path)(e)),
+    };
+    let corrupt = |reason: String| StoreError::CorruptRevision {
+        path: path.to_owned(),
+        reason,
+    };
+    let revision = text
+        .lines()
+        .find_map(|l| l.strip_prefix(REVISION_PREFIX))
+        .ok_or_else(|| corrupt("no `revision N` line".into()))?
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| corrupt(format!("revision: {e}")))?;
+    // The list lines follow the revision line; the revision line itself is not a CIDR.
+    let list_text: String = text
+        .lines()
+        .filter(|l| !l.starts_with(REVISION_PREFIX))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    let (list, _) = CidrList::from_file_text(&list_text).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Some((revision, list)))
+}
+
+fn write_revision(path: &Path, revision: u64, list: &CidrList) -> Result<(), StoreError> {
+    let text = format!(
+        "{}{REVISION_PREFIX}{revision}\n",
+        list.to_file_text(REVISION_HEADER)
+    );
+    fsutil::write_atomic(path, text.as_bytes()).map_err(StoreError::io("write", path))
+}
+
+#[cfg(test)]
+mod tests;
