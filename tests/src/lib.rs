@@ -1,2 +1,59 @@
 //! Test harness: network-namespace topologies with Drop-guard cleanup, frame builders for the
 //! verdict tests, and a handle on a running agent process.
+//!
+//! - [`netns`]: namespaces with unique names, running code or commands inside one.
+//! - [`topology`]: server + inside client + outside client on one bridge, IPv4 and IPv6.
+//! - [`server`]: a tiny HTTP/1.1 server and a UDP echo server inside a namespace.
+//! - [`probe`]: TCP connect, HTTP GET and UDP probes from a namespace, bounded by timeouts.
+//! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
+
+pub mod agent;
+pub mod netns;
+pub mod probe;
+pub mod server;
+pub mod topology;
+
+use anyhow::{Result, bail};
+use std::time::{Duration, Instant};
+
+/// Every wait in the harness has one of these bounds.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Connect timeout when the test expects the SYN to be dropped: long enough for a SYN and its
+    /// answer on a veth many times over, short enough to keep tests quick.
+    pub const DROPPED_CONNECT: Duration = Duration::from_secs(1);
+    /// Connect, read and write timeout of probes expected to succeed.
+    pub const PROBE_IO: Duration = Duration::from_secs(5);
+    /// Namespace and interface set-up.
+    pub const SETUP: Duration = Duration::from_secs(10);
+    /// From spawning the agent to the filter being attached (a debug build loads the object).
+    pub const AGENT_READY: Duration = Duration::from_secs(30);
+    /// From SIGTERM to exit.
+    pub const AGENT_STOP: Duration = Duration::from_secs(10);
+    /// One CLI verb.
+    pub const CLI: Duration = Duration::from_secs(30);
+    /// Between two polls of a condition.
+    pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+}
+
+/// Polls `cond` every [`limits::POLL_INTERVAL`] until it returns true, failing after `timeout`
+/// with `what` in the message. An error from `cond` ends the wait at once.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(
+            limits::POLL_INTERVAL.min(deadline.saturating_duration_since(Instant::now())),
+        );
+    }
+}
