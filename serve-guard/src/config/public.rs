@@ -1,7 +1,512 @@
-//! The `[public]` table: public mode's token proxy (being written).
+//! The `[public]` table: public mode's token proxy.
+//!
+//! Parsing (serde) checks types and syntax; [`PublicConfig::validate`] checks what relates
+//! fields to each other. Durations are either whole seconds (`604800`) or a humane string
+//! (`"7d"`, `"12h 30m"`, `"500ms"`).
 
-use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublicConfig {}
+use http::Uri;
+use serde::{Deserialize, Deserializer};
+
+/// Defaults, as documented in docs/public-mode.md.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "0.0.0.0:8443";
+    pub const UPSTREAM: &str = "http://127.0.0.1:8000";
+    pub const GRPC_UPSTREAM: &str = "http://127.0.0.1:9000";
+    pub const TOKEN_FILE: &str = "/etc/serve-guard/token";
+    pub const UNAUTHENTICATED_PATHS: [&str; 1] = ["/-/healthz"];
+    /// The docs-link cookie lives a week, like a typical "remember me".
+    pub const COOKIE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Slowloris: a client gets this long to send a request's headers (also the idle keep-alive
+    /// limit and the TLS handshake limit).
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Request line plus headers. Ray Serve requests carry few headers; browsers' cookies fit.
+    pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+    pub const MAX_CONNECTIONS: usize = 1024;
+    pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Until the upstream's response headers; streaming bodies are not cut. Model inference
+    /// can take a while before the first byte.
+    pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+}
+
+/// hyper's read buffer cannot be smaller than this, so neither can the header limit.
+pub const MIN_HEADER_BYTES: usize = 8192;
+/// Upper bound on the header limit: beyond this it no longer protects memory.
+pub const MAX_HEADER_BYTES_LIMIT: usize = 1 << 20;
+/// Longest a docs-link cookie may live (a year); longer is a config mistake.
+pub const MAX_COOKIE_MAX_AGE: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Most paths in `unauthenticated_paths`.
+pub const MAX_UNAUTHENTICATED_PATHS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublicConfigError {
+    #[error("[public] tls_cert and tls_key must be set together (only `{0}` is set)")]
+    HalfTls(&'static str),
+    #[error("[public] unauthenticated_paths: `{path}` {reason}")]
+    UnauthenticatedPath { path: String, reason: String },
+    #[error("[public] unauthenticated_paths has more than {MAX_UNAUTHENTICATED_PATHS} entries")]
+    TooManyPaths,
+    #[error("[public] grpc_listen {0} is the same address as listen")]
+    GrpcListenClash(SocketAddr),
+    #[error("[public] grpc_upstream is set but grpc_listen is not: set grpc_listen to enable gRPC")]
+    GrpcUpstreamWithoutListen,
+    #[error("[public.limits] {key}: {reason}")]
+    Limit { key: &'static str, reason: String },
+    #[error("[public] cookie_max_age must be between 1 second and 366 days")]
+    CookieMaxAge,
+}
+
+/// An `http://host:port` upstream (Ray Serve listens in plain HTTP on the node).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upstream {
+    uri: Uri,
+}
+
+impl Upstream {
+    pub fn parse(text: &str) -> Result<Upstream, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "`{text}`: the upstream must be an http:// URL (Ray Serve on this node speaks plain HTTP)"
+            ));
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(format!("`{text}` has no host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "`{text}`: credentials in the upstream URL are not supported"
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "`{text}`: give only scheme, host and port (no path or query)"
+            ));
+        }
+        Ok(Upstream { uri })
+    }
+
+    /// `host:port` of the upstream.
+    pub fn authority(&self) -> &http::uri::Authority {
+        self.uri.authority().expect("checked in parse")
+    }
+
+    /// The upstream URL for a request's path and query.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme("http")
+            .authority(self.authority().as_str())
+            .path_and_query(path_and_query)
+            .build()
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.authority())
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.authority())
+    }
+}
+
+impl<'de> Deserialize<'de> for Upstream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Upstream::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The URL users are given (`external_url`): http(s)://host[:port][/prefix], no query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalUrl(String);
+
+impl ExternalUrl {
+    pub fn parse(text: &str) -> Result<ExternalUrl, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(format!("`{text}` must start with http:// or https://"));
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(format!("`{text}` has no host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(format!("`{text}` must not contain credentials"));
+        }
+        if uri.query().is_some() || text.contains('#') {
+            return Err(format!("`{text}` must not have a query or fragment"));
+        }
+        Ok(ExternalUrl(text.trim_end_matches('/').to_owned()))
+    }
+
+    /// Without a trailing slash, so `{url}{route}` is well-formed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+}
+
+impl<'de> Deserialize<'de> for ExternalUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ExternalUrl::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whole seconds or a humane duration string.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a duration: whole seconds (3600) or a string (\"7d\", \"1h 30m\")",
+        )
+    })? {
+        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not a duration ({e}): use whole seconds or e.g. \"7d\", \"12h\", \"30s\""
+            ))
+        }),
+    }
+}
+
+fn de_opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_socket_addr(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_socket_addr(&text).map_err(serde::de::Error::custom)
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an address:port (e.g. \"0.0.0.0:8443\" or \"[::]:8443\")")
+    })
+}
+
+fn de_opt_upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Upstream>, D::Error> {
+    Upstream::deserialize(d).map(Some)
+}
+
+/// Limits that keep one client from exhausting the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub upstream_connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub upstream_response_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            max_header_bytes: defaults::MAX_HEADER_BYTES,
+            max_connections: defaults::MAX_CONNECTIONS,
+            upstream_connect_timeout: defaults::UPSTREAM_CONNECT_TIMEOUT,
+            upstream_response_timeout: defaults::UPSTREAM_RESPONSE_TIMEOUT,
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), PublicConfigError> {
+        let positive = |key, d: Duration| {
+            if d.is_zero() {
+                Err(PublicConfigError::Limit {
+                    key,
+                    reason: "must be more than zero".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("header_read_timeout", self.header_read_timeout)?;
+        positive("upstream_connect_timeout", self.upstream_connect_timeout)?;
+        positive("upstream_response_timeout", self.upstream_response_timeout)?;
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES_LIMIT).contains(&self.max_header_bytes) {
+            return Err(PublicConfigError::Limit {
+                key: "max_header_bytes",
+                reason: format!(
+                    "{} is out of range: {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES_LIMIT}",
+                    self.max_header_bytes
+                ),
+            });
+        }
+        if self.max_connections == 0 {
+            return Err(PublicConfigError::Limit {
+                key: "max_connections",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The `[public]` table. Every field has a default, so an absent table is a valid config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicConfig {
+    /// Where the token proxy listens.
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub listen: SocketAddr,
+    /// Ray Serve's HTTP endpoint.
+    pub upstream: Upstream,
+    pub token_file: PathBuf,
+    /// PEM certificate chain and private key; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The URL users are given; derived from `listen` when absent (see [`Self::external_url`]).
+    pub external_url: Option<ExternalUrl>,
+    #[serde(deserialize_with = "de_duration")]
+    pub cookie_max_age: Duration,
+    /// Exact paths served without a token, compared after normalisation.
+    pub unauthenticated_paths: Vec<String>,
+    /// gRPC listener; gRPC is off when absent.
+    #[serde(deserialize_with = "de_opt_socket_addr")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Ray Serve's gRPC endpoint (h2c); `http://127.0.0.1:9000` when absent.
+    #[serde(deserialize_with = "de_opt_upstream")]
+    pub grpc_upstream: Option<Upstream>,
+    pub limits: Limits,
+}
+
+impl Default for PublicConfig {
+    fn default() -> Self {
+        PublicConfig {
+            listen: defaults::LISTEN.parse().expect("valid default"),
+            upstream: Upstream::parse(defaults::UPSTREAM).expect("valid default"),
+            token_file: PathBuf::from(defaults::TOKEN_FILE),
+            tls_cert: None,
+            tls_key: None,
+            external_url: None,
+            cookie_max_age: defaults::COOKIE_MAX_AGE,
+            unauthenticated_paths: defaults::UNAUTHENTICATED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            grpc_listen: None,
+            grpc_upstream: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl PublicConfig {
+    /// Checks what serde cannot: fields that depend on each other, path syntax, limits.
+    pub fn validate(&self) -> Result<(), PublicConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(PublicConfigError::HalfTls("tls_cert")),
+            (None, Some(_)) => return Err(PublicConfigError::HalfTls("tls_key")),
+            _ => {}
+        }
+        if self.unauthenticated_paths.len() > MAX_UNAUTHENTICATED_PATHS {
+            return Err(PublicConfigError::TooManyPaths);
+        }
+        for path in &self.unauthenticated_paths {
+            let bad = |reason: &str| PublicConfigError::UnauthenticatedPath {
+                path: path.clone(),
+                reason: reason.to_owned(),
+            };
+            if !path.starts_with('/') {
+                return Err(bad("must start with /"));
+            }
+            if path.contains(['?', '#']) {
+                return Err(bad("must be a path only (no query or fragment)"));
+            }
+            match crate::proxy::path::normalize(path) {
+                Some(n) if n == *path => {}
+                Some(n) => {
+                    return Err(bad(&format!(
+                        "is not in normal form: write `{n}` (no //, ., .., %-escapes or trailing /)"
+                    )));
+                }
+                None => return Err(bad("is not a valid path")),
+            }
+        }
+        if let Some(grpc) = self.grpc_listen
+            && grpc == self.listen
+        {
+            return Err(PublicConfigError::GrpcListenClash(grpc));
+        }
+        if self.grpc_upstream.is_some() && self.grpc_listen.is_none() {
+            return Err(PublicConfigError::GrpcUpstreamWithoutListen);
+        }
+        if self.cookie_max_age < Duration::from_secs(1) || self.cookie_max_age > MAX_COOKIE_MAX_AGE
+        {
+            return Err(PublicConfigError::CookieMaxAge);
+        }
+        self.limits.validate()
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// The gRPC upstream, defaulted.
+    pub fn grpc_upstream(&self) -> Upstream {
+        self.grpc_upstream
+            .clone()
+            .unwrap_or_else(|| Upstream::parse(defaults::GRPC_UPSTREAM).expect("valid default"))
+    }
+
+    /// `external_url`, or one derived from the listener: its scheme by TLS, its address (the
+    /// host name when it listens on all addresses), its port unless the scheme's default.
+    pub fn external_url(&self) -> ExternalUrl {
+        if let Some(url) = &self.external_url {
+            return url.clone();
+        }
+        let scheme = if self.tls_enabled() { "https" } else { "http" };
+        let ip = self.listen.ip();
+        let host = if ip.is_unspecified() {
+            hostname().unwrap_or_else(|| "localhost".to_owned())
+        } else {
+            match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            }
+        };
+        let port = self.listen.port();
+        let default_port = if self.tls_enabled() { 443 } else { 80 };
+        if port == default_port {
+            ExternalUrl(format!("{scheme}://{host}"))
+        } else {
+            ExternalUrl(format!("{scheme}://{host}:{port}"))
+        }
+    }
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..end]).ok()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PublicConfig, String> {
+        let cfg: PublicConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(cfg.upstream.to_string(), "http://127.0.0.1:8000");
+        assert_eq!(cfg.grpc_upstream().to_string(), "http://127.0.0.1:9000");
+        assert_eq!(cfg.cookie_max_age, Duration::from_secs(604_800));
+        assert_eq!(cfg.unauthenticated_paths, vec!["/-/healthz".to_string()]);
+        assert!(cfg.external_url().as_str().starts_with("http://"));
+        assert!(cfg.external_url().as_str().ends_with(":8443"));
+    }
+
+    #[test]
+    fn durations_in_seconds_or_humane() {
+        assert_eq!(
+            parse("cookie_max_age = 3600").unwrap().cookie_max_age,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse("cookie_max_age = \"2d\"").unwrap().cookie_max_age,
+            Duration::from_secs(172_800)
+        );
+        let cfg = parse("[limits]\nheader_read_timeout = \"1500ms\"").unwrap();
+        assert_eq!(cfg.limits.header_read_timeout, Duration::from_millis(1500));
+        let err = parse("cookie_max_age = \"soon\"").unwrap_err();
+        assert!(err.contains("soon"), "{err}");
+        assert!(
+            parse("cookie_max_age = 0")
+                .unwrap_err()
+                .contains("cookie_max_age")
+        );
+    }
+
+    #[test]
+    fn external_url_derived_and_explicit() {
+        let cfg = parse("listen = \"127.0.0.1:443\"\ntls_cert = \"/c\"\ntls_key = \"/k\"").unwrap();
+        assert_eq!(cfg.external_url().as_str(), "https://127.0.0.1");
+        let cfg = parse("listen = \"[::1]:8443\"").unwrap();
+        assert_eq!(cfg.external_url().as_str(), "http://[::1]:8443");
+        let cfg = parse("external_url = \"https://serve.example.com/\"").unwrap();
+        assert_eq!(cfg.external_url().as_str(), "https://serve.example.com");
+        assert!(cfg.external_url().is_https());
+    }
+
+    #[test]
+    fn bad_values_get_clear_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("listen = \"nope\"", "nope"),
+            ("listen = \"1.2.3.4\"", "address:port"),
+            ("upstream = \"https://127.0.0.1:8000\"", "http://"),
+            ("upstream = \"http://127.0.0.1:8000/x\"", "no path"),
+            ("upstream = \"http://u:p@127.0.0.1:8000\"", "credentials"),
+            ("external_url = \"ftp://x\"", "https://"),
+            ("external_url = \"https://x/?a=b\"", "query"),
+            ("tls_cert = \"/c\"", "tls_cert and tls_key"),
+            ("tls_key = \"/k\"", "only `tls_key`"),
+            ("unauthenticated_paths = [\"healthz\"]", "start with /"),
+            (
+                "unauthenticated_paths = [\"/-/healthz/../x\"]",
+                "write `/x`",
+            ),
+            ("unauthenticated_paths = [\"/a//b\"]", "write `/a/b`"),
+            (
+                "unauthenticated_paths = [\"/-/%68ealthz\"]",
+                "write `/-/healthz`",
+            ),
+            ("grpc_listen = \"0.0.0.0:8443\"", "same address"),
+            ("grpc_upstream = \"http://127.0.0.1:9000\"", "grpc_listen"),
+            ("[limits]\nmax_header_bytes = 100", "max_header_bytes"),
+            ("[limits]\nmax_connections = 0", "max_connections"),
+            (
+                "[limits]\nupstream_connect_timeout = 0",
+                "upstream_connect_timeout",
+            ),
+            ("[limits]\nbogus = 1", "bogus"),
+            ("bogus = 1", "bogus"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(needle), "{text}: `{err}` lacks `{needle}`");
+        }
+    }
+}

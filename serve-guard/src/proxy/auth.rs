@@ -1,0 +1,224 @@
+//! Finding the token in a request (Authorization: Bearer, or the SERVE_TOKEN cookie), checking
+//! it in constant time, removing it before the request goes upstream, and the 401 answers.
+
+use http::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use super::reply::{Body, plain};
+use crate::token::Token;
+
+/// The cookie the docs link sets, as Anyscale names it.
+pub const COOKIE_NAME: &str = "SERVE_TOKEN";
+/// RFC 6750 §3 challenges.
+pub const CHALLENGE_MISSING: &str = "Bearer realm=\"serve-guard\"";
+pub const CHALLENGE_INVALID: &str = "Bearer realm=\"serve-guard\", error=\"invalid_token\", error_description=\"the token is not valid\"";
+
+/// Where a request may carry the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carriers {
+    /// HTTP: the Authorization header or the cookie.
+    HeaderOrCookie,
+    /// gRPC: the `authorization` metadata only.
+    HeaderOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// No credential at all.
+    Missing,
+    /// A credential that is not the token.
+    Invalid,
+}
+
+/// The credential of an `Authorization: Bearer <credential>` value; the scheme is
+/// case-insensitive (RFC 7235 §2.1). `None` for other schemes.
+pub fn bearer_credential(value: &HeaderValue) -> Option<&[u8]> {
+    let bytes = value.as_bytes();
+    let space = bytes.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = bytes.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    Some(rest.trim_ascii())
+}
+
+/// Checks the request's credentials against `token` and removes the token from the headers:
+/// Authorization values that carry it (another Bearer token belongs to the app and stays), and
+/// every SERVE_TOKEN cookie (other cookies stay). `token` is `None` when none is loaded: then
+/// nothing is allowed.
+pub fn authenticate(headers: &mut HeaderMap, token: Option<&Token>, carriers: Carriers) -> Verdict {
+    let matches = |candidate: &[u8]| token.is_some_and(|t| t.matches(candidate));
+    let mut presented = false;
+    let mut allowed = false;
+
+    let mut kept_auth = Vec::new();
+    for value in headers.get_all(AUTHORIZATION) {
+        match bearer_credential(value) {
+            Some(credential) => {
+                presented = true;
+                if matches(credential) {
+                    allowed = true;
+                    continue;
+                }
+                kept_auth.push(value.clone());
+            }
+            None => kept_auth.push(value.clone()),
+        }
+    }
+    headers.remove(AUTHORIZATION);
+    for value in kept_auth {
+        headers.append(AUTHORIZATION, value);
+    }
+
+    let mut kept_cookies: Vec<&[u8]> = Vec::new();
+    let cookie_values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    for value in &cookie_values {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, cookie_value) = match pair.iter().position(|&b| b == b'=') {
+                Some(eq) => (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()),
+                None => (pair, &b""[..]),
+            };
+            if name == COOKIE_NAME.as_bytes() {
+                if carriers == Carriers::HeaderOrCookie {
+                    presented = true;
+                    let unquoted = cookie_value
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(cookie_value);
+                    allowed |= matches(unquoted);
+                }
+                continue;
+            }
+            kept_cookies.push(pair);
+        }
+    }
+    if !cookie_values.is_empty() {
+        // One Cookie header upstream (RFC 9113 §8.2.3 when HTTP/2 split it), without ours.
+        let joined = kept_cookies.join(&b"; "[..]);
+        headers.remove(COOKIE);
+        if !joined.is_empty()
+            && let Ok(value) = HeaderValue::from_bytes(&joined)
+        {
+            headers.insert(COOKIE, value);
+        }
+    }
+
+    match (allowed, presented) {
+        (true, _) => Verdict::Allowed,
+        (false, true) => Verdict::Invalid,
+        (false, false) => Verdict::Missing,
+    }
+}
+
+/// The 401 for a refused HTTP request.
+pub fn unauthorized(verdict: Verdict) -> Response<Body> {
+    let (challenge, text) = match verdict {
+        Verdict::Invalid => (
+            CHALLENGE_INVALID,
+            "401 Unauthorized: the token is not valid\n",
+        ),
+        _ => (
+            CHALLENGE_MISSING,
+            "401 Unauthorized: send the token as `Authorization: Bearer <token>`\n",
+        ),
+    };
+    let mut resp = plain(StatusCode::UNAUTHORIZED, text);
+    resp.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "abcdefghijklmnopqrstuvwxyz012345";
+
+    fn run(pairs: &[(&str, &str)]) -> (Verdict, HeaderMap) {
+        let token = Token::parse(TOKEN).unwrap();
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let verdict = authenticate(&mut headers, Some(&token), Carriers::HeaderOrCookie);
+        (verdict, headers)
+    }
+
+    #[test]
+    fn bearer_any_case_is_accepted_and_stripped() {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let (v, h) = run(&[("authorization", &format!("{scheme} {TOKEN}"))]);
+            assert_eq!(v, Verdict::Allowed, "{scheme}");
+            assert!(h.get(AUTHORIZATION).is_none());
+        }
+    }
+
+    #[test]
+    fn other_credentials_stay_and_wrong_ones_are_invalid() {
+        let (v, h) = run(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(v, Verdict::Missing);
+        assert_eq!(h.get(AUTHORIZATION).unwrap(), "Basic dXNlcjpwYXNz");
+        let (v, _) = run(&[("authorization", "Bearer nope")]);
+        assert_eq!(v, Verdict::Invalid);
+        let (v, _) = run(&[("authorization", &format!("Bearer {TOKEN}x"))]);
+        assert_eq!(v, Verdict::Invalid);
+        let (v, _) = run(&[("authorization", &format!("Token {TOKEN}"))]);
+        assert_eq!(v, Verdict::Missing);
+        // The app's own bearer token goes upstream when the cookie authenticates.
+        let (v, h) = run(&[
+            ("authorization", "Bearer app-token"),
+            ("cookie", &format!("SERVE_TOKEN={TOKEN}")),
+        ]);
+        assert_eq!(v, Verdict::Allowed);
+        assert_eq!(h.get(AUTHORIZATION).unwrap(), "Bearer app-token");
+    }
+
+    #[test]
+    fn cookie_is_accepted_and_always_stripped() {
+        let (v, h) = run(&[("cookie", &format!("a=1; SERVE_TOKEN={TOKEN}; b=2"))]);
+        assert_eq!(v, Verdict::Allowed);
+        assert_eq!(h.get(COOKIE).unwrap(), "a=1; b=2");
+        let (v, h) = run(&[("cookie", "SERVE_TOKEN=wrong"), ("cookie", "c=3")]);
+        assert_eq!(v, Verdict::Invalid);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h.get(COOKIE).unwrap(), "c=3");
+        let (v, h) = run(&[("cookie", &format!("SERVE_TOKEN=\"{TOKEN}\""))]);
+        assert_eq!(v, Verdict::Allowed);
+        assert!(h.get(COOKIE).is_none());
+        let (v, _) = run(&[("cookie", "serve_token=x; other=1")]);
+        assert_eq!(v, Verdict::Missing);
+    }
+
+    #[test]
+    fn no_token_loaded_allows_nothing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(
+            authenticate(&mut headers, None, Carriers::HeaderOrCookie),
+            Verdict::Invalid
+        );
+    }
+
+    #[test]
+    fn grpc_ignores_cookies() {
+        let token = Token::parse(TOKEN).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("SERVE_TOKEN={TOKEN}")).unwrap(),
+        );
+        assert_eq!(
+            authenticate(&mut headers, Some(&token), Carriers::HeaderOnly),
+            Verdict::Missing
+        );
+        assert!(headers.get(COOKIE).is_none());
+    }
+}

@@ -1,0 +1,96 @@
+//! The API docs link: `GET <path>?token=<token>` — the only place a token is accepted in a URL.
+//! A valid token gets a 303 to the same path without the token (other parameters kept) and the
+//! SERVE_TOKEN cookie; an invalid one a 401 and no cookie.
+
+use http::header::{HeaderValue, LOCATION, REFERRER_POLICY, SET_COOKIE};
+use http::{Method, Response, StatusCode, Uri};
+
+use super::auth::{COOKIE_NAME, Verdict, unauthorized};
+use super::path::safe_redirect_path;
+use super::reply::{Body, plain};
+use crate::token::Token;
+
+/// The query parameter the docs link carries.
+pub const QUERY_PARAM: &str = "token";
+
+/// How the cookie is set.
+#[derive(Debug, Clone, Copy)]
+pub struct CookieSettings {
+    pub max_age_secs: u64,
+    /// Over TLS, or when users reach the proxy through https (`external_url`).
+    pub secure: bool,
+}
+
+/// Answers the request if it is a docs link (its query has a `token` parameter), else `None`.
+pub fn handle(
+    method: &Method,
+    uri: &Uri,
+    token: Option<&Token>,
+    cookie: CookieSettings,
+) -> Option<Response<Body>> {
+    let query = uri.query()?;
+    let mut candidates = Vec::new();
+    let mut kept = Vec::new();
+    for part in query.split('&') {
+        let is_token = form_urlencoded::parse(part.as_bytes())
+            .next()
+            .is_some_and(|(key, _)| key == QUERY_PARAM);
+        if is_token {
+            let value = form_urlencoded::parse(part.as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            candidates.push(value);
+        } else if !part.is_empty() {
+            kept.push(part);
+        }
+    }
+    if candidates.is_empty() {
+        return None;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return Some(plain(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: the token is accepted in a URL only on GET (the API docs link); send it as `Authorization: Bearer <token>`\n",
+        ));
+    }
+    // Every `token` parameter must hold the token: an ambiguous link sets no cookie.
+    let token = token.filter(|t| candidates.iter().all(|c| t.matches(c.as_bytes())));
+    let Some(token) = token else {
+        tracing::debug!(path = uri.path(), "docs link with an invalid token");
+        return Some(no_referrer(unauthorized(Verdict::Invalid)));
+    };
+
+    let mut location = safe_redirect_path(uri.path());
+    if !kept.is_empty() {
+        location.push('?');
+        location.push_str(&kept.join("&"));
+    }
+    let mut set_cookie = format!(
+        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+        token.expose(),
+        cookie.max_age_secs
+    );
+    if cookie.secure {
+        set_cookie.push_str("; Secure");
+    }
+    let (Ok(location), Ok(set_cookie)) = (
+        HeaderValue::from_str(&location),
+        HeaderValue::from_str(&set_cookie),
+    ) else {
+        // Not reachable (both are built from visible ASCII), but never answer half-built.
+        return Some(plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"));
+    };
+    let mut resp = plain(StatusCode::SEE_OTHER, "303 See Other\n");
+    resp.headers_mut().insert(LOCATION, location);
+    resp.headers_mut().insert(SET_COOKIE, set_cookie);
+    tracing::debug!(path = uri.path(), "docs link accepted, cookie set");
+    Some(no_referrer(resp))
+}
+
+/// The page that carried the token in its URL must not leak it through Referer.
+fn no_referrer(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
+}

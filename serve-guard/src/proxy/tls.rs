@@ -1,0 +1,75 @@
+//! TLS for the listeners: rustls with the ring provider, TLS 1.2 and 1.3, ALPN h2 + http/1.1.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// ALPN protocols offered, preferred first.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS certificate {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("TLS key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("TLS certificate {cert} and key {key} do not make a server config: {source}")]
+    Config {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Builds the acceptor from PEM files: a certificate chain (leaf first) and one private key
+/// (PKCS#8, PKCS#1 or SEC1).
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| TlsError::Cert {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert.to_owned(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    // The key's own error text could quote key material on some paths; keep to the kind.
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_owned(),
+        reason: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY block found".into(),
+            rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+            _ => "not a valid PEM private key".into(),
+        },
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| TlsError::Config {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        })?
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map_err(|source| TlsError::Config {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
