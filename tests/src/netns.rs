@@ -148,15 +148,23 @@ impl Netns {
 
     /// Id of the XDP program attached to `iface`, if any.
     pub fn xdp_program(&self, iface: &str) -> Result<Option<u64>> {
+        Ok(self.xdp_attachment(iface)?.map(|a| a.prog_id))
+    }
+
+    /// The XDP program attached to `iface` and how, if any (as `ip -j link` reports it).
+    pub fn xdp_attachment(&self, iface: &str) -> Result<Option<XdpAttachment>> {
         let links = self.ip_json(&["link", "show", "dev", iface])?;
-        Ok(links
-            .get(0)
-            .and_then(|l| l.get("xdp"))
-            .and_then(|x| {
-                x.pointer("/prog/id")
-                    .or_else(|| x.pointer("/attached/0/prog/id"))
-            })
-            .and_then(|id| id.as_u64()))
+        let Some(xdp) = links.get(0).and_then(|l| l.get("xdp")) else {
+            return Ok(None);
+        };
+        // One program: {"mode": m, "prog": {...}}; several: {"mode": 4, "attached": [...]}.
+        let one = xdp.pointer("/attached/0").unwrap_or(xdp);
+        let prog_id = one.pointer("/prog/id").and_then(|v| v.as_u64());
+        let mode = one.get("mode").and_then(|v| v.as_u64()).unwrap_or_default();
+        Ok(prog_id.map(|prog_id| XdpAttachment {
+            prog_id,
+            mode: XdpAttachMode::from_netlink(mode),
+        }))
     }
 
     /// True once no IPv6 address in the namespace is tentative (DAD is off in namespaces made
@@ -168,6 +176,46 @@ impl Netns {
                 .iter()
                 .all(|l| l["addr_info"].as_array().is_none_or(Vec::is_empty))
         }))
+    }
+}
+
+/// An XDP program on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpAttachment {
+    pub prog_id: u64,
+    pub mode: XdpAttachMode,
+}
+
+/// How an XDP program is attached (netlink `XDP_ATTACHED_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    Driver,
+    Skb,
+    Hardware,
+    Unknown,
+}
+
+impl XdpAttachMode {
+    fn from_netlink(mode: u64) -> Self {
+        // linux/if_link.h
+        const XDP_ATTACHED_DRV: u64 = 1;
+        const XDP_ATTACHED_SKB: u64 = 2;
+        const XDP_ATTACHED_HW: u64 = 3;
+        match mode {
+            XDP_ATTACHED_DRV => Self::Driver,
+            XDP_ATTACHED_SKB => Self::Skb,
+            XDP_ATTACHED_HW => Self::Hardware,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+            Self::Hardware => "hardware",
+            Self::Unknown => "unknown",
+        }
     }
 }
 
