@@ -41,6 +41,78 @@ pub const MAX_VLAN_TAGS: usize = 2;
 /// unparseable.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 
+/// Wire-format numbers and header sizes the XDP program parses and the test frame builder
+/// writes. Standard values (IEEE 802, IANA); kept in one place so both sides agree.
+pub mod wire {
+    /// Ethernet header: destination MAC, source MAC, EtherType.
+    pub const ETH_HLEN: usize = 14;
+    /// Offset of the EtherType inside the Ethernet header (and of the inner one inside a tag).
+    pub const ETH_TYPE_OFFSET: usize = 12;
+    /// One 802.1Q / 802.1ad tag: TCI (2 bytes) and the inner EtherType (2 bytes).
+    pub const VLAN_HLEN: usize = 4;
+
+    pub const ETH_P_IPV4: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    /// 802.1Q customer tag.
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    /// 802.1ad service tag (QinQ outer tag).
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+
+    /// IPv4 header without options; IHL counts 32-bit words.
+    pub const IPV4_MIN_HLEN: usize = 20;
+    pub const IPV4_MIN_IHL: u8 = 5;
+    pub const IPV4_IHL_WORD: usize = 4;
+    pub const IPV4_FRAG_OFF_OFFSET: usize = 6;
+    /// The 13 fragment-offset bits of the flags/offset field (the other 3 are flags).
+    pub const IPV4_FRAG_OFF_MASK: u16 = 0x1fff;
+    pub const IPV4_PROTO_OFFSET: usize = 9;
+    pub const IPV4_SRC_OFFSET: usize = 12;
+    pub const IPV4_ADDR_LEN: usize = 4;
+
+    pub const IPV6_HLEN: usize = 40;
+    pub const IPV6_NEXT_HEADER_OFFSET: usize = 6;
+    pub const IPV6_SRC_OFFSET: usize = 8;
+    pub const IPV6_ADDR_LEN: usize = 16;
+    /// Generic extension headers (hop-by-hop, routing, destination options) count their
+    /// length in 8-octet units, not counting the first 8.
+    pub const IPV6_EXT_UNIT: usize = 8;
+    /// AH counts its length in 4-octet units, not counting the first 8 (RFC 4302).
+    pub const IPV6_AH_UNIT: usize = 4;
+    pub const IPV6_AH_LEN_BIAS: usize = 2;
+    /// The fragment header has a fixed size; its length byte is reserved.
+    pub const IPV6_FRAG_HLEN: usize = 8;
+    /// Offset of the 16-bit offset/flags field in the fragment header; the offset is its top
+    /// 13 bits.
+    pub const IPV6_FRAG_OFF_OFFSET: usize = 2;
+    pub const IPV6_FRAG_OFF_SHIFT: u16 = 3;
+
+    /// IP protocol / IPv6 next-header numbers (IANA).
+    pub mod proto {
+        pub const HOPOPTS: u8 = 0;
+        pub const ICMP: u8 = 1;
+        pub const TCP: u8 = 6;
+        pub const UDP: u8 = 17;
+        pub const ROUTING: u8 = 43;
+        pub const FRAGMENT: u8 = 44;
+        pub const ESP: u8 = 50;
+        pub const AH: u8 = 51;
+        pub const ICMPV6: u8 = 58;
+        pub const NONE: u8 = 59;
+        pub const DSTOPTS: u8 = 60;
+        pub const MOBILITY: u8 = 135;
+        pub const HIP: u8 = 139;
+        pub const SHIM6: u8 = 140;
+        pub const EXPERIMENTAL_1: u8 = 253;
+        pub const EXPERIMENTAL_2: u8 = 254;
+    }
+
+    /// Offset of the destination port in both the TCP and the UDP header.
+    pub const L4_DST_PORT_OFFSET: usize = 2;
+    pub const TCP_MIN_HLEN: usize = 20;
+    pub const UDP_HLEN: usize = 8;
+}
+
 /// The agent's settings for the program, stored at index 0 of [`maps::CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

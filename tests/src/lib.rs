@@ -8,8 +8,10 @@
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
 
 pub mod agent;
+pub mod frames;
 pub mod netns;
 pub mod probe;
+pub mod program;
 pub mod server;
 pub mod topology;
 

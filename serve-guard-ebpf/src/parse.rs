@@ -1,0 +1,266 @@
+//! Bounds-checked reads from the packet and the header walk: Ethernet (up to
+//! `MAX_VLAN_TAGS` tags), IPv4 with options, IPv6 with its extension-header chain, then the
+//! TCP/UDP destination port. The walk only reports what it found; `verdict` decides.
+//!
+//! Every read goes through `Frame::bytes`, which checks the end of the packet right before the
+//! access in the form the verifier tracks (packet pointer + N <= data_end). Offsets that grow
+//! with header lengths taken from the packet are bounded by the fixed loop counts, so the
+//! verifier can always prove them below its packet-offset limit.
+
+use aya_ebpf::programs::XdpContext;
+use serve_guard_common::{
+    Family, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    wire::{self, proto},
+};
+
+/// The packet bytes the program may read: `[start, end)`.
+pub struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// Length of the frame in bytes (what the byte counters add).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// `N` bytes at `offset`, or `None` if the frame ends before them.
+    #[inline(always)]
+    pub fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let ptr = self.start + offset;
+        if ptr + N > self.end {
+            return None;
+        }
+        // SAFETY: [ptr, ptr + N) lies inside the packet (checked above); [u8; N] has
+        // alignment 1.
+        Some(unsafe { *(ptr as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn u8_at(&self, offset: usize) -> Option<u8> {
+        self.bytes::<1>(offset).map(|[b]| b)
+    }
+
+    #[inline(always)]
+    fn be16_at(&self, offset: usize) -> Option<u16> {
+        self.bytes::<2>(offset).map(u16::from_be_bytes)
+    }
+}
+
+/// The source address, in network order: the allow-list key.
+#[derive(Clone, Copy)]
+pub enum Source {
+    V4([u8; wire::IPV4_ADDR_LEN]),
+    V6([u8; wire::IPV6_ADDR_LEN]),
+}
+
+impl Source {
+    #[inline(always)]
+    pub fn family(&self) -> Family {
+        match self {
+            Source::V4(_) => Family::Ipv4,
+            Source::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+/// What the walk learnt about the transport layer of an IP packet.
+#[derive(Clone, Copy)]
+pub enum Transport {
+    /// TCP or UDP to this destination port.
+    Port(u16),
+    /// Carries no port the kernel would deliver to a Serve socket: another protocol or a
+    /// non-first fragment.
+    Unprotected,
+    /// The port cannot be known: header cut short, malformed, an extension header that cannot
+    /// be walked or a chain longer than the bound.
+    Unknown,
+}
+
+pub enum Parsed {
+    /// Not even the source address could be read (family `Other` if the link layer itself
+    /// was not understood).
+    Unparseable(Family),
+    /// A well-formed link-layer frame that is not IPv4/IPv6 (ARP, LLDP, ...).
+    NotIp,
+    Ip {
+        src: Source,
+        transport: Transport,
+    },
+}
+
+#[inline(always)]
+pub fn parse(frame: &Frame) -> Parsed {
+    let Some((ethertype, l3)) = ethernet(frame) else {
+        return Parsed::Unparseable(Family::Other);
+    };
+    match ethertype {
+        wire::ETH_P_IPV4 => ipv4(frame, l3),
+        wire::ETH_P_IPV6 => ipv6(frame, l3),
+        _ => Parsed::NotIp,
+    }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == wire::ETH_P_8021Q || ethertype == wire::ETH_P_8021AD
+}
+
+/// The EtherType behind up to `MAX_VLAN_TAGS` tags and the offset of the L3 header. `None`
+/// if the Ethernet header or a tag is cut short, or there are more tags than the bound.
+#[inline(always)]
+fn ethernet(frame: &Frame) -> Option<(u16, usize)> {
+    let mut ethertype = frame.be16_at(wire::ETH_TYPE_OFFSET)?;
+    let mut offset = wire::ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ethertype) {
+            return Some((ethertype, offset));
+        }
+        // A tag is TCI then the inner EtherType.
+        ethertype = frame.be16_at(offset + wire::VLAN_HLEN - 2)?;
+        offset += wire::VLAN_HLEN;
+    }
+    if is_vlan(ethertype) {
+        None
+    } else {
+        Some((ethertype, offset))
+    }
+}
+
+#[inline(always)]
+fn ipv4(frame: &Frame, l3: usize) -> Parsed {
+    let Some(src) = frame.bytes::<{ wire::IPV4_ADDR_LEN }>(l3 + wire::IPV4_SRC_OFFSET) else {
+        return Parsed::Unparseable(Family::Ipv4);
+    };
+    Parsed::Ip {
+        src: Source::V4(src),
+        transport: ipv4_transport(frame, l3),
+    }
+}
+
+#[inline(always)]
+fn ipv4_transport(frame: &Frame, l3: usize) -> Transport {
+    const VERSION: u8 = 4;
+    let Some(version_ihl) = frame.u8_at(l3) else {
+        return Transport::Unknown;
+    };
+    let ihl = version_ihl & 0x0f;
+    // The kernel drops these before any socket sees them; we cannot find the port either.
+    if version_ihl >> 4 != VERSION || ihl < wire::IPV4_MIN_IHL {
+        return Transport::Unknown;
+    }
+    let header_len = ihl as usize * wire::IPV4_IHL_WORD;
+    // Options cut short: the transport header's position is not trustworthy.
+    if frame.bytes::<1>(l3 + header_len - 1).is_none() {
+        return Transport::Unknown;
+    }
+    let Some(frag) = frame.be16_at(l3 + wire::IPV4_FRAG_OFF_OFFSET) else {
+        return Transport::Unknown;
+    };
+    // A non-first fragment has no transport header; without its first fragment (judged by
+    // its port) it cannot be reassembled.
+    if frag & wire::IPV4_FRAG_OFF_MASK != 0 {
+        return Transport::Unprotected;
+    }
+    let Some(protocol) = frame.u8_at(l3 + wire::IPV4_PROTO_OFFSET) else {
+        return Transport::Unknown;
+    };
+    if protocol != proto::TCP && protocol != proto::UDP {
+        return Transport::Unprotected;
+    }
+    dst_port(frame, l3 + header_len)
+}
+
+#[inline(always)]
+fn dst_port(frame: &Frame, l4: usize) -> Transport {
+    match frame.be16_at(l4 + wire::L4_DST_PORT_OFFSET) {
+        Some(port) => Transport::Port(port),
+        None => Transport::Unknown,
+    }
+}
+
+#[inline(always)]
+fn ipv6(frame: &Frame, l3: usize) -> Parsed {
+    let Some(src) = frame.bytes::<{ wire::IPV6_ADDR_LEN }>(l3 + wire::IPV6_SRC_OFFSET) else {
+        return Parsed::Unparseable(Family::Ipv6);
+    };
+    Parsed::Ip {
+        src: Source::V6(src),
+        transport: ipv6_transport(frame, l3),
+    }
+}
+
+#[inline(always)]
+fn ipv6_transport(frame: &Frame, l3: usize) -> Transport {
+    const VERSION: u8 = 6;
+    let Some(version) = frame.u8_at(l3) else {
+        return Transport::Unknown;
+    };
+    if version >> 4 != VERSION {
+        return Transport::Unknown;
+    }
+    // The fixed header must be complete (the destination address is its last field).
+    if frame.bytes::<1>(l3 + wire::IPV6_HLEN - 1).is_none() {
+        return Transport::Unknown;
+    }
+    let Some(mut next) = frame.u8_at(l3 + wire::IPV6_NEXT_HEADER_OFFSET) else {
+        return Transport::Unknown;
+    };
+    let mut offset = l3 + wire::IPV6_HLEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let header_len = match next {
+            proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS => {
+                let Some([nh, len]) = frame.bytes::<2>(offset) else {
+                    return Transport::Unknown;
+                };
+                next = nh;
+                (len as usize + 1) * wire::IPV6_EXT_UNIT
+            }
+            proto::AH => {
+                let Some([nh, len]) = frame.bytes::<2>(offset) else {
+                    return Transport::Unknown;
+                };
+                next = nh;
+                (len as usize + wire::IPV6_AH_LEN_BIAS) * wire::IPV6_AH_UNIT
+            }
+            proto::FRAGMENT => {
+                let Some([nh, _reserved, hi, lo]) = frame.bytes::<4>(offset) else {
+                    return Transport::Unknown;
+                };
+                if u16::from_be_bytes([hi, lo]) >> wire::IPV6_FRAG_OFF_SHIFT != 0 {
+                    // Non-first fragment: no transport header here (see ipv4_transport).
+                    return Transport::Unprotected;
+                }
+                next = nh;
+                wire::IPV6_FRAG_HLEN
+            }
+            _ => break,
+        };
+        offset += header_len;
+    }
+    match next {
+        proto::TCP | proto::UDP => dst_port(frame, offset),
+        // Still inside the chain after the bound: we stopped looking, the kernel would not.
+        proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS | proto::AH | proto::FRAGMENT => {
+            Transport::Unknown
+        }
+        // Known extension headers we do not walk: whatever follows them is unknown.
+        proto::MOBILITY
+        | proto::HIP
+        | proto::SHIM6
+        | proto::EXPERIMENTAL_1
+        | proto::EXPERIMENTAL_2 => Transport::Unknown,
+        // ICMPv6, ESP, no-next-header and every other upper layer: no Serve port behind it.
+        _ => Transport::Unprotected,
+    }
+}

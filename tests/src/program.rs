@@ -1,0 +1,325 @@
+//! The real XDP program, loaded (not attached) for verdict tests and the benchmark: fills the
+//! protected ports, allow-lists and config, runs frames through BPF_PROG_TEST_RUN and reads the
+//! counters summed over CPUs.
+//!
+//! The object declares its maps pinned by name. aya pins such maps under
+//! `default_map_pin_directory` (or /sys/fs/bpf itself when none is set) and *reuses* maps
+//! already pinned there, so every instance gets its own directory, removed on Drop: two tests
+//! must never share maps.
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::Xdp,
+};
+use serve_guard::filter::{
+    object::OBJECT,
+    test_run::{TestRun, test_run},
+};
+use serve_guard_common::{
+    AllowValue, COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_PROTECTED, PROGRAM_NAME,
+    PortValue, Reason, counter_index, maps,
+};
+use std::{
+    ffi::CString,
+    io,
+    net::IpAddr,
+    os::fd::{AsFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+const BPFFS: &str = "/sys/fs/bpf";
+/// statfs f_type of a bpf filesystem (uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// The allow-list value (the key is what matters).
+const ALLOWED: AllowValue = 1;
+
+/// XDP verdicts as BPF_PROG_TEST_RUN reports them (uapi `enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+static INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+/// Counters of every (reason, family), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters([[Counter; Family::COUNT]; Reason::COUNT]);
+
+impl Counters {
+    pub fn get(&self, reason: Reason, family: Family) -> Counter {
+        self.0[reason as usize][family as usize]
+    }
+
+    /// Every (reason, family) whose packet count differs from `before`, with the difference.
+    pub fn moved_since(&self, before: &Counters) -> Vec<(Reason, Family, u64)> {
+        let mut moved = Vec::new();
+        for reason in Reason::ALL {
+            for family in Family::ALL {
+                let (now, then) = (self.get(reason, family), before.get(reason, family));
+                if now.packets != then.packets {
+                    moved.push((reason, family, now.packets.wrapping_sub(then.packets)));
+                }
+            }
+        }
+        moved
+    }
+}
+
+/// One loaded instance of the program with its own maps.
+pub struct TestProgram {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl TestProgram {
+    /// Loads the embedded object with its maps pinned in a fresh directory under /sys/fs/bpf.
+    pub fn load() -> Result<Self> {
+        ensure_bpffs()?;
+        let pin_dir = PathBuf::from(BPFFS).join(format!(
+            "sg-test-{}-{}",
+            std::process::id(),
+            INSTANCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        if pin_dir.exists() {
+            // Left by a crashed run of a process with the same pid: stale, not ours to reuse.
+            remove_pin_dir(&pin_dir)?;
+        }
+        std::fs::create_dir(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+        let guard = PinDirGuard(pin_dir.clone());
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(OBJECT)
+            .context("loading the embedded eBPF object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .with_context(|| format!("program {PROGRAM_NAME} not in the object"))?
+            .try_into()?;
+        program
+            .load()
+            .context("verifier rejected the XDP program")?;
+        std::mem::forget(guard);
+        Ok(Self { ebpf, pin_dir })
+    }
+
+    /// Where this instance's maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn fd(&self) -> Result<BorrowedFd<'_>> {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .context("program missing")?
+            .try_into()?;
+        Ok(program.fd()?.as_fd())
+    }
+
+    pub fn protect_port(&mut self, port: u16) -> Result<()> {
+        let mut ports: Array<_, PortValue> =
+            Array::try_from(self.ebpf.map_mut(maps::PORTS).context("ports map")?)?;
+        ports.set(u32::from(port), &PORT_PROTECTED, 0)?;
+        Ok(())
+    }
+
+    /// Adds `addr/prefix_len` to the allow-list of its family.
+    pub fn allow(&mut self, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => {
+                if prefix_len > 32 {
+                    bail!("prefix length {prefix_len} too long for {a}");
+                }
+                let mut trie: LpmTrie<_, [u8; 4], AllowValue> =
+                    LpmTrie::try_from(self.ebpf.map_mut(maps::ALLOW_V4).context("v4 allow-list")?)?;
+                trie.insert(&Key::new(u32::from(prefix_len), a.octets()), &ALLOWED, 0)?;
+            }
+            IpAddr::V6(a) => {
+                if prefix_len > 128 {
+                    bail!("prefix length {prefix_len} too long for {a}");
+                }
+                let mut trie: LpmTrie<_, [u8; 16], AllowValue> =
+                    LpmTrie::try_from(self.ebpf.map_mut(maps::ALLOW_V6).context("v6 allow-list")?)?;
+                trie.insert(&Key::new(u32::from(prefix_len), a.octets()), &ALLOWED, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, config: FilterConfig) -> Result<()> {
+        let mut array: Array<_, FilterConfig> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).context("config map")?)?;
+        array.set(0, &config, 0)?;
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let array: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).context("counters map")?)?;
+        let mut out = Counters::default();
+        for reason in Reason::ALL {
+            for family in Family::ALL {
+                let index = counter_index(reason, family);
+                debug_assert!(index < COUNTER_ENTRIES);
+                let sum = array
+                    .get(&index, 0)?
+                    .iter()
+                    .fold(Counter::default(), |a, c| Counter {
+                        packets: a.packets + c.packets,
+                        bytes: a.bytes + c.bytes,
+                    });
+                out.0[reason as usize][family as usize] = sum;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once on `frame`.
+    pub fn run(&self, frame: &[u8]) -> Result<TestRun> {
+        self.run_repeat(frame, 1)
+    }
+
+    pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> Result<TestRun> {
+        test_run(self.fd()?, frame, repeat)
+            .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))
+    }
+}
+
+impl Drop for TestProgram {
+    fn drop(&mut self) {
+        if let Err(e) = remove_pin_dir(&self.pin_dir) {
+            eprintln!(
+                "warning: could not remove {}: {e:#}",
+                self.pin_dir.display()
+            );
+        }
+    }
+}
+
+/// Removes a pin directory if `load` fails half way.
+struct PinDirGuard(PathBuf);
+
+impl Drop for PinDirGuard {
+    fn drop(&mut self) {
+        let _ = remove_pin_dir(&self.0);
+    }
+}
+
+/// Unpins every map in `dir` (the maps live on while a program or fd holds them) and removes it.
+fn remove_pin_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    std::fs::remove_dir(dir)?;
+    Ok(())
+}
+
+/// Mounts bpffs on /sys/fs/bpf unless it already is (what `cargo xtask setup` does too).
+fn ensure_bpffs() -> Result<()> {
+    let path = CString::new(BPFFS)?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a statfs buffer that outlives the call.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = CString::new("bpf")?;
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+/// `bpf_insn` (uapi/linux/bpf.h): opcode, dst/src registers, offset, immediate.
+#[repr(C)]
+struct BpfInsn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// `enum bpf_cmd` BPF_PROG_LOAD and `enum bpf_prog_type` BPF_PROG_TYPE_XDP.
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+/// BPF_ALU64 | BPF_MOV | BPF_K and BPF_JMP | BPF_EXIT.
+const BPF_MOV64_IMM: u8 = 0xb7;
+const BPF_EXIT: u8 = 0x95;
+
+/// The prefix of `union bpf_attr` BPF_PROG_LOAD needs, up to `expected_attach_type`.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+// No implicit padding: the kernel rejects non-zero bytes it does not know (EINVAL).
+const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
+
+/// Loads the smallest XDP program there is, `r0 = XDP_PASS; exit`, straight from raw
+/// instructions: the floor every other measurement is compared with.
+pub fn load_pass_program() -> io::Result<OwnedFd> {
+    let insns = [
+        BpfInsn {
+            code: BPF_MOV64_IMM,
+            regs: 0, // dst r0
+            off: 0,
+            imm: XDP_PASS as i32,
+        },
+        BpfInsn {
+            code: BPF_EXIT,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..7].copy_from_slice(b"sg_pass");
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_LOAD; the instruction array and the
+    // license string outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -1,0 +1,955 @@
+//! Verdict tests (issue 2, Tests item 2): crafted frames through BPF_PROG_TEST_RUN on the real
+//! XDP program, each with its expected verdict and the one (reason, family) counter that must
+//! move by exactly one packet and the frame's length in bytes. Each test loads its own program
+//! instance with its own pinned maps.
+
+use serve_guard::filter::test_run::MIN_DATA_LEN;
+use serve_guard_common::{
+    Family::{self, Ipv4, Ipv6, Other},
+    FilterConfig, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    Reason::{self, AuditWouldDrop, DropOutsideVpc, DropUnparseable, PassAllowed, PassUnprotected},
+    wire::proto,
+};
+use serve_guard_tests::{
+    frames::{Ext, Frame},
+    program::{TestProgram, XDP_DROP, XDP_PASS},
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+const HTTP: u16 = 8000;
+const GRPC: u16 = 9000;
+const PROTECTED: [u16; 2] = [HTTP, GRPC];
+const UNPROTECTED: u16 = 8080;
+
+/// The VPC: 198.18.0.0/24 and fd00:1::/64. Clients inside and outside it, and the server.
+const VPC_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 24);
+const VPC_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0), 64);
+const INSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// Just past the /24: the longest-prefix match must not round it in.
+const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const INSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x10);
+const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x10);
+const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+
+/// IPv4 option: Record Route with room for one address (type 7, length 7, pointer 4).
+const OPT_RECORD_ROUTE: [u8; 7] = [7, 7, 4, 0, 0, 0, 0];
+/// The largest IPv4 header: IHL 15, 40 bytes of options (NOPs).
+const OPT_MAX_NOPS: [u8; 40] = [1; 40];
+/// A non-first fragment offset (in 8-octet units).
+const LATER_FRAGMENT: u16 = 185;
+const LLDP: u16 = 0x88cc;
+const SCTP: u8 = 132;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    Inside,
+    Outside,
+}
+
+use Src::{Inside, Outside};
+
+fn v4(src: Src) -> Frame {
+    let ip = match src {
+        Inside => INSIDE_V4,
+        Outside => OUTSIDE_V4,
+    };
+    Frame::ipv4(ip, SERVER_V4)
+}
+
+fn v6(src: Src) -> Frame {
+    let ip = match src {
+        Inside => INSIDE_V6,
+        Outside => OUTSIDE_V6,
+    };
+    Frame::ipv6(ip, SERVER_V6)
+}
+
+/// The verdict a protected-port packet gets: allowed in, the rest dropped.
+fn protected(src: Src) -> (u32, Reason) {
+    match src {
+        Inside => (XDP_PASS, PassAllowed),
+        Outside => (XDP_DROP, DropOutsideVpc),
+    }
+}
+
+/// The verdict when the port cannot be known: only an allowed source passes.
+fn unknown_port(src: Src) -> (u32, Reason) {
+    match src {
+        Inside => (XDP_PASS, PassAllowed),
+        Outside => (XDP_DROP, DropUnparseable),
+    }
+}
+
+const UNPROTECTED_PASS: (u32, Reason) = (XDP_PASS, PassUnprotected);
+
+struct Case {
+    name: String,
+    frame: Vec<u8>,
+    verdict: u32,
+    reason: Reason,
+    family: Family,
+}
+
+impl Case {
+    fn new(
+        name: impl Into<String>,
+        frame: Vec<u8>,
+        (verdict, reason): (u32, Reason),
+        family: Family,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            frame,
+            verdict,
+            reason,
+            family,
+        }
+    }
+}
+
+fn verdict_name(v: u32) -> &'static str {
+    match v {
+        XDP_PASS => "XDP_PASS",
+        XDP_DROP => "XDP_DROP",
+        _ => "other",
+    }
+}
+
+/// A program with 8000 and 9000 protected, the VPC allowed and `flags` set.
+fn program(flags: u32) -> TestProgram {
+    let mut p = TestProgram::load().expect("load the XDP program");
+    for port in PROTECTED {
+        p.protect_port(port).expect("protect port");
+    }
+    p.allow(IpAddr::V4(VPC_V4.0), VPC_V4.1).expect("allow v4");
+    p.allow(IpAddr::V6(VPC_V6.0), VPC_V6.1).expect("allow v6");
+    p.set_config(FilterConfig { flags }).expect("config");
+    p
+}
+
+/// Runs every case, collecting every mismatch so one failure report lists them all.
+fn check(program: &TestProgram, cases: &[Case]) {
+    assert!(!cases.is_empty(), "a test without cases asserts nothing");
+    let mut failures = Vec::new();
+    for case in cases {
+        let before = program.counters().expect("read counters");
+        let run = program.run(&case.frame).expect("BPF_PROG_TEST_RUN");
+        let after = program.counters().expect("read counters");
+        let moved = after.moved_since(&before);
+        let expected_moved = vec![(case.reason, case.family, 1)];
+        let bytes =
+            after.get(case.reason, case.family).bytes - before.get(case.reason, case.family).bytes;
+        if run.retval != case.verdict || moved != expected_moved || bytes != case.frame.len() as u64
+        {
+            failures.push(format!(
+                "{}: expected {} counted {}/{} (+{} bytes), got {} with counters moved {:?} (+{} bytes)",
+                case.name,
+                verdict_name(case.verdict),
+                case.reason.name(),
+                case.family.name(),
+                case.frame.len(),
+                verdict_name(run.retval),
+                moved
+                    .iter()
+                    .map(|(r, f, n)| format!("{}/{} +{n}", r.name(), f.name()))
+                    .collect::<Vec<_>>(),
+                bytes,
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn protected_ports_allowed_and_denied_v4_v6_tcp_udp() {
+    let mut cases = Vec::new();
+    for port in PROTECTED {
+        for src in [Inside, Outside] {
+            let want = protected(src);
+            cases.push(Case::new(
+                format!("v4 {src:?} tcp/{port}"),
+                v4(src).tcp(port).build(),
+                want,
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("v4 {src:?} udp/{port}"),
+                v4(src).udp(port).build(),
+                want,
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} tcp/{port}"),
+                v6(src).tcp(port).build(),
+                want,
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} udp/{port}"),
+                v6(src).udp(port).build(),
+                want,
+                Ipv6,
+            ));
+        }
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn unprotected_ports_pass_from_anywhere() {
+    let mut cases = Vec::new();
+    // Neighbours of the protected ports, the bottom and the top of the port space.
+    for port in [UNPROTECTED, HTTP - 1, HTTP + 1, GRPC + 1, 0, u16::MAX] {
+        for src in [Inside, Outside] {
+            cases.push(Case::new(
+                format!("v4 {src:?} tcp/{port}"),
+                v4(src).tcp(port).build(),
+                UNPROTECTED_PASS,
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("v4 {src:?} udp/{port}"),
+                v4(src).udp(port).build(),
+                UNPROTECTED_PASS,
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} tcp/{port}"),
+                v6(src).tcp(port).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} udp/{port}"),
+                v6(src).udp(port).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+        }
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn vlan_and_qinq_tags_are_looked_through() {
+    let tagged: [(&str, fn(Frame) -> Frame); 4] = [
+        ("802.1Q", |f| f.vlan_8021q(10)),
+        ("802.1ad", |f| f.vlan_8021ad(10)),
+        ("QinQ 802.1ad+802.1Q", |f| f.vlan_8021ad(100).vlan_8021q(10)),
+        ("double 802.1Q", |f| f.vlan_8021q(100).vlan_8021q(10)),
+    ];
+    let mut cases = Vec::new();
+    for (tags, tag) in tagged {
+        for src in [Inside, Outside] {
+            cases.push(Case::new(
+                format!("{tags} v4 {src:?} tcp/{HTTP}"),
+                tag(v4(src).tcp(HTTP)).build(),
+                protected(src),
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("{tags} v6 {src:?} udp/{GRPC}"),
+                tag(v6(src).udp(GRPC)).build(),
+                protected(src),
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("{tags} v4 {src:?} tcp/{UNPROTECTED}"),
+                tag(v4(src).tcp(UNPROTECTED)).build(),
+                UNPROTECTED_PASS,
+                Ipv4,
+            ));
+        }
+        cases.push(Case::new(
+            format!("{tags} ARP"),
+            tag(Frame::arp()).build(),
+            UNPROTECTED_PASS,
+            Other,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn more_vlan_tags_than_the_bound_are_dropped_whatever_the_source() {
+    assert_eq!(
+        MAX_VLAN_TAGS, 2,
+        "the cases below stack one tag more than the bound"
+    );
+    let three = |f: Frame| f.vlan_8021ad(1).vlan_8021q(2).vlan_8021q(3);
+    let drop = (XDP_DROP, DropUnparseable);
+    let cases = vec![
+        // No source is known behind too many tags, so none is trusted.
+        Case::new(
+            "three tags v4 Inside tcp/8000",
+            three(v4(Inside).tcp(HTTP)).build(),
+            drop,
+            Other,
+        ),
+        Case::new(
+            "three tags v4 Outside tcp/8000",
+            three(v4(Outside).tcp(HTTP)).build(),
+            drop,
+            Other,
+        ),
+        Case::new(
+            "three tags v6 Outside udp/9000",
+            three(v6(Outside).udp(GRPC)).build(),
+            drop,
+            Other,
+        ),
+        Case::new(
+            "three tags v4 Outside tcp/8080",
+            three(v4(Outside).tcp(UNPROTECTED)).build(),
+            drop,
+            Other,
+        ),
+        Case::new("three tags ARP", three(Frame::arp()).build(), drop, Other),
+    ];
+    check(&program(0), &cases);
+}
+
+#[test]
+fn ipv4_options_and_bad_header_lengths() {
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        cases.push(Case::new(
+            format!("v4 {src:?} record-route option tcp/8000"),
+            v4(src).ipv4_options(&OPT_RECORD_ROUTE).tcp(HTTP).build(),
+            protected(src),
+            Ipv4,
+        ));
+        cases.push(Case::new(
+            format!("v4 {src:?} 40 bytes of options (IHL 15) udp/9000"),
+            v4(src).ipv4_options(&OPT_MAX_NOPS).udp(GRPC).build(),
+            protected(src),
+            Ipv4,
+        ));
+        cases.push(Case::new(
+            format!("v4 {src:?} 40 bytes of options tcp/8080"),
+            v4(src).ipv4_options(&OPT_MAX_NOPS).tcp(UNPROTECTED).build(),
+            UNPROTECTED_PASS,
+            Ipv4,
+        ));
+        // IHL below 5: the kernel discards it; we cannot find a port.
+        cases.push(Case::new(
+            format!("v4 {src:?} IHL 4 tcp/8000"),
+            v4(src).ihl(4).tcp(HTTP).build(),
+            unknown_port(src),
+            Ipv4,
+        ));
+        cases.push(Case::new(
+            format!("v4 {src:?} IHL 0 tcp/8080"),
+            v4(src).ihl(0).tcp(UNPROTECTED).build(),
+            unknown_port(src),
+            Ipv4,
+        ));
+        // IHL 15 without options: the header claims more bytes than the frame has.
+        cases.push(Case::new(
+            format!("v4 {src:?} IHL 15 past the end of the frame"),
+            v4(src).ihl(15).tcp(HTTP).build(),
+            unknown_port(src),
+            Ipv4,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn ipv6_behind_each_extension_header() {
+    let exts = [
+        ("hop-by-hop", Ext::HopByHop),
+        ("routing", Ext::Routing),
+        ("destination options", Ext::DestOpts { extra_units: 0 }),
+        (
+            "destination options of 2048 bytes",
+            Ext::DestOpts {
+                extra_units: u8::MAX,
+            },
+        ),
+        (
+            "first fragment",
+            Ext::Fragment {
+                offset: 0,
+                more: true,
+            },
+        ),
+        ("AH", Ext::Ah),
+    ];
+    let mut cases = Vec::new();
+    for (name, ext) in exts {
+        for src in [Inside, Outside] {
+            cases.push(Case::new(
+                format!("v6 {src:?} {name} tcp/8000"),
+                v6(src).ext(ext).tcp(HTTP).build(),
+                protected(src),
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} {name} udp/9000"),
+                v6(src).ext(ext).udp(GRPC).build(),
+                protected(src),
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} {name} tcp/8080"),
+                v6(src).ext(ext).tcp(UNPROTECTED).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+        }
+    }
+    // Every walkable kind in one chain, as the kernel would accept it.
+    for src in [Inside, Outside] {
+        let chain = v6(src)
+            .ext(Ext::HopByHop)
+            .ext(Ext::DestOpts { extra_units: 1 })
+            .ext(Ext::Routing)
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            })
+            .ext(Ext::Ah)
+            .ext(Ext::DestOpts { extra_units: 0 });
+        cases.push(Case::new(
+            format!("v6 {src:?} six-header chain tcp/8000"),
+            chain.tcp(HTTP).build(),
+            protected(src),
+            Ipv6,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn ipv6_chain_at_and_beyond_the_bound() {
+    let chain =
+        |src: Src, n: usize| (0..n).fold(v6(src), |f, _| f.ext(Ext::DestOpts { extra_units: 0 }));
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        cases.push(Case::new(
+            format!("v6 {src:?} {MAX_IPV6_EXT_HEADERS} extension headers (the bound) tcp/8000"),
+            chain(src, MAX_IPV6_EXT_HEADERS).tcp(HTTP).build(),
+            protected(src),
+            Ipv6,
+        ));
+        cases.push(Case::new(
+            format!("v6 {src:?} {MAX_IPV6_EXT_HEADERS} extension headers tcp/8080"),
+            chain(src, MAX_IPV6_EXT_HEADERS).tcp(UNPROTECTED).build(),
+            UNPROTECTED_PASS,
+            Ipv6,
+        ));
+        // One more: the program stops looking, so even an unprotected port is unknown.
+        for port in [HTTP, UNPROTECTED] {
+            cases.push(Case::new(
+                format!(
+                    "v6 {src:?} {} extension headers (beyond the bound) tcp/{port}",
+                    MAX_IPV6_EXT_HEADERS + 1
+                ),
+                chain(src, MAX_IPV6_EXT_HEADERS + 1).tcp(port).build(),
+                unknown_port(src),
+                Ipv6,
+            ));
+        }
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn ipv6_unwalkable_extension_headers_and_other_upper_layers() {
+    let unwalkable = [
+        ("Mobility", proto::MOBILITY),
+        ("HIP", proto::HIP),
+        ("Shim6", proto::SHIM6),
+        ("experimental 253", proto::EXPERIMENTAL_1),
+        ("experimental 254", proto::EXPERIMENTAL_2),
+    ];
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        for (name, value) in unwalkable {
+            cases.push(Case::new(
+                format!("v6 {src:?} {name} header then tcp/8000"),
+                v6(src).ext(Ext::Other(value)).tcp(HTTP).build(),
+                unknown_port(src),
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} hop-by-hop, {name} then tcp/8080"),
+                v6(src)
+                    .ext(Ext::HopByHop)
+                    .ext(Ext::Other(value))
+                    .tcp(UNPROTECTED)
+                    .build(),
+                unknown_port(src),
+                Ipv6,
+            ));
+        }
+        for (name, number) in [
+            ("ESP", proto::ESP),
+            ("no-next-header", proto::NONE),
+            ("SCTP", SCTP),
+        ] {
+            cases.push(Case::new(
+                format!("v6 {src:?} {name}"),
+                v6(src).protocol(number).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} routing then {name}"),
+                v6(src).ext(Ext::Routing).protocol(number).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+        }
+        cases.push(Case::new(
+            format!("v6 {src:?} ICMPv6 echo"),
+            v6(src).icmp().build(),
+            UNPROTECTED_PASS,
+            Ipv6,
+        ));
+        cases.push(Case::new(
+            format!("v6 {src:?} hop-by-hop then ICMPv6"),
+            v6(src).ext(Ext::HopByHop).icmp().build(),
+            UNPROTECTED_PASS,
+            Ipv6,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn fragments_first_judged_by_port_later_ones_pass() {
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        cases.push(Case::new(
+            format!("v4 {src:?} first fragment tcp/8000"),
+            v4(src).ipv4_fragment(0, true).tcp(HTTP).build(),
+            protected(src),
+            Ipv4,
+        ));
+        cases.push(Case::new(
+            format!("v4 {src:?} first fragment udp/8080"),
+            v4(src).ipv4_fragment(0, true).udp(UNPROTECTED).build(),
+            UNPROTECTED_PASS,
+            Ipv4,
+        ));
+        // Whatever its payload looks like, a later fragment carries no port.
+        for more in [true, false] {
+            cases.push(Case::new(
+                format!("v4 {src:?} later fragment (more={more}) bytes look like tcp/8000"),
+                v4(src)
+                    .ipv4_fragment(LATER_FRAGMENT, more)
+                    .tcp(HTTP)
+                    .build(),
+                UNPROTECTED_PASS,
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} later fragment (more={more}) bytes look like tcp/8000"),
+                v6(src)
+                    .ext(Ext::Fragment {
+                        offset: LATER_FRAGMENT,
+                        more,
+                    })
+                    .tcp(HTTP)
+                    .build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+        }
+        cases.push(Case::new(
+            format!("v6 {src:?} first fragment udp/9000"),
+            v6(src)
+                .ext(Ext::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .udp(GRPC)
+                .build(),
+            protected(src),
+            Ipv6,
+        ));
+        cases.push(Case::new(
+            format!("v6 {src:?} hop-by-hop, later fragment"),
+            v6(src)
+                .ext(Ext::HopByHop)
+                .ext(Ext::Fragment {
+                    offset: LATER_FRAGMENT,
+                    more: true,
+                })
+                .tcp(HTTP)
+                .build(),
+            UNPROTECTED_PASS,
+            Ipv6,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn arp_icmp_and_other_ethertypes_pass() {
+    let mut cases = vec![
+        Case::new("ARP request", Frame::arp().build(), UNPROTECTED_PASS, Other),
+        Case::new(
+            "LLDP",
+            Frame::ethertype(LLDP).build(),
+            UNPROTECTED_PASS,
+            Other,
+        ),
+    ];
+    for src in [Inside, Outside] {
+        cases.push(Case::new(
+            format!("v4 {src:?} ICMP echo"),
+            v4(src).icmp().build(),
+            UNPROTECTED_PASS,
+            Ipv4,
+        ));
+        cases.push(Case::new(
+            format!("v4 {src:?} ESP"),
+            v4(src).protocol(proto::ESP).build(),
+            UNPROTECTED_PASS,
+            Ipv4,
+        ));
+        cases.push(Case::new(
+            format!("v4 {src:?} SCTP"),
+            v4(src).protocol(SCTP).build(),
+            UNPROTECTED_PASS,
+            Ipv4,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+/// The verdict for `frame` cut to `len` bytes, from where its layers start: what the issue's
+/// table says, computed independently of the program.
+fn expected_at(
+    len: usize,
+    frame: &Frame,
+    family: Family,
+    src: Src,
+    port_verdict: (u32, Reason),
+) -> ((u32, Reason), Family) {
+    const V4_SRC_END: usize = 16;
+    const V6_SRC_END: usize = 24;
+    const PORT_END: usize = 4;
+    let layout = frame.layout();
+    if len < layout.l3 {
+        // Ethernet or a tag cut short: nothing is known.
+        return ((XDP_DROP, DropUnparseable), Other);
+    }
+    let src_end = match family {
+        Ipv4 => V4_SRC_END,
+        Ipv6 => V6_SRC_END,
+        Other => return (UNPROTECTED_PASS, Other),
+    };
+    if len < layout.l3 + src_end {
+        return ((XDP_DROP, DropUnparseable), family);
+    }
+    if len < layout.l4 + PORT_END {
+        return (unknown_port(src), family);
+    }
+    (port_verdict, family)
+}
+
+#[test]
+fn frames_cut_at_every_length() {
+    let program = program(0);
+    // The shortest input the kernel accepts: below it BPF_PROG_TEST_RUN refuses the frame,
+    // above it every length must get a verdict.
+    for len in 0..MIN_DATA_LEN {
+        assert!(
+            program.run(&Frame::arp().truncate(len).build()).is_err(),
+            "the kernel accepted a {len}-byte frame; MIN_DATA_LEN is wrong"
+        );
+    }
+    let shapes: Vec<(&str, Family, fn(Src) -> Frame)> = vec![
+        ("v4 tcp/8000", Ipv4, |s| v4(s).tcp(HTTP)),
+        ("v4 udp/9000", Ipv4, |s| v4(s).udp(GRPC)),
+        ("v4 tcp/8080", Ipv4, |s| v4(s).tcp(UNPROTECTED)),
+        ("v4 options tcp/8000", Ipv4, |s| {
+            v4(s).ipv4_options(&OPT_RECORD_ROUTE).tcp(HTTP)
+        }),
+        ("QinQ v4 tcp/8000", Ipv4, |s| {
+            v4(s).tcp(HTTP).vlan_8021ad(100).vlan_8021q(10)
+        }),
+        ("v6 tcp/8000", Ipv6, |s| v6(s).tcp(HTTP)),
+        ("v6 udp/8080", Ipv6, |s| v6(s).udp(UNPROTECTED)),
+        ("802.1Q v6 udp/9000", Ipv6, |s| {
+            v6(s).udp(GRPC).vlan_8021q(10)
+        }),
+        ("v6 hop-by-hop, fragment, AH tcp/8000", Ipv6, |s| {
+            v6(s)
+                .ext(Ext::HopByHop)
+                .ext(Ext::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .ext(Ext::Ah)
+                .tcp(HTTP)
+        }),
+        ("802.1Q ARP", Other, |_| Frame::arp().vlan_8021q(10)),
+    ];
+    let mut cases = Vec::new();
+    let mut lengths = 0;
+    for (name, family, shape) in &shapes {
+        for src in [Inside, Outside] {
+            let frame = shape(src);
+            let full = frame.build();
+            let l4 = frame.layout().l4;
+            let port_verdict = match family {
+                Other => UNPROTECTED_PASS,
+                _ if PROTECTED.contains(&u16::from_be_bytes([full[l4 + 2], full[l4 + 3]])) => {
+                    protected(src)
+                }
+                _ => UNPROTECTED_PASS,
+            };
+            for len in MIN_DATA_LEN..=frame.headers_len() {
+                let (want, fam) = expected_at(len, &frame, *family, src, port_verdict);
+                // The property the table encodes: a source outside the VPC never passes
+                // while the port is unknown.
+                if src == Outside && *family != Other && len < frame.layout().l4 + 4 {
+                    assert_eq!(
+                        want.0, XDP_DROP,
+                        "{name}: the expectation itself would let a denied source pass"
+                    );
+                }
+                cases.push(Case::new(
+                    format!("{name} {src:?} cut to {len} of {} bytes", full.len()),
+                    frame.clone().truncate(len).build(),
+                    want,
+                    fam,
+                ));
+                lengths += 1;
+            }
+        }
+    }
+    assert!(
+        lengths > 500,
+        "expected every length of every shape, built {lengths}"
+    );
+    check(&program, &cases);
+}
+
+#[test]
+fn audit_mode_passes_and_counts_what_it_would_drop() {
+    let three_tags = |f: Frame| f.vlan_8021q(1).vlan_8021q(2).vlan_8021q(3);
+    let audit = (XDP_PASS, AuditWouldDrop);
+    let cases = vec![
+        Case::new(
+            "audit v4 Outside tcp/8000",
+            v4(Outside).tcp(HTTP).build(),
+            audit,
+            Ipv4,
+        ),
+        Case::new(
+            "audit v6 Outside udp/9000",
+            v6(Outside).udp(GRPC).build(),
+            audit,
+            Ipv6,
+        ),
+        Case::new(
+            "audit v4 Outside cut before the port",
+            v4(Outside).tcp(HTTP).truncate(36).build(),
+            audit,
+            Ipv4,
+        ),
+        Case::new(
+            "audit v4 cut before the source",
+            v4(Outside).tcp(HTTP).truncate(20).build(),
+            audit,
+            Ipv4,
+        ),
+        Case::new(
+            "audit v6 Outside beyond the chain bound",
+            (0..=MAX_IPV6_EXT_HEADERS)
+                .fold(v6(Outside), |f, _| f.ext(Ext::HopByHop))
+                .tcp(HTTP)
+                .build(),
+            audit,
+            Ipv6,
+        ),
+        Case::new(
+            "audit three tags",
+            three_tags(v4(Outside).tcp(HTTP)).build(),
+            audit,
+            Other,
+        ),
+        // What would pass anyway is counted as usual.
+        Case::new(
+            "audit v4 Inside tcp/8000",
+            v4(Inside).tcp(HTTP).build(),
+            (XDP_PASS, PassAllowed),
+            Ipv4,
+        ),
+        Case::new(
+            "audit v6 Outside tcp/8080",
+            v6(Outside).tcp(UNPROTECTED).build(),
+            UNPROTECTED_PASS,
+            Ipv6,
+        ),
+        Case::new("audit ARP", Frame::arp().build(), UNPROTECTED_PASS, Other),
+    ];
+    check(&program(FilterConfig::FLAG_AUDIT), &cases);
+}
+
+#[test]
+fn debug_logging_does_not_change_verdicts() {
+    // Nobody reads the log ring here: logging must neither fail the program nor alter it.
+    for flags in [
+        FilterConfig::FLAG_LOG,
+        FilterConfig::FLAG_LOG | FilterConfig::FLAG_AUDIT,
+    ] {
+        let audit = flags & FilterConfig::FLAG_AUDIT != 0;
+        let dropped = |reason| {
+            if audit {
+                (XDP_PASS, AuditWouldDrop)
+            } else {
+                (XDP_DROP, reason)
+            }
+        };
+        let cases = vec![
+            Case::new(
+                format!("log flags={flags} v4 Inside tcp/8000"),
+                v4(Inside).tcp(HTTP).build(),
+                (XDP_PASS, PassAllowed),
+                Ipv4,
+            ),
+            Case::new(
+                format!("log flags={flags} v4 Outside tcp/8000"),
+                v4(Outside).tcp(HTTP).build(),
+                dropped(DropOutsideVpc),
+                Ipv4,
+            ),
+            Case::new(
+                format!("log flags={flags} v6 Outside cut before the port"),
+                v6(Outside).tcp(HTTP).truncate(56).build(),
+                dropped(DropUnparseable),
+                Ipv6,
+            ),
+            Case::new(
+                format!("log flags={flags} v6 Outside tcp/8080"),
+                v6(Outside).tcp(UNPROTECTED).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ),
+        ];
+        check(&program(flags), &cases);
+    }
+}
+
+#[test]
+fn allow_list_is_longest_prefix_match_per_family() {
+    let mut p = program(0);
+    // A host route outside the /24 and a /128 outside the /64.
+    let host_v4 = Ipv4Addr::new(198, 19, 7, 7);
+    let host_v6 = Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 7);
+    p.allow(IpAddr::V4(host_v4), 32).unwrap();
+    p.allow(IpAddr::V6(host_v6), 128).unwrap();
+    let cases = vec![
+        Case::new(
+            "v4 /32 host",
+            Frame::ipv4(host_v4, SERVER_V4).tcp(HTTP).build(),
+            (XDP_PASS, PassAllowed),
+            Ipv4,
+        ),
+        Case::new(
+            "v4 neighbour of the /32",
+            Frame::ipv4(Ipv4Addr::new(198, 19, 7, 8), SERVER_V4)
+                .tcp(HTTP)
+                .build(),
+            (XDP_DROP, DropOutsideVpc),
+            Ipv4,
+        ),
+        Case::new(
+            "v4 last address of the /24",
+            Frame::ipv4(Ipv4Addr::new(198, 18, 0, 255), SERVER_V4)
+                .tcp(HTTP)
+                .build(),
+            (XDP_PASS, PassAllowed),
+            Ipv4,
+        ),
+        Case::new(
+            "v6 /128 host",
+            Frame::ipv6(host_v6, SERVER_V6).udp(GRPC).build(),
+            (XDP_PASS, PassAllowed),
+            Ipv6,
+        ),
+        Case::new(
+            "v6 neighbour of the /128",
+            Frame::ipv6(Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 8), SERVER_V6)
+                .udp(GRPC)
+                .build(),
+            (XDP_DROP, DropOutsideVpc),
+            Ipv6,
+        ),
+        // The v4 list says nothing about IPv4-mapped IPv6 sources.
+        Case::new(
+            "v6 IPv4-mapped address of an allowed v4 host",
+            Frame::ipv6(host_v4.to_ipv6_mapped(), SERVER_V6)
+                .tcp(HTTP)
+                .build(),
+            (XDP_DROP, DropOutsideVpc),
+            Ipv6,
+        ),
+    ];
+    check(&p, &cases);
+}
+
+#[test]
+fn empty_allow_list_and_no_ports_fail_closed_only_where_protected() {
+    // A fresh instance: no port protected, nothing allowed, default config.
+    let mut p = TestProgram::load().expect("load");
+    let before = vec![
+        Case::new(
+            "no ports: v4 Outside tcp/8000",
+            v4(Outside).tcp(HTTP).build(),
+            UNPROTECTED_PASS,
+            Ipv4,
+        ),
+        Case::new(
+            "no ports: v4 Outside cut before the port",
+            v4(Outside).tcp(HTTP).truncate(36).build(),
+            (XDP_DROP, DropUnparseable),
+            Ipv4,
+        ),
+    ];
+    check(&p, &before);
+    p.protect_port(HTTP).unwrap();
+    let after = vec![
+        Case::new(
+            "empty list: v4 Inside tcp/8000",
+            v4(Inside).tcp(HTTP).build(),
+            (XDP_DROP, DropOutsideVpc),
+            Ipv4,
+        ),
+        Case::new(
+            "empty list: v6 Inside tcp/8000",
+            v6(Inside).tcp(HTTP).build(),
+            (XDP_DROP, DropOutsideVpc),
+            Ipv6,
+        ),
+    ];
+    check(&p, &after);
+}
+
+#[test]
+fn instances_do_not_share_maps() {
+    let a = program(0);
+    let b = TestProgram::load().expect("load a second instance");
+    assert_ne!(a.pin_dir(), b.pin_dir());
+    // b has no protected port: the packet a drops, b passes.
+    let frame = v4(Outside).tcp(HTTP).build();
+    assert_eq!(a.run(&frame).unwrap().retval, XDP_DROP);
+    assert_eq!(b.run(&frame).unwrap().retval, XDP_PASS);
+    let dir = a.pin_dir().to_owned();
+    drop(a);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
