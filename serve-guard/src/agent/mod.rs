@@ -1,1 +1,290 @@
-//! (being written)
+//! `serve-guard run`: validate, lock, start the filter, run the subsystems, stop.
+//!
+//! Order matters for failing closed:
+//! 1. everything in the config is validated (interfaces exist, CIDR file parses) before the
+//!    kernel is touched, so a bad config attaches nothing;
+//! 2. the agent lock makes sure no other agent manages the same state;
+//! 3. the filter starts (adopting pinned maps and links) and only then do the subsystems run;
+//! 4. on SIGINT/SIGTERM the subsystems stop, then the filter stays pinned (`on_stop = "keep"`)
+//!    or is removed (`"detach"`). A crash skips step 4, which leaves the filter pinned: the node
+//!    keeps filtering with the last list.
+//!
+//! Subsystems (control socket, CIDR watcher, metrics, public-mode proxy) are started in
+//! [`start_subsystems`]; each gets an [`AgentContext`].
+
+pub mod lock;
+
+pub use lock::{AgentLock, agent_running, running_agent_pid};
+
+use crate::config::{Config, ConfigError, Mode, OnStop};
+use crate::filter::{Filter, FilterError, FilterStatus};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long subsystems get to finish after the shutdown signal before they are aborted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("cannot create state directory {path}: {error}")]
+    StateDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot lock {path}: {error}")]
+    Lock {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "another agent{} already runs with state_dir {state_dir}; stop it first (systemctl stop serve-guard)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    AlreadyRunning {
+        state_dir: PathBuf,
+        pid: Option<u32>,
+    },
+    #[error("cannot listen for signals: {0}")]
+    Signal(std::io::Error),
+    #[error("the {name} stopped: {detail}")]
+    Subsystem { name: &'static str, detail: String },
+    #[error("the filter start task failed: {0}")]
+    Join(String),
+}
+
+/// The filter, shared by every task that reads or changes it.
+pub type SharedFilter = Arc<tokio::sync::Mutex<Filter>>;
+
+/// Error type of subsystem tasks: each module keeps its own typed error.
+pub type SubsystemError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Set once the filter is attached, its maps filled and the subsystems started (`/ready`).
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// What every subsystem gets.
+#[derive(Clone)]
+pub struct AgentContext {
+    pub config: Arc<Config>,
+    pub filter: SharedFilter,
+    /// Cancelled when the agent stops; subsystems finish within [`SHUTDOWN_GRACE`].
+    pub shutdown: CancellationToken,
+    pub ready: Readiness,
+    pub started_at: SystemTime,
+}
+
+/// The agent's tasks. A task that ends before shutdown (with an error or not) stops the agent:
+/// a half-working agent is worse than a restart by systemd.
+pub struct Subsystems {
+    tasks: JoinSet<(&'static str, Result<(), SubsystemError>)>,
+}
+
+impl Subsystems {
+    fn new() -> Self {
+        Self {
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Runs `task` until it ends or the agent stops. `name` appears in logs and errors.
+    pub fn spawn<F, E>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<SubsystemError>,
+    {
+        tracing::debug!("starting the {name}");
+        self.tasks
+            .spawn(async move { (name, task.await.map_err(Into::into)) });
+    }
+
+    /// Waits for the first task to end; never returns while all run.
+    async fn first_exit(&mut self) -> AgentError {
+        match self.tasks.join_next().await {
+            Some(Ok((name, Ok(())))) => AgentError::Subsystem {
+                name,
+                detail: "it ended unexpectedly".into(),
+            },
+            Some(Ok((name, Err(e)))) => AgentError::Subsystem {
+                name,
+                detail: crate::filter::error_chain(e.as_ref()),
+            },
+            Some(Err(e)) => AgentError::Subsystem {
+                name: "task",
+                detail: e.to_string(),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// After the shutdown signal: lets tasks finish, aborts stragglers.
+    async fn stop(mut self) {
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Ok((name, Err(e))) = joined {
+                    tracing::warn!(
+                        "the {name} failed while stopping: {}",
+                        crate::filter::error_chain(e.as_ref())
+                    );
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "subsystems did not stop within {}s; aborting them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            self.tasks.shutdown().await;
+        }
+    }
+}
+
+/// Runs the agent until SIGINT/SIGTERM or a subsystem failure.
+pub async fn run(config: Config) -> Result<(), AgentError> {
+    // Listen first: a SIGTERM during start-up then stops the agent after the filter is in a
+    // consistent state instead of killing it half-way.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+
+    let host = config.check_host()?;
+    for warning in &host.warnings {
+        tracing::warn!("{}: {warning}", config.cidr_file.display());
+    }
+    let _lock = AgentLock::acquire(&config.state_dir)?;
+
+    let config = Arc::new(config);
+    let filter = {
+        let config = Arc::clone(&config);
+        tokio::task::spawn_blocking(move || Filter::start(&config, &host))
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))??
+    };
+    tracing::info!("{}", summary(&config, &filter.status()));
+
+    let mut filter = filter;
+    let program_log = filter.take_program_log();
+    let ctx = AgentContext {
+        config: Arc::clone(&config),
+        filter: Arc::new(tokio::sync::Mutex::new(filter)),
+        shutdown: CancellationToken::new(),
+        ready: Readiness::default(),
+        started_at: SystemTime::now(),
+    };
+    let mut subsystems = Subsystems::new();
+    if let Some(log) = program_log {
+        subsystems.spawn("XDP program log", log.run(ctx.shutdown.clone()));
+    }
+    let started = start_subsystems(&ctx, &mut subsystems).await;
+
+    let outcome = match started {
+        Err(e) => Err(e),
+        Ok(()) => {
+            ctx.ready.set_ready();
+            tokio::select! {
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+                _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+                e = subsystems.first_exit() => Err(e),
+            }
+        }
+    };
+
+    ctx.shutdown.cancel();
+    subsystems.stop().await;
+    let AgentContext { filter, .. } = ctx;
+    stop_filter(filter, config.on_stop).await;
+    outcome
+}
+
+/// Starts every subsystem. Each one gets a clone of `ctx` (config, filter, shutdown token,
+/// readiness) and runs as a task in `subsystems`; an error here stops the agent before it
+/// reports ready.
+async fn start_subsystems(
+    ctx: &AgentContext,
+    subsystems: &mut Subsystems,
+) -> Result<(), AgentError> {
+    // Control socket (`serve-guard cidr|status|stats|token`): crate::control.
+    // CIDR file watcher: crate::watch.
+    // Prometheus metrics and /ready: crate::metrics.
+    if ctx.config.mode == Mode::Public {
+        // Token-checking reverse proxy: crate::proxy.
+    }
+    let _ = subsystems;
+    Ok(())
+}
+
+/// Applies `on_stop`. Keep: drop our handles, the pins hold the filter in place. Detach: unpin
+/// everything, then drop the handles so the links leave the interfaces.
+async fn stop_filter(filter: SharedFilter, on_stop: OnStop) {
+    match on_stop {
+        OnStop::Keep => {
+            tracing::info!(
+                "stopped; the filter stays attached with the current list (on_stop = keep)"
+            );
+        }
+        OnStop::Detach => {
+            let result = match Arc::try_unwrap(filter) {
+                Ok(mutex) => mutex.into_inner().detach(),
+                // A straggling task still holds a handle; unpin anyway, the handle closes at exit.
+                Err(shared) => {
+                    let pin_dir = shared.lock().await.layout().root().to_owned();
+                    crate::filter::remove_pins(&pin_dir)
+                }
+            };
+            match result {
+                Ok(removed) => tracing::info!("stopped; on_stop = detach: {removed}"),
+                Err(e) => tracing::error!("on_stop = detach failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The one line that says what the agent does.
+fn summary(config: &Config, status: &FilterStatus) -> String {
+    let interfaces = status
+        .interfaces
+        .iter()
+        .map(|i| {
+            format!(
+                "{} ({}, {})",
+                i.name,
+                i.mode,
+                if i.adopted { "adopted" } else { "new" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ports = status
+        .ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "serve-guard running: mode {}, interfaces {interfaces}, ports {ports}, CIDRs {} IPv4 + {} IPv6, audit {}, on_stop {}",
+        config.mode,
+        status.cidrs_v4,
+        status.cidrs_v6,
+        if status.audit { "on" } else { "off" },
+        config.on_stop
+    )
+}

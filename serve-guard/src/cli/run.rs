@@ -1,10 +1,81 @@
-//! `serve-guard run` (being written).
+//! `serve-guard run`: the agent. Every scalar config key has an override here; a repeated list
+//! option (`--interface`, `--serve-port`) replaces the file's list.
 
-use std::path::Path;
+use crate::config::{Config, Mode, OnStop, Overrides, XdpModeSetting};
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// `private` (XDP keeps Serve to the VPC) or `public` (token proxy). Overrides `mode`.
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// Interface to filter; repeat for several. Replaces `interfaces`.
+    #[arg(long = "interface", short = 'i', value_name = "IFNAME")]
+    pub interfaces: Vec<String>,
+    /// Ray Serve port to protect; repeat for several. Replaces `serve_ports`.
+    #[arg(
+        long = "serve-port",
+        value_name = "PORT",
+        allow_negative_numbers = true
+    )]
+    pub serve_ports: Vec<i64>,
+    /// VPC CIDR list file. Overrides `cidr_file`.
+    #[arg(long, value_name = "FILE")]
+    pub cidr_file: Option<PathBuf>,
+    /// auto (driver, falling back to skb), driver or skb. Overrides `xdp_mode`.
+    #[arg(long, value_name = "MODE")]
+    pub xdp_mode: Option<XdpModeSetting>,
+    /// Count what would be dropped, drop nothing. `--audit` alone means true.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub audit: Option<bool>,
+    /// Debug log from the XDP program (costly per packet). `--program-log` alone means true.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub program_log: Option<bool>,
+    /// bpffs folder for the pinned program, links and maps. Overrides `pin_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Folder for the agent lock and state. Overrides `state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Unix socket for the CLI verbs. Overrides `control_socket`.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// keep (the filter stays after the agent stops) or detach. Overrides `on_stop`.
+    #[arg(long, value_name = "ACTION")]
+    pub on_stop: Option<OnStop>,
+    /// Address of /metrics and /ready. Overrides `[metrics] listen`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log level or tracing directives (e.g. `debug`, `serve_guard=debug`); RUST_LOG wins.
+    #[arg(long, value_name = "LEVEL", env = "SERVE_GUARD_LOG")]
+    pub log_level: Option<String>,
+}
 
-pub async fn exec(_config: &Path, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`run` is not implemented yet")
+impl Args {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            mode: self.mode,
+            interfaces: self.interfaces,
+            serve_ports: self.serve_ports,
+            cidr_file: self.cidr_file,
+            xdp_mode: self.xdp_mode,
+            audit: self.audit,
+            program_log: self.program_log,
+            pin_dir: self.pin_dir,
+            state_dir: self.state_dir,
+            control_socket: self.control_socket,
+            on_stop: self.on_stop,
+            metrics_listen: self.metrics_listen,
+        }
+    }
+}
+
+pub async fn exec(config: &Path, args: Args) -> anyhow::Result<()> {
+    crate::logging::init(args.log_level.as_deref())?;
+    let config = Config::load(config, &args.overrides())?;
+    crate::agent::run(config)
+        .await
+        .context("the agent stopped with an error")
 }

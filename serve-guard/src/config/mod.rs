@@ -41,10 +41,10 @@ pub const MAX_CIDR_FILE_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path} is larger than {max} bytes")]
     TooLarge { path: PathBuf, max: u64 },
@@ -79,15 +79,15 @@ pub enum ConfigError {
         "CIDR file {path} does not exist: create it with one VPC CIDR per line (or set `cidr_file`)"
     )]
     MissingCidrFile { path: PathBuf },
-    #[error("cannot read CIDR file {path}: {source}")]
+    #[error("cannot read CIDR file {path}: {error}")]
     ReadCidrFile {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("CIDR file {path} is larger than {max} bytes")]
     CidrFileTooLarge { path: PathBuf, max: u64 },
-    #[error("CIDR file {path}: {source}")]
-    Cidr { path: PathBuf, source: CidrError },
+    #[error("CIDR file {path}: {error}")]
+    Cidr { path: PathBuf, error: CidrError },
 }
 
 /// `private`: XDP keeps the Serve ports to the VPC. `public`: the token proxy fronts Serve.
@@ -323,9 +323,9 @@ impl Config {
     /// system access.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|e| match e {
-            LimitedReadError::Io(source) => ConfigError::Read {
+            LimitedReadError::Io(error) => ConfigError::Read {
                 path: path.to_owned(),
-                source,
+                error,
             },
             LimitedReadError::TooLarge => ConfigError::TooLarge {
                 path: path.to_owned(),
@@ -434,23 +434,23 @@ impl Config {
 /// Reads and validates a CIDR file (one CIDR per line, `#` comments).
 pub fn read_cidr_file(path: &Path) -> Result<(CidrList, Vec<Normalised>), ConfigError> {
     let text = read_limited(path, MAX_CIDR_FILE_BYTES).map_err(|e| match e {
-        LimitedReadError::Io(source) if source.kind() == std::io::ErrorKind::NotFound => {
+        LimitedReadError::Io(error) if error.kind() == std::io::ErrorKind::NotFound => {
             ConfigError::MissingCidrFile {
                 path: path.to_owned(),
             }
         }
-        LimitedReadError::Io(source) => ConfigError::ReadCidrFile {
+        LimitedReadError::Io(error) => ConfigError::ReadCidrFile {
             path: path.to_owned(),
-            source,
+            error,
         },
         LimitedReadError::TooLarge => ConfigError::CidrFileTooLarge {
             path: path.to_owned(),
             max: MAX_CIDR_FILE_BYTES,
         },
     })?;
-    CidrList::from_file_text(&text).map_err(|source| ConfigError::Cidr {
+    CidrList::from_file_text(&text).map_err(|error| ConfigError::Cidr {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -850,7 +850,7 @@ mod tests {
             matches!(
                 e,
                 ConfigError::Cidr {
-                    source: CidrError::Empty,
+                    error: CidrError::Empty,
                     ..
                 }
             ),

@@ -1,4 +1,406 @@
 //! The XDP program: loading, pinning, attaching, maps, counters.
+//!
+//! [`Filter::start`] loads the embedded program with its maps pinned under `pin_dir`
+//! (adopting maps pinned by an earlier run), fills the maps, then puts the program on every
+//! interface: an interface with a pinned link gets the new program atomically, others get a new
+//! pinned link. The pins keep the node filtering when the agent is gone (fail closed);
+//! [`pins::remove_pins`] takes everything away.
 
+pub mod attach;
+pub mod counters;
+pub mod maps;
 pub mod object;
+pub mod pins;
+pub mod program_log;
 pub mod test_run;
+
+pub use attach::{AttachedInterface, LinkState};
+pub use counters::{CounterEntry, CounterSnapshot, read_pinned_counters};
+pub use maps::ApplyStats;
+pub use pins::{PinLayout, Removed, remove_pins};
+pub use program_log::ProgramLog;
+
+use crate::cidr::{CidrError, CidrList};
+use crate::config::{Config, HostCheck};
+use attach::LinkHandle;
+use aya::programs::Xdp;
+use aya::{Ebpf, EbpfLoader};
+use maps::FilterMaps;
+use serve_guard_common::{FilterConfig, PROGRAM_NAME};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(
+        "pin_dir {pin_dir} is not on a bpffs (is bpffs mounted at {mount}?): mount -t bpf bpf {mount}",
+        mount = pins::BPFFS_MOUNT
+    )]
+    NotBpffs { pin_dir: PathBuf },
+    #[error("cannot create or read pin folder {path}: {error}")]
+    PinDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "pinned map {name} does not match this version's layout ({detail}); stop the agent, run `serve-guard detach`, then start again"
+    )]
+    IncompatibleMap { name: String, detail: String },
+    #[error("cannot load the XDP program: {detail}")]
+    Load { detail: String },
+    #[error(
+        "the embedded eBPF object has no program `{0}`: the agent was built with a mismatched program"
+    )]
+    MissingProgram(&'static str),
+    #[error(
+        "the embedded eBPF object has no map {name}: the agent was built with a mismatched program"
+    )]
+    MissingMap { name: &'static str },
+    #[error("cannot {action} map {name}: {detail}")]
+    Map {
+        name: &'static str,
+        action: &'static str,
+        detail: String,
+    },
+    #[error(
+        "map {name} is full: the list exceeds its capacity (aggregate ranges, or apply a smaller list)"
+    )]
+    MapFull { name: &'static str },
+    #[error(transparent)]
+    Cidr(#[from] CidrError),
+    #[error(
+        "interface {interface} has another XDP program attached: remove it (`ip link set dev {interface} xdp off`) or leave this interface out of `interfaces`"
+    )]
+    AnotherProgram { interface: String },
+    #[error("cannot attach the XDP program to {interface} in {} mode: {detail}", mode.name())]
+    Attach {
+        interface: String,
+        mode: AttachMode,
+        detail: String,
+    },
+    #[error(
+        "cannot attach to {interface} through a BPF link (Linux >= 5.9 is required to pin XDP programs)"
+    )]
+    NoLinkSupport { interface: String },
+    #[error("cannot replace the program on the pinned link of {interface}: {detail}")]
+    Replace { interface: String, detail: String },
+    #[error("cannot read the pinned link {path}: {reason}")]
+    LinkInfo { path: PathBuf, reason: String },
+    #[error("cannot pin {path}: {detail}")]
+    Pin { path: PathBuf, detail: String },
+    #[error("cannot remove {path}: {error}")]
+    Unpin {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot forward the XDP program's log: {detail}")]
+    ProgramLog { detail: String },
+}
+
+/// How the program runs on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native XDP, in the driver.
+    Driver,
+    /// Generic XDP, after the kernel built an skb.
+    Skb,
+}
+
+impl AttachMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the filter does, for `status` and the summary line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FilterStatus {
+    pub interfaces: Vec<AttachedInterface>,
+    pub ports: Vec<u16>,
+    pub audit: bool,
+    pub program_log: bool,
+    pub pin_dir: PathBuf,
+    /// Kernel id of the running program (changes on every start).
+    pub program_id: u32,
+    /// Allow-list entries per family after the last apply.
+    pub cidrs_v4: usize,
+    pub cidrs_v6: usize,
+}
+
+/// The loaded, attached filter. Dropping it leaves everything pinned (the node keeps
+/// filtering); [`Filter::detach`] removes it.
+pub struct Filter {
+    maps: FilterMaps,
+    status: FilterStatus,
+    layout: PinLayout,
+    /// Holds new links open; adopted ones live in the program inside `ebpf`.
+    _links: Vec<LinkHandle>,
+    program_log: Option<ProgramLog>,
+    /// Keeps the program loaded for the lifetime of the filter.
+    _ebpf: Ebpf,
+}
+
+impl Filter {
+    /// Loads, fills and attaches the filter. `host` comes from [`Config::check_host`], so
+    /// every interface existed and the CIDR list was valid a moment ago.
+    pub fn start(config: &Config, host: &HostCheck) -> Result<Filter, FilterError> {
+        let layout = PinLayout::new(&config.pin_dir);
+        pins::check_on_bpffs(layout.root())?;
+        // Nothing pinned yet: a failed start removes everything it created.
+        let fresh = !layout.exists();
+        let started = Self::start_pinned(config, host, layout);
+        if started.is_err() && fresh {
+            if let Err(e) = remove_pins(&config.pin_dir) {
+                tracing::warn!("cannot clean up after the failed start: {e}");
+            }
+        }
+        started
+    }
+
+    fn start_pinned(
+        config: &Config,
+        host: &HostCheck,
+        layout: PinLayout,
+    ) -> Result<Filter, FilterError> {
+        layout.create_dirs()?;
+
+        let mut ebpf = load(&layout, config.program_log)?;
+        let mut maps = FilterMaps::take(&mut ebpf)?;
+
+        // Fill the maps before the program runs anywhere. With adopted maps the old program
+        // is still running on them: ports and flags switch at once, CIDRs add before remove.
+        maps.set_ports(&config.serve_ports)?;
+        maps.set_config(filter_config(config))?;
+        let applied = maps.apply_cidrs(&host.cidrs)?;
+
+        let program_log = if config.program_log {
+            Some(ProgramLog::init(&mut ebpf)?)
+        } else {
+            None
+        };
+
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(FilterError::MissingProgram(PROGRAM_NAME))?
+            .try_into()
+            .map_err(|e| FilterError::Load {
+                detail: error_chain(&e),
+            })?;
+        program.load().map_err(|e| FilterError::Load {
+            detail: error_chain(&e),
+        })?;
+        let program_id = program
+            .info()
+            .map_err(|e| FilterError::Load {
+                detail: error_chain(&e),
+            })?
+            .id();
+
+        // From here on a failure takes back what this start added: new links and the new
+        // program pin. Adopted links keep the new program, which is complete (maps filled).
+        let next_pin = pin_program_next(program, &layout)?;
+        let mut interfaces = Vec::new();
+        let mut links = Vec::new();
+        let attached = (|| {
+            for (name, ifindex) in &host.interfaces {
+                let (attached, handle) =
+                    attach::attach_interface(program, &layout, name, *ifindex, config.xdp_mode)?;
+                interfaces.push(attached);
+                links.push(handle);
+            }
+            remove_unconfigured_links(&layout, &host.interfaces)?;
+            std::fs::rename(&next_pin, layout.program()).map_err(|e| FilterError::Pin {
+                path: layout.program(),
+                detail: e.to_string(),
+            })
+        })();
+        if let Err(error) = attached {
+            undo_new_links(&layout, &interfaces);
+            let _ = std::fs::remove_file(&next_pin);
+            return Err(error);
+        }
+
+        Ok(Filter {
+            maps,
+            status: FilterStatus {
+                interfaces,
+                ports: config.serve_ports.clone(),
+                audit: config.audit,
+                program_log: config.program_log,
+                pin_dir: config.pin_dir.clone(),
+                program_id,
+                cidrs_v4: applied.v4,
+                cidrs_v6: applied.v6,
+            },
+            layout,
+            _links: links,
+            program_log,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Makes the allow-lists hold exactly `list` (add before remove: no gap).
+    pub fn apply_cidrs(&mut self, list: &CidrList) -> Result<ApplyStats, FilterError> {
+        let stats = self.maps.apply_cidrs(list)?;
+        self.status.cidrs_v4 = stats.v4;
+        self.status.cidrs_v6 = stats.v6;
+        Ok(stats)
+    }
+
+    /// The allow-lists as the maps hold them.
+    pub fn cidrs(&self) -> Result<CidrList, FilterError> {
+        self.maps.read_cidrs()
+    }
+
+    /// Counters by reason and family, summed over CPUs.
+    pub fn counters(&self) -> Result<CounterSnapshot, FilterError> {
+        counters::read(&self.maps.counters)
+    }
+
+    /// The protected ports as the map holds them.
+    pub fn ports(&self) -> Result<Vec<u16>, FilterError> {
+        self.maps.read_ports()
+    }
+
+    /// The flags as the config map holds them.
+    pub fn filter_config(&self) -> Result<FilterConfig, FilterError> {
+        self.maps.read_config()
+    }
+
+    pub fn status(&self) -> FilterStatus {
+        self.status.clone()
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// The program's debug log, when `program_log` is on; the agent runs it as a task.
+    pub fn take_program_log(&mut self) -> Option<ProgramLog> {
+        self.program_log.take()
+    }
+
+    /// Removes the filter: unpins links, program and maps, then closes this process's handles
+    /// so the links leave the interfaces.
+    pub fn detach(self) -> Result<Removed, FilterError> {
+        let pin_dir = self.layout.root().to_owned();
+        let removed = remove_pins(&pin_dir);
+        drop(self);
+        removed
+    }
+}
+
+/// The store updates the maps through this (see `crate::store`).
+impl crate::store::CidrSink for Filter {
+    fn load_cidrs(
+        &mut self,
+        list: &CidrList,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.apply_cidrs(list).map(|_| ()).map_err(Into::into)
+    }
+}
+
+fn filter_config(config: &Config) -> FilterConfig {
+    let mut flags = 0;
+    if config.audit {
+        flags |= FilterConfig::FLAG_AUDIT;
+    }
+    if config.program_log {
+        flags |= FilterConfig::FLAG_LOG;
+    }
+    FilterConfig { flags }
+}
+
+fn load(layout: &PinLayout, program_log: bool) -> Result<Ebpf, FilterError> {
+    let mut loader = EbpfLoader::new();
+    for name in serve_guard_common::maps::ALL {
+        loader.map_pin_path(name, layout.map(name));
+    }
+    if !program_log {
+        loader.override_global(program_log::LEVEL_GLOBAL, &program_log::LEVEL_OFF, false);
+    }
+    loader.load(object::OBJECT).map_err(|e| match e {
+        aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+            name,
+            property,
+            expected,
+            actual,
+        }) => FilterError::IncompatibleMap {
+            name,
+            detail: format!("{property} is {actual}, expected {expected}"),
+        },
+        other => FilterError::Load {
+            detail: error_chain(&other),
+        },
+    })
+}
+
+/// Pins the new program next to the old one; it is renamed over `prog` once attached, so
+/// `prog` never goes missing.
+fn pin_program_next(program: &mut Xdp, layout: &PinLayout) -> Result<PathBuf, FilterError> {
+    let next = layout.program_next();
+    let _ = std::fs::remove_file(&next);
+    program.pin(&next).map_err(|e| FilterError::Pin {
+        path: next.clone(),
+        detail: error_chain(&e),
+    })?;
+    Ok(next)
+}
+
+/// After a failed start: takes off the links this start created, so a failed start leaves the
+/// interfaces as they were. Adopted links keep the new program (it is complete: maps filled).
+fn undo_new_links(layout: &PinLayout, attached: &[AttachedInterface]) {
+    for interface in attached.iter().filter(|i| !i.adopted) {
+        let path = layout.link(&interface.name, interface.mode);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("cannot remove {} after a failed start: {e}", path.display());
+        }
+    }
+}
+
+/// Links pinned by an earlier run for interfaces no longer configured are taken off: the
+/// config names every interface the filter runs on.
+fn remove_unconfigured_links(
+    layout: &PinLayout,
+    configured: &[(String, u32)],
+) -> Result<(), FilterError> {
+    for link in layout.links()? {
+        if configured.iter().any(|(name, _)| *name == link.interface) {
+            continue;
+        }
+        std::fs::remove_file(&link.path).map_err(|error| FilterError::Unpin {
+            path: link.path.clone(),
+            error,
+        })?;
+        tracing::info!(
+            interface = %link.interface,
+            "removed the filter from {} (no longer in `interfaces`)",
+            link.interface
+        );
+    }
+    Ok(())
+}
+
+/// An error with its sources, `: `-separated (aya's errors put the useful part in the source).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
