@@ -210,6 +210,24 @@ impl Store {
         })
     }
 
+    /// The list and revision as they stand on disk, without taking the lock or writing anything
+    /// (`cidr list` and `status` while no agent runs). A list edited since the last recorded
+    /// revision shows as the revision it will get.
+    pub fn peek(cidr_file: &Path, state_dir: &Path) -> Result<Listing, StoreError> {
+        let list = read_list(cidr_file)?;
+        let revision = match read_revision(&state_dir.join(REVISION_FILE))? {
+            None => FIRST_REVISION,
+            Some((revision, recorded)) if recorded == list => revision,
+            Some((revision, _)) => revision + 1,
+        };
+        Ok(Listing {
+            revision,
+            ipv4: list.v4().len(),
+            ipv6: list.v6().len(),
+            cidrs: list.iter().collect(),
+        })
+    }
+
     /// From now on, every change also updates these maps. The agent calls this once the maps
     /// hold [`Store::list`].
     pub fn attach_sink(&self, sink: SharedSink) {

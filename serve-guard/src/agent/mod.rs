@@ -222,13 +222,13 @@ async fn start_subsystems(
     ctx: &AgentContext,
     subsystems: &mut Subsystems,
 ) -> Result<(), AgentError> {
-    // Control socket (`serve-guard cidr|status|stats|token`): crate::control.
-    // CIDR file watcher: crate::watch.
-    // Prometheus metrics and /ready: crate::metrics.
+    // Public mode: the token store shared by the proxy and `POST /v1/token/reload`.
+    let tokens: Option<Arc<crate::token::TokenStore>> = None;
+    // CIDR store + file watcher, control socket, Prometheus metrics and /ready.
+    crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
     if ctx.config.mode == Mode::Public {
         // Token-checking reverse proxy: crate::proxy.
     }
-    let _ = subsystems;
     Ok(())
 }
 

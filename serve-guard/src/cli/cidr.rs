@@ -1,10 +1,208 @@
-//! `serve-guard cidr` (being written).
+//! `serve-guard cidr list|add|remove|replace`: the VPC allow-list, through the running agent's
+//! control socket, or straight on the file (same validation, same atomic write, same lock) when
+//! no agent runs.
 
-use std::path::Path;
+use crate::config::{Config, Overrides};
+use crate::control::client::{Client, ClientError};
+use crate::control::{CidrsRequest, ReplaceRequest, routes};
+use crate::store::{Change, Listing, Outcome, Store};
+use anyhow::{Context as _, Result};
+use clap::Subcommand;
+use hyper::Method;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+/// Largest list file `replace` reads (the agent applies the same limit to the CIDR file).
+const MAX_REPLACE_BYTES: u64 = crate::config::MAX_CIDR_FILE_BYTES;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    verb: Verb,
+}
 
-pub async fn exec(_config: &Path, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`cidr` is not implemented yet")
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Show the list and its revision.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add CIDRs (a bare address is a /32 or /128). All or nothing.
+    Add {
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
+        /// Refuse the change unless the list is at revision N.
+        #[arg(long, value_name = "N")]
+        if_revision: Option<u64>,
+    },
+    /// Remove CIDRs; each must be in the list, and the list cannot become empty. All or nothing.
+    Remove {
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
+        /// Refuse the change unless the list is at revision N.
+        #[arg(long, value_name = "N")]
+        if_revision: Option<u64>,
+    },
+    /// Replace the whole list with a CIDR file (one CIDR per line, `#` comments; `-` = stdin).
+    Replace {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Refuse the change unless the list is at revision N.
+        #[arg(long, value_name = "N")]
+        if_revision: Option<u64>,
+    },
+}
+
+pub async fn exec(config: &Path, args: Args) -> Result<()> {
+    let config = Config::load(config, &Overrides::default())?;
+    let client = Client::new(&config.control_socket);
+    match args.verb {
+        Verb::List { json } => list(&config, &client, json).await,
+        Verb::Add { cidrs, if_revision } => {
+            let body = CidrsRequest {
+                cidrs: cidrs.clone(),
+                if_revision,
+            };
+            let call = client.send(Method::POST, routes::CIDRS_ADD, &body).await;
+            finish(&config, call, Change::Add(cidrs), if_revision, None).await
+        }
+        Verb::Remove { cidrs, if_revision } => {
+            let body = CidrsRequest {
+                cidrs: cidrs.clone(),
+                if_revision,
+            };
+            let call = client.send(Method::POST, routes::CIDRS_REMOVE, &body).await;
+            finish(&config, call, Change::Remove(cidrs), if_revision, None).await
+        }
+        Verb::Replace { file, if_revision } => {
+            let (name, text) = read_replacement(&file)?;
+            let body = ReplaceRequest {
+                text: text.clone(),
+                if_revision,
+            };
+            let call = client.send(Method::PUT, routes::CIDRS, &body).await;
+            finish(
+                &config,
+                call,
+                Change::Replace(text),
+                if_revision,
+                Some(&name),
+            )
+            .await
+        }
+    }
+}
+
+fn read_replacement(file: &Path) -> Result<(String, String)> {
+    let mut text = String::new();
+    let name = if file == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_REPLACE_BYTES + 1)
+            .read_to_string(&mut text)
+            .context("reading the list from stdin")?;
+        "<stdin>".to_owned()
+    } else {
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_REPLACE_BYTES + 1).read_to_string(&mut text))
+            .with_context(|| format!("reading {}", file.display()))?;
+        file.display().to_string()
+    };
+    if text.len() as u64 > MAX_REPLACE_BYTES {
+        anyhow::bail!("{name} is larger than {MAX_REPLACE_BYTES} bytes");
+    }
+    Ok((name, text))
+}
+
+/// Prints the agent's answer, or, when no agent answers, makes the change on the file.
+async fn finish(
+    config: &Config,
+    call: Result<Outcome, ClientError>,
+    change: Change,
+    if_revision: Option<u64>,
+    source: Option<&str>,
+) -> Result<()> {
+    // A bad list file is named with its line: "FILE: line 3: ...".
+    let name = |e: anyhow::Error| match source {
+        Some(name) => e.context(name.to_owned()),
+        None => e,
+    };
+    let outcome = match call {
+        Ok(outcome) => outcome,
+        Err(ClientError::NotRunning { .. }) => {
+            let store = Store::open(&config.cidr_file, &config.state_dir)?;
+            tokio::task::spawn_blocking(move || store.apply_blocking(change, if_revision))
+                .await
+                .context("the change worker stopped")?
+                .map_err(|e| name(e.into()))?
+        }
+        Err(e) => return Err(name(e.into())),
+    };
+    print_outcome(&outcome);
+    if !outcome.applied_to_maps {
+        println!(
+            "no agent is running: {} is updated and the change applies at the next start",
+            config.cidr_file.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_outcome(o: &Outcome) {
+    for w in &o.warnings {
+        eprintln!("warning: {w}");
+    }
+    let counts = format!("{} IPv4 and {} IPv6 CIDRs", o.ipv4, o.ipv6);
+    if o.changed {
+        let mut diff = Vec::new();
+        if !o.added.is_empty() {
+            diff.push(format!("added {}", join(&o.added)));
+        }
+        if !o.removed.is_empty() {
+            diff.push(format!("removed {}", join(&o.removed)));
+        }
+        println!("revision {}: {counts} ({})", o.revision, diff.join("; "));
+    } else {
+        println!(
+            "revision {}: {counts} (unchanged: the list already was that)",
+            o.revision
+        );
+    }
+}
+
+fn join(nets: &[ipnet::IpNet]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn list(config: &Config, client: &Client, json: bool) -> Result<()> {
+    let (listing, live) = match client.get::<Listing>(routes::CIDRS).await {
+        Ok(listing) => (listing, true),
+        Err(ClientError::NotRunning { .. }) => {
+            (Store::peek(&config.cidr_file, &config.state_dir)?, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+        return Ok(());
+    }
+    println!(
+        "revision {}: {} IPv4 and {} IPv6 CIDRs{}",
+        listing.revision,
+        listing.ipv4,
+        listing.ipv6,
+        if live {
+            ""
+        } else {
+            " (from the file; no agent is running)"
+        }
+    );
+    for net in &listing.cidrs {
+        println!("{net}");
+    }
+    Ok(())
 }

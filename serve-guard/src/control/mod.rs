@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod server;
+pub mod start;
 pub mod view;
 
 use serde::{Deserialize, Serialize};
@@ -113,3 +114,21 @@ pub struct StatusReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<serde_json::Value>,
 }
+
+/// One counter of `GET /v1/stats` (the filter's counter snapshot, summed over CPUs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CounterRow {
+    pub reason: String,
+    pub family: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Answer of `GET /v1/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsReport {
+    pub counters: Vec<CounterRow>,
+}
+
+#[cfg(test)]
+mod tests;

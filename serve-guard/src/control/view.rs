@@ -20,3 +20,55 @@ pub trait AgentView: Send + Sync + 'static {
     /// Re-reads the token file; `None` when there is no token (private mode).
     fn reload_token(&self) -> Option<Result<(), String>>;
 }
+
+/// The running agent as the control socket and the metrics endpoint see it.
+pub struct AgentHandle {
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub filter: crate::agent::SharedFilter,
+    /// The public-mode token shared with the proxy; `None` in private mode.
+    pub tokens: Option<std::sync::Arc<crate::token::TokenStore>>,
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, String> {
+    serde_json::to_value(value).map_err(|e| e.to_string())
+}
+
+impl AgentView for AgentHandle {
+    fn mode(&self) -> &str {
+        self.config.mode.name()
+    }
+
+    fn filter_status(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move { to_json(&self.filter.lock().await.status()) })
+    }
+
+    fn stats(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let snapshot = self.filter.lock().await.counters();
+            snapshot
+                .map_err(|e| e.to_string())
+                .and_then(|s| to_json(&s))
+        })
+    }
+
+    fn public_status(&self) -> ViewFuture<'_, Option<Result<serde_json::Value, String>>> {
+        Box::pin(async move {
+            if self.config.mode != crate::config::Mode::Public {
+                return None;
+            }
+            let public = self.config.public.clone().unwrap_or_default();
+            Some(
+                crate::proxy::status::public_status(&public)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+                    .and_then(|s| to_json(&s)),
+            )
+        })
+    }
+
+    fn reload_token(&self) -> Option<Result<(), String>> {
+        self.tokens
+            .as_ref()
+            .map(|t| t.reload().map_err(|e| e.to_string()))
+    }
+}

@@ -1,0 +1,355 @@
+//! The control socket end to end over a real Unix socket, with a real store on temp files and a
+//! stand-in for the agent's filter (the real filter is exercised by tests/tests/control.rs).
+
+use super::client::{Client, ClientError};
+use super::server::{ControlServer, ControlState};
+use super::view::{AgentView, ViewFuture};
+use super::*;
+use crate::store::{Listing, Outcome, Store};
+use hyper::Method;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sg-control-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct FakeView {
+    public: bool,
+    reloads: AtomicUsize,
+}
+
+impl AgentView for FakeView {
+    fn mode(&self) -> &str {
+        if self.public { "public" } else { "private" }
+    }
+    fn filter_status(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async {
+            Ok(serde_json::json!({ "interfaces": [{"name": "eth0", "xdp_mode": "driver"}] }))
+        })
+    }
+    fn stats(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async {
+            Ok(serde_json::json!({ "counters": [
+                {"reason": "drop_outside_vpc", "family": "ipv4", "packets": 7, "bytes": 420}
+            ]}))
+        })
+    }
+    fn public_status(&self) -> ViewFuture<'_, Option<Result<serde_json::Value, String>>> {
+        let public = self.public;
+        Box::pin(async move { public.then(|| Ok(serde_json::json!({ "url": "https://x" }))) })
+    }
+    fn reload_token(&self) -> Option<Result<(), String>> {
+        self.public.then(|| {
+            self.reloads.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+}
+
+struct Running {
+    _dir: TempDir,
+    client: Client,
+    socket: PathBuf,
+    cidr_file: PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(public: bool) -> Running {
+    let dir = TempDir::new();
+    let cidr_file = dir.0.join("cidrs");
+    std::fs::write(&cidr_file, "10.0.0.0/8\n").unwrap();
+    let store = Arc::new(Store::open(&cidr_file, &dir.0.join("state")).unwrap());
+    let socket = dir.0.join("run/control.sock");
+    let state = ControlState {
+        store,
+        view: Arc::new(FakeView {
+            public,
+            reloads: AtomicUsize::new(0),
+        }),
+        started_at: SystemTime::now(),
+    };
+    let server = ControlServer::bind(&socket, state).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        client: Client::new(&socket),
+        socket,
+        cidr_file,
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+fn add(cidrs: &[&str], if_revision: Option<u64>) -> CidrsRequest {
+    CidrsRequest {
+        cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+        if_revision,
+    }
+}
+
+fn refused(e: ClientError) -> (u16, String) {
+    match e {
+        ClientError::Refused { status, message } => (status, message),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn socket_is_private_and_its_directory_too() {
+    let r = start(false).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&r.socket), SOCKET_MODE);
+    assert_eq!(mode(r.socket.parent().unwrap()), SOCKET_DIR_MODE);
+}
+
+#[tokio::test]
+async fn cidr_routes_change_the_list() {
+    let r = start(false).await;
+    let listing: Listing = r.client.get(routes::CIDRS).await.unwrap();
+    assert_eq!((listing.revision, listing.ipv4, listing.ipv6), (1, 1, 0));
+
+    let out: Outcome = r
+        .client
+        .send(
+            Method::POST,
+            routes::CIDRS_ADD,
+            &add(&["fd00::/8", "198.18.0.0/15"], Some(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.revision, out.ipv4, out.ipv6), (2, 2, 1));
+
+    let out: Outcome = r
+        .client
+        .send(
+            Method::POST,
+            routes::CIDRS_REMOVE,
+            &add(&["10.0.0.0/8"], None),
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.revision, out.ipv4), (3, 1));
+
+    let out: Outcome = r
+        .client
+        .send(
+            Method::PUT,
+            routes::CIDRS,
+            &ReplaceRequest {
+                text: "172.16.0.0/12\n".into(),
+                if_revision: Some(3),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.revision, out.ipv4, out.ipv6), (4, 1, 0));
+    assert!(
+        std::fs::read_to_string(&r.cidr_file)
+            .unwrap()
+            .contains("172.16.0.0/12")
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_named_and_change_nothing() {
+    let r = start(false).await;
+    let before = std::fs::read_to_string(&r.cidr_file).unwrap();
+
+    let (status, msg) = refused(
+        r.client
+            .send::<_, Outcome>(
+                Method::POST,
+                routes::CIDRS_ADD,
+                &add(&["fd00::/8", "nope"], None),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 400);
+    assert!(msg.starts_with("argument 2: `nope`"), "{msg}");
+
+    let (status, msg) = refused(
+        r.client
+            .send::<_, Outcome>(
+                Method::POST,
+                routes::CIDRS_ADD,
+                &add(&["fd00::/8"], Some(9)),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409);
+    assert!(msg.contains("revision 9"), "{msg}");
+
+    let (status, msg) = refused(
+        r.client
+            .send::<_, Outcome>(
+                Method::PUT,
+                routes::CIDRS,
+                &serde_json::json!({ "text": "10.0.0.0/8\n", "if_revison": 1 }),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        msg.contains("if_revison"),
+        "the unknown field is named: {msg}"
+    );
+
+    let (status, msg) = refused(
+        r.client
+            .send::<_, serde_json::Value>(
+                Method::PUT,
+                routes::MODE,
+                &serde_json::json!({"mode": "public"}),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409);
+    assert!(msg.contains("fixed for the life of the agent"), "{msg}");
+
+    let (status, _) = refused(
+        r.client
+            .send::<_, serde_json::Value>(Method::POST, routes::TOKEN_RELOAD, &())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409, "no token in private mode");
+
+    let (status, _) = refused(
+        r.client
+            .get::<serde_json::Value>("/v1/nope")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = refused(
+        r.client
+            .send::<_, serde_json::Value>(Method::DELETE, routes::CIDRS, &())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 405);
+
+    let huge = ReplaceRequest {
+        text: "#".repeat(MAX_BODY_BYTES + 1),
+        if_revision: None,
+    };
+    let (status, msg) = refused(
+        r.client
+            .send::<_, Outcome>(Method::PUT, routes::CIDRS, &huge)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 413, "{msg}");
+
+    assert_eq!(std::fs::read_to_string(&r.cidr_file).unwrap(), before);
+    let listing: Listing = r.client.get(routes::CIDRS).await.unwrap();
+    assert_eq!(listing.revision, 1);
+}
+
+#[tokio::test]
+async fn status_stats_and_token_reload() {
+    let r = start(true).await;
+    let status: StatusReport = r.client.get(routes::STATUS).await.unwrap();
+    assert_eq!(status.mode, "public");
+    assert_eq!(status.cidrs.revision, 1);
+    assert_eq!(status.agent.unwrap().pid, std::process::id());
+    assert_eq!(status.filter["interfaces"][0]["xdp_mode"], "driver");
+    assert_eq!(status.public.unwrap()["url"], "https://x");
+
+    let stats: StatsReport = r.client.get(routes::STATS).await.unwrap();
+    assert_eq!(stats.counters[0].packets, 7);
+
+    let reloaded: TokenReloaded = r
+        .client
+        .send(Method::POST, routes::TOKEN_RELOAD, &())
+        .await
+        .unwrap();
+    assert!(reloaded.reloaded);
+}
+
+#[tokio::test]
+async fn concurrent_adds_are_all_applied() {
+    const CALLS: usize = 6;
+    let r = start(false).await;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let client = r.client.clone();
+            tokio::spawn(async move {
+                client
+                    .send::<_, Outcome>(
+                        Method::POST,
+                        routes::CIDRS_ADD,
+                        &add(&[&format!("198.18.{i}.0/24")], None),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    let listing: Listing = r.client.get(routes::CIDRS).await.unwrap();
+    assert_eq!(listing.ipv4, 1 + CALLS);
+    assert_eq!(listing.revision, 1 + CALLS as u64);
+}
+
+#[tokio::test]
+async fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
+    let r = start(false).await;
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("cidrs"), "10.0.0.0/8\n").unwrap();
+    let state = || ControlState {
+        store: Arc::new(Store::open(&dir.0.join("cidrs"), &dir.0.join("state")).unwrap()),
+        view: Arc::new(FakeView {
+            public: false,
+            reloads: AtomicUsize::new(0),
+        }),
+        started_at: SystemTime::now(),
+    };
+    let err = ControlServer::bind(&r.socket, state()).await.err().unwrap();
+    assert!(
+        matches!(err, super::server::ServerError::InUse { .. }),
+        "{err}"
+    );
+
+    // A socket file nobody listens on (an agent killed with -9) is replaced.
+    let stale = dir.0.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(matches!(
+        Client::new(&stale)
+            .get::<Listing>(routes::CIDRS)
+            .await
+            .unwrap_err(),
+        ClientError::NotRunning { .. }
+    ));
+    ControlServer::bind(&stale, state()).await.unwrap();
+}
