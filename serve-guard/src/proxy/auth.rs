@@ -34,7 +34,11 @@ pub enum Verdict {
 /// The credential of an `Authorization: Bearer <credential>` value; the scheme is
 /// case-insensitive (RFC 7235 §2.1). `None` for other schemes.
 pub fn bearer_credential(value: &HeaderValue) -> Option<&[u8]> {
-    let bytes = value.as_bytes();
+    let bytes = value.as_bytes().trim_ascii();
+    // A bare `Bearer` is an attempt with an empty token, not another scheme.
+    if bytes.eq_ignore_ascii_case(b"bearer") {
+        return Some(b"");
+    }
     let space = bytes.iter().position(|&b| b == b' ')?;
     let (scheme, rest) = bytes.split_at(space);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
