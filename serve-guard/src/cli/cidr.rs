@@ -130,7 +130,15 @@ async fn finish(
     };
     let outcome = match call {
         Ok(outcome) => outcome,
-        Err(ClientError::NotRunning { .. }) => {
+        Err(ClientError::NotRunning { path }) => {
+            // An agent that holds its lock but does not answer yet is starting: editing the file
+            // behind its back would race its first reading of it.
+            if crate::agent::agent_running(&config.state_dir) {
+                anyhow::bail!(
+                    "an agent is running but does not answer on {} yet (starting?); retry",
+                    path.display()
+                );
+            }
             let store = Store::open(&config.cidr_file, &config.state_dir)?;
             tokio::task::spawn_blocking(move || store.apply_blocking(change, if_revision))
                 .await
