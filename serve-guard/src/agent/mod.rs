@@ -60,6 +60,10 @@ pub enum AgentError {
     Subsystem { name: &'static str, detail: String },
     #[error("the filter start task failed: {0}")]
     Join(String),
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 /// The filter, shared by every task that reads or changes it.
@@ -223,11 +227,24 @@ async fn start_subsystems(
     subsystems: &mut Subsystems,
 ) -> Result<(), AgentError> {
     // Public mode: the token store shared by the proxy and `POST /v1/token/reload`.
-    let tokens: Option<Arc<crate::token::TokenStore>> = None;
+    // Created (0600) at the first start when the token file is missing.
+    let public = ctx.config.public.clone().unwrap_or_default();
+    let tokens = match ctx.config.mode {
+        Mode::Public => Some(Arc::new(crate::token::TokenStore::load_or_create(
+            &public.token_file,
+        )?)),
+        Mode::Private => None,
+    };
     // CIDR store + file watcher, control socket, Prometheus metrics and /ready.
     crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
-    if ctx.config.mode == Mode::Public {
-        // Token-checking reverse proxy: crate::proxy.
+    if let Some(tokens) = tokens {
+        // Token-checking reverse proxy: bound here so a busy port or bad TLS files stop the start.
+        let proxy = crate::proxy::Proxy::bind(&public, tokens).await?;
+        let shutdown = ctx.shutdown.clone().cancelled_owned();
+        subsystems.spawn("public proxy", async move {
+            proxy.serve(shutdown).await;
+            Ok::<(), std::convert::Infallible>(())
+        });
     }
     Ok(())
 }

@@ -20,8 +20,9 @@ use super::limits::ConnectionLimit;
 /// After an accept error (e.g. out of file descriptors), wait this long before the next
 /// accept instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-/// On shutdown, open connections get this long to finish their requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, open connections get this long to finish their requests (within the agent's
+/// 5 s shutdown grace).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone, Copy)]
