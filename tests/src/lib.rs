@@ -8,10 +8,12 @@
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
 
 pub mod agent;
+pub mod browser;
 pub mod frames;
 pub mod netns;
 pub mod probe;
 pub mod program;
+pub mod ray;
 pub mod server;
 pub mod topology;
 
