@@ -88,6 +88,8 @@ pub enum ConfigError {
     CidrFileTooLarge { path: PathBuf, max: u64 },
     #[error("CIDR file {path}: {error}")]
     Cidr { path: PathBuf, error: CidrError },
+    #[error(transparent)]
+    Public(#[from] public::PublicConfigError),
 }
 
 /// `private`: XDP keeps the Serve ports to the VPC. `public`: the token proxy fronts Serve.
@@ -401,7 +403,7 @@ impl Config {
             )?,
             on_stop: o.on_stop.or(file.on_stop).unwrap_or_default(),
             metrics,
-            public: file.public,
+            public: file.public.map(|p| p.validate().map(|()| p)).transpose()?,
         })
     }
 
