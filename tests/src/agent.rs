@@ -7,6 +7,8 @@ use crate::limits;
 use crate::netns::{Netns, unique_name};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
+use serve_guard::config::defaults::METRICS_LISTEN;
+use serve_guard::metrics::READY_PATH;
 use serve_guard_common::{Counter, Family, Reason, counter_index, maps};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -247,8 +249,10 @@ impl Agent {
         self.wait_ready()
     }
 
-    /// Readiness, in one place: the process is alive and the filter is attached to every
-    /// configured interface; with `[metrics]` configured, `/ready` must also answer 200.
+    /// Readiness, in one place: the process is alive, the filter is attached to every
+    /// configured interface (seen from the kernel) and the agent's `/ready` (on its metrics
+    /// listener, default or configured, inside its namespace) answers 200: maps filled,
+    /// subsystems up.
     pub fn is_ready(&mut self) -> Result<bool> {
         if !self.is_running() {
             bail!("the agent is not running (exit: {:?})", self.exit_status());
@@ -258,16 +262,14 @@ impl Agent {
                 return Ok(false);
             }
         }
-        if let Some(listen) = self.metrics_listen() {
-            let addr = listen
-                .parse()
-                .with_context(|| format!("metrics listen {listen:?}"))?;
-            return Ok(matches!(
-                crate::probe::http_request(&self.ns, addr, "/ready", &[]),
-                Ok(r) if r.status == 200
-            ));
-        }
-        Ok(true)
+        let listen = self.metrics_listen();
+        let addr = listen
+            .parse()
+            .with_context(|| format!("metrics listen {listen:?}"))?;
+        Ok(matches!(
+            crate::probe::http_request(&self.ns, addr, READY_PATH, &[]),
+            Ok(r) if r.status == 200
+        ))
     }
 
     /// Polls [`Agent::is_ready`] for at most [`limits::AGENT_READY`].
@@ -278,13 +280,15 @@ impl Agent {
         .with_context(|| format!("agent log:\n{}", self.logs()))
     }
 
-    fn metrics_listen(&self) -> Option<String> {
+    /// `[metrics] listen`, or the agent's default.
+    pub fn metrics_listen(&self) -> String {
         self.cfg
             .table
             .get("metrics")
             .and_then(|m| m.get("listen"))
             .and_then(|l| l.as_str())
-            .map(str::to_owned)
+            .unwrap_or(METRICS_LISTEN)
+            .to_owned()
     }
 
     pub fn pid(&self) -> Option<u32> {

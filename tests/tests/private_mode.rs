@@ -264,15 +264,23 @@ fn audit_mode_lets_outside_in_and_counts_it() -> Result<()> {
     Ok(())
 }
 
-/// `serve-guard detach` leaves the interface without a program, and the outside client reaches
-/// Serve again: the drops really were the agent's filter.
+/// The drops really are the agent's filter: it stays through a stop with the default
+/// `on_stop = "keep"` (fail closed), and once `serve-guard detach` removed it the interface has
+/// no program and the outside client reaches Serve.
 #[test]
-fn filter_is_the_agents_own() -> Result<()> {
-    let scene = Scene::new(false)?;
+fn filter_stays_after_stop_and_detach_removes_it() -> Result<()> {
+    let mut scene = Scene::new(false)?;
     let addr = scene.topo.server.sock(Ip::V4, SERVE_HTTP);
+    let outside = &scene.topo.outside.ns;
     expect_dropped(
-        probe::tcp_connect(&scene.topo.outside.ns, addr, limits::DROPPED_CONNECT),
+        probe::tcp_connect(outside, addr, limits::DROPPED_CONNECT),
         "outside client with the agent running",
+    )?;
+    let status = scene.agent.stop()?;
+    ensure!(status.success(), "agent exit on SIGTERM: {status}");
+    expect_dropped(
+        probe::tcp_connect(outside, addr, limits::DROPPED_CONNECT),
+        "outside client after the agent stopped (on_stop = keep)",
     )?;
     let out = scene.agent.cli(&["detach"])?;
     ensure!(
@@ -283,7 +291,7 @@ fn filter_is_the_agents_own() -> Result<()> {
     wait_for("the program to leave the interface", limits::SETUP, || {
         Ok(scene.topo.server.ns.xdp_program(IFACE)?.is_none())
     })?;
-    let status = probe::http_get(&scene.topo.outside.ns, addr)?;
+    let status = probe::http_get(outside, addr)?;
     ensure!(status == 200, "outside client after detach: HTTP {status}");
     Ok(())
 }

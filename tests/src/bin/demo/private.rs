@@ -156,7 +156,7 @@ fn print_counters(counters: &Counters) {
     println!(
         "Filter counters for these requests (packets, summed over CPUs, read from the kernel):\n"
     );
-    let mut table = Table::new(&["reason", "IPv4", "IPv6", "meaning"]);
+    let mut table = Table::new(&["reason", "IPv4", "IPv6", "other", "meaning"]);
     for reason in Reason::ALL {
         let meaning = match reason {
             Reason::PassAllowed => "to a Serve port from inside the VPC: passed",
@@ -169,6 +169,7 @@ fn print_counters(counters: &Counters) {
             reason.name().to_owned(),
             counters.packets(reason, Family::Ipv4).to_string(),
             counters.packets(reason, Family::Ipv6).to_string(),
+            counters.packets(reason, Family::Other).to_string(),
             meaning.to_owned(),
         ]);
     }
