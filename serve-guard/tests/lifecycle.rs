@@ -410,6 +410,8 @@ fn start_pins_everything_and_attaches_to_the_interface() {
     let (status, logs) = agent.stop();
     assert!(status.success(), "{status}\n{logs}");
     assert!(logs.contains("on_stop = keep"), "{logs}");
+    // program_log is off by default: no logger runs, so no record can have been forwarded.
+    assert!(!logs.contains("serve_guard::xdp"), "{logs}");
     assert_eq!(pinned_names(&files), expected);
     assert_eq!(
         topo.server.xdp_program_id(&topo.server_if),
@@ -598,4 +600,107 @@ fn bad_config_values_attach_nothing() {
     let config = std::fs::read_to_string(&files.config).unwrap();
     std::fs::write(&files.config, format!("{config}serve_port = 1\n")).unwrap();
     assert_attaches_nothing(&topo, &files, &[], "unknown field `serve_port`");
+}
+
+#[test]
+fn program_log_forwards_the_programs_records() {
+    let topo = Topology::new();
+    let files = Files::new(&[&topo.server_if], "program_log = true\n");
+    let agent = Agent::start(&topo.server, &files);
+    topo.send_udp(PROTECTED_PORT, 2);
+    wait_until("a record from the XDP program in the agent's log", || {
+        agent
+            .logs()
+            .lines()
+            .any(|l| l.contains("serve_guard::xdp") && l.contains("drop_outside_vpc ipv4"))
+            .then_some(())
+    });
+}
+
+/// The library API other subsystems build on, in-process: apply_cidrs, cidrs, ports, counters.
+#[test]
+fn filter_api_applies_lists_and_ports_to_the_live_maps() {
+    use serve_guard::cidr::CidrList;
+    use serve_guard::config::{Config, Overrides};
+    use serve_guard::filter::{AttachMode, Filter};
+
+    let topo = Topology::new();
+    let files = Files::new(&[&topo.server_if], "");
+    let start = |ports: &str| {
+        let text = std::fs::read_to_string(&files.config)
+            .unwrap()
+            .replace(&format!("serve_ports = [{PROTECTED_PORT}]"), ports);
+        let config = Config::from_toml(&text, &files.config, &Overrides::default()).unwrap();
+        // Interface names and XDP attach resolve in the caller's network namespace.
+        topo.server.run(move || {
+            let host = config.check_host().unwrap();
+            Filter::start(&config, &host).unwrap()
+        })
+    };
+
+    let mut filter = start("serve_ports = [8000, 9000]");
+    let status = filter.status();
+    assert_eq!(status.interfaces.len(), 1);
+    assert_eq!(status.interfaces[0].name, topo.server_if);
+    assert_eq!(status.interfaces[0].mode, AttachMode::Driver);
+    assert!(!status.interfaces[0].adopted);
+    assert_eq!((status.cidrs_v4, status.cidrs_v6), (1, 1));
+    assert_eq!(filter.ports().unwrap(), [8000, 9000]);
+    let original = CidrList::from_file_text(ALLOW_LIST).unwrap().0;
+    assert_eq!(filter.cidrs().unwrap(), original);
+
+    let drops = |f: &Filter| {
+        f.counters()
+            .unwrap()
+            .get(Reason::DropOutsideVpc, Family::Ipv4)
+            .packets
+    };
+    let allowed = |f: &Filter| {
+        f.counters()
+            .unwrap()
+            .get(Reason::PassAllowed, Family::Ipv4)
+            .packets
+    };
+
+    topo.send_udp(PROTECTED_PORT, 3);
+    wait_until("drops while the client is outside", || {
+        (drops(&filter) >= 3).then_some(())
+    });
+
+    // Let the client in.
+    let mut with_client = original.clone();
+    with_client.insert(format!("{CLIENT_V4}/{PREFIX_V4}").parse().unwrap());
+    let stats = filter.apply_cidrs(&with_client).unwrap();
+    assert_eq!(
+        (stats.added, stats.removed, stats.v4, stats.v6),
+        (1, 0, 2, 1)
+    );
+    assert_eq!(filter.cidrs().unwrap(), with_client);
+    let drops_before = drops(&filter);
+    topo.send_udp(PROTECTED_PORT, 3);
+    wait_until("passes once the client is in the list", || {
+        (allowed(&filter) >= 3).then_some(())
+    });
+    assert_eq!(drops(&filter), drops_before);
+
+    // And out again.
+    let stats = filter.apply_cidrs(&original).unwrap();
+    assert_eq!((stats.added, stats.removed), (0, 1));
+    assert_eq!(filter.cidrs().unwrap(), original);
+    topo.send_udp(PROTECTED_PORT, 3);
+    wait_until("drops once the client left the list", || {
+        (drops(&filter) >= drops_before + 3).then_some(())
+    });
+
+    // An empty list is refused and changes nothing.
+    let err = filter.apply_cidrs(&CidrList::default()).unwrap_err();
+    assert!(err.to_string().contains("would be empty"), "{err}");
+    assert_eq!(filter.cidrs().unwrap(), original);
+
+    // A restart with fewer ports clears the ones no longer configured; the link is adopted.
+    drop(filter);
+    let filter = start("serve_ports = [8000]");
+    assert_eq!(filter.ports().unwrap(), [8000]);
+    assert!(filter.status().interfaces[0].adopted);
+    assert!(drops(&filter) >= drops_before + 3, "counters survive");
 }

@@ -1,6 +1,9 @@
-//! The XDP program's debug log (aya-log), forwarded into the agent's tracing output. aya-log
-//! emits `log` records; the tracing subscriber's log bridge (see `crate::logging`) turns them into
-//! tracing events under the `serve_guard_ebpf` target.
+//! The XDP program's debug log (aya-log), forwarded into the agent's tracing output.
+//!
+//! aya-log hands out `log` records whose target is the eBPF crate's module path, which is
+//! `serve_guard` like the agent's own. They are forwarded as INFO events under the target
+//! [`TARGET`] instead: the operator asked for them with `program_log = true`, so they show at the
+//! default level and can be filtered apart (`RUST_LOG=serve_guard::xdp=off`).
 
 use super::{FilterError, error_chain};
 use aya_log::EbpfLogger;
@@ -13,16 +16,35 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const LEVEL_GLOBAL: &str = aya_log::LEVEL;
 pub(crate) const LEVEL_OFF: u8 = 0;
 
+/// Tracing target of the program's records.
+pub const TARGET: &str = "serve_guard::xdp";
+
+/// Turns aya-log's `log` records into tracing events.
+struct Forwarder;
+
+impl log::Log for Forwarder {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::info!(target: TARGET, level = %record.level(), "{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
 /// The program's log ring buffer, ready to be drained.
 pub struct ProgramLog {
-    logger: EbpfLogger<&'static dyn log::Log>,
+    logger: EbpfLogger<Forwarder>,
 }
 
 impl ProgramLog {
     pub(crate) fn init(ebpf: &mut aya::Ebpf) -> Result<Self, FilterError> {
-        let logger = EbpfLogger::init(ebpf).map_err(|e| FilterError::ProgramLog {
-            detail: error_chain(&e),
-        })?;
+        let logger =
+            EbpfLogger::init_with_logger(ebpf, Forwarder).map_err(|e| FilterError::ProgramLog {
+                detail: error_chain(&e),
+            })?;
         Ok(Self { logger })
     }
 
