@@ -15,7 +15,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// A self-signed certificate for `localhost`, written as PEM files into `dir`.
-fn write_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, CertificateDer<'static>) {
+fn write_cert(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    CertificateDer<'static>,
+) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
@@ -61,10 +67,15 @@ async fn h2_over_tls(proxy: &TestProxy, root: &CertificateDer<'static>) -> Sende
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN chose h2");
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "ALPN chose h2"
+    );
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -78,12 +89,19 @@ async fn https_with_http2_by_alpn_checks_the_token_and_sets_secure_cookies() {
     let base = format!("https://localhost:{}", proxy.addr.port());
 
     let resp = sender
-        .send_request(Request::get(format!("{base}/echo")).body(Full::new(Bytes::new())).unwrap())
+        .send_request(
+            Request::get(format!("{base}/echo"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.version(), Version::HTTP_2);
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"serve-guard\"");
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"serve-guard\""
+    );
 
     let resp = sender
         .send_request(
@@ -100,7 +118,10 @@ async fn https_with_http2_by_alpn_checks_the_token_and_sets_secure_cookies() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let headers = echo_headers(&echo_json(&body));
     assert_eq!(headers["x-forwarded-proto"], vec!["https".to_owned()]);
-    assert_eq!(headers["x-forwarded-host"], vec![format!("localhost:{}", proxy.addr.port())]);
+    assert_eq!(
+        headers["x-forwarded-host"],
+        vec![format!("localhost:{}", proxy.addr.port())]
+    );
     // HTTP/2 split cookies are joined into one header for the HTTP/1.1 upstream.
     assert_eq!(headers["cookie"], vec!["a=1; b=2".to_owned()]);
     assert!(!headers.contains_key("authorization"));
@@ -118,7 +139,8 @@ async fn https_with_http2_by_alpn_checks_the_token_and_sets_secure_cookies() {
     assert_eq!(resp.headers()["location"], "/echo/docs");
     assert_eq!(
         resp.headers()["set-cookie"],
-        format!("SERVE_TOKEN={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=604800; Secure").as_str()
+        format!("SERVE_TOKEN={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=604800; Secure")
+            .as_str()
     );
     let resp = sender
         .send_request(
@@ -142,9 +164,14 @@ async fn https_with_http11_and_tls12_works_too() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let resp = sender
         .send_request(
@@ -164,11 +191,16 @@ async fn https_with_http11_and_tls12_works_too() {
 async fn https_external_url_makes_the_cookie_secure_even_over_plain_http() {
     let up = start_upstream().await;
     let proxy = start_proxy(&up.url(), |c, _| {
-        c.external_url =
-            Some(serve_guard::config::public::ExternalUrl::parse("https://serve.example.com").unwrap());
+        c.external_url = Some(
+            serve_guard::config::public::ExternalUrl::parse("https://serve.example.com").unwrap(),
+        );
     })
     .await;
-    let resp = raw(proxy.addr, &format!("GET /x?token={} HTTP/1.1\r\nHost: h", proxy.token())).await;
+    let resp = raw(
+        proxy.addr,
+        &format!("GET /x?token={} HTTP/1.1\r\nHost: h", proxy.token()),
+    )
+    .await;
     assert_eq!(resp.status, 303);
     assert!(resp.header("set-cookie").unwrap().ends_with("; Secure"));
 }
@@ -178,7 +210,9 @@ async fn bad_tls_files_are_clear_errors() {
     let up = start_upstream().await;
     let dir = temp_dir();
     let (cert, key, _) = write_cert(dir.path());
-    let store = Arc::new(serve_guard::token::TokenStore::load_or_create(&dir.path().join("token")).unwrap());
+    let store = Arc::new(
+        serve_guard::token::TokenStore::load_or_create(&dir.path().join("token")).unwrap(),
+    );
     let base = serve_guard::config::public::PublicConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: serve_guard::config::public::Upstream::parse(&up.url()).unwrap(),
@@ -225,13 +259,17 @@ async fn grpc_call(
     authorization: Option<&str>,
 ) -> (http::response::Parts, Vec<Bytes>, Option<http::HeaderMap>) {
     let tcp = TcpStream::connect(proxy.grpc_addr.unwrap()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::post(format!("http://{}/grpc.health.v1.Health/Check", proxy.grpc_addr.unwrap()))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
+    let mut req = Request::post(format!(
+        "http://{}/grpc.health.v1.Health/Check",
+        proxy.grpc_addr.unwrap()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
     if let Some(a) = authorization {
         req = req.header("authorization", a);
     }
@@ -259,7 +297,11 @@ async fn grpc_call(
 async fn grpc_without_or_with_a_wrong_token_gets_unauthenticated() {
     let (up, proxy) = grpc_proxy().await;
     let token = proxy.token();
-    for auth in [None, Some("Bearer wrong-token-value".to_owned()), Some(format!("Basic {token}"))] {
+    for auth in [
+        None,
+        Some("Bearer wrong-token-value".to_owned()),
+        Some(format!("Basic {token}")),
+    ] {
         let (parts, data, trailers) = grpc_call(&proxy, auth.as_deref()).await;
         assert_eq!(parts.status, StatusCode::OK, "{auth:?}");
         assert_eq!(parts.version, Version::HTTP_2);
@@ -280,8 +322,15 @@ async fn grpc_with_the_token_reaches_the_upstream_without_it() {
     let (parts, data, trailers) = grpc_call(&proxy, Some(&format!("Bearer {token}"))).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert!(parts.headers.get("grpc-status").is_none());
-    assert_eq!(data.concat(), grpc_frame(b"\x0a\x00").to_vec(), "the upstream's answer");
-    assert_eq!(trailers.expect("the upstream's trailers")["grpc-status"], "0");
+    assert_eq!(
+        data.concat(),
+        grpc_frame(b"\x0a\x00").to_vec(),
+        "the upstream's answer"
+    );
+    assert_eq!(
+        trailers.expect("the upstream's trailers")["grpc-status"],
+        "0"
+    );
     let seen = up.last_seen();
     assert_eq!(seen.target, "/grpc.health.v1.Health/Check");
     assert!(seen.header("authorization").is_none());
@@ -292,12 +341,18 @@ async fn grpc_with_the_token_reaches_the_upstream_without_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_upstream_down_is_unavailable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let up = start_upstream().await;
     let proxy = start_proxy(&up.url(), |c, _| {
         c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
-        c.grpc_upstream =
-            Some(serve_guard::config::public::Upstream::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+        c.grpc_upstream = Some(
+            serve_guard::config::public::Upstream::parse(&format!("http://127.0.0.1:{port}"))
+                .unwrap(),
+        );
     })
     .await;
     let (parts, _, _) = grpc_call(&proxy, Some(&format!("Bearer {}", proxy.token()))).await;

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::reply::{self, Body};
+use super::server::ConnectionSlot;
 use crate::config::public::{Limits, Upstream};
 
 /// Idle upstream connections are kept this long for reuse.
@@ -90,6 +91,7 @@ impl Forward<'_> {
     ) -> Result<Response<Body>, ForwardError> {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let slot = req.extensions_mut().remove::<ConnectionSlot>();
 
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -159,7 +161,7 @@ impl Forward<'_> {
             if let Some(protocol) = protocol {
                 resp.headers_mut().insert(header::UPGRADE, protocol);
             }
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, slot));
         } else {
             strip_hop_by_hop(resp.headers_mut());
         }
@@ -169,7 +171,11 @@ impl Forward<'_> {
 
 /// Copies bytes both ways between the upgraded client and upstream connections until either
 /// side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _slot: Option<ConnectionSlot>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::Handler;
@@ -23,6 +23,11 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// On shutdown, open connections get this long to finish their requests (within the agent's
 /// 5 s shutdown grace).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The connection's place under `max_connections`, held until the connection and any tunnel
+/// upgraded from it end.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone, Copy)]
@@ -70,15 +75,17 @@ pub async fn run(
             tls: listener.tls.is_some(),
         };
         let handler = listener.handler.clone();
-        let svc = service_fn(move |req| {
+        let slot = ConnectionSlot(Arc::new(permit));
+        let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let handler = handler.clone();
+            // An upgraded connection outlives hyper's connection task; its tunnel keeps the slot.
+            req.extensions_mut().insert(slot.clone());
             async move { Ok::<_, Infallible>(handler.handle(req, info).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = listener.tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let result = match tls {
                 Some(tls) => {
                     let stream =

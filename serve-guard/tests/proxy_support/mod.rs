@@ -68,7 +68,10 @@ pub fn captured_logs() -> String {
 
 pub fn assert_not_logged(secret: &str) {
     let logs = captured_logs();
-    assert!(!logs.is_empty(), "the log capture saw nothing: is it wired?");
+    assert!(
+        !logs.is_empty(),
+        "the log capture saw nothing: is it wired?"
+    );
     assert!(!logs.contains(secret), "the token appeared in the logs");
 }
 
@@ -193,7 +196,12 @@ async fn upstream_handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> 
         headers: req
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
     };
     st.seen.lock().unwrap().push(seen.clone());
@@ -205,9 +213,13 @@ async fn upstream_handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> 
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
             let st = st.clone();
             tokio::spawn(async move {
-                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n")))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                    .await;
                 st.release_stream.notified().await;
-                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: last\n\n")))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: last\n\n"))))
+                    .await;
             });
             let body = StreamBody::new(tokio_stream_from(rx)).boxed_unsync();
             Response::builder()
@@ -243,7 +255,9 @@ async fn upstream_handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> 
             };
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
                 let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -324,7 +338,10 @@ pub async fn start_grpc_upstream() -> TestUpstream {
                                 .headers()
                                 .iter()
                                 .map(|(k, v)| {
-                                    (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                    (
+                                        k.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
                                 })
                                 .collect(),
                         });
@@ -333,7 +350,8 @@ pub async fn start_grpc_upstream() -> TestUpstream {
                         trailers.insert("grpc-status", "0".parse().unwrap());
                         let frames: Vec<Result<Frame<Bytes>, Infallible>> =
                             vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
-                        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+                        let body =
+                            StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
                         Ok::<_, Infallible>(
                             Response::builder()
                                 .header("content-type", "application/grpc")
@@ -399,7 +417,10 @@ impl Drop for TestProxy {
 }
 
 /// A proxy in front of `upstream`; `tweak` adjusts the config (listen is 127.0.0.1:0).
-pub async fn start_proxy(upstream: &str, tweak: impl FnOnce(&mut PublicConfig, &std::path::Path)) -> TestProxy {
+pub async fn start_proxy(
+    upstream: &str,
+    tweak: impl FnOnce(&mut PublicConfig, &std::path::Path),
+) -> TestProxy {
     log_buffer();
     let dir = temp_dir();
     let token_file = dir.path().join("token");
@@ -495,10 +516,8 @@ pub fn parse_response(buf: &[u8]) -> Option<RawResponse> {
     })
 }
 
-pub type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    BoxBody,
->;
+pub type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, BoxBody>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()

@@ -1,0 +1,97 @@
+//! `serve-guard token show|rotate` as a user runs it: the real binary, a config in a temporary
+//! directory, no agent running (the running-agent reload is covered by the public-mode e2e test).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> String {
+    std::env::var("SERVE_GUARD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_serve-guard").to_owned())
+}
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env_remove("SERVE_GUARD_CONFIG")
+        .output()
+        .expect("the serve-guard binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn show_and_rotate_without_an_agent() {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("sg-token-cli-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let token_file = dir.path().join("token");
+    let config = dir.path().join("serve-guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "mode = \"public\"\ninterfaces = [\"lo\"]\ncontrol_socket = \"{}\"\n\n[public]\ntoken_file = \"{}\"\n",
+            dir.path().join("control.sock").display(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+
+    let out = run(&config, &["token", "show"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no token yet"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&config, &["token", "rotate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = text(&out.stdout).trim().to_owned();
+    assert_eq!(first.len(), 43);
+    assert!(
+        text(&out.stderr).contains("no agent is running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains(&first));
+    let meta = std::fs::metadata(&token_file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), first);
+
+    let out = run(&config, &["token", "show"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), first);
+
+    let out = run(&config, &["token", "rotate"]);
+    assert!(out.status.success());
+    let second = text(&out.stdout).trim().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), second);
+
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&config, &["token", "show"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(&second) && out.stdout.is_empty());
+
+    // A bad [public] value is a clear error naming it.
+    std::fs::write(
+        &config,
+        "mode = \"public\"\ninterfaces = [\"lo\"]\n[public]\ncookie_max_age = \"soon\"\n",
+    )
+    .unwrap();
+    let out = run(&config, &["token", "show"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cookie_max_age"),
+        "{}",
+        text(&out.stderr)
+    );
+}
