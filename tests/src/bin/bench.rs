@@ -6,7 +6,7 @@
 //! start) so drift hits all of them alike, and the table reports the median over rounds.
 //! The floor is a real two-instruction XDP_PASS program loaded in the same run.
 //!
-//! Options: `--rounds N` (default 7, at least 5), `--repeat N` (default 1000000, at least
+//! Options: `--rounds N` (default 9, at least 5), `--repeat N` (default 1000000, at least
 //! 1000000), `--no-write` (print only; by default docs/BENCHMARKS.md is rewritten).
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -24,7 +24,7 @@ use std::{
     time::Instant,
 };
 
-const DEFAULT_ROUNDS: usize = 7;
+const DEFAULT_ROUNDS: usize = 9;
 const MIN_ROUNDS: usize = 5;
 const DEFAULT_REPEAT: u32 = 1_000_000;
 const MIN_REPEAT: u32 = 1_000_000;
