@@ -617,6 +617,40 @@ async fn slowloris_headers_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_headers_do_not_extend_the_header_timeout() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(&up.url(), |c, _| {
+        c.limits.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // One header byte every 50 ms, far longer in total than the timeout: each byte is progress
+    // a naive per-read timeout would accept.
+    let trickle = async move {
+        let _ = writer
+            .write_all(b"GET /echo HTTP/1.1\r\nHost: h\r\nX-Slow: ")
+            .await;
+        for _ in 0..(WAIT.as_millis() / 50) {
+            if writer.write_all(b"a").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the proxy kept reading a trickled header for the whole wait");
+    };
+    let closed = async move {
+        let mut buf = Vec::new();
+        let _ = reader.read_to_end(&mut buf).await;
+    };
+    tokio::select! {
+        _ = trickle => {}
+        _ = closed => {}
+    }
+    assert_eq!(up.seen_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_headers_get_431() {
     let up = start_upstream().await;
     let proxy = start_proxy(&up.url(), |c, _| {
