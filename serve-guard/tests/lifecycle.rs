@@ -704,3 +704,86 @@ fn filter_api_applies_lists_and_ports_to_the_live_maps() {
     assert!(filter.status().interfaces[0].adopted);
     assert!(drops(&filter) >= drops_before + 3, "counters survive");
 }
+
+/// A bridge device has no native XDP: `auto` falls back to skb with a warning, `driver` fails
+/// and leaves nothing behind.
+#[test]
+fn xdp_mode_auto_falls_back_to_skb_and_driver_refuses() {
+    let ns = Netns::new("sld");
+    let bridge = unique("sd");
+    ns.ip(&["link", "add", &bridge, "type", "bridge"]);
+    ns.ip(&["link", "set", &bridge, "up"]);
+
+    let files = Files::new(&[&bridge], "xdp_mode = \"driver\"\n");
+    let mut agent = Agent::spawn(&ns, &files, &[]);
+    let status = agent.wait_exit();
+    std::thread::sleep(POLL);
+    let logs = agent.logs();
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            "cannot attach the XDP program to {bridge} in driver mode"
+        )) && logs.contains("the driver has no native XDP: set xdp_mode = \"auto\" or \"skb\""),
+        "{logs}"
+    );
+    assert!(
+        !files.pin_dir.exists(),
+        "a failed first start leaves no pin"
+    );
+    assert_eq!(ns.xdp_program_id(&bridge), None);
+
+    let agent = Agent::spawn(&ns, &files, &["--xdp-mode", "auto"]);
+    let agent = {
+        let mut agent = agent;
+        wait_until("the summary line", || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("the agent exited ({status}):\n{}", agent.logs());
+            }
+            agent.logs().contains(READY_LINE).then_some(())
+        });
+        agent
+    };
+    let logs = agent.logs();
+    assert!(logs.contains("fell back to skb"), "{logs}");
+    assert!(
+        logs.contains(&format!("interfaces {bridge} (skb, new)")),
+        "{logs}"
+    );
+    assert!(files.link_pin(&bridge, "skb").exists());
+    let out = ns.ip(&["-d", "link", "show", "dev", &bridge]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("xdpgeneric"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// An interface that already runs another XDP program is refused by name; the second agent's
+/// (fresh) pin folder is cleaned up and the first program stays.
+#[test]
+fn an_interface_with_another_xdp_program_is_refused() {
+    let topo = Topology::new();
+    let first_files = Files::new(&[&topo.server_if], "");
+    let first = Agent::start(&topo.server, &first_files);
+    let program = topo.server.xdp_program_id(&topo.server_if);
+
+    let other = Files::new(
+        &[&topo.server_if],
+        "[metrics]\nlisten = \"127.0.0.1:9465\"\n",
+    );
+    let mut second = Agent::spawn(&topo.server, &other, &[]);
+    let status = second.wait_exit();
+    std::thread::sleep(POLL);
+    let logs = second.logs();
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            "interface {} has another XDP program attached",
+            topo.server_if
+        )),
+        "{logs}"
+    );
+    assert!(!other.pin_dir.exists(), "{logs}");
+    assert_eq!(topo.server.xdp_program_id(&topo.server_if), program);
+    drop(first);
+}

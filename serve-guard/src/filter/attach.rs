@@ -252,6 +252,12 @@ fn attach_new(
                     interface: name.to_owned(),
                 });
             }
+            Err(e) if mode == AttachMode::Driver && os_error(&e) == Some(libc::EOPNOTSUPP) => {
+                last_error = Some(format!(
+                    "{}; the driver has no native XDP: set xdp_mode = \"auto\" or \"skb\"",
+                    error_chain(&e)
+                ));
+            }
             Err(e) => last_error = Some(error_chain(&e)),
         }
     }
@@ -264,11 +270,14 @@ fn attach_new(
 
 /// EBUSY/EEXIST from attaching: the interface already runs an XDP program we do not own.
 fn is_busy(error: &ProgramError) -> bool {
-    let code = match error {
+    matches!(os_error(error), Some(libc::EBUSY) | Some(libc::EEXIST))
+}
+
+fn os_error(error: &ProgramError) -> Option<i32> {
+    match error {
         ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
         _ => None,
-    };
-    matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
+    }
 }
 
 impl AttachMode {
