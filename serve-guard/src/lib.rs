@@ -11,6 +11,7 @@
 //! - `watch`: follows the CIDR file on disk (inotify).
 //! - `metrics`: the Prometheus /metrics and /ready endpoint.
 //! - `token`, `proxy`: public mode, the token and the token-checking reverse proxy.
+//! - `logging`: the tracing subscriber (RUST_LOG / --log-level).
 //! - `cli`: one file per verb.
 
 pub mod agent;

@@ -8,6 +8,7 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub const LOCK_FILE: &str = "agent.lock";
 /// The state directory may hold the token and the CIDR revision: owner only.
@@ -15,6 +16,10 @@ pub const STATE_DIR_MODE: u32 = 0o700;
 const LOCK_FILE_MODE: u32 = 0o600;
 /// The lock file holds the agent's pid in decimal; anything longer is not ours.
 const MAX_PID_TEXT: u64 = 32;
+/// `agent_running` probes with a shared lock held for microseconds; an agent starting at that
+/// instant retries for this long before concluding that another agent holds the lock.
+const ACQUIRE_PATIENCE: Duration = Duration::from_secs(1);
+const ACQUIRE_RETRY: Duration = Duration::from_millis(10);
 
 pub fn lock_path(state_dir: &Path) -> PathBuf {
     state_dir.join(LOCK_FILE)
@@ -50,11 +55,15 @@ impl AgentLock {
             .mode(LOCK_FILE_MODE)
             .open(&path)
             .map_err(lock_err)?;
-        if !try_flock(&file, libc::LOCK_EX).map_err(lock_err)? {
-            return Err(AgentError::AlreadyRunning {
-                state_dir: state_dir.to_owned(),
-                pid: read_pid(&mut file),
-            });
+        let deadline = Instant::now() + ACQUIRE_PATIENCE;
+        while !try_flock(&file, libc::LOCK_EX).map_err(lock_err)? {
+            if Instant::now() >= deadline {
+                return Err(AgentError::AlreadyRunning {
+                    state_dir: state_dir.to_owned(),
+                    pid: read_pid(&mut file),
+                });
+            }
+            std::thread::sleep(ACQUIRE_RETRY);
         }
         // Only the lock holder writes: the pid helps the operator find the running agent.
         file.set_len(0).map_err(lock_err)?;

@@ -174,7 +174,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     for warning in &host.warnings {
         tracing::warn!("{}: {warning}", config.cidr_file.display());
     }
-    let _lock = AgentLock::acquire(&config.state_dir)?;
+    // Acquiring may wait out a CLI probe for a moment: off the async workers.
+    let _lock = tokio::task::block_in_place(|| AgentLock::acquire(&config.state_dir))?;
 
     let config = Arc::new(config);
     let filter = {
