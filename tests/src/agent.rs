@@ -8,6 +8,7 @@ use crate::netns::{Netns, unique_name};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
 use serve_guard::config::defaults::METRICS_LISTEN;
+use serve_guard::control::StatsReport;
 use serve_guard::metrics::READY_PATH;
 use serve_guard_common::{Counter, Family, Reason, counter_index, maps};
 use std::collections::BTreeMap;
@@ -379,6 +380,20 @@ impl Agent {
         run_cli(&self.ns, &self.bin, &self.files.config, args, Some(stdin))
     }
 
+    /// The counters as `serve-guard stats --json` reports them.
+    pub fn stats_cli(&self) -> Result<Counters> {
+        let out = self.cli(&["stats", "--json"])?;
+        if !out.status.success() {
+            bail!(
+                "serve-guard stats failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let report: StatsReport =
+            serde_json::from_slice(&out.stdout).context("parsing `serve-guard stats --json`")?;
+        Counters::from_report(&report)
+    }
+
     /// The filter's counters, summed over CPUs: from the program attached to the first
     /// interface, else from the pinned map (e.g. nothing attached any more).
     pub fn counters(&self) -> Result<Counters> {
@@ -527,6 +542,29 @@ impl Counters {
             "XDP program {prog_id} on {iface} has no {} map",
             maps::COUNTERS
         )
+    }
+
+    /// From the agent's stats report (the control socket's or `stats --json`'s JSON).
+    pub fn from_report(report: &StatsReport) -> Result<Counters> {
+        let mut out = BTreeMap::new();
+        for row in &report.counters {
+            let reason = Reason::ALL
+                .into_iter()
+                .find(|r| r.name() == row.reason)
+                .with_context(|| format!("unknown reason {:?}", row.reason))?;
+            let family = Family::ALL
+                .into_iter()
+                .find(|f| f.name() == row.family)
+                .with_context(|| format!("unknown family {:?}", row.family))?;
+            let counter = Counter {
+                packets: row.packets,
+                bytes: row.bytes,
+            };
+            if out.insert((reason, family), counter).is_some() {
+                bail!("{} {} reported twice", row.reason, row.family);
+            }
+        }
+        Ok(Counters(out))
     }
 
     fn from_map(data: MapData) -> Result<Counters> {

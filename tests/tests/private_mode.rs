@@ -132,6 +132,23 @@ fn udp_counts_are_exact(scene: &Scene, ip: Ip) -> Result<()> {
         scene.udp.datagrams(SERVE_GRPC) == DATAGRAMS,
         "server echoed an outside datagram"
     );
+    // The CLI reports the same numbers as the kernel map (for the reasons only this test's
+    // traffic moves; ARP and ND may tick in between).
+    let (map, cli) = (scene.counters()?, scene.agent.stats_cli()?);
+    for reason in [
+        Reason::PassAllowed,
+        Reason::DropOutsideVpc,
+        Reason::AuditWouldDrop,
+    ] {
+        ensure!(
+            map.get(reason, fam) == cli.get(reason, fam),
+            "{} {}: map {:?}, `serve-guard stats` {:?}",
+            reason.name(),
+            ip.name(),
+            map.get(reason, fam),
+            cli.get(reason, fam)
+        );
+    }
     Ok(())
 }
 
