@@ -876,3 +876,19 @@ async fn websocket_tunnels_count_against_the_connection_limit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_not_a_tunnel() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(&up.url(), |_, _| {}).await;
+    let resp = raw(
+        proxy.addr,
+        &format!(
+            "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nAuthorization: Bearer {}",
+            proxy.token()
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 405);
+    assert_eq!(up.seen_count(), 0);
+}

@@ -2,6 +2,7 @@
 //! keep-alive and TLS handshake limit), header size (431 beyond it), concurrent connections.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -38,16 +39,36 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Bounds the connections served at once across the proxy's listeners.
 #[derive(Clone)]
-pub struct ConnectionLimit(Arc<Semaphore>);
+pub struct ConnectionLimit {
+    slots: Arc<Semaphore>,
+    max: usize,
+    refused: Arc<AtomicU64>,
+}
 
 impl ConnectionLimit {
     pub fn new(max: usize) -> Self {
-        ConnectionLimit(Arc::new(Semaphore::new(max)))
+        ConnectionLimit {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            refused: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// A slot for one connection, held until the connection ends; `None` when all are taken
     /// (the new connection is closed at once rather than queued behind slow ones).
     pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            // A flood must not turn into a log flood: the 1st, 2nd, 4th, 8th... refusal.
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    max_connections = self.max,
+                    refused,
+                    "connection limit reached; closing new connections"
+                );
+            }
+        }
+        permit
     }
 }

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -64,6 +64,14 @@ enum Kind {
     Grpc,
 }
 
+/// What the checks decided about a request.
+enum Decision {
+    /// The proxy answers itself (401, the docs link, ...).
+    Answer(Response<Body>),
+    /// Forward upstream, with this path and query instead of the request's own if set.
+    Forward(Option<String>),
+}
+
 /// Answers the requests of one listener.
 pub struct Handler {
     kind: Kind,
@@ -81,32 +89,34 @@ impl Handler {
         let method = req.method().clone();
         // Only the path is logged: a query may hold the docs link's token.
         let path = req.uri().path().to_owned();
-        let resp = match self.kind {
-            Kind::Http => self.handle_http(&mut req, info).await,
-            Kind::Grpc => self.handle_grpc(&mut req, info).await,
+        let decision = match self.kind {
+            Kind::Http => self.check_http(&mut req, info),
+            Kind::Grpc => self.check_grpc(&mut req),
         };
-        let resp = match resp {
-            Ok(resp) => resp,
-            Err(forward) => self.send(req, info, forward).await,
+        let resp = match decision {
+            Decision::Answer(resp) => resp,
+            Decision::Forward(target) => self.send(req, info, target).await,
         };
         tracing::debug!(peer = %info.peer, %method, %path, status = resp.status().as_u16(), "request");
         resp
     }
 
-    /// Decides on an HTTP request: `Ok` is the proxy's own answer, `Err` means forward (with
-    /// the path to use upstream, if not the request's own).
-    async fn handle_http(
-        &self,
-        req: &mut Request<Incoming>,
-        info: ConnInfo,
-    ) -> Result<Response<Body>, Option<String>> {
+    /// The docs link, the token check and unauthenticated paths; strips the token.
+    fn check_http(&self, req: &mut Request<Incoming>, info: ConnInfo) -> Decision {
+        // A reverse proxy is no tunnel to arbitrary hosts.
+        if req.method() == Method::CONNECT {
+            return Decision::Answer(plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "405 Method Not Allowed: CONNECT is not supported\n",
+            ));
+        }
         let token = self.tokens.current();
         let cookie = CookieSettings {
             max_age_secs: self.cookie_max_age_secs,
             secure: info.tls || self.external_https,
         };
         if let Some(resp) = docs_link::handle(req.method(), req.uri(), token.as_deref(), cookie) {
-            return Ok(resp);
+            return Decision::Answer(resp);
         }
         let verdict = auth::authenticate(
             req.headers_mut(),
@@ -121,23 +131,20 @@ impl Handler {
                 Some(q) => format!("{public}?{q}"),
                 None => public,
             };
-            return Err(Some(target));
+            return Decision::Forward(Some(target));
         }
         if verdict != Verdict::Allowed {
-            return Ok(auth::unauthorized(verdict));
+            return Decision::Answer(auth::unauthorized(verdict));
         }
-        Err(None)
+        Decision::Forward(None)
     }
 
-    async fn handle_grpc(
-        &self,
-        req: &mut Request<Incoming>,
-        _info: ConnInfo,
-    ) -> Result<Response<Body>, Option<String>> {
+    /// The token check on the `authorization` metadata; strips the token.
+    fn check_grpc(&self, req: &mut Request<Incoming>) -> Decision {
         let token = self.tokens.current();
         match auth::authenticate(req.headers_mut(), token.as_deref(), Carriers::HeaderOnly) {
-            Verdict::Allowed => Err(None),
-            verdict => Ok(grpc::unauthenticated(verdict == Verdict::Invalid)),
+            Verdict::Allowed => Decision::Forward(None),
+            verdict => Decision::Answer(grpc::unauthenticated(verdict == Verdict::Invalid)),
         }
     }
 

@@ -65,7 +65,6 @@ pub async fn run(
             }
         };
         let Some(permit) = limit.try_acquire() else {
-            tracing::warn!(%peer, "connection limit reached, closing the new connection");
             drop(stream);
             continue;
         };

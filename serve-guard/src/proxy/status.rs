@@ -4,6 +4,7 @@
 //! This output shows the token on purpose (it is for the operator's terminal). Its `Debug` is
 //! redacted so the status can never leak into logs by accident.
 
+use std::convert::Infallible;
 use std::fmt;
 
 use serde::Serialize;
@@ -88,7 +89,7 @@ pub fn docs_url(external_url: &str, route: &str, token: &str) -> String {
 
 /// Builds the public part of `serve-guard status`. Never fails: what cannot be read is
 /// reported in the status (an agent whose Serve is down still has a URL and a token).
-pub async fn public_status(config: &PublicConfig) -> anyhow::Result<PublicStatus> {
+pub async fn public_status(config: &PublicConfig) -> Result<PublicStatus, Infallible> {
     let user_service_url = config.external_url().as_str().to_owned();
     let (token, token_error) = match read_token_file(&config.token_file) {
         Ok(t) => (Some(t), None),
