@@ -18,6 +18,7 @@ Run: python serve_app.py --host 0.0.0.0 --port 8000 [--temp-dir DIR]. Stops clea
 
 import argparse
 import asyncio
+import importlib.resources
 import signal
 import sys
 import threading
@@ -28,7 +29,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
-from swagger_ui_bundle import swagger_ui_path
 
 ROUTE_PREFIX = "/echo"
 APP_NAME = "echo"
@@ -39,8 +39,12 @@ GATE_POLL_S = 0.02
 MAX_GATED_CHUNKS = 100
 MAX_TICKS = 1000
 
+# Swagger UI 5 (OpenAPI 3.1, which FastAPI writes) from the swagger-ui-py wheel: only its static
+# assets are used, served by the app itself since the CDN FastAPI links to is unreachable.
+SWAGGER_UI_ASSETS = importlib.resources.files("swagger_ui") / "static"
+
 app = FastAPI(title="serve-guard echo", docs_url=None, redoc_url=None)
-app.mount("/static", StaticFiles(directory=str(swagger_ui_path)), name="static")
+app.mount("/static", StaticFiles(directory=str(SWAGGER_UI_ASSETS)), name="static")
 
 # Gate name -> chunks released so far. The stream and the release run in the same replica; a
 # plain dict polled with short sleeps works whichever event loop Serve runs user code on.

@@ -8,6 +8,7 @@
 
 mod interrupt;
 mod private;
+mod public;
 mod table;
 
 use anyhow::{Result, bail};
@@ -20,13 +21,19 @@ struct Part {
     run: fn() -> Result<bool>,
 }
 
-/// The parts, in the order they run. Public mode adds its own entry here (`mod public;` with a
-/// `pub fn run() -> Result<bool>` in `public.rs`).
-const PARTS: &[Part] = &[Part {
-    name: "private",
-    about: "private mode: only clients inside the VPC ranges reach Ray Serve's ports",
-    run: private::run,
-}];
+/// The parts, in the order they run.
+const PARTS: &[Part] = &[
+    Part {
+        name: "private",
+        about: "private mode: only clients inside the VPC ranges reach Ray Serve's ports",
+        run: private::run,
+    },
+    Part {
+        name: "public",
+        about: "public mode: the token proxy, the API docs link and its cookie",
+        run: public::run,
+    },
+];
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
