@@ -358,3 +358,62 @@ async fn grpc_upstream_down_is_unavailable() {
     let (parts, _, _) = grpc_call(&proxy, Some(&format!("Bearer {}", proxy.token()))).await;
     assert_eq!(parts.headers["grpc-status"], "14");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_uses_the_same_certificate_and_check() {
+    let http_up = start_upstream().await;
+    let grpc_up = start_grpc_upstream().await;
+    let grpc_url = grpc_up.url();
+    let mut root = None;
+    let proxy = start_proxy(&http_up.url(), |c, dir| {
+        let (cert, key, der) = write_cert(dir);
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        root = Some(der);
+        c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.grpc_upstream = Some(serve_guard::config::public::Upstream::parse(&grpc_url).unwrap());
+    })
+    .await;
+    let root = root.unwrap();
+    let call = |auth: Option<String>| {
+        let root = root.clone();
+        let addr = proxy.grpc_addr.unwrap();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let tls = connector(&root, &[b"h2"], &[&rustls::version::TLS13])
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut req = Request::post(format!(
+                "https://localhost:{}/grpc.health.v1.Health/Check",
+                addr.port()
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let resp = sender
+                .send_request(req.body(Full::new(grpc_frame(b""))).unwrap())
+                .await
+                .unwrap();
+            let (parts, body) = resp.into_parts();
+            let collected = tokio::time::timeout(WAIT, body.collect())
+                .await
+                .unwrap()
+                .unwrap();
+            (parts, collected.trailers().cloned())
+        }
+    };
+    let (parts, _) = call(None).await;
+    assert_eq!(parts.headers["grpc-status"], "16");
+    let (parts, trailers) = call(Some(format!("Bearer {}", proxy.token()))).await;
+    assert!(parts.headers.get("grpc-status").is_none());
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    assert_eq!(grpc_up.seen_count(), 1);
+}
