@@ -94,3 +94,79 @@ fn no_referrer(mut resp: Response<Body>) -> Response<Body> {
         .insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "abcdefghijklmnopqrstuvwxyz012345";
+    const COOKIE: CookieSettings = CookieSettings {
+        max_age_secs: 60,
+        secure: false,
+    };
+
+    fn run(method: Method, target: &str) -> Option<Response<Body>> {
+        let token = Token::parse(TOKEN).unwrap();
+        handle(&method, &target.parse().unwrap(), Some(&token), COOKIE)
+    }
+
+    #[test]
+    fn only_requests_with_a_token_parameter_are_docs_links() {
+        assert!(run(Method::GET, "/echo/docs").is_none());
+        assert!(run(Method::GET, "/echo/docs?tokens=1&x=token").is_none());
+        // An encoded key is still the token parameter (and never reaches the upstream).
+        let resp = run(Method::GET, &format!("/d?%74oken={TOKEN}&k=v")).unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(resp.headers()[LOCATION], "/d?k=v");
+    }
+
+    #[test]
+    fn other_parameters_are_kept_verbatim_and_in_order() {
+        let resp = run(Method::GET, &format!("/d?b=2&token={TOKEN}&a=%2F&&c")).unwrap();
+        assert_eq!(resp.headers()[LOCATION], "/d?b=2&a=%2F&c");
+        let cookie = resp.headers()[SET_COOKIE].to_str().unwrap();
+        assert_eq!(
+            cookie,
+            format!("SERVE_TOKEN={TOKEN}; Path=/; HttpOnly; SameSite=Lax; Max-Age=60")
+        );
+    }
+
+    #[test]
+    fn secure_cookie_when_asked() {
+        let token = Token::parse(TOKEN).unwrap();
+        let secure = CookieSettings {
+            max_age_secs: 60,
+            secure: true,
+        };
+        let target = format!("/d?token={TOKEN}").parse().unwrap();
+        let resp = handle(&Method::GET, &target, Some(&token), secure).unwrap();
+        assert!(
+            resp.headers()[SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
+    }
+
+    #[test]
+    fn invalid_or_non_get_links_set_no_cookie() {
+        for (method, target) in [
+            (Method::GET, "/d?token=wrong".to_owned()),
+            (Method::GET, format!("/d?token={TOKEN}&token=")),
+            (Method::POST, format!("/d?token={TOKEN}")),
+            (Method::PUT, format!("/d?token={TOKEN}")),
+        ] {
+            let resp = run(method.clone(), &target).unwrap();
+            assert!(
+                resp.headers().get(SET_COOKIE).is_none(),
+                "{method} {target}"
+            );
+            assert!(resp.headers().get(LOCATION).is_none(), "{method} {target}");
+            assert!(resp.status().is_client_error(), "{method} {target}");
+        }
+        // No token loaded: every link is refused.
+        let target = format!("/d?token={TOKEN}").parse().unwrap();
+        let resp = handle(&Method::GET, &target, None, COOKIE).unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+}
