@@ -787,3 +787,173 @@ fn an_interface_with_another_xdp_program_is_refused() {
     assert_eq!(topo.server.xdp_program_id(&topo.server_if), program);
     drop(first);
 }
+
+/// Second client address, outside the allow-list (the first one is let in for this test).
+const OUTSIDE_V4: &str = "198.18.7.3";
+/// An inside probe whose echo takes longer than this counts as dropped. UDP has no
+/// retransmission, so a dropped datagram fails its probe however long we wait: this bounds the
+/// wait, it does not judge speed.
+const INSIDE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Outside probes are expected to go unanswered; their verdict comes from the drop counter,
+/// which must account for every one of them, so a short wait loses nothing.
+const OUTSIDE_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Runs `f` on a thread inside `ns` and returns at once.
+fn spawn_in<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let ns = File::open(ns.path()).expect("open netns");
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ProbeTally {
+    sent: u64,
+    answered: u64,
+}
+
+/// Sends numbered datagrams from `from` to the echo server until `stop`, one at a time, each
+/// waiting for its own echo.
+fn udp_prober(
+    ns: &Netns,
+    from: &'static str,
+    timeout: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tally: Arc<Mutex<ProbeTally>>,
+) -> std::thread::JoinHandle<()> {
+    spawn_in(ns, move || {
+        let socket = UdpSocket::bind(format!("{from}:0")).expect("bind prober");
+        socket.set_read_timeout(Some(POLL)).unwrap();
+        let server: SocketAddr = format!("{SERVER_V4}:{PROTECTED_PORT}").parse().unwrap();
+        let mut seq: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            seq += 1;
+            socket
+                .send_to(&seq.to_be_bytes(), server)
+                .expect("send probe");
+            let deadline = Instant::now() + timeout;
+            let mut answered = false;
+            let mut buf = [0u8; 8];
+            while Instant::now() < deadline {
+                if let Ok((8, _)) = socket.recv_from(&mut buf) {
+                    if u64::from_be_bytes(buf) == seq {
+                        answered = true;
+                        break;
+                    }
+                }
+            }
+            let mut t = tally.lock().unwrap();
+            t.sent += 1;
+            t.answered += u64::from(answered);
+        }
+    })
+}
+
+/// Issue 4, test 2: `kill -9` of the agent leaves the filter working (the inside prober is
+/// served, the outside one blocked), and a restart adopts the pinned state with no change for
+/// either prober. The counters, which survive both, account for every probe exactly.
+#[test]
+fn kill_9_and_restart_change_nothing_for_the_probers() {
+    let topo = Topology::new();
+    let client_if = format!("{}c", topo.server_if);
+    topo.client.ip(&[
+        "addr",
+        "add",
+        &format!("{OUTSIDE_V4}/{PREFIX_V4}"),
+        "dev",
+        &client_if,
+    ]);
+    let files = Files::new(&[&topo.server_if], "");
+    std::fs::write(&files.cidr_file, format!("{ALLOW_LIST}{CLIENT_V4}/32\n")).unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echo = {
+        let stop = Arc::clone(&stop);
+        spawn_in(&topo.server, move || {
+            let socket = UdpSocket::bind(format!("{SERVER_V4}:{PROTECTED_PORT}")).unwrap();
+            socket.set_read_timeout(Some(POLL)).unwrap();
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        })
+    };
+
+    let mut first = Agent::start(&topo.server, &files);
+    let inside = Arc::new(Mutex::new(ProbeTally::default()));
+    let outside = Arc::new(Mutex::new(ProbeTally::default()));
+    let probers = [
+        udp_prober(
+            &topo.client,
+            CLIENT_V4,
+            INSIDE_PROBE_TIMEOUT,
+            Arc::clone(&stop),
+            Arc::clone(&inside),
+        ),
+        udp_prober(
+            &topo.client,
+            OUTSIDE_V4,
+            OUTSIDE_PROBE_TIMEOUT,
+            Arc::clone(&stop),
+            Arc::clone(&outside),
+        ),
+    ];
+    let both_probed = |at_least: u64| {
+        wait_until("probes from both clients", || {
+            let (i, o) = (*inside.lock().unwrap(), *outside.lock().unwrap());
+            (i.sent >= at_least && o.sent >= at_least).then_some(())
+        })
+    };
+    both_probed(2);
+
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    let after_kill = outside.lock().unwrap().sent;
+    both_probed(after_kill + 2);
+
+    let second = Agent::start(&topo.server, &files);
+    let after_restart = outside.lock().unwrap().sent;
+    both_probed(after_restart + 2);
+
+    let (status, logs) = second.stop();
+    stop.store(true, Ordering::Relaxed);
+    for prober in probers {
+        prober.join().expect("prober panicked");
+    }
+    echo.join().expect("echo server panicked");
+    assert!(status.success(), "{logs}");
+
+    let (inside, outside) = (*inside.lock().unwrap(), *outside.lock().unwrap());
+    assert_eq!(
+        inside.answered, inside.sent,
+        "inside probes lost: {inside:?}"
+    );
+    assert_eq!(outside.answered, 0, "outside probes answered: {outside:?}");
+    // Every probe has been through the program by now; poll in case a counter update is
+    // still in flight, then compare exactly.
+    let count = |reason| counter(&files, reason);
+    let deadline = Instant::now() + WAIT;
+    while (count(Reason::DropOutsideVpc), count(Reason::PassAllowed)) != (outside.sent, inside.sent)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(POLL);
+    }
+    assert_eq!(
+        count(Reason::DropOutsideVpc),
+        outside.sent,
+        "every outside probe dropped, no inside one"
+    );
+    assert_eq!(
+        count(Reason::PassAllowed),
+        inside.sent,
+        "every inside probe passed"
+    );
+}
