@@ -59,6 +59,10 @@ pub enum PublicConfigError {
     Limit { key: &'static str, reason: String },
     #[error("[public] cookie_max_age must be between 1 second and 366 days")]
     CookieMaxAge,
+    #[error(
+        "[public] {key} {addr} uses a Serve port, which the XDP filter closes to clients outside the VPC: pick another port (the default is 8443)"
+    )]
+    ListenOnServePort { key: &'static str, addr: SocketAddr },
 }
 
 /// An `http://host:port` upstream (Ray Serve listens in plain HTTP on the node).
@@ -370,6 +374,24 @@ impl PublicConfig {
         self.limits.validate()
     }
 
+    /// [`Self::validate`], plus: neither listener may use a port the XDP filter protects
+    /// (`serve_ports`), or clients outside the VPC could never reach it.
+    pub fn validate_for(&self, serve_ports: &[i64]) -> Result<(), PublicConfigError> {
+        self.validate()?;
+        let listeners = [
+            ("listen", Some(self.listen)),
+            ("grpc_listen", self.grpc_listen),
+        ];
+        for (key, addr) in listeners {
+            if let Some(addr) = addr
+                && serve_ports.contains(&i64::from(addr.port()))
+            {
+                return Err(PublicConfigError::ListenOnServePort { key, addr });
+            }
+        }
+        Ok(())
+    }
+
     pub fn tls_enabled(&self) -> bool {
         self.tls_cert.is_some() && self.tls_key.is_some()
     }
@@ -460,6 +482,19 @@ mod tests {
                 .unwrap_err()
                 .contains("cookie_max_age")
         );
+    }
+
+    #[test]
+    fn listeners_must_not_use_serve_ports() {
+        let ports = [8000, 9000];
+        let cfg = parse("listen = \"0.0.0.0:8000\"").unwrap();
+        let err = cfg.validate_for(&ports).unwrap_err().to_string();
+        assert!(err.contains("listen 0.0.0.0:8000"), "{err}");
+        let cfg = parse("grpc_listen = \"0.0.0.0:9000\"").unwrap();
+        let err = cfg.validate_for(&ports).unwrap_err().to_string();
+        assert!(err.contains("grpc_listen"), "{err}");
+        let cfg = parse("grpc_listen = \"0.0.0.0:9443\"").unwrap();
+        cfg.validate_for(&ports).unwrap();
     }
 
     #[test]
