@@ -4,7 +4,7 @@
 //! removed on drop: the process (SIGKILL, by PID), the kernel side (`serve-guard detach`), the pins.
 
 use crate::limits;
-use crate::netns::{Netns, unique_name};
+use crate::netns::{Netns, owner_pid, pid_alive, unique_name};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
 use serve_guard::config::defaults::METRICS_LISTEN;
@@ -13,8 +13,10 @@ use serve_guard::metrics::READY_PATH;
 use serve_guard_common::{Counter, Family, Reason, counter_index, maps};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Output, Stdio};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -22,6 +24,27 @@ use tempfile::TempDir;
 pub const BIN_ENV: &str = "SERVE_GUARD_BIN";
 /// Where pin dirs of test agents go: a per-test folder under the bpffs mount.
 const BPFFS: &str = "/sys/fs/bpf";
+
+static PIN_SWEEP: Once = Once::new();
+/// Prefix of per-test pin dirs under bpffs.
+const PIN_PREFIX: &str = "sg-test-";
+
+/// Removes pin dirs of test processes that were killed before their guards ran (the name holds
+/// the pid; the pid is gone). Unpinning frees the maps, program and links.
+fn sweep_stale_pins() {
+    let Ok(entries) = fs::read_dir(BPFFS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = owner_pid(&name, PIN_PREFIX)
+            && !pid_alive(pid)
+            && fs::remove_dir_all(entry.path()).is_ok()
+        {
+            eprintln!("removed pins {name} left by a killed test process {pid}");
+        }
+    }
+}
 
 /// The agent binary: `$SERVE_GUARD_BIN`, else the workspace's debug build.
 pub fn agent_bin() -> Result<PathBuf> {
@@ -140,6 +163,7 @@ pub struct AgentFiles {
 
 impl AgentFiles {
     fn create(cfg: &AgentConfig) -> Result<Self> {
+        PIN_SWEEP.call_once(sweep_stale_pins);
         let dir = tempfile::Builder::new()
             .prefix("serve-guard-test-")
             .tempdir()
@@ -147,7 +171,7 @@ impl AgentFiles {
         let files = AgentFiles {
             config: dir.path().join("serve-guard.toml"),
             cidr_file: dir.path().join("vpc-cidrs"),
-            pin_dir: Path::new(BPFFS).join(unique_name("sg-test-")),
+            pin_dir: Path::new(BPFFS).join(unique_name(PIN_PREFIX)),
             state_dir: dir.path().join("state"),
             control_socket: dir.path().join("run/control.sock"),
             log: dir.path().join("agent.log"),
@@ -224,10 +248,8 @@ impl Agent {
             .append(true)
             .open(&self.files.log)
             .context("opening the agent log")?;
-        let child = self
-            .ns
-            .command(&self.bin)
-            .arg("run")
+        let mut cmd = self.ns.command(&self.bin);
+        cmd.arg("run")
             .arg("-c")
             .arg(&self.files.config)
             .env(
@@ -236,7 +258,20 @@ impl Agent {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        // If the test process is killed before its guards run, the agent dies with it rather than
+        // filtering a deleted namespace forever. (The signal follows the launching *thread*:
+        // launch from the thread that owns the Agent, as start/restart do.)
+        // SAFETY: prctl(2) is async-signal-safe and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         self.child = Some(child);

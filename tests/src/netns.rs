@@ -11,10 +11,10 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Once};
 use std::thread::{self, JoinHandle};
 
 /// Where `ip netns add` bind-mounts named namespaces.
@@ -24,6 +24,7 @@ const NETNS_RUN_DIR: &str = "/run/netns";
 pub const MAX_IFNAME_LEN: usize = 15;
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
 
 /// A name no other test (in this process or another) uses: `prefix` + pid + per-process counter.
 /// Short enough for an interface name when `prefix` is at most 3 characters.
@@ -47,6 +48,7 @@ impl Netns {
     /// Creates `sg<prefix><pid>-<n>` with its loopback up and IPv6 duplicate address detection
     /// off (addresses are usable at once; every address in a test namespace is ours anyway).
     pub fn new(prefix: &str) -> Result<Self> {
+        SWEEP.call_once(sweep_stale);
         let name = unique_name(&format!("sg{prefix}"));
         run_ip(&["netns", "add", &name]).with_context(|| format!("creating netns {name}"))?;
         let ns = Netns(Arc::new(Inner { name }));
@@ -227,6 +229,39 @@ impl Drop for Inner {
     }
 }
 
+/// The pid in a name made by [`unique_name`] (`<prefix><pid>-<n>`, prefix without digits), if
+/// the name has that shape.
+pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// True if `pid` names a live process (or one we cannot see, which we leave alone too).
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Deletes namespaces that a test process made and could not delete because it was killed
+/// (SIGKILL, a CI timeout): their names carry the pid, and that pid is gone. Drop guards cover
+/// every other exit; this only keeps a killed run from leaving clutter for the next.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = owner_pid(&name, "sg")
+            && !pid_alive(pid)
+            && run_ip(&["netns", "del", &name]).is_ok()
+        {
+            eprintln!("removed netns {name} left by a killed test process {pid}");
+        }
+    }
+}
+
 /// Moves the calling thread into the network namespace behind `file`.
 fn enter(file: &File) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
@@ -265,6 +300,14 @@ mod tests {
         let b = unique_name("abc");
         assert_ne!(a, b);
         assert!(a.len() <= MAX_IFNAME_LEN, "{a}");
+        assert_eq!(owner_pid(&a, "abc"), Some(std::process::id()));
+        assert_eq!(
+            owner_pid(&unique_name("sgs"), "sg"),
+            Some(std::process::id())
+        );
+        assert_eq!(owner_pid("sgman12172", "sg"), None);
+        assert_eq!(owner_pid("sg-test-12-3", "sg-test-"), Some(12));
+        assert_eq!(owner_pid("other1-2", "sg"), None);
     }
 
     #[test]
