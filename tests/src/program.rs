@@ -107,6 +107,22 @@ impl TestProgram {
         &self.pin_dir
     }
 
+    /// Pins the program in this instance's pin directory (removed with it on Drop), so tools
+    /// such as `ip link set ... xdp pinned` can attach it.
+    pub fn pin_program(&mut self) -> Result<PathBuf> {
+        const PROGRAM_PIN: &str = "prog";
+        let path = self.pin_dir.join(PROGRAM_PIN);
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .context("program missing")?
+            .try_into()?;
+        program
+            .pin(&path)
+            .with_context(|| format!("pinning the program at {}", path.display()))?;
+        Ok(path)
+    }
+
     pub fn fd(&self) -> Result<BorrowedFd<'_>> {
         let program: &Xdp = self
             .ebpf
@@ -251,8 +267,9 @@ struct BpfInsn {
     imm: i32,
 }
 
-/// `enum bpf_cmd` BPF_PROG_LOAD and `enum bpf_prog_type` BPF_PROG_TYPE_XDP.
+/// `enum bpf_cmd` BPF_PROG_LOAD and BPF_OBJ_PIN, `enum bpf_prog_type` BPF_PROG_TYPE_XDP.
 const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_OBJ_PIN: libc::c_int = 6;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// BPF_ALU64 | BPF_MOV | BPF_K and BPF_JMP | BPF_EXIT.
 const BPF_MOV64_IMM: u8 = 0xb7;
@@ -282,12 +299,17 @@ const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
 /// Loads the smallest XDP program there is, `r0 = XDP_PASS; exit`, straight from raw
 /// instructions: the floor every other measurement is compared with.
 pub fn load_pass_program() -> io::Result<OwnedFd> {
+    load_verdict_program(XDP_PASS)
+}
+
+/// `r0 = verdict; exit`: an XDP program that returns `verdict` for every packet.
+pub fn load_verdict_program(verdict: u32) -> io::Result<OwnedFd> {
     let insns = [
         BpfInsn {
             code: BPF_MOV64_IMM,
             regs: 0, // dst r0
             off: 0,
-            imm: XDP_PASS as i32,
+            imm: verdict as i32,
         },
         BpfInsn {
             code: BPF_EXIT,
@@ -298,7 +320,7 @@ pub fn load_pass_program() -> io::Result<OwnedFd> {
     ];
     let license = c"GPL";
     let mut name = [0u8; 16];
-    name[..7].copy_from_slice(b"sg_pass");
+    name[..10].copy_from_slice(b"sg_verdict");
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: insns.len() as u32,
@@ -322,4 +344,39 @@ pub fn load_pass_program() -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The prefix of `union bpf_attr` BPF_OBJ_PIN needs.
+#[repr(C, align(8))]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<ObjPinAttr>() == 16);
+
+/// Pins a BPF object (e.g. a program from [`load_verdict_program`]) at `path` on bpffs.
+pub fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    use std::os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _};
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjPinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_OBJ_PIN; the path outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &attr as *const ObjPinAttr,
+            std::mem::size_of::<ObjPinAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

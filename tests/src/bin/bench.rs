@@ -6,8 +6,17 @@
 //! start) so drift hits all of them alike, and the table reports the median over rounds.
 //! The floor is a real two-instruction XDP_PASS program loaded in the same run.
 //!
+//! With `--flood`, a bounded veth SYN flood then compares the program with an nftables rule
+//! holding the same list (see bench/flood.rs). It is opt-in: on a shared 2-core VM its
+//! differences are often within the noise (it says so in its output), while the numbers
+//! above are stable.
+//!
 //! Options: `--rounds N` (default 9, at least 5), `--repeat N` (default 1000000, at least
-//! 1000000), `--no-write` (print only; by default docs/BENCHMARKS.md is rewritten).
+//! 1000000), `--flood`, `--no-write` (print only; by default docs/BENCHMARKS.md is
+//! rewritten).
+
+#[path = "bench/flood.rs"]
+mod flood;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serve_guard::filter::test_run::test_run;
@@ -118,16 +127,17 @@ fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Vec<(IpAddr, u8)>, Vec<(IpAddr, 
     (v4, v6)
 }
 
-fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<TestProgram> {
+/// A program with the protected ports and `cidrs` CIDRs per family, and its IPv4 list.
+fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<(TestProgram, Vec<(IpAddr, u8)>)> {
     let mut program = TestProgram::load()?;
     for port in [HTTP, GRPC] {
         program.protect_port(port)?;
     }
     let (v4, v6) = cidr_lists(cidrs, rng);
-    for (addr, len) in v4.into_iter().chain(v6) {
+    for &(addr, len) in v4.iter().chain(&v6) {
         program.allow(addr, len)?;
     }
-    Ok(program)
+    Ok((program, v4))
 }
 
 enum Target<'a> {
@@ -175,6 +185,7 @@ struct Options {
     rounds: usize,
     repeat: u32,
     write: bool,
+    flood: bool,
 }
 
 fn options() -> Result<Options> {
@@ -182,6 +193,7 @@ fn options() -> Result<Options> {
         rounds: DEFAULT_ROUNDS,
         repeat: DEFAULT_REPEAT,
         write: true,
+        flood: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -201,8 +213,11 @@ fn options() -> Result<Options> {
                     .context("--repeat")?
             }
             "--no-write" => o.write = false,
+            "--flood" => o.flood = true,
             other => {
-                bail!("unknown argument {other:?} (known: --rounds N, --repeat N, --no-write)")
+                bail!(
+                    "unknown argument {other:?} (known: --rounds N, --repeat N, --flood, --no-write)"
+                )
             }
         }
     }
@@ -222,8 +237,8 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let floor = load_pass_program().context("loading the XDP_PASS floor program")?;
     let mut rng = SplitMix(SEED);
-    let small = loaded_program(SMALL_LIST, &mut rng)?;
-    let large = loaded_program(LARGE_LIST, &mut rng)?;
+    let (small, _) = loaded_program(SMALL_LIST, &mut rng)?;
+    let (mut large, large_v4) = loaded_program(LARGE_LIST, &mut rng)?;
 
     let v4_out = Frame::ipv4(OUTSIDE_V4, SERVER_V4);
     let v4_in = Frame::ipv4(INSIDE_V4, SERVER_V4);
@@ -287,7 +302,28 @@ fn main() -> Result<()> {
         }
     }
 
-    let report = report(&scenarios, &opts, started.elapsed().as_secs_f64())?;
+    let mut report = report(&scenarios, &opts)?;
+    drop(scenarios);
+    if opts.flood {
+        eprintln!(
+            "flood: {} rounds of {} packets per filter",
+            flood::ROUNDS,
+            flood::PACKETS
+        );
+        let rows = flood::compare(
+            &mut large,
+            &large_v4,
+            [HTTP, GRPC],
+            &v4_out.clone().tcp(HTTP),
+        )
+        .context("veth flood comparison (needs trafgen and nft: cargo xtask setup)")?;
+        report.push_str(&flood::report(&rows, LARGE_LIST)?);
+    }
+    writeln!(
+        report,
+        "\nWhole run: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    )?;
     print!("{report}");
     if opts.write {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
@@ -298,7 +334,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn report(scenarios: &[Scenario], opts: &Options, seconds: f64) -> Result<String> {
+fn report(scenarios: &[Scenario], opts: &Options) -> Result<String> {
     let floor = f64::from(scenarios[0].median().max(1));
     let mut out = String::new();
     writeln!(out, "# Benchmarks\n")?;
@@ -365,7 +401,6 @@ fn report(scenarios: &[Scenario], opts: &Options, seconds: f64) -> Result<String
         V6_PREFIXES.0,
         V6_PREFIXES.1
     )?;
-    writeln!(out, "- Whole run: {seconds:.0} s.")?;
     Ok(out)
 }
 

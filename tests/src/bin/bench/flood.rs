@@ -1,0 +1,484 @@
+//! A bounded SYN flood over a veth pair, in two namespaces created here, comparing three
+//! filters on the receiving veth: an XDP program that drops everything (the floor), the
+//! serve-guard XDP program, and an nftables netdev-ingress rule with the same allow-list.
+//!
+//! On veth the sender (trafgen) and the receiver's processing share CPUs, so raw packets per
+//! second mostly measure the machine; what compares the filters is their cost per packet above
+//! the floor: 1/rate(filter) - 1/rate(floor).
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serve_guard_common::{Family, Reason};
+use serve_guard_tests::{
+    frames::Frame,
+    program::{TestProgram, XDP_DROP, load_verdict_program, pin_fd},
+};
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+/// Packets per trafgen run: a few seconds at the rates veth reaches here.
+pub const PACKETS: u64 = 1_000_000;
+/// Hard bound on one trafgen run (it normally ends after PACKETS).
+const TRAFGEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Hard bound on any other command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+pub const ROUNDS: usize = 9;
+/// trafgen's TX ring: 128 frames of 2 KiB.
+const TRAFGEN_RING: &str = "256KiB";
+/// MACs the frame builder writes (frames.rs): the receiver must own the destination.
+const TX_MAC: &str = "02:00:00:00:00:01";
+const RX_MAC: &str = "02:00:00:00:00:02";
+const RX_ADDR: &str = "198.18.100.1/24";
+const TX_ADDR: &str = "198.18.100.2/24";
+const NFT_TABLE: &str = "sgbench";
+/// Filter counters and the veth's count may differ by what was still queued when trafgen
+/// returned; more than this means the measurement is not what it claims.
+const MAX_COUNT_MISMATCH: f64 = 0.01;
+
+/// One filter's runs, in round order.
+pub struct Row {
+    pub name: &'static str,
+    /// Sender CPU seconds per processed packet, in ns, per round.
+    pub ns: Vec<f64>,
+    /// Processed packets per wall-clock second, per round.
+    pub pps: Vec<f64>,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// Two namespaces joined by a veth pair; deleted (with the veths) on Drop.
+struct Topology {
+    tx_ns: String,
+    rx_ns: String,
+    tx_dev: String,
+    rx_dev: String,
+}
+
+impl Topology {
+    fn create() -> Result<Self> {
+        let pid = std::process::id();
+        let t = Self {
+            tx_ns: format!("sgf-tx-{pid}"),
+            rx_ns: format!("sgf-rx-{pid}"),
+            // At most 15 characters: "sgftx" + a pid of up to 10 digits.
+            tx_dev: format!("sgftx{pid}"),
+            rx_dev: format!("sgfrx{pid}"),
+        };
+        for ns in [&t.tx_ns, &t.rx_ns] {
+            run(Command::new("ip").args(["netns", "add", ns]))?;
+        }
+        // From here on Drop removes whatever exists.
+        run(Command::new("ip").args([
+            "link", "add", &t.tx_dev, "address", TX_MAC, "netns", &t.tx_ns, "type", "veth", "peer",
+            "name", &t.rx_dev, "address", RX_MAC, "netns", &t.rx_ns,
+        ]))?;
+        for (ns, dev, addr) in [
+            (&t.tx_ns, &t.tx_dev, TX_ADDR),
+            (&t.rx_ns, &t.rx_dev, RX_ADDR),
+        ] {
+            run(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", dev]))?;
+            run(Command::new("ip").args(["-n", ns, "link", "set", "dev", dev, "up"]))?;
+            run(Command::new("ip").args(["-n", ns, "link", "set", "dev", "lo", "up"]))?;
+        }
+        Ok(t)
+    }
+
+    /// A command run in the receiver's network namespace only (nsenter --net keeps /sys/fs/bpf
+    /// visible, which `ip netns exec` would hide).
+    fn in_rx(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.rx_ns))
+            .arg(program);
+        c
+    }
+
+    /// (packets handed to the receiver, packets dropped by veth) of the sending veth.
+    fn tx_stats(&self) -> Result<(u64, u64)> {
+        let out = run(Command::new("ip").args([
+            "-n",
+            &self.tx_ns,
+            "-s",
+            "-j",
+            "link",
+            "show",
+            "dev",
+            &self.tx_dev,
+        ]))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("ip -j output")?;
+        let tx = &json[0]["stats64"]["tx"];
+        let field = |name: &str| {
+            tx[name]
+                .as_u64()
+                .with_context(|| format!("tx {name} missing in ip -j -s output"))
+        };
+        Ok((field("packets")?, field("dropped")?))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.tx_ns, &self.rx_ns] {
+            if let Err(e) = run(Command::new("ip").args(["netns", "del", ns])) {
+                eprintln!("warning: could not delete namespace {ns}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Runs a command to completion within COMMAND_TIMEOUT; fails on a non-zero exit.
+fn run(cmd: &mut Command) -> Result<Output> {
+    run_bounded(cmd, COMMAND_TIMEOUT)
+}
+
+fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let mut bounded = Command::new("timeout");
+    bounded
+        .args(["--kill-after=5", &format!("{}", limit.as_secs())])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    let out = bounded
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+enum Filter<'a> {
+    XdpFloor(&'a Path),
+    ServeGuard(&'a Path, &'a TestProgram),
+    Nftables(&'a Path),
+}
+
+impl Filter<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Filter::XdpFloor(_) => "XDP drop-everything program (floor)",
+            Filter::ServeGuard(..) => "serve-guard XDP program",
+            Filter::Nftables(_) => "nftables netdev ingress rule",
+        }
+    }
+
+    fn install(&self, t: &Topology) -> Result<()> {
+        match self {
+            Filter::XdpFloor(pin) | Filter::ServeGuard(pin, _) => {
+                run(t
+                    .in_rx("ip")
+                    .args(["link", "set", "dev", &t.rx_dev, "xdpdrv", "pinned"])
+                    .arg(pin))?;
+            }
+            Filter::Nftables(ruleset) => {
+                run(t.in_rx("nft").arg("-f").arg(ruleset))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, t: &Topology) -> Result<()> {
+        match self {
+            Filter::XdpFloor(_) | Filter::ServeGuard(..) => {
+                run(t
+                    .in_rx("ip")
+                    .args(["link", "set", "dev", &t.rx_dev, "xdpdrv", "off"]))?;
+            }
+            Filter::Nftables(_) => {
+                run(t
+                    .in_rx("nft")
+                    .args(["delete", "table", "netdev", NFT_TABLE]))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets the filter itself says it dropped (None: it keeps no count).
+    fn dropped(&self, t: &Topology) -> Result<Option<u64>> {
+        match self {
+            Filter::XdpFloor(_) => Ok(None),
+            Filter::ServeGuard(_, program) => Ok(Some(
+                program
+                    .counters()?
+                    .get(Reason::DropOutsideVpc, Family::Ipv4)
+                    .packets,
+            )),
+            Filter::Nftables(_) => {
+                let out = run(t
+                    .in_rx("nft")
+                    .args(["-j", "list", "table", "netdev", NFT_TABLE]))?;
+                let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let packets = json["nftables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o["rule"]["expr"].as_array())
+                    .flatten()
+                    .find_map(|e| e["counter"]["packets"].as_u64());
+                Ok(Some(packets.context("no counter in the nftables rule")?))
+            }
+        }
+    }
+}
+
+fn nft_ruleset(dev: &str, v4: &[(IpAddr, u8)], ports: [u16; 2]) -> String {
+    let elements: Vec<String> = v4.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+    format!(
+        "table netdev {NFT_TABLE} {{\n\
+         \tset allow_v4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}\n\
+         \tchain ingress {{\n\
+         \t\ttype filter hook ingress device \"{dev}\" priority 0; policy accept;\n\
+         \t\tip saddr != @allow_v4 tcp dport {{ {}, {} }} counter drop\n\
+         \t}}\n\
+         }}\n",
+        elements.join(", "),
+        ports[0],
+        ports[1],
+    )
+}
+
+fn trafgen_config(frame: &[u8]) -> String {
+    let bytes: Vec<String> = frame.iter().map(|b| format!("0x{b:02x}")).collect();
+    format!("{{ {} }}\n", bytes.join(", "))
+}
+
+/// Runs the comparison. `program` is the serve-guard instance with the large list, `v4` that
+/// list, `frame` a denied SYN to a protected port.
+pub fn compare(
+    program: &mut TestProgram,
+    v4: &[(IpAddr, u8)],
+    ports: [u16; 2],
+    frame: &Frame,
+) -> Result<Vec<Row>> {
+    let work = tempdir()?;
+    let topology = Topology::create()?;
+    let floor_fd: OwnedFd =
+        load_verdict_program(XDP_DROP).context("loading the drop-everything program")?;
+    let floor_pin = program.pin_dir().join("floor");
+    pin_fd(floor_fd.as_fd(), &floor_pin).context("pinning the floor program")?;
+    let sg_pin = program.pin_program()?;
+    let ruleset = work.0.join("ruleset.nft");
+    std::fs::write(&ruleset, nft_ruleset(&topology.rx_dev, v4, ports))?;
+    let traffic = work.0.join("syn.trafgen");
+    std::fs::write(&traffic, trafgen_config(&frame.build()))?;
+
+    let filters = [
+        Filter::XdpFloor(&floor_pin),
+        Filter::ServeGuard(&sg_pin, program),
+        Filter::Nftables(&ruleset),
+    ];
+    let mut rows: Vec<Row> = filters
+        .iter()
+        .map(|f| Row {
+            name: f.name(),
+            ns: Vec::new(),
+            pps: Vec::new(),
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        for i in 0..filters.len() {
+            let k = (round + i) % filters.len();
+            let filter = &filters[k];
+            filter.install(&topology)?;
+            let measured = flood(&topology, filter, &traffic);
+            filter.remove(&topology)?;
+            let run = measured?;
+            rows[k]
+                .ns
+                .push(run.cpu_seconds * 1e9 / run.processed as f64);
+            rows[k].pps.push(run.processed as f64 / run.wall_seconds);
+        }
+    }
+    drop(topology);
+    Ok(rows)
+}
+
+struct Run {
+    processed: u64,
+    wall_seconds: f64,
+    cpu_seconds: f64,
+}
+
+/// One bounded trafgen run through `filter`.
+fn flood(t: &Topology, filter: &Filter, traffic: &Path) -> Result<Run> {
+    let (tx_before, dropped_before) = t.tx_stats()?;
+    let filter_before = filter.dropped(t)?;
+    let mut trafgen = Command::new("nsenter");
+    trafgen
+        .arg(format!("--net=/run/netns/{}", t.tx_ns))
+        .args(["trafgen", "--dev", &t.tx_dev, "--conf"])
+        .arg(traffic)
+        // One sender process; leave socket memory and IRQ affinity of the machine alone.
+        .args([
+            "--cpus",
+            "1",
+            "--num",
+            &PACKETS.to_string(),
+            "--no-sock-mem",
+            "--notouch-irq",
+            "--no-cpu-stats",
+        ])
+        // With the default socket memory, a large ring submits more packets per flush than the
+        // send buffer admits and trafgen stops with EAGAIN.
+        .args(["--ring-size", TRAFGEN_RING]);
+    let started = Instant::now();
+    let cpu_before = children_cpu_seconds();
+    run_bounded(&mut trafgen, TRAFGEN_TIMEOUT)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = children_cpu_seconds() - cpu_before;
+    let (tx_after, dropped_after) = t.tx_stats()?;
+    let processed = tx_after - tx_before;
+    ensure!(
+        processed > 0,
+        "{}: no packet reached the receiver",
+        filter.name()
+    );
+    if let (Some(before), Some(after)) = (filter_before, filter.dropped(t)?) {
+        let counted = after - before;
+        let mismatch = (counted as f64 - processed as f64).abs() / processed as f64;
+        ensure!(
+            mismatch <= MAX_COUNT_MISMATCH,
+            "{}: the filter counted {counted} drops but the veth delivered {processed} packets",
+            filter.name()
+        );
+    }
+    eprintln!(
+        "  {}: {processed} of {PACKETS} packets reached the filter ({} dropped by veth) in {seconds:.2} s, cpu {cpu:.2} s",
+        filter.name(),
+        dropped_after - dropped_before
+    );
+    Ok(Run {
+        processed,
+        wall_seconds: seconds,
+        cpu_seconds: cpu,
+    })
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<TempDir> {
+    let dir = std::env::temp_dir().join(format!("sg-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir)?;
+    Ok(TempDir(dir))
+}
+
+/// The markdown section for the flood table, with its own verdict on whether the run was
+/// conclusive.
+pub fn report(rows: &[Row], cidrs: usize) -> Result<String> {
+    let [floor, xdp, nft] = rows else {
+        bail!("expected three filters, got {}", rows.len())
+    };
+    // Per round: each filter's cost above that round's floor, and nftables' cost over ours.
+    let over =
+        |row: &Row| -> Vec<f64> { row.ns.iter().zip(&floor.ns).map(|(a, f)| a - f).collect() };
+    let (xdp_over, nft_over) = (over(xdp), over(nft));
+    let ratios: Vec<f64> = nft_over.iter().zip(&xdp_over).map(|(n, x)| n / x).collect();
+    let conclusive = xdp_over.iter().chain(&nft_over).all(|d| *d > 0.0)
+        && (ratios.iter().all(|r| *r > 1.0) || ratios.iter().all(|r| *r < 1.0));
+    let range = |v: &[f64]| {
+        let (min, max) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        format!("{min:.0}-{max:.0}")
+    };
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n## Veth SYN flood: XDP vs nftables ({cidrs} IPv4 CIDRs)\n"
+    )?;
+    writeln!(
+        out,
+        "| filter on the receiving veth | Mpps (median) | ns/packet, sender CPU (median, min-max) | ns above floor (median, min-max) |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "| {} | {:.2} | {:.0} ({}) | - |",
+        floor.name,
+        median(&floor.pps) / 1e6,
+        median(&floor.ns),
+        range(&floor.ns)
+    )?;
+    for (row, o) in [(xdp, &xdp_over), (nft, &nft_over)] {
+        writeln!(
+            out,
+            "| {} | {:.2} | {:.0} ({}) | {:.0} ({}) |",
+            row.name,
+            median(&row.pps) / 1e6,
+            median(&row.ns),
+            range(&row.ns),
+            median(o),
+            range(o)
+        )?;
+    }
+    writeln!(
+        out,
+        "\nnftables' cost above the floor / serve-guard's, per round: median {:.2}, range {:.2}-{:.2}. \
+         Conclusive on this run: **{}** ({}).",
+        median(&ratios),
+        ratios.iter().copied().fold(f64::MAX, f64::min),
+        ratios.iter().copied().fold(f64::MIN, f64::max),
+        if conclusive { "yes" } else { "no" },
+        if conclusive {
+            "in every round both filters cost more than the floor and their order was the same"
+        } else {
+            "in some round a filter measured at or below the floor, or the order of the two filters flipped: the differences are within this machine's noise"
+        }
+    )?;
+    writeln!(out, "\n### Method\n")?;
+    writeln!(
+        out,
+        "- Two network namespaces created for the run, joined by a veth pair; trafgen (one \
+         process, {PACKETS} identical TCP SYNs from a denied IPv4 source to port 8000) sends from \
+         one end; the filter sits on the other (XDP in driver mode, or an nftables `netdev` \
+         `ingress` chain). {ROUNDS} rounds, the three filters interleaved (rotating the first), \
+         medians reported; each run is bounded by the packet count and a {}-second timeout.",
+        TRAFGEN_TIMEOUT.as_secs()
+    )?;
+    writeln!(
+        out,
+        "- Packets counted = what reached the receiving veth (the sender veth's tx count); the \
+         serve-guard and nftables drop counters are checked against it (within {:.0}%). \
+         ns/packet = CPU time (user + system) of trafgen / packets: on veth the receive path \
+         (XDP or the ingress hook) runs in the sender's softirq context, so this is sending plus \
+         filtering, and unlike wall time it does not grow when other processes take the CPU. \
+         Mpps = packets / wall time, for scale.",
+        MAX_COUNT_MISMATCH * 100.0
+    )?;
+    writeln!(
+        out,
+        "- The comparison is the cost above the drop-everything floor (sending, veth, a minimal \
+         XDP program), computed per round. The nftables rule has the program's semantics: \
+         `ip saddr != @allow_v4 tcp dport {{8000, 9000}} counter drop`, the allow-list an interval \
+         set of the same CIDRs."
+    )?;
+    Ok(out)
+}
+
+/// User + system CPU time of every waited-for child process so far.
+fn children_cpu_seconds() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage buffer that outlives the call.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
