@@ -273,3 +273,114 @@ async fn answer<B>(state: &MetricsState, req: Request<B>) -> Response<Full<Bytes
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::view::ViewFuture;
+    use http_body_util::BodyExt as _;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    struct Counters;
+
+    impl AgentView for Counters {
+        fn mode(&self) -> &str {
+            "private"
+        }
+        fn filter_status(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+            Box::pin(async { Ok(serde_json::json!({})) })
+        }
+        fn stats(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+            Box::pin(async {
+                Ok(serde_json::json!({ "counters": [
+                    {"reason": "drop_outside_vpc", "family": "ipv6", "packets": 12, "bytes": 960}
+                ]}))
+            })
+        }
+        fn public_status(&self) -> ViewFuture<'_, Option<Result<serde_json::Value, String>>> {
+            Box::pin(async { None })
+        }
+        fn reload_token(&self) -> Option<Result<(), String>> {
+            None
+        }
+    }
+
+    struct Fixture {
+        dir: std::path::PathBuf,
+        state: MetricsState,
+        ready: Arc<AtomicBool>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture() -> Fixture {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sg-metrics-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cidrs"), "10.0.0.0/8\nfd00::/8\nfd01::/16\n").unwrap();
+        let store = Arc::new(Store::open(&dir.join("cidrs"), &dir.join("state")).unwrap());
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = ready.clone();
+        Fixture {
+            dir,
+            state: MetricsState {
+                store,
+                view: Arc::new(Counters),
+                ready: Arc::new(move || flag.load(Ordering::Relaxed)),
+            },
+            ready,
+        }
+    }
+
+    async fn get(state: &MetricsState, path: &str) -> (StatusCode, String) {
+        let resp = answer(state, Request::get(path).body(()).unwrap()).await;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_is_503_until_the_agent_says_so() {
+        let f = fixture();
+        assert_eq!(
+            get(&f.state, READY_PATH).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        f.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&f.state, READY_PATH).await.0, StatusCode::OK);
+        assert_eq!(get(&f.state, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_scrape_has_counters_cidrs_revision_and_errors() {
+        let f = fixture();
+        let (status, body) = get(&f.state, METRICS_PATH).await;
+        assert_eq!(status, StatusCode::OK);
+        for line in [
+            "serve_guard_packets_total{reason=\"drop_outside_vpc\",family=\"ipv6\"} 12",
+            "serve_guard_bytes_total{reason=\"drop_outside_vpc\",family=\"ipv6\"} 960",
+            "serve_guard_cidrs{family=\"ipv4\"} 1",
+            "serve_guard_cidrs{family=\"ipv6\"} 2",
+            "serve_guard_cidr_revision 1",
+            "serve_guard_cidr_apply_errors_total 0",
+            "serve_guard_cidr_last_apply_timestamp_seconds 0",
+            "serve_guard_ready 0",
+            "serve_guard_agent{mode=\"private\",version=",
+        ] {
+            assert!(body.contains(line), "missing {line:?} in:\n{body}");
+        }
+        assert!(
+            body.ends_with("# EOF\n"),
+            "OpenMetrics text ends with # EOF"
+        );
+    }
+}

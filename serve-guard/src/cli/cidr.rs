@@ -11,7 +11,12 @@ use clap::Subcommand;
 use hyper::Method;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
 
+/// How long a change waits for a starting agent (lock held, socket not yet answering).
+const AGENT_START_WAIT: Duration = Duration::from_secs(30);
+const AGENT_START_POLL: Duration = Duration::from_millis(50);
 /// Largest list file `replace` reads (the agent applies the same limit to the CIDR file).
 const MAX_REPLACE_BYTES: u64 = crate::config::MAX_CIDR_FILE_BYTES;
 
@@ -58,40 +63,82 @@ enum Verb {
 pub async fn exec(config: &Path, args: Args) -> Result<()> {
     let config = Config::load(config, &Overrides::default())?;
     let client = Client::new(&config.control_socket);
-    match args.verb {
-        Verb::List { json } => list(&config, &client, json).await,
-        Verb::Add { cidrs, if_revision } => {
-            let body = CidrsRequest {
-                cidrs: cidrs.clone(),
-                if_revision,
-            };
-            let call = client.send(Method::POST, routes::CIDRS_ADD, &body).await;
-            finish(&config, call, Change::Add(cidrs), if_revision, None).await
-        }
-        Verb::Remove { cidrs, if_revision } => {
-            let body = CidrsRequest {
-                cidrs: cidrs.clone(),
-                if_revision,
-            };
-            let call = client.send(Method::POST, routes::CIDRS_REMOVE, &body).await;
-            finish(&config, call, Change::Remove(cidrs), if_revision, None).await
-        }
+    let (request, change, if_revision, source) = match args.verb {
+        Verb::List { json } => return list(&config, &client, json).await,
+        Verb::Add { cidrs, if_revision } => (
+            Request::new(
+                Method::POST,
+                routes::CIDRS_ADD,
+                &CidrsRequest {
+                    cidrs: cidrs.clone(),
+                    if_revision,
+                },
+            )?,
+            Change::Add(cidrs),
+            if_revision,
+            None,
+        ),
+        Verb::Remove { cidrs, if_revision } => (
+            Request::new(
+                Method::POST,
+                routes::CIDRS_REMOVE,
+                &CidrsRequest {
+                    cidrs: cidrs.clone(),
+                    if_revision,
+                },
+            )?,
+            Change::Remove(cidrs),
+            if_revision,
+            None,
+        ),
         Verb::Replace { file, if_revision } => {
             let (name, text) = read_replacement(&file)?;
-            let body = ReplaceRequest {
-                text: text.clone(),
-                if_revision,
-            };
-            let call = client.send(Method::PUT, routes::CIDRS, &body).await;
-            finish(
-                &config,
-                call,
+            (
+                Request::new(
+                    Method::PUT,
+                    routes::CIDRS,
+                    &ReplaceRequest {
+                        text: text.clone(),
+                        if_revision,
+                    },
+                )?,
                 Change::Replace(text),
                 if_revision,
-                Some(&name),
+                Some(name),
             )
-            .await
         }
+    };
+    finish(
+        &config,
+        &client,
+        &request,
+        change,
+        if_revision,
+        source.as_deref(),
+    )
+    .await
+}
+
+/// One change request for the agent, kept so it can be sent again while the agent starts.
+struct Request {
+    method: Method,
+    route: &'static str,
+    body: serde_json::Value,
+}
+
+impl Request {
+    fn new(method: Method, route: &'static str, body: &impl serde::Serialize) -> Result<Self> {
+        Ok(Request {
+            method,
+            route,
+            body: serde_json::to_value(body)?,
+        })
+    }
+
+    async fn send(&self, client: &Client) -> Result<Outcome, ClientError> {
+        client
+            .send(self.method.clone(), self.route, &self.body)
+            .await
     }
 }
 
@@ -115,10 +162,13 @@ fn read_replacement(file: &Path) -> Result<(String, String)> {
     Ok((name, text))
 }
 
-/// Prints the agent's answer, or, when no agent answers, makes the change on the file.
+/// Prints the agent's answer, or, when no agent runs, makes the change on the file. An agent that
+/// holds its lock but does not answer yet is starting: the CLI waits for it (bounded) rather than
+/// edit the file behind its back while it reads it.
 async fn finish(
     config: &Config,
-    call: Result<Outcome, ClientError>,
+    client: &Client,
+    request: &Request,
     change: Change,
     if_revision: Option<u64>,
     source: Option<&str>,
@@ -128,24 +178,31 @@ async fn finish(
         Some(name) => e.context(name.to_owned()),
         None => e,
     };
-    let outcome = match call {
-        Ok(outcome) => outcome,
-        Err(ClientError::NotRunning { path }) => {
-            // An agent that holds its lock but does not answer yet is starting: editing the file
-            // behind its back would race its first reading of it.
-            if crate::agent::agent_running(&config.state_dir) {
-                anyhow::bail!(
-                    "an agent is running but does not answer on {} yet (starting?); retry",
-                    path.display()
-                );
+    let deadline = Instant::now() + AGENT_START_WAIT;
+    let outcome = loop {
+        match request.send(client).await {
+            Ok(outcome) => break outcome,
+            Err(ClientError::NotRunning { path }) => {
+                if !crate::agent::agent_running(&config.state_dir) {
+                    let store = Store::open(&config.cidr_file, &config.state_dir)?;
+                    break tokio::task::spawn_blocking(move || {
+                        store.apply_blocking(change, if_revision)
+                    })
+                    .await
+                    .context("the change worker stopped")?
+                    .map_err(|e| name(e.into()))?;
+                }
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "an agent is running but has not answered on {} for {}s; nothing was changed",
+                        path.display(),
+                        AGENT_START_WAIT.as_secs()
+                    );
+                }
+                tokio::time::sleep(AGENT_START_POLL).await;
             }
-            let store = Store::open(&config.cidr_file, &config.state_dir)?;
-            tokio::task::spawn_blocking(move || store.apply_blocking(change, if_revision))
-                .await
-                .context("the change worker stopped")?
-                .map_err(|e| name(e.into()))?
+            Err(e) => return Err(name(e.into())),
         }
-        Err(e) => return Err(name(e.into())),
     };
     print_outcome(&outcome);
     if !outcome.applied_to_maps {
