@@ -1042,7 +1042,7 @@ async fn tls_connect(cfg: Arc<rustls::ClientConfig>) -> Result<(TlsStream, Strin
     let tcp = timeout(REQUEST, TcpStream::connect(proxy_addr()))
         .await
         .context("TLS connect")??;
-    let name = rustls::pki_types::ServerName::try_from(IpAddr::from(SERVER_V4))?;
+    let name = rustls::pki_types::ServerName::from(IpAddr::from(SERVER_V4));
     let tls = timeout(
         REQUEST,
         tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
