@@ -261,7 +261,7 @@ async fn stop_filter(filter: SharedFilter, on_stop: OnStop) {
         }
         OnStop::Detach => {
             let result = match Arc::try_unwrap(filter) {
-                Ok(mutex) => mutex.into_inner().detach(),
+                Ok(mutex) => tokio::task::block_in_place(|| mutex.into_inner().detach()),
                 // A straggling task still holds a handle; unpin anyway, the handle closes at exit.
                 Err(shared) => {
                     let pin_dir = shared.lock().await.layout().root().to_owned();

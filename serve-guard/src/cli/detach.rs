@@ -3,6 +3,7 @@
 
 use crate::agent::running_agent_pid;
 use crate::config::{Config, Overrides, defaults};
+use crate::filter::pins::RELEASE_TIMEOUT;
 use crate::filter::remove_pins;
 use std::path::{Path, PathBuf};
 
@@ -57,11 +58,19 @@ pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
             state_dir.display()
         );
     }
-    let removed = remove_pins(&pin_dir)?;
+    let mut removed = remove_pins(&pin_dir)?;
+    // Report only once the programs have really left the interfaces.
+    removed.wait_released(RELEASE_TIMEOUT);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&removed)?);
     } else {
         println!("{}: {removed}", pin_dir.display());
+    }
+    if !removed.still_attached.is_empty() {
+        anyhow::bail!(
+            "the filter is still attached to {}",
+            removed.still_attached.join(", ")
+        );
     }
     Ok(())
 }

@@ -174,6 +174,20 @@ impl Filter {
         layout.create_dirs()?;
 
         let mut ebpf = load(&layout, config.program_log)?;
+        // Verify the program before touching the maps: a program the kernel refuses changes
+        // nothing (adopted maps keep serving the old program as they were).
+        let program_id = {
+            let program = xdp_program(&mut ebpf)?;
+            program.load().map_err(|e| FilterError::Load {
+                detail: error_chain(&e),
+            })?;
+            program
+                .info()
+                .map_err(|e| FilterError::Load {
+                    detail: error_chain(&e),
+                })?
+                .id()
+        };
         let mut maps = FilterMaps::take(&mut ebpf)?;
 
         // Fill the maps before the program runs anywhere. With adopted maps the old program
@@ -187,23 +201,7 @@ impl Filter {
         } else {
             None
         };
-
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(FilterError::MissingProgram(PROGRAM_NAME))?
-            .try_into()
-            .map_err(|e| FilterError::Load {
-                detail: error_chain(&e),
-            })?;
-        program.load().map_err(|e| FilterError::Load {
-            detail: error_chain(&e),
-        })?;
-        let program_id = program
-            .info()
-            .map_err(|e| FilterError::Load {
-                detail: error_chain(&e),
-            })?
-            .id();
+        let program = xdp_program(&mut ebpf)?;
 
         // From here on a failure takes back what this start added: new links and the new
         // program pin. Adopted links keep the new program, which is complete (maps filled).
@@ -295,7 +293,9 @@ impl Filter {
         let pin_dir = self.layout.root().to_owned();
         let removed = remove_pins(&pin_dir);
         drop(self);
-        removed
+        let mut removed = removed?;
+        removed.wait_released(pins::RELEASE_TIMEOUT);
+        Ok(removed)
     }
 }
 
@@ -307,6 +307,15 @@ impl crate::store::CidrSink for Filter {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.apply_cidrs(list).map(|_| ()).map_err(Into::into)
     }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, FilterError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(FilterError::MissingProgram(PROGRAM_NAME))?
+        .try_into()
+        .map_err(|e| FilterError::Load {
+            detail: error_chain(&e),
+        })
 }
 
 fn filter_config(config: &Config) -> FilterConfig {

@@ -10,10 +10,12 @@
 //! A pinned link keeps the program on its interface after the agent exits (fail closed);
 //! removing the pin (with no process holding the link open) takes it off.
 
-use super::{AttachMode, FilterError};
+use super::{AttachMode, FilterError, LinkState};
 use serve_guard_common::maps;
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Where bpffs is normally mounted; named in the error when it is not.
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
@@ -28,6 +30,9 @@ const PROGRAM_PIN_NEXT: &str = "prog_next";
 const MAPS_DIR: &str = "maps";
 const LINKS_DIR: &str = "links";
 const MODE_SEPARATOR: char = '@';
+/// How long `detach` waits for the kernel to release unpinned links.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+const RELEASE_POLL: Duration = Duration::from_millis(10);
 
 /// Paths of the pinned objects under one `pin_dir`.
 #[derive(Debug, Clone)]
@@ -174,12 +179,48 @@ pub struct Removed {
     pub maps: Vec<String>,
     /// Files under `pin_dir` that are not ours and were left alone.
     pub left: Vec<PathBuf>,
+    /// Interfaces whose link outlived its pin (another process holds it open), so the program
+    /// is still on them. Filled by [`Removed::wait_released`].
+    pub still_attached: Vec<String>,
+    /// Kernel ids of the unpinned links, to wait for their release.
+    #[serde(skip)]
+    link_ids: Vec<(String, u32)>,
 }
 
 impl Removed {
     pub fn is_empty(&self) -> bool {
         self.links.is_empty() && !self.program && self.maps.is_empty()
     }
+
+    /// Waits until the kernel has released every unpinned link, i.e. the program has left the
+    /// interfaces. The kernel frees an unpinned object after an RCU grace period, so the
+    /// program can still be attached for a moment after `unlink` returns. Links that remain
+    /// after `timeout` are still held open by some process: they are listed in
+    /// `still_attached`.
+    pub fn wait_released(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let live = live_link_ids();
+            self.still_attached = self
+                .link_ids
+                .iter()
+                .filter(|(_, id)| live.contains(id))
+                .map(|(interface, _)| interface.clone())
+                .collect();
+            if self.still_attached.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(RELEASE_POLL);
+        }
+    }
+}
+
+/// Ids of every BPF link the kernel currently holds.
+fn live_link_ids() -> BTreeSet<u32> {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|info| info.id())
+        .collect()
 }
 
 impl std::fmt::Display for Removed {
@@ -202,6 +243,12 @@ impl std::fmt::Display for Removed {
         for path in &self.left {
             write!(f, "\nleft {} (not created by serve-guard)", path.display())?;
         }
+        for interface in &self.still_attached {
+            write!(
+                f,
+                "\nthe program is still on {interface}: another process holds its XDP link open"
+            )?;
+        }
         Ok(())
     }
 }
@@ -218,6 +265,12 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Removed, FilterError> {
         return Ok(removed);
     }
     for link in layout.links()? {
+        // The id is only needed to wait for the release; a defunct link may not report one.
+        if let Ok(state) = LinkState::read(&link.path) {
+            removed
+                .link_ids
+                .push((link.interface.clone(), state.link_id));
+        }
         remove_file(&link.path)?;
         removed.links.push(link.interface);
     }
