@@ -32,7 +32,8 @@ const SERVER_V4: &str = "198.18.7.1";
 const CLIENT_V4: &str = "198.18.7.2";
 const PREFIX_V4: u8 = 24;
 /// The client is outside this allow-list; its packets to a protected port are dropped.
-const ALLOW_LIST: &str = "10.0.0.0/8\nfd00:1::/64\n";
+/// Its IPv6 entry has host bits set: the agent normalises it with a warning.
+const ALLOW_LIST: &str = "10.0.0.0/8\nfd00:1::1/64\n";
 const PROTECTED_PORT: u16 = 8000;
 const OPEN_PORT: u16 = 7000;
 
@@ -388,6 +389,10 @@ fn start_pins_everything_and_attaches_to_the_interface() {
     assert_eq!(on_interface, Some(link.program_id), "ip -d link show");
 
     let logs = agent.logs();
+    assert!(
+        logs.contains("line 2: `fd00:1::1/64` has host bits set; using fd00:1::/64"),
+        "{logs}"
+    );
     assert!(
         logs.contains(&format!(
             "serve-guard running: mode private, interfaces {} (driver, new), ports {PROTECTED_PORT}, CIDRs 1 IPv4 + 1 IPv6, audit off, on_stop keep",
