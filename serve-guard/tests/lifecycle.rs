@@ -962,3 +962,43 @@ fn kill_9_and_restart_change_nothing_for_the_probers() {
         "every inside probe passed"
     );
 }
+
+/// An interface deleted and re-created under the same name (a container runtime does this)
+/// leaves a defunct pinned link behind: the next start replaces it with a new one.
+#[test]
+fn a_recreated_interface_gets_a_new_link() {
+    let topo = Topology::new();
+    let files = Files::new(&[&topo.server_if], "");
+    let (status, _) = Agent::start(&topo.server, &files).stop();
+    assert!(status.success());
+    let link_path = files.link_pin(&topo.server_if, "driver");
+    let old = LinkState::read(&link_path).unwrap();
+
+    topo.server.ip(&["link", "del", &topo.server_if]);
+    topo.server.ip(&[
+        "link",
+        "add",
+        &topo.server_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{}p", topo.server_if),
+    ]);
+    topo.server.ip(&["link", "set", &topo.server_if, "up"]);
+    assert_eq!(LinkState::read(&link_path).unwrap().ifindex, 0, "defunct");
+
+    let agent = Agent::start(&topo.server, &files);
+    let logs = agent.logs();
+    assert!(logs.contains("is stale"), "{logs}");
+    assert!(
+        logs.contains(&format!("interfaces {} (driver, new)", topo.server_if)),
+        "{logs}"
+    );
+    let new = LinkState::read(&link_path).unwrap();
+    assert_ne!(new.link_id, old.link_id);
+    assert_eq!(
+        topo.server.xdp_program_id(&topo.server_if),
+        Some(new.program_id)
+    );
+}
