@@ -1,6 +1,8 @@
-//! The systemd unit (issue 4, test 7): `systemd-analyze verify` accepts it, and the capabilities
-//! it grants are exactly the ones the agent needs: with the unit's bounding set the real agent
-//! loads, attaches and applies a CIDR change; without any one of them it cannot start.
+//! The systemd unit (issue 4, test 7): `systemd-analyze verify` accepts it; the capabilities it
+//! grants are exactly the ones the agent needs (with the unit's bounding set the real agent loads,
+//! attaches and applies a CIDR change; without any one of them it cannot start); and its system
+//! call filter allows every call the agent makes (traced with strace through start, CIDR changes,
+//! a watched edit, status, stats, a scrape and SIGTERM).
 
 mod cidr_support;
 
@@ -10,6 +12,7 @@ use serve_guard_tests::agent::{Agent, AgentConfig, agent_bin};
 use serve_guard_tests::netns::Netns;
 use serve_guard_tests::topology::{IFACE, Topology, VPC_V4, VPC_V6};
 use serve_guard_tests::{limits, wait_for};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -171,5 +174,159 @@ fn the_unit_capabilities_are_enough_and_each_is_needed() -> Result<()> {
             missing.to_uppercase()
         );
     }
+    Ok(())
+}
+
+/// The unit's `SystemCallFilter=` expanded to system call names, with systemd's own table of
+/// groups (`systemd-analyze syscall-filter`).
+fn unit_syscalls() -> Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(unit_source())?;
+    let filter = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SystemCallFilter="))
+        .context("no SystemCallFilter= in the unit")?;
+    ensure!(!filter.starts_with('~'), "expected an allow-list filter");
+    let out = Command::new("systemd-analyze")
+        .arg("syscall-filter")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "systemd-analyze syscall-filter failed"
+    );
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let entry = line.trim();
+        if line.starts_with('@') {
+            current = Some(entry.to_owned());
+            groups.insert(entry.to_owned(), Vec::new());
+        } else if let Some(group) = &current
+            && !entry.is_empty()
+            && !entry.starts_with('#')
+        {
+            groups.get_mut(group).unwrap().push(entry.to_owned());
+        }
+    }
+    fn expand(name: &str, groups: &BTreeMap<String, Vec<String>>, out: &mut BTreeSet<String>) {
+        match groups.get(name) {
+            Some(members) => {
+                for m in members {
+                    if out.insert(m.clone()) && m.starts_with('@') {
+                        expand(m, groups, out);
+                    }
+                }
+            }
+            None => {
+                out.insert(name.to_owned());
+            }
+        }
+    }
+    let mut allowed = BTreeSet::new();
+    for entry in filter.split_whitespace() {
+        expand(entry, &groups, &mut allowed);
+    }
+    Ok(allowed)
+}
+
+/// The system calls named in an `strace -f` log.
+fn traced_syscalls(trace: &Path) -> Result<BTreeSet<String>> {
+    let mut used = BTreeSet::new();
+    for line in std::fs::read_to_string(trace)?.lines() {
+        // "<pid> name(args...", "<pid> <... name resumed>..."; signals and exits have no call.
+        let rest = line.split_once(' ').map_or("", |(_, r)| r.trim_start());
+        let rest = rest.strip_prefix("<... ").unwrap_or(rest);
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let after = &rest[name.len()..];
+        if !name.is_empty() && (after.starts_with('(') || after.starts_with(" resumed")) {
+            used.insert(name);
+        }
+    }
+    Ok(used)
+}
+
+/// The first child of `pid` (the agent under strace).
+fn child_of(pid: u32) -> Result<Option<u32>> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    Ok(children
+        .split_whitespace()
+        .next()
+        .map(str::parse)
+        .transpose()?)
+}
+
+#[test]
+fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
+    let allowed = unit_syscalls()?;
+    ensure!(allowed.contains("bpf"), "the filter does not allow bpf(2)");
+    let topo = Topology::new()?;
+    let config = AgentConfig::private(&[IFACE])
+        .serve_ports(&[SERVE_HTTP])
+        .cidrs(&[VPC_V4, VPC_V6]);
+    let agent = Agent::new(&topo.server.ns, config)?;
+    let trace = agent.files().dir().join("strace.log");
+    let output = std::fs::File::create(agent.files().dir().join("restricted.log"))?;
+    let mut strace = Restricted(
+        topo.server
+            .ns
+            .command("strace")
+            .args(["-f", "-qq", "-o"])
+            .arg(&trace)
+            .arg(agent_bin()?)
+            .args(["run", "-c"])
+            .arg(&agent.files().config)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .spawn()
+            .context("running strace (Debian package strace)")?,
+    );
+    wait_for("the traced agent to answer", limits::AGENT_READY, || {
+        if strace.exited()? {
+            bail!("the traced agent exited:\n{}", log(&agent));
+        }
+        Ok(topo.server.ns.xdp_program(IFACE)?.is_some()
+            && cli_ok(&agent, &["status"])?.contains("running (pid"))
+    })?;
+
+    cli_ok(&agent, &["cidr", "add", "10.80.0.0/16"])?;
+    cli_ok(&agent, &["cidr", "remove", "10.80.0.0/16"])?;
+    write_by_rename(
+        &agent.files().cidr_file,
+        &format!("{VPC_V4}\n{VPC_V6}\n10.81.0.0/16\n"),
+    )?;
+    wait_revision(&agent, 4)?;
+    cli_ok(&agent, &["stats"])?;
+    let scrape = serve_guard_tests::probe::http_request(
+        &topo.server.ns,
+        "127.0.0.1:9464".parse()?,
+        "/metrics",
+        &[],
+    )?;
+    ensure!(scrape.status == 200, "/metrics answered {}", scrape.status);
+
+    let pid = child_of(strace.0.id())?.context("strace has no child")?;
+    // SAFETY: kill(2) on the agent, a child of our strace child, which is still running.
+    ensure!(
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
+        "SIGTERM failed"
+    );
+    wait_for("the traced agent to stop", limits::AGENT_STOP, || {
+        strace.exited()
+    })?;
+
+    let used = traced_syscalls(&trace)?;
+    eprintln!("{} distinct system calls traced: {used:?}", used.len());
+    ensure!(
+        used.contains("bpf") && used.len() > 20,
+        "the trace looks empty: {used:?}"
+    );
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    ensure!(
+        refused.is_empty(),
+        "the unit's SystemCallFilter= would refuse {refused:?} (EPERM)"
+    );
     Ok(())
 }
