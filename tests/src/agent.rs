@@ -61,8 +61,9 @@ pub fn agent_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The settings a test chooses. The harness adds the per-test paths (`cidr_file`, `pin_dir`,
-/// `state_dir`, `control_socket`); keys left unset are not written, so the agent's defaults apply.
+/// The settings a test chooses. The harness adds per-test paths for `cidr_file`, `pin_dir`,
+/// `state_dir` and `control_socket` unless the test set them; other keys left unset are not
+/// written, so the agent's defaults apply.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     table: toml::Table,
@@ -97,7 +98,8 @@ impl AgentConfig {
         }
     }
 
-    /// The lines of the CIDR file (CIDRs, comments, anything: written as given).
+    /// The lines of the harness's CIDR file (CIDRs, comments, anything: written as given). Not
+    /// written when the test sets `cidr_file` itself.
     pub fn cidrs<S: AsRef<str>>(mut self, lines: &[S]) -> Self {
         self.cidrs = lines.iter().map(|l| l.as_ref().to_owned()).collect();
         self
@@ -168,30 +170,37 @@ impl AgentFiles {
             .prefix("serve-guard-test-")
             .tempdir()
             .context("creating the agent's temp dir")?;
+        let mut table = cfg.table.clone();
+        // The harness picks per-test paths; a test that set one itself keeps it (and then owns
+        // that file: the harness writes the CIDR file only at its own path).
+        let mut path_of = |key: &str, default: PathBuf| -> (PathBuf, bool) {
+            match table.get(key).and_then(|v| v.as_str()) {
+                Some(given) => (PathBuf::from(given), false),
+                None => {
+                    table.insert(key.into(), default.display().to_string().into());
+                    (default, true)
+                }
+            }
+        };
+        let (cidr_file, own_cidr_file) = path_of("cidr_file", dir.path().join("vpc-cidrs"));
+        let (pin_dir, _) = path_of("pin_dir", Path::new(BPFFS).join(unique_name(PIN_PREFIX)));
+        let (state_dir, _) = path_of("state_dir", dir.path().join("state"));
+        let (control_socket, _) = path_of("control_socket", dir.path().join("run/control.sock"));
         let files = AgentFiles {
             config: dir.path().join("serve-guard.toml"),
-            cidr_file: dir.path().join("vpc-cidrs"),
-            pin_dir: Path::new(BPFFS).join(unique_name(PIN_PREFIX)),
-            state_dir: dir.path().join("state"),
-            control_socket: dir.path().join("run/control.sock"),
+            cidr_file,
+            pin_dir,
+            state_dir,
+            control_socket,
             log: dir.path().join("agent.log"),
             dir,
         };
-        let mut table = cfg.table.clone();
-        for (key, path) in [
-            ("cidr_file", &files.cidr_file),
-            ("pin_dir", &files.pin_dir),
-            ("state_dir", &files.state_dir),
-            ("control_socket", &files.control_socket),
-        ] {
-            table
-                .entry(key)
-                .or_insert_with(|| path.display().to_string().into());
-        }
         fs::write(&files.config, toml::to_string(&table)?).context("writing the agent config")?;
-        let mut cidrs = cfg.cidrs.join("\n");
-        cidrs.push('\n');
-        fs::write(&files.cidr_file, cidrs).context("writing the CIDR file")?;
+        if own_cidr_file {
+            let mut cidrs = cfg.cidrs.join("\n");
+            cidrs.push('\n');
+            fs::write(&files.cidr_file, cidrs).context("writing the CIDR file")?;
+        }
         Ok(files)
     }
 
