@@ -31,6 +31,9 @@ use std::{
 };
 
 const BPFFS: &str = "/sys/fs/bpf";
+/// Pin directories of test instances: `<prefix><pid>-<n>`. Distinct from the agent harness's
+/// `sg-test-` so the two never pick the same directory in one process.
+const PIN_PREFIX: &str = "sg-prog-";
 /// statfs f_type of a bpf filesystem (uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The allow-list value (the key is what matters).
@@ -76,8 +79,9 @@ impl TestProgram {
     /// Loads the embedded object with its maps pinned in a fresh directory under /sys/fs/bpf.
     pub fn load() -> Result<Self> {
         ensure_bpffs()?;
+        sweep_stale_pin_dirs();
         let pin_dir = PathBuf::from(BPFFS).join(format!(
-            "sg-test-{}-{}",
+            "{PIN_PREFIX}{}-{}",
             std::process::id(),
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         ));
@@ -231,6 +235,28 @@ fn remove_pin_dir(dir: &Path) -> Result<()> {
     }
     std::fs::remove_dir(dir)?;
     Ok(())
+}
+
+/// Removes pin directories left by test processes that were killed before their Drop ran
+/// (their pid no longer exists). Best effort: a failure only leaves them for the next sweep.
+fn sweep_stale_pin_dirs() {
+    let Ok(entries) = std::fs::read_dir(BPFFS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PIN_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = remove_pin_dir(&entry.path());
+        }
+    }
 }
 
 /// Mounts bpffs on /sys/fs/bpf unless it already is (what `cargo xtask setup` does too).

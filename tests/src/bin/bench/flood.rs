@@ -65,6 +65,7 @@ struct Topology {
 
 impl Topology {
     fn create() -> Result<Self> {
+        sweep_stale_namespaces();
         let pid = std::process::id();
         let t = Self {
             tx_ns: format!("sgf-tx-{pid}"),
@@ -131,6 +132,25 @@ impl Drop for Topology {
             if let Err(e) = run(Command::new("ip").args(["netns", "del", ns])) {
                 eprintln!("warning: could not delete namespace {ns}: {e:#}");
             }
+        }
+    }
+}
+
+/// Deletes namespaces of earlier bench runs that were killed before their Drop ran.
+fn sweep_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = ["sgf-tx-", "sgf-rx-"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = run(Command::new("ip").args(["netns", "del", &name]));
         }
     }
 }
