@@ -846,11 +846,11 @@ fn udp_prober(
             let mut answered = false;
             let mut buf = [0u8; 8];
             while Instant::now() < deadline {
-                if let Ok((8, _)) = socket.recv_from(&mut buf) {
-                    if u64::from_be_bytes(buf) == seq {
-                        answered = true;
-                        break;
-                    }
+                if let Ok((8, _)) = socket.recv_from(&mut buf)
+                    && u64::from_be_bytes(buf) == seq
+                {
+                    answered = true;
+                    break;
                 }
             }
             let mut t = tally.lock().unwrap();

@@ -158,10 +158,11 @@ impl Filter {
         // Nothing pinned yet: a failed start removes everything it created.
         let fresh = !layout.exists();
         let started = Self::start_pinned(config, host, layout);
-        if started.is_err() && fresh {
-            if let Err(e) = remove_pins(&config.pin_dir) {
-                tracing::warn!("cannot clean up after the failed start: {e}");
-            }
+        if started.is_err()
+            && fresh
+            && let Err(e) = remove_pins(&config.pin_dir)
+        {
+            tracing::warn!("cannot clean up after the failed start: {e}");
         }
         started
     }
