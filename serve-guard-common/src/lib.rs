@@ -50,6 +50,8 @@ pub mod wire {
     pub const ETH_TYPE_OFFSET: usize = 12;
     /// One 802.1Q / 802.1ad tag: TCI (2 bytes) and the inner EtherType (2 bytes).
     pub const VLAN_HLEN: usize = 4;
+    /// Offset of the inner EtherType inside a tag.
+    pub const VLAN_INNER_TYPE_OFFSET: usize = 2;
 
     pub const ETH_P_IPV4: u16 = 0x0800;
     pub const ETH_P_ARP: u16 = 0x0806;
@@ -59,6 +61,12 @@ pub mod wire {
     /// 802.1ad service tag (QinQ outer tag).
     pub const ETH_P_8021AD: u16 = 0x88a8;
 
+    /// The IP version is the high nibble of the first byte (IPv4 and IPv6 alike).
+    pub const IP_VERSION_SHIFT: u8 = 4;
+    pub const IPV4_VERSION: u8 = 4;
+    pub const IPV6_VERSION: u8 = 6;
+    /// IHL is the low nibble of the first IPv4 byte.
+    pub const IPV4_IHL_MASK: u8 = 0x0f;
     /// IPv4 header without options; IHL counts 32-bit words.
     pub const IPV4_MIN_HLEN: usize = 20;
     pub const IPV4_MIN_IHL: u8 = 5;

@@ -127,7 +127,7 @@ fn ethernet(frame: &Frame) -> Option<(u16, usize)> {
             return Some((ethertype, offset));
         }
         // A tag is TCI then the inner EtherType.
-        ethertype = frame.be16_at(offset + wire::VLAN_HLEN - 2)?;
+        ethertype = frame.be16_at(offset + wire::VLAN_INNER_TYPE_OFFSET)?;
         offset += wire::VLAN_HLEN;
     }
     if is_vlan(ethertype) {
@@ -150,13 +150,12 @@ fn ipv4(frame: &Frame, l3: usize) -> Parsed {
 
 #[inline(always)]
 fn ipv4_transport(frame: &Frame, l3: usize) -> Transport {
-    const VERSION: u8 = 4;
     let Some(version_ihl) = frame.u8_at(l3) else {
         return Transport::Unknown;
     };
-    let ihl = version_ihl & 0x0f;
+    let ihl = version_ihl & wire::IPV4_IHL_MASK;
     // The kernel drops these before any socket sees them; we cannot find the port either.
-    if version_ihl >> 4 != VERSION || ihl < wire::IPV4_MIN_IHL {
+    if version_ihl >> wire::IP_VERSION_SHIFT != wire::IPV4_VERSION || ihl < wire::IPV4_MIN_IHL {
         return Transport::Unknown;
     }
     let header_len = ihl as usize * wire::IPV4_IHL_WORD;
@@ -202,11 +201,10 @@ fn ipv6(frame: &Frame, l3: usize) -> Parsed {
 
 #[inline(always)]
 fn ipv6_transport(frame: &Frame, l3: usize) -> Transport {
-    const VERSION: u8 = 6;
     let Some(version) = frame.u8_at(l3) else {
         return Transport::Unknown;
     };
-    if version >> 4 != VERSION {
+    if version >> wire::IP_VERSION_SHIFT != wire::IPV6_VERSION {
         return Transport::Unknown;
     }
     // The fixed header must be complete (the destination address is its last field).

@@ -363,7 +363,7 @@ impl Frame {
                     };
                 let total_len = (header_len + l4.len() + PAYLOAD.len()) as u16;
                 let mut h = Vec::with_capacity(header_len);
-                h.push(0x40 | ihl);
+                h.push((wire::IPV4_VERSION << wire::IP_VERSION_SHIFT) | ihl);
                 h.push(0); // DSCP/ECN
                 h.extend_from_slice(&total_len.to_be_bytes());
                 h.extend_from_slice(&IP_ID.to_be_bytes());
@@ -392,7 +392,8 @@ impl Frame {
                 }
                 let first = exts.first().map_or(protocol, |e| e.next_header_value());
                 let payload_len = (chain.len() + l4.len() + PAYLOAD.len()) as u16;
-                out.extend_from_slice(&[0x60, 0, 0, 0]); // version, traffic class, flow label
+                // Version, then traffic class and flow label (zero).
+                out.extend_from_slice(&[wire::IPV6_VERSION << wire::IP_VERSION_SHIFT, 0, 0, 0]);
                 out.extend_from_slice(&payload_len.to_be_bytes());
                 out.push(first);
                 out.push(TTL);

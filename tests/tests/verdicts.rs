@@ -953,3 +953,23 @@ fn instances_do_not_share_maps() {
     drop(a);
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[test]
+fn test_run_reports_the_verdict_and_the_packet() {
+    use serve_guard::filter::test_run::test_run;
+    use serve_guard_tests::program::load_verdict_program;
+    use std::os::fd::AsFd as _;
+    let frame = v4(Outside).tcp(HTTP).build();
+    for verdict in [XDP_PASS, XDP_DROP] {
+        let program = load_verdict_program(verdict).expect("load a raw XDP program");
+        let run = test_run(program.as_fd(), &frame, 1).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(
+            run.retval,
+            verdict,
+            "raw program returning {}",
+            verdict_name(verdict)
+        );
+        assert_eq!(run.data_out_len as usize, frame.len());
+        assert_eq!(run.data_out, frame, "the program does not touch the packet");
+    }
+}
