@@ -93,11 +93,7 @@ impl HttpServer {
                                 let spawned = std::thread::Builder::new()
                                     .name("http-conn".into())
                                     .spawn(move || {
-                                        if serve_http(conn, port).is_ok()
-                                            && let Some(h) = hits.get(&port)
-                                        {
-                                            h.fetch_add(1, Ordering::Relaxed);
-                                        }
+                                        let _ = serve_http(conn, port, hits.get(&port));
                                         conn_active.fetch_sub(1, Ordering::Relaxed);
                                     });
                                 if spawned.is_err() {
@@ -117,14 +113,15 @@ impl HttpServer {
         })
     }
 
-    /// Complete requests answered on `port` so far.
+    /// Complete request heads received (and answered) on `port` so far.
     pub fn requests(&self, port: u16) -> u64 {
         self.inner.count(port)
     }
 }
 
-/// Reads one request head and answers it.
-fn serve_http(mut conn: TcpStream, port: u16) -> io::Result<()> {
+/// Reads one request head, counts it in `hit`, answers it. Counted before answering, so a
+/// client that has its response sees the count include it.
+fn serve_http(mut conn: TcpStream, port: u16, hit: Option<&AtomicU64>) -> io::Result<()> {
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(CLIENT_IO))?;
     conn.set_write_timeout(Some(CLIENT_IO))?;
@@ -142,6 +139,9 @@ fn serve_http(mut conn: TcpStream, port: u16) -> io::Result<()> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         head.extend_from_slice(&buf[..n]);
+    }
+    if let Some(h) = hit {
+        h.fetch_add(1, Ordering::Relaxed);
     }
     let body = body_for(port);
     write!(
@@ -182,11 +182,12 @@ impl UdpEchoServer {
                             let sock = &sockets[i];
                             let port = sock.local_addr().map_or(0, |a| a.port());
                             while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                                if sock.send_to(&buf[..n], from).is_ok()
-                                    && let Some(h) = hits.get(&port)
-                                {
+                                // Counted before the echo, so a client holding its echo
+                                // sees the count include it.
+                                if let Some(h) = hits.get(&port) {
                                     h.fetch_add(1, Ordering::Relaxed);
                                 }
+                                let _ = sock.send_to(&buf[..n], from);
                             }
                         }
                     }
@@ -201,7 +202,7 @@ impl UdpEchoServer {
         })
     }
 
-    /// Datagrams echoed on `port` so far.
+    /// Datagrams received (and echoed) on `port` so far.
     pub fn datagrams(&self, port: u16) -> u64 {
         self.inner.count(port)
     }
