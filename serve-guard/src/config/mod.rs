@@ -375,10 +375,20 @@ impl Config {
             Some(listen) => MetricsConfig { listen },
             None => file.metrics.unwrap_or_default(),
         };
+        let serve_ports = validate_ports(&serve_ports)?;
+        // Public mode always runs the proxy, with the defaults when there is no [public] table; its
+        // listeners must not sit on a port the filter closes to the internet.
+        let public = match (mode, file.public) {
+            (Mode::Public, public) => Some(public.unwrap_or_default()),
+            (Mode::Private, public) => public,
+        };
+        if let Some(public) = &public {
+            public.validate_for(&serve_ports)?;
+        }
         Ok(Config {
             mode,
             interfaces: validate_interfaces(interfaces)?,
-            serve_ports: validate_ports(&serve_ports)?,
+            serve_ports,
             cidr_file: path(
                 o.cidr_file,
                 file.cidr_file,
@@ -403,7 +413,7 @@ impl Config {
             )?,
             on_stop: o.on_stop.or(file.on_stop).unwrap_or_default(),
             metrics,
-            public: file.public.map(|p| p.validate().map(|()| p)).transpose()?,
+            public,
         })
     }
 
@@ -566,12 +576,27 @@ mod tests {
     }
 
     #[test]
+    fn public_listeners_may_not_use_a_serve_port() {
+        // The default listener (8443) collides once 8443 is a protected port: the proxy would be
+        // unreachable from the internet, so refuse instead of starting a useless proxy.
+        let err = parse("mode = \"public\"\ninterfaces = [\"lo\"]\nserve_ports = [8000, 8443]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("8443"), "{err}");
+        let c = parse("mode = \"public\"\ninterfaces = [\"lo\"]\n").unwrap();
+        assert!(
+            c.public.is_some(),
+            "public mode runs the proxy with the defaults"
+        );
+    }
+
+    #[test]
     fn every_key_is_read() {
         let c = parse(
             r#"
             mode = "public"
             interfaces = ["eth0", "eth1"]
-            serve_ports = [9000, 8000, 8443]
+            serve_ports = [9000, 8000, 8001]
             cidr_file = "/tmp/cidrs"
             xdp_mode = "skb"
             audit = true
@@ -588,7 +613,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.mode, Mode::Public);
         assert_eq!(c.interfaces, ["eth0", "eth1"]);
-        assert_eq!(c.serve_ports, [8000, 8443, 9000]);
+        assert_eq!(c.serve_ports, [8000, 8001, 9000]);
         assert_eq!(c.cidr_file, Path::new("/tmp/cidrs"));
         assert_eq!(c.xdp_mode, XdpModeSetting::Skb);
         assert!(c.audit && c.program_log);

@@ -376,7 +376,7 @@ impl PublicConfig {
 
     /// [`Self::validate`], plus: neither listener may use a port the XDP filter protects
     /// (`serve_ports`), or clients outside the VPC could never reach it.
-    pub fn validate_for(&self, serve_ports: &[i64]) -> Result<(), PublicConfigError> {
+    pub fn validate_for(&self, serve_ports: &[u16]) -> Result<(), PublicConfigError> {
         self.validate()?;
         let listeners = [
             ("listen", Some(self.listen)),
@@ -384,7 +384,7 @@ impl PublicConfig {
         ];
         for (key, addr) in listeners {
             if let Some(addr) = addr
-                && serve_ports.contains(&i64::from(addr.port()))
+                && serve_ports.contains(&addr.port())
             {
                 return Err(PublicConfigError::ListenOnServePort { key, addr });
             }
