@@ -115,9 +115,9 @@ pub trait CidrSink: Send {
 /// The maps as the agent shares them.
 pub type SharedSink = Arc<tokio::sync::Mutex<dyn CidrSink>>;
 
-/// One change to the list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", tag = "op", content = "cidrs")]
+/// One change to the list. (On the control socket these are separate routes with their own
+/// bodies, see `crate::control`.)
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Add command-line CIDRs.
     Add(Vec<String>),
