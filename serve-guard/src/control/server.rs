@@ -209,30 +209,35 @@ fn store_error(e: &StoreError) -> Answer {
     error(status, e.to_string())
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Answer> {
+/// The request's JSON body; the error is the answer to send (boxed: it is large).
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Box<Answer>> {
     let bytes = match Limited::new(req.into_body(), super::MAX_BODY_BYTES)
         .collect()
         .await
     {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "request body larger than the limit of {} bytes",
                     super::MAX_BODY_BYTES
                 ),
-            ));
+            )));
         }
         Err(e) => {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the request body: {e}"),
-            ));
+            )));
         }
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("bad JSON body: {e}"),
+        ))
+    })
 }
 
 async fn change(state: &ControlState, change: Change, if_revision: Option<u64>) -> Answer {
@@ -257,16 +262,16 @@ async fn route(state: &ControlState, req: Request<Incoming>) -> Answer {
         (routes::CIDRS, Method::GET) => json(StatusCode::OK, &state.store.listing()),
         (routes::CIDRS, Method::PUT) => match body::<ReplaceRequest>(req).await {
             Ok(r) => change(state, Change::Replace(r.text), r.if_revision).await,
-            Err(answer) => answer,
+            Err(answer) => *answer,
         },
         (routes::CIDRS, _) => method_not_allowed("GET, PUT"),
         (routes::CIDRS_ADD, Method::POST) => match body::<CidrsRequest>(req).await {
             Ok(r) => change(state, Change::Add(r.cidrs), r.if_revision).await,
-            Err(answer) => answer,
+            Err(answer) => *answer,
         },
         (routes::CIDRS_REMOVE, Method::POST) => match body::<CidrsRequest>(req).await {
             Ok(r) => change(state, Change::Remove(r.cidrs), r.if_revision).await,
-            Err(answer) => answer,
+            Err(answer) => *answer,
         },
         (routes::CIDRS_RELOAD, Method::POST) => change(state, Change::Reload, None).await,
         (routes::CIDRS_ADD | routes::CIDRS_REMOVE | routes::CIDRS_RELOAD, _) => {
