@@ -18,6 +18,8 @@ use std::time::Duration;
 const PROGRESS: Duration = Duration::from_secs(30);
 /// Probes to let pass between two edits.
 const PROBES_BETWEEN_EDITS: u64 = 4;
+/// The agent's metrics endpoint in its namespace (the config's default).
+const METRICS: &str = "127.0.0.1:9464";
 /// CIDRs of the "big" list change, to make one map update long.
 const BIG_LIST: u32 = 2_000;
 
@@ -309,7 +311,34 @@ fn bad_input_changes_neither_file_nor_maps() -> Result<()> {
         s.inside_gets(Ip::V4)?,
         "the list still holds the inside client"
     );
+
+    // An invalid edit of the file itself: the watcher logs and counts it, the old list stays.
+    let file = s.agent.files().cidr_file.clone();
+    write_by_rename(&file, &format!("{VPC_V4}\n{VPC_V6}\n10.0.0.0/8\nbogus/8\n"))?;
+    wait_for("the watcher to refuse the edit", limits::CLI, || {
+        Ok(apply_errors(&s)? >= 1.0)
+    })?;
+    let after = snapshot(&s)?;
+    ensure!(
+        after.listing == before.listing && after.maps == before.maps,
+        "an invalid edit on disk changed the list"
+    );
+    ensure!(
+        s.agent.logs().contains("line 4: `bogus/8`"),
+        "the log does not name the bad line:\n{}",
+        s.agent.logs()
+    );
     Ok(())
+}
+
+/// `serve_guard_cidr_apply_errors_total` from the agent's metrics (default listen address).
+fn apply_errors(s: &Scene) -> Result<f64> {
+    const SERIES: &str = "serve_guard_cidr_apply_errors_total ";
+    let r = probe::http_request(&s.topo.server.ns, METRICS.parse()?, "/metrics", &[])?;
+    r.body_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(SERIES)?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {SERIES}in the scrape"))
 }
 
 /// Test 5: two `cidr add` at the same time, through the agent and with no agent: both applied.
