@@ -19,6 +19,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chromium-driver", // driven over WebDriver
     "openssl",         // test certificates
     "systemd",         // systemd-analyze verify
+    "strace",          // the unit's SystemCallFilter covers every syscall the agent makes
 ];
 
 /// Where bpf-linker finds the eBPF nightly's own libLLVM (see ../shared/FACTS.md): a folder whose
