@@ -340,7 +340,10 @@ fn report(scenarios: &[Scenario], opts: &Options) -> Result<String> {
     writeln!(out, "# Benchmarks\n")?;
     writeln!(
         out,
-        "Written by `cargo xtask bench` (tests/src/bin/bench.rs); rerun it to refresh.\n"
+        "Written by `cargo xtask bench` (tests/src/bin/bench.rs); rerun it to refresh. \
+         `cargo xtask bench -- --flood` adds a veth SYN-flood comparison with nftables, opt-in \
+         because on a busy 2-core VM its differences are often within the noise (the section \
+         says whether its run was conclusive).\n"
     )?;
     writeln!(out, "## Cost of the XDP program per packet\n")?;
     writeln!(
