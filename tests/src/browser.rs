@@ -108,6 +108,7 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        ray::process::terminate_with_parent(&mut cmd);
         let driver = cmd.spawn().map_err(BrowserError::Spawn)?;
         let profile = tempfile::Builder::new()
             .prefix("sgchrome")
@@ -335,27 +336,37 @@ impl Browser {
         Ok(v)
     }
 
-    /// Ends the session (Chromium exits) and stops chromedriver's process group.
+    /// Ends the session (Chromium exits) and stops chromedriver's process group; anything of
+    /// its process tree still running after that is killed by PID.
     fn stop(&mut self) {
+        let pgid = self.driver.id() as libc::pid_t;
+        let tree = ray::process::Tree::of(pgid);
         if !self.session.is_empty() {
             let path = format!("/session/{}", self.session);
             let _ = self.call("DELETE", &path, None, Duration::from_secs(10));
             self.session.clear();
         }
-        let pgid = self.driver.id() as libc::pid_t;
-        for (sig, grace) in [(libc::SIGTERM, STOP_GRACE), (libc::SIGKILL, STOP_GRACE)] {
+        for sig in [libc::SIGTERM, libc::SIGKILL] {
             ray::signal_group(pgid, sig);
-            let deadline = Instant::now() + grace;
+            if sig == libc::SIGKILL {
+                tree.kill();
+            }
+            let deadline = Instant::now() + STOP_GRACE;
             while Instant::now() < deadline {
                 // Reap the leader: a zombie leader would keep the group "alive".
                 let _ = self.driver.try_wait();
-                if !ray::group_alive(pgid) {
+                if !ray::group_alive(pgid) && !tree.any_alive() {
                     return;
                 }
                 std::thread::sleep(crate::limits::POLL_INTERVAL);
             }
         }
-        eprintln!("warning: chromedriver group {pgid} still present after SIGKILL");
+        eprintln!("warning: chromedriver (pid {pgid}) or a child still present after SIGKILL");
+    }
+
+    /// chromedriver's process tree now (driver, Chromium and its helpers).
+    pub fn process_tree(&self) -> ray::process::Tree {
+        ray::process::Tree::of(self.driver.id() as libc::pid_t)
     }
 }
 
@@ -437,7 +448,6 @@ mod tests {
         let ns = Netns::new("w").unwrap();
         let server = HttpServer::start(&ns, &[PAGE_PORT]).unwrap();
         let browser = Browser::start(&ns).unwrap();
-        let pgid = browser.driver.id() as libc::pid_t;
         browser
             .goto(&format!("http://127.0.0.1:{PAGE_PORT}/hello"))
             .unwrap();
@@ -453,10 +463,11 @@ mod tests {
         let png = shot.path().join("page.png");
         browser.screenshot(&png).unwrap();
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+        let tree = browser.process_tree();
         drop(browser);
         assert!(
-            !ray::group_alive(pgid),
-            "chromedriver's group survived the drop"
+            !tree.any_alive(),
+            "a browser process survived the drop: {tree:?}"
         );
     }
 }

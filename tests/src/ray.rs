@@ -145,6 +145,7 @@ impl PyServer {
             .stdout(log)
             .stderr(log_err);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        process::terminate_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|source| RayError::Spawn { what, source })?;
@@ -198,31 +199,36 @@ impl PyServer {
         }
     }
 
-    /// SIGTERM the group, wait, SIGKILL the group, wait: the group is ours (process_group(0)).
+    /// Stops the server and everything it started. The leader gets SIGTERM first: Ray's driver
+    /// then shuts Serve and Ray down in order (SIGTERM to the whole group would kill the raylet
+    /// under it and leave the driver waiting). Ray's workers run in process groups of their own,
+    /// so what is left after the grace period is killed by PID from a snapshot of the leader's
+    /// process tree, plus the group.
     fn stop(&mut self) {
         let pgid = self.pgid();
-        if group_alive(pgid) {
-            signal_group(pgid, libc::SIGTERM);
-            if !self.wait_group_gone(STOP_GRACE) {
-                eprintln!(
-                    "warning: {} (group {pgid}) ignored SIGTERM for {STOP_GRACE:?}; killing",
-                    self.what
-                );
-                signal_group(pgid, libc::SIGKILL);
-                if !self.wait_group_gone(KILL_GRACE) {
-                    eprintln!("warning: {} (group {pgid}) survived SIGKILL", self.what);
-                }
-            }
+        let tree = process::Tree::of(pgid);
+        process::signal(pgid, libc::SIGTERM);
+        if self.wait_gone(&tree, STOP_GRACE) {
+            return;
         }
-        let _ = self.child.try_wait();
+        eprintln!(
+            "warning: {} (pid {pgid}) still running {STOP_GRACE:?} after SIGTERM; killing",
+            self.what
+        );
+        tree.kill();
+        signal_group(pgid, libc::SIGKILL);
+        if !self.wait_gone(&tree, KILL_GRACE) {
+            eprintln!("warning: {} (pid {pgid}) survived SIGKILL", self.what);
+        }
     }
 
-    fn wait_group_gone(&mut self, timeout: Duration) -> bool {
+    /// Waits until the leader, its group and every process of `tree` are gone.
+    fn wait_gone(&mut self, tree: &process::Tree, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             // Reap the leader: a zombie leader would keep the group "alive".
             let _ = self.child.try_wait();
-            if !group_alive(self.pgid()) {
+            if !group_alive(self.pgid()) && !tree.any_alive() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -251,26 +257,105 @@ pub(crate) fn signal_group(pgid: libc::pid_t, sig: libc::c_int) {
 /// True while a live (non-zombie) process is in group `pgid`. Reads /proc rather than kill(0):
 /// reparented zombies would count as alive there until init reaps them.
 pub fn group_alive(pgid: libc::pid_t) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let name = e.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            return false;
+    process::all().iter().any(|p| p.pgrp == pgid && !p.zombie)
+}
+
+/// Processes as /proc shows them: enough to find a server's whole tree and to kill exactly it.
+pub mod process {
+    /// One /proc/PID/stat line, the fields used here.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Stat {
+        pub pid: libc::pid_t,
+        pub ppid: libc::pid_t,
+        pub pgrp: libc::pid_t,
+        pub zombie: bool,
+        /// Start time since boot (clock ticks): with the pid, names one process even if the
+        /// pid is reused later.
+        pub start: u64,
+    }
+
+    pub fn stat(pid: libc::pid_t) -> Option<Stat> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime cutime cstime priority nice threads itrealvalue starttime ...; comm may
+        // hold spaces and parentheses, so split after the last ')'.
+        let (_, rest) = text.rsplit_once(')')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(Stat {
+            pid,
+            zombie: *f.first()? == "Z",
+            ppid: f.get(1)?.parse().ok()?,
+            pgrp: f.get(2)?.parse().ok()?,
+            start: f.get(19)?.parse().ok()?,
+        })
+    }
+
+    pub fn all() -> Vec<Stat> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+            .filter_map(stat)
+            .collect()
+    }
+
+    /// The child gets SIGTERM if the thread that spawned it dies: a test process killed
+    /// without unwinding (Ctrl-C) still stops its servers, which shut down cleanly on SIGTERM.
+    pub fn terminate_with_parent(cmd: &mut std::process::Command) {
+        // SAFETY: prctl(2) is async-signal-safe and allocates nothing.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            return false;
-        };
-        // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            return false;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|p| p.parse::<libc::pid_t>().ok());
-        pgrp == Some(pgid) && state != Some("Z")
-    })
+    }
+
+    pub fn signal(pid: libc::pid_t, sig: libc::c_int) {
+        // SAFETY: plain syscall on a pid of a process this test started (see callers).
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// A process and all its descendants at one moment.
+    #[derive(Debug)]
+    pub struct Tree(Vec<Stat>);
+
+    impl Tree {
+        pub fn of(root: libc::pid_t) -> Tree {
+            let procs = all();
+            let mut tree: Vec<Stat> = procs.iter().filter(|p| p.pid == root).copied().collect();
+            let mut i = 0;
+            while i < tree.len() {
+                let parent = tree[i].pid;
+                tree.extend(procs.iter().filter(|p| p.ppid == parent).copied());
+                i += 1;
+            }
+            Tree(tree)
+        }
+
+        /// Still running: the same pid with the same start time, not a zombie.
+        fn alive(p: &Stat) -> bool {
+            stat(p.pid).is_some_and(|now| now.start == p.start && !now.zombie)
+        }
+
+        pub fn any_alive(&self) -> bool {
+            self.0.iter().any(Self::alive)
+        }
+
+        /// SIGKILL to every member still running (checked by start time, so never a stranger
+        /// that reused a pid).
+        pub fn kill(&self) {
+            for p in self.0.iter().filter(|p| Self::alive(p)) {
+                signal(p.pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Ray Serve with the echo app (tests/python/serve_app.py) in a namespace.
@@ -331,9 +416,10 @@ impl RayServe {
         std::fs::read_to_string(&self.server.log_path).unwrap_or_default()
     }
 
-    /// The process group of Ray's whole process tree (gone once this is dropped).
-    pub fn process_group(&self) -> libc::pid_t {
-        self.server.pgid()
+    /// Ray's whole process tree now (driver, GCS, raylet, workers): all gone once this is
+    /// dropped.
+    pub fn process_tree(&self) -> process::Tree {
+        process::Tree::of(self.server.pgid())
     }
 }
 
@@ -400,9 +486,9 @@ impl GrpcHealthServer {
         std::fs::read_to_string(&self.server.log_path).unwrap_or_default()
     }
 
-    /// The process group the server runs in (gone once this is dropped).
-    pub fn process_group(&self) -> libc::pid_t {
-        self.server.pgid()
+    /// The server's process tree now: gone once this is dropped.
+    pub fn process_tree(&self) -> process::Tree {
+        process::Tree::of(self.server.pgid())
     }
 }
 
@@ -509,8 +595,8 @@ mod tests {
         assert_eq!(check.status.as_deref(), Some("SERVING"));
         // The server lives in the namespace only: the host's loopback has no such listener
         // (unless something else on the host uses the port, which the namespace cannot see).
-        let pgid = server.process_group();
+        let tree = server.process_tree();
         drop(server);
-        assert!(!group_alive(pgid), "the server's group survived the drop");
+        assert!(!tree.any_alive(), "a server process survived the drop");
     }
 }

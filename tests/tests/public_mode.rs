@@ -122,6 +122,12 @@ impl Suite {
         let mut public = toml::Table::new();
         public.insert("listen".into(), format!("0.0.0.0:{PROXY_PORT}").into());
         public.insert("upstream".into(), self.ray.upstream_url().into());
+        // The URL users are given: what `serve-guard status` builds the docs links from.
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        public.insert(
+            "external_url".into(),
+            format!("{scheme}://{}", proxy_addr()).into(),
+        );
         public.insert(
             "token_file".into(),
             self.token_file().display().to_string().into(),
@@ -328,19 +334,17 @@ fn token_checks(s: &mut Suite) -> Result<()> {
         true,
         "wrong header token",
     )?;
-    let wrong_cookie = s.get("/echo/", &[("Cookie", &cookie(WRONG_TOKEN))])?;
-    ensure!(
-        wrong_cookie.status == 401,
-        "wrong cookie: {}",
-        wrong_cookie.status
-    );
-    // The token in a query is only the docs link (a GET that redirects), never a credential.
-    let in_query = s.get(&format!("/echo/?x=1&token={WRONG_TOKEN}"), &[])?;
-    ensure!(
-        in_query.status == 401,
-        "wrong docs-link token: {}",
-        in_query.status
-    );
+    expect_401(
+        &s.get("/echo/", &[("Cookie", &cookie(WRONG_TOKEN))])?,
+        true,
+        "wrong cookie",
+    )?;
+    // A token in the query is the docs link (any GET path): a wrong one is refused, no cookie.
+    expect_401(
+        &s.get(&format!("/echo/?x=1&token={WRONG_TOKEN}"), &[])?,
+        true,
+        "wrong docs-link token",
+    )?;
 
     // Header, any case of the scheme.
     for scheme in ["Bearer", "bearer", "BEARER"] {
@@ -570,6 +574,67 @@ fn open_redirects(s: &Suite, token: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// `serve-guard status`: one API docs link per Serve route, read from the real `/-/routes`.
+// ---------------------------------------------------------------------------------------------
+fn status_links(s: &mut Suite) -> Result<()> {
+    let token = s.token()?;
+    let out = s.agent().cli(&["status", "--json"])?;
+    ensure!(
+        out.status.success(),
+        "status --json failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).context("status --json output")?;
+    let links = find_key(&status, "docs_links")
+        .and_then(Value::as_array)
+        .context("status --json has no docs_links")?;
+    let want = format!("http://{}/echo/docs?token={token}", proxy_addr());
+    let echo = links
+        .iter()
+        .find(|l| l["route"] == ray::ROUTE)
+        .with_context(|| {
+            format!(
+                "no docs link for {} among {} links",
+                ray::ROUTE,
+                links.len()
+            )
+        })?;
+    ensure!(
+        echo["url"] == want.as_str(),
+        "the {} docs link is not <external_url>{}/docs?token=<token>",
+        ray::ROUTE,
+        ray::ROUTE
+    );
+    // The link works as given: its path and query through the proxy give the 303 and cookie.
+    let url = url::Url::parse(&want)?;
+    let resp = s.get(
+        &format!("{}?{}", url.path(), url.query().unwrap_or("")),
+        &[],
+    )?;
+    ensure!(
+        resp.status == 303,
+        "the status docs link answered {}",
+        resp.status
+    );
+    check_cookie(
+        resp.header("set-cookie").context("no Set-Cookie")?,
+        &token,
+        false,
+    )
+}
+
+/// The first value under `key` anywhere in `v` (the JSON layout of `status` is the CLI's).
+fn find_key<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(map) => map
+            .get(key)
+            .or_else(|| map.values().find_map(|child| find_key(child, key))),
+        Value::Array(items) => items.iter().find_map(|child| find_key(child, key)),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1212,9 +1277,10 @@ type Scenario = fn(&mut Suite) -> Result<()>;
 
 /// In order: rotation after the checks that use the first token; TLS replaces the agent, so it
 /// comes after everything that needs the plain listener; the log check is last.
-const SCENARIOS: [(&str, Scenario); 9] = [
+const SCENARIOS: [(&str, Scenario); 10] = [
     ("1 token checks", token_checks),
     ("2 docs link", docs_link),
+    ("status lists the API docs links", status_links),
     ("3 browser", browser),
     ("4 streaming and WebSocket", streaming),
     ("6 raw port dropped by XDP", raw_port_dropped),
@@ -1268,12 +1334,12 @@ fn public_mode_end_to_end() {
         );
     }
     // Tear down now (agent, servers, namespaces) and check Ray's whole process tree went too.
-    let groups = [suite.ray.process_group(), suite.grpc.process_group()];
+    let trees = [suite.ray.process_tree(), suite.grpc.process_tree()];
     drop(suite);
-    for pgid in groups {
+    for tree in trees {
         assert!(
-            !ray::group_alive(pgid),
-            "process group {pgid} survived the suite"
+            !tree.any_alive(),
+            "a server process survived the suite: {tree:?}"
         );
     }
     assert!(failed.is_empty(), "failed scenarios: {failed:?}");
