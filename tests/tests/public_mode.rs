@@ -73,7 +73,7 @@ struct Suite {
     grpc: GrpcHealthServer,
     ray: RayServe,
     topo: Topology,
-    /// Token file, TLS material, the gRPC client's token copy.
+    /// Token file, TLS material, the wrong-token file for the gRPC client.
     dir: TempDir,
     /// Every token the suite has seen (scenario 9 looks for each in the logs).
     tokens_seen: Vec<String>,
@@ -167,11 +167,6 @@ impl Suite {
                         tls_send(cfg, get("/-/healthz", &[])?).await
                     })
                     .ok()
-                    .map(|r| HttpResponse {
-                        status: r.status,
-                        headers: Vec::new(),
-                        body: Vec::new(),
-                    })
                 }
             };
             Ok(got.is_some_and(|r| r.status == 200))
