@@ -9,11 +9,13 @@
 //! - `control`: the agent's control socket (HTTP/1.1 + JSON over a Unix socket), server and client.
 //! - `store`: the CIDR file as the source of truth: revisions, atomic writes, live apply.
 //! - `watch`: follows the CIDR file on disk (inotify).
+//! - `admin_http`: the accept loop shared by the control socket and metrics endpoints.
 //! - `metrics`: the Prometheus /metrics and /ready endpoint.
 //! - `token`, `proxy`: public mode, the token and the token-checking reverse proxy.
 //! - `logging`: the tracing subscriber (RUST_LOG / --log-level).
 //! - `cli`: one file per verb.
 
+pub mod admin_http;
 pub mod agent;
 pub mod cidr;
 pub mod cli;

@@ -12,13 +12,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -26,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "serve_guard";
@@ -199,42 +196,17 @@ impl MetricsServer {
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(%addr, "metrics listening");
         }
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let stream = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!("metrics accept failed: {e}");
-                        continue;
-                    }
-                },
-            };
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(answer(&state, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                    tracing::debug!("metrics connection: {e}");
-                }
-            });
-        }
+        let limits = crate::admin_http::Limits {
+            header_timeout: HEADER_TIMEOUT,
+            connection_timeout: CONNECTION_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        };
+        let state = self.state.clone();
+        let handler = move |req| {
+            let state = state.clone();
+            async move { answer(&state, req).await }
+        };
+        crate::admin_http::serve("metrics", &self.listener, limits, handler, shutdown).await;
     }
 }
 

@@ -11,10 +11,8 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
@@ -22,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -115,48 +112,18 @@ impl ControlServer {
     /// [`super::HEADER_TIMEOUT`] and [`super::CONNECTION_TIMEOUT`]; at most
     /// [`super::MAX_CONNECTIONS`] are served at once.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) {
-        let slots = Arc::new(Semaphore::new(super::MAX_CONNECTIONS));
         tracing::info!(path = %self.path.display(), "control socket listening");
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let stream = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!("control socket accept failed: {e}");
-                        continue;
-                    }
-                },
-            };
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(super::HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                match tokio::time::timeout(super::CONNECTION_TIMEOUT, conn).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!("control connection: {e}"),
-                    Err(_) => tracing::warn!(
-                        "control connection closed after {:?}",
-                        super::CONNECTION_TIMEOUT
-                    ),
-                }
-            });
-        }
+        let limits = crate::admin_http::Limits {
+            header_timeout: super::HEADER_TIMEOUT,
+            connection_timeout: super::CONNECTION_TIMEOUT,
+            max_connections: super::MAX_CONNECTIONS,
+        };
+        let state = self.state.clone();
+        let handler = move |req| {
+            let state = state.clone();
+            async move { route(&state, req).await }
+        };
+        crate::admin_http::serve("control socket", &self.listener, limits, handler, shutdown).await;
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), "cannot remove the control socket: {e}");
         }
