@@ -79,9 +79,15 @@ pub fn test(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let agent = build_agent(&tc, false)?;
     let mut c = cargo(&tc);
-    c.args(["test", "--workspace"])
-        .args(args)
-        .env("SERVE_GUARD_BIN", agent);
+    c.arg("test");
+    let picks_packages = args
+        .iter()
+        .any(|a| a == "-p" || a.starts_with("--package") || a.starts_with("-p"));
+    if !picks_packages {
+        // Plain --workspace would include the eBPF crate, which only builds for the BPF target.
+        c.args(["--workspace", "--exclude", "serve-guard-ebpf"]);
+    }
+    c.args(args).env("SERVE_GUARD_BIN", agent);
     cmd::run(&mut c)
 }
 
