@@ -208,6 +208,25 @@ impl AgentFiles {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Every pinned object under `pin_dir` as a path relative to it (`prog`, `maps/<name>`, ...),
+    /// sorted; empty when nothing is pinned.
+    pub fn pins(&self) -> Result<Vec<String>> {
+        let mut pins = Vec::new();
+        list_files(&self.pin_dir, &self.pin_dir, &mut pins)?;
+        pins.sort();
+        Ok(pins)
+    }
+
+    /// The kernel id of the map pinned as `name` under `pin_dir` (found by name, wherever the
+    /// agent pins it): the same id across two reads means the same map.
+    pub fn pinned_map_id(&self, name: &str) -> Result<u32> {
+        let path = find_file(&self.pin_dir, name)?
+            .with_context(|| format!("no pinned {name} under {}", self.pin_dir.display()))?;
+        let map =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(map.info()?.id())
+    }
 }
 
 /// A running (or stopped) agent. Declare it after the topology so it is dropped first.
@@ -217,6 +236,8 @@ pub struct Agent {
     cfg: AgentConfig,
     files: AgentFiles,
     child: Option<Child>,
+    /// Length of the log file when the latest process was launched: where its output starts.
+    run_log_start: usize,
 }
 
 impl Agent {
@@ -244,11 +265,17 @@ impl Agent {
             files: AgentFiles::create(&cfg)?,
             cfg,
             child: None,
+            run_log_start: 0,
         })
     }
 
     /// Starts `serve-guard run` with this agent's files (the previous process must have exited).
     pub fn launch(&mut self) -> Result<()> {
+        self.launch_with(&[])
+    }
+
+    /// Like [`Agent::launch`] with extra arguments to `serve-guard run` (e.g. `--xdp-mode auto`).
+    pub fn launch_with(&mut self, args: &[&str]) -> Result<()> {
         if self.is_running() {
             bail!("the agent is already running (pid {:?})", self.pid());
         }
@@ -257,10 +284,12 @@ impl Agent {
             .append(true)
             .open(&self.files.log)
             .context("opening the agent log")?;
+        self.run_log_start = usize::try_from(log.metadata()?.len())?;
         let mut cmd = self.ns.command(&self.bin);
         cmd.arg("run")
             .arg("-c")
             .arg(&self.files.config)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -403,9 +432,26 @@ impl Agent {
         }
     }
 
-    /// Everything the agent wrote to stdout and stderr so far.
+    /// Runs `serve-guard run <args>` and waits at most [`limits::AGENT_READY`] for it to exit:
+    /// for a start that must fail. The process writes its log file itself, so once this returns
+    /// [`Agent::run_logs`] holds everything it wrote.
+    pub fn run_to_exit(&mut self, args: &[&str]) -> Result<ExitStatus> {
+        self.launch_with(args)?;
+        self.wait_exit(limits::AGENT_READY)
+    }
+
+    /// Everything the agent wrote to stdout and stderr so far, over all its runs.
     pub fn logs(&self) -> String {
         fs::read_to_string(&self.files.log).unwrap_or_default()
+    }
+
+    /// What the latest process (the running one, or the last to exit) wrote: a restarted agent's
+    /// log without its predecessors'. Complete once that process has exited.
+    pub fn run_logs(&self) -> String {
+        let logs = self.logs();
+        logs.get(self.run_log_start..)
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 
     pub fn files(&self) -> &AgentFiles {
@@ -494,6 +540,8 @@ fn run_cli(
     cmd.args(args)
         .arg("-c")
         .arg(config)
+        // The output is read by tests, not a terminal.
+        .env("NO_COLOR", "1")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -647,6 +695,25 @@ impl Counters {
                 .collect(),
         )
     }
+}
+
+/// Adds the files under `dir` to `out`, as paths relative to `root`.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(root, &path, out)?;
+        } else {
+            out.push(path.strip_prefix(root)?.display().to_string());
+        }
+    }
+    Ok(())
 }
 
 /// First file named `name` under `dir`, depth-first.
