@@ -23,7 +23,18 @@ tasks:
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
   install            install the binary, the systemd unit and an example config";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // Print the error chain, not a backtrace: failures here are about the machine, not xtask.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();

@@ -46,9 +46,14 @@ pub fn build(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask run -- <args>` and `cargo xtask run <args>` mean the same.
+fn without_separator(args: &[String]) -> &[String] {
+    args.strip_prefix(&["--".to_owned()]).unwrap_or(args)
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let tc = toolchains::load()?;
-    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let args = without_separator(args);
     let agent = build_agent(&tc, false)?;
     let status = Command::new(&agent)
         .args(args)
@@ -70,7 +75,7 @@ pub fn demo(args: &[String]) -> Result<()> {
         "demo",
         "--",
     ])
-    .args(args)
+    .args(without_separator(args))
     .env("SERVE_GUARD_BIN", agent);
     cmd::run(&mut c)
 }
@@ -82,7 +87,7 @@ pub fn test(args: &[String]) -> Result<()> {
     c.arg("test");
     let picks_packages = args
         .iter()
-        .any(|a| a == "-p" || a.starts_with("--package") || a.starts_with("-p"));
+        .any(|a| a.starts_with("-p") || a.starts_with("--package"));
     if !picks_packages {
         // Plain --workspace would include the eBPF crate, which only builds for the BPF target.
         c.args(["--workspace", "--exclude", "serve-guard-ebpf"]);
@@ -104,7 +109,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         "bench",
         "--",
     ])
-    .args(args);
+    .args(without_separator(args));
     cmd::run(&mut c)
 }
 
