@@ -44,8 +44,9 @@ const REVISION_HEADER: &str = "serve-guard CIDR revision state; do not edit.";
 pub enum StoreError {
     #[error(transparent)]
     Cidr(#[from] CidrError),
-    #[error("{path}: {source}")]
-    InvalidFile { path: PathBuf, source: CidrError },
+    // The CIDR error is in the message, not a `source`, so `{:#}` does not print it twice.
+    #[error("{path}: {error}")]
+    InvalidFile { path: PathBuf, error: CidrError },
     #[error("{at}: {net} is not in the list, nothing was removed")]
     NotPresent { at: cidr::Location, net: IpNet },
     #[error(
@@ -298,10 +299,10 @@ impl Store {
             .map_err(StoreError::io("read", &self.cidr_file))?;
         let synced = match CidrList::from_file_text(&on_disk) {
             Ok((list, warnings)) => self.sync(&mut current, list, &warnings)?,
-            Err(source) if change == Change::Reload => {
+            Err(error) if change == Change::Reload => {
                 return Err(StoreError::InvalidFile {
                     path: self.cidr_file.clone(),
-                    source,
+                    error,
                 });
             }
             Err(e) => {
@@ -537,9 +538,9 @@ fn lock_error(e: io::Error, path: &Path) -> StoreError {
 pub fn read_list(path: &Path) -> Result<CidrList, StoreError> {
     let text = fsutil::read_to_string(path).map_err(StoreError::io("read", path))?;
     let (list, warnings) =
-        CidrList::from_file_text(&text).map_err(|source| StoreError::InvalidFile {
+        CidrList::from_file_text(&text).map_err(|error| StoreError::InvalidFile {
             path: path.to_owned(),
-            source,
+            error,
         })?;
     for w in warnings {
         tracing::warn!("{}: {w}", path.display());

@@ -69,8 +69,39 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("serve-guard: {e:#}");
+            eprintln!("serve-guard: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line. Many messages already quote their cause (`cannot bind
+/// X: <io error>`); a cause whose text is already on the line is not repeated.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_quoted_cause_is_not_repeated() {
+        let io = std::io::Error::other("Address in use");
+        let e = anyhow::Error::new(io).context("cannot bind /run/x.sock: Address in use");
+        let e = e.context("the agent stopped with an error");
+        assert_eq!(
+            super::error_chain(&e),
+            "the agent stopped with an error: cannot bind /run/x.sock: Address in use"
+        );
     }
 }

@@ -2,7 +2,6 @@
 //! option (`--interface`, `--serve-port`) replaces the file's list.
 
 use crate::config::{Config, Mode, OnStop, Overrides, XdpModeSetting};
-use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -75,7 +74,6 @@ impl Args {
 pub async fn exec(config: &Path, args: Args) -> anyhow::Result<()> {
     crate::logging::init(args.log_level.as_deref())?;
     let config = Config::load(config, &args.overrides())?;
-    crate::agent::run(config)
-        .await
-        .context("the agent stopped with an error")
+    // AgentError's messages say what failed and whether anything was attached.
+    Ok(crate::agent::run(config).await?)
 }
