@@ -48,30 +48,26 @@ enum Step {
 /// Runs every step; returns the pinned toolchains for the caller's builds.
 pub fn run() -> Result<Toolchains> {
     let tc = toolchains::load()?;
-    let steps: [(&str, Box<dyn Fn() -> Result<Step>>); 6] = [
-        (
-            "stable toolchain",
-            Box::new(|| toolchain(&tc.stable, &["clippy", "rustfmt"])),
-        ),
-        (
-            "eBPF toolchain",
-            Box::new(|| toolchain(&tc.ebpf, &["rust-src"])),
-        ),
-        ("bpf-linker", Box::new(|| bpf_linker(&tc.ebpf))),
-        ("Debian packages", Box::new(debian_packages)),
-        ("bpffs", Box::new(bpffs)),
-        ("Ray Serve venv", Box::new(python_venv)),
-    ];
     let mut changed = false;
-    for (name, step) in steps {
-        match step().with_context(|| format!("setup step `{name}`"))? {
+    let mut step = |name: &str, outcome: Result<Step>| -> Result<()> {
+        match outcome.with_context(|| format!("setup step `{name}`"))? {
             Step::Done => eprintln!("setup: {name}: already in place"),
             Step::Changed => {
                 eprintln!("setup: {name}: installed");
                 changed = true;
             }
         }
-    }
+        Ok(())
+    };
+    step(
+        "stable toolchain",
+        toolchain(&tc.stable, &["clippy", "rustfmt"]),
+    )?;
+    step("eBPF toolchain", toolchain(&tc.ebpf, &["rust-src"]))?;
+    step("bpf-linker", bpf_linker(&tc))?;
+    step("Debian packages", debian_packages())?;
+    step("bpffs", bpffs())?;
+    step("Ray Serve venv", python_venv())?;
     if !changed {
         eprintln!("setup: nothing to do, everything was already in place");
     }
@@ -107,7 +103,8 @@ fn toolchain(name: &str, components: &[&str]) -> Result<Step> {
 
 /// bpf-linker linked against the eBPF nightly's libLLVM. A stamp names the toolchain it was built
 /// for, so changing the pin rebuilds it.
-fn bpf_linker(ebpf_toolchain: &str) -> Result<Step> {
+fn bpf_linker(tc: &Toolchains) -> Result<Step> {
+    let ebpf_toolchain = tc.ebpf.as_str();
     let prefix = llvm_prefix(ebpf_toolchain);
     let stamp = prefix.join("bpf-linker.stamp");
     let works = cmd::succeeds(Command::new("bpf-linker").arg("--version"));
@@ -141,7 +138,7 @@ fn bpf_linker(ebpf_toolchain: &str) -> Result<Step> {
     }
     let mut install = Command::new("cargo");
     install
-        .arg(format!("+{}", toolchains::load()?.stable))
+        .arg(format!("+{}", tc.stable))
         .args(["install", "bpf-linker", "--locked", "--force"])
         .env("LLVM_PREFIX", &prefix);
     if llvm_major != 23 {
