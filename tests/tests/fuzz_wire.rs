@@ -12,7 +12,7 @@ use serve_guard_tests::wire_fuzz::{
 };
 
 /// A few thousand frames: a slice of every generator in a few seconds.
-const SLICE_FRAMES: u64 = 4_000;
+const SLICE_FRAMES: u64 = 6_000;
 const SLICE_SEED: u64 = 0x5eed;
 /// Each regression is sent this many times (fresh IP ids each time).
 const SENDINGS: u32 = 3;

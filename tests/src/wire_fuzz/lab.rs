@@ -21,7 +21,7 @@
 //! answered without keeping state, so no retransmitted SYN-ACKs and no SYN queue to fill),
 //! fragment memory far above what a run holds and a short reassembly timeout (incomplete
 //! datagrams, e.g. those whose first fragment the filter dropped, must not crowd out later
-//! ones), and no IPv4 "max_dist" reassembly reset.
+//! ones), no IPv4 "max_dist" reassembly reset, and strict reverse-path filtering.
 
 use super::case::Origin;
 use super::packet::{CLIENT_MAC, SERVER_MAC};
@@ -241,6 +241,9 @@ fn configure_server(ns: &Netns) -> Result<()> {
         ("net/ipv4/ipfrag_time", REASSEMBLY_TIMEOUT_S),
         ("net/ipv6/ip6frag_time", REASSEMBLY_TIMEOUT_S),
         ("net/ipv4/ipfrag_max_dist", "0"),
+        // Strict reverse-path filtering, as docs/filter.md recommends: every source is on-link
+        // behind eth0, so it changes nothing here but keeps the lanes like a covered node.
+        ("net/ipv4/conf/all/rp_filter", "1"),
     ] {
         ns.sysctl(key, value)?;
     }

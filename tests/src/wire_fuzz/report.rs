@@ -122,12 +122,16 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes every finding under `dir/seed-<seed>/`; returns the files written.
+/// Writes every finding under `dir/seed-<seed>/`, replacing an earlier run's; returns the
+/// files written.
 pub fn write_findings(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = dir.join(format!("seed-{}", r.seed));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
     if r.findings.is_empty() {
         return Ok(Vec::new());
     }
-    let dir = dir.join(format!("seed-{}", r.seed));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
     for f in &r.findings {
