@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: fuzz_wire [--frames N] [--seed S] [--case INDEX] [--round-frames N] \
-                     [--max-rate FRAMES_PER_S] [--reruns N] [--out DIR]";
+                     [--max-rate FRAMES_PER_S] [--reruns N] [--out DIR] [--log FILE]";
 const DEFAULT_FRAMES: u64 = 100_000;
 const DEFAULT_SEED: u64 = 7;
 
@@ -47,6 +47,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--max-rate" => config.max_rate = number(value()?)? as u32,
             "--reruns" => config.reruns = number(value()?)? as usize,
             "--out" => config.out_dir = PathBuf::from(value()?),
+            "--log" => config.log = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -11,6 +11,7 @@ use super::named;
 use super::observe::{self, Delivery};
 use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub sample_every: u64,
     /// Where failing cases are written (one file each).
     pub out_dir: PathBuf,
+    /// If set, one line per case (verdict, what each lane did, the case) goes to this file.
+    pub log: Option<PathBuf>,
 }
 
 impl Config {
@@ -42,6 +45,7 @@ impl Config {
             reruns: 2,
             sample_every: 100,
             out_dir: default_out_dir(),
+            log: None,
         }
     }
 }
@@ -219,8 +223,24 @@ impl Report {
         self.bypasses() == 0 && self.unexpected() == 0
     }
 
-    fn record(&mut self, case: &Case, runs: Vec<Outcome>, sampled: bool) {
+    fn record(
+        &mut self,
+        case: &Case,
+        runs: Vec<Outcome>,
+        sampled: bool,
+        log: Option<&mut dyn Write>,
+    ) -> Result<()> {
         let verdict = judge(case, &runs);
+        if let Some(log) = log {
+            writeln!(
+                log,
+                "{} filtered={} baseline={} {}",
+                verdict.name(),
+                runs[0].filtered,
+                runs[0].baseline,
+                case.summary()
+            )?;
+        }
         if sampled {
             self.sampled += 1;
             self.sampled_changed += u64::from(verdict == Verdict::Indeterminate);
@@ -256,6 +276,7 @@ impl Report {
                 runs,
             });
         }
+        Ok(())
     }
 }
 
@@ -336,6 +357,12 @@ pub fn run_on(lab: &Lab, config: &Config) -> Result<Report> {
     let mut next_token = 0u32;
     let mut round = 0u32;
     let mut queue = regressions(&mut next_token, &mut ids);
+    let mut log = match &config.log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
     let mut index = 0u64;
     while report.frames < config.frames || !queue.is_empty() {
         let mut batch = std::mem::take(&mut queue);
@@ -382,9 +409,17 @@ pub fn run_on(lab: &Lab, config: &Config) -> Result<Report> {
             }
         }
         for ((case, runs), sampled) in batch.iter().zip(runs).zip(sampled) {
-            report.record(case, runs, sampled);
+            report.record(
+                case,
+                runs,
+                sampled,
+                log.as_mut().map(|l| l as &mut dyn Write),
+            )?;
         }
         throttle(start, report.frames, config.max_rate);
+    }
+    if let Some(log) = &mut log {
+        log.flush()?;
     }
     report.rounds = round;
     report.elapsed = start.elapsed();

@@ -29,6 +29,8 @@ const TCP_OPT_TIMESTAMPS_LEN: usize = 10;
 const TCP_OPT_TIMESTAMPS: u8 = 8;
 /// At most this many VLAN tags (the program reads through 8; more is over-blocked by design).
 const MAX_TAGS: usize = 10;
+/// Extension headers after an IPv6 fragment header, at most.
+const MAX_FRAGMENTABLE_EXTS: usize = 3;
 /// The shortest Ethernet frame without its FCS: shorter frames get padded on real links.
 pub const ETH_MIN_FRAME: usize = 60;
 
@@ -94,7 +96,16 @@ impl Draft {
         }
     }
 
-    /// Rebuilds the segment for other addresses, ports or payload.
+    /// The transport header's length (TCP: with options), from the data offset.
+    pub fn transport_header_len(&self) -> usize {
+        const TCP_DOFF_OFFSET: usize = 12;
+        match self.transport {
+            Transport::Udp => wire::UDP_HLEN,
+            Transport::Tcp => usize::from(self.segment[TCP_DOFF_OFFSET] >> 4) * 4,
+        }
+    }
+
+    /// Builds the draft: addresses from the family and origin, the segment from the body.
     pub fn new(
         ip: Ip,
         origin: Origin,
@@ -349,15 +360,17 @@ fn v6_packets(d: &Draft, chain: &V6Chain, fragments: Option<(u32, &[Piece])>) ->
 
 /// A random extension chain of `n` headers, hop-by-hop first when `hop_by_hop`.
 fn ext_chain(rng: &mut Rng, ids: &mut Ids, n: usize, hop_by_hop: bool) -> Vec<Ext> {
-    (0..n)
-        .map(|i| {
-            if i == 0 && hop_by_hop {
-                shapes::options_header(rng, proto::HOPOPTS)
-            } else {
-                shapes::any_later_ext(rng, &mut || ids.v6())
-            }
-        })
-        .collect()
+    let mut exts: Vec<Ext> = Vec::with_capacity(n);
+    for i in 0..n {
+        let ext = if i == 0 && hop_by_hop {
+            shapes::options_header(rng, proto::HOPOPTS)
+        } else {
+            let fragmented = exts.iter().any(|e| e.kind == proto::FRAGMENT);
+            shapes::any_later_ext(rng, (!fragmented).then(|| ids.v6()))
+        };
+        exts.push(ext);
+    }
+    exts
 }
 
 /// How many extension headers: mostly a few, sometimes right at or past the program's bound.
@@ -400,7 +413,7 @@ fn v6_fragmented(
     if rng.chance(1, 4) {
         unfragmentable.push(shapes::routing_header(rng));
     }
-    let n = rng.range(min_fragmentable, 3.max(min_fragmentable));
+    let n = rng.range(min_fragmentable, MAX_FRAGMENTABLE_EXTS);
     let fragmentable: Vec<Ext> = (0..n)
         .map(|_| {
             if rng.chance(3, 4) {
@@ -412,12 +425,19 @@ fn v6_fragmented(
         .collect();
     let chain_len: usize = fragmentable.iter().map(|e| e.bytes.len()).sum();
     let total = chain_len + d.segment.len();
-    let first_cut = match rng.range(0, 3) {
-        // Inside the chain (the shape) or inside the transport header.
-        0 if chain_len >= packet::FRAG_UNIT => {
-            Some(packet::FRAG_UNIT * rng.range(1, chain_len / packet::FRAG_UNIT))
+    let transport_end = chain_len + d.transport_header_len();
+    let last_start = chain_len - fragmentable.last().map_or(0, |e| e.bytes.len());
+    let first_cut = match rng.range(0, 6) {
+        // Inside the chain, before the last header starts (the shape): Linux accepts a
+        // first fragment whose chain it cannot walk to the end. (Cut inside the last header,
+        // its walk skips to the transport header and finds it missing: dropped.)
+        0 | 1 if last_start >= packet::FRAG_UNIT => {
+            Some(packet::FRAG_UNIT * rng.range(1, last_start / packet::FRAG_UNIT))
         }
-        1 => Some(chain_len.next_multiple_of(packet::FRAG_UNIT) + packet::FRAG_UNIT),
+        // Just past the transport header: the smallest first fragment Linux accepts.
+        2 | 3 => Some(transport_end.next_multiple_of(packet::FRAG_UNIT)),
+        // Inside the transport header: Linux drops these (RFC 8200), and so must the filter.
+        4 => Some(chain_len + packet::FRAG_UNIT),
         _ => None,
     };
     let pieces = shapes::fragment_layout(rng, total, first_cut, desc);
@@ -527,7 +547,8 @@ pub fn generate(seed: u64, index: u64, token: u32, ids: &mut Ids) -> Case {
             frames(d.ethertype(), &packets, &[])
         }
         Generator::Ipv6Fragments => {
-            let packets = v6_fragmented(rng, &d, ids, 0, &mut desc);
+            let min_exts = if rng.chance(1, 2) { 2 } else { 0 };
+            let packets = v6_fragmented(rng, &d, ids, min_exts, &mut desc);
             frames(d.ethertype(), &packets, &[])
         }
         Generator::VlanTags => {
@@ -585,7 +606,7 @@ pub fn generate(seed: u64, index: u64, token: u32, ids: &mut Ids) -> Case {
 /// of the packet would read the attacker's bytes as headers).
 fn length_lie(rng: &mut Rng, d: &Draft, ids: &mut Ids, desc: &mut Vec<String>) -> Vec<Vec<u8>> {
     let packets = match d.ip {
-        Ip::V6 if rng.chance(3, 4) => v6_fragmented(rng, d, ids, 1, desc),
+        Ip::V6 if rng.chance(3, 4) => v6_fragmented(rng, d, ids, 2, desc),
         Ip::V4 if rng.chance(2, 3) => v4_fragmented(rng, d, ids, desc),
         _ => any_shape(rng, d, ids, desc),
     };

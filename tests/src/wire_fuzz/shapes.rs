@@ -43,6 +43,8 @@ pub fn ipv4_options(rng: &mut Rng, desc: &mut Vec<String>) -> Vec<u8> {
     let budget = rng.range(1, IPV4_MAX_OPTIONS);
     let mut out = Vec::new();
     let mut names = Vec::new();
+    // Linux refuses a header with two record-route, timestamp or router-alert options.
+    let mut once = |kind: u8, names: &[String]| !names.contains(&kind.to_string());
     loop {
         let room = budget - out.len();
         if room == 0 {
@@ -50,14 +52,16 @@ pub fn ipv4_options(rng: &mut Rng, desc: &mut Vec<String>) -> Vec<u8> {
         }
         let option: Vec<u8> = match rng.range(0, 5) {
             0 => vec![IPOPT_NOP],
-            1 if room >= 4 => vec![IPOPT_ROUTER_ALERT, 4, 0, 0],
-            2 if room >= 7 => {
+            1 if room >= 4 && once(IPOPT_ROUTER_ALERT, &names) => {
+                vec![IPOPT_ROUTER_ALERT, 4, 0, 0]
+            }
+            2 if room >= 7 && once(IPOPT_RECORD_ROUTE, &names) => {
                 let slots = rng.range(1, ((room - 3) / 4).min(3));
                 let mut o = vec![IPOPT_RECORD_ROUTE, (3 + 4 * slots) as u8, RR_FIRST_POINTER];
                 o.resize(3 + 4 * slots, 0);
                 o
             }
-            3 if room >= 8 => {
+            3 if room >= 8 && once(IPOPT_TIMESTAMP, &names) => {
                 let slots = rng.range(1, ((room - 4) / 4).min(2));
                 let mut o = vec![IPOPT_TIMESTAMP, (4 + 4 * slots) as u8, TS_FIRST_POINTER, 0];
                 o.resize(4 + 4 * slots, 0);
@@ -167,12 +171,13 @@ pub fn atomic_fragment(id: u32) -> Ext {
     }
 }
 
-/// One extension header that may follow hop-by-hop anywhere in a chain.
-pub fn any_later_ext(rng: &mut Rng, next_id: &mut dyn FnMut() -> u32) -> Ext {
-    match rng.range(0, 5) {
-        0..=2 => options_header(rng, proto::DSTOPTS),
-        3 => routing_header(rng),
-        _ => atomic_fragment(next_id()),
+/// One extension header that may follow hop-by-hop anywhere in a chain. At most one
+/// fragment header per packet: Linux drops a packet with a second one.
+pub fn any_later_ext(rng: &mut Rng, fragment_id: Option<u32>) -> Ext {
+    match (rng.range(0, 5), fragment_id) {
+        (0..=2, _) | (4.., None) => options_header(rng, proto::DSTOPTS),
+        (3, _) => routing_header(rng),
+        (_, Some(id)) => atomic_fragment(id),
     }
 }
 
