@@ -44,7 +44,7 @@ pub fn ipv4_options(rng: &mut Rng, desc: &mut Vec<String>) -> Vec<u8> {
     let mut out = Vec::new();
     let mut names = Vec::new();
     // Linux refuses a header with two record-route, timestamp or router-alert options.
-    let mut once = |kind: u8, names: &[String]| !names.contains(&kind.to_string());
+    let once = |kind: u8, names: &[String]| !names.contains(&kind.to_string());
     loop {
         let room = budget - out.len();
         if room == 0 {
