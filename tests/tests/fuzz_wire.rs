@@ -6,7 +6,7 @@ use serve_guard_tests::wire_fuzz::{
     campaign::{self, Config, Outcome},
     case::Origin,
     generate::Ids,
-    lab::Lab,
+    lab::{AttachMode, Lab},
     named::{self, Named},
     report,
 };
@@ -37,7 +37,7 @@ fn sendings(lab: &Lab, named: &Named, origin: Origin) -> Vec<Outcome> {
 /// port with it; from inside they are delivered with the filter as without it.
 fn regression_holds(name: &str) {
     let named = named::find(name).expect("named regression");
-    let lab = Lab::new().expect("lanes");
+    let lab = Lab::new(AttachMode::Driver).expect("lanes");
     for o in sendings(&lab, named, Origin::Outside) {
         assert!(
             o.baseline,
@@ -65,12 +65,23 @@ fn issue7_ipv6_fragment_trailer_tcp_is_kept_out() {
 
 #[test]
 fn fixed_seed_slice_has_no_bypass_and_no_unexpected_over_block() {
-    let config = Config::new(SLICE_FRAMES, SLICE_SEED);
+    slice(AttachMode::Driver, SLICE_FRAMES);
+}
+
+/// The same in skb (generic XDP) mode, where the program sees the packet after GRO.
+#[test]
+fn fixed_seed_slice_in_skb_mode() {
+    slice(AttachMode::Skb, SLICE_FRAMES / 2);
+}
+
+fn slice(mode: AttachMode, frames: u64) {
+    let mut config = Config::new(frames, SLICE_SEED);
+    config.mode = mode;
     let r = campaign::run(&config).expect("campaign");
     let summary = report::summary(&r);
     println!("{summary}");
     let written = report::write_findings(&r, &config.out_dir).expect("writing findings");
-    assert!(r.frames >= SLICE_FRAMES, "{summary}");
+    assert!(r.frames >= frames, "{summary}");
     // The oracle is alive: every generator produced cases the kernel delivers, and from outside
     // to a protected port some of those were kept out by the filter.
     for (g, s) in &r.per_generator {

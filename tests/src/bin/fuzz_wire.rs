@@ -1,9 +1,10 @@
 //! The black-box wire fuzzer: `fuzz_wire --frames N --seed S` sends N seeded frames into a
 //! server namespace behind the serve-guard XDP program and into one behind a pass-everything
 //! program, and lets the kernel say what got through. Prints frames per generator, deliveries,
-//! bypasses and over-blocks by class; writes each finding under target/fuzz/wire/; exits
-//! non-zero on a bypass or an unexpected over-block.
+//! bypasses and over-blocks by class; writes each finding under target/fuzz/wire/<mode>/seed-S/;
+//! exits 1 on a bypass or an unexpected over-block (2 if the run itself failed).
 //!
+//! `--xdp-mode skb` attaches the programs in generic (skb) mode instead of the driver.
 //! `--case I` replays case I of the seed alone and prints its frames and what each lane did.
 
 use anyhow::{Context as _, Result, bail};
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: fuzz_wire [--frames N] [--seed S] [--case INDEX] [--round-frames N] \
-                     [--max-rate FRAMES_PER_S] [--reruns N] [--out DIR] [--log FILE]";
+                     [--max-rate FRAMES_PER_S] [--reruns N] [--out DIR] [--log FILE] [--xdp-mode driver|skb]";
 const DEFAULT_FRAMES: u64 = 100_000;
 const DEFAULT_SEED: u64 = 7;
 
@@ -48,6 +49,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--reruns" => config.reruns = number(value()?)? as usize,
             "--out" => config.out_dir = PathBuf::from(value()?),
             "--log" => config.log = Some(PathBuf::from(value()?)),
+            "--xdp-mode" => config.mode = value()?.parse()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -59,7 +61,7 @@ fn parse(args: &[String]) -> Result<Args> {
 }
 
 fn replay(config: &Config, index: u64) -> Result<bool> {
-    let lab = Lab::new()?;
+    let lab = Lab::new(config.mode)?;
     let mut ids = Ids::new(config.seed);
     let case = generate::generate(config.seed, index, 0, &mut ids);
     println!("{}", case.summary());

@@ -6,7 +6,7 @@
 use super::case::{Case, CaseId, Generator, Origin};
 use super::classify::{self, Class};
 use super::generate::{self, Ids};
-use super::lab::{Lab, PROTECTED_PORTS};
+use super::lab::{AttachMode, Lab, PROTECTED_PORTS};
 use super::named;
 use super::observe::{self, Delivery};
 use anyhow::{Context as _, Result};
@@ -31,6 +31,8 @@ pub struct Config {
     pub sample_every: u64,
     /// Where failing cases are written (one file each).
     pub out_dir: PathBuf,
+    /// How the programs are attached to the servers.
+    pub mode: AttachMode,
     /// If set, one line per case (verdict, what each lane did, the case) goes to this file.
     pub log: Option<PathBuf>,
 }
@@ -46,6 +48,7 @@ impl Config {
             sample_every: 100,
             out_dir: default_out_dir(),
             log: None,
+            mode: AttachMode::Driver,
         }
     }
 }
@@ -181,6 +184,7 @@ pub struct Finding {
 #[derive(Debug, Default)]
 pub struct Report {
     pub seed: u64,
+    pub mode: Option<AttachMode>,
     pub per_generator: BTreeMap<Generator, GeneratorStats>,
     pub findings: Vec<Finding>,
     pub frames: u64,
@@ -342,7 +346,7 @@ fn regressions(next_token: &mut u32, ids: &mut Ids) -> Vec<Case> {
 
 /// Runs a campaign on a fresh lab.
 pub fn run(config: &Config) -> Result<Report> {
-    let lab = Lab::new().context("setting up the lanes")?;
+    let lab = Lab::new(config.mode).context("setting up the lanes")?;
     run_on(&lab, config)
 }
 
@@ -351,6 +355,7 @@ pub fn run_on(lab: &Lab, config: &Config) -> Result<Report> {
     let start = Instant::now();
     let mut report = Report {
         seed: config.seed,
+        mode: Some(config.mode),
         ..Default::default()
     };
     let mut ids = Ids::new(config.seed);

@@ -1,7 +1,7 @@
 //! Two identical lanes, each a client veth wired straight to a server namespace with listeners:
-//! the *filtered* lane runs the real serve-guard XDP program in driver mode on the server's
-//! veth, the *baseline* lane an XDP program that passes everything (so both lanes take the same
-//! veth NAPI path and differ only in the verdict). Every frame goes to both lanes; the kernel of
+//! the *filtered* lane runs the real serve-guard XDP program on the server's veth (driver mode,
+//! or skb mode), the *baseline* lane an XDP program that passes everything, attached the same
+//! way (so both lanes take the same path and differ only in the verdict). Every frame goes to both lanes; the kernel of
 //! each server says what it delivers.
 //!
 //! ```text
@@ -26,7 +26,7 @@
 use super::case::Origin;
 use super::packet::{CLIENT_MAC, SERVER_MAC};
 use super::raw::{PacketSocket, set_int_option};
-use crate::netns::Netns;
+use crate::netns::{Netns, XdpAttachMode};
 use crate::program::{TestProgram, XDP_PASS, load_verdict_program, pin_fd};
 use crate::topology::{
     IFACE, INSIDE_V4, INSIDE_V6, Ip, OUTSIDE_V4, OUTSIDE_V6, SERVER_V4, SERVER_V6, VPC_V4, VPC_V6,
@@ -75,6 +75,44 @@ pub fn allowed(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => v4.contains(&a),
         IpAddr::V6(a) => v6.contains(&a),
+    }
+}
+
+/// How the program under test is attached to the server veths (both lanes alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native XDP in the veth driver, before GRO and the skb.
+    Driver,
+    /// Generic XDP on the skb, after GRO (`xdp_mode = "skb"`).
+    Skb,
+}
+
+impl AttachMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Skb => "skb",
+        }
+    }
+
+    /// `ip link set ... <keyword> pinned PATH`.
+    const fn ip_keyword(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "xdpdrv",
+            AttachMode::Skb => "xdpgeneric",
+        }
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "driver" => Ok(AttachMode::Driver),
+            "skb" => Ok(AttachMode::Skb),
+            other => bail!("XDP mode {other:?}: expected driver or skb"),
+        }
     }
 }
 
@@ -134,7 +172,11 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn new() -> Result<Self> {
+    /// Both lanes, the servers' programs attached in `mode`. The calling thread is pinned to
+    /// the CPU it runs on: it sends every frame, and frames sent from one CPU reach a veth
+    /// without native XDP (skb mode) through that CPU's backlog, in order (see the barrier).
+    pub fn new(mode: AttachMode) -> Result<Self> {
+        pin_to_current_cpu()?;
         let mut program = TestProgram::load()?;
         for port in PROTECTED_PORTS {
             program.protect_port(port)?;
@@ -182,10 +224,22 @@ impl Lab {
                 LaneRole::Filtered => &filter_pin,
                 LaneRole::Baseline => &pass_pin,
             };
-            attach(&server, IFACE, server_prog)?;
-            // XDP on the client end too: answers then also go through veth's NAPI ring, in
-            // order, whatever CPU sent them (see the barrier).
-            attach(&client, iface, &pass_pin)?;
+            attach(&server, IFACE, server_prog, mode)?;
+            let attached = server.xdp_attachment(IFACE)?.map(|a| a.mode);
+            let wanted = match mode {
+                AttachMode::Driver => XdpAttachMode::Driver,
+                AttachMode::Skb => XdpAttachMode::Skb,
+            };
+            if attached != Some(wanted) {
+                bail!(
+                    "the {} server's XDP is attached as {attached:?}, not {}",
+                    role.name(),
+                    mode.name()
+                );
+            }
+            // Native XDP on the client end: answers go through veth's NAPI ring, in order,
+            // whatever CPU sent them (see the barrier).
+            attach(&client, iface, &pass_pin, AttachMode::Driver)?;
             let wire = client
                 .run(|| PacketSocket::open(iface, RCVBUF))?
                 .with_context(|| format!("AF_PACKET socket on {iface}"))?;
@@ -286,19 +340,37 @@ fn ip_batch(ns: &Netns, commands: &str) -> Result<()> {
     Ok(())
 }
 
-/// Attaches the program pinned at `pin` to `iface` in driver mode. `ip` runs inside the
-/// namespace by setns only: `ip -n` remounts /sys, which hides bpffs and so the pin.
-fn attach(ns: &Netns, iface: &str, pin: &std::path::Path) -> Result<()> {
+/// Pins the calling thread to the CPU it is running on.
+fn pin_to_current_cpu() -> Result<()> {
+    // SAFETY: plain syscalls; the set is a local.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_getcpu");
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("pinning the sender to its CPU");
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the program pinned at `pin` to `iface` in `mode`. `ip` runs inside the namespace
+/// by setns only: `ip -n` remounts /sys, which hides bpffs and so the pin.
+fn attach(ns: &Netns, iface: &str, pin: &std::path::Path, mode: AttachMode) -> Result<()> {
     let out = ns
         .command("ip")
-        .args(["link", "set", "dev", iface, "xdpdrv", "pinned"])
+        .args(["link", "set", "dev", iface, mode.ip_keyword(), "pinned"])
         .arg(pin)
         .output()
         .context("running `ip`")?;
     if !out.status.success() {
         bail!(
-            "attaching {} in driver mode to {iface} in {}: {}",
+            "attaching {} in {} mode to {iface} in {}: {}",
             pin.display(),
+            mode.name(),
             ns.name(),
             String::from_utf8_lossy(&out.stderr).trim()
         );

@@ -4,6 +4,7 @@
 
 use super::campaign::{Finding, Report};
 use super::case::CaseId;
+use super::lab::AttachMode;
 use anyhow::{Context as _, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,9 @@ pub fn summary(r: &Report) -> String {
     let secs = r.elapsed.as_secs_f64();
     let _ = writeln!(
         out,
-        "wire fuzz, seed {}: {} frames in {} cases, {} rounds, {:.1} s ({:.0} frames/s per lane)",
+        "wire fuzz, seed {}, XDP {} mode: {} frames in {} cases, {} rounds, {:.1} s ({:.0} frames/s per lane)",
         r.seed,
+        r.mode.map_or("?", AttachMode::name),
         r.frames,
         r.cases,
         r.rounds,
@@ -122,10 +124,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes every finding under `dir/seed-<seed>/`, replacing an earlier run's; returns the
-/// files written.
+/// Writes every finding under `dir/<mode>/seed-<seed>/`, replacing an earlier run's; returns
+/// the files written.
 pub fn write_findings(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
-    let dir = dir.join(format!("seed-{}", r.seed));
+    let mode = r.mode.map_or("unknown", AttachMode::name);
+    let dir = dir.join(mode).join(format!("seed-{}", r.seed));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
