@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use serve_guard_tests::wire_fuzz::{
     campaign::{self, Config},
     generate::{self, Ids},
-    lab::Lab,
+    lab::{self, Lab},
     report,
 };
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--reruns" => config.reruns = number(value()?)? as usize,
             "--out" => config.out_dir = PathBuf::from(value()?),
             "--log" => config.log = Some(PathBuf::from(value()?)),
-            "--xdp-mode" => config.mode = value()?.parse()?,
+            "--xdp-mode" => config.mode = lab::parse_mode(value()?)?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

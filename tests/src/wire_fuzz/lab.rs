@@ -32,7 +32,8 @@ use crate::topology::{
     IFACE, INSIDE_V4, INSIDE_V6, Ip, OUTSIDE_V4, OUTSIDE_V6, SERVER_V4, SERVER_V6, VPC_V4, VPC_V6,
 };
 use anyhow::{Context as _, Result, bail};
-use serve_guard::config::defaults::SERVE_PORTS;
+use serve_guard::config::{XdpModeSetting, defaults::SERVE_PORTS};
+pub use serve_guard::filter::AttachMode;
 use serve_guard_common::FilterConfig;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
@@ -78,41 +79,20 @@ pub fn allowed(addr: IpAddr) -> bool {
     }
 }
 
-/// How the program under test is attached to the server veths (both lanes alike).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native XDP in the veth driver, before GRO and the skb.
-    Driver,
-    /// Generic XDP on the skb, after GRO (`xdp_mode = "skb"`).
-    Skb,
-}
-
-impl AttachMode {
-    pub const fn name(self) -> &'static str {
-        match self {
-            AttachMode::Driver => "driver",
-            AttachMode::Skb => "skb",
-        }
-    }
-
-    /// `ip link set ... <keyword> pinned PATH`.
-    const fn ip_keyword(self) -> &'static str {
-        match self {
-            AttachMode::Driver => "xdpdrv",
-            AttachMode::Skb => "xdpgeneric",
-        }
+/// `ip link set ... <keyword> pinned PATH` for `mode`.
+const fn ip_keyword(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Driver => "xdpdrv",
+        AttachMode::Skb => "xdpgeneric",
     }
 }
 
-impl std::str::FromStr for AttachMode {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "driver" => Ok(AttachMode::Driver),
-            "skb" => Ok(AttachMode::Skb),
-            other => bail!("XDP mode {other:?}: expected driver or skb"),
-        }
+/// `driver` or `skb` (the agent's `xdp_mode` values that name one mode).
+pub fn parse_mode(s: &str) -> Result<AttachMode> {
+    match s.parse::<XdpModeSetting>().map_err(anyhow::Error::msg)? {
+        XdpModeSetting::Driver => Ok(AttachMode::Driver),
+        XdpModeSetting::Skb => Ok(AttachMode::Skb),
+        XdpModeSetting::Auto => bail!("XDP mode `auto`: name one, driver or skb"),
     }
 }
 
@@ -362,7 +342,7 @@ fn pin_to_current_cpu() -> Result<()> {
 fn attach(ns: &Netns, iface: &str, pin: &std::path::Path, mode: AttachMode) -> Result<()> {
     let out = ns
         .command("ip")
-        .args(["link", "set", "dev", iface, mode.ip_keyword(), "pinned"])
+        .args(["link", "set", "dev", iface, ip_keyword(mode), "pinned"])
         .arg(pin)
         .output()
         .context("running `ip`")?;
