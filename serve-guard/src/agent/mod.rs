@@ -227,20 +227,34 @@ async fn start_subsystems(
     ctx: &AgentContext,
     subsystems: &mut Subsystems,
 ) -> Result<(), AgentError> {
-    // Public mode: the token store shared by the proxy and `POST /v1/token/reload`.
-    // Created (0600) at the first start when the token file is missing.
+    // Public mode: the token source, followed on disk, publishing to the proxy; also reloaded by
+    // `POST /v1/token/reload`. Created (0600) at the first start when the token file is missing.
     let public = ctx.config.public.clone().unwrap_or_default();
     let tokens = match ctx.config.mode {
-        Mode::Public => Some(Arc::new(crate::token::TokenStore::load_or_create(
+        Mode::Public => Some(Arc::new(crate::token::TokenSource::load_or_create(
             &public.token_file,
         )?)),
         Mode::Private => None,
     };
+    if let Some(tokens) = &tokens {
+        let watcher = crate::watch::Watcher::start_tokens(Arc::clone(tokens)).map_err(|e| {
+            AgentError::Subsystem {
+                name: "token watcher",
+                detail: e.to_string(),
+            }
+        })?;
+        subsystems.spawn(
+            "token watcher",
+            watcher.run(ctx.shutdown.clone().cancelled_owned()),
+        );
+        // An edit made between the first read and the start of the watch is picked up here.
+        let _ = tokens.reload();
+    }
     // CIDR store + file watcher, control socket, Prometheus metrics and /ready.
     crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
     if let Some(tokens) = tokens {
         // Token-checking reverse proxy: bound here so a busy port or bad TLS files stop the start.
-        let proxy = crate::proxy::Proxy::bind(&public, tokens).await?;
+        let proxy = crate::proxy::Proxy::bind(&public, tokens.subscribe()).await?;
         let shutdown = ctx.shutdown.clone().cancelled_owned();
         subsystems.spawn("public proxy", async move {
             proxy.serve(shutdown).await;

@@ -35,7 +35,7 @@ pub enum Command {
     Status(status::Args),
     /// List or change the VPC CIDR allow-list (live, through the running agent).
     Cidr(cidr::Args),
-    /// Show or rotate the public-mode token.
+    /// Show, rotate or prune the public-mode tokens (the token file).
     Token(token::Args),
     /// Packet counters by reason and address family.
     Stats(stats::Args),
