@@ -198,6 +198,7 @@ pub struct Proxy {
     grpc: Option<Listener>,
     local_addr: SocketAddr,
     grpc_local_addr: Option<SocketAddr>,
+    tls: Option<tls::TlsFiles>,
     config: PublicConfig,
 }
 
@@ -207,7 +208,7 @@ impl Proxy {
     pub async fn bind(config: &PublicConfig, tokens: TokenReceiver) -> Result<Proxy, ProxyError> {
         config.validate()?;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::TlsFiles::load(cert, key)?),
             _ => None,
         };
         let handler = |kind, upstream: Upstream| {
@@ -248,7 +249,7 @@ impl Proxy {
                 })?;
                 let listener = Listener {
                     tcp,
-                    tls,
+                    tls: tls.clone(),
                     handler: handler(Kind::Grpc, config.grpc_upstream()),
                 };
                 (Some(listener), Some(local))
@@ -260,8 +261,14 @@ impl Proxy {
             grpc,
             local_addr,
             grpc_local_addr,
+            tls,
             config: config.clone(),
         })
+    }
+
+    /// The TLS files both listeners serve, for SIGHUP to reload; `None` without TLS.
+    pub fn tls(&self) -> Option<tls::TlsFiles> {
+        self.tls.clone()
     }
 
     /// The HTTP listener's address (useful when `listen` has port 0).
