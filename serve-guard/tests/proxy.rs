@@ -583,6 +583,54 @@ async fn rotation_then_prune_refuses_the_old_token_and_cookie_without_restart() 
     assert_not_logged(&new);
 }
 
+/// A change of the token file reaches requests on connections that were open before it: the
+/// proxy reads the token set per request, not per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_change_applies_to_open_keep_alive_connections() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(&up.url(), |_, _| {}).await;
+    let old = proxy.token();
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut send = async |token: &str, carrier: &str| {
+        let value = match carrier {
+            "cookie" => format!("SERVE_TOKEN={token}"),
+            _ => format!("Bearer {token}"),
+        };
+        let req = Request::get("/echo")
+            .header("host", "h")
+            .header(carrier, value)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(send(&old, "authorization").await, StatusCode::OK);
+
+    let new = serve_guard::token::rotate_file(&proxy.token_file).unwrap();
+    let new = new.expose().to_owned();
+    proxy.store.reload().unwrap();
+    assert_eq!(send(&new, "authorization").await, StatusCode::OK);
+    assert_eq!(
+        send(&old, "cookie").await,
+        StatusCode::OK,
+        "rotate keeps the old token"
+    );
+    serve_guard::token::file::prune_file(&proxy.token_file).unwrap();
+    proxy.store.reload().unwrap();
+    assert_eq!(send(&old, "authorization").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&old, "cookie").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&new, "cookie").await, StatusCode::OK);
+    assert_not_logged(&old);
+    assert_not_logged(&new);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_file_is_created_0600_with_a_43_char_base64url_token() {
     let up = start_upstream().await;
