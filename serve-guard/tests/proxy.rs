@@ -551,7 +551,7 @@ async fn rotation_then_prune_refuses_the_old_token_and_cookie_without_restart() 
         assert_eq!(status, StatusCode::OK);
     }
     assert_eq!(
-        serve_guard::token::file::prune_file(&proxy.token_file).unwrap(),
+        serve_guard::token::prune_file(&proxy.token_file).unwrap(),
         1
     );
     proxy.store.reload().unwrap();
@@ -606,6 +606,8 @@ async fn a_token_change_applies_to_open_keep_alive_connections() {
             .header(carrier, value)
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
+        // The same connection: it must still be open (and idle) for the next request.
+        sender.ready().await.unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status();
         resp.into_body().collect().await.unwrap();
@@ -622,7 +624,7 @@ async fn a_token_change_applies_to_open_keep_alive_connections() {
         StatusCode::OK,
         "rotate keeps the old token"
     );
-    serve_guard::token::file::prune_file(&proxy.token_file).unwrap();
+    serve_guard::token::prune_file(&proxy.token_file).unwrap();
     proxy.store.reload().unwrap();
     assert_eq!(send(&old, "authorization").await, StatusCode::UNAUTHORIZED);
     assert_eq!(send(&old, "cookie").await, StatusCode::UNAUTHORIZED);
