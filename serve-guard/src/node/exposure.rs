@@ -28,6 +28,7 @@ const DECAPSULATING_KINDS: &[(&str, bool)] = &[
     ("bareudp", false),
     ("gtp", false),
     ("tun", false),
+    ("ppp", false),
 ];
 
 /// SEG6_LOCAL_ACTION_* values that decapsulate (uapi/linux/seg6_local.h) and their names.
