@@ -332,7 +332,7 @@ pub fn trailer(rng: &mut Rng, fake_next: u8, unprotected: u16, desc: &mut Vec<St
         }
         _ => ("random", rng.bytes_in(1, 24)),
     };
-    desc.push(format!("trailer:{name}{}", bytes.len()));
+    desc.push(format!("trailer:{name}({}B)", bytes.len()));
     bytes
 }
 
