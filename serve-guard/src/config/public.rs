@@ -28,6 +28,12 @@ pub mod defaults {
     /// Request line plus headers. Ray Serve requests carry few headers; browsers' cookies fit.
     pub const MAX_HEADER_BYTES: usize = 32 * 1024;
     pub const MAX_CONNECTIONS: usize = 1024;
+    /// One client address (an IPv6 /64) gets at most this share of `max_connections`, so a
+    /// single source cannot take every slot.
+    pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+    /// A connection with no request in flight is closed after this long (HTTP/2 especially:
+    /// an idle HTTP/1.1 keep-alive is already bounded by the header read timeout).
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Until the upstream's response headers; streaming bodies are not cut. Model inference
     /// can take a while before the first byte.
@@ -163,6 +169,20 @@ impl ExternalUrl {
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
     }
+
+    /// The origin browsers send in `Origin` for pages under this URL: `scheme://host[:port]`,
+    /// lower case, without the scheme's default port.
+    pub fn origin(&self) -> String {
+        let uri: Uri = self.0.parse().expect("checked in parse");
+        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+        let authority = uri.authority().expect("checked in parse");
+        let host = authority.host().to_ascii_lowercase();
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        match authority.port_u16() {
+            Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+            _ => format!("{scheme}://{host}"),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ExternalUrl {
@@ -224,6 +244,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub upstream_connect_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -236,6 +259,8 @@ impl Default for Limits {
             header_read_timeout: defaults::HEADER_READ_TIMEOUT,
             max_header_bytes: defaults::MAX_HEADER_BYTES,
             max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_source: defaults::MAX_CONNECTIONS_PER_SOURCE,
+            idle_timeout: defaults::IDLE_TIMEOUT,
             upstream_connect_timeout: defaults::UPSTREAM_CONNECT_TIMEOUT,
             upstream_response_timeout: defaults::UPSTREAM_RESPONSE_TIMEOUT,
         }
@@ -255,6 +280,7 @@ impl Limits {
             }
         };
         positive("header_read_timeout", self.header_read_timeout)?;
+        positive("idle_timeout", self.idle_timeout)?;
         positive("upstream_connect_timeout", self.upstream_connect_timeout)?;
         positive("upstream_response_timeout", self.upstream_response_timeout)?;
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES_LIMIT).contains(&self.max_header_bytes) {
@@ -269,6 +295,12 @@ impl Limits {
         if self.max_connections == 0 {
             return Err(PublicConfigError::Limit {
                 key: "max_connections",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_connections_per_source == 0 {
+            return Err(PublicConfigError::Limit {
+                key: "max_connections_per_source",
                 reason: "must be at least 1".into(),
             });
         }
@@ -506,6 +538,13 @@ mod tests {
         let cfg = parse("external_url = \"https://serve.example.com/\"").unwrap();
         assert_eq!(cfg.external_url().as_str(), "https://serve.example.com");
         assert!(cfg.external_url().is_https());
+        let origin = |url: &str| ExternalUrl::parse(url).unwrap().origin();
+        assert_eq!(
+            origin("https://Serve.Example.com:443/app"),
+            "https://serve.example.com"
+        );
+        assert_eq!(origin("http://h:80"), "http://h");
+        assert_eq!(origin("http://[::1]:8443/"), "http://[::1]:8443");
     }
 
     #[test]
@@ -534,6 +573,11 @@ mod tests {
             ("grpc_upstream = \"http://127.0.0.1:9000\"", "grpc_listen"),
             ("[limits]\nmax_header_bytes = 100", "max_header_bytes"),
             ("[limits]\nmax_connections = 0", "max_connections"),
+            (
+                "[limits]\nmax_connections_per_source = 0",
+                "max_connections_per_source",
+            ),
+            ("[limits]\nidle_timeout = 0", "idle_timeout"),
             (
                 "[limits]\nupstream_connect_timeout = 0",
                 "upstream_connect_timeout",
