@@ -1,0 +1,66 @@
+//! Timing: a statistical timing test would be flaky on shared CI, so this checks structure. The
+//! only token comparison is `Token::matches`, built on `subtle`'s constant-time `ct_eq`; the
+//! proxy compares presented credentials only through it (never `==` on the token's text); and
+//! `matches` decides on every byte (a one-byte change anywhere is refused).
+
+use serve_guard::token::Token;
+
+use crate::report;
+
+const TOKEN_RS: &str = include_str!("../../src/token.rs");
+const PROXY_SOURCES: [(&str, &str); 5] = [
+    ("auth.rs", include_str!("../../src/proxy/auth.rs")),
+    ("docs_link.rs", include_str!("../../src/proxy/docs_link.rs")),
+    ("scrub.rs", include_str!("../../src/proxy/scrub.rs")),
+    ("mod.rs", include_str!("../../src/proxy/mod.rs")),
+    ("csrf.rs", include_str!("../../src/proxy/csrf.rs")),
+];
+
+/// The body of `fn name` in `source` (up to the next line that closes an item at its indent).
+fn body_of<'a>(source: &'a str, name: &str) -> &'a str {
+    let start = source
+        .find(&format!("fn {name}("))
+        .unwrap_or_else(|| panic!("no fn {name}"));
+    let rest = &source[start..];
+    let end = rest.find("\n    }\n").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[test]
+fn token_comparison_is_constant_time_by_construction() {
+    let matches = body_of(TOKEN_RS, "matches");
+    assert!(
+        matches.contains("ct_eq"),
+        "Token::matches does not use subtle's ct_eq:\n{matches}"
+    );
+    for forbidden in ["==", "eq(", "starts_with", "cmp("] {
+        let without_ct = matches.replace("ct_eq(", "");
+        assert!(
+            !without_ct.contains(forbidden),
+            "Token::matches uses `{forbidden}`:\n{matches}"
+        );
+    }
+    assert!(TOKEN_RS.contains("use subtle::ConstantTimeEq"));
+    let mut checks = 2;
+    for (file, source) in PROXY_SOURCES {
+        for line in source.lines().filter(|l| l.contains("expose()")) {
+            assert!(
+                !line.contains("==") && !line.contains(".eq(") && !line.contains("starts_with"),
+                "{file} compares the token's text directly: {line}"
+            );
+            checks += 1;
+        }
+    }
+    // Behaviour: every single-byte change anywhere, and every prefix, is refused.
+    let text = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    let token = Token::parse(text).unwrap();
+    assert!(token.matches(text.as_bytes()));
+    for i in 0..text.len() {
+        let mut changed = text.as_bytes().to_vec();
+        changed[i] ^= 0x01;
+        assert!(!token.matches(&changed), "byte {i}");
+        assert!(!token.matches(&text.as_bytes()[..i]), "prefix {i}");
+        checks += 2;
+    }
+    report("timing (constant-time compare, structural)", checks);
+}
