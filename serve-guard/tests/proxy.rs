@@ -531,7 +531,7 @@ async fn websocket_upgrades_pass_through_after_the_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_refuses_the_old_token_and_cookie_without_restart() {
+async fn rotation_then_prune_refuses_the_old_token_and_cookie_without_restart() {
     let up = start_upstream().await;
     let proxy = start_proxy(&up.url(), |_, _| {}).await;
     let old = proxy.token();
@@ -545,6 +545,16 @@ async fn rotation_refuses_the_old_token_and_cookie_without_restart() {
     let new = new.expose().to_owned();
     assert_ne!(new, old);
     let new_auth = format!("Bearer {new}");
+    // Rotation keeps the old token accepted (no 401 window) until prune.
+    for auth in [&old_auth, &new_auth] {
+        let (status, _, _) = get(&proxy.url("/echo"), &[("authorization", auth)]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        serve_guard::token::file::prune_file(&proxy.token_file).unwrap(),
+        1
+    );
+    proxy.store.reload().unwrap();
     for headers in [
         [("authorization", old_auth.as_str())],
         [("cookie", old_cookie.as_str())],
@@ -586,7 +596,7 @@ async fn token_file_is_created_0600_with_a_43_char_base64url_token() {
     assert_eq!(token, proxy.token());
     // A token file others can read is refused.
     std::fs::set_permissions(&proxy.token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = serve_guard::token::TokenStore::open(&proxy.token_file)
+    let err = serve_guard::token::TokenSource::open(&proxy.token_file)
         .unwrap_err()
         .to_string();
     assert!(err.contains("chmod 600"), "{err}");

@@ -229,7 +229,7 @@ async fn bad_tls_files_are_clear_errors() {
     let dir = temp_dir();
     let (cert, key, _) = write_cert(dir.path());
     let store = Arc::new(
-        serve_guard::token::TokenStore::load_or_create(&dir.path().join("token")).unwrap(),
+        serve_guard::token::TokenSource::load_or_create(&dir.path().join("token")).unwrap(),
     );
     let base = serve_guard::config::public::PublicConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -249,7 +249,7 @@ async fn bad_tls_files_are_clear_errors() {
             tls_key: Some(k),
             ..base.clone()
         };
-        let err = match serve_guard::proxy::Proxy::bind(&config, store.clone()).await {
+        let err = match serve_guard::proxy::Proxy::bind(&config, store.subscribe()).await {
             Ok(_) => panic!("bad TLS files were accepted ({needle})"),
             Err(e) => e.to_string(),
         };

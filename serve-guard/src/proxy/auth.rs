@@ -5,7 +5,7 @@ use http::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, WWW_AUTHENTICA
 use http::{Response, StatusCode};
 
 use super::reply::{Body, plain};
-use crate::token::Token;
+use crate::token::TokenSet;
 
 /// The cookie the docs link sets, as Anyscale names it.
 pub const COOKIE_NAME: &str = "SERVE_TOKEN";
@@ -72,12 +72,11 @@ pub fn bearer_credential(value: &HeaderValue) -> Option<&[u8]> {
     Some(rest.trim_ascii())
 }
 
-/// Checks the request's credentials against `token` and removes the token from the headers:
-/// Authorization values that carry it (another Bearer token belongs to the app and stays), and
-/// every SERVE_TOKEN cookie (other cookies stay). `token` is `None` when none is loaded: then
-/// nothing is allowed.
-pub fn authenticate(headers: &mut HeaderMap, token: Option<&Token>, carriers: Carriers) -> Verdict {
-    let matches = |candidate: &[u8]| token.is_some_and(|t| t.matches(candidate));
+/// Checks the request's credentials against `tokens` (any one of them) and removes the token from
+/// the headers: Authorization values that carry one (another Bearer token belongs to the app and
+/// stays), and every SERVE_TOKEN cookie (other cookies stay). An empty set allows nothing.
+pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carriers) -> Verdict {
+    let matches = |candidate: &[u8]| tokens.matches(candidate);
     let mut presented = false;
     let mut by_header = false;
     let mut by_cookie = false;
@@ -170,11 +169,12 @@ pub fn unauthorized(verdict: Verdict) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Token;
 
     const TOKEN: &str = "abcdefghijklmnopqrstuvwxyz012345";
 
     fn run(pairs: &[(&str, &str)]) -> (Verdict, HeaderMap) {
-        let token = Token::parse(TOKEN).unwrap();
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap()]);
         let mut headers = HeaderMap::new();
         for (k, v) in pairs {
             headers.append(
@@ -184,7 +184,7 @@ mod tests {
         }
         let verdict = authenticate(
             &mut headers,
-            Some(&token),
+            &tokens,
             Carriers::HeaderOrCookie { secure: false },
         );
         (verdict, headers)
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(
             authenticate(
                 &mut headers,
-                None,
+                &TokenSet::default(),
                 Carriers::HeaderOrCookie { secure: false }
             ),
             Verdict::Invalid
@@ -272,16 +272,12 @@ mod tests {
 
     #[test]
     fn the_secure_cookie_name_is_read_only_over_https_and_both_are_stripped() {
-        let token = Token::parse(TOKEN).unwrap();
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap()]);
         let cookies = format!("SERVE_TOKEN={TOKEN}; __Host-SERVE_TOKEN={TOKEN}; k=v");
         for (secure, via) in [(true, Via::Cookie), (false, Via::Cookie)] {
             let mut headers = HeaderMap::new();
             headers.insert(COOKIE, HeaderValue::from_str(&cookies).unwrap());
-            let v = authenticate(
-                &mut headers,
-                Some(&token),
-                Carriers::HeaderOrCookie { secure },
-            );
+            let v = authenticate(&mut headers, &tokens, Carriers::HeaderOrCookie { secure });
             assert_eq!(v, Verdict::Allowed(via));
             assert_eq!(headers.get(COOKIE).unwrap(), "k=v");
         }
@@ -293,7 +289,7 @@ mod tests {
         );
         let v = authenticate(
             &mut headers,
-            Some(&token),
+            &tokens,
             Carriers::HeaderOrCookie { secure: true },
         );
         assert_eq!(v, Verdict::Missing);
@@ -302,14 +298,14 @@ mod tests {
 
     #[test]
     fn grpc_ignores_cookies() {
-        let token = Token::parse(TOKEN).unwrap();
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap()]);
         let mut headers = HeaderMap::new();
         headers.insert(
             COOKIE,
             HeaderValue::from_str(&format!("SERVE_TOKEN={TOKEN}")).unwrap(),
         );
         assert_eq!(
-            authenticate(&mut headers, Some(&token), Carriers::HeaderOnly),
+            authenticate(&mut headers, &tokens, Carriers::HeaderOnly),
             Verdict::Missing
         );
         assert!(headers.get(COOKIE).is_none());

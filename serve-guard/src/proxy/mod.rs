@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::public::{PublicConfig, PublicConfigError, Upstream};
-use crate::token::TokenStore;
+use crate::token::TokenReceiver;
 use auth::{Carriers, Verdict, Via};
 use docs_link::CookieSettings;
 use forward::{Forward, ForwardError, UpstreamClient};
@@ -97,7 +97,9 @@ fn target(path: &str, query: Option<&str>) -> String {
 /// Answers the requests of one listener.
 pub struct Handler {
     kind: Kind,
-    tokens: Arc<TokenStore>,
+    /// The tokens in force, read per request: a change applies to the next request on every
+    /// connection.
+    tokens: TokenReceiver,
     client: UpstreamClient,
     upstream: Upstream,
     unauthenticated_paths: Vec<String>,
@@ -135,21 +137,21 @@ impl Handler {
                 "405 Method Not Allowed: CONNECT is not supported\n",
             ));
         }
-        let token = self.tokens.current();
+        let tokens = self.tokens.borrow().clone();
         let secure = info.tls || self.external_https;
         let cookie = CookieSettings {
             max_age_secs: self.cookie_max_age_secs,
             secure,
         };
-        if let Some(resp) = docs_link::handle(req.method(), req.uri(), token.as_deref(), cookie) {
+        if let Some(resp) = docs_link::handle(req.method(), req.uri(), &tokens, cookie) {
             return Decision::Answer(resp);
         }
         let verdict = auth::authenticate(
             req.headers_mut(),
-            token.as_deref(),
+            &tokens,
             Carriers::HeaderOrCookie { secure },
         );
-        let is_token = |word: &[u8]| token.as_deref().is_some_and(|t| t.matches(word));
+        let is_token = |word: &[u8]| tokens.matches(word);
         scrub::headers(req.headers_mut(), &is_token);
         let query = req.uri().query().map(|q| scrub::query(q, &is_token));
         let query = query.as_deref();
@@ -182,10 +184,10 @@ impl Handler {
 
     /// The token check on the `authorization` metadata; strips the token.
     fn check_grpc(&self, req: &mut Request<Incoming>) -> Decision {
-        let token = self.tokens.current();
-        match auth::authenticate(req.headers_mut(), token.as_deref(), Carriers::HeaderOnly) {
+        let tokens = self.tokens.borrow().clone();
+        match auth::authenticate(req.headers_mut(), &tokens, Carriers::HeaderOnly) {
             Verdict::Allowed(_) => {
-                let is_token = |word: &[u8]| token.as_deref().is_some_and(|t| t.matches(word));
+                let is_token = |word: &[u8]| tokens.matches(word);
                 scrub::headers(req.headers_mut(), &is_token);
                 Decision::Forward(Route {
                     path_and_query: target(req.uri().path(), req.uri().query()),
@@ -251,16 +253,17 @@ pub struct Proxy {
     grpc: Option<Listener>,
     local_addr: SocketAddr,
     grpc_local_addr: Option<SocketAddr>,
+    tls: Option<tls::TlsFiles>,
     config: PublicConfig,
 }
 
 impl Proxy {
     /// Validates `config`, loads the TLS files and binds the listeners, so that every error
     /// shows before anything is served.
-    pub async fn bind(config: &PublicConfig, tokens: Arc<TokenStore>) -> Result<Proxy, ProxyError> {
+    pub async fn bind(config: &PublicConfig, tokens: TokenReceiver) -> Result<Proxy, ProxyError> {
         config.validate()?;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::TlsFiles::load(cert, key)?),
             _ => None,
         };
         let handler = |kind, upstream: Upstream| {
@@ -302,7 +305,7 @@ impl Proxy {
                 })?;
                 let listener = Listener {
                     tcp,
-                    tls,
+                    tls: tls.clone(),
                     handler: handler(Kind::Grpc, config.grpc_upstream()),
                 };
                 (Some(listener), Some(local))
@@ -314,8 +317,14 @@ impl Proxy {
             grpc,
             local_addr,
             grpc_local_addr,
+            tls,
             config: config.clone(),
         })
+    }
+
+    /// The TLS files both listeners serve, for SIGHUP to reload; `None` without TLS.
+    pub fn tls(&self) -> Option<tls::TlsFiles> {
+        self.tls.clone()
     }
 
     /// The HTTP listener's address (useful when `listen` has port 0).

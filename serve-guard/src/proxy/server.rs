@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use super::Handler;
 use super::limits::{ConnectionLimit, Slot};
 use super::reply::Body;
+use super::tls::TlsFiles;
 
 /// After an accept error (e.g. out of file descriptors), wait this long before the next
 /// accept instead of spinning.
@@ -55,7 +56,7 @@ pub struct ConnInfo {
 
 pub struct Listener {
     pub tcp: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<TlsFiles>,
     pub handler: Arc<Handler>,
 }
 
@@ -109,7 +110,9 @@ pub async fn run(
             timing,
             shutdown: shutdown.clone(),
         };
-        connections.spawn(conn.run(stream, listener.tls.clone()));
+        // Per connection: a certificate reloaded by SIGHUP serves the next handshake.
+        let tls = listener.tls.as_ref().map(TlsFiles::acceptor);
+        connections.spawn(conn.run(stream, tls));
     }
     connections.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())

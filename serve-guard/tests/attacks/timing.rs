@@ -1,13 +1,14 @@
 //! Timing: a statistical timing test would be flaky on shared CI, so this checks structure. The
-//! only token comparison is `Token::matches`, built on `subtle`'s constant-time `ct_eq`; the
-//! proxy compares presented credentials only through it (never `==` on the token's text); and
-//! `matches` decides on every byte (a one-byte change anywhere is refused).
+//! only token comparison is `Token::matches_ct`, built on `subtle`'s constant-time `ct_eq`;
+//! `TokenSet::matches` folds it over every token without an early exit; the proxy compares
+//! presented credentials only through them (never `==` on the token's text); and the compare
+//! decides on every byte (a one-byte change anywhere is refused).
 
 use serve_guard::token::Token;
 
 use crate::report;
 
-const TOKEN_RS: &str = include_str!("../../src/token.rs");
+const TOKEN_RS: &str = include_str!("../../src/token/mod.rs");
 const PROXY_SOURCES: [(&str, &str); 5] = [
     ("auth.rs", include_str!("../../src/proxy/auth.rs")),
     ("docs_link.rs", include_str!("../../src/proxy/docs_link.rs")),
