@@ -29,20 +29,32 @@ fn body_of<'a>(source: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn token_comparison_is_constant_time_by_construction() {
-    let matches = body_of(TOKEN_RS, "matches");
+    let compare = body_of(TOKEN_RS, "matches_ct");
     assert!(
-        matches.contains("ct_eq"),
-        "Token::matches does not use subtle's ct_eq:\n{matches}"
+        compare.contains("ct_eq"),
+        "matches_ct does not use subtle's ct_eq:\n{compare}"
     );
     for forbidden in ["==", "eq(", "starts_with", "cmp("] {
-        let without_ct = matches.replace("ct_eq(", "");
+        let without_ct = compare.replace("ct_eq(", "");
         assert!(
             !without_ct.contains(forbidden),
-            "Token::matches uses `{forbidden}`:\n{matches}"
+            "matches_ct uses `{forbidden}`:\n{compare}"
         );
     }
-    assert!(TOKEN_RS.contains("use subtle::ConstantTimeEq"));
-    let mut checks = 2;
+    // Token::matches and TokenSet::matches go through matches_ct, the set without an early exit.
+    assert!(body_of(TOKEN_RS, "matches").contains("matches_ct"));
+    let set_start = TOKEN_RS.find("impl TokenSet").expect("impl TokenSet");
+    let set_matches = body_of(&TOKEN_RS[set_start..], "matches");
+    assert!(
+        set_matches.contains("fold(") && set_matches.contains("matches_ct"),
+        "{set_matches}"
+    );
+    assert!(
+        !set_matches.contains("any(") && !set_matches.contains("find("),
+        "{set_matches}"
+    );
+    assert!(TOKEN_RS.contains("ConstantTimeEq"));
+    let mut checks = 4;
     for (file, source) in PROXY_SOURCES {
         for line in source.lines().filter(|l| l.contains("expose()")) {
             assert!(
