@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Defaults, as documented in docs/public-mode.md.
 pub mod defaults {
@@ -19,6 +19,8 @@ pub mod defaults {
     pub const UPSTREAM: &str = "http://127.0.0.1:8000";
     pub const GRPC_UPSTREAM: &str = "http://127.0.0.1:9000";
     pub const TOKEN_FILE: &str = "/etc/serve-guard/token";
+    /// The account the internet-facing proxy process runs as: no files, no capabilities.
+    pub const PROXY_USER: &str = "nobody";
     pub const UNAUTHENTICATED_PATHS: [&str; 1] = ["/-/healthz"];
     /// The docs-link cookie lives a week, like a typical "remember me".
     pub const COOKIE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -130,6 +132,12 @@ impl std::fmt::Display for Upstream {
     }
 }
 
+impl Serialize for Upstream {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Upstream {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -185,11 +193,22 @@ impl ExternalUrl {
     }
 }
 
+impl Serialize for ExternalUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for ExternalUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         ExternalUrl::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// As a humane string that [`de_duration`] reads back exactly (`"1s 500ms"`).
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
 }
 
 /// Whole seconds or a humane duration string.
@@ -212,6 +231,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             ))
         }),
     }
+}
+
+fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 fn de_opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -237,19 +260,19 @@ fn de_opt_upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Upstream>, 
 }
 
 /// Limits that keep one client from exhausting the proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_source: usize,
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub upstream_connect_timeout: Duration,
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub upstream_response_timeout: Duration,
 }
 
@@ -309,11 +332,12 @@ impl Limits {
 }
 
 /// The `[public]` table. Every field has a default, so an absent table is a valid config.
-#[derive(Debug, Clone, Deserialize)]
+/// Serialize (JSON) is how the agent hands the table to the proxy process, which reads no files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublicConfig {
     /// Where the token proxy listens.
-    #[serde(deserialize_with = "de_socket_addr")]
+    #[serde(serialize_with = "ser_display", deserialize_with = "de_socket_addr")]
     pub listen: SocketAddr,
     /// Ray Serve's HTTP endpoint.
     pub upstream: Upstream,
@@ -323,16 +347,24 @@ pub struct PublicConfig {
     pub tls_key: Option<PathBuf>,
     /// The URL users are given; derived from `listen` when absent (see [`Self::external_url`]).
     pub external_url: Option<ExternalUrl>,
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub cookie_max_age: Duration,
     /// Exact paths served without a token, compared after normalisation.
     pub unauthenticated_paths: Vec<String>,
     /// gRPC listener; gRPC is off when absent.
-    #[serde(deserialize_with = "de_opt_socket_addr")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_socket_addr"
+    )]
     pub grpc_listen: Option<SocketAddr>,
     /// Ray Serve's gRPC endpoint (h2c); `http://127.0.0.1:9000` when absent.
-    #[serde(deserialize_with = "de_opt_upstream")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_upstream"
+    )]
     pub grpc_upstream: Option<Upstream>,
+    /// The unprivileged account the proxy process runs as (its primary group too).
+    pub proxy_user: String,
     pub limits: Limits,
 }
 
@@ -352,6 +384,7 @@ impl Default for PublicConfig {
                 .collect(),
             grpc_listen: None,
             grpc_upstream: None,
+            proxy_user: defaults::PROXY_USER.to_owned(),
             limits: Limits::default(),
         }
     }
@@ -527,6 +560,19 @@ mod tests {
         assert!(err.contains("grpc_listen"), "{err}");
         let cfg = parse("grpc_listen = \"0.0.0.0:9443\"").unwrap();
         cfg.validate_for(&ports).unwrap();
+    }
+
+    #[test]
+    fn serializes_to_what_it_parses() {
+        let text = "listen = \"127.0.0.1:8443\"\ngrpc_listen = \"[::1]:9443\"\ncookie_max_age = \"1d 2h\"\nexternal_url = \"https://h\"\nproxy_user = \"sg-proxy\"\n[limits]\nheader_read_timeout = \"1500ms\"\nmax_connections_per_source = 3";
+        let cfg = parse(text).unwrap();
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: PublicConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(format!("{cfg:?}"), format!("{back:?}"));
+        let defaults = PublicConfig::default();
+        let back: PublicConfig =
+            serde_json::from_str(&serde_json::to_string(&defaults).unwrap()).unwrap();
+        assert_eq!(format!("{defaults:?}"), format!("{back:?}"));
     }
 
     #[test]

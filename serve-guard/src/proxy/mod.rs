@@ -13,6 +13,8 @@
 //! - `grpc`: the gRPC listener's answers.
 //! - `tls`, `limits`, `server`: listeners, limits and the accept loop.
 //! - `routes`, `status`: what `serve-guard status` shows in public mode.
+//! - `worker`: the agent runs the proxy as a separate unprivileged process (no capabilities,
+//!   no files); its supervisor, the channel to it, and the process's own start.
 
 pub mod auth;
 pub mod csrf;
@@ -27,6 +29,7 @@ pub mod scrub;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -257,15 +260,54 @@ pub struct Proxy {
     config: PublicConfig,
 }
 
+/// The listening sockets, bound before anything is served. The agent binds them and hands
+/// them to the proxy process, which could not bind a privileged port itself.
+pub struct Sockets {
+    pub http: std::net::TcpListener,
+    pub grpc: Option<std::net::TcpListener>,
+}
+
+impl Sockets {
+    /// Binds `listen` and, if set, `grpc_listen`.
+    pub fn bind(config: &PublicConfig) -> Result<Sockets, ProxyError> {
+        let bind = |addr: SocketAddr, what| {
+            std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind {
+                addr,
+                what,
+                source,
+            })
+        };
+        Ok(Sockets {
+            http: bind(config.listen, "public listen")?,
+            grpc: config
+                .grpc_listen
+                .map(|addr| bind(addr, "grpc_listen"))
+                .transpose()?,
+        })
+    }
+}
+
 impl Proxy {
     /// Validates `config`, loads the TLS files and binds the listeners, so that every error
-    /// shows before anything is served.
+    /// shows before anything is served. (In-process; the agent runs [`worker`] instead.)
     pub async fn bind(config: &PublicConfig, tokens: TokenReceiver) -> Result<Proxy, ProxyError> {
         config.validate()?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::TlsFiles::load(cert, key)?),
             _ => None,
         };
+        Proxy::with_sockets(config, tokens, Sockets::bind(config)?, tls)
+    }
+
+    /// The proxy on sockets bound elsewhere, with TLS material loaded elsewhere: what the proxy
+    /// process runs with. Reads no files.
+    pub fn with_sockets(
+        config: &PublicConfig,
+        tokens: TokenReceiver,
+        sockets: Sockets,
+        tls: Option<tls::TlsFiles>,
+    ) -> Result<Proxy, ProxyError> {
+        config.validate()?;
         let handler = |kind, upstream: Upstream| {
             Arc::new(Handler {
                 kind,
@@ -279,30 +321,21 @@ impl Proxy {
                 response_timeout: config.limits.upstream_response_timeout,
             })
         };
-        let bind = |addr: SocketAddr, what| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Bind { addr, what, source })
+        let listener = |std: std::net::TcpListener, addr: SocketAddr, what| {
+            let io = |source| ProxyError::Bind { addr, what, source };
+            std.set_nonblocking(true).map_err(io)?;
+            let local = std.local_addr().map_err(io)?;
+            Ok::<_, ProxyError>((TcpListener::from_std(std).map_err(io)?, local))
         };
-        let tcp = bind(config.listen, "public listen").await?;
-        let local_addr = tcp.local_addr().map_err(|source| ProxyError::Bind {
-            addr: config.listen,
-            what: "public listen",
-            source,
-        })?;
+        let (tcp, local_addr) = listener(sockets.http, config.listen, "public listen")?;
         let http = Listener {
             tcp,
             tls: tls.clone(),
             handler: handler(Kind::Http, config.upstream.clone()),
         };
-        let (grpc, grpc_local_addr) = match config.grpc_listen {
-            Some(addr) => {
-                let tcp = bind(addr, "grpc_listen").await?;
-                let local = tcp.local_addr().map_err(|source| ProxyError::Bind {
-                    addr,
-                    what: "grpc_listen",
-                    source,
-                })?;
+        let (grpc, grpc_local_addr) = match (sockets.grpc, config.grpc_listen) {
+            (Some(std), Some(addr)) => {
+                let (tcp, local) = listener(std, addr, "grpc_listen")?;
                 let listener = Listener {
                     tcp,
                     tls: tls.clone(),
@@ -310,7 +343,7 @@ impl Proxy {
                 };
                 (Some(listener), Some(local))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         Ok(Proxy {
             http,
