@@ -153,9 +153,14 @@ fn the_proxy_process_has_no_privileges_and_restarts_with_the_current_tokens() ->
         status_field(&agent_status, "CapEff:") != "0000000000000000",
         "the agent itself should keep its capabilities (sanity check of the reading)"
     );
-    // It holds no BPF object and no file: sockets, pipes and /dev/null only.
+    // It holds no BPF object and no file beyond the agent's stdio (its log): sockets, pipes and
+    // the runtime's own descriptors only.
     for fd in std::fs::read_dir(format!("/proc/{worker}/fd"))? {
-        let target = std::fs::read_link(fd?.path())?.display().to_string();
+        let fd = fd?;
+        if fd.file_name().to_str().is_some_and(|n| ["0", "1", "2"].contains(&n)) {
+            continue;
+        }
+        let target = std::fs::read_link(fd.path())?.display().to_string();
         ensure!(
             target.starts_with("socket:")
                 || target.starts_with("pipe:")
