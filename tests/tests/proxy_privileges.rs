@@ -157,7 +157,11 @@ fn the_proxy_process_has_no_privileges_and_restarts_with_the_current_tokens() ->
     // the runtime's own descriptors only.
     for fd in std::fs::read_dir(format!("/proc/{worker}/fd"))? {
         let fd = fd?;
-        if fd.file_name().to_str().is_some_and(|n| ["0", "1", "2"].contains(&n)) {
+        if fd
+            .file_name()
+            .to_str()
+            .is_some_and(|n| ["0", "1", "2"].contains(&n))
+        {
             continue;
         }
         let target = std::fs::read_link(fd.path())?.display().to_string();

@@ -278,9 +278,10 @@ async fn start_subsystems(
     let cidrs = crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
     let mut tls = None;
     if let Some(tokens) = &tokens {
-        // Token-checking reverse proxy, as an unprivileged process: its sockets are bound and
-        // its TLS files read here, so a busy port or bad TLS files stop the start.
-        let proxy = crate::proxy::worker::Supervisor::prepare(&public, tokens.subscribe())?;
+        // Token-checking reverse proxy, as an unprivileged process: its sockets are bound, its
+        // TLS files read and the process started here, so a busy port, bad TLS files or
+        // privileges that cannot be dropped stop the start.
+        let proxy = crate::proxy::worker::Supervisor::start(&public, tokens.subscribe()).await?;
         tls = proxy.tls();
         subsystems.spawn(
             "public proxy",

@@ -12,7 +12,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::privileges::{Account, PrivilegeError};
@@ -31,6 +33,8 @@ const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A process that served this long is stable: the next crash restarts at the minimum delay.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// From spawn to the process's Ready (it drops privileges and binds nothing: quick).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown the process drains (4 s, see `server`); beyond this it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_millis(4500);
 
@@ -42,9 +46,12 @@ pub enum SupervisorError {
     Privileges(#[from] PrivilegeError),
     #[error("cannot start the proxy process: {0}")]
     Spawn(std::io::Error),
+    /// Its own log line says why (e.g. privileges that cannot be dropped).
+    #[error("the proxy process {0}")]
+    NotReady(String),
 }
 
-/// The proxy, ready to be run as a process.
+/// The proxy run as a process, and what it is restarted with.
 pub struct Supervisor {
     config: PublicConfig,
     account: Account,
@@ -52,6 +59,16 @@ pub struct Supervisor {
     tokens: TokenReceiver,
     tls: Option<TlsFiles>,
     log_level: String,
+    /// The process started by [`Supervisor::start`], until [`Supervisor::run`] takes it over.
+    first: Option<Running>,
+}
+
+/// A proxy process that reported ready, and its channel.
+struct Running {
+    child: Child,
+    from_worker: OwnedReadHalf,
+    to_worker: OwnedWriteHalf,
+    tls_changes: Option<watch::Receiver<u64>>,
 }
 
 /// How one proxy process ended.
@@ -61,9 +78,11 @@ enum Ended {
 }
 
 impl Supervisor {
-    /// Validates the config, resolves `proxy_user`, loads the TLS files and binds the
-    /// listeners, so that every error shows before anything runs.
-    pub fn prepare(
+    /// Validates the config, resolves `proxy_user`, loads the TLS files, binds the listeners
+    /// and starts the first proxy process, waiting until it serves without privileges: every
+    /// error (a busy port, bad TLS files, an unknown user, privileges that cannot be dropped)
+    /// shows before the agent reports ready.
+    pub async fn start(
         config: &PublicConfig,
         tokens: TokenReceiver,
     ) -> Result<Supervisor, SupervisorError> {
@@ -74,14 +93,17 @@ impl Supervisor {
             _ => None,
         };
         let sockets = Sockets::bind(config)?;
-        Ok(Supervisor {
+        let mut supervisor = Supervisor {
             config: config.clone(),
             account,
             sockets,
             tokens,
             tls,
             log_level: tracing::level_filters::LevelFilter::current().to_string(),
-        })
+            first: None,
+        };
+        supervisor.first = Some(supervisor.launch().await?);
+        Ok(supervisor)
     }
 
     /// The TLS files, for SIGHUP to reload; each change is sent to the proxy process.
@@ -89,7 +111,8 @@ impl Supervisor {
         self.tls.clone()
     }
 
-    /// Runs proxy processes until `shutdown` completes.
+    /// Supervises proxy processes until `shutdown` completes: a process that dies is replaced
+    /// after a back-off that doubles per crash in a row.
     pub async fn run<F>(mut self, shutdown: F) -> Result<(), SupervisorError>
     where
         F: std::future::Future<Output = ()> + Send,
@@ -98,72 +121,112 @@ impl Supervisor {
         let mut backoff = RESTART_BACKOFF_MIN;
         loop {
             let started = Instant::now();
-            match self.run_once(&mut shutdown).await? {
-                Ended::Shutdown => return Ok(()),
-                Ended::Exited(how) => {
-                    if started.elapsed() >= STABLE_AFTER {
-                        backoff = RESTART_BACKOFF_MIN;
-                    }
-                    tracing::error!("the proxy process {how}; restarting it in {backoff:?}");
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
-                }
+            let running = match self.first.take() {
+                Some(running) => Ok(running),
+                None => self.launch().await,
+            };
+            let how = match running {
+                Ok(running) => match self.supervise(running, &mut shutdown).await {
+                    Ended::Shutdown => return Ok(()),
+                    Ended::Exited(how) => how,
+                },
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() >= STABLE_AFTER {
+                backoff = RESTART_BACKOFF_MIN;
+            }
+            tracing::error!("the proxy process {how}; restarting it in {backoff:?}");
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+        }
+    }
+
+    /// Spawns a proxy process, sends it the start message with the token set and TLS material
+    /// in force now (never an older one), and waits until it reports ready.
+    async fn launch(&mut self) -> Result<Running, SupervisorError> {
+        let (mut child, channel) = self.spawn()?;
+        let (mut from_worker, mut to_worker) = channel.into_split();
+        let mut tls_changes = self.tls.as_ref().map(TlsFiles::subscribe);
+        if let Some(rx) = tls_changes.as_mut() {
+            rx.borrow_and_update();
+        }
+        let start = ToWorker::Start {
+            config: Box::new(self.config.clone()),
+            tokens: WireTokens::from(&**self.tokens.borrow_and_update()),
+            tls: self.tls.as_ref().map(TlsFiles::pem),
+        };
+        let ready = async {
+            protocol::send(&mut to_worker, &start).await?;
+            protocol::recv::<_, FromWorker>(&mut from_worker).await
+        };
+        match tokio::time::timeout(START_TIMEOUT, ready).await {
+            Ok(Ok(FromWorker::Ready)) => {
+                tracing::info!(
+                    pid = child.id(),
+                    user = %self.config.proxy_user,
+                    "proxy process serving, without privileges"
+                );
+                Ok(Running {
+                    child,
+                    from_worker,
+                    to_worker,
+                    tls_changes,
+                })
+            }
+            failed => {
+                let _ = child.start_kill();
+                let status = child.wait().await;
+                let how = match (failed, status) {
+                    (_, Ok(s)) if !s.success() => format!("exited ({s})"),
+                    (Err(_), _) => format!("did not report ready within {START_TIMEOUT:?}"),
+                    (Ok(Err(e)), _) => format!("did not report ready: {e}"),
+                    (Ok(Ok(_)), _) => "did not report ready".to_owned(),
+                };
+                Err(SupervisorError::NotReady(how))
             }
         }
     }
 
-    /// One proxy process, from spawn to exit (or to shutdown).
-    async fn run_once<F>(
+    /// Forwards changes to a running proxy process until it exits or `shutdown` completes.
+    async fn supervise<F>(
         &mut self,
+        running: Running,
         shutdown: &mut std::pin::Pin<&mut F>,
-    ) -> Result<Ended, SupervisorError>
+    ) -> Ended
     where
         F: std::future::Future<Output = ()> + Send,
     {
-        let (mut child, channel) = self.spawn()?;
-        let (mut from_worker, mut to_worker) = channel.into_split();
-        let mut tls_changes = self.tls.as_ref().map(TlsFiles::subscribe);
-        // The set in force now: a restarted process never serves an older one.
-        let tokens = WireTokens::from(&**self.tokens.borrow_and_update());
-        let start = ToWorker::Start {
-            config: Box::new(self.config.clone()),
-            tokens,
-            tls: self.tls.as_ref().map(|t| {
-                if let Some(rx) = tls_changes.as_mut() {
-                    rx.borrow_and_update();
-                }
-                t.pem()
-            }),
-        };
-        if let Err(e) = protocol::send(&mut to_worker, &start).await {
-            tracing::warn!("cannot send the start message to the proxy process: {e}");
-        }
-        let mut ready = false;
+        let Running {
+            mut child,
+            mut from_worker,
+            mut to_worker,
+            mut tls_changes,
+        } = running;
+        let mut tokens_open = true;
         loop {
             tokio::select! {
                 _ = shutdown.as_mut() => {
                     stop(&mut child).await;
-                    return Ok(Ended::Shutdown);
+                    return Ended::Shutdown;
                 }
                 status = child.wait() => {
-                    let how = match status {
+                    return Ended::Exited(match status {
                         Ok(s) => format!("exited ({s})"),
                         Err(e) => format!("could not be waited for ({e})"),
-                    };
-                    return Ok(Ended::Exited(how));
+                    });
                 }
-                changed = self.tokens.changed() => {
-                    if changed.is_err() {
-                        // The token source is gone: the agent is stopping.
-                        continue;
-                    }
-                    let tokens = WireTokens::from(&**self.tokens.borrow_and_update());
-                    if let Err(e) = protocol::send(&mut to_worker, &ToWorker::Tokens(tokens)).await {
-                        tracing::warn!("cannot send the new token set to the proxy process: {e}; restarting it");
-                        let _ = child.start_kill();
+                changed = self.tokens.changed(), if tokens_open => {
+                    // Closed: the token source is gone, the agent is stopping.
+                    tokens_open = changed.is_ok();
+                    if tokens_open {
+                        let tokens = WireTokens::from(&**self.tokens.borrow_and_update());
+                        if let Err(e) = protocol::send(&mut to_worker, &ToWorker::Tokens(tokens)).await {
+                            tracing::warn!("cannot send the new token set to the proxy process ({e}); restarting it");
+                            let _ = child.start_kill();
+                        }
                     }
                 }
                 Some(Ok(())) = async {
@@ -175,23 +238,20 @@ impl Supervisor {
                     if let Some(tls) = &self.tls
                         && let Err(e) = protocol::send(&mut to_worker, &ToWorker::Tls(tls.pem())).await
                     {
-                        tracing::warn!("cannot send the new TLS material to the proxy process: {e}; restarting it");
+                        tracing::warn!("cannot send the new TLS material to the proxy process ({e}); restarting it");
                         let _ = child.start_kill();
                     }
                 }
-                message = protocol::recv::<_, FromWorker>(&mut from_worker), if !ready => {
-                    match message {
-                        Ok(FromWorker::Ready) => {
-                            ready = true;
-                            tracing::info!(pid = child.id(), user = %self.config.proxy_user, "proxy process serving without privileges");
-                        }
-                        Err(e) => {
-                            // Closed or garbage: the process is dying or compromised.
-                            tracing::warn!("the proxy process's channel: {e}");
-                            let _ = child.start_kill();
-                            ready = true;
-                        }
-                    }
+                // After Ready the process has nothing to say: anything, or the end of the
+                // channel, means it is dying or compromised.
+                message = protocol::recv::<_, FromWorker>(&mut from_worker) => {
+                    tracing::warn!("the proxy process's channel: {}; restarting it", match message {
+                        Ok(m) => format!("unexpected {m:?}"),
+                        Err(e) => e.to_string(),
+                    });
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Ended::Exited("closed its channel".to_owned());
                 }
             }
         }
