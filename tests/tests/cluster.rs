@@ -145,20 +145,23 @@ enum Carrier {
     Cookie,
 }
 
+impl Carrier {
+    /// The request header that carries `token`.
+    fn header(self, token: &str) -> (&'static str, String) {
+        match self {
+            Carrier::Bearer => ("Authorization", format!("Bearer {token}")),
+            Carrier::Cookie => ("Cookie", format!("{COOKIE}={token}")),
+        }
+    }
+}
+
 fn request(
     client: &Netns,
     addr: SocketAddr,
     token: &str,
     carrier: Carrier,
 ) -> Result<HttpResponse> {
-    let value = match carrier {
-        Carrier::Bearer => format!("Bearer {token}"),
-        Carrier::Cookie => format!("{COOKIE}={token}"),
-    };
-    let name = match carrier {
-        Carrier::Bearer => "Authorization",
-        Carrier::Cookie => "Cookie",
-    };
+    let (name, value) = carrier.header(token);
     Ok(probe::http_request(client, addr, "/", &[(name, &value)])?)
 }
 
@@ -189,16 +192,12 @@ impl Prober {
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < PROBER_MAX {
                     let node = i % 2;
                     let addr = targets[node][(i / 2) % 2];
-                    let carrier = if (i / 4) % 2 == 0 {
+                    let carrier = if (i / 4).is_multiple_of(2) {
                         Carrier::Bearer
                     } else {
                         Carrier::Cookie
                     };
-                    let current = token.lock().unwrap().clone();
-                    let (name, value) = match carrier {
-                        Carrier::Bearer => ("Authorization", format!("Bearer {current}")),
-                        Carrier::Cookie => ("Cookie", format!("{COOKIE}={current}")),
-                    };
+                    let (name, value) = carrier.header(&token.lock().unwrap());
                     let status =
                         probe::here::http_request(addr, "/", &[(name, &value)], limits::PROBE_IO)
                             .map_or(0, |r| r.status);

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Mode, Overrides};
 use crate::proxy::tls::TlsFiles;
 use crate::token::{TokenError, read_token_file};
 
@@ -38,7 +38,9 @@ pub async fn exec(config_path: &Path, _args: Args) -> anyhow::Result<()> {
         host.cidrs.v4().len(),
         host.cidrs.v6().len()
     );
-    if let Some(public) = &config.public {
+    // A `[public]` table in private mode is validated with the config but its files are not
+    // read: `run` does not read them either.
+    if let (Mode::Public, Some(public)) = (config.mode, &config.public) {
         public.validate()?;
         match read_token_file(&public.token_file) {
             Ok(set) => println!(

@@ -17,8 +17,7 @@ use hyper::Method;
 use crate::config::{Config, Overrides, public::PublicConfig};
 use crate::control::client::{Client, ClientError};
 use crate::control::{TokenReloaded, routes};
-use crate::token::file::prune_file;
-use crate::token::{Token, TokenError, read_token_file, rotate_file};
+use crate::token::{Token, TokenError, prune_file, read_token_file, rotate_file};
 
 /// The control socket's answer when the agent has no token (private mode).
 const CONFLICT: u16 = 409;

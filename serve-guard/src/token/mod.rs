@@ -15,7 +15,7 @@
 pub mod file;
 pub mod source;
 
-pub use file::{read_token_file, rotate_file};
+pub use file::{prune_file, read_token_file, rotate_file};
 pub use source::{TokenReceiver, TokenSource};
 
 use std::io;

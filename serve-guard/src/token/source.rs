@@ -168,6 +168,13 @@ mod tests {
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
+    fn tmpdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("sg-token-source-")
+            .tempdir()
+            .unwrap()
+    }
+
     fn write(path: &Path, text: &str) {
         fs::write(path, text).unwrap();
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -175,10 +182,7 @@ mod tests {
 
     #[test]
     fn reload_publishes_changes_and_keeps_the_set_on_errors() {
-        let dir = tempfile::Builder::new()
-            .prefix("sg-token-source-")
-            .tempdir()
-            .unwrap();
+        let dir = tmpdir();
         let path = dir.path().join("token");
         write(&path, &format!("{A}\n"));
         let source = TokenSource::load_or_create(&path).unwrap();
@@ -224,10 +228,7 @@ mod tests {
 
     #[test]
     fn first_start_creates_a_0600_file_with_one_token() {
-        let dir = tempfile::Builder::new()
-            .prefix("sg-token-source-")
-            .tempdir()
-            .unwrap();
+        let dir = tmpdir();
         let path = dir.path().join("token");
         assert!(matches!(
             TokenSource::open(&path),
