@@ -3,6 +3,8 @@
 //! crash of it neither stops the agent nor leaves the port answering with an old token set.
 //!
 //! The real agent in a server namespace with XDP attached; clients in the outside namespace.
+//! The proxy process cannot read the TLS key (root's, 0600): a renewed certificate reaches it
+//! over the agent's channel on SIGHUP.
 
 use anyhow::{Context as _, Result, ensure};
 use serve_guard_tests::agent::{Agent, AgentConfig};
@@ -13,7 +15,13 @@ use serve_guard_tests::{limits, wait_for};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use serve_guard_tests::netns::Netns;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 const PROXY_PORT: u16 = 8443;
 /// The stand-in for Ray Serve's HTTP port, behind the proxy.
@@ -65,6 +73,63 @@ fn get_status(ns: &serve_guard_tests::netns::Netns, token: Option<&str>) -> Opti
         .map(|r| r.status)
 }
 
+/// The public table for the agent: the listener, the stand-in upstream, the token file.
+fn public_table(token_file: &Path) -> toml::Table {
+    let mut public = toml::Table::new();
+    public.insert("listen".into(), format!("0.0.0.0:{PROXY_PORT}").into());
+    public.insert(
+        "upstream".into(),
+        format!("http://127.0.0.1:{UPSTREAM_PORT}").into(),
+    );
+    public.insert("token_file".into(), token_file.display().to_string().into());
+    public
+}
+
+fn agent_config(public: toml::Table) -> AgentConfig {
+    AgentConfig::public(&[IFACE])
+        .cidrs(&Topology::vpc_cidrs())
+        .serve_ports(&[UPSTREAM_PORT, 9000])
+        .set("public", public)
+}
+
+/// A self-signed certificate for the server's address; the key written 0600 (root's).
+fn write_cert(cert: &Path, key: &Path) -> Result<CertificateDer<'static>> {
+    let generated = rcgen::generate_simple_self_signed(vec![SERVER_V4.to_string()])?;
+    std::fs::write(cert, generated.cert.pem())?;
+    std::fs::write(key, generated.signing_key.serialize_pem())?;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))?;
+    Ok(generated.cert.der().clone())
+}
+
+/// Whether a TLS handshake from `ns` succeeds when only `trusted` is trusted.
+fn handshake_trusting(ns: &Netns, trusted: &CertificateDer<'static>) -> Result<bool> {
+    let trusted = trusted.clone();
+    ns.run(move || -> Result<bool> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(trusted)?;
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let tcp =
+                tokio::time::timeout(limits::PROBE_IO, TcpStream::connect(proxy_addr())).await??;
+            let name = ServerName::IpAddress(std::net::IpAddr::from(SERVER_V4).into());
+            let connected = tokio::time::timeout(
+                limits::PROBE_IO,
+                TlsConnector::from(Arc::new(config)).connect(name, tcp),
+            )
+            .await?;
+            Ok(connected.is_ok())
+        })
+    })?
+}
+
 fn read_primary(token_file: &Path) -> Result<String> {
     let text = std::fs::read_to_string(token_file)?;
     text.lines()
@@ -80,18 +145,7 @@ fn the_proxy_process_has_no_privileges_and_restarts_with_the_current_tokens() ->
     let _upstream = HttpServer::start(&topo.server.ns, &[UPSTREAM_PORT])?;
     let dir = tempfile::Builder::new().prefix("sg-privs-").tempdir()?;
     let token_file = dir.path().join("token");
-    let mut public = toml::Table::new();
-    public.insert("listen".into(), format!("0.0.0.0:{PROXY_PORT}").into());
-    public.insert(
-        "upstream".into(),
-        format!("http://127.0.0.1:{UPSTREAM_PORT}").into(),
-    );
-    public.insert("token_file".into(), token_file.display().to_string().into());
-    let cfg = AgentConfig::public(&[IFACE])
-        .cidrs(&Topology::vpc_cidrs())
-        .serve_ports(&[UPSTREAM_PORT, 9000])
-        .set("public", public);
-    let mut agent = Agent::start(&topo.server.ns, cfg)?;
+    let mut agent = Agent::start(&topo.server.ns, agent_config(public_table(&token_file)))?;
     let outside = topo.outside.ns.clone();
     wait_for("the proxy to answer", PROXY_READY, || {
         Ok(get_status(&outside, None) == Some(401))
@@ -216,5 +270,42 @@ fn the_proxy_process_has_no_privileges_and_restarts_with_the_current_tokens() ->
     wait_for("the proxy process to exit", limits::AGENT_STOP, || {
         Ok(!Path::new(&format!("/proc/{}", restarted[0])).exists())
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_renewed_certificate_reaches_the_proxy_process_on_sighup() -> Result<()> {
+    let topo = Topology::new()?;
+    let _upstream = HttpServer::start(&topo.server.ns, &[UPSTREAM_PORT])?;
+    let dir = tempfile::Builder::new().prefix("sg-privs-tls-").tempdir()?;
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let first = write_cert(&cert, &key)?;
+    let mut public = public_table(&dir.path().join("token"));
+    public.insert("tls_cert".into(), cert.display().to_string().into());
+    public.insert("tls_key".into(), key.display().to_string().into());
+    let mut agent = Agent::start(&topo.server.ns, agent_config(public))?;
+    let outside = topo.outside.ns.clone();
+    wait_for(
+        "the TLS proxy to serve the first certificate",
+        PROXY_READY,
+        || handshake_trusting(&outside, &first),
+    )
+    .with_context(|| agent.logs())?;
+
+    let renewed = write_cert(&cert, &key)?;
+    ensure!(
+        !handshake_trusting(&outside, &renewed)?,
+        "the renewed certificate is served before the reload"
+    );
+    agent.signal(libc::SIGHUP)?;
+    wait_for("the renewed certificate after SIGHUP", PROXY_READY, || {
+        handshake_trusting(&outside, &renewed)
+    })
+    .with_context(|| agent.logs())?;
+    ensure!(
+        !handshake_trusting(&outside, &first)?,
+        "the old certificate is still served"
+    );
+    ensure!(agent.is_running(), "the agent stopped");
     Ok(())
 }
