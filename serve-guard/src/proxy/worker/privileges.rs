@@ -160,7 +160,10 @@ pub fn drop_to(account: Account, parent: libc::pid_t) -> Result<(), PrivilegeErr
         libc::syscall(libc::SYS_capset, &header, data.as_ptr())
     })?;
     prctl("make the process non-dumpable", libc::PR_SET_DUMPABLE, 0)?;
-    // After the uid change: changing credentials resets the parent-death signal.
+    // After the uid change: changing credentials resets the parent-death signal. It fires when
+    // the agent's thread that spawned this process ends (the runtime's threads live as long as
+    // the agent); the end of the channel, which closes with the agent's process, is what
+    // `process` stops on in any case.
     prctl(
         "arm the parent-death signal",
         libc::PR_SET_PDEATHSIG,
