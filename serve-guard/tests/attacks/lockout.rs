@@ -180,3 +180,68 @@ async fn one_source_cannot_take_every_slot() {
     );
     report("per-source connection cap", 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_trickles_do_not_extend_the_deadline() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(&up.url(), |c, _| c.limits.header_read_timeout = SHORT).await;
+    let auth = format!("Bearer {}", proxy.token());
+    // Each sends its bytes one at a time, 50 ms apart, far longer in total than the deadline.
+    let mut h2_block = h2raw::PREFACE.to_vec();
+    h2_block.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    h2_block.extend(h2raw::frame(
+        HEADERS,
+        END_STREAM,
+        1,
+        &h2raw::request("/echo", &[("authorization", &auth)]),
+    ));
+    for _ in 0..200 {
+        h2_block.extend(h2raw::frame(h2raw::CONTINUATION, 0, 1, &[]));
+    }
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "HTTP/1.1 header bytes",
+            format!(
+                "GET /echo HTTP/1.1\r\nHost: h\r\nAuthorization: {auth}\r\nX-Slow: {}",
+                "a".repeat(400)
+            )
+            .into_bytes(),
+        ),
+        ("HTTP/2 preface bytes", h2raw::PREFACE.repeat(20)),
+        ("HTTP/2 CONTINUATION frames", h2_block),
+    ];
+    for (what, bytes) in &cases {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let trickle = async move {
+            for byte in bytes {
+                if writer.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let closed = async move {
+            let mut buf = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut buf).await;
+        };
+        let outcome = tokio::time::timeout(crate::proxy_support::WAIT, async {
+            tokio::select! {
+                _ = trickle => false,
+                _ = closed => true,
+            }
+        })
+        .await;
+        assert_eq!(
+            outcome,
+            Ok(true),
+            "{what}: the proxy kept reading a trickle"
+        );
+    }
+    assert_eq!(
+        up.seen_count(),
+        0,
+        "a trickled request reached the upstream"
+    );
+    report("slowloris (trickled bytes)", cases.len());
+}
