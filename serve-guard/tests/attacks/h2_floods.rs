@@ -52,6 +52,10 @@ async fn rapid_reset_is_cut_off() {
         reached < (RAPID_RESETS / 10) as usize,
         "{reached} of {RAPID_RESETS} reset streams reached the upstream"
     );
+    println!(
+        "rapid reset: {reached} of {RAPID_RESETS} reset streams reached the upstream; GOAWAY after {} frames",
+        frames.len()
+    );
     still_serves(&proxy).await;
     report("HTTP/2 rapid reset", 1);
 }
