@@ -79,6 +79,9 @@ pub struct Draft {
     pub token: u32,
     /// The transport segment: header, payload, checksum.
     pub segment: Vec<u8>,
+    /// The same segment to the other kind of port (protected <-> unprotected), for fragments
+    /// that disagree with their duplicates.
+    pub other_segment: Vec<u8>,
 }
 
 impl Draft {
@@ -93,6 +96,15 @@ impl Draft {
         match self.ip {
             Ip::V4 => wire::ETH_P_IPV4,
             Ip::V6 => wire::ETH_P_IPV6,
+        }
+    }
+
+    /// The segment a fragment's bytes come from.
+    fn segment_of(&self, piece: &Piece) -> &[u8] {
+        if piece.other {
+            &self.other_segment
+        } else {
+            &self.segment
         }
     }
 
@@ -120,7 +132,7 @@ impl Draft {
             Ip::V4 => SERVER_V4.into(),
             Ip::V6 => SERVER_V6.into(),
         };
-        let segment = match (transport, body) {
+        let segment = |ports| match (transport, &body) {
             (
                 Transport::Udp,
                 Body::Udp {
@@ -131,14 +143,21 @@ impl Draft {
                 src,
                 dst,
                 ports,
-                &udp_payload(token, &filler),
-                zero_checksum && ip == Ip::V4,
+                &udp_payload(token, filler),
+                *zero_checksum && ip == Ip::V4,
             ),
             (Transport::Tcp, Body::Tcp { options, data }) => {
-                packet::tcp_syn(src, dst, ports, token, &options, &data)
+                packet::tcp_syn(src, dst, ports, token, options, data)
             }
             _ => panic!("body does not match {transport:?}"),
         };
+        let other_port = if PROTECTED_PORTS.contains(&ports.1) {
+            UNPROTECTED_PORT
+        } else {
+            PROTECTED_PORTS[0]
+        };
+        let other_segment = segment((ports.0, other_port));
+        let segment = segment(ports);
         Draft {
             ip,
             origin,
@@ -149,6 +168,7 @@ impl Draft {
             dst_port: ports.1,
             token,
             segment,
+            other_segment,
         }
     }
 }
@@ -265,6 +285,7 @@ fn v4_packets(
     let whole = [Piece {
         start: 0,
         end: total,
+        other: false,
     }];
     pieces
         .unwrap_or(&whole)
@@ -281,7 +302,7 @@ fn v4_packets(
                     &options,
                     p.start,
                     p.more(total),
-                    &d.segment[p.start..p.end],
+                    &d.segment_of(p)[p.start..p.end],
                 ),
                 first: p.start == 0,
                 chain_end: d.protocol(),
@@ -318,6 +339,8 @@ fn v6_packets(d: &Draft, chain: &V6Chain, fragments: Option<(u32, &[Piece])>) ->
             chain_end: d.protocol(),
         }];
     };
+    let mut other = fragmentable.clone();
+    other.extend_from_slice(&d.other_segment);
     let (first_u, unfragmentable) = packet::link_chain(&chain.unfragmentable, proto::FRAGMENT);
     // Where each header of the fragmentable part starts, to know the chain's end in a piece.
     let mut starts = Vec::new();
@@ -333,7 +356,8 @@ fn v6_packets(d: &Draft, chain: &V6Chain, fragments: Option<(u32, &[Piece])>) ->
         .map(|p| {
             let mut payload = unfragmentable.clone();
             payload.extend(packet::fragment_header(first_f, p.start, p.more(total), id));
-            payload.extend_from_slice(&fragmentable[p.start..p.end]);
+            let source = if p.other { &other } else { &fragmentable };
+            payload.extend_from_slice(&source[p.start..p.end]);
             // The next header the bytes of a first fragment leave pending at its end.
             let chain_end = starts
                 .iter()

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two looks at the sockets while waiting (poll wakes up earlier on data).
 const POLL_SLICE_MS: i32 = 20;
-/// A full device queue is retried this often before the run gives up.
-const SEND_RETRIES: u32 = 1000;
-const SEND_RETRY_WAIT: Duration = Duration::from_micros(200);
+/// How long a full device queue (the veth ring, or the socket's send buffer while frames sit
+/// in it) may stay full before the run gives up: the receiving side drains it from softirq,
+/// which a loaded machine may defer to ksoftirqd.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const SEND_RETRY_WAIT: Duration = Duration::from_micros(100);
 /// The sentinels' source port: below every case's (cases draw from 1024 up).
 const SENTINEL_SRC_PORT: u16 = 999;
 /// Tokens of sentinels live in their own space (their port tells them apart anyway).
@@ -53,7 +55,8 @@ impl Delivery {
 
 /// Sends `frame` on a lane, retrying while the device queue is full.
 pub fn send(lane: &Lane, frame: &[u8]) -> Result<()> {
-    for _ in 0..SEND_RETRIES {
+    let deadline = Instant::now() + SEND_TIMEOUT;
+    while Instant::now() < deadline {
         match lane.wire.send(frame) {
             Ok(()) => return Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN)) => {
@@ -70,7 +73,10 @@ pub fn send(lane: &Lane, frame: &[u8]) -> Result<()> {
             }
         }
     }
-    bail!("the {} lane's device stayed full", lane.role.name())
+    bail!(
+        "the {} lane's device stayed full for {SEND_TIMEOUT:?}",
+        lane.role.name()
+    )
 }
 
 /// The sentinel frames of barrier `round`: a UDP datagram and a TCP SYN, inside source, IPv4.

@@ -199,6 +199,11 @@ pub fn ext_names(exts: &[Ext]) -> String {
 pub struct Piece {
     pub start: usize,
     pub end: usize,
+    /// Carries the bytes of the datagram's *other* version (the same datagram to the other
+    /// kind of port, its checksum correct). Linux keeps the first copy of a range and ignores
+    /// any later fragment inside it whatever its content, so which port the datagram goes to
+    /// depends on which copy comes first.
+    pub other: bool,
 }
 
 impl Piece {
@@ -225,6 +230,7 @@ pub fn fragment_layout(
         return vec![Piece {
             start: 0,
             end: total,
+            other: false,
         }];
     }
     let mut cuts = Vec::new();
@@ -240,7 +246,11 @@ pub fn fragment_layout(
     let mut pieces: Vec<Piece> = std::iter::once(0)
         .chain(cuts.iter().copied())
         .zip(cuts.iter().copied().chain(std::iter::once(total)))
-        .map(|(start, end)| Piece { start, end })
+        .map(|(start, end)| Piece {
+            start,
+            end,
+            other: false,
+        })
         .collect();
     desc.push(format!(
         "frag[{}]",
@@ -266,10 +276,13 @@ pub fn fragment_layout(
         }
     }
     if rng.chance(1, 5) {
-        let dup = rng.pick(&pieces);
+        let mut dup = rng.pick(&pieces);
+        // Half the duplicates disagree: the first of them carries the other port.
+        dup.other = rng.chance(1, 2);
         let at = rng.range(0, pieces.len());
         pieces.insert(at, dup);
-        desc.push(format!("dup{}-{}", dup.start, dup.end));
+        let kind = if dup.other { "conflicting-dup" } else { "dup" };
+        desc.push(format!("{kind}{}-{}", dup.start, dup.end));
     }
     if rng.chance(1, 12) {
         // Starts inside a piece and runs past its end: an overlap the kernel must refuse.
@@ -283,7 +296,14 @@ pub fn fragment_layout(
             let start = p.start + FRAG_UNIT;
             let end = (p.end + FRAG_UNIT).min(total);
             let at = rng.range(0, pieces.len());
-            pieces.insert(at, Piece { start, end });
+            pieces.insert(
+                at,
+                Piece {
+                    start,
+                    end,
+                    other: false,
+                },
+            );
             desc.push(format!("overlap{start}-{end}"));
         }
     }
