@@ -68,6 +68,9 @@ pub struct Outcome {
     pub baseline: bool,
     /// The filtered lane delivered it to a protected port from an outside source.
     pub bypass: bool,
+    /// The baseline delivered it to a protected port (conflicting duplicates may carry a
+    /// datagram to another port than the case's).
+    pub baseline_protected: bool,
 }
 
 /// The judgement of a case over all its sendings.
@@ -77,7 +80,8 @@ pub enum Verdict {
     Delivered,
     /// Neither lane delivered it.
     NotDelivered,
-    /// Outside source to a protected port: the baseline delivered it, the filter kept it out.
+    /// Outside source to a protected port (the case's, or the one the baseline delivered it to
+    /// every time): the baseline delivered it, the filter kept it out.
     Blocked,
     /// Outside source, protected port, delivered through the filter.
     Bypass,
@@ -136,7 +140,10 @@ pub fn judge(case: &Case, runs: &[Outcome]) -> Verdict {
     if !stable {
         return Verdict::Indeterminate;
     }
-    let protected = PROTECTED_PORTS.contains(&case.dst_port);
+    // What the filter must keep out from outside: the case's port, or where the baseline
+    // took it every time.
+    let protected =
+        PROTECTED_PORTS.contains(&case.dst_port) || runs.iter().all(|o| o.baseline_protected);
     match (first.filtered, first.baseline) {
         (true, true) => Verdict::Delivered,
         (false, false) => Verdict::NotDelivered,
@@ -316,6 +323,9 @@ pub fn run_round(
             filtered: filtered.iter().any(|d| matches(d, c)),
             baseline: baseline.iter().any(|d| matches(d, c)),
             bypass: filtered.iter().any(|d| matches(d, c) && d.is_bypass()),
+            baseline_protected: baseline
+                .iter()
+                .any(|d| matches(d, c) && PROTECTED_PORTS.contains(&d.server_port)),
         })
         .collect())
 }

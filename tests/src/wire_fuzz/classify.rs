@@ -4,6 +4,7 @@
 //! the frame's headers as the contract describes them; it is not the verdict (the kernel of the
 //! filtered lane gives that).
 
+use super::lab::PROTECTED_PORTS;
 use serve_guard_common::wire::{self, proto};
 use serve_guard_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 
@@ -21,6 +22,11 @@ pub enum Class {
     LongExtChain,
     /// Mobility, HIP, shim6 or experimental extension headers.
     UnwalkedExt,
+    /// A fragment of the datagram is a first fragment for a protected port (a conflicting
+    /// duplicate): from outside the filter drops it, as it must, and the kernel may then not
+    /// reassemble the rest (e.g. a fragment that overlapped the dropped one now overlaps the
+    /// other copy).
+    ProtectedCopy,
 }
 
 impl Class {
@@ -31,6 +37,7 @@ impl Class {
             Class::FirstFragmentCut => "first_fragment_without_transport_header",
             Class::LongExtChain => "ext_chain_over_8",
             Class::UnwalkedExt => "unwalked_ext_header",
+            Class::ProtectedCopy => "fragment_for_protected_port_dropped",
         }
     }
 
@@ -94,7 +101,19 @@ fn ipv4(p: &[u8]) -> Option<Class> {
         return None;
     }
     let need = port_header_len(p[wire::IPV4_PROTO_OFFSET])?;
-    (ihl + need > total).then_some(Class::FirstFragmentCut)
+    if ihl + need > total {
+        return Some(Class::FirstFragmentCut);
+    }
+    protected_port(p, ihl)
+}
+
+/// [`Class::ProtectedCopy`] if the transport header at `l4` is for a protected port.
+fn protected_port(p: &[u8], l4: usize) -> Option<Class> {
+    let at = l4 + wire::L4_DST_PORT_OFFSET;
+    let port = u16::from_be_bytes(p.get(at..at + 2)?.try_into().ok()?);
+    PROTECTED_PORTS
+        .contains(&port)
+        .then_some(Class::ProtectedCopy)
 }
 
 fn ipv6(p: &[u8]) -> Option<Class> {
@@ -136,7 +155,10 @@ fn ipv6(p: &[u8]) -> Option<Class> {
             | proto::EXPERIMENTAL_2 => return Some(Class::UnwalkedExt),
             other => {
                 let need = port_header_len(other)?;
-                return (at + need > end).then_some(Class::FirstFragmentCut);
+                if at + need > end {
+                    return Some(Class::FirstFragmentCut);
+                }
+                return protected_port(p, at);
             }
         };
         if at + len > end {
@@ -180,5 +202,7 @@ mod tests {
             .udp(80)
             .build();
         assert_eq!(class(&later), None);
+        let to_8000 = Frame::ipv6(a, b).udp(PROTECTED_PORTS[0]).build();
+        assert_eq!(class(&to_8000), Some(Class::ProtectedCopy));
     }
 }
