@@ -5,6 +5,7 @@
 
 mod cmd;
 mod install;
+mod package;
 mod setup;
 mod tasks;
 mod toolchains;
@@ -21,7 +22,8 @@ tasks:
   demo               private (and public) mode end to end in throw-away network namespaces
   test [args]        every test of the project (args go to `cargo test`)
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
-  install            install the binary, the systemd unit and an example config";
+  install            install the binary, the systemd unit and an example config
+  package            target/debian/serve-guard_<version>_amd64.deb (static binary, unit, man pages)";
 
 fn main() -> std::process::ExitCode {
     // Print the error chain, not a backtrace: failures here are about the machine, not xtask.
@@ -46,6 +48,7 @@ fn run() -> Result<()> {
         "test" => tasks::test(&rest),
         "bench" => tasks::bench(&rest),
         "install" => tasks::install(&rest),
+        "package" => package::run(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

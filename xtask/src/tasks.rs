@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn cargo(tc: &Toolchains) -> Command {
+pub fn cargo(tc: &Toolchains) -> Command {
     let mut c = Command::new("cargo");
     c.arg(format!("+{}", tc.stable))
         .current_dir(toolchains::workspace_root());
@@ -16,7 +16,7 @@ fn cargo(tc: &Toolchains) -> Command {
     c
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| toolchains::workspace_root().join("target"))
@@ -93,7 +93,23 @@ pub fn test(args: &[String]) -> Result<()> {
         c.args(["--workspace", "--exclude", "serve-guard-ebpf"]);
     }
     c.args(args).env("SERVE_GUARD_BIN", agent);
+    if runs_package_test(args) {
+        c.env("SERVE_GUARD_DEB", crate::package::build(&tc)?);
+    }
     cmd::run(&mut c)
+}
+
+/// Whether the package test (tests/tests/package.rs) is among the selected tests: the .deb takes
+/// a release build for another target, which `--test <other>` should not wait for.
+fn runs_package_test(args: &[String]) -> bool {
+    let mut picked = args
+        .iter()
+        .zip(args.iter().skip(1))
+        .filter(|(flag, _)| *flag == "--test")
+        .map(|(_, name)| name.as_str())
+        .chain(args.iter().filter_map(|a| a.strip_prefix("--test=")))
+        .peekable();
+    picked.peek().is_none() || picked.any(|name| name == "package")
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
@@ -120,4 +136,24 @@ pub fn install(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let agent = build_agent(&tc, true)?;
     crate::install::install(&agent)
+}
+
+#[cfg(test)]
+mod tests {
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_package_is_built_unless_other_tests_are_picked() {
+        assert!(super::runs_package_test(&args("")));
+        assert!(super::runs_package_test(&args("-- --nocapture")));
+        assert!(super::runs_package_test(&args("--test package")));
+        assert!(super::runs_package_test(&args("--test=package")));
+        assert!(super::runs_package_test(&args(
+            "--test systemd --test package"
+        )));
+        assert!(!super::runs_package_test(&args("--test private_mode")));
+        assert!(!super::runs_package_test(&args("--test=systemd")));
+    }
 }
