@@ -48,6 +48,19 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> Result<&'a str> {
         .with_context(|| format!("no string at {pointer}"))
 }
 
+/// The strings of the array at `pointer` (non-strings fail).
+fn strings<'a>(v: &'a Value, pointer: &str) -> Result<Vec<&'a str>> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .with_context(|| format!("no array at {pointer}"))?
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .with_context(|| format!("{s} in {pointer} is not a string"))
+        })
+        .collect()
+}
+
 /// The unit's capabilities without the `CAP_` prefix, as Kubernetes names them.
 fn unit_capabilities() -> Result<BTreeSet<String>> {
     let unit = std::fs::read_to_string(workspace_root().join(UNIT))?;
@@ -84,11 +97,9 @@ fn the_daemonset_is_valid_kubernetes_and_runs_the_agent_as_the_unit_does() -> Re
     let container = &containers[0];
 
     let security = &container["securityContext"];
-    let added: BTreeSet<String> = security["capabilities"]["add"]
-        .as_array()
-        .context("no added capabilities")?
-        .iter()
-        .filter_map(|c| c.as_str().map(str::to_owned))
+    let added: BTreeSet<String> = strings(security, "/capabilities/add")?
+        .into_iter()
+        .map(str::to_owned)
         .collect();
     ensure!(
         added == unit_capabilities()?,
@@ -144,13 +155,7 @@ fn the_daemonset_is_valid_kubernetes_and_runs_the_agent_as_the_unit_does() -> Re
 
     // The agent runs the config from the ConfigMap, which serve-guard's own parser accepts, and
     // whose files are the mounted ConfigMap and Secret keys.
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .context("args")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let config_path = match args.as_slice() {
+    let config_path = match strings(container, "/args")?.as_slice() {
         ["run", "-c", path] => PathBuf::from(path),
         other => anyhow::bail!("the container runs {other:?}, not `run -c FILE`"),
     };
@@ -231,12 +236,7 @@ fn the_ray_cluster_config_is_valid_for_ray_up_and_installs_the_same_files_on_eve
     );
 
     // setup_commands run on every node (Ray merges them into the head's and the workers').
-    let setup: Vec<&str> = config["setup_commands"]
-        .as_array()
-        .context("no setup_commands")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let setup = strings(&config, "/setup_commands")?;
     ensure!(
         setup
             .iter()
@@ -244,12 +244,7 @@ fn the_ray_cluster_config_is_valid_for_ray_up_and_installs_the_same_files_on_eve
         "setup_commands do not install the package: {setup:?}"
     );
     for key in ["head_setup_commands", "worker_setup_commands"] {
-        let merged: Vec<&str> = config[key]
-            .as_array()
-            .with_context(|| format!("no {key}"))?
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let merged = strings(&config, &format!("/{key}"))?;
         ensure!(
             merged.starts_with(&setup),
             "{key} do not run the setup commands first: {merged:?}"
@@ -291,12 +286,7 @@ fn the_ray_cluster_config_is_valid_for_ray_up_and_installs_the_same_files_on_eve
         .context("deploy/ray/files/vpc-cidrs")?;
 
     // Serve listens on every address on the port the filter protects and the proxy forwards to.
-    let head: Vec<&str> = config["head_start_ray_commands"]
-        .as_array()
-        .context("no head_start_ray_commands")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let head = strings(&config, "/head_start_ray_commands")?;
     ensure!(
         head.iter().any(|c| c.contains("serve start")
             && c.contains("--http-host 0.0.0.0")

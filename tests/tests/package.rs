@@ -69,10 +69,14 @@ fn installs_and_runs_on_a_fresh_debian_11() -> Result<()> {
     // The development (glibc) build does not run here: that is what the static binary is for.
     std::fs::copy(agent_bin()?, rootfs.join("/tmp/serve-guard-glibc"))?;
     let glibc_build = rootfs.run(&["/tmp/serve-guard-glibc", "--version"])?;
+    let glibc_error = String::from_utf8_lossy(&glibc_build.stderr);
     ensure!(
-        !glibc_build.status.success()
-            && String::from_utf8_lossy(&glibc_build.stderr).contains("GLIBC_"),
+        !glibc_build.status.success() && glibc_error.contains("GLIBC_"),
         "expected the glibc build to need a newer glibc than {SUITE}'s: {glibc_build:?}"
+    );
+    eprintln!(
+        "{SUITE} has glibc {libc}; the development build: {}",
+        glibc_error.lines().next().unwrap_or_default()
     );
 
     let deb = deb()?;
@@ -86,6 +90,10 @@ fn installs_and_runs_on_a_fresh_debian_11() -> Result<()> {
     ensure!(
         version.trim() == format!("serve-guard {wanted_version}"),
         "`serve-guard --version` says {version:?}, the package is {wanted_version}"
+    );
+    eprintln!(
+        "installed {status}; the packaged binary says {}",
+        version.trim()
     );
     let help = rootfs.run_ok(&["serve-guard", "--help"])?;
     let verbs = verbs(&help);
