@@ -12,6 +12,7 @@ Run: python validate_deploy.py kubernetes FILE
 Exit status 0 when valid, 1 with the validator's message on stderr when not, 2 on bad usage.
 """
 
+import contextlib
 import json
 import sys
 
@@ -49,7 +50,9 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     try:
-        result = tools[sys.argv[1]](sys.argv[2])
+        # Ray's cli_logger prints its warnings on stdout; stdout is for the JSON only.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = tools[sys.argv[1]](sys.argv[2])
     except Exception as e:  # the validators raise several types; all mean "invalid"
         # A jsonschema error's str() dumps the whole schema; its message and path say enough.
         message = getattr(e, "message", None) or str(e)

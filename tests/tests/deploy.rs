@@ -15,6 +15,8 @@ use std::process::Command;
 const DAEMONSET: &str = "deploy/kubernetes/serve-guard.yaml";
 const RAY_CLUSTER: &str = "deploy/ray/cluster.yaml";
 const RAY_FILES: &str = "deploy/ray/files";
+/// Where `cargo xtask package` leaves the .deb.
+const PACKAGE_DIR: &str = "target/debian";
 const UNIT: &str = "deploy/systemd/serve-guard.service";
 /// Ray Serve's HTTP port, which the recipes have Serve listen on.
 const SERVE_HTTP_PORT: u16 = 8000;
@@ -34,7 +36,12 @@ fn validated(tool: &str, file: &str) -> Result<Value> {
         "{file} is not a valid {tool} config:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).context("the validator's JSON")
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "the validator's output is not JSON:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 fn agent_config(text: &str, origin: &str) -> Result<Config> {
@@ -221,27 +228,28 @@ fn the_ray_cluster_config_is_valid_for_ray_up_and_installs_the_same_files_on_eve
     let mounts = config["file_mounts"]
         .as_object()
         .context("no file_mounts")?;
-    let local: BTreeSet<&str> = mounts.values().filter_map(Value::as_str).collect();
-    let deb = format!(
-        "./target/debian/serve-guard_{}_amd64.deb",
-        env!("CARGO_PKG_VERSION")
-    );
-    ensure!(
-        local.contains(deb.as_str()),
-        "file_mounts do not ship the package `cargo xtask package` builds ({deb}): {local:?}"
-    );
-    ensure!(
-        local.contains(format!("./{RAY_FILES}").as_str()),
-        "file_mounts do not ship {RAY_FILES}: {local:?}"
-    );
+    // Remote folder of each local one that `cargo xtask package` or this repository fills.
+    let remote_of = |local: &str| {
+        mounts
+            .iter()
+            .find(|(_, l)| l.as_str() == Some(local))
+            .map(|(remote, _)| remote.clone())
+            .with_context(|| format!("file_mounts do not ship {local}: {mounts:?}"))
+    };
+    let package_dir = remote_of(&format!("./{PACKAGE_DIR}"))?;
+    let files_dir = remote_of(&format!("./{RAY_FILES}"))?;
 
     // setup_commands run on every node (Ray merges them into the head's and the workers').
     let setup = strings(&config, "/setup_commands")?;
+    let deb = format!(
+        "{package_dir}/serve-guard_{}_amd64.deb",
+        env!("CARGO_PKG_VERSION")
+    );
     ensure!(
         setup
             .iter()
-            .any(|c| c.contains("dpkg --install ~/serve-guard/serve-guard.deb")),
-        "setup_commands do not install the package: {setup:?}"
+            .any(|c| c.contains(&format!("dpkg --install {deb}"))),
+        "setup_commands do not install the package `cargo xtask package` builds ({deb}): {setup:?}"
     );
     for key in ["head_setup_commands", "worker_setup_commands"] {
         let merged = strings(&config, &format!("/{key}"))?;
@@ -267,7 +275,7 @@ fn the_ray_cluster_config_is_valid_for_ray_up_and_installs_the_same_files_on_eve
     let installed = |path: &Path| -> bool {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         setup.iter().any(|c| {
-            c.contains(&format!("~/serve-guard/files/{name} "))
+            c.contains(&format!("{files_dir}/{name} "))
                 && c.ends_with(&format!(" {}", path.display()))
         })
     };

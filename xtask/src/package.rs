@@ -73,17 +73,20 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Builds the package and returns the path of the .deb. For other tasks (the VM tests install it).
 pub fn build(tc: &Toolchains) -> Result<PathBuf> {
     let workspace = toolchains::workspace_root();
+    // target/debian holds packages only: the `ray up` recipe copies that folder to every node.
     let out_dir = crate::tasks::target_dir().join("debian");
+    let work_dir = crate::tasks::target_dir().join("package");
     let binary = static_binary(tc)?;
     let version = binary_version(&binary)?;
-    let generated = out_dir.join("generated");
+    let generated = work_dir.join("generated");
     generate_docs(tc, &generated)?;
 
-    let stage = out_dir.join(format!("{PACKAGE}_{version}_{ARCH}"));
+    let stage = work_dir.join(format!("{PACKAGE}_{version}_{ARCH}"));
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     }
     stage_files(&stage, &workspace, &binary, &generated, &version)?;
+    fs::create_dir_all(&out_dir)?;
     let deb = out_dir.join(format!("{PACKAGE}_{version}_{ARCH}.deb"));
     cmd::run(
         Command::new("dpkg-deb")
