@@ -5,6 +5,7 @@
 //! cache stays pristine and each test starts from a freshly bootstrapped system. Unmounted and
 //! removed on drop.
 
+use crate::netns::pid_alive;
 use crate::workspace_root;
 use anyhow::{Context as _, Result, bail, ensure};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,9 @@ const VARIANT: &str = "minbase";
 const ARCH: &str = "amd64";
 /// Names the inputs a cached base was built from; a base whose record differs is rebuilt.
 const INPUTS_FILE: &str = "serve-guard-rootfs-inputs";
+
+/// Temporary overlays are named `<prefix><pid>-<random>`, so a sweep can tell a killed run's.
+const TEMP_PREFIX: &str = "serve-guard-rootfs-";
 
 /// One bootstrap at a time in this process (tests run in parallel threads).
 static BOOTSTRAP: Mutex<()> = Mutex::new(());
@@ -29,9 +33,10 @@ pub struct Rootfs {
 
 impl Rootfs {
     pub fn debian(suite: &str) -> Result<Self> {
+        sweep_stale();
         let base = cached_base(suite)?;
         let dir = tempfile::Builder::new()
-            .prefix("serve-guard-rootfs-")
+            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("temporary folder for the overlay")?;
         let (upper, work, root) = (
@@ -122,6 +127,46 @@ fn unmount(path: &Path) {
         // Still busy (a process the test left behind): detach it so the temp folder can go.
         let _ = Command::new("umount").arg("--lazy").arg(path).status();
     }
+}
+
+/// Unmounts and removes the overlays of test processes that were killed before their Drop ran
+/// (their pid is gone). A folder that still has a mount below it is left alone.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(TEMP_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let dir = entry.path();
+        // Deepest first: /proc inside the root, then the root.
+        for mount in mounts_below(&dir).iter().rev() {
+            unmount(mount);
+        }
+        if mounts_below(&dir).is_empty() && std::fs::remove_dir_all(&dir).is_ok() {
+            eprintln!("removed the overlay {name} left by a killed test process {pid}");
+        }
+    }
+}
+
+/// Mount points at or below `dir`, in mount order.
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect()
 }
 
 /// The bootstrapped base for `suite`, built on first use. Built in a temporary folder next to
