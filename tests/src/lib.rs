@@ -6,10 +6,12 @@
 //! - [`server`]: a tiny HTTP/1.1 server and a UDP echo server inside a namespace.
 //! - [`probe`]: TCP connect, HTTP GET and UDP probes from a namespace, bounded by timeouts.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
+//! - [`fuzz`]: the differential fuzzer of the XDP verdict (program against a reference model).
 
 pub mod agent;
 pub mod browser;
 pub mod frames;
+pub mod fuzz;
 pub mod netns;
 pub mod probe;
 pub mod program;
