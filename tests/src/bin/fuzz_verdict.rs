@@ -191,10 +191,5 @@ fn print_report(report: &Report) {
         report.mismatches(),
         report.classes.len()
     );
-    for ((expected, observed), (count, first)) in &report.classes {
-        println!(
-            "class: model {expected}, program {observed}: {count} frames; first:\n{}",
-            first.describe()
-        );
-    }
+    print!("{}", report.describe_classes());
 }

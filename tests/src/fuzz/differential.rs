@@ -128,6 +128,19 @@ impl Report {
         self.classes.values().map(|(n, _)| n).sum()
     }
 
+    /// Each class of mismatch, how many frames it has and its first frame in full.
+    pub fn describe_classes(&self) -> String {
+        let mut s = String::new();
+        for ((expected, observed), (count, first)) in &self.classes {
+            let _ = writeln!(
+                s,
+                "class: model {expected}, program {observed}: {count} frames; first:\n{}",
+                first.describe()
+            );
+        }
+        s
+    }
+
     /// Every (reason, family) the model gave over the run, with its count.
     pub fn verdicts(&self) -> BTreeMap<(Reason, Family), u64> {
         let mut all = BTreeMap::new();

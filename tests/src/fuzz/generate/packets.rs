@@ -39,7 +39,7 @@ impl Built {
     pub fn declare_end(&mut self, end: usize) {
         let Some(ip) = self.ip else { return };
         let (field_at, len) = match ip {
-            IpVersion::V4 => (self.l3 + 2, end - self.l3),
+            IpVersion::V4 => (self.l3 + 2, end.saturating_sub(self.l3)),
             IpVersion::V6 => (self.l3 + 4, end.saturating_sub(self.l3 + wire::IPV6_HLEN)),
         };
         if field_at + 2 <= self.frame.len() {
