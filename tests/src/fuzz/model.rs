@@ -8,7 +8,7 @@
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serve_guard_common::{
-    Family, MAX_IPV6_EXT_HEADERS, Reason,
+    Family, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, Reason,
     wire::{self, proto},
 };
 use std::{
@@ -16,30 +16,19 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-/// Most VLAN tags read through (docs/filter.md, step 1).
-// TODO(lead): serve-guard-common's MAX_VLAN_TAGS becomes 8 on main; use it once merged.
-pub const MAX_VLAN_TAGS: usize = 8;
-
-/// IP protocol numbers of the port protocols the common crate does not name yet (IANA).
-// TODO(lead): move to serve_guard_common::wire::proto once main has them.
-pub const DCCP: u8 = 33;
-pub const SCTP: u8 = 132;
-pub const UDPLITE: u8 = 136;
-/// Minimum headers of those protocols (docs/filter.md, step 6).
-pub const DCCP_MIN_HLEN: usize = 12;
-pub const SCTP_MIN_HLEN: usize = 12;
-pub const UDPLITE_MIN_HLEN: usize = 8;
-
-/// The port protocols and the smallest header each must have in the packet. The model keeps
-/// its own table (not a shared helper of the program's) so that a wrong entry on either side
-/// shows up as a mismatch.
+/// The port protocols and the smallest header each must have in the packet (step 6). The
+/// model keeps its own table (not `wire::port_header_len`, which the program uses) so that a
+/// protocol missing on either side shows up as a mismatch.
 pub const PORT_PROTOCOLS: [(u8, usize); 5] = [
     (proto::TCP, wire::TCP_MIN_HLEN),
     (proto::UDP, wire::UDP_HLEN),
-    (DCCP, DCCP_MIN_HLEN),
-    (SCTP, SCTP_MIN_HLEN),
-    (UDPLITE, UDPLITE_MIN_HLEN),
+    (proto::DCCP, wire::DCCP_MIN_HLEN),
+    (proto::SCTP, wire::SCTP_HLEN),
+    (proto::UDPLITE, wire::UDPLITE_HLEN),
 ];
+
+/// IP in IP: behind a routing header the kernel may decapsulate it itself (SRv6, RPL).
+pub const TUNNELLED_IP: [u8; 2] = [proto::IPIP, proto::IPV6];
 
 /// Extension headers the program does not walk: the transport behind them is unknown.
 pub const UNWALKED_EXT_HEADERS: [u8; 5] = [
@@ -165,8 +154,6 @@ fn ipv4(frame: &[u8], l3: usize, policy: &Policy) -> Verdict {
 
 /// Steps 3 and 4 for IPv4; `net` is the frame from the network header on.
 fn ipv4_transport(net: &[u8]) -> Transport {
-    /// IPv4 total length: bytes 2-3 of the header.
-    const TOTAL_LEN_OFFSET: usize = 2;
     let first = net[0];
     let version = first >> wire::IP_VERSION_SHIFT;
     let ihl = first & wire::IPV4_IHL_MASK;
@@ -174,7 +161,7 @@ fn ipv4_transport(net: &[u8]) -> Transport {
         return Transport::Unknown;
     }
     let header_len = usize::from(ihl) * wire::IPV4_IHL_WORD;
-    let Some(total_len) = be16(net, TOTAL_LEN_OFFSET).map(usize::from) else {
+    let Some(total_len) = be16(net, wire::IPV4_TOTAL_LEN_OFFSET).map(usize::from) else {
         return Transport::Unknown;
     };
     if total_len < header_len || total_len > net.len() {
@@ -207,12 +194,10 @@ fn ipv6(frame: &[u8], l3: usize, policy: &Policy) -> Verdict {
 
 /// Steps 3 and 5 for IPv6; `net` is the frame from the network header on.
 fn ipv6_transport(net: &[u8]) -> Transport {
-    /// IPv6 payload length: bytes 4-5 of the fixed header.
-    const PAYLOAD_LEN_OFFSET: usize = 4;
     if net[0] >> wire::IP_VERSION_SHIFT != wire::IPV6_VERSION {
         return Transport::Unknown;
     }
-    let Some(payload_len) = be16(net, PAYLOAD_LEN_OFFSET).map(usize::from) else {
+    let Some(payload_len) = be16(net, wire::IPV6_PAYLOAD_LEN_OFFSET).map(usize::from) else {
         return Transport::Unknown;
     };
     let declared = wire::IPV6_HLEN + payload_len;
@@ -223,6 +208,7 @@ fn ipv6_transport(net: &[u8]) -> Transport {
     let mut next = net[wire::IPV6_NEXT_HEADER_OFFSET];
     let mut at = wire::IPV6_HLEN;
     let mut walked = 0;
+    let mut routed = false;
     loop {
         match next {
             proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS | proto::AH | proto::FRAGMENT => {
@@ -256,11 +242,13 @@ fn ipv6_transport(net: &[u8]) -> Transport {
                 if packet.fits(at, len).is_none() {
                     return Transport::Unknown;
                 }
+                routed |= next == proto::ROUTING;
                 next = packet.0[at];
                 at += len;
                 walked += 1;
             }
             unwalked if UNWALKED_EXT_HEADERS.contains(&unwalked) => return Transport::Unknown,
+            inner if routed && TUNNELLED_IP.contains(&inner) => return Transport::Unknown,
             protocol => return packet.port_header(protocol, at),
         }
     }

@@ -321,6 +321,23 @@ fn ipv6_chain_walk() {
 }
 
 #[test]
+fn ip_in_ip_is_unknown_only_behind_a_routing_header() {
+    let inner = [0x45u8; 20];
+    for tunnelled in TUNNELLED_IP {
+        let mut routed = ext8(proto::DSTOPTS);
+        routed[0] = proto::ROUTING;
+        routed.extend_from_slice(&ext8(tunnelled));
+        routed.extend_from_slice(&inner);
+        let frame = ether(&[], wire::ETH_P_IPV6, &ipv6(OUTSIDE_V6, proto::DSTOPTS, &routed));
+        assert_eq!(judge(&frame), v(Drop, DropUnparseable, Ipv6), "{tunnelled}");
+        let mut plain = ext8(tunnelled);
+        plain.extend_from_slice(&inner);
+        let frame = ether(&[], wire::ETH_P_IPV6, &ipv6(OUTSIDE_V6, proto::DSTOPTS, &plain));
+        assert_eq!(judge(&frame), v(Pass, PassUnprotected, Ipv6), "{tunnelled}");
+    }
+}
+
+#[test]
 fn ipv6_payload_length_bounds_the_reads() {
     let packet = ipv6(OUTSIDE_V6, proto::UDP, &l4(HTTP, 8));
     let base = ether(&[], wire::ETH_P_IPV6, &packet);

@@ -19,8 +19,8 @@ const OTHER_PROTOCOLS: [u8; 11] = [
     proto::ICMPV6,
     proto::ESP,
     proto::NONE,
-    4,  // IPIP
-    41, // IPv6 in IP
+    proto::IPIP,
+    proto::IPV6,
     47, // GRE
     proto::HOPOPTS,
     proto::FRAGMENT,
