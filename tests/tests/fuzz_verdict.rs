@@ -11,7 +11,7 @@ use serve_guard_tests::fuzz::{
 
 /// Another seed than the 10M run's default, so the slice is not a prefix of it.
 const SEED: u64 = 0x5e7e_f022_0007;
-const FRAMES: u64 = 200_000;
+const FRAMES: u64 = 300_000;
 
 #[test]
 fn fixed_seed_slice_program_agrees_with_model() {

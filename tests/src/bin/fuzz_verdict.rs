@@ -8,8 +8,8 @@
 //!   clock and prints it), `--start I` (first frame index), `--only GENERATOR`.
 //! - `--replay I`: judge frame I alone and print it (with `--seed`, `--only` of the run).
 //! - `--out DIR`: where mismatching frames are written (default `<target>/fuzz`).
-//! - `--show N`: print the first N mismatches in full as they are found (default 10); every
-//!   class of mismatch is printed once at the end in any case.
+//! - `--show N`: print (and write) the first N mismatches in full as they are found (default
+//!   10); the first of every class of mismatch is printed and written at the end in any case.
 
 use anyhow::{Context as _, Result, bail};
 use serve_guard_common::Reason;
@@ -140,7 +140,9 @@ fn run() -> Result<bool> {
         o.seed,
         o.start,
         o.start + o.frames,
-        o.only.map(|g| format!(" (only {})", g.name())).unwrap_or_default()
+        o.only
+            .map(|g| format!(" (only {})", g.name()))
+            .unwrap_or_default()
     );
     let mut shown = 0;
     let mut write_error = None;
@@ -148,17 +150,24 @@ fn run() -> Result<bool> {
         if shown < args.show {
             shown += 1;
             println!("MISMATCH\n{}", m.describe());
-        }
-        if let Err(e) = write_mismatch(&args.out, m) {
-            write_error.get_or_insert(e);
+            if let Err(e) = write_mismatch(&args.out, m) {
+                write_error.get_or_insert(e);
+            }
         }
     })?;
     print_report(&report);
     if let Some(e) = write_error {
         return Err(e);
     }
+    for (_, first) in report.classes.values() {
+        write_mismatch(&args.out, first)?;
+    }
     if report.mismatches() > 0 {
-        println!("mismatching frames written to {}", args.out.display());
+        println!(
+            "the first {} mismatches and the first of each class are in {}",
+            args.show,
+            args.out.display()
+        );
     }
     Ok(report.mismatches() == 0)
 }

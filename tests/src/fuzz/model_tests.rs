@@ -116,7 +116,10 @@ fn protected_unprotected_inside_outside_v4() {
     };
     assert_eq!(judge(&tcp(INSIDE_V4, HTTP)), v(Pass, PassAllowed, Ipv4));
     assert_eq!(judge(&tcp(OUTSIDE_V4, HTTP)), v(Drop, DropOutsideVpc, Ipv4));
-    assert_eq!(judge(&tcp(OUTSIDE_V4, 8080)), v(Pass, PassUnprotected, Ipv4));
+    assert_eq!(
+        judge(&tcp(OUTSIDE_V4, 8080)),
+        v(Pass, PassUnprotected, Ipv4)
+    );
 }
 
 #[test]
@@ -246,7 +249,11 @@ fn issue_7_ipv6_fragment_bypass_f1_is_unparseable() {
     let mut whole = ext8(proto::DSTOPTS);
     whole.extend_from_slice(&ext8(proto::UDP));
     whole.extend_from_slice(&l4(HTTP, 8));
-    let whole = ether(&[], wire::ETH_P_IPV6, &ipv6(OUTSIDE_V6, proto::DSTOPTS, &whole));
+    let whole = ether(
+        &[],
+        wire::ETH_P_IPV6,
+        &ipv6(OUTSIDE_V6, proto::DSTOPTS, &whole),
+    );
     assert_eq!(judge(&whole), v(Drop, DropOutsideVpc, Ipv6));
 }
 
@@ -328,11 +335,19 @@ fn ip_in_ip_is_unknown_only_behind_a_routing_header() {
         routed[0] = proto::ROUTING;
         routed.extend_from_slice(&ext8(tunnelled));
         routed.extend_from_slice(&inner);
-        let frame = ether(&[], wire::ETH_P_IPV6, &ipv6(OUTSIDE_V6, proto::DSTOPTS, &routed));
+        let frame = ether(
+            &[],
+            wire::ETH_P_IPV6,
+            &ipv6(OUTSIDE_V6, proto::DSTOPTS, &routed),
+        );
         assert_eq!(judge(&frame), v(Drop, DropUnparseable, Ipv6), "{tunnelled}");
         let mut plain = ext8(tunnelled);
         plain.extend_from_slice(&inner);
-        let frame = ether(&[], wire::ETH_P_IPV6, &ipv6(OUTSIDE_V6, proto::DSTOPTS, &plain));
+        let frame = ether(
+            &[],
+            wire::ETH_P_IPV6,
+            &ipv6(OUTSIDE_V6, proto::DSTOPTS, &plain),
+        );
         assert_eq!(judge(&frame), v(Pass, PassUnprotected, Ipv6), "{tunnelled}");
     }
 }

@@ -57,7 +57,9 @@ pub fn source_v6(rng: &mut Rng) -> [u8; 16] {
 
 pub fn destination_v4(rng: &mut Rng) -> [u8; 4] {
     if rng.one_in(8) {
-        rng.next_u64().to_be_bytes()[..4].try_into().expect("4 bytes")
+        rng.next_u64().to_be_bytes()[..4]
+            .try_into()
+            .expect("4 bytes")
     } else {
         SERVER_V4
     }

@@ -143,10 +143,18 @@ pub fn ipv6(rng: &mut Rng, src: [u8; 16], dst: [u8; 16], next: u8, payload_len: 
 pub enum Ext {
     /// Hop-by-hop, routing or destination options (or an unwalked kind with the same layout:
     /// mobility, HIP, shim6, experimental): `(units + 1) * 8` bytes.
-    Generic { kind: u8, units: u8 },
+    Generic {
+        kind: u8,
+        units: u8,
+    },
     /// Authentication header: `(units + 2) * 4` bytes.
-    Ah { units: u8 },
-    Fragment { offset: u16, more: bool },
+    Ah {
+        units: u8,
+    },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 impl Ext {
