@@ -188,7 +188,7 @@ fn fuzz_regression_frames_get_the_verdict_of_docs_filter_md() {
         let observed = programs
             .observe(&frame, r.audit)
             .expect("BPF_PROG_TEST_RUN");
-        if !observed.agrees(&expected, frame.len()) {
+        if !observed.agrees(&expected) {
             failures.push(format!(
                 "{}: program {observed}, expected {expected} ({})",
                 r.name, r.why
