@@ -52,11 +52,12 @@ fn cut_point(rng: &mut Rng, built: &Built, lo: usize) -> usize {
 }
 
 /// Declared length longer than the frame, shorter with the real headers (or a harmless
-/// looking decoy) behind the declared end, zero, or truthful with Ethernet padding.
+/// looking decoy) behind the declared end, zero, an IHL or version that lies, or a truthful
+/// length with Ethernet padding.
 pub fn length_lie(rng: &mut Rng) -> Vec<u8> {
     let mut built = ip_packet(rng);
     let end = built.frame.len();
-    match rng.below(6) {
+    match rng.below(7) {
         0 => built.declare_end(end + rng.range(1, MAX_OVERSTATEMENT)),
         1 | 2 => {
             // The real rest of the headers stays in the frame past the declared end.
@@ -75,6 +76,18 @@ pub fn length_lie(rng: &mut Rng) -> Vec<u8> {
             Some(IpVersion::V6) => built.declare_end(built.l3 + wire::IPV6_HLEN),
             _ => built.declare_end(built.l3),
         },
+        5 => {
+            // The other length the IP header states: the IHL (any value), or a version that
+            // does not match the EtherType.
+            const NIBBLE: u8 = 0x0f;
+            let first = built.frame[built.l3];
+            let lie = rng.byte() & NIBBLE;
+            built.set_first_byte(if rng.coin() {
+                (first & !NIBBLE) | lie
+            } else {
+                (lie << wire::IP_VERSION_SHIFT) | (first & NIBBLE)
+            });
+        }
         _ => {
             let padded = end.max(ETH_MIN_FRAME) + rng.small(8);
             let fill = if rng.coin() { 0 } else { rng.byte() };

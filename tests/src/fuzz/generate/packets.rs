@@ -51,6 +51,16 @@ impl Built {
     }
 }
 
+impl Built {
+    /// Rewrites the IP header's first byte (version and, for IPv4, IHL).
+    pub fn set_first_byte(&mut self, value: u8) {
+        self.frame[self.l3] = value;
+        if self.ip == Some(IpVersion::V4) {
+            refresh_ipv4_checksum(&mut self.frame[self.l3..]);
+        }
+    }
+}
+
 /// The IPv4 header checksum recomputed over a header whose fields a generator changed: a
 /// checksum error must not be why the kernel would drop a frame the filter passes.
 fn refresh_ipv4_checksum(net: &mut [u8]) {
