@@ -96,9 +96,9 @@ pub fn test(args: &[String]) -> Result<()> {
     cmd::run(&mut c)
 }
 
-pub fn bench(args: &[String]) -> Result<()> {
-    let tc = setup::run()?;
-    let mut c = cargo(&tc);
+/// `cargo run --release` of the serve-guard-tests binary `bin` with `args`.
+fn run_tests_binary(tc: &Toolchains, bin: &str, args: &[String]) -> Result<()> {
+    let mut c = cargo(tc);
     c.args([
         "run",
         "--release",
@@ -106,11 +106,16 @@ pub fn bench(args: &[String]) -> Result<()> {
         "--package",
         "serve-guard-tests",
         "--bin",
-        "bench",
+        bin,
         "--",
     ])
-    .args(without_separator(args));
+    .args(args);
     cmd::run(&mut c)
+}
+
+pub fn bench(args: &[String]) -> Result<()> {
+    let tc = setup::run()?;
+    run_tests_binary(&tc, "bench", without_separator(args))
 }
 
 /// The fuzzers of `cargo xtask fuzz`: (name on the command line, binary of serve-guard-tests).
@@ -148,19 +153,7 @@ pub fn fuzz(args: &[String]) -> Result<()> {
             }
             bail!("fuzzer {name}: serve-guard-tests has no binary {bin}");
         }
-        let mut c = cargo(&tc);
-        c.args([
-            "run",
-            "--release",
-            "--quiet",
-            "--package",
-            "serve-guard-tests",
-            "--bin",
-            bin,
-            "--",
-        ])
-        .args(rest);
-        if let Err(e) = cmd::run(&mut c) {
+        if let Err(e) = run_tests_binary(&tc, bin, rest) {
             eprintln!("xtask: fuzzer {name}: {e:#}");
             failed.push(*name);
         }

@@ -140,14 +140,24 @@ fn link_layer(frame: &[u8]) -> Option<(u16, usize)> {
     Some((ethertype, l3))
 }
 
+/// Step 2: the source address at `src_at` of a fixed header of `header_len` bytes at `l3`,
+/// if the whole fixed header is in the frame.
+fn source<const N: usize>(
+    frame: &[u8],
+    l3: usize,
+    header_len: usize,
+    src_at: usize,
+) -> Option<[u8; N]> {
+    let header = frame.get(l3..l3 + header_len)?;
+    header[src_at..src_at + N].try_into().ok()
+}
+
 fn ipv4(frame: &[u8], l3: usize, policy: &Policy) -> Verdict {
-    let Some(header) = frame.get(l3..l3 + wire::IPV4_MIN_HLEN) else {
+    let Some(src) =
+        source::<{ wire::IPV4_ADDR_LEN }>(frame, l3, wire::IPV4_MIN_HLEN, wire::IPV4_SRC_OFFSET)
+    else {
         return unparseable(Family::Ipv4);
     };
-    let src_at = wire::IPV4_SRC_OFFSET;
-    let src: [u8; wire::IPV4_ADDR_LEN] = header[src_at..src_at + wire::IPV4_ADDR_LEN]
-        .try_into()
-        .expect("slice of the address length");
     let allowed = policy.allows_v4(Ipv4Addr::from(src));
     decide(ipv4_transport(&frame[l3..]), allowed, policy, Family::Ipv4)
 }
@@ -181,13 +191,11 @@ fn ipv4_transport(net: &[u8]) -> Transport {
 }
 
 fn ipv6(frame: &[u8], l3: usize, policy: &Policy) -> Verdict {
-    let Some(header) = frame.get(l3..l3 + wire::IPV6_HLEN) else {
+    let Some(src) =
+        source::<{ wire::IPV6_ADDR_LEN }>(frame, l3, wire::IPV6_HLEN, wire::IPV6_SRC_OFFSET)
+    else {
         return unparseable(Family::Ipv6);
     };
-    let src_at = wire::IPV6_SRC_OFFSET;
-    let src: [u8; wire::IPV6_ADDR_LEN] = header[src_at..src_at + wire::IPV6_ADDR_LEN]
-        .try_into()
-        .expect("slice of the address length");
     let allowed = policy.allows_v6(Ipv6Addr::from(src));
     decide(ipv6_transport(&frame[l3..]), allowed, policy, Family::Ipv6)
 }

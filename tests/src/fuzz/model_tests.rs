@@ -76,6 +76,11 @@ fn ipv6(src: &str, next: u8, payload: &[u8]) -> Vec<u8> {
     h
 }
 
+/// An untagged Ethernet frame carrying `ipv6(src, next, payload)`.
+fn eth6(src: &str, next: u8, payload: &[u8]) -> Vec<u8> {
+    ether(&[], wire::ETH_P_IPV6, &ipv6(src, next, payload))
+}
+
 fn set_ipv6_payload_len(frame: &mut [u8], l3: usize, len: u16) {
     frame[l3 + 4..l3 + 6].copy_from_slice(&len.to_be_bytes());
 }
@@ -239,21 +244,13 @@ fn issue_7_ipv6_fragment_bypass_f1_is_unparseable() {
     let mut rest = frag(proto::DSTOPTS, 1, false);
     rest.extend_from_slice(&[proto::UDP, 0, 1, 4, 0, 0, 0, 0]);
     rest.extend_from_slice(&l4(HTTP, 8));
-    let f2 = ether(
-        &[],
-        wire::ETH_P_IPV6,
-        &ipv6(OUTSIDE_V6, proto::FRAGMENT, &rest),
-    );
+    let f2 = eth6(OUTSIDE_V6, proto::FRAGMENT, &rest);
     assert_eq!(judge(&f2), v(Pass, PassUnprotected, Ipv6));
     // The whole datagram unfragmented is for the protected port.
     let mut whole = ext8(proto::DSTOPTS);
     whole.extend_from_slice(&ext8(proto::UDP));
     whole.extend_from_slice(&l4(HTTP, 8));
-    let whole = ether(
-        &[],
-        wire::ETH_P_IPV6,
-        &ipv6(OUTSIDE_V6, proto::DSTOPTS, &whole),
-    );
+    let whole = eth6(OUTSIDE_V6, proto::DSTOPTS, &whole);
     assert_eq!(judge(&whole), v(Drop, DropOutsideVpc, Ipv6));
 }
 
@@ -262,7 +259,7 @@ fn ipv6_chain_walk() {
     let chain = |headers: &[Vec<u8>], first: u8, tail: &[u8]| {
         let mut payload: Vec<u8> = headers.concat();
         payload.extend_from_slice(tail);
-        ether(&[], wire::ETH_P_IPV6, &ipv6(OUTSIDE_V6, first, &payload))
+        eth6(OUTSIDE_V6, first, &payload)
     };
     let tcp = l4(HTTP, 20);
     // Eight walked headers, then TCP: judged by the port.
@@ -335,19 +332,11 @@ fn ip_in_ip_is_unknown_only_behind_a_routing_header() {
         routed[0] = proto::ROUTING;
         routed.extend_from_slice(&ext8(tunnelled));
         routed.extend_from_slice(&inner);
-        let frame = ether(
-            &[],
-            wire::ETH_P_IPV6,
-            &ipv6(OUTSIDE_V6, proto::DSTOPTS, &routed),
-        );
+        let frame = eth6(OUTSIDE_V6, proto::DSTOPTS, &routed);
         assert_eq!(judge(&frame), v(Drop, DropUnparseable, Ipv6), "{tunnelled}");
         let mut plain = ext8(tunnelled);
         plain.extend_from_slice(&inner);
-        let frame = ether(
-            &[],
-            wire::ETH_P_IPV6,
-            &ipv6(OUTSIDE_V6, proto::DSTOPTS, &plain),
-        );
+        let frame = eth6(OUTSIDE_V6, proto::DSTOPTS, &plain);
         assert_eq!(judge(&frame), v(Pass, PassUnprotected, Ipv6), "{tunnelled}");
     }
 }
@@ -372,11 +361,7 @@ fn ipv6_payload_length_bounds_the_reads() {
     assert_eq!(judge(&version), v(Drop, DropUnparseable, Ipv6));
     // The fixed header cut short: no source.
     assert_eq!(judge(&base[..14 + 39]), v(Drop, DropUnparseable, Ipv6));
-    let inside = ether(
-        &[],
-        wire::ETH_P_IPV6,
-        &ipv6(INSIDE_V6, proto::UDP, &l4(HTTP, 8)),
-    );
+    let inside = eth6(INSIDE_V6, proto::UDP, &l4(HTTP, 8));
     assert_eq!(judge(&inside), v(Pass, PassAllowed, Ipv6));
 }
 

@@ -7,7 +7,7 @@ use crate::program::TestProgram;
 use anyhow::{Context as _, Result};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serve_guard_common::FilterConfig;
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::LazyLock};
 
 /// Serve's two ports and the ends of the port map (an off-by-one in its index shows there).
 pub const PROTECTED_PORTS: [u16; 4] = [1, 8000, 9000, u16::MAX];
@@ -28,26 +28,31 @@ pub const ALLOW_V6: [&str; 5] = [
     "fd00:6:7:8:9::/80",
 ];
 
-pub fn allow_v4() -> Vec<Ipv4Net> {
-    ALLOW_V4
+/// Parsed once: the generators draw sources from them for every frame.
+static PARSED_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| parse(&ALLOW_V4));
+static PARSED_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| parse(&ALLOW_V6));
+
+fn parse<T: std::str::FromStr>(cidrs: &[&str]) -> Vec<T> {
+    cidrs
         .iter()
-        .map(|s| s.parse().expect("valid constant"))
+        .map(|s| s.parse().ok().expect("valid constant"))
         .collect()
 }
 
-pub fn allow_v6() -> Vec<Ipv6Net> {
-    ALLOW_V6
-        .iter()
-        .map(|s| s.parse().expect("valid constant"))
-        .collect()
+pub fn allow_v4() -> &'static [Ipv4Net] {
+    &PARSED_V4
+}
+
+pub fn allow_v6() -> &'static [Ipv6Net] {
+    &PARSED_V6
 }
 
 /// The model's view of the environment.
 pub fn policy(audit: bool) -> Policy {
     Policy {
         protected_ports: PROTECTED_PORTS.into(),
-        allow_v4: allow_v4(),
-        allow_v6: allow_v6(),
+        allow_v4: allow_v4().to_vec(),
+        allow_v6: allow_v6().to_vec(),
         audit,
     }
 }

@@ -126,18 +126,18 @@ pub fn truncation(rng: &mut Rng) -> Vec<u8> {
 pub fn ipv4_fragment(rng: &mut Rng) -> Vec<u8> {
     let tags = packets::tags(rng, 2);
     let mut built = packets::ipv4(rng, &tags, Fragmenting::Yes);
-    if rng.coin() {
-        if let [l3, l4, l4_end] = built.boundaries[..] {
-            if !rng.one_in(3) {
-                let field = wire::IPV4_FRAG_OFF_OFFSET;
-                built.frame[l3 + field..l3 + field + 2]
-                    .copy_from_slice(&IPV4_MORE_FRAGMENTS.to_be_bytes());
-            }
-            let cut = rng.range(l4, l4_end.max(l4) + 2).min(built.frame.len());
-            built.declare_end(cut);
-            if rng.coin() {
-                built.frame.truncate(cut);
-            }
+    if rng.coin()
+        && let [l3, l4, l4_end] = built.boundaries[..]
+    {
+        if !rng.one_in(3) {
+            let field = wire::IPV4_FRAG_OFF_OFFSET;
+            built.frame[l3 + field..l3 + field + 2]
+                .copy_from_slice(&IPV4_MORE_FRAGMENTS.to_be_bytes());
+        }
+        let cut = rng.range(l4, l4_end.max(l4) + 2).min(built.frame.len());
+        built.declare_end(cut);
+        if rng.coin() {
+            built.frame.truncate(cut);
         }
     }
     built.frame

@@ -9,7 +9,7 @@ use serve_guard_common::wire::proto;
 const SERVER_V4: [u8; 4] = [198, 18, 0, 1];
 const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// The test ranges (198.18.0.0/15, fd00::/8) for "somewhere else" sources.
-const TEST_V4: (u32, u8) = (0xc612_0000, 15);
+const TEST_V4: (u128, u8) = (0xc612_0000, 15);
 const TEST_V6: (u128, u8) = (0xfd << 120, 8);
 
 /// Protocols that are no port protocol but a parser could mistake: ICMP/ICMPv6, ESP, no next
@@ -28,31 +28,32 @@ const OTHER_PROTOCOLS: [u8; 11] = [
     proto::DSTOPTS,
 ];
 
-/// A source address: 0 inside, 1 at an edge, 2 elsewhere.
+/// A source address: inside an allowed prefix, at the edge of one, or elsewhere in the test
+/// range.
 pub fn source_v4(rng: &mut Rng) -> [u8; 4] {
-    let nets = scenario::allow_v4();
-    let net = nets[rng.below(nets.len())];
-    let (base, len) = (u32::from(net.network()), net.prefix_len());
-    let host_mask = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
-    let addr = match rng.below(3) {
-        0 => base | (rng.next_u64() as u32 & host_mask),
-        1 => edge(rng, u128::from(base), u32::from(len), 32) as u32,
-        _ => in_range(rng, u128::from(TEST_V4.0), TEST_V4.1, 32) as u32,
-    };
-    addr.to_be_bytes()
+    let prefixes: Vec<(u128, u8)> = scenario::allow_v4()
+        .iter()
+        .map(|n| (u128::from(u32::from(n.network())), n.prefix_len()))
+        .collect();
+    (source(rng, &prefixes, 32, TEST_V4) as u32).to_be_bytes()
 }
 
 pub fn source_v6(rng: &mut Rng) -> [u8; 16] {
-    let nets = scenario::allow_v6();
-    let net = nets[rng.below(nets.len())];
-    let (base, len) = (u128::from(net.network()), net.prefix_len());
-    let host_mask = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
-    let addr = match rng.below(3) {
-        0 => base | (random_u128(rng) & host_mask),
-        1 => edge(rng, base, u32::from(len), 128),
-        _ => in_range(rng, TEST_V6.0, TEST_V6.1, 128),
-    };
-    addr.to_be_bytes()
+    let prefixes: Vec<(u128, u8)> = scenario::allow_v6()
+        .iter()
+        .map(|n| (u128::from(n.network()), n.prefix_len()))
+        .collect();
+    source(rng, &prefixes, 128, TEST_V6).to_be_bytes()
+}
+
+/// An address of a `bits`-bit family near one of `prefixes`, or in `test`.
+fn source(rng: &mut Rng, prefixes: &[(u128, u8)], bits: u32, test: (u128, u8)) -> u128 {
+    let (base, len) = prefixes[rng.below(prefixes.len())];
+    match rng.below(3) {
+        0 => in_range(rng, base, len, bits),
+        1 => edge(rng, base, u32::from(len), bits),
+        _ => in_range(rng, test.0, test.1, bits),
+    }
 }
 
 pub fn destination_v4(rng: &mut Rng) -> [u8; 4] {
