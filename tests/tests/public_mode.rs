@@ -39,6 +39,8 @@ const PROXY_PORT: u16 = 8443;
 const GRPC_PROXY_PORT: u16 = 9443;
 /// The docs link's cookie.
 const COOKIE: &str = "SERVE_TOKEN";
+/// Its name over HTTPS (the `__Host-` prefix).
+const SECURE_COOKIE: &str = "__Host-SERVE_TOKEN";
 /// `cookie_max_age` default: 7 days.
 const DEFAULT_COOKIE_MAX_AGE_S: u64 = 7 * 24 * 3600;
 /// The challenge for a request without a token (RFC 6750 section 3).
@@ -185,10 +187,11 @@ impl Suite {
             .expect("the agent runs during the scenarios")
     }
 
-    /// The current token, read from the file the agent created (0600) at first start.
+    /// The primary token (the file's first line), from the file the agent created (0600) at
+    /// first start.
     fn token(&self) -> Result<String> {
         let text = std::fs::read_to_string(self.token_file()).context("reading the token file")?;
-        Ok(text.trim().to_owned())
+        Ok(text.lines().next().unwrap_or_default().trim().to_owned())
     }
 
     fn outside(&self) -> &Netns {
@@ -240,6 +243,10 @@ fn bearer(token: &str) -> String {
 
 fn cookie(token: &str) -> String {
     format!("{COOKIE}={token}")
+}
+
+fn secure_cookie(token: &str) -> String {
+    format!("{SECURE_COOKIE}={token}")
 }
 
 /// The echo endpoint's report of what reached the app.
@@ -491,12 +498,18 @@ fn docs_link(s: &mut Suite) -> Result<()> {
     open_redirects(s, &token)
 }
 
-/// Cookie attributes of the docs link: HttpOnly, SameSite=Lax, Path=/, Max-Age, Secure on TLS.
+/// Cookie attributes of the docs link: HttpOnly, SameSite=Lax, Path=/, Max-Age; on TLS Secure
+/// and the `__Host-` name.
 fn check_cookie(set_cookie: &str, token: &str, secure: bool) -> Result<()> {
     let mut parts = set_cookie.split(';').map(str::trim);
+    let (name, pair) = if secure {
+        (SECURE_COOKIE, secure_cookie(token))
+    } else {
+        (COOKIE, cookie(token))
+    };
     ensure!(
-        parts.next() == Some(cookie(token).as_str()),
-        "Set-Cookie does not start with {COOKIE}=<token>"
+        parts.next() == Some(pair.as_str()),
+        "Set-Cookie does not start with {name}=<token>"
     );
     let attrs: Vec<String> = parts.map(str::to_ascii_lowercase).collect();
     for want in ["path=/", "httponly", "samesite=lax"] {
@@ -852,7 +865,8 @@ async fn read_until(body: &mut Incoming, got: &mut String, want: &str) -> Result
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Rotation: old token and cookie refused, new one works, no restart.
+// 5. Rotation: both tokens work until prune; then the old token and cookie are refused, the new
+//    one works, no restart.
 // ---------------------------------------------------------------------------------------------
 fn rotation(s: &mut Suite) -> Result<()> {
     let old = s.token()?;
@@ -867,26 +881,41 @@ fn rotation(s: &mut Suite) -> Result<()> {
     s.tokens_seen.push(new.clone());
     ensure!(new != old, "rotate left the token unchanged");
     ensure!(new.len() == TOKEN_LEN, "new token length {}", new.len());
+    // Rotate keeps the old token accepted: clients move over without a 401.
+    for (what, token) in [("old", &old), ("new", &new)] {
+        let resp = s.get("/echo/", &[("Authorization", &bearer(token))])?;
+        ensure!(
+            resp.status == 200,
+            "{what} token after rotate: {}",
+            resp.status
+        );
+    }
+    let out = s.agent().cli(&["token", "prune"])?;
+    ensure!(
+        out.status.success(),
+        "token prune failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    // The agent switches when rotate returns; poll only to absorb the reload's scheduling.
+    // The agent switches when prune returns; poll only to absorb the reload's scheduling.
     wait_for("the old token to be refused", limits::PROBE_IO, || {
         Ok(s.get("/echo/", &[("Authorization", &bearer(&old))])?.status == 401)
     })?;
     expect_401(
         &s.get("/echo/", &[("Authorization", &bearer(&old))])?,
         true,
-        "old token after rotate",
+        "old token after prune",
     )?;
     let old_cookie = s.get("/echo/", &[("Cookie", &cookie(&old))])?;
     ensure!(
         old_cookie.status == 401,
-        "old cookie after rotate: {}",
+        "old cookie after prune: {}",
         old_cookie.status
     );
     expect_401(
         &s.get(&format!("/echo/docs?token={old}"), &[])?,
         true,
-        "old docs link after rotate",
+        "old docs link after prune",
     )?;
 
     assert_token_absent(
@@ -1039,7 +1068,7 @@ fn tls(s: &mut Suite) -> Result<()> {
             )?;
 
             let page = sender
-                .send(get("/echo/docs", &[("cookie", &cookie(&token))])?)
+                .send(get("/echo/docs", &[("cookie", &secure_cookie(&token))])?)
                 .await?;
             ensure!(
                 page.status == 200,

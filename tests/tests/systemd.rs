@@ -1,8 +1,9 @@
 //! The systemd unit (issue 4, test 7): `systemd-analyze verify` accepts it; the capabilities it
 //! grants are exactly the ones the agent needs (with the unit's bounding set the real agent loads,
 //! attaches and applies a CIDR change; without any one of them it cannot start); and its system
-//! call filter allows every call the agent makes (traced with strace through start, CIDR changes,
-//! a watched edit, status, stats, a scrape and SIGTERM).
+//! call filter allows every call the agent makes (traced with strace through start and its
+//! READY=1 notification, CIDR changes, a watched edit, status, stats, a scrape, a SIGHUP reload
+//! with RELOADING=1/READY=1, and SIGTERM with STOPPING=1).
 
 mod cidr_support;
 
@@ -132,6 +133,18 @@ fn the_unit_capabilities_are_enough_and_each_is_needed() -> Result<()> {
             .serve_ports(&[SERVE_HTTP])
             .cidrs(&[VPC_V4, VPC_V6])
     };
+    // Public mode: the agent starts the proxy process, which drops to `nobody` with these.
+    let proxy_caps = ["setuid", "setgid", "setpcap"];
+    let tokens = tempfile::Builder::new().prefix("sg-unit-caps-").tempdir()?;
+    let public_config = || {
+        let mut public = toml::Table::new();
+        public.insert("listen".into(), "127.0.0.1:18443".into());
+        public.insert(
+            "token_file".into(),
+            tokens.path().join("token").display().to_string().into(),
+        );
+        config().set("mode", "public").set("public", public)
+    };
 
     // With the unit's set: attached, answering, applying a change to the maps.
     let agent = Agent::new(&topo.server.ns, config())?;
@@ -156,11 +169,33 @@ fn the_unit_capabilities_are_enough_and_each_is_needed() -> Result<()> {
         );
     }
     drop(agent);
+    // Public mode with the unit's set: the proxy process starts without privileges.
+    let agent = Agent::new(&topo.server.ns, public_config())?;
+    {
+        let mut restricted = Restricted::start(&topo.server.ns, &agent, &caps)?;
+        wait_for(
+            "the restricted public-mode agent to run its proxy process",
+            limits::AGENT_READY,
+            || {
+                if restricted.exited()? {
+                    bail!("the agent exited:\n{}", log(&agent));
+                }
+                Ok(log(&agent).contains("proxy process serving, without privileges"))
+            },
+        )?;
+    }
+    drop(agent);
 
-    // Without any one of them the agent cannot start (and says why in its log).
+    // Without any one of them the agent cannot start (and says why in its log): the filter's
+    // in either mode, the proxy process's in public mode.
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        let agent = Agent::new(&topo.server.ns, config())?;
+        let config = if proxy_caps.contains(&missing.as_str()) {
+            public_config()
+        } else {
+            config()
+        };
+        let agent = Agent::new(&topo.server.ns, config)?;
         let mut restricted = Restricted::start(&topo.server.ns, &agent, &fewer)?;
         wait_for(
             &format!("the agent without CAP_{} to fail", missing.to_uppercase()),
@@ -268,6 +303,11 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
     let agent = Agent::new(&topo.server.ns, config)?;
     let trace = agent.files().dir().join("strace.log");
     let output = std::fs::File::create(agent.files().dir().join("restricted.log"))?;
+    // What systemd gives a Type=notify service: sd_notify's socket calls are traced too.
+    let notify_path = agent.files().dir().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(limits::AGENT_READY))?;
+    let mut datagram = [0u8; 256];
     let mut strace = Restricted(
         topo.server
             .ns
@@ -277,6 +317,7 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
             .arg(agent_bin()?)
             .args(["run", "-c"])
             .arg(&agent.files().config)
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output)
@@ -308,7 +349,24 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
     ensure!(scrape.status == 200, "/metrics answered {}", scrape.status);
 
     let pid = child_of(strace.0.id())?.context("strace has no child")?;
+    let n = notify.recv(&mut datagram).context("no READY=1")?;
+    ensure!(&datagram[..n] == b"READY=1\n", "{:?}", &datagram[..n]);
     // SAFETY: kill(2) on the agent, a child of our strace child, which is still running.
+    ensure!(
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } == 0,
+        "SIGHUP failed"
+    );
+    for want in ["RELOADING=1", "READY=1"] {
+        let n = notify
+            .recv(&mut datagram)
+            .with_context(|| format!("no {want}"))?;
+        ensure!(
+            datagram[..n].starts_with(want.as_bytes()),
+            "{want}: {:?}",
+            String::from_utf8_lossy(&datagram[..n])
+        );
+    }
+    // SAFETY: as above.
     ensure!(
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
         "SIGTERM failed"

@@ -5,10 +5,10 @@
 use http::header::{HeaderValue, LOCATION, REFERRER_POLICY, SET_COOKIE};
 use http::{Method, Response, StatusCode, Uri};
 
-use super::auth::{COOKIE_NAME, Verdict, unauthorized};
+use super::auth::{Verdict, cookie_name, unauthorized};
 use super::path::safe_redirect_path;
 use super::reply::{Body, plain};
-use crate::token::Token;
+use crate::token::TokenSet;
 
 /// The query parameter the docs link carries.
 pub const QUERY_PARAM: &str = "token";
@@ -17,7 +17,8 @@ pub const QUERY_PARAM: &str = "token";
 #[derive(Debug, Clone, Copy)]
 pub struct CookieSettings {
     pub max_age_secs: u64,
-    /// Over TLS, or when users reach the proxy through https (`external_url`).
+    /// Over TLS, or when users reach the proxy through https (`external_url`): the cookie is
+    /// `Secure` and named with the `__Host-` prefix.
     pub secure: bool,
 }
 
@@ -25,7 +26,7 @@ pub struct CookieSettings {
 pub fn handle(
     method: &Method,
     uri: &Uri,
-    token: Option<&Token>,
+    tokens: &TokenSet,
     cookie: CookieSettings,
 ) -> Option<Response<Body>> {
     let query = uri.query()?;
@@ -54,8 +55,11 @@ pub fn handle(
             "400 Bad Request: the token is accepted in a URL only on GET (the API docs link); send it as `Authorization: Bearer <token>`\n",
         ));
     }
-    // Every `token` parameter must hold the token: an ambiguous link sets no cookie.
-    let token = token.filter(|t| candidates.iter().all(|c| t.matches(c.as_bytes())));
+    // Every `token` parameter must hold the same accepted token: an ambiguous link sets no
+    // cookie. The cookie carries the token the link did (one of the set, not always the primary).
+    let token = candidates
+        .first()
+        .filter(|first| candidates.iter().all(|c| c == *first) && tokens.matches(first.as_bytes()));
     let Some(token) = token else {
         tracing::debug!(path = uri.path(), "docs link with an invalid token");
         return Some(no_referrer(unauthorized(Verdict::Invalid)));
@@ -66,9 +70,11 @@ pub fn handle(
         location.push('?');
         location.push_str(&kept.join("&"));
     }
+    // Over HTTPS the `__Host-` name: browsers then require the `Secure` and `Path=/` set here.
     let mut set_cookie = format!(
-        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
-        token.expose(),
+        "{}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+        cookie_name(cookie.secure),
+        token,
         cookie.max_age_secs
     );
     if cookie.secure {
@@ -98,6 +104,7 @@ fn no_referrer(mut resp: Response<Body>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Token;
 
     const TOKEN: &str = "abcdefghijklmnopqrstuvwxyz012345";
     const COOKIE: CookieSettings = CookieSettings {
@@ -105,9 +112,12 @@ mod tests {
         secure: false,
     };
 
+    fn set() -> TokenSet {
+        TokenSet::new([Token::parse(TOKEN).unwrap()])
+    }
+
     fn run(method: Method, target: &str) -> Option<Response<Body>> {
-        let token = Token::parse(TOKEN).unwrap();
-        handle(&method, &target.parse().unwrap(), Some(&token), COOKIE)
+        handle(&method, &target.parse().unwrap(), &set(), COOKIE)
     }
 
     #[test]
@@ -133,19 +143,15 @@ mod tests {
 
     #[test]
     fn secure_cookie_when_asked() {
-        let token = Token::parse(TOKEN).unwrap();
         let secure = CookieSettings {
             max_age_secs: 60,
             secure: true,
         };
         let target = format!("/d?token={TOKEN}").parse().unwrap();
-        let resp = handle(&Method::GET, &target, Some(&token), secure).unwrap();
-        assert!(
-            resp.headers()[SET_COOKIE]
-                .to_str()
-                .unwrap()
-                .ends_with("; Secure")
-        );
+        let resp = handle(&Method::GET, &target, &set(), secure).unwrap();
+        let cookie = resp.headers()[SET_COOKIE].to_str().unwrap();
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        assert!(cookie.starts_with("__Host-SERVE_TOKEN="), "{cookie}");
     }
 
     #[test]
@@ -166,7 +172,25 @@ mod tests {
         }
         // No token loaded: every link is refused.
         let target = format!("/d?token={TOKEN}").parse().unwrap();
-        let resp = handle(&Method::GET, &target, None, COOKIE).unwrap();
+        let resp = handle(&Method::GET, &target, &TokenSet::default(), COOKIE).unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn a_secondary_token_sets_its_own_cookie() {
+        const OLD: &str = "0ldt0ken0ldt0ken0ldt0ken0ldt0ken";
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap(), Token::parse(OLD).unwrap()]);
+        let target = format!("/d?token={OLD}").parse().unwrap();
+        let resp = handle(&Method::GET, &target, &tokens, COOKIE).unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert!(
+            resp.headers()[SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("SERVE_TOKEN={OLD};"))
+        );
+        let mixed = format!("/d?token={OLD}&token={TOKEN}").parse().unwrap();
+        let resp = handle(&Method::GET, &mixed, &tokens, COOKIE).unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
 }
