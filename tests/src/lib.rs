@@ -7,10 +7,12 @@
 //! - [`probe`]: TCP connect, HTTP GET and UDP probes from a namespace, bounded by timeouts.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
 //! - [`rootfs`]: a fresh Debian root filesystem (cached debootstrap + overlay) for chroot tests.
+//! - [`fuzz`]: the differential fuzzer of the XDP verdict (program against a reference model).
 
 pub mod agent;
 pub mod browser;
 pub mod frames;
+pub mod fuzz;
 pub mod netns;
 pub mod probe;
 pub mod program;

@@ -22,6 +22,8 @@ tasks:
   demo               private (and public) mode end to end in throw-away network namespaces
   test [args]        every test of the project (args go to `cargo test`)
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
+  fuzz [verdict|wire|all] [--frames N] [--seed S]
+                     the differential fuzzers of the XDP filter (default: all, 10M verdict frames)
   install            install the binary, the systemd unit and an example config
   package            target/debian/serve-guard_<version>_amd64.deb (static binary, unit, man pages)";
 
@@ -47,6 +49,7 @@ fn run() -> Result<()> {
         "demo" => tasks::demo(&rest),
         "test" => tasks::test(&rest),
         "bench" => tasks::bench(&rest),
+        "fuzz" => tasks::fuzz(&rest),
         "install" => tasks::install(&rest),
         "package" => package::run(&rest),
         "" | "help" | "-h" | "--help" => {

@@ -112,9 +112,9 @@ fn runs_package_test(args: &[String]) -> bool {
     picked.peek().is_none() || picked.any(|name| name == "package")
 }
 
-pub fn bench(args: &[String]) -> Result<()> {
-    let tc = setup::run()?;
-    let mut c = cargo(&tc);
+/// `cargo run --release` of the serve-guard-tests binary `bin` with `args`.
+fn run_tests_binary(tc: &Toolchains, bin: &str, args: &[String]) -> Result<()> {
+    let mut c = cargo(tc);
     c.args([
         "run",
         "--release",
@@ -122,11 +122,62 @@ pub fn bench(args: &[String]) -> Result<()> {
         "--package",
         "serve-guard-tests",
         "--bin",
-        "bench",
+        bin,
         "--",
     ])
-    .args(without_separator(args));
+    .args(args);
     cmd::run(&mut c)
+}
+
+pub fn bench(args: &[String]) -> Result<()> {
+    let tc = setup::run()?;
+    run_tests_binary(&tc, "bench", without_separator(args))
+}
+
+/// The fuzzers of `cargo xtask fuzz`: (name on the command line, binary of serve-guard-tests).
+/// A new fuzzer is one more row. `all` skips a fuzzer whose binary the package does not have
+/// (yet); naming it explicitly fails.
+const FUZZERS: [(&str, &str); 2] = [("verdict", "fuzz_verdict"), ("wire", "fuzz_wire")];
+const ALL_FUZZERS: &str = "all";
+
+/// Whether serve-guard-tests has the binary `name` (cargo finds src/bin/NAME.rs and
+/// src/bin/NAME/main.rs by itself).
+fn tests_binary_exists(name: &str) -> bool {
+    let bin = toolchains::workspace_root().join("tests/src/bin");
+    bin.join(format!("{name}.rs")).is_file() || bin.join(name).join("main.rs").is_file()
+}
+
+/// `cargo xtask fuzz [verdict|wire|all] [args]`: runs the chosen fuzzers (default all) in
+/// release, each with `args` (e.g. `--frames N --seed S`), and fails if any found something.
+pub fn fuzz(args: &[String]) -> Result<()> {
+    let args = without_separator(args);
+    let known = |a: &str| a == ALL_FUZZERS || FUZZERS.iter().any(|(n, _)| *n == a);
+    let (which, rest) = match args.first() {
+        Some(first) if known(first) => (first.as_str(), &args[1..]),
+        _ => (ALL_FUZZERS, args),
+    };
+    let tc = setup::run()?;
+    let mut failed = Vec::new();
+    for (name, bin) in FUZZERS
+        .iter()
+        .filter(|(name, _)| which == ALL_FUZZERS || which == *name)
+    {
+        if !tests_binary_exists(bin) {
+            if which == ALL_FUZZERS {
+                eprintln!("fuzz: skipping {name}: serve-guard-tests has no binary {bin}");
+                continue;
+            }
+            bail!("fuzzer {name}: serve-guard-tests has no binary {bin}");
+        }
+        if let Err(e) = run_tests_binary(&tc, bin, rest) {
+            eprintln!("xtask: fuzzer {name}: {e:#}");
+            failed.push(*name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("fuzzers that failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 pub fn install(args: &[String]) -> Result<()> {
