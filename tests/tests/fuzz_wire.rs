@@ -64,6 +64,21 @@ fn issue7_ipv6_fragment_trailer_tcp_is_kept_out() {
 }
 
 #[test]
+fn srv6_srh_decap_inner_v4_udp_is_kept_out() {
+    regression_holds("srv6_srh_decap_inner_v4_udp");
+}
+
+#[test]
+fn srv6_srh_decap_inner_v4_tcp_is_kept_out() {
+    regression_holds("srv6_srh_decap_inner_v4_tcp");
+}
+
+#[test]
+fn srv6_srh_decap_inner_v6_udp_is_kept_out() {
+    regression_holds("srv6_srh_decap_inner_v6_udp");
+}
+
+#[test]
 fn fixed_seed_slice_has_no_bypass_and_no_unexpected_over_block() {
     slice(AttachMode::Driver, SLICE_FRAMES);
 }

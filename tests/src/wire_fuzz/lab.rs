@@ -21,7 +21,8 @@
 //! answered without keeping state, so no retransmitted SYN-ACKs and no SYN queue to fill),
 //! fragment memory far above what a run holds and a short reassembly timeout (incomplete
 //! datagrams, e.g. those whose first fragment the filter dropped, must not crowd out later
-//! ones), no IPv4 "max_dist" reassembly reset, and strict reverse-path filtering.
+//! ones), no IPv4 "max_dist" reassembly reset, strict reverse-path filtering, and segment routing
+//! (SRv6) accepted on eth0.
 
 use super::case::Origin;
 use super::packet::{CLIENT_MAC, SERVER_MAC};
@@ -152,14 +153,16 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Both lanes, the servers' programs attached in `mode`. In skb mode the calling thread is
-    /// pinned to the CPU it runs on: it sends every frame, and frames reach a veth without
-    /// native XDP through the sending CPU's backlog, in order only from one CPU (see the
-    /// barrier). In driver mode the veth's NAPI ring keeps the order whatever the CPU.
+    /// Both lanes, the servers' programs attached in `mode`. The calling thread is pinned to
+    /// the CPU it runs on: it sends every frame, and frames that go through a CPU's backlog
+    /// are in order only from one CPU (see the barrier). In skb mode every frame reaches the
+    /// veth that way; in driver mode the veth's NAPI ring keeps the order, but a packet the
+    /// kernel decapsulates by itself (SRv6) is re-injected into the backlog of the CPU that
+    /// processed the outer one: then the sender's, whose softirq polls that backlog right
+    /// after the veth's ring, before the sender looks at the sockets (a round is far below
+    /// the softirq's budget).
     pub fn new(mode: AttachMode) -> Result<Self> {
-        if mode == AttachMode::Skb {
-            pin_to_current_cpu()?;
-        }
+        pin_to_current_cpu()?;
         let mut program = TestProgram::load()?;
         for port in PROTECTED_PORTS {
             program.protect_port(port)?;
@@ -271,6 +274,7 @@ fn configure_server(ns: &Netns) -> Result<()> {
         "nodad",
     ])?;
     ns.ip(&["link", "set", IFACE, "up"])?;
+    let iface_seg6 = format!("net/ipv6/conf/{IFACE}/seg6_enabled");
     for (key, value) in [
         ("net/ipv4/tcp_syncookies", "2"),
         ("net/ipv4/ipfrag_high_thresh", FRAGMENT_MEMORY),
@@ -281,6 +285,11 @@ fn configure_server(ns: &Netns) -> Result<()> {
         // Strict reverse-path filtering, as docs/filter.md recommends: every source is on-link
         // behind eth0, so it changes nothing here but keeps the lanes like a covered node.
         ("net/ipv4/conf/all/rp_filter", "1"),
+        // Segment routing on, as on an SRv6 node: the kernel then decapsulates an IP packet
+        // behind a routing header whose last segment is local by itself (ipv6_srh_rcv), and
+        // the baseline shows what such a packet delivers.
+        ("net/ipv6/conf/all/seg6_enabled", "1"),
+        (iface_seg6.as_str(), "1"),
     ] {
         ns.sysctl(key, value)?;
     }
