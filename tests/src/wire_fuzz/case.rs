@@ -56,11 +56,13 @@ pub enum Generator {
     VlanTags,
     LengthLie,
     Padding,
+    /// Any shape, each packet in SRv6 to the server (decapsulated by the kernel).
+    Srv6Decap,
 }
 
 impl Generator {
     /// The random generators and their weights (out of the sum).
-    pub const WEIGHTED: [(Generator, usize); 8] = [
+    pub const WEIGHTED: [(Generator, usize); 9] = [
         (Generator::Plain, 1),
         (Generator::Ipv4Options, 2),
         (Generator::Ipv4Fragments, 3),
@@ -69,6 +71,7 @@ impl Generator {
         (Generator::VlanTags, 2),
         (Generator::LengthLie, 4),
         (Generator::Padding, 1),
+        (Generator::Srv6Decap, 1),
     ];
 
     pub const fn name(self) -> &'static str {
@@ -82,6 +85,7 @@ impl Generator {
             Generator::VlanTags => "vlan_tags",
             Generator::LengthLie => "length_lie",
             Generator::Padding => "padding",
+            Generator::Srv6Decap => "srv6_decap",
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum Class {
     /// reassemble the rest (e.g. a fragment that overlapped the dropped one now overlaps the
     /// other copy).
     ProtectedCopy,
+    /// An IPv4 or IPv6 packet behind a routing header (SRv6/RPL encapsulation): the kernel may
+    /// decapsulate it where the filter does not look.
+    RoutedIp,
 }
 
 impl Class {
@@ -38,6 +41,7 @@ impl Class {
             Class::LongExtChain => "ext_chain_over_8",
             Class::UnwalkedExt => "unwalked_ext_header",
             Class::ProtectedCopy => "fragment_for_protected_port_dropped",
+            Class::RoutedIp => "ip_behind_routing_header",
         }
     }
 
@@ -124,6 +128,7 @@ fn ipv6(p: &[u8]) -> Option<Class> {
     let end = wire::IPV6_HLEN + payload;
     let mut next = p[wire::IPV6_NEXT_HEADER_OFFSET];
     let mut at = wire::IPV6_HLEN;
+    let mut routed = false;
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
         let len = match next {
             proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS => {
@@ -153,6 +158,7 @@ fn ipv6(p: &[u8]) -> Option<Class> {
             | proto::SHIM6
             | proto::EXPERIMENTAL_1
             | proto::EXPERIMENTAL_2 => return Some(Class::UnwalkedExt),
+            proto::IPIP | proto::IPV6 if routed => return Some(Class::RoutedIp),
             other => {
                 let need = port_header_len(other)?;
                 if at + need > end {
@@ -164,6 +170,7 @@ fn ipv6(p: &[u8]) -> Option<Class> {
         if at + len > end {
             return Some(Class::FirstFragmentCut);
         }
+        routed |= next == proto::ROUTING;
         next = p[at];
         at += len;
     }
@@ -202,6 +209,11 @@ mod tests {
             .udp(80)
             .build();
         assert_eq!(class(&later), None);
+        let srv6 = Frame::ipv6(a, b)
+            .ext(Ext::Routing)
+            .protocol(proto::IPIP)
+            .build();
+        assert_eq!(class(&srv6), Some(Class::RoutedIp));
         let to_8000 = Frame::ipv6(a, b).udp(PROTECTED_PORTS[0]).build();
         assert_eq!(class(&to_8000), Some(Class::ProtectedCopy));
     }

@@ -504,6 +504,27 @@ fn any_shape(rng: &mut Rng, d: &Draft, ids: &mut Ids, desc: &mut Vec<String>) ->
     }
 }
 
+/// Any shape, each packet in SRv6 to the server as the last segment: the kernel decapsulates
+/// each and goes on with the inner packet (reassembly included) where native XDP does not look.
+fn srv6(rng: &mut Rng, d: &Draft, ids: &mut Ids, desc: &mut Vec<String>) -> Vec<Vec<u8>> {
+    let packets = any_shape(rng, d, ids, desc);
+    let inner_next = match d.ip {
+        Ip::V4 => proto::IPIP,
+        Ip::V6 => proto::IPV6,
+    };
+    let IpAddr::V6(outer_src) = lab::source(Ip::V6, d.origin, 0) else {
+        unreachable!("IPv6 source")
+    };
+    desc.push("in srv6".into());
+    packets
+        .iter()
+        .map(|p| {
+            let outer = packet::srv6_encap(outer_src, SERVER_V6, inner_next, &p.bytes);
+            packet::ethernet(&[], wire::ETH_P_IPV6, &outer)
+        })
+        .collect()
+}
+
 fn frames(ethertype: u16, packets: &[Packet], tags: &[Vec<Tag>]) -> Vec<Vec<u8>> {
     packets
         .iter()
@@ -594,6 +615,7 @@ pub fn generate(seed: u64, index: u64, token: u32, ids: &mut Ids) -> Case {
             frames(d.ethertype(), &packets, &tags)
         }
         Generator::LengthLie => length_lie(rng, &d, ids, &mut desc),
+        Generator::Srv6Decap => srv6(rng, &d, ids, &mut desc),
         Generator::Padding => {
             let packets = any_shape(rng, &d, ids, &mut desc);
             let mut out = frames(d.ethertype(), &packets, &[]);

@@ -19,8 +19,6 @@ const ISSUE_DST_PORT: u16 = super::lab::PROTECTED_PORTS[0];
 const DSTOPTS_PADN4: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
 /// What the issue's first fragment carried past its declared payload: "no next header".
 const ISSUE_TRAILER: [u8; 2] = [proto::NONE, 0];
-/// Routing type of the segment routing header (SRv6, RFC 8754).
-const SRH_ROUTING_TYPE: u8 = 4;
 /// The SRv6 cases' outer source is the origin's first address, the inner one its second: the
 /// delivery shows the inner one, on the same side of the allow-list.
 const SRV6_OUTER_SRC: usize = 0;
@@ -136,10 +134,9 @@ fn plain_draft(
     )
 }
 
-/// The SRv6 decapsulation bypass: an IPv6 packet to the server whose segment routing header
-/// lists the server as its only segment, none left, and carries a whole IP packet (`inner`).
-/// With seg6_enabled the kernel strips the outer header and re-injects the inner packet with
-/// netif_rx (ipv6_srh_rcv), after native XDP has seen only the outer one.
+/// The SRv6 decapsulation bypass: a whole IP packet (`inner`) in SRv6 to the server, the last
+/// segment ([`packet::srv6_encap`]); native XDP sees only the outer packet. `at`: the case's
+/// index in [`ALL`].
 fn srv6_decap(
     at: usize,
     inner: Ip,
@@ -170,21 +167,10 @@ fn srv6_decap(
         ),
         _ => unreachable!("one family per draft"),
     };
-    // Next header (linked below), length in 8-octet units after the first, type, segments
-    // left 0, last entry 0, flags, tag; then the segment list: the server.
-    let srh_units = (SERVER_V6.octets().len() / wire::IPV6_EXT_UNIT) as u8;
-    let mut srh = vec![0, srh_units, SRH_ROUTING_TYPE, 0, 0, 0, 0, 0];
-    srh.extend_from_slice(&SERVER_V6.octets());
-    let srh = Ext {
-        kind: proto::ROUTING,
-        bytes: srh,
-    };
-    let (first, mut payload) = packet::link_chain(&[srh], inner_next);
-    payload.extend_from_slice(&inner_packet);
     let IpAddr::V6(outer_src) = lab::source(Ip::V6, origin, SRV6_OUTER_SRC) else {
         unreachable!("IPv6 source")
     };
-    let outer = packet::ipv6(outer_src, SERVER_V6, first, &payload);
+    let outer = packet::srv6_encap(outer_src, SERVER_V6, inner_next, &inner_packet);
     Case {
         id: CaseId::Named(ALL[at].name),
         generator: Generator::Regression,
@@ -231,7 +217,7 @@ mod tests {
         assert_eq!(p[wire::IPV6_NEXT_HEADER_OFFSET], proto::ROUTING);
         let srh = &p[wire::IPV6_HLEN..];
         // Next header IPv4, 2 units (one segment), type 4, segments left 0, last entry 0.
-        assert_eq!(&srh[..5], &[proto::IPIP, 2, SRH_ROUTING_TYPE, 0, 0]);
+        assert_eq!(&srh[..5], &[proto::IPIP, 2, packet::SRH_ROUTING_TYPE, 0, 0]);
         assert_eq!(&srh[8..24], &SERVER_V6.octets());
         let inner = &srh[24..];
         assert_eq!(inner[0] >> 4, wire::IPV4_VERSION);

@@ -190,6 +190,28 @@ pub fn ipv6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, payload:
     p
 }
 
+/// Routing type of the segment routing header (SRv6, RFC 8754).
+pub const SRH_ROUTING_TYPE: u8 = 4;
+
+/// `inner` (a whole IP packet, `inner_next` = IPIP or IPV6) in IPv6 from `src` to `dst` behind a
+/// segment routing header that lists `dst` as its only segment, none left: what a node with
+/// seg6_enabled decapsulates by itself (ipv6_srh_rcv) and re-injects with netif_rx.
+pub fn srv6_encap(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    inner_next: u8,
+    inner: &[u8],
+) -> Vec<u8> {
+    let segment = dst.octets();
+    // Next header, length in 8-octet units after the first, type, segments left 0, last
+    // entry 0, flags, tag; then the segment list.
+    let units = (segment.len() / wire::IPV6_EXT_UNIT) as u8;
+    let mut payload = vec![inner_next, units, SRH_ROUTING_TYPE, 0, 0, 0, 0, 0];
+    payload.extend_from_slice(&segment);
+    payload.extend_from_slice(inner);
+    ipv6(src, dst, proto::ROUTING, &payload)
+}
+
 /// One VLAN tag as it appears on the wire: TPID and TCI (priority, DEI, VLAN id).
 #[derive(Clone, Copy, Debug)]
 pub struct Tag {
