@@ -208,7 +208,7 @@ fn detach_removes_every_pin_and_the_program() -> Result<()> {
     assert!(
         stdout.contains(&format!("removed XDP links on {IFACE}"))
             && stdout.contains("the program")
-            && stdout.contains(maps::ALLOW_V4),
+            && stdout.contains(maps::NODES_V4),
         "{stdout}"
     );
     assert!(!agent.files().pin_dir.exists(), "no pin left");
