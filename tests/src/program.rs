@@ -7,7 +7,7 @@
 //! already pinned there, so every instance gets its own directory, removed on Drop: two tests
 //! must never share maps.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
