@@ -98,7 +98,12 @@ pub fn test(args: &[String]) -> Result<()> {
 
 pub fn bench(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
+    let args = without_separator(args);
     let mut c = cargo(&tc);
+    // The proxy comparison runs the agent itself, built like a deployment.
+    if args.iter().any(|a| a == "--proxy") {
+        c.env("SERVE_GUARD_BIN", build_agent(&tc, true)?);
+    }
     c.args([
         "run",
         "--release",
@@ -109,7 +114,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         "bench",
         "--",
     ])
-    .args(without_separator(args));
+    .args(args);
     cmd::run(&mut c)
 }
 

@@ -18,6 +18,8 @@
 
 #[path = "bench/flood.rs"]
 mod flood;
+#[path = "bench/proxy.rs"]
+mod proxy;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serve_guard::filter::test_run::test_run;
@@ -41,8 +43,8 @@ const MIN_REPEAT: u32 = 1_000_000;
 /// Seed of the CIDR generator: the same lists on every run and machine.
 const SEED: u64 = 0x5e7e_9a7d_2026_0002;
 const DEFAULT_SIZES: [usize; 4] = [10, 1_000, 10_000, 60_000];
-/// The flood compares filters holding a list of this size (or the largest measured below it).
-const FLOOD_LIST: usize = 10_000;
+/// The flood compares filters holding lists of these sizes (those among `--sizes`).
+const FLOOD_SIZES: [usize; 2] = [10, 10_000];
 /// The lookup goal (issue 11): the largest list costs at most this much more than the smallest.
 const FLAT_GOAL: f64 = 1.25;
 const HTTP: u16 = 8000;
@@ -143,6 +145,27 @@ fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<(TestProgram, Vec<
     Ok((program, v4))
 }
 
+/// Two-sided 95% Student t quantiles for 1..=30 degrees of freedom.
+const T95: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+    2.052, 2.048, 2.045, 2.042,
+];
+/// The normal quantile, past the table.
+const Z95: f64 = 1.96;
+
+/// Mean and half-width of the 95% confidence interval of `v` (Student t).
+fn mean_ci(v: &[f64]) -> (f64, f64) {
+    let n = v.len();
+    let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (mean, f64::INFINITY);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let t = T95.get(n - 2).copied().unwrap_or(Z95);
+    (mean, t * (var / n as f64).sqrt())
+}
+
 /// The protected-port cases measured at every list size.
 const PROTECTED_CASES: [&str; 4] = [
     "filter: protected port, v4 allowed",
@@ -199,6 +222,7 @@ struct Options {
     json: Option<PathBuf>,
     write: bool,
     flood: bool,
+    proxy: bool,
 }
 
 fn options() -> Result<Options> {
@@ -209,6 +233,7 @@ fn options() -> Result<Options> {
         json: None,
         write: true,
         flood: false,
+        proxy: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -241,9 +266,10 @@ fn options() -> Result<Options> {
             "--json" => o.json = Some(args.next().context("--json needs a file")?.into()),
             "--no-write" => o.write = false,
             "--flood" => o.flood = true,
+            "--proxy" => o.proxy = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (known: --rounds N, --repeat N, --sizes LIST, --json FILE, --flood, --no-write)"
+                    "unknown argument {other:?} (known: --rounds N, --repeat N, --sizes LIST, --json FILE, --proxy, --flood, --no-write)"
                 )
             }
         }
@@ -329,27 +355,37 @@ fn main() -> Result<()> {
     }
 
     let mut report = report(&scenarios, &opts)?;
-    if let Some(path) = &opts.json {
-        let json = json(&scenarios, &opts);
-        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
+    let mut json = json(&scenarios, &opts);
     drop(scenarios);
-    let flood_index = programs
-        .iter()
-        .rposition(|(size, _, _)| *size <= FLOOD_LIST)
-        .unwrap_or(0);
-    let (flood_size, large, large_v4) = &mut programs[flood_index];
-    if opts.flood {
+    if opts.proxy {
         eprintln!(
-            "flood: {} rounds of {} packets per filter",
-            flood::ROUNDS,
-            flood::PACKETS
+            "proxy: {} rounds of serve-guard and nginx, with and without the token",
+            proxy::ROUNDS
         );
-        let rows = flood::compare(large, large_v4, [HTTP, GRPC], &v4_out.clone().tcp(HTTP))
-            .context("veth flood comparison (needs trafgen and nft: cargo xtask setup)")?;
-        report.push_str(&flood::report(&rows, *flood_size)?);
+        let series = proxy::compare()
+            .context("proxy comparison (needs nginx and wrk: cargo xtask setup)")?;
+        let (text, figures) = proxy::report(&series)?;
+        report.push_str(&text);
+        json["proxy"] = figures;
+    }
+    if opts.flood {
+        let mut figures = serde_json::Map::new();
+        for (size, program, v4) in programs
+            .iter_mut()
+            .filter(|(size, _, _)| FLOOD_SIZES.contains(size))
+        {
+            eprintln!(
+                "flood at {size} CIDRs: {} rounds of {} packets per filter",
+                flood::ROUNDS,
+                flood::PACKETS
+            );
+            let rows = flood::compare(program, v4, [HTTP, GRPC], &v4_out.clone().tcp(HTTP))
+                .context("veth flood comparison (needs trafgen, nft, iptables, ipset: cargo xtask setup)")?;
+            let (text, json_rows) = flood::report(&rows, *size)?;
+            report.push_str(&text);
+            figures.insert(size.to_string(), json_rows);
+        }
+        json["flood"] = serde_json::Value::Object(figures);
     }
     writeln!(
         report,
@@ -357,6 +393,11 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     )?;
     print!("{report}");
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if opts.write {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
         std::fs::create_dir_all(path.parent().context("docs dir")?)?;

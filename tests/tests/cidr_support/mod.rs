@@ -7,7 +7,6 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::MapData;
 use serve_guard::cidr::CidrList;
 use serve_guard::filter::allow::{self, AllowMaps};
-use serve_guard_common::maps;
 use serve_guard_tests::agent::Agent;
 use serve_guard_tests::limits;
 use serve_guard_tests::netns::Netns;
