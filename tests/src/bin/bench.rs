@@ -6,10 +6,11 @@
 //! start) so drift hits all of them alike, and the table reports the median over rounds.
 //! The floor is a real two-instruction XDP_PASS program loaded in the same run.
 //!
-//! With `--flood`, a bounded veth SYN flood then compares the program with an nftables rule
-//! holding the same list (see bench/flood.rs). It is opt-in: on a shared 2-core VM its
-//! differences are often within the noise (it says so in its output), while the numbers
-//! above are stable.
+//! With `--proxy`, the agent's token proxy is compared with nginx doing the same bearer check
+//! (bench/proxy.rs). With `--flood`, a bounded veth SYN flood compares the program with an
+//! nftables and an iptables rule holding the same list, at 10 and 10,000 CIDRs (bench/flood.rs).
+//! Both are opt-in: on a shared 2-core VM their differences are often within the noise (each
+//! comparison carries its 95% confidence interval), while the numbers above are stable.
 //!
 //! Options: `--rounds N` (default 9, at least 5), `--repeat N` (default 1000000, at least
 //! 1000000), `--sizes LIST` (allow-list sizes per family, default 10,1000,10000,60000),
@@ -429,9 +430,10 @@ fn report(scenarios: &[Scenario], opts: &Options) -> Result<String> {
         out,
         "Written by `cargo xtask bench` (tests/src/bin/bench.rs); rerun it to refresh. Options: \
          `--sizes LIST` (allow-list sizes per family), `--json FILE` (every figure and the \
-         method, machine readable), `--flood` (a veth SYN-flood comparison with nftables, \
-         opt-in because on a busy 2-core VM its differences are often within the noise; the \
-         section says whether its run was conclusive).\n"
+         method, machine readable), `--proxy` (the token proxy against nginx), `--flood` (a \
+         veth SYN flood against nftables and iptables at 10 and 10,000 CIDRs, with 95% \
+         confidence intervals; opt-in because on a busy 2-core VM its differences are often \
+         within the noise, and each comparison says whether it was conclusive).\n"
     )?;
     writeln!(out, "## Cost of the XDP program per packet\n")?;
     writeln!(
