@@ -99,9 +99,12 @@ fn mask_v6(addr: u128, len: u8) -> u128 {
     }
 }
 
+/// A list of CIDRs as (network address, prefix length).
+type Cidrs = Vec<(IpAddr, u8)>;
+
 /// `n` distinct CIDRs of each family: the VPC plus random ones that never cover the outside
 /// clients (a denied packet must stay denied).
-fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Vec<(IpAddr, u8)>, Vec<(IpAddr, u8)>) {
+fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Cidrs, Cidrs) {
     let mut v4: HashSet<(u32, u8)> = HashSet::from([(u32::from(VPC_V4.0), VPC_V4.1)]);
     while v4.len() < n {
         let len = rng.between(V4_PREFIXES);
@@ -135,7 +138,7 @@ fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Vec<(IpAddr, u8)>, Vec<(IpAddr, 
 }
 
 /// A program with the protected ports and `cidrs` CIDRs per family, and its IPv4 list.
-fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<(TestProgram, Vec<(IpAddr, u8)>)> {
+fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<(TestProgram, Cidrs)> {
     let mut program = TestProgram::load()?;
     for port in [HTTP, GRPC] {
         program.protect_port(port)?;
