@@ -149,6 +149,16 @@ pub async fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         errors,
     );
 
+    if let Some(count) = state.view.token_reload_errors() {
+        let errors = Counter::<u64>::default();
+        errors.inc_by(count);
+        registry.register(
+            "token_reload_errors",
+            "Re-reads of the token file that found it invalid (the tokens in force stayed)",
+            errors,
+        );
+    }
+
     let ready = Gauge::<i64>::default();
     ready.set(i64::from((state.ready)()));
     registry.register(
@@ -274,6 +284,9 @@ mod tests {
         }
         fn reload_token(&self) -> Option<Result<(), String>> {
             None
+        }
+        fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
+            Ok(Vec::new())
         }
     }
 
