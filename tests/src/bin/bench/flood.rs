@@ -588,6 +588,7 @@ pub fn report(rows: &[Row], cidrs: usize) -> Result<(String, serde_json::Value)>
         );
     }
     writeln!(out, "\n### Method\n")?;
+    let start = out.len();
     writeln!(
         out,
         "- Two network namespaces created for the run, joined by a veth pair; trafgen (one \
@@ -615,6 +616,7 @@ pub fn report(rows: &[Row], cidrs: usize) -> Result<(String, serde_json::Value)>
          {{8000, 9000}} counter drop` with an interval set; iptables `-p tcp -m multiport \
          --dports 8000,9000 -m set ! --match-set sgbench src -j DROP` with an ipset `hash:net`."
     )?;
+    json.insert("method".to_owned(), out[start..].into());
     Ok((out, serde_json::Value::Object(json)))
 }
 

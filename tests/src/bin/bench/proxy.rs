@@ -286,14 +286,14 @@ fn median(v: &[f64]) -> f64 {
 pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
     let mut out = String::new();
     writeln!(out, "\n## Token proxy vs nginx\n")?;
-    writeln!(
-        out,
+    let method = format!(
         "Same bearer check in front of the same upstream (nginx `return 200`), proxy and \
          upstream pinned to CPU {SERVER_CPU}, wrk -t1 -c{CONNECTIONS} ({SECONDS} s per run, \
          keep-alive) on CPU {LOAD_CPU}, plain HTTP, {ROUNDS} interleaved rounds. Ratio = \
          serve-guard / nginx requests per second in the same round; mean and 95% confidence \
-         interval over rounds (Student t).\n"
-    )?;
+         interval over rounds (Student t)."
+    );
+    writeln!(out, "{method}\n")?;
     writeln!(
         out,
         "| path | serve-guard req/s | nginx req/s | ratio (mean ± 95% CI) | p50 ms sg / nginx | p99 ms sg / nginx |"
@@ -335,5 +335,5 @@ pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
         "\nThe agent's proxy ran with all its threads on CPU {SERVER_CPU}; TLS was not measured \
          in this run."
     )?;
-    Ok((out, serde_json::Value::Array(json)))
+    Ok((out, serde_json::json!({"method": method, "paths": json})))
 }
