@@ -163,6 +163,12 @@ impl TokenStore {
     /// Re-reads the token file; from its return on, only the new token is accepted. On error
     /// the current token stays (the file on disk is broken, the agent keeps working).
     pub fn reload(&self) -> Result<(), TokenError> {
+        let result = self.reread();
+        crate::metrics::proxy::global().token_reload(result.is_ok());
+        result
+    }
+
+    fn reread(&self) -> Result<(), TokenError> {
         let path = self.path.as_deref().ok_or(TokenError::NoFile)?;
         let token = read_token_file(path)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(token));

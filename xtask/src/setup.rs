@@ -20,6 +20,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",         // test certificates
     "systemd",         // systemd-analyze verify
     "strace",          // the unit's SystemCallFilter covers every syscall the agent makes
+    "prometheus",      // promtool: checks /metrics, the alert rules and their unit tests
 ];
 
 /// Where bpf-linker finds the eBPF nightly's own libLLVM (see ../shared/FACTS.md): a folder whose

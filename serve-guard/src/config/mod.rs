@@ -165,6 +165,8 @@ impl std::str::FromStr for XdpModeSetting {
     }
 }
 
+pub use crate::logging::LogFormat;
+
 /// What the agent does with the filter when it stops (SIGINT/SIGTERM).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -244,6 +246,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     on_stop: Option<OnStop>,
+    log_format: Option<LogFormat>,
+    allow_everyone: Option<bool>,
     metrics: Option<MetricsConfig>,
     public: Option<public::PublicConfig>,
 }
@@ -264,6 +268,7 @@ pub struct Overrides {
     pub control_socket: Option<PathBuf>,
     pub on_stop: Option<OnStop>,
     pub metrics_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
 }
 
 /// The validated configuration.
@@ -285,6 +290,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
     pub on_stop: OnStop,
+    /// `text` (human-readable lines) or `json` (one object a line).
+    pub log_format: LogFormat,
+    /// Whether the CIDR file may hold an entry that allows every source (`0.0.0.0/0`, `::/0`).
+    pub allow_everyone: bool,
     pub metrics: MetricsConfig,
     /// The `[public]` table, if present (public mode uses its defaults when absent).
     pub public: Option<public::PublicConfig>,
@@ -305,6 +314,8 @@ impl fmt::Debug for Config {
             .field("state_dir", &self.state_dir)
             .field("control_socket", &self.control_socket)
             .field("on_stop", &self.on_stop)
+            .field("log_format", &self.log_format)
+            .field("allow_everyone", &self.allow_everyone)
             .field("metrics", &self.metrics)
             .field("public", &self.public.as_ref().map(|_| "<set>"))
             .finish()
@@ -412,6 +423,8 @@ impl Config {
                 "control_socket",
             )?,
             on_stop: o.on_stop.or(file.on_stop).unwrap_or_default(),
+            log_format: o.log_format.or(file.log_format).unwrap_or_default(),
+            allow_everyone: file.allow_everyone.unwrap_or(false),
             metrics,
             public,
         })

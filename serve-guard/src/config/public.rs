@@ -301,6 +301,8 @@ pub struct PublicConfig {
     /// Ray Serve's gRPC endpoint (h2c); `http://127.0.0.1:9000` when absent.
     #[serde(deserialize_with = "de_opt_upstream")]
     pub grpc_upstream: Option<Upstream>,
+    /// One log line per forwarded request (refused requests are always logged).
+    pub access_log: bool,
     pub limits: Limits,
 }
 
@@ -320,6 +322,7 @@ impl Default for PublicConfig {
                 .collect(),
             grpc_listen: None,
             grpc_upstream: None,
+            access_log: false,
             limits: Limits::default(),
         }
     }

@@ -86,6 +86,7 @@ pub async fn start(
             store: Arc::clone(&store),
             view,
             ready: Arc::new(move || ready.is_ready()),
+            pin_dir: config.pin_dir.clone(),
         },
     )
     .await

@@ -10,6 +10,7 @@
 //! - `forward`: the upstream client, header hygiene, streaming, upgrades.
 //! - `grpc`: the gRPC listener's answers.
 //! - `tls`, `limits`, `server`: listeners, limits and the accept loop.
+//! - `observe`: metrics and log lines for each request's outcome.
 //! - `routes`, `status`: what `serve-guard status` shows in public mode.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod docs_link;
 pub mod forward;
 pub mod grpc;
 pub mod limits;
+pub mod observe;
 pub mod path;
 pub mod reply;
 pub mod routes;
@@ -27,7 +29,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -35,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::public::{PublicConfig, PublicConfigError, Upstream};
+use crate::metrics::proxy::{Listener as MetricListener, Outcome};
 use crate::token::TokenStore;
 use auth::{Carriers, Verdict};
 use docs_link::CookieSettings;
@@ -64,10 +67,19 @@ enum Kind {
     Grpc,
 }
 
+impl Kind {
+    fn metric(self) -> MetricListener {
+        match self {
+            Kind::Http => MetricListener::Http,
+            Kind::Grpc => MetricListener::Grpc,
+        }
+    }
+}
+
 /// What the checks decided about a request.
 enum Decision {
     /// The proxy answers itself (401, the docs link, ...).
-    Answer(Response<Body>),
+    Answer(Response<Body>, Outcome),
     /// Forward upstream, with this path and query instead of the request's own if set.
     Forward(Option<String>),
 }
@@ -82,10 +94,13 @@ pub struct Handler {
     cookie_max_age_secs: u64,
     external_https: bool,
     response_timeout: Duration,
+    /// `[public] access_log`: one log line per forwarded request.
+    access_log: bool,
 }
 
 impl Handler {
     async fn handle(&self, mut req: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
         let method = req.method().clone();
         // Only the path is logged: a query may hold the docs link's token.
         let path = req.uri().path().to_owned();
@@ -93,11 +108,22 @@ impl Handler {
             Kind::Http => self.check_http(&mut req, info),
             Kind::Grpc => self.check_grpc(&mut req),
         };
-        let resp = match decision {
-            Decision::Answer(resp) => resp,
+        let (resp, outcome) = match decision {
+            Decision::Answer(resp, outcome) => (resp, outcome),
             Decision::Forward(target) => self.send(req, info, target).await,
         };
-        tracing::debug!(peer = %info.peer, %method, %path, status = resp.status().as_u16(), "request");
+        observe::request(
+            &observe::Request {
+                listener: self.kind.metric(),
+                client: info.peer,
+                method: method.as_str(),
+                path: &path,
+                outcome,
+                status: resp.status().as_u16(),
+                elapsed: Some(started.elapsed()),
+            },
+            self.access_log,
+        );
         resp
     }
 
@@ -105,10 +131,13 @@ impl Handler {
     fn check_http(&self, req: &mut Request<Incoming>, info: ConnInfo) -> Decision {
         // A reverse proxy is no tunnel to arbitrary hosts.
         if req.method() == Method::CONNECT {
-            return Decision::Answer(plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "405 Method Not Allowed: CONNECT is not supported\n",
-            ));
+            return Decision::Answer(
+                plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "405 Method Not Allowed: CONNECT is not supported\n",
+                ),
+                Outcome::MethodNotAllowed,
+            );
         }
         let token = self.tokens.current();
         let cookie = CookieSettings {
@@ -116,7 +145,12 @@ impl Handler {
             secure: info.tls || self.external_https,
         };
         if let Some(resp) = docs_link::handle(req.method(), req.uri(), token.as_deref(), cookie) {
-            return Decision::Answer(resp);
+            let outcome = match resp.status() {
+                StatusCode::UNAUTHORIZED => Outcome::InvalidToken,
+                StatusCode::BAD_REQUEST => Outcome::BadRequest,
+                _ => Outcome::DocsLink,
+            };
+            return Decision::Answer(resp, outcome);
         }
         let verdict = auth::authenticate(
             req.headers_mut(),
@@ -134,7 +168,7 @@ impl Handler {
             return Decision::Forward(Some(target));
         }
         if verdict != Verdict::Allowed {
-            return Decision::Answer(auth::unauthorized(verdict));
+            return Decision::Answer(auth::unauthorized(verdict), refusal(verdict));
         }
         Decision::Forward(None)
     }
@@ -144,7 +178,10 @@ impl Handler {
         let token = self.tokens.current();
         match auth::authenticate(req.headers_mut(), token.as_deref(), Carriers::HeaderOnly) {
             Verdict::Allowed => Decision::Forward(None),
-            verdict => Decision::Answer(grpc::unauthenticated(verdict == Verdict::Invalid)),
+            verdict => Decision::Answer(
+                grpc::unauthenticated(verdict == Verdict::Invalid),
+                refusal(verdict),
+            ),
         }
     }
 
@@ -153,7 +190,7 @@ impl Handler {
         req: Request<Incoming>,
         info: ConnInfo,
         path_and_query: Option<String>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Outcome) {
         let forward = Forward {
             client: &self.client,
             upstream: &self.upstream,
@@ -166,10 +203,15 @@ impl Handler {
             },
         };
         match forward.send(req, path_and_query).await {
-            Ok(resp) => resp,
+            Ok(resp) => (resp, Outcome::Forwarded),
             Err(e) => {
                 tracing::warn!(upstream = %self.upstream, error = %e, "cannot forward");
-                match (self.kind, &e) {
+                let outcome = match &e {
+                    ForwardError::Unreachable(_) => Outcome::BadGateway,
+                    ForwardError::Timeout(_) => Outcome::GatewayTimeout,
+                    ForwardError::Build(_) => Outcome::BadRequest,
+                };
+                let resp = match (self.kind, &e) {
                     (Kind::Http, ForwardError::Unreachable(_)) => plain(
                         StatusCode::BAD_GATEWAY,
                         "502 Bad Gateway: the upstream (Ray Serve) is unreachable\n",
@@ -188,9 +230,18 @@ impl Handler {
                     (Kind::Grpc, _) => {
                         grpc::status(grpc::STATUS_UNAVAILABLE, "upstream unreachable")
                     }
-                }
+                };
+                (resp, outcome)
             }
         }
+    }
+}
+
+/// The outcome of a token check that did not allow the request.
+fn refusal(verdict: Verdict) -> Outcome {
+    match verdict {
+        Verdict::Invalid => Outcome::InvalidToken,
+        Verdict::Missing | Verdict::Allowed => Outcome::MissingToken,
     }
 }
 
@@ -222,6 +273,7 @@ impl Proxy {
                 cookie_max_age_secs: config.cookie_max_age.as_secs(),
                 external_https: config.external_url().is_https(),
                 response_timeout: config.limits.upstream_response_timeout,
+                access_log: config.access_log,
             })
         };
         let bind = |addr: SocketAddr, what| async move {

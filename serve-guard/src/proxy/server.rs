@@ -64,7 +64,9 @@ pub async fn run(
                 continue;
             }
         };
+        let listener_metric = listener.handler.kind.metric();
         let Some(permit) = limit.try_acquire() else {
+            crate::metrics::proxy::global().connection_rejected(listener_metric);
             drop(stream);
             continue;
         };
@@ -84,7 +86,9 @@ pub async fn run(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = listener.tls.clone();
+        let access_log = listener.handler.access_log;
         tokio::spawn(async move {
+            let _open = crate::metrics::proxy::global().connection_opened(listener_metric);
             let result = match tls {
                 Some(tls) => {
                     let stream =
@@ -109,6 +113,19 @@ pub async fn run(
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                // hyper answered a bad request head itself (400, 431): the handler never saw it.
+                if let Some(outcome) = super::observe::connection_error_outcome(e.as_ref()) {
+                    let request = super::observe::Request {
+                        listener: listener_metric,
+                        client: peer,
+                        method: "-",
+                        path: "-",
+                        outcome,
+                        status: outcome.status(),
+                        elapsed: None,
+                    };
+                    super::observe::request(&request, access_log);
+                }
             }
         });
     }
