@@ -64,6 +64,8 @@ pub enum AgentError {
     Token(#[from] crate::token::TokenError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The filter, shared by every task that reads or changes it.
@@ -171,6 +173,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
 
     let host = config.check_host()?;
+    crate::store::check_file_consent(
+        &config.cidr_file,
+        &config.state_dir,
+        &host.cidrs,
+        config.allow_everyone,
+    )?;
     for warning in &host.warnings {
         tracing::warn!("{}: {warning}", config.cidr_file.display());
     }

@@ -3,6 +3,7 @@
 
 mod cidr;
 mod detach;
+pub mod output;
 mod run;
 mod stats;
 mod status;
@@ -70,7 +71,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("serve-guard: {}", error_chain(&e));
-            ExitCode::FAILURE
+            ExitCode::from(output::exit_code(&e) as u8)
         }
     }
 }

@@ -1,11 +1,15 @@
 //! `serve-guard status [--json]`: mode, interfaces with their XDP mode, ports, CIDR revision and
 //! counts, audit flag, pinned state, agent uptime; in public mode the URL, token and API docs
-//! links. From the running agent, or from the config, the CIDR file and the pins when none runs.
+//! links. From the running agent (which also asks Serve for its routes, from its own network
+//! namespace), or from the config, the CIDR file and the pins when none runs; then the exit
+//! status is 3, as `systemctl is-active` says for an inactive unit.
 
+use super::output::{self, Coded, Exit, outln};
 use crate::config::{Config, Mode, Overrides};
 use crate::control::client::{Client, ClientError};
 use crate::control::{CidrSummary, StatusReport, routes};
 use crate::filter::{LinkState, PinLayout};
+use crate::proxy::status::{PublicStatus, public_status_offline};
 use crate::store::Store;
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -20,7 +24,7 @@ pub struct Args {
 
 pub async fn exec(config: &Path, args: Args) -> Result<()> {
     let config = Config::load(config, &Overrides::default())?;
-    let mut report = match Client::new(&config.control_socket)
+    let report = match Client::new(&config.control_socket)
         .get::<StatusReport>(routes::STATUS)
         .await
     {
@@ -28,32 +32,33 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
         Err(ClientError::NotRunning { .. }) => offline(&config)?,
         Err(e) => return Err(e.into()),
     };
-    let public = match config.mode {
-        Mode::Public => {
-            let public = config.public.clone().unwrap_or_default();
-            Some(crate::proxy::status::public_status(&public).await)
-        }
-        Mode::Private => None,
-    };
     if args.json {
-        if report.public.is_none()
-            && let Some(p) = &public
-        {
-            report.public = Some(match p {
-                Ok(p) => serde_json::to_value(p)?,
-                Err(e) => json!({ "error": format!("{e:#}") }),
-            });
+        output::json(&report)?;
+    } else {
+        print_report(&report);
+        match report.public.as_ref().map(public_text) {
+            Some(Ok(text)) => outln!("\n{text}"),
+            Some(Err(e)) => outln!("\npublic mode: {e}"),
+            None => {}
         }
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
     }
-    print_report(&report);
-    match public {
-        Some(Ok(p)) => println!("\n{p}"),
-        Some(Err(e)) => println!("\npublic mode: {e:#}"),
-        None => {}
+    if report.agent.is_none() {
+        return Err(Coded::new(
+            Exit::NotRunning,
+            format!("no agent answers on {}", config.control_socket.display()),
+        ));
     }
     Ok(())
+}
+
+/// The agent's public part as text; its `error` when it could not build one.
+fn public_text(public: &Value) -> Result<String, String> {
+    if let Some(e) = public.get("error") {
+        return Err(e.as_str().unwrap_or("unknown error").to_owned());
+    }
+    serde_json::from_value::<PublicStatus>(public.clone())
+        .map(|p| p.to_string())
+        .map_err(|e| format!("unexpected answer from the agent ({e})"))
 }
 
 /// What can be known without the agent: the config, the CIDR file, the pins.
@@ -74,6 +79,13 @@ fn offline(config: &Config) -> Result<StatusReport> {
             })
         })
         .collect();
+    let public = match config.mode {
+        Mode::Public => {
+            let public = config.public.clone().unwrap_or_default();
+            Some(serde_json::to_value(public_status_offline(&public))?)
+        }
+        Mode::Private => None,
+    };
     Ok(StatusReport {
         mode: config.mode.name().to_owned(),
         agent: None,
@@ -90,21 +102,21 @@ fn offline(config: &Config) -> Result<StatusReport> {
             "ports": config.serve_ports,
             "audit": config.audit,
         }),
-        public: None,
+        public,
     })
 }
 
 fn print_report(r: &StatusReport) {
     let f = &r.filter;
-    println!("mode:        {}", r.mode);
+    outln!("mode:        {}", r.mode);
     match &r.agent {
-        Some(a) => println!(
+        Some(a) => outln!(
             "agent:       running (pid {}, version {}, up {})",
             a.pid,
             a.version,
             uptime(a.uptime_seconds)
         ),
-        None => println!(
+        None => outln!(
             "agent:       not running{}",
             if f["pinned"] == json!(true) {
                 " (the pinned filter keeps filtering with the last list)"
@@ -132,7 +144,7 @@ fn print_report(r: &StatusReport) {
                 .collect()
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "interfaces:  {}",
         if interfaces.is_empty() {
             "none".to_owned()
@@ -144,12 +156,15 @@ fn print_report(r: &StatusReport) {
         .as_array()
         .map(|p| p.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
-    println!("ports:       {}", ports.join(", "));
-    println!(
+    outln!("ports:       {}", ports.join(", "));
+    outln!(
         "CIDRs:       revision {}: {} IPv4 and {} IPv6 ({})",
-        r.cidrs.revision, r.cidrs.ipv4, r.cidrs.ipv6, r.cidrs.file
+        r.cidrs.revision,
+        r.cidrs.ipv4,
+        r.cidrs.ipv6,
+        r.cidrs.file
     );
-    println!(
+    outln!(
         "audit:       {}",
         if f["audit"] == json!(true) {
             "on (would-be drops are counted and passed)"
@@ -162,7 +177,7 @@ fn print_report(r: &StatusReport) {
         (Some(_), _) | (None, Some(true)) => format!("yes, under {pin_dir}"),
         (None, _) => format!("no (nothing under {pin_dir})"),
     };
-    println!("pinned:      {pinned}");
+    outln!("pinned:      {pinned}");
 }
 
 fn uptime(seconds: u64) -> String {
