@@ -210,7 +210,14 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let started = start_subsystems(&ctx, &mut subsystems).await;
 
     let outcome = match started {
-        Err(e) => Err(e),
+        Err(e) => {
+            // All or nothing: a start that cannot finish takes back what it attached.
+            ctx.shutdown.cancel();
+            subsystems.stop().await;
+            let AgentContext { filter, .. } = ctx;
+            undo_start(filter).await;
+            return Err(e);
+        }
         Ok(()) => {
             ctx.ready.set_ready();
             tokio::select! {
@@ -256,6 +263,17 @@ async fn start_subsystems(
         });
     }
     Ok(())
+}
+
+/// After a failed start: [`Filter::undo_start`], then the filter's handles close (at the latest
+/// when the process exits), which takes this start's links off the interfaces.
+async fn undo_start(filter: SharedFilter) {
+    let result = filter.lock().await.undo_start();
+    drop(filter);
+    match result {
+        Ok(done) => tracing::error!("the start failed; {done}"),
+        Err(e) => tracing::error!("the start failed and undoing it failed too: {e}"),
+    }
 }
 
 /// Applies `on_stop`. Keep: drop our handles, the pins hold the filter in place. Detach: unpin
