@@ -72,7 +72,10 @@ fn the_cli_behaves_for_scripts() -> Result<()> {
     // --json everywhere, with a schema version; a change's JSON lists every entry.
     let out = agent.cli(&["cidr", "add", "10.200.0.0/16", "--json"])?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    ensure!(json["schema_version"] == 1 && json["added"][0] == "10.200.0.0/16", "{json}");
+    ensure!(
+        json["schema_version"] == 1 && json["added"][0] == "10.200.0.0/16",
+        "{json}"
+    );
     let revision = json["revision"].as_u64().context("revision")?;
     for args in [
         &["status", "--json"][..],
@@ -87,10 +90,20 @@ fn the_cli_behaves_for_scripts() -> Result<()> {
 
     // Exit codes: bad input 2, stale revision 4.
     let out = agent.cli(&["cidr", "add", "10.1.0.0/33"])?;
-    ensure!(code(&out) == Some(2), "bad CIDR: {:?} {}", out.status, text(&out.stderr));
+    ensure!(
+        code(&out) == Some(2),
+        "bad CIDR: {:?} {}",
+        out.status,
+        text(&out.stderr)
+    );
     let stale = (revision - 1).to_string();
     let out = agent.cli(&["cidr", "add", "10.201.0.0/16", "--if-revision", &stale])?;
-    ensure!(code(&out) == Some(4), "stale: {:?} {}", out.status, text(&out.stderr));
+    ensure!(
+        code(&out) == Some(4),
+        "stale: {:?} {}",
+        out.status,
+        text(&out.stderr)
+    );
 
     // Every source: refused without --allow-everyone, and nothing changes.
     for everyone in ["0.0.0.0/0", "::/0"] {
@@ -121,6 +134,9 @@ fn the_cli_behaves_for_scripts() -> Result<()> {
         );
         ensure!(out.stdout.is_empty(), "token {verb} printed something");
     }
-    ensure!(default_token.exists() == existed, "token rotate created a file");
+    ensure!(
+        default_token.exists() == existed,
+        "token rotate created a file"
+    );
     Ok(())
 }

@@ -251,7 +251,11 @@ fn status_stats_and_metrics_show_the_agent_then_the_pins() -> Result<()> {
     ensure!(stats.contains("pinned map"), "{stats}");
     // `status` still reports, and says by its exit code (3) that no agent runs.
     let out = s.agent.cli(&["status"])?;
-    ensure!(out.status.code() == Some(3), "status without an agent: {:?}", out.status);
+    ensure!(
+        out.status.code() == Some(3),
+        "status without an agent: {:?}",
+        out.status
+    );
     let status = String::from_utf8(out.stdout)?;
     ensure!(
         status.contains("not running") && status.contains("pinned:      yes"),

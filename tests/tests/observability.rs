@@ -9,8 +9,10 @@ use serve_guard_tests::agent::{Agent, AgentConfig};
 use serve_guard_tests::probe;
 use serve_guard_tests::server::HttpServer;
 use serve_guard_tests::topology::{IFACE, SERVER_V4, Topology};
+use serve_guard_tests::{limits, wait_for};
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -18,6 +20,8 @@ const PROXY_PORT: u16 = 8443;
 const UPSTREAM_PORT: u16 = 8000;
 const METRICS: &str = "127.0.0.1:9464";
 const WRONG_TOKEN: &str = "not-the-token-0123456789abcdef";
+/// `[public.limits] max_connections` of the test's proxy: small, so the test can exceed it.
+const MAX_CONNECTIONS: usize = 2;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,7 +49,11 @@ fn promtool(args: &[&str], dir: &Path, stdin: Option<&str>) -> Result<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    ensure!(out.status.success(), "promtool {args:?}: {}\n{text}", out.status);
+    ensure!(
+        out.status.success(),
+        "promtool {args:?}: {}\n{text}",
+        out.status
+    );
     Ok(text)
 }
 
@@ -99,6 +107,9 @@ impl Public {
             dir.path().join("token").display().to_string().into(),
         );
         public.insert("access_log".into(), true.into());
+        let mut limits = toml::Table::new();
+        limits.insert("max_connections".into(), (MAX_CONNECTIONS as i64).into());
+        public.insert("limits".into(), limits.into());
         let cfg = AgentConfig::public(&[IFACE])
             .cidrs(&Topology::vpc_cidrs())
             .serve_ports(&[UPSTREAM_PORT])
@@ -127,12 +138,7 @@ impl Public {
 
     fn scrape(&self, accept: Option<&str>) -> Result<(String, String)> {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
-        let r = probe::http_request(
-            &self.topo.server.ns,
-            METRICS.parse()?,
-            "/metrics",
-            &headers,
-        )?;
+        let r = probe::http_request(&self.topo.server.ns, METRICS.parse()?, "/metrics", &headers)?;
         ensure!(r.status == 200, "/metrics answered {}", r.status);
         let content_type = r.header("content-type").unwrap_or_default().to_owned();
         Ok((content_type, r.body_text()))
@@ -166,15 +172,33 @@ fn the_proxy_is_measured_logged_and_promtool_clean() -> Result<()> {
         "{content_type}"
     );
     for (series, want) in [
-        (r#"serve_guard_proxy_requests_total{listener="http",outcome="missing_token"}"#, 1.0),
-        (r#"serve_guard_proxy_requests_total{listener="http",outcome="invalid_token"}"#, 1.0),
-        (r#"serve_guard_proxy_requests_total{listener="http",outcome="forwarded"}"#, 1.0),
-        (r#"serve_guard_proxy_requests_total{listener="http",outcome="bad_gateway"}"#, 1.0),
-        (r#"serve_guard_proxy_request_duration_seconds_count{listener="http"}"#, 4.0),
+        (
+            r#"serve_guard_proxy_requests_total{listener="http",outcome="missing_token"}"#,
+            1.0,
+        ),
+        (
+            r#"serve_guard_proxy_requests_total{listener="http",outcome="invalid_token"}"#,
+            1.0,
+        ),
+        (
+            r#"serve_guard_proxy_requests_total{listener="http",outcome="forwarded"}"#,
+            1.0,
+        ),
+        (
+            r#"serve_guard_proxy_requests_total{listener="http",outcome="bad_gateway"}"#,
+            1.0,
+        ),
+        (
+            r#"serve_guard_proxy_request_duration_seconds_count{listener="http"}"#,
+            4.0,
+        ),
         (r#"serve_guard_filter_attached{interface="eth0"}"#, 1.0),
         ("serve_guard_token_reload_errors_total", 0.0),
     ] {
-        ensure!(sample(&scrape, series) == Some(want), "{series} != {want} in\n{scrape}");
+        ensure!(
+            sample(&scrape, series) == Some(want),
+            "{series} != {want} in\n{scrape}"
+        );
     }
     for name in [
         "serve_guard_build_info",
@@ -199,15 +223,19 @@ fn the_proxy_is_measured_logged_and_promtool_clean() -> Result<()> {
     ensure!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
 
     // Every expression of the dashboard and the alert rules names metrics this scrape has.
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deploy().join("grafana/serve-guard.json"))?)?;
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        deploy().join("grafana/serve-guard.json"),
+    )?)?;
     let mut exprs = Vec::new();
     for panel in dashboard["panels"].as_array().context("panels")? {
         for target in panel["targets"].as_array().context("targets")? {
             exprs.push(target["expr"].as_str().context("expr")?.to_owned());
         }
     }
-    for var in dashboard["templating"]["list"].as_array().context("templating")? {
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .context("templating")?
+    {
         if let Some(q) = var["query"]["query"].as_str() {
             exprs.push(q.to_owned());
         }
@@ -238,7 +266,10 @@ fn the_proxy_is_measured_logged_and_promtool_clean() -> Result<()> {
 
     // Refused requests: client, listener, path, reason; never a token; no colour in a file.
     let logs = s.agent.logs();
-    let refused: Vec<&str> = logs.lines().filter(|l| l.contains("request refused")).collect();
+    let refused: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
     ensure!(refused.len() == 2, "refused lines: {refused:?}\n{logs}");
     let outside = s.topo.outside.v4.to_string();
     ensure!(
@@ -249,14 +280,55 @@ fn the_proxy_is_measured_logged_and_promtool_clean() -> Result<()> {
         "{}",
         refused[0]
     );
-    ensure!(refused[1].contains("reason=\"invalid_token\""), "{}", refused[1]);
+    ensure!(
+        refused[1].contains("reason=\"invalid_token\""),
+        "{}",
+        refused[1]
+    );
     ensure!(
         logs.lines()
             .any(|l| l.contains("serve_guard::access") && l.contains("path=\"/echo\"")),
         "no access log line:\n{logs}"
     );
-    ensure!(!logs.contains(WRONG_TOKEN) && !logs.contains(&token), "a token in the log");
-    ensure!(!logs.contains('\u{1b}'), "escape codes in a log file:\n{logs}");
+    ensure!(
+        !logs.contains(WRONG_TOKEN) && !logs.contains(&token),
+        "a token in the log"
+    );
+    ensure!(
+        !logs.contains('\u{1b}'),
+        "escape codes in a log file:\n{logs}"
+    );
+
+    // Connections over max_connections: closed at accept, counted and logged.
+    let proxy = SocketAddr::from((SERVER_V4, PROXY_PORT));
+    let held: Vec<TcpStream> = s.topo.outside.ns.run(|| {
+        (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(proxy))
+            .collect()
+    })??;
+    let open = r#"serve_guard_proxy_open_connections{listener="http"}"#;
+    wait_for("the held connections to count", limits::AGENT_READY, || {
+        Ok(sample(&s.scrape(None)?.1, open) == Some(MAX_CONNECTIONS as f64))
+    })?;
+    let rejected = r#"serve_guard_proxy_rejected_connections_total{listener="http"}"#;
+    wait_for(
+        "a connection over the limit to be rejected",
+        limits::AGENT_READY,
+        || {
+            // Each try is one more connection over the limit, closed by the proxy at accept.
+            // (It fails: the proxy closes it without an answer.)
+            let _ = s.get("/echo", &[]);
+            Ok(sample(&s.scrape(None)?.1, rejected).is_some_and(|n| n >= 1.0))
+        },
+    )?;
+    ensure!(
+        s.agent
+            .logs()
+            .lines()
+            .any(|l| l.contains("connection refused") && l.contains("reason=\"max_connections\"")),
+        "no log line for the rejected connection"
+    );
+    drop(held);
     Ok(())
 }
 
@@ -285,7 +357,10 @@ fn json_logs_are_one_object_a_line() -> Result<()> {
     for line in &lines {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
-        ensure!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+        ensure!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
     }
     ensure!(
         lines.iter().any(|l| l.contains("serve-guard running")),

@@ -115,10 +115,7 @@ fn a_failed_restart_leaves_the_adopted_filter_filtering() -> Result<()> {
     let status = agent.run_to_exit(&["--metrics-listen", &format!("{UNASSIGNED}:9464")])?;
     let logs = agent.run_logs();
     assert!(!status.success(), "{logs}");
-    assert!(
-        logs.contains("the adopted filter stays in place"),
-        "{logs}"
-    );
+    assert!(logs.contains("the adopted filter stays in place"), "{logs}");
     assert!(agent.files().pin_dir.exists(), "pins removed:\n{logs}");
     assert!(
         xdp_program(&topo.server.ns, IFACE)?.is_some(),

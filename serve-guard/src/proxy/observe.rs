@@ -1,6 +1,7 @@
 //! What the proxy tells the operator about each request: the metrics, a log line for every
 //! refused request (client, listener, path, reason; rate-limited so a 401 storm cannot flood the
-//! journal) and, when `[public] access_log` is on, one line per forwarded request.
+//! journal), the same for connections closed at accept over `max_connections`, and, when
+//! `[public] access_log` is on, one line per forwarded request.
 //!
 //! Never the token: only the path is logged (a docs link carries the token in its query), and
 //! no header.
@@ -60,6 +61,21 @@ pub fn request(req: &Request<'_>, access_log: bool) {
             status = req.status,
             duration_ms = req.elapsed.map_or(0, |d| d.as_millis() as u64),
             "request"
+        );
+    }
+}
+
+/// A connection closed at accept because `max_connections` were open: counted, and logged like
+/// a refused request (rate-limited, with the client's address).
+pub fn connection_rejected(listener: Listener, client: SocketAddr) {
+    metrics::global().connection_rejected(listener);
+    if let Some(suppressed) = refusal_limiter().admit(Instant::now()) {
+        tracing::warn!(
+            %client,
+            listener = listener.as_str(),
+            reason = "max_connections",
+            suppressed_since_last = suppressed,
+            "connection refused"
         );
     }
 }

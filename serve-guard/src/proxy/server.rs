@@ -66,7 +66,7 @@ pub async fn run(
         };
         let listener_metric = listener.handler.kind.metric();
         let Some(permit) = limit.try_acquire() else {
-            crate::metrics::proxy::global().connection_rejected(listener_metric);
+            super::observe::connection_rejected(listener_metric, peer);
             drop(stream);
             continue;
         };
