@@ -585,7 +585,16 @@ mod tests {
         assert_eq!(c.control_socket, Path::new("/run/serve-guard/control.sock"));
         assert_eq!(c.on_stop, OnStop::Keep);
         assert_eq!(c.metrics.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(!c.allow_everyone);
         assert!(c.public.is_none());
+        let c = parse(&format!(
+            "{MINIMAL}log_format = \"json\"\nallow_everyone = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.allow_everyone);
+        assert!(parse(&format!("{MINIMAL}log_format = \"xml\"\n")).is_err());
     }
 
     #[test]
@@ -653,8 +662,10 @@ mod tests {
             control_socket: Some("/x/sock".into()),
             on_stop: Some(OnStop::Detach),
             metrics_listen: Some("127.0.0.1:1".parse().unwrap()),
+            log_format: Some(LogFormat::Json),
         };
         let c = Config::from_toml(MINIMAL, Path::new("t"), &o).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.mode, Mode::Public);
         assert_eq!(c.interfaces, ["veth1"]);
         assert_eq!(c.serve_ports, [8080]);

@@ -215,13 +215,14 @@ mod tests {
         let store = Arc::new(Store::open(&dir.join("cidrs"), &dir.join("state")).unwrap());
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
+        let pin_dir = dir.join("pins");
         Fixture {
             dir,
             state: MetricsState {
                 store,
                 view: Arc::new(Counters),
                 ready: Arc::new(move || flag.load(Ordering::Relaxed)),
-                pin_dir: dir.join("pins"),
+                pin_dir,
             },
             ready,
         }
