@@ -138,10 +138,32 @@ fn refusal_limiter() -> &'static Limiter {
     &LIMITER
 }
 
+/// A connection hyper ended with an error: when it answered a bad request head itself (400,
+/// 431), which the handler never saw, that request is recorded like any other.
+pub fn connection_error(
+    listener: Listener,
+    client: SocketAddr,
+    error: &(dyn std::error::Error + 'static),
+    access_log: bool,
+) {
+    if let Some(outcome) = connection_error_outcome(error) {
+        let req = Request {
+            listener,
+            client,
+            method: "-",
+            path: "-",
+            outcome,
+            status: outcome.status(),
+            elapsed: None,
+        };
+        request(&req, access_log);
+    }
+}
+
 /// The outcome of a connection that hyper ended with an error before the handler saw a
 /// request: a head over the size limit (431) or one it could not parse (400). `None` for other
 /// errors (the client went away, a timeout).
-pub fn connection_error_outcome(error: &(dyn std::error::Error + 'static)) -> Option<Outcome> {
+fn connection_error_outcome(error: &(dyn std::error::Error + 'static)) -> Option<Outcome> {
     let mut cause = Some(error);
     while let Some(e) = cause {
         if let Some(e) = e.downcast_ref::<hyper::Error>() {

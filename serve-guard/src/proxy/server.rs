@@ -113,19 +113,7 @@ pub async fn run(
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
-                // hyper answered a bad request head itself (400, 431): the handler never saw it.
-                if let Some(outcome) = super::observe::connection_error_outcome(e.as_ref()) {
-                    let request = super::observe::Request {
-                        listener: listener_metric,
-                        client: peer,
-                        method: "-",
-                        path: "-",
-                        outcome,
-                        status: outcome.status(),
-                        elapsed: None,
-                    };
-                    super::observe::request(&request, access_log);
-                }
+                super::observe::connection_error(listener_metric, peer, e.as_ref(), access_log);
             }
         });
     }
