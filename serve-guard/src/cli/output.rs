@@ -32,7 +32,7 @@ pub struct Coded {
 }
 
 impl Coded {
-    pub fn new(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+    pub fn error(exit: Exit, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Coded {
             exit,
             message: message.into(),
@@ -133,7 +133,7 @@ mod tests {
         });
         assert_eq!(exit_code(&refused), Exit::BadInput);
         assert_eq!(
-            exit_code(&Coded::new(Exit::NotRunning, "no agent")),
+            exit_code(&Coded::error(Exit::NotRunning, "no agent")),
             Exit::NotRunning
         );
         assert_eq!(exit_code(&anyhow::anyhow!("disk full")), Exit::Failure);

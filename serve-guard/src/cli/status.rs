@@ -43,7 +43,7 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
         }
     }
     if report.agent.is_none() {
-        return Err(Coded::new(
+        return Err(Coded::error(
             Exit::NotRunning,
             format!("no agent answers on {}", config.control_socket.display()),
         ));

@@ -51,7 +51,7 @@ struct TokenAnswer<'a> {
 pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
     let config = Config::load(config_path, &Overrides::default())?;
     if config.mode != Mode::Public {
-        return Err(Coded::new(
+        return Err(Coded::error(
             Exit::BadInput,
             format!(
                 "{} sets mode = \"{}\": there is no token in private mode; nothing was created",
