@@ -191,3 +191,44 @@ fn uptime(seconds: u64) -> String {
         s => format!("{s}s"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_public_part_prints_as_text() {
+        let agent = json!({
+            "user_service_url": "https://serve.example.com",
+            "token_file": "/etc/serve-guard/token",
+            "token": "T0K",
+            "docs_links": [{"route": "/echo", "app": "echo", "url": "https://serve.example.com/echo/docs?token=T0K"}],
+        });
+        let text = public_text(&agent).unwrap();
+        assert!(
+            text.contains("user service URL: https://serve.example.com"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/echo  https://serve.example.com/echo/docs?token=T0K"),
+            "{text}"
+        );
+        assert_eq!(
+            public_text(&json!({"error": "token file unreadable"})).unwrap_err(),
+            "token file unreadable"
+        );
+    }
+
+    #[test]
+    fn without_an_agent_there_are_no_docs_links_from_here() {
+        let status = public_status_offline(&crate::config::public::PublicConfig::default());
+        assert!(status.docs_links.is_empty());
+        assert!(
+            status
+                .routes_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no agent is running")),
+            "{status:?}"
+        );
+    }
+}
