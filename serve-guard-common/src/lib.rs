@@ -104,9 +104,13 @@ pub mod wire {
     pub mod proto {
         pub const HOPOPTS: u8 = 0;
         pub const ICMP: u8 = 1;
+        /// IPv4 inside IP.
+        pub const IPIP: u8 = 4;
         pub const TCP: u8 = 6;
         pub const UDP: u8 = 17;
         pub const DCCP: u8 = 33;
+        /// IPv6 inside IP.
+        pub const IPV6: u8 = 41;
         pub const ROUTING: u8 = 43;
         pub const FRAGMENT: u8 = 44;
         pub const ESP: u8 = 50;

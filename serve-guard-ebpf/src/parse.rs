@@ -279,6 +279,7 @@ fn ipv6_transport(frame: &Frame, l3: usize) -> Transport {
         return Transport::Unknown;
     };
     let mut offset = l3 + wire::IPV6_HLEN;
+    let mut routed = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_walked_extension(next) {
             break;
@@ -304,12 +305,17 @@ fn ipv6_transport(frame: &Frame, l3: usize) -> Transport {
                 return Transport::Unprotected;
             }
         }
+        routed |= next == proto::ROUTING;
         next = nh;
         offset += header_len;
     }
     match next {
         // Still inside the chain after the bound: we stopped looking, the kernel would not.
         _ if is_walked_extension(next) => Transport::Unknown,
+        // An IP packet behind a segment routing header (SRv6, RPL): with seg6_enabled the
+        // kernel decapsulates it by itself, without a device or a route, and re-injects the
+        // inner packet where XDP never sees it. Its port cannot be known from here.
+        proto::IPIP | proto::IPV6 if routed => Transport::Unknown,
         // Known extension headers we do not walk: whatever follows them is unknown.
         proto::MOBILITY
         | proto::HIP

@@ -1259,3 +1259,42 @@ fn every_port_protocol_is_judged_by_its_port() {
     }
     check(&program(0), &cases);
 }
+
+#[test]
+fn ip_behind_a_routing_header_is_unknown() {
+    // With seg6_enabled the kernel decapsulates an SRv6 packet whose last segment is local and
+    // re-injects the inner packet behind XDP: its port cannot be known.
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        for (name, inner) in [("IPv4", proto::IPIP), ("IPv6", proto::IPV6)] {
+            cases.push(Case::new(
+                format!("v6 {src:?} routing header then {name}"),
+                v6(src).ext(Ext::Routing).protocol(inner).build(),
+                unknown_port(src),
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} destination options, routing, fragment then {name}"),
+                v6(src)
+                    .ext(Ext::DestOpts { extra_units: 0 })
+                    .ext(Ext::Routing)
+                    .ext(Ext::Fragment {
+                        offset: 0,
+                        more: false,
+                    })
+                    .protocol(inner)
+                    .build(),
+                unknown_port(src),
+                Ipv6,
+            ));
+            // Without a routing header only a tunnel device decapsulates: named by `status`.
+            cases.push(Case::new(
+                format!("v6 {src:?} {name} in IPv6 without a routing header"),
+                v6(src).protocol(inner).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+        }
+    }
+    check(&program(0), &cases);
+}

@@ -86,6 +86,10 @@ fn offline(config: &Config) -> Result<StatusReport> {
         }
         Mode::Private => None,
     };
+    let (exposures, exposures_error) = match crate::node::scan(&config.interfaces) {
+        Ok(found) => (found, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     Ok(StatusReport {
         mode: config.mode.name().to_owned(),
         agent: None,
@@ -103,6 +107,8 @@ fn offline(config: &Config) -> Result<StatusReport> {
             "audit": config.audit,
         }),
         public,
+        exposures,
+        exposures_error,
     })
 }
 
@@ -178,6 +184,12 @@ fn print_report(r: &StatusReport) {
         (None, _) => format!("no (nothing under {pin_dir})"),
     };
     outln!("pinned:      {pinned}");
+    if let Some(e) = &r.exposures_error {
+        outln!("warning:     {e}");
+    }
+    for exposure in &r.exposures {
+        outln!("warning:     {exposure}");
+    }
 }
 
 fn uptime(seconds: u64) -> String {

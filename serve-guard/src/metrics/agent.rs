@@ -119,6 +119,16 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
         ready,
     );
 
+    if let Some(count) = state.view.token_reload_errors() {
+        let errors = Counter::<u64>::default();
+        errors.inc_by(count);
+        registry.register(
+            "token_reload_errors",
+            "Re-reads of the token file that found it invalid (the tokens in force stayed)",
+            errors,
+        );
+    }
+
     let attached = Family::<InterfaceLabel, Gauge>::default();
     for link in PinLayout::new(&state.pin_dir).links().unwrap_or_default() {
         // A link whose interface went away, or that `bpftool link detach` cut, reads ifindex 0.

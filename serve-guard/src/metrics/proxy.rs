@@ -1,5 +1,6 @@
 //! Public-mode proxy metrics: requests by listener and outcome, request duration, open and
-//! rejected connections, token reloads.
+//! rejected connections, token reloads (the reload errors are the token source's own count, see
+//! `agent`).
 //!
 //! One set per process: the proxy records into it where a request's outcome or a connection's
 //! acceptance is decided, and every scrape registers clones of the same metrics (they share
@@ -133,7 +134,6 @@ pub struct ProxyMetrics {
     open_connections: Family<ListenerLabel, Gauge>,
     rejected_connections: Family<ListenerLabel, Counter>,
     token_reloads: Counter,
-    token_reload_errors: Counter,
 }
 
 fn new_histogram() -> Histogram {
@@ -148,7 +148,6 @@ impl ProxyMetrics {
             open_connections: Family::default(),
             rejected_connections: Family::default(),
             token_reloads: Counter::default(),
-            token_reload_errors: Counter::default(),
         };
         // Every series exists from the start at 0, so rates and alerts see the first event.
         for listener in Listener::ALL {
@@ -192,13 +191,8 @@ impl ProxyMetrics {
         );
         registry.register(
             "token_reloads",
-            "Successful reloads of the public-mode token file",
+            "Re-reads of the public-mode token file that found it valid",
             self.token_reloads.clone(),
-        );
-        registry.register(
-            "token_reload_errors",
-            "Reloads of the token file that failed (the previous token stays in force)",
-            self.token_reload_errors.clone(),
         );
     }
 
@@ -238,12 +232,9 @@ impl ProxyMetrics {
         OpenConnection(gauge)
     }
 
-    pub fn token_reload(&self, ok: bool) {
-        if ok {
-            self.token_reloads.inc();
-        } else {
-            self.token_reload_errors.inc();
-        }
+    /// A re-read of the token file that found it valid.
+    pub fn token_reloaded(&self) {
+        self.token_reloads.inc();
     }
 }
 
@@ -277,7 +268,7 @@ mod tests {
         );
         m.connection_rejected(Listener::Grpc);
         let open = m.connection_opened(Listener::Http);
-        m.token_reload(false);
+        m.token_reloaded();
         let mut registry = Registry::with_prefix("sg");
         m.register(&mut registry);
         let mut text = String::new();
@@ -289,8 +280,7 @@ mod tests {
             "sg_proxy_request_duration_seconds_bucket{le=\"0.0025\",listener=\"http\"} 1",
             "sg_proxy_rejected_connections_total{listener=\"grpc\"} 1",
             "sg_proxy_open_connections{listener=\"http\"} 1",
-            "sg_token_reloads_total 0",
-            "sg_token_reload_errors_total 1",
+            "sg_token_reloads_total 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
