@@ -38,6 +38,7 @@ pub enum LogFormat {
 /// Installs the global subscriber. `level` is a tracing directive such as `info`, `debug` or
 /// `serve_guard=debug,aya=info`; `RUST_LOG`, when set, takes precedence.
 pub fn init(level: Option<&str>, format: LogFormat) -> Result<(), LoggingError> {
+    let _ = FORMAT.set(format);
     let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
         Ok(env) if !env.trim().is_empty() => parse_filter(&env)?,
         _ => parse_filter(level.unwrap_or(DEFAULT_LEVEL))?,
@@ -51,6 +52,22 @@ pub fn init(level: Option<&str>, format: LogFormat) -> Result<(), LoggingError> 
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
     result.map_err(|e| LoggingError::Install(e.to_string()))
+}
+
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The format [`init`] installed (text before): the proxy process logs the same way.
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or_default()
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// Colour only for a person at a terminal: not for the journal, a file or a pipe, and not when

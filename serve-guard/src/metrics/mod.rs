@@ -68,7 +68,7 @@ pub async fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
     let registry = root.sub_registry_with_prefix(PREFIX);
     agent::register(state, registry).await;
     if state.view.mode() == "public" {
-        proxy::global().register(registry);
+        proxy::agent_totals().register(registry);
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &root)?;

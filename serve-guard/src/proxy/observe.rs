@@ -65,6 +65,51 @@ pub fn request(req: &Request<'_>, access_log: bool) {
     }
 }
 
+/// What became of a request, from the handler's answer: a forward error's own outcome (set by
+/// the handler as a response extension), else forwarded, else what the proxy answered.
+pub fn outcome<B>(forwarded: bool, resp: &http::Response<B>) -> Outcome {
+    if let Some(outcome) = resp.extensions().get::<Outcome>() {
+        return *outcome;
+    }
+    if forwarded {
+        return Outcome::Forwarded;
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    // gRPC answers 200 with its status in `grpc-status`; the proxy only answers
+    // UNAUTHENTICATED itself.
+    if header("grpc-status") == super::grpc::STATUS_UNAUTHENTICATED.to_string() {
+        return if header("grpc-message").starts_with("invalid") {
+            Outcome::InvalidToken
+        } else {
+            Outcome::MissingToken
+        };
+    }
+    match resp.status().as_u16() {
+        401 if header("www-authenticate").contains("invalid_token") => Outcome::InvalidToken,
+        401 => Outcome::MissingToken,
+        303 => Outcome::DocsLink,
+        403 => Outcome::Forbidden,
+        405 => Outcome::MethodNotAllowed,
+        431 => Outcome::HeaderTooLarge,
+        _ => Outcome::BadRequest,
+    }
+}
+
+/// The outcome of a request the proxy could not forward.
+pub fn forward_error_outcome(error: &super::forward::ForwardError) -> Outcome {
+    use super::forward::ForwardError;
+    match error {
+        ForwardError::Timeout(_) => Outcome::GatewayTimeout,
+        ForwardError::Build(_) => Outcome::BadRequest,
+        _ => Outcome::BadGateway,
+    }
+}
+
 /// A connection closed at accept because `max_connections` were open: counted, and logged like
 /// a refused request (rate-limited, with the client's address).
 pub fn connection_rejected(listener: Listener, client: SocketAddr) {
