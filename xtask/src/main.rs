@@ -5,6 +5,7 @@
 
 mod cmd;
 mod install;
+mod package;
 mod setup;
 mod tasks;
 mod toolchains;
@@ -21,7 +22,10 @@ tasks:
   demo               private (and public) mode end to end in throw-away network namespaces
   test [args]        every test of the project (args go to `cargo test`)
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
-  install            install the binary, the systemd unit and an example config";
+  fuzz [verdict|wire|all] [--frames N] [--seed S]
+                     the differential fuzzers of the XDP filter (default: all, 10M verdict frames)
+  install            install the binary, the systemd unit and an example config
+  package            target/debian/serve-guard_<version>_amd64.deb (static binary, unit, man pages)";
 
 fn main() -> std::process::ExitCode {
     // Print the error chain, not a backtrace: failures here are about the machine, not xtask.
@@ -45,7 +49,9 @@ fn run() -> Result<()> {
         "demo" => tasks::demo(&rest),
         "test" => tasks::test(&rest),
         "bench" => tasks::bench(&rest),
+        "fuzz" => tasks::fuzz(&rest),
         "install" => tasks::install(&rest),
+        "package" => package::run(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

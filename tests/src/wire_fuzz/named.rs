@@ -1,0 +1,128 @@
+//! Named regression cases: frames that once got through (or nearly), sent at the start of every
+//! campaign and by their own end-to-end tests. Each is built from both sides of the allow-list:
+//! from outside it must never reach a protected port, from inside it must be delivered exactly
+//! as without the filter.
+
+use super::case::{Case, CaseId, Generator, Origin, Transport};
+use super::generate::{Body, Draft, Ids};
+use super::packet::{self, Ext};
+use crate::topology::Ip;
+use serve_guard_common::wire::{self, proto};
+
+/// The source port the issue's frames used.
+const ISSUE_SRC_PORT: u16 = 40_000;
+/// The issue's destination: the first protected port.
+const ISSUE_DST_PORT: u16 = super::lab::PROTECTED_PORTS[0];
+/// A destination-options header of 8 bytes: PadN with 4 zero bytes.
+const DSTOPTS_PADN4: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+/// What the issue's first fragment carried past its declared payload: "no next header".
+const ISSUE_TRAILER: [u8; 2] = [proto::NONE, 0];
+
+/// A named case's name and builder.
+pub struct Named {
+    pub name: &'static str,
+    pub build: fn(origin: Origin, token: u32, ids: &mut Ids) -> Case,
+}
+
+/// Every named regression case.
+pub const ALL: [Named; 2] = [
+    Named {
+        name: "issue7_ipv6_fragment_trailer_udp",
+        build: |origin, token, ids| issue7(Transport::Udp, origin, token, ids),
+    },
+    Named {
+        name: "issue7_ipv6_fragment_trailer_tcp",
+        build: |origin, token, ids| issue7(Transport::Tcp, origin, token, ids),
+    },
+];
+
+/// The builder of the case named `name`.
+pub fn find(name: &str) -> Option<&'static Named> {
+    ALL.iter().find(|n| n.name == name)
+}
+
+/// Issue 7's bypass: two destination-options headers and the transport, fragmented after the
+/// first options header; the first fragment declares a 16-byte payload (fragment header and
+/// the first options header) and carries 2 bytes more, `3b 00`, which a parser reading to the
+/// end of the frame takes for a header saying "nothing follows".
+fn issue7(transport: Transport, origin: Origin, token: u32, ids: &mut Ids) -> Case {
+    let body = match transport {
+        Transport::Udp => Body::Udp {
+            filler: Vec::new(),
+            zero_checksum: false,
+        },
+        Transport::Tcp => Body::Tcp {
+            options: Vec::new(),
+            data: Vec::new(),
+        },
+    };
+    let d = Draft::new(
+        Ip::V6,
+        origin,
+        transport,
+        0,
+        (ISSUE_SRC_PORT, ISSUE_DST_PORT),
+        token,
+        body,
+    );
+    let exts = [DSTOPTS_PADN4, DSTOPTS_PADN4].map(|bytes| Ext {
+        kind: proto::DSTOPTS,
+        bytes: bytes.to_vec(),
+    });
+    let (first, mut fragmentable) = packet::link_chain(&exts, d.protocol());
+    fragmentable.extend_from_slice(&d.segment);
+    let (std::net::IpAddr::V6(src), std::net::IpAddr::V6(dst)) = (d.src, d.dst) else {
+        unreachable!("IPv6 draft")
+    };
+    let id = ids.v6();
+    let cut = wire::IPV6_EXT_UNIT;
+    let mut f1 = packet::fragment_header(first, 0, true, id);
+    f1.extend_from_slice(&fragmentable[..cut]);
+    let mut f1 = packet::ipv6(src, dst, proto::FRAGMENT, &f1);
+    f1.extend_from_slice(&ISSUE_TRAILER);
+    let mut f2 = packet::fragment_header(first, cut, false, id);
+    f2.extend_from_slice(&fragmentable[cut..]);
+    let f2 = packet::ipv6(src, dst, proto::FRAGMENT, &f2);
+    let name = match transport {
+        Transport::Udp => ALL[0].name,
+        Transport::Tcp => ALL[1].name,
+    };
+    Case {
+        id: CaseId::Named(name),
+        generator: Generator::Regression,
+        ip: Ip::V6,
+        origin,
+        transport,
+        src: d.src,
+        src_port: d.src_port,
+        dst_port: d.dst_port,
+        token,
+        shape: "frag[0-8 +trailer 3b00, 8-end] exts[|frag|dst8/dst8]".into(),
+        frames: [f1, f2]
+            .iter()
+            .map(|p| packet::ethernet(&[], wire::ETH_P_IPV6, p))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue7_frames_have_the_issues_layout() {
+        let case = (ALL[0].build)(Origin::Outside, 7, &mut Ids::new(0));
+        let f1 = &case.frames[0][wire::ETH_HLEN..];
+        // Payload length 16, fragment header then dstopts (next: dstopts), 2 bytes past it.
+        assert_eq!(u16::from_be_bytes([f1[4], f1[5]]), 16);
+        assert_eq!(f1[6], proto::FRAGMENT);
+        assert_eq!(f1[40], proto::DSTOPTS);
+        assert_eq!(f1[48], proto::DSTOPTS);
+        assert_eq!(&f1[56..], &ISSUE_TRAILER);
+        let f2 = &case.frames[1][wire::ETH_HLEN..];
+        // Second fragment: offset 1 unit, last; dstopts (next: UDP), UDP header to 8000.
+        assert_eq!(u16::from_be_bytes([f2[42], f2[43]]), 1 << 3);
+        assert_eq!(f2[48], proto::UDP);
+        assert_eq!(u16::from_be_bytes([f2[58], f2[59]]), 8000);
+    }
+}
