@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -82,6 +82,14 @@ pub enum StoreError {
     },
     #[error("the change worker stopped: {0}")]
     Worker(String),
+    #[error(
+        "{net} allows every source, which turns the filter off for its address family; pass --allow-everyone if that is meant; nothing was changed"
+    )]
+    EveryoneByChange { net: IpNet },
+    #[error(
+        "{path}: {net} allows every source, which turns the filter off for its address family; set `allow_everyone = true` in the config if that is meant"
+    )]
+    EveryoneInFile { path: PathBuf, net: IpNet },
 }
 
 impl StoreError {
@@ -101,6 +109,8 @@ impl StoreError {
                 | StoreError::InvalidFile { .. }
                 | StoreError::NotPresent { .. }
                 | StoreError::Stale { .. }
+                | StoreError::EveryoneByChange { .. }
+                | StoreError::EveryoneInFile { .. }
         )
     }
 }
@@ -177,6 +187,8 @@ pub struct Store {
     current: Mutex<Current>,
     sink: Mutex<Option<SharedSink>>,
     stats: ApplyStats,
+    /// `allow_everyone` from the config: whether an edit of the file may bring in `0.0.0.0/0`.
+    file_allows_everyone: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -209,6 +221,7 @@ impl Store {
             current: Mutex::new(Current { list, revision }),
             sink: Mutex::new(None),
             stats: ApplyStats::default(),
+            file_allows_everyone: AtomicBool::new(false),
         })
     }
 
@@ -234,6 +247,12 @@ impl Store {
     /// hold [`Store::list`].
     pub fn attach_sink(&self, sink: SharedSink) {
         *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// The config's `allow_everyone`: whether an edit of the file on disk may bring in an entry
+    /// that allows every source. (A `cidr` verb needs `--allow-everyone` instead.)
+    pub fn set_file_allows_everyone(&self, allowed: bool) {
+        self.file_allows_everyone.store(allowed, Ordering::Relaxed);
     }
 
     pub fn cidr_file(&self) -> &Path {
@@ -276,10 +295,23 @@ impl Store {
         change: Change,
         if_revision: Option<u64>,
     ) -> Result<Outcome, StoreError> {
+        self.apply_with(change, if_revision, false).await
+    }
+
+    /// [`Store::apply`]; `allow_everyone` lets the change bring in an entry that allows every
+    /// source (`--allow-everyone`).
+    pub async fn apply_with(
+        self: &Arc<Self>,
+        change: Change,
+        if_revision: Option<u64>,
+        allow_everyone: bool,
+    ) -> Result<Outcome, StoreError> {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.apply_blocking(change, if_revision))
-            .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            store.apply_blocking_with(change, if_revision, allow_everyone)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
     /// [`Store::apply`] for callers that are not async (and for tests).
@@ -287,6 +319,16 @@ impl Store {
         &self,
         change: Change,
         if_revision: Option<u64>,
+    ) -> Result<Outcome, StoreError> {
+        self.apply_blocking_with(change, if_revision, false)
+    }
+
+    /// [`Store::apply_with`] for callers that are not async.
+    pub fn apply_blocking_with(
+        &self,
+        change: Change,
+        if_revision: Option<u64>,
+        allow_everyone: bool,
     ) -> Result<Outcome, StoreError> {
         let mut current = self.lock_current();
         let lock_path = self.state_dir.join(LOCK_FILE);
@@ -352,6 +394,9 @@ impl Store {
             Change::Replace(text) => CidrList::from_file_text(text)?,
             Change::Reload => unreachable!("handled above"),
         };
+        if !allow_everyone && let Some(net) = brings_in_everyone(&current.list, &next) {
+            return Err(StoreError::EveryoneByChange { net });
+        }
         let warnings = report_warnings(&warnings);
         if next == current.list {
             return Ok(self.unchanged(&current, warnings));
@@ -379,6 +424,17 @@ impl Store {
                 current.revision = rev;
             }
             return Ok(None);
+        }
+        // Another process's committed change passed its own check; an edit of the file needs
+        // the config's consent.
+        if committed_elsewhere.is_none()
+            && !self.file_allows_everyone.load(Ordering::Relaxed)
+            && let Some(net) = brings_in_everyone(&current.list, &disk)
+        {
+            return Err(StoreError::EveryoneInFile {
+                path: self.cidr_file.clone(),
+                net,
+            });
         }
         let warnings = report_warnings(warnings);
         let outcome = match committed_elsewhere {
@@ -509,6 +565,37 @@ impl Store {
         }
         result
     }
+}
+
+/// Refuses a CIDR file that brings in an entry allowing every source since the list this
+/// state dir last recorded, unless the config allows it (`allow_everyone`). The agent checks
+/// this at start, before it touches the kernel; the watcher and the store check later edits.
+pub fn check_file_consent(
+    cidr_file: &Path,
+    state_dir: &Path,
+    list: &CidrList,
+    allow_everyone: bool,
+) -> Result<(), StoreError> {
+    if allow_everyone {
+        return Ok(());
+    }
+    let recorded = read_revision(&state_dir.join(REVISION_FILE))?
+        .map(|(_, list)| list)
+        .unwrap_or_default();
+    match brings_in_everyone(&recorded, list) {
+        Some(net) => Err(StoreError::EveryoneInFile {
+            path: cidr_file.to_owned(),
+            net,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// An entry of `next` that allows every source (`0.0.0.0/0`, `::/0`) and that `current` lacks.
+/// Keeping one that is already there needs no new consent.
+pub fn brings_in_everyone(current: &CidrList, next: &CidrList) -> Option<IpNet> {
+    next.iter()
+        .find(|net| net.prefix_len() == 0 && !current.contains(net))
 }
 
 /// The file text for `next`, made from the file's `old` text so that config management and the

@@ -249,7 +249,14 @@ fn status_stats_and_metrics_show_the_agent_then_the_pins() -> Result<()> {
     s.agent.kill9()?;
     let stats = cli_ok(&s.agent, &["stats"])?;
     ensure!(stats.contains("pinned map"), "{stats}");
-    let status = cli_ok(&s.agent, &["status"])?;
+    // `status` still reports, and says by its exit code (3) that no agent runs.
+    let out = s.agent.cli(&["status"])?;
+    ensure!(
+        out.status.code() == Some(3),
+        "status without an agent: {:?}",
+        out.status
+    );
+    let status = String::from_utf8(out.stdout)?;
     ensure!(
         status.contains("not running") && status.contains("pinned:      yes"),
         "{status}"

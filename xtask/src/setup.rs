@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",         // test certificates
     "systemd",         // systemd-analyze verify
     "strace",          // the unit's SystemCallFilter covers every syscall the agent makes
+    "prometheus",      // promtool: checks /metrics, the alert rules and their unit tests
     "musl-tools",      // package: musl-gcc builds ring's C code for the static binary
     "lintian",         // package: the .deb is checked
     "man-db",          // package: the generated man pages render cleanly

@@ -71,6 +71,8 @@ pub enum AgentError {
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
     ProxyProcess(#[from] crate::proxy::worker::SupervisorError),
 }
 
@@ -181,6 +183,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
 
     let host = config.check_host()?;
+    crate::store::check_file_consent(
+        &config.cidr_file,
+        &config.state_dir,
+        &host.cidrs,
+        config.allow_everyone,
+    )?;
     for warning in &host.warnings {
         tracing::warn!("{}: {warning}", config.cidr_file.display());
     }
@@ -213,7 +221,14 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let started = start_subsystems(&ctx, &mut subsystems).await;
 
     let outcome = match started {
-        Err(e) => Err(e),
+        Err(e) => {
+            // All or nothing: a start that cannot finish takes back what it attached.
+            ctx.shutdown.cancel();
+            subsystems.stop().await;
+            let AgentContext { filter, .. } = ctx;
+            undo_start(filter).await;
+            return Err(e);
+        }
         Ok(reloadable) => {
             ctx.ready.set_ready();
             notify::ready();
@@ -289,6 +304,17 @@ async fn start_subsystems(
         );
     }
     Ok(Reloadable { cidrs, tokens, tls })
+}
+
+/// After a failed start: [`Filter::undo_start`], then the filter's handles close (at the latest
+/// when the process exits), which takes this start's links off the interfaces.
+async fn undo_start(filter: SharedFilter) {
+    let result = filter.lock().await.undo_start();
+    drop(filter);
+    match result {
+        Ok(done) => tracing::error!("the start failed; {done}"),
+        Err(e) => tracing::error!("the start failed and undoing it failed too: {e}"),
+    }
 }
 
 /// Applies `on_stop`. Keep: drop our handles, the pins hold the filter in place. Detach: unpin

@@ -5,6 +5,7 @@
 //! Exit codes: 0 everything is valid; 1 something is not (the error names the bad input);
 //! 2 the command line itself is wrong (clap's usage error).
 
+use super::output::{self, outln};
 use std::path::Path;
 
 use crate::config::{Config, Mode, Overrides};
@@ -12,15 +13,48 @@ use crate::proxy::tls::TlsFiles;
 use crate::token::{TokenError, read_token_file};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print JSON: `checked` (one line per input) and `warnings`, once every check passed.
+    #[arg(long)]
+    json: bool,
+}
 
-pub async fn exec(config_path: &Path, _args: Args) -> anyhow::Result<()> {
+/// What was checked, printed line by line, or gathered for `--json`.
+#[derive(Default, serde::Serialize)]
+struct Report {
+    #[serde(skip)]
+    json: bool,
+    checked: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Report {
+    fn ok(&mut self, line: String) {
+        if !self.json {
+            outln!("{line}");
+        }
+        self.checked.push(line);
+    }
+
+    fn warn(&mut self, line: String) {
+        if !self.json {
+            outln!("warning: {line}");
+        }
+        self.warnings.push(line);
+    }
+}
+
+pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
+    let mut report = Report {
+        json: args.json,
+        ..Report::default()
+    };
     let config = Config::load(config_path, &Overrides::default())?;
-    println!(
+    report.ok(format!(
         "config {}: ok (mode {})",
         config_path.display(),
         config.mode
-    );
+    ));
     let host = config.check_host()?;
     let interfaces = host
         .interfaces
@@ -28,31 +62,37 @@ pub async fn exec(config_path: &Path, _args: Args) -> anyhow::Result<()> {
         .map(|(name, index)| format!("{name} (index {index})"))
         .collect::<Vec<_>>()
         .join(", ");
-    println!("interfaces: {interfaces}");
+    report.ok(format!("interfaces: {interfaces}"));
     for warning in &host.warnings {
-        println!("warning: {}: {warning}", config.cidr_file.display());
+        report.warn(format!("{}: {warning}", config.cidr_file.display()));
     }
-    println!(
+    crate::store::check_file_consent(
+        &config.cidr_file,
+        &config.state_dir,
+        &host.cidrs,
+        config.allow_everyone,
+    )?;
+    report.ok(format!(
         "CIDR file {}: ok ({} IPv4, {} IPv6)",
         config.cidr_file.display(),
         host.cidrs.v4().len(),
         host.cidrs.v6().len()
-    );
+    ));
     // A `[public]` table in private mode is validated with the config but its files are not
     // read: `run` does not read them either.
     if let (Mode::Public, Some(public)) = (config.mode, &config.public) {
         public.validate()?;
         match read_token_file(&public.token_file) {
-            Ok(set) => println!(
+            Ok(set) => report.ok(format!(
                 "token file {}: ok ({} token(s) accepted)",
                 public.token_file.display(),
                 set.len()
-            ),
+            )),
             // `run` creates it; fine on a single node, a mistake in a cluster.
-            Err(TokenError::Missing { path }) => println!(
+            Err(TokenError::Missing { path }) => report.warn(format!(
                 "token file {}: missing; `run` creates it with a new token (in a cluster, distribute the same file to every node instead)",
                 path.display()
-            ),
+            )),
             Err(e) => return Err(e.into()),
         }
         let account = crate::proxy::worker::privileges::Account::lookup(&public.proxy_user)?;
@@ -62,13 +102,16 @@ pub async fn exec(config_path: &Path, _args: Args) -> anyhow::Result<()> {
         );
         if let (Some(cert), Some(key)) = (&public.tls_cert, &public.tls_key) {
             TlsFiles::load(cert, key)?;
-            println!(
+            report.ok(format!(
                 "TLS certificate {} and key {}: ok",
                 cert.display(),
                 key.display()
-            );
+            ));
         }
     }
-    println!("check passed: `serve-guard run` would start with this config");
+    if report.json {
+        return output::json(&report);
+    }
+    outln!("check passed: `serve-guard run` would start with this config");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! control socket, or straight on the file (same validation, same atomic write, same lock) when
 //! no agent runs.
 
+use super::output::{self, outln};
 use crate::config::{Config, Overrides};
 use crate::control::client::{Client, ClientError};
 use crate::control::{CidrsRequest, ReplaceRequest, routes};
@@ -19,6 +20,19 @@ const AGENT_START_WAIT: Duration = Duration::from_secs(30);
 const AGENT_START_POLL: Duration = Duration::from_millis(50);
 /// Largest list file `replace` reads (the agent applies the same limit to the CIDR file).
 const MAX_REPLACE_BYTES: u64 = crate::config::MAX_CIDR_FILE_BYTES;
+/// How many added and removed entries a change's summary names (`--verbose`: all of them).
+const SUMMARY_ENTRIES: usize = 5;
+
+/// How a change reports what it did.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Report {
+    /// Print the outcome as JSON (every added and removed entry).
+    #[arg(long)]
+    json: bool,
+    /// Name every added and removed entry, not only the first few.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -41,6 +55,11 @@ enum Verb {
         /// Refuse the change unless the list is at revision N.
         #[arg(long, value_name = "N")]
         if_revision: Option<u64>,
+        /// Accept an entry that allows every source (`0.0.0.0/0`, `::/0`).
+        #[arg(long)]
+        allow_everyone: bool,
+        #[command(flatten)]
+        report: Report,
     },
     /// Remove CIDRs; each must be in the list, and the list cannot become empty. All or nothing.
     Remove {
@@ -49,6 +68,8 @@ enum Verb {
         /// Refuse the change unless the list is at revision N.
         #[arg(long, value_name = "N")]
         if_revision: Option<u64>,
+        #[command(flatten)]
+        report: Report,
     },
     /// Replace the whole list with a CIDR file (one CIDR per line, `#` comments; `-` = stdin).
     Replace {
@@ -57,41 +78,70 @@ enum Verb {
         /// Refuse the change unless the list is at revision N.
         #[arg(long, value_name = "N")]
         if_revision: Option<u64>,
+        /// Accept an entry that allows every source (`0.0.0.0/0`, `::/0`).
+        #[arg(long)]
+        allow_everyone: bool,
+        #[command(flatten)]
+        report: Report,
     },
 }
 
 pub async fn exec(config: &Path, args: Args) -> Result<()> {
     let config = Config::load(config, &Overrides::default())?;
     let client = Client::new(&config.control_socket);
-    let (request, change, if_revision, source) = match args.verb {
+    let (request, change, guard, source, report) = match args.verb {
         Verb::List { json } => return list(&config, &client, json).await,
-        Verb::Add { cidrs, if_revision } => (
+        Verb::Add {
+            cidrs,
+            if_revision,
+            allow_everyone,
+            report,
+        } => (
             Request::new(
                 Method::POST,
                 routes::CIDRS_ADD,
                 &CidrsRequest {
                     cidrs: cidrs.clone(),
                     if_revision,
+                    allow_everyone,
                 },
             )?,
             Change::Add(cidrs),
-            if_revision,
+            Guard {
+                if_revision,
+                allow_everyone,
+            },
             None,
+            report,
         ),
-        Verb::Remove { cidrs, if_revision } => (
+        Verb::Remove {
+            cidrs,
+            if_revision,
+            report,
+        } => (
             Request::new(
                 Method::POST,
                 routes::CIDRS_REMOVE,
                 &CidrsRequest {
                     cidrs: cidrs.clone(),
                     if_revision,
+                    allow_everyone: false,
                 },
             )?,
             Change::Remove(cidrs),
-            if_revision,
+            Guard {
+                if_revision,
+                allow_everyone: false,
+            },
             None,
+            report,
         ),
-        Verb::Replace { file, if_revision } => {
+        Verb::Replace {
+            file,
+            if_revision,
+            allow_everyone,
+            report,
+        } => {
             let (name, text) = read_replacement(&file)?;
             (
                 Request::new(
@@ -100,23 +150,38 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
                     &ReplaceRequest {
                         text: text.clone(),
                         if_revision,
+                        allow_everyone,
                     },
                 )?,
                 Change::Replace(text),
-                if_revision,
+                Guard {
+                    if_revision,
+                    allow_everyone,
+                },
                 Some(name),
+                report,
             )
         }
     };
-    finish(
-        &config,
-        &client,
-        &request,
-        change,
-        if_revision,
-        source.as_deref(),
-    )
-    .await
+    let outcome = finish(&config, &client, &request, change, guard, source.as_deref()).await?;
+    if report.json {
+        return output::json(&outcome);
+    }
+    print_outcome(&outcome, report.verbose);
+    if !outcome.applied_to_maps {
+        outln!(
+            "no agent is running: {} is updated and the change applies at the next start",
+            config.cidr_file.display()
+        );
+    }
+    Ok(())
+}
+
+/// What a change may do beyond its entries.
+#[derive(Debug, Clone, Copy)]
+struct Guard {
+    if_revision: Option<u64>,
+    allow_everyone: bool,
 }
 
 /// One change request for the agent, kept so it can be sent again while the agent starts.
@@ -162,7 +227,7 @@ fn read_replacement(file: &Path) -> Result<(String, String)> {
     Ok((name, text))
 }
 
-/// Prints the agent's answer, or, when no agent runs, makes the change on the file. An agent that
+/// The agent's answer, or, when no agent runs, the change made on the file. An agent that
 /// holds its lock but does not answer yet is starting: the CLI waits for it (bounded) rather than
 /// edit the file behind its back while it reads it.
 async fn finish(
@@ -170,9 +235,9 @@ async fn finish(
     client: &Client,
     request: &Request,
     change: Change,
-    if_revision: Option<u64>,
+    guard: Guard,
     source: Option<&str>,
-) -> Result<()> {
+) -> Result<Outcome> {
     // A bad list file is named with its line: "FILE: line 3: ...".
     let name = |e: anyhow::Error| match source {
         Some(name) => e.context(name.to_owned()),
@@ -185,8 +250,9 @@ async fn finish(
             Err(ClientError::NotRunning { path }) => {
                 if !crate::agent::agent_running(&config.state_dir) {
                     let store = Store::open(&config.cidr_file, &config.state_dir)?;
+                    store.set_file_allows_everyone(config.allow_everyone);
                     break tokio::task::spawn_blocking(move || {
-                        store.apply_blocking(change, if_revision)
+                        store.apply_blocking_with(change, guard.if_revision, guard.allow_everyone)
                     })
                     .await
                     .context("the change worker stopped")?
@@ -204,17 +270,11 @@ async fn finish(
             Err(e) => return Err(name(e.into())),
         }
     };
-    print_outcome(&outcome);
-    if !outcome.applied_to_maps {
-        println!(
-            "no agent is running: {} is updated and the change applies at the next start",
-            config.cidr_file.display()
-        );
-    }
-    Ok(())
+    Ok(outcome)
 }
 
-fn print_outcome(o: &Outcome) {
+/// Counts, then the first few added and removed entries (all of them with `verbose`).
+fn print_outcome(o: &Outcome, verbose: bool) {
     for w in &o.warnings {
         eprintln!("warning: {w}");
     }
@@ -222,25 +282,39 @@ fn print_outcome(o: &Outcome) {
     if o.changed {
         let mut diff = Vec::new();
         if !o.added.is_empty() {
-            diff.push(format!("added {}", join(&o.added)));
+            diff.push(format!("added {}", join(&o.added, verbose)));
         }
         if !o.removed.is_empty() {
-            diff.push(format!("removed {}", join(&o.removed)));
+            diff.push(format!("removed {}", join(&o.removed, verbose)));
         }
-        println!("revision {}: {counts} ({})", o.revision, diff.join("; "));
+        outln!("revision {}: {counts} ({})", o.revision, diff.join("; "));
     } else {
-        println!(
+        outln!(
             "revision {}: {counts} (unchanged: the list already was that)",
             o.revision
         );
     }
 }
 
-fn join(nets: &[ipnet::IpNet]) -> String {
-    nets.iter()
+/// `n: a, b, c` with at most [`SUMMARY_ENTRIES`] entries unless `all`.
+fn join(nets: &[ipnet::IpNet], all: bool) -> String {
+    let shown = if all {
+        nets.len()
+    } else {
+        nets.len().min(SUMMARY_ENTRIES)
+    };
+    let mut text = nets[..shown]
+        .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if shown < nets.len() {
+        text.push_str(&format!(
+            " and {} more (--verbose or --json lists them)",
+            nets.len() - shown
+        ));
+    }
+    format!("{}: {text}", nets.len())
 }
 
 async fn list(config: &Config, client: &Client, json: bool) -> Result<()> {
@@ -252,10 +326,9 @@ async fn list(config: &Config, client: &Client, json: bool) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&listing)?);
-        return Ok(());
+        return output::json(&listing);
     }
-    println!(
+    outln!(
         "revision {}: {} IPv4 and {} IPv6 CIDRs{}",
         listing.revision,
         listing.ipv4,
@@ -267,7 +340,27 @@ async fn list(config: &Config, client: &Client, json: bool) -> Result<()> {
         }
     );
     for net in &listing.cidrs {
-        println!("{net}");
+        outln!("{net}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_names_the_first_few_entries() {
+        let nets: Vec<ipnet::IpNet> = (0..8u8)
+            .map(|i| format!("10.{i}.0.0/16").parse().unwrap())
+            .collect();
+        assert_eq!(join(&nets[..2], false), "2: 10.0.0.0/16, 10.1.0.0/16");
+        let short = join(&nets, false);
+        assert!(short.starts_with("8: 10.0.0.0/16, "), "{short}");
+        assert!(
+            short.ends_with("10.4.0.0/16 and 3 more (--verbose or --json lists them)"),
+            "{short}"
+        );
+        assert!(join(&nets, true).ends_with("10.7.0.0/16"));
+    }
 }

@@ -1,6 +1,7 @@
 //! `serve-guard detach`: takes the filter off every interface and removes the pinned program and
 //! maps. Refuses while an agent runs (it holds the links open and would re-create them).
 
+use super::output::outln;
 use crate::agent::running_agent_pid;
 use crate::config::{Config, Overrides, defaults};
 use crate::filter::pins::RELEASE_TIMEOUT;
@@ -62,9 +63,9 @@ pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
     // Report only once the programs have really left the interfaces.
     removed.wait_released(RELEASE_TIMEOUT);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&removed)?);
+        super::output::json(&removed)?;
     } else {
-        println!("{}: {removed}", pin_dir.display());
+        outln!("{}: {removed}", pin_dir.display());
     }
     if !removed.still_attached.is_empty() {
         anyhow::bail!(

@@ -4,6 +4,7 @@
 mod check;
 mod cidr;
 mod detach;
+pub mod output;
 mod run;
 mod stats;
 mod status;
@@ -67,6 +68,8 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `check` reports any invalid input with exit 1 (its documented contract, as `nginx -t`).
+    let is_check = matches!(command, Command::Check(_));
     let result = runtime.block_on(async move {
         let config = cli.config;
         match command {
@@ -84,7 +87,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("serve-guard: {}", error_chain(&e));
-            ExitCode::FAILURE
+            let exit = if is_check {
+                output::Exit::Failure
+            } else {
+                output::exit_code(&e)
+            };
+            ExitCode::from(exit as u8)
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Args {
     /// Log level or tracing directives (e.g. `debug`, `serve_guard=debug`); RUST_LOG wins.
     #[arg(long, value_name = "LEVEL", env = "SERVE_GUARD_LOG")]
     pub log_level: Option<String>,
+    /// `text` or `json` (one object a line). Overrides `log_format`.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 impl Args {
@@ -67,13 +70,17 @@ impl Args {
             control_socket: self.control_socket,
             on_stop: self.on_stop,
             metrics_listen: self.metrics_listen,
+            log_format: self.log_format,
         }
     }
 }
 
 pub async fn exec(config: &Path, args: Args) -> anyhow::Result<()> {
-    crate::logging::init(args.log_level.as_deref())?;
+    let level = args.log_level.clone();
+    // The config names the log format, so it is read first; its errors go to stderr as the
+    // binary's one error line either way.
     let config = Config::load(config, &args.overrides())?;
+    crate::logging::init(level.as_deref(), config.log_format)?;
     // AgentError's messages say what failed and whether anything was attached.
     Ok(crate::agent::run(config).await?)
 }

@@ -2,6 +2,7 @@
 //! From the running agent, or straight from the pinned counter map when no agent runs (the
 //! pinned filter keeps counting without it).
 
+use super::output::outln;
 use crate::config::{Config, Overrides};
 use crate::control::client::{Client, ClientError};
 use crate::control::{StatsReport, routes};
@@ -29,18 +30,23 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
-        return Ok(());
+        return super::output::json(&stats);
     }
-    println!("counters from {source}, summed over CPUs:");
-    println!(
+    outln!("counters from {source}, summed over CPUs:");
+    outln!(
         "{:<18} {:<6} {:>14} {:>16}",
-        "reason", "family", "packets", "bytes"
+        "reason",
+        "family",
+        "packets",
+        "bytes"
     );
     for row in &stats.counters {
-        println!(
+        outln!(
             "{:<18} {:<6} {:>14} {:>16}",
-            row.reason, row.family, row.packets, row.bytes
+            row.reason,
+            row.family,
+            row.packets,
+            row.bytes
         );
     }
     Ok(())

@@ -1,11 +1,15 @@
 //! `serve-guard status [--json]`: mode, interfaces with their XDP mode, ports, CIDR revision and
 //! counts, audit flag, pinned state, agent uptime; in public mode the URL, token and API docs
-//! links. From the running agent, or from the config, the CIDR file and the pins when none runs.
+//! links. From the running agent (which also asks Serve for its routes, from its own network
+//! namespace), or from the config, the CIDR file and the pins when none runs; then the exit
+//! status is 3, as `systemctl is-active` says for an inactive unit.
 
+use super::output::{self, Coded, Exit, outln};
 use crate::config::{Config, Mode, Overrides};
 use crate::control::client::{Client, ClientError};
 use crate::control::{CidrSummary, StatusReport, routes};
 use crate::filter::{LinkState, PinLayout};
+use crate::proxy::status::{PublicStatus, public_status_offline};
 use crate::store::Store;
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -20,7 +24,7 @@ pub struct Args {
 
 pub async fn exec(config: &Path, args: Args) -> Result<()> {
     let config = Config::load(config, &Overrides::default())?;
-    let mut report = match Client::new(&config.control_socket)
+    let report = match Client::new(&config.control_socket)
         .get::<StatusReport>(routes::STATUS)
         .await
     {
@@ -28,32 +32,33 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
         Err(ClientError::NotRunning { .. }) => offline(&config)?,
         Err(e) => return Err(e.into()),
     };
-    let public = match config.mode {
-        Mode::Public => {
-            let public = config.public.clone().unwrap_or_default();
-            Some(crate::proxy::status::public_status(&public).await)
-        }
-        Mode::Private => None,
-    };
     if args.json {
-        if report.public.is_none()
-            && let Some(p) = &public
-        {
-            report.public = Some(match p {
-                Ok(p) => serde_json::to_value(p)?,
-                Err(e) => json!({ "error": format!("{e:#}") }),
-            });
+        output::json(&report)?;
+    } else {
+        print_report(&report);
+        match report.public.as_ref().map(public_text) {
+            Some(Ok(text)) => outln!("\n{text}"),
+            Some(Err(e)) => outln!("\npublic mode: {e}"),
+            None => {}
         }
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
     }
-    print_report(&report);
-    match public {
-        Some(Ok(p)) => println!("\n{p}"),
-        Some(Err(e)) => println!("\npublic mode: {e:#}"),
-        None => {}
+    if report.agent.is_none() {
+        return Err(Coded::error(
+            Exit::NotRunning,
+            format!("no agent answers on {}", config.control_socket.display()),
+        ));
     }
     Ok(())
+}
+
+/// The agent's public part as text; its `error` when it could not build one.
+fn public_text(public: &Value) -> Result<String, String> {
+    if let Some(e) = public.get("error") {
+        return Err(e.as_str().unwrap_or("unknown error").to_owned());
+    }
+    serde_json::from_value::<PublicStatus>(public.clone())
+        .map(|p| p.to_string())
+        .map_err(|e| format!("unexpected answer from the agent ({e})"))
 }
 
 /// What can be known without the agent: the config, the CIDR file, the pins.
@@ -74,6 +79,13 @@ fn offline(config: &Config) -> Result<StatusReport> {
             })
         })
         .collect();
+    let public = match config.mode {
+        Mode::Public => {
+            let public = config.public.clone().unwrap_or_default();
+            Some(serde_json::to_value(public_status_offline(&public))?)
+        }
+        Mode::Private => None,
+    };
     let (exposures, exposures_error) = match crate::node::scan(&config.interfaces) {
         Ok(found) => (found, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
@@ -94,7 +106,7 @@ fn offline(config: &Config) -> Result<StatusReport> {
             "ports": config.serve_ports,
             "audit": config.audit,
         }),
-        public: None,
+        public,
         exposures,
         exposures_error,
     })
@@ -102,15 +114,15 @@ fn offline(config: &Config) -> Result<StatusReport> {
 
 fn print_report(r: &StatusReport) {
     let f = &r.filter;
-    println!("mode:        {}", r.mode);
+    outln!("mode:        {}", r.mode);
     match &r.agent {
-        Some(a) => println!(
+        Some(a) => outln!(
             "agent:       running (pid {}, version {}, up {})",
             a.pid,
             a.version,
             uptime(a.uptime_seconds)
         ),
-        None => println!(
+        None => outln!(
             "agent:       not running{}",
             if f["pinned"] == json!(true) {
                 " (the pinned filter keeps filtering with the last list)"
@@ -138,7 +150,7 @@ fn print_report(r: &StatusReport) {
                 .collect()
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "interfaces:  {}",
         if interfaces.is_empty() {
             "none".to_owned()
@@ -150,12 +162,15 @@ fn print_report(r: &StatusReport) {
         .as_array()
         .map(|p| p.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
-    println!("ports:       {}", ports.join(", "));
-    println!(
+    outln!("ports:       {}", ports.join(", "));
+    outln!(
         "CIDRs:       revision {}: {} IPv4 and {} IPv6 ({})",
-        r.cidrs.revision, r.cidrs.ipv4, r.cidrs.ipv6, r.cidrs.file
+        r.cidrs.revision,
+        r.cidrs.ipv4,
+        r.cidrs.ipv6,
+        r.cidrs.file
     );
-    println!(
+    outln!(
         "audit:       {}",
         if f["audit"] == json!(true) {
             "on (would-be drops are counted and passed)"
@@ -168,12 +183,12 @@ fn print_report(r: &StatusReport) {
         (Some(_), _) | (None, Some(true)) => format!("yes, under {pin_dir}"),
         (None, _) => format!("no (nothing under {pin_dir})"),
     };
-    println!("pinned:      {pinned}");
+    outln!("pinned:      {pinned}");
     if let Some(e) = &r.exposures_error {
-        println!("warning:     {e}");
+        outln!("warning:     {e}");
     }
     for exposure in &r.exposures {
-        println!("warning:     {exposure}");
+        outln!("warning:     {exposure}");
     }
 }
 
@@ -186,5 +201,46 @@ fn uptime(seconds: u64) -> String {
         s if s >= HOUR => format!("{}h {}m", s / HOUR, s % HOUR / MINUTE),
         s if s >= MINUTE => format!("{}m {}s", s / MINUTE, s % MINUTE),
         s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_public_part_prints_as_text() {
+        let agent = json!({
+            "user_service_url": "https://serve.example.com",
+            "token_file": "/etc/serve-guard/token",
+            "token": "T0K",
+            "docs_links": [{"route": "/echo", "app": "echo", "url": "https://serve.example.com/echo/docs?token=T0K"}],
+        });
+        let text = public_text(&agent).unwrap();
+        assert!(
+            text.contains("user service URL: https://serve.example.com"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/echo  https://serve.example.com/echo/docs?token=T0K"),
+            "{text}"
+        );
+        assert_eq!(
+            public_text(&json!({"error": "token file unreadable"})).unwrap_err(),
+            "token file unreadable"
+        );
+    }
+
+    #[test]
+    fn without_an_agent_there_are_no_docs_links_from_here() {
+        let status = public_status_offline(&crate::config::public::PublicConfig::default());
+        assert!(status.docs_links.is_empty());
+        assert!(
+            status
+                .routes_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no agent is running")),
+            "{status:?}"
+        );
     }
 }

@@ -8,13 +8,16 @@
 //! file). A file managed elsewhere (read-only: 0400/0440, or on a read-only file system such as
 //! a Kubernetes Secret) is left alone with an error saying so.
 //!
-//! Tokens go to stdout alone (for `$(serve-guard token show)`); notes go to stderr.
+//! Tokens go to stdout alone (for `$(serve-guard token show)`); notes go to stderr. `--json`
+//! prints one object instead. Every verb refuses a private-mode config and creates nothing: a
+//! token file there would suggest a proxy that does not run.
 
 use std::path::Path;
 
 use hyper::Method;
 
-use crate::config::{Config, Overrides, public::PublicConfig};
+use super::output::{self, Coded, Exit, outln};
+use crate::config::{Config, Mode, Overrides, public::PublicConfig};
 use crate::control::client::{Client, ClientError};
 use crate::control::{TokenReloaded, routes};
 use crate::token::{Token, TokenError, prune_file, read_token_file, rotate_file};
@@ -26,6 +29,25 @@ const CONFLICT: u16 = 409;
 pub struct Args {
     #[command(subcommand)]
     command: Command,
+    /// Print JSON: `tokens` (show), `token` (rotate), `removed` (prune), `token_file`, `agent`.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// The `--json` answer of every token verb.
+#[derive(Default, serde::Serialize)]
+struct Answer {
+    token_file: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tokens: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<usize>,
+    /// rotate/prune: `applied` (the running agent reloaded), `not_running` (applies at its
+    /// next start), or the agent's refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -43,17 +65,35 @@ enum Command {
     Prune,
 }
 
-pub async fn exec(config: &Path, args: Args) -> anyhow::Result<()> {
-    let config = Config::load(config, &Overrides::default())?;
-    let public = config.public.clone().unwrap_or_else(PublicConfig::default);
-    match args.command {
-        Command::Show { all } => show(&public, all),
-        Command::Rotate => rotate(&config, &public).await,
-        Command::Prune => prune(&config, &public).await,
+pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
+    let config = Config::load(config_path, &Overrides::default())?;
+    if config.mode != Mode::Public {
+        return Err(Coded::error(
+            Exit::BadInput,
+            format!(
+                "{} sets mode = \"{}\": there is no token in private mode; nothing was created",
+                config_path.display(),
+                config.mode.name()
+            ),
+        ));
     }
+    let public = config.public.clone().unwrap_or_else(PublicConfig::default);
+    let mut answer = Answer {
+        token_file: public.token_file.display().to_string(),
+        ..Answer::default()
+    };
+    match args.command {
+        Command::Show { all } => show(&public, all, &mut answer, args.json)?,
+        Command::Rotate => rotate(&config, &public, &mut answer, args.json).await?,
+        Command::Prune => prune(&config, &public, &mut answer).await?,
+    }
+    if args.json {
+        output::json(&answer)?;
+    }
+    Ok(())
 }
 
-fn show(public: &PublicConfig, all: bool) -> anyhow::Result<()> {
+fn show(public: &PublicConfig, all: bool, answer: &mut Answer, json: bool) -> anyhow::Result<()> {
     let set = match read_token_file(&public.token_file) {
         Ok(set) => set,
         Err(TokenError::Missing { path }) => anyhow::bail!(
@@ -67,17 +107,29 @@ fn show(public: &PublicConfig, all: bool) -> anyhow::Result<()> {
     } else {
         &set.tokens()[..1]
     };
-    for token in shown {
-        println!("{}", token.expose());
+    answer.tokens = shown.iter().map(|t| t.expose().to_owned()).collect();
+    if !json {
+        for token in &answer.tokens {
+            outln!("{token}");
+        }
     }
     Ok(())
 }
 
-async fn rotate(config: &Config, public: &PublicConfig) -> anyhow::Result<()> {
+async fn rotate(
+    config: &Config,
+    public: &PublicConfig,
+    answer: &mut Answer,
+    json: bool,
+) -> anyhow::Result<()> {
     let token: Token = rotate_file(&public.token_file).map_err(|e| {
         anyhow::Error::new(e).context("cannot rotate the token; the tokens in force stay")
     })?;
-    println!("{}", token.expose());
+    // Printed at once: the file holds it now, whatever the agent says next.
+    if !json {
+        outln!("{}", token.expose());
+    }
+    answer.token = Some(token.expose().to_owned());
     let accepted = read_token_file(&public.token_file).map_or(1, |s| s.len());
     let what = if accepted > 1 {
         format!(
@@ -87,28 +139,27 @@ async fn rotate(config: &Config, public: &PublicConfig) -> anyhow::Result<()> {
     } else {
         "token created".to_owned()
     };
-    tell_agent(config, public, &what).await
+    answer.agent = Some(tell_agent(config, public, &what).await?);
+    Ok(())
 }
 
-async fn prune(config: &Config, public: &PublicConfig) -> anyhow::Result<()> {
+async fn prune(config: &Config, public: &PublicConfig, answer: &mut Answer) -> anyhow::Result<()> {
     let removed = prune_file(&public.token_file).map_err(|e| {
         anyhow::Error::new(e).context("cannot prune the tokens; the tokens in force stay")
     })?;
+    answer.removed = Some(removed);
     if removed == 0 {
         eprintln!("nothing to prune: the token file lists only the primary token");
         return Ok(());
     }
-    tell_agent(
-        config,
-        public,
-        &format!("{removed} older token(s) removed: only the primary is accepted"),
-    )
-    .await
+    let what = format!("{removed} older token(s) removed: only the primary is accepted");
+    answer.agent = Some(tell_agent(config, public, &what).await?);
+    Ok(())
 }
 
 /// Asks the running agent to reload the file now, so the change is in force when the command
 /// returns (the agent's watcher would pick it up within a second anyway).
-async fn tell_agent(config: &Config, public: &PublicConfig, what: &str) -> anyhow::Result<()> {
+async fn tell_agent(config: &Config, public: &PublicConfig, what: &str) -> anyhow::Result<String> {
     let client = Client::new(&config.control_socket);
     match client
         .send::<_, TokenReloaded>(Method::POST, routes::TOKEN_RELOAD, &())
@@ -116,11 +167,11 @@ async fn tell_agent(config: &Config, public: &PublicConfig, what: &str) -> anyho
     {
         Ok(_) => {
             eprintln!("{what} (the running agent applied it)");
-            Ok(())
+            Ok("applied".into())
         }
         Err(ClientError::NotRunning { .. }) => {
             eprintln!("{what}; no agent is running: it applies at the next start");
-            Ok(())
+            Ok("not_running".into())
         }
         // 409: the agent runs in private mode and uses no token.
         Err(ClientError::Refused {
@@ -128,7 +179,7 @@ async fn tell_agent(config: &Config, public: &PublicConfig, what: &str) -> anyho
             message,
         }) => {
             eprintln!("{what}; {message}");
-            Ok(())
+            Ok(message)
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!(
             "{} is changed, but the running agent could not be told: it applies the file within a second on its own (check `serve-guard status`)",

@@ -171,6 +171,8 @@ impl std::str::FromStr for XdpModeSetting {
     }
 }
 
+pub use crate::logging::LogFormat;
+
 /// What the agent does with the filter when it stops (SIGINT/SIGTERM).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -250,6 +252,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     on_stop: Option<OnStop>,
+    log_format: Option<LogFormat>,
+    allow_everyone: Option<bool>,
     metrics: Option<MetricsConfig>,
     public: Option<public::PublicConfig>,
 }
@@ -270,6 +274,7 @@ pub struct Overrides {
     pub control_socket: Option<PathBuf>,
     pub on_stop: Option<OnStop>,
     pub metrics_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
 }
 
 /// The validated configuration.
@@ -291,6 +296,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
     pub on_stop: OnStop,
+    /// `text` (human-readable lines) or `json` (one object a line).
+    pub log_format: LogFormat,
+    /// Whether the CIDR file may hold an entry that allows every source (`0.0.0.0/0`, `::/0`).
+    pub allow_everyone: bool,
     pub metrics: MetricsConfig,
     /// The `[public]` table, if present (public mode uses its defaults when absent).
     pub public: Option<public::PublicConfig>,
@@ -311,6 +320,8 @@ impl fmt::Debug for Config {
             .field("state_dir", &self.state_dir)
             .field("control_socket", &self.control_socket)
             .field("on_stop", &self.on_stop)
+            .field("log_format", &self.log_format)
+            .field("allow_everyone", &self.allow_everyone)
             .field("metrics", &self.metrics)
             .field("public", &self.public.as_ref().map(|_| "<set>"))
             .finish()
@@ -418,6 +429,8 @@ impl Config {
                 "control_socket",
             )?,
             on_stop: o.on_stop.or(file.on_stop).unwrap_or_default(),
+            log_format: o.log_format.or(file.log_format).unwrap_or_default(),
+            allow_everyone: file.allow_everyone.unwrap_or(false),
             metrics,
             public,
         })
@@ -589,7 +602,16 @@ mod tests {
         assert_eq!(c.control_socket, Path::new("/run/serve-guard/control.sock"));
         assert_eq!(c.on_stop, OnStop::Keep);
         assert_eq!(c.metrics.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(!c.allow_everyone);
         assert!(c.public.is_none());
+        let c = parse(&format!(
+            "{MINIMAL}log_format = \"json\"\nallow_everyone = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.allow_everyone);
+        assert!(parse(&format!("{MINIMAL}log_format = \"xml\"\n")).is_err());
     }
 
     #[test]
@@ -657,8 +679,10 @@ mod tests {
             control_socket: Some("/x/sock".into()),
             on_stop: Some(OnStop::Detach),
             metrics_listen: Some("127.0.0.1:1".parse().unwrap()),
+            log_format: Some(LogFormat::Json),
         };
         let c = Config::from_toml(MINIMAL, Path::new("t"), &o).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.mode, Mode::Public);
         assert_eq!(c.interfaces, ["veth1"]);
         assert_eq!(c.serve_ports, [8080]);

@@ -363,6 +363,8 @@ pub struct PublicConfig {
         deserialize_with = "de_opt_upstream"
     )]
     pub grpc_upstream: Option<Upstream>,
+    /// One log line per forwarded request (refused requests are always logged).
+    pub access_log: bool,
     /// The unprivileged account the proxy process runs as (its primary group too).
     pub proxy_user: String,
     pub limits: Limits,
@@ -384,6 +386,7 @@ impl Default for PublicConfig {
                 .collect(),
             grpc_listen: None,
             grpc_upstream: None,
+            access_log: false,
             proxy_user: defaults::PROXY_USER.to_owned(),
             limits: Limits::default(),
         }

@@ -61,6 +61,9 @@ pub struct CidrsRequest {
     /// Refuse the change unless the list is at this revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_revision: Option<u64>,
+    /// Allow an entry that allows every source (`0.0.0.0/0`, `::/0`); ignored by remove.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_everyone: bool,
 }
 
 /// Body of `cidr replace`: the new list in the CIDR file format.
@@ -70,6 +73,8 @@ pub struct ReplaceRequest {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_everyone: bool,
 }
 
 /// Every error answer.

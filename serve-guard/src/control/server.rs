@@ -207,8 +207,17 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Box<Answ
     })
 }
 
-async fn change(state: &ControlState, change: Change, if_revision: Option<u64>) -> Answer {
-    match state.store.apply(change, if_revision).await {
+async fn change(
+    state: &ControlState,
+    change: Change,
+    if_revision: Option<u64>,
+    allow_everyone: bool,
+) -> Answer {
+    match state
+        .store
+        .apply_with(change, if_revision, allow_everyone)
+        .await
+    {
         Ok(outcome) => json(StatusCode::OK, &outcome),
         Err(e) => store_error(&e),
     }
@@ -228,19 +237,27 @@ async fn route(state: &ControlState, req: Request<Incoming>) -> Answer {
         (routes::STATS, _) => method_not_allowed("GET"),
         (routes::CIDRS, Method::GET) => json(StatusCode::OK, &state.store.listing()),
         (routes::CIDRS, Method::PUT) => match body::<ReplaceRequest>(req).await {
-            Ok(r) => change(state, Change::Replace(r.text), r.if_revision).await,
+            Ok(r) => {
+                change(
+                    state,
+                    Change::Replace(r.text),
+                    r.if_revision,
+                    r.allow_everyone,
+                )
+                .await
+            }
             Err(answer) => *answer,
         },
         (routes::CIDRS, _) => method_not_allowed("GET, PUT"),
         (routes::CIDRS_ADD, Method::POST) => match body::<CidrsRequest>(req).await {
-            Ok(r) => change(state, Change::Add(r.cidrs), r.if_revision).await,
+            Ok(r) => change(state, Change::Add(r.cidrs), r.if_revision, r.allow_everyone).await,
             Err(answer) => *answer,
         },
         (routes::CIDRS_REMOVE, Method::POST) => match body::<CidrsRequest>(req).await {
-            Ok(r) => change(state, Change::Remove(r.cidrs), r.if_revision).await,
+            Ok(r) => change(state, Change::Remove(r.cidrs), r.if_revision, false).await,
             Err(answer) => *answer,
         },
-        (routes::CIDRS_RELOAD, Method::POST) => change(state, Change::Reload, None).await,
+        (routes::CIDRS_RELOAD, Method::POST) => change(state, Change::Reload, None, false).await,
         (routes::CIDRS_ADD | routes::CIDRS_REMOVE | routes::CIDRS_RELOAD, _) => {
             method_not_allowed("POST")
         }

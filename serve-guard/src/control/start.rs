@@ -35,6 +35,7 @@ pub async fn start(
             .map_err(|e| failed("CIDR store", e))?
     };
     let store = Arc::new(store);
+    store.set_file_allows_everyone(config.allow_everyone);
 
     // The filter was filled from the file a moment ago; if the file changed since, the store's
     // reading wins, so the maps and the recorded revision agree from the start.
@@ -86,6 +87,7 @@ pub async fn start(
             store: Arc::clone(&store),
             view,
             ready: Arc::new(move || ready.is_ready()),
+            pin_dir: config.pin_dir.clone(),
         },
     )
     .await

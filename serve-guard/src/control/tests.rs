@@ -113,6 +113,7 @@ fn add(cidrs: &[&str], if_revision: Option<u64>) -> CidrsRequest {
     CidrsRequest {
         cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
         if_revision,
+        allow_everyone: false,
     }
 }
 
@@ -167,6 +168,7 @@ async fn cidr_routes_change_the_list() {
             &ReplaceRequest {
                 text: "172.16.0.0/12\n".into(),
                 if_revision: Some(3),
+                allow_everyone: false,
             },
         )
         .await
@@ -265,6 +267,7 @@ async fn bad_requests_are_named_and_change_nothing() {
     let huge = ReplaceRequest {
         text: "#".repeat(MAX_BODY_BYTES + 1),
         if_revision: None,
+        allow_everyone: false,
     };
     let (status, msg) = refused(
         r.client

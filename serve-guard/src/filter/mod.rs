@@ -149,6 +149,8 @@ pub struct Filter {
     program_log: Option<ProgramLog>,
     /// Keeps the program loaded for the lifetime of the filter.
     _ebpf: Ebpf,
+    /// Nothing was pinned before this start (see [`Filter::undo_start`]).
+    fresh: bool,
 }
 
 impl Filter {
@@ -159,7 +161,10 @@ impl Filter {
         pins::check_on_bpffs(layout.root())?;
         // Nothing pinned yet: a failed start removes everything it created.
         let fresh = !layout.exists();
-        let started = Self::start_pinned(config, host, layout);
+        let started = Self::start_pinned(config, host, layout).map(|mut filter| {
+            filter.fresh = fresh;
+            filter
+        });
         if started.is_err()
             && fresh
             && let Err(e) = remove_pins(&config.pin_dir)
@@ -248,6 +253,33 @@ impl Filter {
             _links: links,
             program_log,
             _ebpf: ebpf,
+            fresh: false,
+        })
+    }
+
+    /// Takes back what this start attached when the agent cannot finish starting: with nothing
+    /// pinned before, everything (as if it never ran); after adopting pinned state, only the links
+    /// this start added, so the adopted filter keeps filtering.
+    /// The caller drops the filter afterwards: closing its handles takes the links off.
+    pub fn undo_start(&self) -> Result<String, FilterError> {
+        if self.fresh {
+            return remove_pins(self.layout.root()).map(|removed| removed.to_string());
+        }
+        let added: Vec<String> = self
+            .status
+            .interfaces
+            .iter()
+            .filter(|i| !i.adopted)
+            .map(|i| i.name.clone())
+            .collect();
+        undo_new_links(&self.layout, &self.status.interfaces);
+        Ok(if added.is_empty() {
+            "the adopted filter stays in place".to_owned()
+        } else {
+            format!(
+                "removed the new links on {}; the adopted filter stays in place",
+                added.join(", ")
+            )
         })
     }
 

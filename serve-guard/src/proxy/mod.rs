@@ -12,6 +12,7 @@
 //! - `forward`: the upstream client, header hygiene, streaming, upgrades.
 //! - `grpc`: the gRPC listener's answers.
 //! - `tls`, `limits`, `server`: listeners, limits and the accept loop.
+//! - `observe`: metrics and log lines for each request's outcome.
 //! - `routes`, `status`: what `serve-guard status` shows in public mode.
 //! - `worker`: the agent runs the proxy as a separate unprivileged process (no capabilities,
 //!   no files); its supervisor, the channel to it, and the process's own start.
@@ -22,6 +23,7 @@ pub mod docs_link;
 pub mod forward;
 pub mod grpc;
 pub mod limits;
+pub mod observe;
 pub mod path;
 pub mod reply;
 pub mod routes;
@@ -71,6 +73,15 @@ enum Kind {
     Grpc,
 }
 
+impl Kind {
+    fn metric(self) -> crate::metrics::proxy::Listener {
+        match self {
+            Kind::Http => crate::metrics::proxy::Listener::Http,
+            Kind::Grpc => crate::metrics::proxy::Listener::Grpc,
+        }
+    }
+}
+
 /// What the checks decided about a request.
 enum Decision {
     /// The proxy answers itself (401, 403, the docs link, ...).
@@ -111,10 +122,13 @@ pub struct Handler {
     /// `external_url`'s origin: what a cookie-authenticated unsafe request must come from.
     origin: String,
     response_timeout: Duration,
+    /// `[public] access_log`: one log line per forwarded request.
+    access_log: bool,
 }
 
 impl Handler {
     async fn handle(&self, mut req: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+        let started = std::time::Instant::now();
         let method = req.method().clone();
         // Only the path is logged: a query may hold the docs link's token.
         let path = req.uri().path().to_owned();
@@ -122,11 +136,23 @@ impl Handler {
             Kind::Http => self.check_http(&mut req, info),
             Kind::Grpc => self.check_grpc(&mut req),
         };
+        let forwarded = matches!(decision, Decision::Forward(_));
         let resp = match decision {
             Decision::Answer(resp) => resp,
             Decision::Forward(route) => self.send(req, info, route).await,
         };
-        tracing::debug!(peer = %info.peer, %method, %path, status = resp.status().as_u16(), "request");
+        observe::request(
+            &observe::Request {
+                listener: self.kind.metric(),
+                client: info.peer,
+                method: method.as_str(),
+                path: &path,
+                outcome: observe::outcome(forwarded, &resp),
+                status: resp.status().as_u16(),
+                elapsed: Some(started.elapsed()),
+            },
+            self.access_log,
+        );
         resp
     }
 
@@ -221,7 +247,7 @@ impl Handler {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(upstream = %self.upstream, error = %e, "cannot forward");
-                match (self.kind, &e) {
+                let mut resp = match (self.kind, &e) {
                     (Kind::Http, ForwardError::Unreachable(_)) => plain(
                         StatusCode::BAD_GATEWAY,
                         "502 Bad Gateway: the upstream (Ray Serve) is unreachable\n",
@@ -244,7 +270,11 @@ impl Handler {
                     (Kind::Grpc, _) => {
                         grpc::status(grpc::STATUS_UNAVAILABLE, "upstream unreachable")
                     }
-                }
+                };
+                // The proxy's own answer, not the upstream's: tell `observe` which.
+                resp.extensions_mut()
+                    .insert(observe::forward_error_outcome(&e));
+                resp
             }
         }
     }
@@ -319,6 +349,7 @@ impl Proxy {
                 external_https: config.external_url().is_https(),
                 origin: config.external_url().origin(),
                 response_timeout: config.limits.upstream_response_timeout,
+                access_log: config.access_log,
             })
         };
         let listener = |std: std::net::TcpListener, addr: SocketAddr, what| {

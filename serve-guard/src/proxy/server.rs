@@ -93,6 +93,7 @@ pub async fn run(
             }
         };
         let Ok(slot) = limit.try_acquire(peer.ip()) else {
+            super::observe::connection_rejected(listener.handler.kind.metric(), peer);
             drop(stream);
             continue;
         };
@@ -136,6 +137,8 @@ struct Connection {
 impl Connection {
     async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
         let peer = self.info.peer;
+        let (listener, access_log) = (self.handler.kind.metric(), self.handler.access_log);
+        let _open = crate::metrics::proxy::global().connection_opened(listener);
         // One deadline for the TLS handshake and the first request head together.
         let first_deadline = Instant::now() + self.timing.first_request;
         let result = match tls {
@@ -154,6 +157,7 @@ impl Connection {
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
+            super::observe::connection_error(listener, peer, e.as_ref(), access_log);
         }
     }
 

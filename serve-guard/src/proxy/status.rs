@@ -7,14 +7,14 @@
 use std::convert::Infallible;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::docs_link::QUERY_PARAM;
 use super::routes;
 use crate::config::public::PublicConfig;
 use crate::token::{TokenSet, read_token_file};
 
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct DocsLink {
     /// Serve route prefix, e.g. `/echo`.
     pub route: String,
@@ -24,7 +24,7 @@ pub struct DocsLink {
     pub url: String,
 }
 
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PublicStatus {
     /// The URL users are given (`external_url`).
     pub user_service_url: String,
@@ -35,11 +35,11 @@ pub struct PublicStatus {
     #[serde(default)]
     pub tokens_accepted: usize,
     /// Why the token is missing, if it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_error: Option<String>,
     pub docs_links: Vec<DocsLink>,
     /// Why there are no docs links, if the route table could not be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes_error: Option<String>,
 }
 
@@ -95,16 +95,36 @@ pub fn docs_url(external_url: &str, route: &str, token: &str) -> String {
     format!("{external_url}{route}/docs?{QUERY_PARAM}={token}")
 }
 
-/// Builds the public part of `serve-guard status`. Never fails: what cannot be read is
-/// reported in the status (an agent whose Serve is down still has a URL and a token).
+/// Builds the public part of `serve-guard status`, in the agent (which reaches Serve from its
+/// own network namespace). Never fails: what cannot be read is reported in the status (an agent
+/// whose Serve is down still has a URL and a token).
 pub async fn public_status(config: &PublicConfig) -> Result<PublicStatus, Infallible> {
+    let table = routes::fetch(&config.upstream, &config.limits)
+        .await
+        .map_err(|e| e.to_string());
+    Ok(build(config, table))
+}
+
+/// The public part of `status` without an agent: URL and token, no docs links (only the agent
+/// asks Serve for its routes, so that the answer does not depend on where the CLI runs).
+pub fn public_status_offline(config: &PublicConfig) -> PublicStatus {
+    build(
+        config,
+        Err("no agent is running (the agent asks Serve for its routes)".to_owned()),
+    )
+}
+
+fn build(
+    config: &PublicConfig,
+    table: Result<std::collections::BTreeMap<String, String>, String>,
+) -> PublicStatus {
     let user_service_url = config.external_url().as_str().to_owned();
     let (tokens, token_error) = match read_token_file(&config.token_file) {
         Ok(set) => (set, None),
         Err(e) => (TokenSet::default(), Some(e.to_string())),
     };
     let token = tokens.primary();
-    let (docs_links, routes_error) = match routes::fetch(&config.upstream, &config.limits).await {
+    let (docs_links, routes_error) = match table {
         Ok(table) => {
             let links = match token {
                 Some(token) => table
@@ -119,9 +139,9 @@ pub async fn public_status(config: &PublicConfig) -> Result<PublicStatus, Infall
             };
             (links, None)
         }
-        Err(e) => (Vec::new(), Some(e.to_string())),
+        Err(e) => (Vec::new(), Some(e)),
     };
-    Ok(PublicStatus {
+    PublicStatus {
         user_service_url,
         token_file: config.token_file.display().to_string(),
         token: token.map(|t| t.expose().to_owned()),
@@ -129,7 +149,7 @@ pub async fn public_status(config: &PublicConfig) -> Result<PublicStatus, Infall
         token_error,
         docs_links,
         routes_error,
-    })
+    }
 }
 
 #[cfg(test)]

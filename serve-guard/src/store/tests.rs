@@ -450,3 +450,51 @@ fn a_held_lock_times_out_with_a_clear_error() {
     let err = fsutil::lock_exclusive(&path, Duration::from_millis(20)).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
 }
+
+#[test]
+fn allowing_every_source_needs_consent() {
+    let dir = TempDir::new();
+    dir.write("10.0.0.0/8\n");
+    let store = dir.open();
+    for change in [
+        add(&["0.0.0.0/0"]),
+        add(&["::/0"]),
+        Change::Replace("10.0.0.0/8\n0.0.0.0/0\n".into()),
+    ] {
+        let e = store.apply_blocking(change, None).unwrap_err();
+        assert!(matches!(e, StoreError::EveryoneByChange { .. }), "{e}");
+        assert!(e.to_string().contains("--allow-everyone"), "{e}");
+    }
+    assert_eq!(nets(&store.list()), ["10.0.0.0/8"], "nothing changed");
+
+    let done = store
+        .apply_blocking_with(add(&["0.0.0.0/0"]), None, true)
+        .unwrap();
+    assert!(done.changed);
+    // Already there: further changes need no new consent.
+    store.apply_blocking(add(&["10.1.0.0/16"]), None).unwrap();
+}
+
+#[test]
+fn an_edit_of_the_file_that_allows_everyone_needs_the_config_key() {
+    let dir = TempDir::new();
+    dir.write("10.0.0.0/8\n");
+    let store = dir.open();
+    dir.write("10.0.0.0/8\n::/0\n");
+    let e = store.apply_blocking(Change::Reload, None).unwrap_err();
+    assert!(matches!(e, StoreError::EveryoneInFile { .. }), "{e}");
+    assert!(e.to_string().contains("allow_everyone = true"), "{e}");
+    assert_eq!(nets(&store.list()), ["10.0.0.0/8"], "the old list stays");
+
+    store.set_file_allows_everyone(true);
+    assert!(store.apply_blocking(Change::Reload, None).unwrap().changed);
+
+    // At start: refused against the recorded list unless the config allows it.
+    let list = read_list(&dir.cidr_file()).unwrap();
+    check_file_consent(&dir.cidr_file(), &dir.state_dir(), &list, false).unwrap();
+    let other = TempDir::new();
+    other.write("0.0.0.0/0\n");
+    let list = read_list(&other.cidr_file()).unwrap();
+    assert!(check_file_consent(&other.cidr_file(), &other.state_dir(), &list, false).is_err());
+    check_file_consent(&other.cidr_file(), &other.state_dir(), &list, true).unwrap();
+}

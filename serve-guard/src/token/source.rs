@@ -134,6 +134,7 @@ impl TokenSource {
                 return Err(e);
             }
         };
+        crate::metrics::proxy::agent_totals().token_reloaded();
         let current = self.current();
         let change = TokenChange {
             tokens: next.len(),

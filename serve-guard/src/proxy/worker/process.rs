@@ -38,6 +38,9 @@ pub struct Args {
     pub parent: i32,
     #[arg(long)]
     pub log_level: Option<String>,
+    /// The agent's log format.
+    #[arg(long, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +65,7 @@ enum WorkerError {
 
 /// Entry point, before any thread exists.
 pub fn main(args: Args) -> ExitCode {
-    let _ = crate::logging::init(args.log_level.as_deref());
+    let _ = crate::logging::init(args.log_level.as_deref(), args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -172,10 +175,21 @@ async fn serve(
             }
         }
     };
+    let metrics = async {
+        let mut every = tokio::time::interval(crate::metrics::proxy::SNAPSHOT_INTERVAL);
+        loop {
+            every.tick().await;
+            let snapshot = crate::metrics::proxy::global().snapshot();
+            if let Err(e) = protocol::send(&mut to_agent, &FromWorker::Metrics(snapshot)).await {
+                return e;
+            }
+        }
+    };
     let stop = async {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("proxy process: SIGTERM: stopping"),
             e = updates => tracing::warn!("proxy process: the channel to the agent ended ({e}); stopping"),
+            e = metrics => tracing::warn!("proxy process: cannot send metrics to the agent ({e}); stopping"),
         }
     };
     proxy.serve(stop).await;

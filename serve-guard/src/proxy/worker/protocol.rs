@@ -1,7 +1,8 @@
 //! The channel between the agent and the proxy process: a Unix socketpair carrying
 //! length-prefixed JSON messages. The agent sends the config, the token set and the TLS
-//! material at start and every change after; the proxy process answers only `Ready`. The agent
-//! treats what comes back as untrusted: it reads `Ready` and end-of-file, nothing else.
+//! material at start and every change after; the proxy process answers `Ready`, then sends its
+//! metrics. The agent treats what comes back as untrusted: it reads `Ready`, metric snapshots
+//! (numbers, bounded by the message limit) and end-of-file, nothing else.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -61,10 +62,13 @@ pub enum ToWorker {
 }
 
 /// Proxy process → agent.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub enum FromWorker {
     /// Privileges dropped, listeners serving.
     Ready,
+    /// The proxy's figures (every `metrics::proxy::SNAPSHOT_INTERVAL`): numbers only, which the
+    /// agent shows as they are; a compromised process could only lie about its own traffic.
+    Metrics(crate::metrics::proxy::Snapshot),
 }
 
 #[derive(Debug, thiserror::Error)]

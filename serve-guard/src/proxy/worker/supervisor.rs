@@ -126,10 +126,15 @@ impl Supervisor {
                 None => self.launch().await,
             };
             let how = match running {
-                Ok(running) => match self.supervise(running, &mut shutdown).await {
-                    Ended::Shutdown => return Ok(()),
-                    Ended::Exited(how) => how,
-                },
+                Ok(running) => {
+                    let ended = self.supervise(running, &mut shutdown).await;
+                    // Its counts stay in the totals; its connections are gone.
+                    crate::metrics::proxy::agent_totals().process_ended();
+                    match ended {
+                        Ended::Shutdown => return Ok(()),
+                        Ended::Exited(how) => how,
+                    }
+                }
                 Err(e) => e.to_string(),
             };
             if started.elapsed() >= STABLE_AFTER {
@@ -242,9 +247,13 @@ impl Supervisor {
                         let _ = child.start_kill();
                     }
                 }
-                // After Ready the process has nothing to say: anything, or the end of the
+                // After Ready the process sends only metrics: anything else, or the end of the
                 // channel, means it is dying or compromised.
                 message = protocol::recv::<_, FromWorker>(&mut from_worker) => {
+                    if let Ok(FromWorker::Metrics(snapshot)) = message {
+                        crate::metrics::proxy::agent_totals().absorb(snapshot);
+                        continue;
+                    }
                     tracing::warn!("the proxy process's channel: {}; restarting it", match message {
                         Ok(m) => format!("unexpected {m:?}"),
                         Err(e) => e.to_string(),
@@ -281,7 +290,9 @@ impl Supervisor {
             .arg("--parent")
             .arg(std::process::id().to_string())
             .arg("--log-level")
-            .arg(&self.log_level);
+            .arg(&self.log_level)
+            .arg("--log-format")
+            .arg(crate::logging::format().name());
         if let Some(grpc) = grpc {
             cmd.arg("--grpc-fd").arg(grpc.to_string());
         }

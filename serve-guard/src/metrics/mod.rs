@@ -1,27 +1,33 @@
 //! The Prometheus endpoint (`[metrics] listen`, default 127.0.0.1:9464): `GET /metrics` in the
-//! OpenMetrics text format (prometheus-client), `GET /ready` 200 once the filter is attached and
-//! its maps are filled, 503 before.
+//! Prometheus text format 0.0.4, or OpenMetrics when the scraper asks for it (`Accept`), and
+//! `GET /ready`: 200 once the filter is attached and its maps are filled, 503 before.
 //!
-//! The packet counters live in the kernel (per-CPU map) and the CIDR figures in the store, so each
-//! scrape builds a registry from a fresh snapshot rather than mirroring them continuously.
+//! - `agent`: the filter's counters, the CIDR list, readiness, attachment, build info;
+//! - `proxy`: the public-mode proxy's requests and connections, token reloads;
+//! - `process`: the standard `process_*` metrics;
+//! - `format`: content negotiation and the 0.0.4 text.
+//!
+//! Each scrape builds a registry from fresh snapshots (kernel counters, store, /proc) plus the
+//! proxy's long-lived metrics.
 
-use crate::control::StatsReport;
+pub mod agent;
+pub mod format;
+pub mod process;
+pub mod proxy;
+
 use crate::control::view::AgentView;
 use crate::store::Store;
 use bytes::Bytes;
+use format::Format;
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -35,7 +41,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most scrape connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -51,132 +56,22 @@ pub struct MetricsState {
     pub store: Arc<Store>,
     pub view: Arc<dyn AgentView>,
     pub ready: ReadyFn,
+    /// Where the filter's links are pinned (`serve_guard_filter_attached`).
+    pub pin_dir: PathBuf,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CounterLabels {
-    reason: String,
-    family: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FamilyLabel {
-    family: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct InfoLabels {
-    mode: String,
-    version: String,
-}
-
-/// Renders one scrape. Counters that cannot be read are left out (and logged) so the CIDR and
-/// readiness figures still reach the scraper.
+/// Renders one scrape in OpenMetrics text: the filter and CIDR figures, the proxy metrics, the
+/// build and the process.
 pub async fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
-    let mut registry = Registry::with_prefix(PREFIX);
-
-    let stats = match state.view.stats().await {
-        Ok(json) => match serde_json::from_value::<StatsReport>(json) {
-            Ok(stats) => Some(stats),
-            Err(e) => {
-                tracing::warn!("metrics: unexpected counter snapshot: {e}");
-                None
-            }
-        },
-        Err(e) => {
-            tracing::warn!("metrics: cannot read the counters: {e}");
-            None
-        }
-    };
-    if let Some(stats) = stats {
-        let packets = Family::<CounterLabels, Counter>::default();
-        let bytes = Family::<CounterLabels, Counter>::default();
-        for row in &stats.counters {
-            let labels = CounterLabels {
-                reason: row.reason.clone(),
-                family: row.family.clone(),
-            };
-            // A fresh registry per scrape: inc_by from zero sets the kernel's running total.
-            packets.get_or_create(&labels).inc_by(row.packets);
-            bytes.get_or_create(&labels).inc_by(row.bytes);
-        }
-        registry.register(
-            "packets",
-            "Packets seen by the XDP filter, by verdict reason and address family, summed over CPUs",
-            packets,
-        );
-        registry.register(
-            "bytes",
-            "Bytes seen by the XDP filter, by verdict reason and address family, summed over CPUs",
-            bytes,
-        );
+    let mut root = Registry::default();
+    process::register(&mut root);
+    let registry = root.sub_registry_with_prefix(PREFIX);
+    agent::register(state, registry).await;
+    if state.view.mode() == "public" {
+        proxy::agent_totals().register(registry);
     }
-
-    let listing = state.store.listing();
-    let cidrs = Family::<FamilyLabel, Gauge>::default();
-    for (family, count) in [("ipv4", listing.ipv4), ("ipv6", listing.ipv6)] {
-        cidrs
-            .get_or_create(&FamilyLabel {
-                family: family.into(),
-            })
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
-    }
-    registry.register("cidrs", "CIDRs in the allow-list, by address family", cidrs);
-
-    let revision = Gauge::<i64>::default();
-    revision.set(i64::try_from(listing.revision).unwrap_or(i64::MAX));
-    registry.register(
-        "cidr_revision",
-        "Revision of the CIDR allow-list (counts list changes; survives restarts)",
-        revision,
-    );
-
-    let stats = state.store.stats();
-    let last_apply = Gauge::<i64>::default();
-    last_apply
-        .set(i64::try_from(stats.last_apply_unix.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-    registry.register(
-        "cidr_last_apply_timestamp_seconds",
-        "Unix time of the last CIDR list change applied by this agent (0: none since start)",
-        last_apply,
-    );
-
-    let errors = Counter::<u64>::default();
-    errors.inc_by(stats.apply_errors.load(Ordering::Relaxed));
-    registry.register(
-        "cidr_apply_errors",
-        "CIDR changes that failed to apply: map updates refused, invalid edits of the file",
-        errors,
-    );
-
-    if let Some(count) = state.view.token_reload_errors() {
-        let errors = Counter::<u64>::default();
-        errors.inc_by(count);
-        registry.register(
-            "token_reload_errors",
-            "Re-reads of the token file that found it invalid (the tokens in force stayed)",
-            errors,
-        );
-    }
-
-    let ready = Gauge::<i64>::default();
-    ready.set(i64::from((state.ready)()));
-    registry.register(
-        "ready",
-        "1 once the filter is attached and its maps are filled",
-        ready,
-    );
-
-    let info = Family::<InfoLabels, Gauge>::default();
-    info.get_or_create(&InfoLabels {
-        mode: state.view.mode().to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    })
-    .set(1);
-    registry.register("agent", "The agent's mode and version", info);
-
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    prometheus_client::encoding::text::encode(&mut out, &root)?;
     Ok(out)
 }
 
@@ -235,7 +130,15 @@ async fn answer<B>(state: &MetricsState, req: Request<B>) -> Response<Full<Bytes
     }
     match req.uri().path() {
         METRICS_PATH => match render(state).await {
-            Ok(body) => text(StatusCode::OK, OPENMETRICS, body),
+            Ok(body) => {
+                let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+                match Format::negotiate(accept) {
+                    Format::OpenMetrics => text(StatusCode::OK, format::OPENMETRICS, body),
+                    Format::Text004 => {
+                        text(StatusCode::OK, format::TEXT_004, format::to_text_004(&body))
+                    }
+                }
+            }
             Err(e) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 PLAIN,
@@ -261,7 +164,7 @@ mod tests {
     use super::*;
     use crate::control::view::ViewFuture;
     use http_body_util::BodyExt as _;
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     struct Counters;
 
@@ -315,22 +218,40 @@ mod tests {
         let store = Arc::new(Store::open(&dir.join("cidrs"), &dir.join("state")).unwrap());
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
+        let pin_dir = dir.join("pins");
         Fixture {
             dir,
             state: MetricsState {
                 store,
                 view: Arc::new(Counters),
                 ready: Arc::new(move || flag.load(Ordering::Relaxed)),
+                pin_dir,
             },
             ready,
         }
     }
 
     async fn get(state: &MetricsState, path: &str) -> (StatusCode, String) {
-        let resp = answer(state, Request::get(path).body(()).unwrap()).await;
+        get_as(state, path, None).await.0
+    }
+
+    async fn get_as(
+        state: &MetricsState,
+        path: &str,
+        accept: Option<&str>,
+    ) -> ((StatusCode, String), String) {
+        let mut req = Request::get(path);
+        if let Some(accept) = accept {
+            req = req.header(ACCEPT, accept);
+        }
+        let resp = answer(state, req.body(()).unwrap()).await;
+        let content_type = resp.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
+        (
+            (status, String::from_utf8(body.to_vec()).unwrap()),
+            content_type,
+        )
     }
 
     #[tokio::test]
@@ -348,8 +269,10 @@ mod tests {
     #[tokio::test]
     async fn a_scrape_has_counters_cidrs_revision_and_errors() {
         let f = fixture();
-        let (status, body) = get(&f.state, METRICS_PATH).await;
+        let ((status, body), content_type) =
+            get_as(&f.state, METRICS_PATH, Some("application/openmetrics-text")).await;
         assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, format::OPENMETRICS);
         for line in [
             "serve_guard_packets_total{reason=\"drop_outside_vpc\",family=\"ipv6\"} 12",
             "serve_guard_bytes_total{reason=\"drop_outside_vpc\",family=\"ipv6\"} 960",
@@ -359,7 +282,8 @@ mod tests {
             "serve_guard_cidr_apply_errors_total 0",
             "serve_guard_cidr_last_apply_timestamp_seconds 0",
             "serve_guard_ready 0",
-            "serve_guard_agent{mode=\"private\",version=",
+            "serve_guard_build_info{version=\"",
+            "process_resident_memory_bytes ",
         ] {
             assert!(body.contains(line), "missing {line:?} in:\n{body}");
         }
@@ -367,5 +291,22 @@ mod tests {
             body.ends_with("# EOF\n"),
             "OpenMetrics text ends with # EOF"
         );
+    }
+
+    #[tokio::test]
+    async fn plain_scrapers_get_text_004() {
+        let f = fixture();
+        let ((status, body), content_type) = get_as(&f.state, METRICS_PATH, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, format::TEXT_004);
+        assert!(
+            body.contains("# TYPE serve_guard_packets_total counter\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("# TYPE serve_guard_build_info gauge\n"),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
     }
 }

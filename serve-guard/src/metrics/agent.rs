@@ -1,0 +1,156 @@
+//! The agent's own figures: the XDP filter's counters (read from the kernel at each scrape), the
+//! CIDR list, readiness, whether each interface still has the filter attached, and build info.
+
+use super::MetricsState;
+use crate::control::StatsReport;
+use crate::filter::{LinkState, PinLayout};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CounterLabels {
+    reason: String,
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabel {
+    family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabel {
+    interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    mode: String,
+}
+
+/// Adds the agent's figures. Counters that cannot be read are left out (and logged) so the CIDR
+/// and readiness figures still reach the scraper.
+pub async fn register(state: &MetricsState, registry: &mut Registry) {
+    let stats = match state.view.stats().await {
+        Ok(json) => match serde_json::from_value::<StatsReport>(json) {
+            Ok(stats) => Some(stats),
+            Err(e) => {
+                tracing::warn!("metrics: unexpected counter snapshot: {e}");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!("metrics: cannot read the counters: {e}");
+            None
+        }
+    };
+    if let Some(stats) = stats {
+        let packets = Family::<CounterLabels, Counter>::default();
+        let bytes = Family::<CounterLabels, Counter>::default();
+        for row in &stats.counters {
+            let labels = CounterLabels {
+                reason: row.reason.clone(),
+                family: row.family.clone(),
+            };
+            // A fresh registry per scrape: inc_by from zero sets the kernel's running total.
+            packets.get_or_create(&labels).inc_by(row.packets);
+            bytes.get_or_create(&labels).inc_by(row.bytes);
+        }
+        registry.register(
+            "packets",
+            "Packets seen by the XDP filter, by verdict reason and address family, summed over CPUs",
+            packets,
+        );
+        registry.register(
+            "bytes",
+            "Bytes seen by the XDP filter, by verdict reason and address family, summed over CPUs",
+            bytes,
+        );
+    }
+
+    let listing = state.store.listing();
+    let cidrs = Family::<FamilyLabel, Gauge>::default();
+    for (family, count) in [("ipv4", listing.ipv4), ("ipv6", listing.ipv6)] {
+        cidrs
+            .get_or_create(&FamilyLabel {
+                family: family.into(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    registry.register("cidrs", "CIDRs in the allow-list, by address family", cidrs);
+
+    let revision = Gauge::<i64>::default();
+    revision.set(i64::try_from(listing.revision).unwrap_or(i64::MAX));
+    registry.register(
+        "cidr_revision",
+        "Revision of the CIDR allow-list (counts list changes; survives restarts)",
+        revision,
+    );
+
+    let stats = state.store.stats();
+    let last_apply = Gauge::<i64>::default();
+    last_apply
+        .set(i64::try_from(stats.last_apply_unix.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    registry.register(
+        "cidr_last_apply_timestamp_seconds",
+        "Unix time of the last CIDR list change applied by this agent (0: none since start)",
+        last_apply,
+    );
+
+    let errors = Counter::<u64>::default();
+    errors.inc_by(stats.apply_errors.load(Ordering::Relaxed));
+    registry.register(
+        "cidr_apply_errors",
+        "CIDR changes that failed to apply: map updates refused, invalid edits of the file",
+        errors,
+    );
+
+    let ready = Gauge::<i64>::default();
+    ready.set(i64::from((state.ready)()));
+    registry.register(
+        "ready",
+        "1 once the filter is attached and its maps are filled",
+        ready,
+    );
+
+    if let Some(count) = state.view.token_reload_errors() {
+        let errors = Counter::<u64>::default();
+        errors.inc_by(count);
+        registry.register(
+            "token_reload_errors",
+            "Re-reads of the token file that found it invalid (the tokens in force stayed)",
+            errors,
+        );
+    }
+
+    let attached = Family::<InterfaceLabel, Gauge>::default();
+    for link in PinLayout::new(&state.pin_dir).links().unwrap_or_default() {
+        // A link whose interface went away, or that `bpftool link detach` cut, reads ifindex 0.
+        let on = LinkState::read(&link.path).is_ok_and(|s| s.ifindex != 0);
+        attached
+            .get_or_create(&InterfaceLabel {
+                interface: link.interface.clone(),
+            })
+            .set(i64::from(on));
+    }
+    registry.register(
+        "filter_attached",
+        "1 while the filter's pinned XDP link is attached to the interface, 0 once it is not",
+        attached,
+    );
+
+    registry.register(
+        "build",
+        "The agent's version and mode",
+        Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            mode: state.view.mode().to_owned(),
+        }),
+    );
+}
