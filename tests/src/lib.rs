@@ -8,6 +8,7 @@
 //! - [`probe`]: TCP connect, HTTP GET and UDP probes from a namespace, bounded by timeouts.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
 //! - [`rootfs`]: a fresh Debian root filesystem (cached debootstrap + overlay) for chroot tests.
+//! - [`rng`]: the seeded SplitMix64 generator of the fuzzers and the benchmark.
 //! - [`fuzz`]: the differential fuzzer of the XDP verdict (program against a reference model).
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod netns;
 pub mod probe;
 pub mod program;
 pub mod ray;
+pub mod rng;
 pub mod rootfs;
 pub mod server;
 pub mod topology;

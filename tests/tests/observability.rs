@@ -176,13 +176,17 @@ fn the_proxy_is_measured_logged_and_promtool_clean() -> Result<()> {
     );
 
     // The proxy process sends its figures every second: wait for the last request's.
-    wait_for("the proxy's figures to reach the agent", limits::AGENT_READY, || {
-        let scrape = s.scrape(None)?.1;
-        Ok(sample(
-            &scrape,
-            r#"serve_guard_proxy_requests_total{listener="http",outcome="bad_gateway"}"#,
-        ) == Some(1.0))
-    })?;
+    wait_for(
+        "the proxy's figures to reach the agent",
+        limits::AGENT_READY,
+        || {
+            let scrape = s.scrape(None)?.1;
+            Ok(sample(
+                &scrape,
+                r#"serve_guard_proxy_requests_total{listener="http",outcome="bad_gateway"}"#,
+            ) == Some(1.0))
+        },
+    )?;
     let (content_type, scrape) = s.scrape(None)?;
     ensure!(
         content_type.starts_with("text/plain; version=0.0.4"),

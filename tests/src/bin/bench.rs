@@ -27,6 +27,7 @@ use serve_guard::filter::test_run::test_run;
 use serve_guard_tests::{
     frames::Frame,
     program::{TestProgram, XDP_DROP, XDP_PASS, load_pass_program},
+    rng::Rng,
 };
 use std::{
     collections::HashSet,
@@ -66,21 +67,9 @@ const V6_PREFIXES: (u8, u8) = (32, 64);
 /// Random IPv6 prefixes are drawn inside fd00::/8 (unique local addresses).
 const ULA_FIRST_BYTE: u8 = 0xfd;
 
-/// splitmix64: a tiny deterministic generator; statistical quality is plenty for addresses.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn between(&mut self, (lo, hi): (u8, u8)) -> u8 {
-        lo + (self.next() % u64::from(hi - lo + 1)) as u8
-    }
+/// A prefix length in `lo..=hi`.
+fn between(rng: &mut Rng, (lo, hi): (u8, u8)) -> u8 {
+    rng.range(usize::from(lo), usize::from(hi)) as u8
 }
 
 fn mask_v4(addr: u32, len: u8) -> u32 {
@@ -104,19 +93,19 @@ type Cidrs = Vec<(IpAddr, u8)>;
 
 /// `n` distinct CIDRs of each family: the VPC plus random ones that never cover the outside
 /// clients (a denied packet must stay denied).
-fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Cidrs, Cidrs) {
+fn cidr_lists(n: usize, rng: &mut Rng) -> (Cidrs, Cidrs) {
     let mut v4: HashSet<(u32, u8)> = HashSet::from([(u32::from(VPC_V4.0), VPC_V4.1)]);
     while v4.len() < n {
-        let len = rng.between(V4_PREFIXES);
-        let net = mask_v4(rng.next() as u32, len);
+        let len = between(rng, V4_PREFIXES);
+        let net = mask_v4(rng.next_u64() as u32, len);
         if mask_v4(u32::from(OUTSIDE_V4), len) != net {
             v4.insert((net, len));
         }
     }
     let mut v6: HashSet<(u128, u8)> = HashSet::from([(u128::from(VPC_V6.0), VPC_V6.1)]);
     while v6.len() < n {
-        let len = rng.between(V6_PREFIXES);
-        let random = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+        let len = between(rng, V6_PREFIXES);
+        let random = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
         let addr = (u128::from(ULA_FIRST_BYTE) << 120) | (random >> 8);
         let net = mask_v6(addr, len);
         if mask_v6(u128::from(OUTSIDE_V6), len) != net {
@@ -138,7 +127,7 @@ fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Cidrs, Cidrs) {
 }
 
 /// A program with the protected ports and `cidrs` CIDRs per family, and its IPv4 list.
-fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<(TestProgram, Cidrs)> {
+fn loaded_program(cidrs: usize, rng: &mut Rng) -> Result<(TestProgram, Cidrs)> {
     let mut program = TestProgram::load()?;
     for port in [HTTP, GRPC] {
         program.protect_port(port)?;
@@ -300,7 +289,7 @@ fn main() -> Result<()> {
     let opts = options()?;
     let started = Instant::now();
     let floor = load_pass_program().context("loading the XDP_PASS floor program")?;
-    let mut rng = SplitMix(SEED);
+    let mut rng = Rng::new(SEED);
     let mut programs = Vec::new();
     for &size in &opts.sizes {
         let loaded = Instant::now();

@@ -6,10 +6,8 @@
 //! - [`generate`]: seeded generators; `(seed, index)` reproduces a frame.
 //! - [`scenario`]: the ports and allow-lists both sides judge with.
 //! - [`differential`]: the run, with counters checked per batch and bad batches replayed.
-//! - [`prng`]: splitmix64, one stream per frame.
 
 pub mod differential;
 pub mod generate;
 pub mod model;
-pub mod prng;
 pub mod scenario;

@@ -7,8 +7,8 @@
 use super::case::{Case, CaseId, Generator, Origin, Transport, udp_payload};
 use super::lab::{self, PROTECTED_PORTS, UNPROTECTED_PORT};
 use super::packet::{self, Ext, Tag, V4Header};
-use super::rng::Rng;
 use super::shapes::{self, Piece};
+use crate::rng::Rng;
 use crate::topology::{Ip, SERVER_V4, SERVER_V6};
 use serve_guard_common::wire::{self, proto};
 use std::collections::HashMap;

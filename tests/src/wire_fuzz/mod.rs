@@ -24,5 +24,4 @@ pub mod observe;
 pub mod packet;
 pub mod raw;
 pub mod report;
-pub mod rng;
 pub mod shapes;

@@ -4,7 +4,7 @@
 //! case can be read without decoding its hex.
 
 use super::packet::{self, Ext, FRAG_UNIT, Tag};
-use super::rng::Rng;
+use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
 
 /// The largest IPv4 options area (IHL 15).

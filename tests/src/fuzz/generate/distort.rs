@@ -3,10 +3,10 @@
 //! EtherType.
 
 use super::{
-    super::prng::Rng,
     headers::IPV4_MORE_FRAGMENTS,
     packets::{self, Built, Fragmenting, IpVersion},
 };
+use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
 
 /// Bytes a mutation writes: protocol and next-header numbers, TPIDs, EtherType halves,
@@ -81,7 +81,7 @@ pub fn length_lie(rng: &mut Rng) -> Vec<u8> {
             // does not match the EtherType.
             const NIBBLE: u8 = 0x0f;
             let first = built.frame[built.l3];
-            let lie = rng.byte() & NIBBLE;
+            let lie = rng.u8() & NIBBLE;
             built.set_first_byte(if rng.coin() {
                 (first & !NIBBLE) | lie
             } else {
@@ -90,7 +90,7 @@ pub fn length_lie(rng: &mut Rng) -> Vec<u8> {
         }
         _ => {
             let padded = end.max(ETH_MIN_FRAME) + rng.small(8);
-            let fill = if rng.coin() { 0 } else { rng.byte() };
+            let fill = if rng.coin() { 0 } else { rng.u8() };
             built.frame.resize(padded, fill);
         }
     }
@@ -155,9 +155,9 @@ pub fn mutation(rng: &mut Rng) -> Vec<u8> {
         };
         match rng.below(5) {
             0 => frame[at] ^= 1 << rng.below(8),
-            1 => frame[at] = rng.byte(),
+            1 => frame[at] = rng.u8(),
             2 => frame[at] = rng.pick(&INTERESTING),
-            3 => frame.insert(at, rng.byte()),
+            3 => frame.insert(at, rng.u8()),
             _ if len > wire::ETH_HLEN => {
                 frame.remove(at);
             }

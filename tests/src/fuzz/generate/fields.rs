@@ -2,7 +2,8 @@
 //! and outside the allow-lists; ports at, next to and far from the protected ones; protocols
 //! with a port, without one, and the numbers a parser could confuse with either.
 
-use super::super::{model::PORT_PROTOCOLS, prng::Rng, scenario};
+use super::super::{model::PORT_PROTOCOLS, scenario};
+use crate::rng::Rng;
 use serve_guard_common::wire::proto;
 
 /// The server: the destination of most frames (the filter does not read it).
@@ -126,7 +127,7 @@ pub fn protocol(rng: &mut Rng) -> (u8, Option<usize>) {
         }
         7 | 8 => (rng.pick(&OTHER_PROTOCOLS), None),
         _ => {
-            let number = rng.byte();
+            let number = rng.u8();
             let min = PORT_PROTOCOLS
                 .iter()
                 .find(|(p, _)| *p == number)

@@ -2,8 +2,8 @@
 //! transport headers. Every field the generators want to lie about is a parameter; the rest is
 //! filled the way a real stack would (or at random where the filter must not care).
 
-use super::super::prng::Rng;
 use crate::frames;
+use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
 
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -77,7 +77,7 @@ impl Ipv4 {
         let hlen = wire::IPV4_MIN_HLEN + self.options.len();
         let mut h = Vec::with_capacity(hlen);
         h.push((wire::IPV4_VERSION << wire::IP_VERSION_SHIFT) | (hlen / wire::IPV4_IHL_WORD) as u8);
-        h.push(rng.byte()); // DSCP/ECN: the filter must not care
+        h.push(rng.u8()); // DSCP/ECN: the filter must not care
         h.extend_from_slice(&total.to_be_bytes());
         h.extend_from_slice(&rng.u16().to_be_bytes()); // identification
         h.extend_from_slice(&self.frag.to_be_bytes());
@@ -117,7 +117,7 @@ pub fn ipv4_options(rng: &mut Rng, len: usize) -> Vec<u8> {
                 o.extend(std::iter::repeat_n(0, opt_len - 3));
             }
             3 => o.push(END),
-            _ => o.push(rng.byte()),
+            _ => o.push(rng.u8()),
         }
     }
     o.truncate(len);
@@ -187,7 +187,7 @@ impl Ext {
                 let field = (offset << wire::IPV6_FRAG_OFF_SHIFT)
                     | if more { IPV6_MORE_FRAGMENTS } else { 0 }
                     | (rng.u16() & 0b110); // the reserved bits: the filter must not care
-                let mut h = vec![next, rng.byte()];
+                let mut h = vec![next, rng.u8()];
                 h.extend_from_slice(&field.to_be_bytes());
                 h.extend_from_slice(&(rng.next_u64() as u32).to_be_bytes());
                 h
@@ -201,7 +201,7 @@ fn fill_options(rng: &mut Rng, area: &mut [u8]) {
     const PAD1: u8 = 0;
     const PADN: u8 = 1;
     if rng.one_in(4) {
-        area.iter_mut().for_each(|b| *b = rng.byte());
+        area.iter_mut().for_each(|b| *b = rng.u8());
     } else if area.len() >= 2 {
         area[0] = PADN;
         area[1] = (area.len() - 2) as u8;

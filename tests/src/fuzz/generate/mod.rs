@@ -7,7 +7,7 @@ mod fields;
 mod headers;
 mod packets;
 
-use super::prng::Rng;
+use crate::rng::Rng;
 use packets::Fragmenting;
 use serve_guard_common::wire;
 

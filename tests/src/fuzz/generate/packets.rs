@@ -2,10 +2,10 @@
 //! these and then lie, cut or flip.
 
 use super::{
-    super::prng::Rng,
     fields,
     headers::{self, Ext, IPV4_DONT_FRAGMENT, IPV4_MORE_FRAGMENTS, Ipv4, MAX_FRAGMENT_OFFSET, Tag},
 };
+use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
 
 /// Most bytes of IPv4 options (IHL 15).
