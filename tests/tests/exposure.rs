@@ -147,6 +147,14 @@ fn every_path_around_the_filter_is_named_at_start_and_in_status() -> Result<()> 
     want.sort();
     assert_eq!(found, want);
 
+    // `check` names them too, without making the config invalid.
+    let check = agent.cli(&["check"])?;
+    let check_text = String::from_utf8_lossy(&check.stdout);
+    ensure!(
+        check.status.success() && check_text.contains(&format!("warning: vxlan device {VXLAN}")),
+        "check:\n{check_text}"
+    );
+
     // Status reads the node live: turning rp_filter on clears that warning.
     topo.server
         .ns

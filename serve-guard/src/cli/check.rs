@@ -63,6 +63,11 @@ pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     report.ok(format!("interfaces: {interfaces}"));
+    // Paths around the filter do not make the config invalid, but the operator should know.
+    match crate::node::scan(&config.interfaces) {
+        Ok(found) => found.iter().for_each(|e| report.warn(e.to_string())),
+        Err(e) => report.warn(e.to_string()),
+    }
     for warning in &host.warnings {
         report.warn(format!("{}: {warning}", config.cidr_file.display()));
     }
