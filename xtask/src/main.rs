@@ -8,6 +8,7 @@ mod install;
 mod setup;
 mod tasks;
 mod toolchains;
+mod vm;
 
 use anyhow::{Result, bail};
 
@@ -20,6 +21,8 @@ tasks:
   run -- <args>      build and run the agent with <args>, e.g. `cargo xtask run -- run -c dev.toml`
   demo               private (and public) mode end to end in throw-away network namespaces
   test [args]        every test of the project (args go to `cargo test`)
+  test-vm [--kernel SUITE]... [--build-only]
+                     the agent under systemd on Debian 11/12/12-backports/13 kernels in QEMU
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
   install            install the binary, the systemd unit and an example config";
 
@@ -45,6 +48,7 @@ fn run() -> Result<()> {
         "demo" => tasks::demo(&rest),
         "test" => tasks::test(&rest),
         "bench" => tasks::bench(&rest),
+        "test-vm" => tasks::test_vm(&rest),
         "install" => tasks::install(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");

@@ -16,7 +16,7 @@ fn cargo(tc: &Toolchains) -> Command {
     c
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| toolchains::workspace_root().join("target"))
@@ -120,4 +120,13 @@ pub fn install(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let agent = build_agent(&tc, true)?;
     crate::install::install(&agent)
+}
+
+pub fn test_vm(args: &[String]) -> Result<()> {
+    let options = crate::vm::Options::parse(args)?;
+    let tc = setup::run()?;
+    let prepared = crate::vm::prepare(&options)?;
+    // The release build: what users install, and much faster than a debug build under TCG.
+    let agent = build_agent(&tc, true)?;
+    crate::vm::run(&options, &prepared, &agent)
 }
