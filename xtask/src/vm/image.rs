@@ -36,6 +36,7 @@ const UNUSED_MODULES: &[&str] = &[
     "kernel/drivers/staging",
     "kernel/drivers/usb",
     "kernel/drivers/scsi",
+    "kernel/drivers/ata",
     "kernel/drivers/iio",
     "kernel/drivers/hid",
     "kernel/drivers/input",

@@ -33,6 +33,37 @@ pub fn cache_dir() -> PathBuf {
     crate::tasks::target_dir().join("vm")
 }
 
+/// Memory the host needs free for one VM and the image build.
+const MIN_AVAILABLE_MIB: u64 = 2048;
+
+/// Why this host cannot run the VM tests, if it cannot (after setup has run).
+pub fn cannot_boot() -> Option<String> {
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun (tap devices)".into());
+    }
+    for tool in ["qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4"] {
+        if !crate::cmd::succeeds(std::process::Command::new("sh").args([
+            "-c",
+            &format!("command -v {tool}"),
+        ])) {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available_mib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib / 1024);
+    match available_mib {
+        Some(mib) if mib < MIN_AVAILABLE_MIB => Some(format!(
+            "{mib} MiB of memory available, {MIN_AVAILABLE_MIB} MiB needed"
+        )),
+        None => Some("cannot read MemAvailable from /proc/meminfo".into()),
+        Some(_) => None,
+    }
+}
+
 /// What `cargo xtask test-vm` was asked to do.
 pub struct Options {
     /// Suites of the kernels to boot (all of [`kernels::MATRIX`] when empty).
