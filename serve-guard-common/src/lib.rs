@@ -33,9 +33,10 @@ pub const MAX_CIDRS_PER_FAMILY: u32 = 65_536;
 /// old and the new list are both full.
 pub const LPM_ENTRIES: u32 = 2 * MAX_CIDRS_PER_FAMILY;
 
-/// Most 802.1Q / 802.1ad tags parsed in front of the IP header. A frame with more is not
-/// understood and is treated as unparseable.
-pub const MAX_VLAN_TAGS: usize = 2;
+/// Most 802.1Q / 802.1ad tags parsed in front of the IP header. The kernel strips any number of
+/// priority (VID 0) tags and delivers what is behind them, so real stacks (QinQ plus a priority
+/// tag) must be read through; a frame with more tags than this is treated as unparseable.
+pub const MAX_VLAN_TAGS: usize = 8;
 
 /// Most IPv6 extension headers walked before the transport header. A longer chain is treated as
 /// unparseable.
@@ -71,6 +72,8 @@ pub mod wire {
     pub const IPV4_MIN_HLEN: usize = 20;
     pub const IPV4_MIN_IHL: u8 = 5;
     pub const IPV4_IHL_WORD: usize = 4;
+    /// Total length: the IPv4 header and its payload. The kernel trims the packet to it.
+    pub const IPV4_TOTAL_LEN_OFFSET: usize = 2;
     pub const IPV4_FRAG_OFF_OFFSET: usize = 6;
     /// The 13 fragment-offset bits of the flags/offset field (the other 3 are flags).
     pub const IPV4_FRAG_OFF_MASK: u16 = 0x1fff;
@@ -79,6 +82,8 @@ pub mod wire {
     pub const IPV4_ADDR_LEN: usize = 4;
 
     pub const IPV6_HLEN: usize = 40;
+    /// Payload length: everything after the fixed header. The kernel trims the packet to it.
+    pub const IPV6_PAYLOAD_LEN_OFFSET: usize = 4;
     pub const IPV6_NEXT_HEADER_OFFSET: usize = 6;
     pub const IPV6_SRC_OFFSET: usize = 8;
     pub const IPV6_ADDR_LEN: usize = 16;
@@ -99,8 +104,13 @@ pub mod wire {
     pub mod proto {
         pub const HOPOPTS: u8 = 0;
         pub const ICMP: u8 = 1;
+        /// IPv4 inside IP.
+        pub const IPIP: u8 = 4;
         pub const TCP: u8 = 6;
         pub const UDP: u8 = 17;
+        pub const DCCP: u8 = 33;
+        /// IPv6 inside IP.
+        pub const IPV6: u8 = 41;
         pub const ROUTING: u8 = 43;
         pub const FRAGMENT: u8 = 44;
         pub const ESP: u8 = 50;
@@ -108,17 +118,39 @@ pub mod wire {
         pub const ICMPV6: u8 = 58;
         pub const NONE: u8 = 59;
         pub const DSTOPTS: u8 = 60;
+        pub const SCTP: u8 = 132;
         pub const MOBILITY: u8 = 135;
+        pub const UDPLITE: u8 = 136;
         pub const HIP: u8 = 139;
         pub const SHIM6: u8 = 140;
         pub const EXPERIMENTAL_1: u8 = 253;
         pub const EXPERIMENTAL_2: u8 = 254;
     }
 
-    /// Offset of the destination port in both the TCP and the UDP header.
+    /// Offset of the destination port in the header of every port protocol.
     pub const L4_DST_PORT_OFFSET: usize = 2;
     pub const TCP_MIN_HLEN: usize = 20;
     pub const UDP_HLEN: usize = 8;
+    /// DCCP's generic header without extended sequence numbers (RFC 4340).
+    pub const DCCP_MIN_HLEN: usize = 12;
+    /// SCTP's common header (RFC 9260).
+    pub const SCTP_HLEN: usize = 12;
+    pub const UDPLITE_HLEN: usize = 8;
+
+    /// The protocols the kernel delivers to a socket by destination port, with the smallest
+    /// header each can have: the whole of it must be in the packet before the port is
+    /// believed. `None` for every other protocol.
+    #[inline(always)]
+    pub const fn port_header_len(protocol: u8) -> Option<usize> {
+        match protocol {
+            proto::TCP => Some(TCP_MIN_HLEN),
+            proto::UDP => Some(UDP_HLEN),
+            proto::DCCP => Some(DCCP_MIN_HLEN),
+            proto::SCTP => Some(SCTP_HLEN),
+            proto::UDPLITE => Some(UDPLITE_HLEN),
+            _ => None,
+        }
+    }
 }
 
 /// The agent's settings for the program, stored at index 0 of [`maps::CONFIG`].
@@ -150,11 +182,12 @@ impl FilterConfig {
 pub enum Reason {
     /// Protected port, source inside the allow-list.
     PassAllowed = 0,
-    /// Not for a protected port, not TCP/UDP, not IP, or a non-first fragment.
+    /// Not for a protected port, no port protocol, not IP, or a non-first fragment.
     PassUnprotected = 1,
     /// Protected port, source outside the allow-list.
     DropOutsideVpc = 2,
-    /// The program could not tell the destination port (truncated header, unknown or too long
+    /// The program could not tell the destination port (a header cut short or lying about its
+    /// length, a first fragment without its whole transport header, an unknown or too long
     /// extension chain, too many VLAN tags) and the source is not in the allow-list.
     DropUnparseable = 3,
     /// Audit mode: would have been dropped (either drop reason), was passed.

@@ -1,9 +1,12 @@
 //! Bounds-checked reads from the packet and the header walk: Ethernet (up to
 //! `MAX_VLAN_TAGS` tags), IPv4 with options, IPv6 with its extension-header chain, then the
-//! TCP/UDP destination port. The walk only reports what it found; `verdict` decides.
+//! destination port of a port protocol (TCP, UDP, DCCP, SCTP, UDP-Lite). The walk only reports
+//! what it found; `verdict` decides.
 //!
 //! Every read goes through `Frame::bytes`, which checks the end of the packet right before the
-//! access in the form the verifier tracks (packet pointer + N <= data_end). Offsets that grow
+//! access in the form the verifier tracks (packet pointer + N <= data_end). Past the fixed IP
+//! header, reads go through `Packet`, which also stops at the length the IP header declares:
+//! the kernel keeps exactly those bytes (docs/filter.md). Offsets that grow
 //! with header lengths taken from the packet are bounded by the fixed loop counts, so the
 //! verifier can always prove them below its packet-offset limit.
 
@@ -77,13 +80,14 @@ impl Source {
 /// What the walk learnt about the transport layer of an IP packet.
 #[derive(Clone, Copy)]
 pub enum Transport {
-    /// TCP or UDP to this destination port.
+    /// A port protocol (TCP, UDP, DCCP, SCTP, UDP-Lite) to this destination port.
     Port(u16),
     /// Carries no port the kernel would deliver to a Serve socket: another protocol or a
     /// non-first fragment.
     Unprotected,
-    /// The port cannot be known: header cut short, malformed, an extension header that cannot
-    /// be walked or a chain longer than the bound.
+    /// The port cannot be known: a header cut short or lying about its length, a first
+    /// fragment without its whole transport header, an extension header that cannot be walked
+    /// or a chain longer than the bound.
     Unknown,
 }
 
@@ -137,8 +141,52 @@ fn ethernet(frame: &Frame) -> Option<(u16, usize)> {
     }
 }
 
+/// One IP packet as the kernel keeps it: the frame up to the end its header declares. `ip_rcv`
+/// and `ipv6_rcv` trim every packet to its declared length, so bytes after it (Ethernet padding,
+/// or an attacker's trailer dressed up as headers) must never be read: every read past the fixed
+/// header goes through here.
+struct Packet<'a> {
+    frame: &'a Frame,
+    /// Frame offset of the first byte after the declared length; never past the frame's end.
+    end: usize,
+}
+
+impl Packet<'_> {
+    /// The packet starting at `l3` with `declared` bytes, or `None` when the frame holds fewer
+    /// (the kernel drops those as truncated).
+    #[inline(always)]
+    fn new(frame: &Frame, l3: usize, declared: usize) -> Option<Packet<'_>> {
+        let end = l3 + declared;
+        // Opaque to the optimiser: knowing `end <= len` it would prove every later
+        // `ptr + N <= data_end` check redundant and drop it, and the verifier needs each one.
+        if end > core::hint::black_box(frame.len()) {
+            return None;
+        }
+        Some(Packet { frame, end })
+    }
+
+    /// Whether `len` bytes at `offset` lie inside the packet.
+    #[inline(always)]
+    fn holds(&self, offset: usize, len: usize) -> bool {
+        offset + len <= self.end
+    }
+
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if !self.holds(offset, N) {
+            return None;
+        }
+        // Also checked against the frame's end: the verifier only trusts that comparison.
+        self.frame.bytes::<N>(offset)
+    }
+}
+
 #[inline(always)]
 fn ipv4(frame: &Frame, l3: usize) -> Parsed {
+    // The source is trusted only from a whole fixed header; every field read below is in it.
+    if frame.bytes::<1>(l3 + wire::IPV4_MIN_HLEN - 1).is_none() {
+        return Parsed::Unparseable(Family::Ipv4);
+    }
     let Some(src) = frame.bytes::<{ wire::IPV4_ADDR_LEN }>(l3 + wire::IPV4_SRC_OFFSET) else {
         return Parsed::Unparseable(Family::Ipv4);
     };
@@ -150,7 +198,12 @@ fn ipv4(frame: &Frame, l3: usize) -> Parsed {
 
 #[inline(always)]
 fn ipv4_transport(frame: &Frame, l3: usize) -> Transport {
-    let Some(version_ihl) = frame.u8_at(l3) else {
+    let (Some(version_ihl), Some(total_len), Some(frag), Some(protocol)) = (
+        frame.u8_at(l3),
+        frame.be16_at(l3 + wire::IPV4_TOTAL_LEN_OFFSET),
+        frame.be16_at(l3 + wire::IPV4_FRAG_OFF_OFFSET),
+        frame.u8_at(l3 + wire::IPV4_PROTO_OFFSET),
+    ) else {
         return Transport::Unknown;
     };
     let ihl = version_ihl & wire::IPV4_IHL_MASK;
@@ -159,11 +212,10 @@ fn ipv4_transport(frame: &Frame, l3: usize) -> Transport {
         return Transport::Unknown;
     }
     let header_len = ihl as usize * wire::IPV4_IHL_WORD;
-    // Options cut short: the transport header's position is not trustworthy.
-    if frame.bytes::<1>(l3 + header_len - 1).is_none() {
+    if (total_len as usize) < header_len {
         return Transport::Unknown;
     }
-    let Some(frag) = frame.be16_at(l3 + wire::IPV4_FRAG_OFF_OFFSET) else {
+    let Some(packet) = Packet::new(frame, l3, total_len as usize) else {
         return Transport::Unknown;
     };
     // A non-first fragment has no transport header; without its first fragment (judged by
@@ -171,25 +223,32 @@ fn ipv4_transport(frame: &Frame, l3: usize) -> Transport {
     if frag & wire::IPV4_FRAG_OFF_MASK != 0 {
         return Transport::Unprotected;
     }
-    let Some(protocol) = frame.u8_at(l3 + wire::IPV4_PROTO_OFFSET) else {
-        return Transport::Unknown;
-    };
-    if protocol != proto::TCP && protocol != proto::UDP {
-        return Transport::Unprotected;
-    }
-    dst_port(frame, l3 + header_len)
+    transport_header(&packet, protocol, l3 + header_len)
 }
 
+/// The destination port of the upper-layer header `protocol` at `l4`, if it is a port protocol.
+/// Its whole minimum header must be in the packet: a first fragment that stops short of it
+/// might carry the port in a later fragment (RFC 7112), so the port is not known.
 #[inline(always)]
-fn dst_port(frame: &Frame, l4: usize) -> Transport {
-    match frame.be16_at(l4 + wire::L4_DST_PORT_OFFSET) {
-        Some(port) => Transport::Port(port),
+fn transport_header(packet: &Packet, protocol: u8, l4: usize) -> Transport {
+    let Some(min_len) = wire::port_header_len(protocol) else {
+        return Transport::Unprotected;
+    };
+    if !packet.holds(l4, min_len) {
+        return Transport::Unknown;
+    }
+    match packet.bytes::<2>(l4 + wire::L4_DST_PORT_OFFSET) {
+        Some(port) => Transport::Port(u16::from_be_bytes(port)),
         None => Transport::Unknown,
     }
 }
 
 #[inline(always)]
 fn ipv6(frame: &Frame, l3: usize) -> Parsed {
+    // The source is trusted only from a whole fixed header (the destination is its last field).
+    if frame.bytes::<1>(l3 + wire::IPV6_HLEN - 1).is_none() {
+        return Parsed::Unparseable(Family::Ipv6);
+    }
     let Some(src) = frame.bytes::<{ wire::IPV6_ADDR_LEN }>(l3 + wire::IPV6_SRC_OFFSET) else {
         return Parsed::Unparseable(Family::Ipv6);
     };
@@ -201,64 +260,80 @@ fn ipv6(frame: &Frame, l3: usize) -> Parsed {
 
 #[inline(always)]
 fn ipv6_transport(frame: &Frame, l3: usize) -> Transport {
-    let Some(version) = frame.u8_at(l3) else {
+    let (Some(version), Some(payload_len), Some(mut next)) = (
+        frame.u8_at(l3),
+        frame.be16_at(l3 + wire::IPV6_PAYLOAD_LEN_OFFSET),
+        frame.u8_at(l3 + wire::IPV6_NEXT_HEADER_OFFSET),
+    ) else {
         return Transport::Unknown;
     };
     if version >> wire::IP_VERSION_SHIFT != wire::IPV6_VERSION {
         return Transport::Unknown;
     }
-    // The fixed header must be complete (the destination address is its last field).
-    if frame.bytes::<1>(l3 + wire::IPV6_HLEN - 1).is_none() {
+    // Zero is a jumbogram (its length is in a hop-by-hop option) or an empty packet: neither
+    // can carry a Serve request inside one XDP frame, and we do not parse jumbo options.
+    if payload_len == 0 {
         return Transport::Unknown;
     }
-    let Some(mut next) = frame.u8_at(l3 + wire::IPV6_NEXT_HEADER_OFFSET) else {
+    let Some(packet) = Packet::new(frame, l3, wire::IPV6_HLEN + payload_len as usize) else {
         return Transport::Unknown;
     };
     let mut offset = l3 + wire::IPV6_HLEN;
+    let mut routed = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let header_len = match next {
-            proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS => {
-                let Some([nh, len]) = frame.bytes::<2>(offset) else {
-                    return Transport::Unknown;
-                };
-                next = nh;
-                (len as usize + 1) * wire::IPV6_EXT_UNIT
-            }
-            proto::AH => {
-                let Some([nh, len]) = frame.bytes::<2>(offset) else {
-                    return Transport::Unknown;
-                };
-                next = nh;
-                (len as usize + wire::IPV6_AH_LEN_BIAS) * wire::IPV6_AH_UNIT
-            }
-            proto::FRAGMENT => {
-                let Some([nh, _reserved, hi, lo]) = frame.bytes::<4>(offset) else {
-                    return Transport::Unknown;
-                };
-                if u16::from_be_bytes([hi, lo]) >> wire::IPV6_FRAG_OFF_SHIFT != 0 {
-                    // Non-first fragment: no transport header here (see ipv4_transport).
-                    return Transport::Unprotected;
-                }
-                next = nh;
-                wire::IPV6_FRAG_HLEN
-            }
-            _ => break,
+        if !is_walked_extension(next) {
+            break;
+        }
+        let Some([nh, len]) = packet.bytes::<2>(offset) else {
+            return Transport::Unknown;
         };
+        let header_len = match next {
+            proto::FRAGMENT => wire::IPV6_FRAG_HLEN,
+            proto::AH => (len as usize + wire::IPV6_AH_LEN_BIAS) * wire::IPV6_AH_UNIT,
+            _ => (len as usize + 1) * wire::IPV6_EXT_UNIT,
+        };
+        // The kernel walks only whole headers; one that runs past the packet hides the rest.
+        if !packet.holds(offset, header_len) {
+            return Transport::Unknown;
+        }
+        if next == proto::FRAGMENT {
+            let Some(field) = packet.bytes::<2>(offset + wire::IPV6_FRAG_OFF_OFFSET) else {
+                return Transport::Unknown;
+            };
+            if u16::from_be_bytes(field) >> wire::IPV6_FRAG_OFF_SHIFT != 0 {
+                // Non-first fragment: no transport header here (see ipv4_transport).
+                return Transport::Unprotected;
+            }
+        }
+        routed |= next == proto::ROUTING;
+        next = nh;
         offset += header_len;
     }
     match next {
-        proto::TCP | proto::UDP => dst_port(frame, offset),
         // Still inside the chain after the bound: we stopped looking, the kernel would not.
-        proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS | proto::AH | proto::FRAGMENT => {
-            Transport::Unknown
-        }
+        _ if is_walked_extension(next) => Transport::Unknown,
+        // An IP packet behind a segment routing header (SRv6, RPL): with seg6_enabled the
+        // kernel decapsulates it by itself, without a device or a route, and re-injects the
+        // inner packet where XDP never sees it. Its port cannot be known from here.
+        proto::IPIP | proto::IPV6 if routed => Transport::Unknown,
         // Known extension headers we do not walk: whatever follows them is unknown.
         proto::MOBILITY
         | proto::HIP
         | proto::SHIM6
         | proto::EXPERIMENTAL_1
         | proto::EXPERIMENTAL_2 => Transport::Unknown,
-        // ICMPv6, ESP, no-next-header and every other upper layer: no Serve port behind it.
-        _ => Transport::Unprotected,
+        // A port protocol is judged by its port; ICMPv6, ESP, no-next-header and every other
+        // upper layer carry no Serve port.
+        _ => transport_header(&packet, next, offset),
     }
+}
+
+/// Extension headers the walk steps over: hop-by-hop, routing, destination options, AH and
+/// fragment (whose offset it also checks).
+#[inline(always)]
+fn is_walked_extension(next: u8) -> bool {
+    matches!(
+        next,
+        proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS | proto::AH | proto::FRAGMENT
+    )
 }

@@ -7,6 +7,7 @@
 //! - `filter`: the XDP program: loading, pinning, attaching, maps, counters.
 //! - `agent`: `serve-guard run`, wiring the filter, the control socket, metrics and the proxy.
 //! - `control`: the agent's control socket (HTTP/1.1 + JSON over a Unix socket), server and client.
+//! - `node`: the node's links and routes, and the paths around the filter they open.
 //! - `store`: the CIDR file as the source of truth: revisions, atomic writes, live apply.
 //! - `watch`: follows the CIDR file on disk (inotify).
 //! - `admin_http`: the accept loop shared by the control socket and metrics endpoints.
@@ -24,6 +25,7 @@ pub mod control;
 pub mod filter;
 pub mod logging;
 pub mod metrics;
+pub mod node;
 pub mod proxy;
 pub mod store;
 pub mod token;

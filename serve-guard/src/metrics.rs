@@ -275,6 +275,9 @@ mod tests {
         fn reload_token(&self) -> Option<Result<(), String>> {
             None
         }
+        fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
+            Ok(Vec::new())
+        }
     }
 
     struct Fixture {

@@ -1,5 +1,5 @@
 //! One small builder for the frames the verdict tests and the benchmark feed the XDP program:
-//! Ethernet, 0-2 (or more) VLAN tags, IPv4 with options and fragments, IPv6 with any
+//! Ethernet, any number of VLAN tags, IPv4 with options and fragments, IPv6 with any
 //! extension-header chain, TCP/UDP/ICMP, ARP, and a cut at any length.
 //!
 //! ```
@@ -144,6 +144,8 @@ enum Transport {
     Udp(u16),
     /// ICMP echo request (ICMPv6 for an IPv6 packet).
     Icmp,
+    /// A port protocol by number, with its smallest header.
+    Ports(u8, u16),
     /// Another protocol number with a few bytes of payload.
     Other(u8),
 }
@@ -210,6 +212,17 @@ impl Frame {
 
     pub fn icmp(mut self) -> Self {
         self.transport = Transport::Icmp;
+        self
+    }
+
+    /// A port protocol other than TCP and UDP (DCCP, SCTP, UDP-Lite): its smallest header,
+    /// zero but for the ports.
+    pub fn port_protocol(mut self, number: u8, dst_port: u16) -> Self {
+        assert!(
+            wire::port_header_len(number).is_some(),
+            "{number} is not a port protocol"
+        );
+        self.transport = Transport::Ports(number, dst_port);
         self
     }
 
@@ -433,6 +446,13 @@ fn transport_bytes(transport: Transport, v6: bool) -> (u8, Vec<u8>) {
             vec![ICMPV6_ECHO_REQUEST, 0, 0, 0, 0, 1, 0, 1],
         ),
         Transport::Icmp => (proto::ICMP, vec![ICMP_ECHO_REQUEST, 0, 0, 0, 0, 1, 0, 1]),
+        Transport::Ports(number, port) => {
+            let len = wire::port_header_len(number).expect("a port protocol");
+            let mut h = vec![0u8; len];
+            h[0..2].copy_from_slice(&SRC_PORT.to_be_bytes());
+            h[2..4].copy_from_slice(&port.to_be_bytes());
+            (number, h)
+        }
         Transport::Other(number) => (number, vec![0u8; 8]),
     }
 }

@@ -8,7 +8,7 @@ use serve_guard_common::{
     Family::{self, Ipv4, Ipv6, Other},
     FilterConfig, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
     Reason::{self, AuditWouldDrop, DropOutsideVpc, DropUnparseable, PassAllowed, PassUnprotected},
-    wire::proto,
+    wire::{self, proto},
 };
 use serve_guard_tests::{
     frames::{Ext, Frame},
@@ -39,7 +39,14 @@ const OPT_MAX_NOPS: [u8; 40] = [1; 40];
 /// A non-first fragment offset (in 8-octet units).
 const LATER_FRAGMENT: u16 = 185;
 const LLDP: u16 = 0x88cc;
-const SCTP: u8 = 132;
+/// Port protocols besides TCP and UDP: the kernel delivers them by port too.
+const OTHER_PORT_PROTOCOLS: [(&str, u8); 3] = [
+    ("DCCP", proto::DCCP),
+    ("SCTP", proto::SCTP),
+    ("UDP-Lite", proto::UDPLITE),
+];
+/// Generic Routing Encapsulation: an upper layer without ports.
+const GRE: u8 = 47;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Src {
@@ -277,41 +284,80 @@ fn vlan_and_qinq_tags_are_looked_through() {
     check(&program(0), &cases);
 }
 
+/// `count` tags, alternating 802.1ad and 802.1Q, the first a priority tag (VID 0).
+fn tags(frame: Frame, count: usize) -> Frame {
+    (0..count).fold(frame, |f, i| {
+        if i % 2 == 0 {
+            f.vlan_8021ad(i as u16)
+        } else {
+            f.vlan_8021q(i as u16)
+        }
+    })
+}
+
+/// One tag more than the program reads through.
+fn too_many_tags(frame: Frame) -> Frame {
+    tags(frame, MAX_VLAN_TAGS + 1)
+}
+
+#[test]
+fn stacks_of_tags_up_to_the_bound_are_looked_through() {
+    // The kernel strips any number of priority tags: QinQ plus a priority tag must work.
+    let mut cases = Vec::new();
+    for count in 3..=MAX_VLAN_TAGS {
+        for src in [Inside, Outside] {
+            cases.push(Case::new(
+                format!("{count} tags v4 {src:?} tcp/{HTTP}"),
+                tags(v4(src).tcp(HTTP), count).build(),
+                protected(src),
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("{count} tags v6 {src:?} udp/{GRPC}"),
+                tags(v6(src).udp(GRPC), count).build(),
+                protected(src),
+                Ipv6,
+            ));
+        }
+    }
+    check(&program(0), &cases);
+}
+
 #[test]
 fn more_vlan_tags_than_the_bound_are_dropped_whatever_the_source() {
-    assert_eq!(
-        MAX_VLAN_TAGS, 2,
-        "the cases below stack one tag more than the bound"
-    );
-    let three = |f: Frame| f.vlan_8021ad(1).vlan_8021q(2).vlan_8021q(3);
     let drop = (XDP_DROP, DropUnparseable);
     let cases = vec![
         // No source is known behind too many tags, so none is trusted.
         Case::new(
-            "three tags v4 Inside tcp/8000",
-            three(v4(Inside).tcp(HTTP)).build(),
+            "too many tags v4 Inside tcp/8000",
+            too_many_tags(v4(Inside).tcp(HTTP)).build(),
             drop,
             Other,
         ),
         Case::new(
-            "three tags v4 Outside tcp/8000",
-            three(v4(Outside).tcp(HTTP)).build(),
+            "too many tags v4 Outside tcp/8000",
+            too_many_tags(v4(Outside).tcp(HTTP)).build(),
             drop,
             Other,
         ),
         Case::new(
-            "three tags v6 Outside udp/9000",
-            three(v6(Outside).udp(GRPC)).build(),
+            "too many tags v6 Outside udp/9000",
+            too_many_tags(v6(Outside).udp(GRPC)).build(),
             drop,
             Other,
         ),
         Case::new(
-            "three tags v4 Outside tcp/8080",
-            three(v4(Outside).tcp(UNPROTECTED)).build(),
+            "too many tags v4 Outside tcp/8080",
+            too_many_tags(v4(Outside).tcp(UNPROTECTED)).build(),
             drop,
             Other,
         ),
-        Case::new("three tags ARP", three(Frame::arp()).build(), drop, Other),
+        Case::new(
+            "too many tags ARP",
+            too_many_tags(Frame::arp()).build(),
+            drop,
+            Other,
+        ),
     ];
     check(&program(0), &cases);
 }
@@ -494,7 +540,7 @@ fn ipv6_unwalkable_extension_headers_and_other_upper_layers() {
         for (name, number) in [
             ("ESP", proto::ESP),
             ("no-next-header", proto::NONE),
-            ("SCTP", SCTP),
+            ("GRE", GRE),
         ] {
             cases.push(Case::new(
                 format!("v6 {src:?} {name}"),
@@ -619,8 +665,8 @@ fn arp_icmp_and_other_ethertypes_pass() {
             Ipv4,
         ));
         cases.push(Case::new(
-            format!("v4 {src:?} SCTP"),
-            v4(src).protocol(SCTP).build(),
+            format!("v4 {src:?} GRE"),
+            v4(src).protocol(GRE).build(),
             UNPROTECTED_PASS,
             Ipv4,
         ));
@@ -628,8 +674,9 @@ fn arp_icmp_and_other_ethertypes_pass() {
     check(&program(0), &cases);
 }
 
-/// The verdict for `frame` cut to `len` bytes, from where its layers start: what the issue's
-/// table says, computed independently of the program.
+/// The verdict for `frame` cut to `len` bytes, from where its layers start: what
+/// docs/filter.md says, computed independently of the program. A cut frame holds fewer bytes
+/// than its IP header declares, which the kernel drops: only the whole frame has a known port.
 fn expected_at(
     len: usize,
     frame: &Frame,
@@ -637,23 +684,20 @@ fn expected_at(
     src: Src,
     port_verdict: (u32, Reason),
 ) -> ((u32, Reason), Family) {
-    const V4_SRC_END: usize = 16;
-    const V6_SRC_END: usize = 24;
-    const PORT_END: usize = 4;
     let layout = frame.layout();
     if len < layout.l3 {
         // Ethernet or a tag cut short: nothing is known.
         return ((XDP_DROP, DropUnparseable), Other);
     }
-    let src_end = match family {
-        Ipv4 => V4_SRC_END,
-        Ipv6 => V6_SRC_END,
+    let fixed_header = match family {
+        Ipv4 => wire::IPV4_MIN_HLEN,
+        Ipv6 => wire::IPV6_HLEN,
         Other => return (UNPROTECTED_PASS, Other),
     };
-    if len < layout.l3 + src_end {
+    if len < layout.l3 + fixed_header {
         return ((XDP_DROP, DropUnparseable), family);
     }
-    if len < layout.l4 + PORT_END {
+    if len < frame.build().len() {
         return (unknown_port(src), family);
     }
     (port_verdict, family)
@@ -711,11 +755,11 @@ fn frames_cut_at_every_length() {
                 }
                 _ => UNPROTECTED_PASS,
             };
-            for len in MIN_DATA_LEN..=frame.headers_len() {
+            for len in MIN_DATA_LEN..=full.len() {
                 let (want, fam) = expected_at(len, &frame, *family, src, port_verdict);
                 // The property the table encodes: a source outside the VPC never passes
                 // while the port is unknown.
-                if src == Outside && *family != Other && len < frame.layout().l4 + 4 {
+                if src == Outside && *family != Other && len < frame.headers_len() {
                     assert_eq!(
                         want.0, XDP_DROP,
                         "{name}: the expectation itself would let a denied source pass"
@@ -740,7 +784,6 @@ fn frames_cut_at_every_length() {
 
 #[test]
 fn audit_mode_passes_and_counts_what_it_would_drop() {
-    let three_tags = |f: Frame| f.vlan_8021q(1).vlan_8021q(2).vlan_8021q(3);
     let audit = (XDP_PASS, AuditWouldDrop);
     let cases = vec![
         Case::new(
@@ -777,8 +820,8 @@ fn audit_mode_passes_and_counts_what_it_would_drop() {
             Ipv6,
         ),
         Case::new(
-            "audit three tags",
-            three_tags(v4(Outside).tcp(HTTP)).build(),
+            "audit too many tags",
+            too_many_tags(v4(Outside).tcp(HTTP)).build(),
             audit,
             Other,
         ),
@@ -972,4 +1015,286 @@ fn test_run_reports_the_verdict_and_the_packet() {
         assert_eq!(run.data_out_len as usize, frame.len());
         assert_eq!(run.data_out, frame, "the program does not touch the packet");
     }
+}
+
+// Issue 7: the program judges exactly the bytes the kernel keeps. Named regression frames for
+// the wave-1 bypass and its relatives: lengths that lie, first fragments that stop short of the
+// transport header, other port protocols.
+
+/// Sets an IPv6 frame's payload length field (network header at `l3`).
+fn set_payload_len(bytes: &mut [u8], l3: usize, len: u16) {
+    let at = l3 + wire::IPV6_PAYLOAD_LEN_OFFSET;
+    bytes[at..at + 2].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Sets an IPv4 frame's total length and recomputes the header checksum (the kernel would
+/// drop a bad one, so a lie must be well-formed to be a real attack).
+fn set_total_len(bytes: &mut [u8], l3: usize, len: u16) {
+    const CHECKSUM_OFFSET: usize = 10;
+    let at = l3 + wire::IPV4_TOTAL_LEN_OFFSET;
+    bytes[at..at + 2].copy_from_slice(&len.to_be_bytes());
+    let ihl = usize::from(bytes[l3] & wire::IPV4_IHL_MASK) * wire::IPV4_IHL_WORD;
+    bytes[l3 + CHECKSUM_OFFSET..l3 + CHECKSUM_OFFSET + 2].fill(0);
+    let header = &bytes[l3..l3 + ihl];
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    bytes[l3 + CHECKSUM_OFFSET..l3 + CHECKSUM_OFFSET + 2]
+        .copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// The wave-1 bypass, byte for byte as reported: a first fragment whose declared payload ends
+/// inside the fragmentable part (after one destination-options header), followed by two bytes
+/// beyond the declared length that fake "no next header". The kernel trims them, reassembles
+/// with the next fragment and delivers to the port behind the second options header.
+fn fragment_bypass_first(src: Src, transport: fn(Frame) -> Frame) -> Vec<u8> {
+    const NO_NEXT_HEADER_TRAILER: [u8; 2] = [proto::NONE, 0];
+    let frame = transport(
+        v6(src)
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            })
+            .ext(Ext::DestOpts { extra_units: 0 })
+            .ext(Ext::DestOpts { extra_units: 0 }),
+    );
+    let l3 = frame.layout().l3;
+    let declared = wire::IPV6_FRAG_HLEN + wire::IPV6_EXT_UNIT;
+    let mut bytes = frame.build();
+    bytes.truncate(l3 + wire::IPV6_HLEN + declared);
+    bytes.extend_from_slice(&NO_NEXT_HEADER_TRAILER);
+    set_payload_len(&mut bytes, l3, declared as u16);
+    bytes
+}
+
+#[test]
+fn regression_ipv6_fragment_trailer_bypass() {
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        cases.push(Case::new(
+            format!("issue 7 bypass, UDP, {src:?}"),
+            fragment_bypass_first(src, |f| f.udp(HTTP)),
+            unknown_port(src),
+            Ipv6,
+        ));
+        cases.push(Case::new(
+            format!("issue 7 bypass, TCP, {src:?}"),
+            fragment_bypass_first(src, |f| f.tcp(HTTP)),
+            unknown_port(src),
+            Ipv6,
+        ));
+        // The same first fragment without the trailer: its chain ends at the declared end.
+        let mut no_trailer = fragment_bypass_first(src, |f| f.udp(HTTP));
+        no_trailer.truncate(no_trailer.len() - 2);
+        cases.push(Case::new(
+            format!("issue 7 bypass without the trailer, {src:?}"),
+            no_trailer,
+            unknown_port(src),
+            Ipv6,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn declared_lengths_bound_every_read() {
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        // Ethernet pads short frames: bytes past the declared length are ignored, the port in
+        // front of them counts.
+        let mut padded = v4(src).udp(HTTP).build();
+        padded.extend_from_slice(&[0; 16]);
+        cases.push(Case::new(
+            format!("v4 {src:?} udp/8000 with Ethernet padding"),
+            padded,
+            protected(src),
+            Ipv4,
+        ));
+        let mut padded = v6(src).udp(UNPROTECTED).build();
+        padded.extend_from_slice(&[0; 16]);
+        cases.push(Case::new(
+            format!("v6 {src:?} udp/8080 with Ethernet padding"),
+            padded,
+            UNPROTECTED_PASS,
+            Ipv6,
+        ));
+
+        // IPv4 whose total length ends inside the TCP header: the port bytes exist in the
+        // frame but the kernel trims them away.
+        let frame = v4(src).tcp(UNPROTECTED);
+        let l3 = frame.layout().l3;
+        let mut short = frame.build();
+        set_total_len(
+            &mut short,
+            l3,
+            (wire::IPV4_MIN_HLEN + wire::UDP_HLEN) as u16,
+        );
+        cases.push(Case::new(
+            format!("v4 {src:?} total length ends inside the TCP header"),
+            short,
+            unknown_port(src),
+            Ipv4,
+        ));
+        // Total length below the header, and beyond the frame.
+        for (what, len) in [("below its IHL", 19), ("beyond the frame", 1500)] {
+            let mut lie = v4(src).udp(UNPROTECTED).build();
+            set_total_len(&mut lie, l3, len);
+            cases.push(Case::new(
+                format!("v4 {src:?} total length {what}"),
+                lie,
+                unknown_port(src),
+                Ipv4,
+            ));
+        }
+
+        // IPv6: payload length zero (jumbogram or empty), beyond the frame, and ending inside
+        // an extension header whose real end is in the frame.
+        let frame = v6(src).udp(UNPROTECTED);
+        let l3 = frame.layout().l3;
+        for (what, len) in [("zero", 0), ("beyond the frame", 1400)] {
+            let mut lie = frame.build();
+            set_payload_len(&mut lie, l3, len);
+            cases.push(Case::new(
+                format!("v6 {src:?} payload length {what}"),
+                lie,
+                unknown_port(src),
+                Ipv6,
+            ));
+        }
+        let mut inside_ext = v6(src)
+            .ext(Ext::DestOpts { extra_units: 1 })
+            .udp(UNPROTECTED)
+            .build();
+        set_payload_len(&mut inside_ext, l3, wire::IPV6_EXT_UNIT as u16);
+        cases.push(Case::new(
+            format!("v6 {src:?} payload ends inside a destination-options header"),
+            inside_ext,
+            unknown_port(src),
+            Ipv6,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn first_fragments_must_hold_the_whole_transport_header() {
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        // 8 bytes of TCP in an IPv4 first fragment: the port is there, but not the header.
+        let frame = v4(src).ipv4_fragment(0, true).tcp(UNPROTECTED);
+        let l3 = frame.layout().l3;
+        let mut tiny = frame.build();
+        set_total_len(
+            &mut tiny,
+            l3,
+            (wire::IPV4_MIN_HLEN + wire::IPV6_FRAG_HLEN) as u16,
+        );
+        cases.push(Case::new(
+            format!("v4 {src:?} first fragment with 8 bytes of TCP"),
+            tiny,
+            unknown_port(src),
+            Ipv4,
+        ));
+        // The same 8 bytes of UDP are the whole UDP header: judged by its port.
+        let frame = v4(src).ipv4_fragment(0, true).udp(HTTP);
+        let mut udp = frame.build();
+        set_total_len(&mut udp, l3, (wire::IPV4_MIN_HLEN + wire::UDP_HLEN) as u16);
+        cases.push(Case::new(
+            format!("v4 {src:?} first fragment with exactly the UDP header, udp/8000"),
+            udp,
+            protected(src),
+            Ipv4,
+        ));
+        // An IPv6 first fragment cut inside the UDP header.
+        let frame = v6(src)
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            })
+            .udp(UNPROTECTED);
+        let l3 = frame.layout().l3;
+        let mut cut = frame.build();
+        set_payload_len(&mut cut, l3, (wire::IPV6_FRAG_HLEN + 4) as u16);
+        cases.push(Case::new(
+            format!("v6 {src:?} first fragment cut inside the UDP header"),
+            cut,
+            unknown_port(src),
+            Ipv6,
+        ));
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn every_port_protocol_is_judged_by_its_port() {
+    let mut cases = Vec::new();
+    for (name, number) in OTHER_PORT_PROTOCOLS {
+        for src in [Inside, Outside] {
+            cases.push(Case::new(
+                format!("v4 {src:?} {name}/{HTTP}"),
+                v4(src).port_protocol(number, HTTP).build(),
+                protected(src),
+                Ipv4,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} routing then {name}/{GRPC}"),
+                v6(src)
+                    .ext(Ext::Routing)
+                    .port_protocol(number, GRPC)
+                    .build(),
+                protected(src),
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} {name}/{UNPROTECTED}"),
+                v6(src).port_protocol(number, UNPROTECTED).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+        }
+    }
+    check(&program(0), &cases);
+}
+
+#[test]
+fn ip_behind_a_routing_header_is_unknown() {
+    // With seg6_enabled the kernel decapsulates an SRv6 packet whose last segment is local and
+    // re-injects the inner packet behind XDP: its port cannot be known.
+    let mut cases = Vec::new();
+    for src in [Inside, Outside] {
+        for (name, inner) in [("IPv4", proto::IPIP), ("IPv6", proto::IPV6)] {
+            cases.push(Case::new(
+                format!("v6 {src:?} routing header then {name}"),
+                v6(src).ext(Ext::Routing).protocol(inner).build(),
+                unknown_port(src),
+                Ipv6,
+            ));
+            cases.push(Case::new(
+                format!("v6 {src:?} destination options, routing, fragment then {name}"),
+                v6(src)
+                    .ext(Ext::DestOpts { extra_units: 0 })
+                    .ext(Ext::Routing)
+                    .ext(Ext::Fragment {
+                        offset: 0,
+                        more: false,
+                    })
+                    .protocol(inner)
+                    .build(),
+                unknown_port(src),
+                Ipv6,
+            ));
+            // Without a routing header only a tunnel device decapsulates: named by `status`.
+            cases.push(Case::new(
+                format!("v6 {src:?} {name} in IPv6 without a routing header"),
+                v6(src).protocol(inner).build(),
+                UNPROTECTED_PASS,
+                Ipv6,
+            ));
+        }
+    }
+    check(&program(0), &cases);
 }

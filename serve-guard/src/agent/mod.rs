@@ -185,6 +185,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             .map_err(|e| AgentError::Join(e.to_string()))??
     };
     tracing::info!("{}", summary(&config, &filter.status()));
+    warn_about_exposures(&config.interfaces);
 
     let mut filter = filter;
     let program_log = filter.take_program_log();
@@ -273,6 +274,19 @@ async fn stop_filter(filter: SharedFilter, on_stop: OnStop) {
                 Err(e) => tracing::error!("on_stop = detach failed: {e}"),
             }
         }
+    }
+}
+
+/// Names every path around the filter on this node (tunnels it decapsulates, SRv6 decap routes,
+/// rp_filter off on a covered interface): the filter works, but these bypass it.
+fn warn_about_exposures(interfaces: &[String]) {
+    match crate::node::scan(interfaces) {
+        Ok(found) => {
+            for exposure in found {
+                tracing::warn!("{exposure}");
+            }
+        }
+        Err(e) => tracing::warn!("{e}"),
     }
 }
 

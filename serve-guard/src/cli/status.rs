@@ -74,6 +74,10 @@ fn offline(config: &Config) -> Result<StatusReport> {
             })
         })
         .collect();
+    let (exposures, exposures_error) = match crate::node::scan(&config.interfaces) {
+        Ok(found) => (found, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     Ok(StatusReport {
         mode: config.mode.name().to_owned(),
         agent: None,
@@ -91,6 +95,8 @@ fn offline(config: &Config) -> Result<StatusReport> {
             "audit": config.audit,
         }),
         public: None,
+        exposures,
+        exposures_error,
     })
 }
 
@@ -163,6 +169,12 @@ fn print_report(r: &StatusReport) {
         (None, _) => format!("no (nothing under {pin_dir})"),
     };
     println!("pinned:      {pinned}");
+    if let Some(e) = &r.exposures_error {
+        println!("warning:     {e}");
+    }
+    for exposure in &r.exposures {
+        println!("warning:     {exposure}");
+    }
 }
 
 fn uptime(seconds: u64) -> String {

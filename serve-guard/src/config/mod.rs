@@ -67,6 +67,12 @@ pub enum ConfigError {
         "interface {0} does not exist in this network namespace (see `ip link`); nothing was attached"
     )]
     MissingInterface(String),
+    #[error(
+        "interface {name} is not an Ethernet device (ARPHRD type {hw_type}): the filter parses Ethernet frames and would misjudge its packets; nothing was attached (docs/filter.md says how to handle tunnels)"
+    )]
+    NotEthernet { name: String, hw_type: u16 },
+    #[error("cannot list the network interfaces: {0}")]
+    ListLinks(std::io::Error),
     #[error("serve port {0} is out of range: ports are 1 to 65535")]
     PortOutOfRange(i64),
     #[error("`serve_ports` is empty: give at least one Ray Serve port to protect")]
@@ -429,6 +435,17 @@ impl Config {
                     .ok_or_else(|| ConfigError::MissingInterface(name.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let links = crate::node::netlink::links().map_err(ConfigError::ListLinks)?;
+        for (name, index) in &interfaces {
+            if let Some(link) = links.iter().find(|l| l.index == *index)
+                && !link.is_ethernet_framed()
+            {
+                return Err(ConfigError::NotEthernet {
+                    name: name.clone(),
+                    hw_type: link.hw_type,
+                });
+            }
+        }
         let (cidrs, warnings) = self.read_cidr_file()?;
         Ok(HostCheck {
             interfaces,

@@ -113,6 +113,12 @@ pub struct StatusReport {
     pub filter: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<serde_json::Value>,
+    /// Paths around the filter on the agent's node (docs/filter.md); empty when none.
+    #[serde(default)]
+    pub exposures: Vec<crate::node::Exposure>,
+    /// Set when the exposures could not be listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposures_error: Option<String>,
 }
 
 /// One counter of `GET /v1/stats` (the filter's counter snapshot, summed over CPUs).

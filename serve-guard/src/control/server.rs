@@ -286,6 +286,10 @@ async fn status(state: &ControlState) -> Answer {
         // The filter's state is still worth showing; the public part says what went wrong.
         Some(Err(e)) => Some(serde_json::json!({ "error": e })),
     };
+    let (exposures, exposures_error) = match state.view.exposures() {
+        Ok(found) => (found, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     let listing = state.store.listing();
     let now = SystemTime::now();
     let report = StatusReport {
@@ -306,6 +310,8 @@ async fn status(state: &ControlState) -> Answer {
         },
         filter,
         public,
+        exposures,
+        exposures_error,
     };
     json(StatusCode::OK, &report)
 }

@@ -60,6 +60,11 @@ impl AgentView for FakeView {
         let public = self.public;
         Box::pin(async move { public.then(|| Ok(serde_json::json!({ "url": "https://x" }))) })
     }
+    fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
+        Ok(vec![crate::node::Exposure::RpFilterOff {
+            interface: "eth0".into(),
+        }])
+    }
     fn reload_token(&self) -> Option<Result<(), String>> {
         self.public.then(|| {
             self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +288,12 @@ async fn status_stats_and_token_reload() {
     assert_eq!(status.agent.unwrap().pid, std::process::id());
     assert_eq!(status.filter["interfaces"][0]["xdp_mode"], "driver");
     assert_eq!(status.public.unwrap()["url"], "https://x");
+    assert_eq!(
+        status.exposures,
+        vec![crate::node::Exposure::RpFilterOff {
+            interface: "eth0".into()
+        }]
+    );
 
     let stats: StatsReport = r.client.get(routes::STATS).await.unwrap();
     assert_eq!(stats.counters[0].packets, 7);

@@ -19,6 +19,8 @@ pub trait AgentView: Send + Sync + 'static {
     fn public_status(&self) -> ViewFuture<'_, Option<Result<serde_json::Value, String>>>;
     /// Re-reads the token file; `None` when there is no token (private mode).
     fn reload_token(&self) -> Option<Result<(), String>>;
+    /// Paths around the filter on this node (tunnels, SRv6 decapsulation, rp_filter off).
+    fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String>;
 }
 
 /// The running agent as the control socket and the metrics endpoint see it.
@@ -64,6 +66,10 @@ impl AgentView for AgentHandle {
                     .and_then(|s| to_json(&s)),
             )
         })
+    }
+
+    fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
+        crate::node::scan(&self.config.interfaces).map_err(|e| e.to_string())
     }
 
     fn reload_token(&self) -> Option<Result<(), String>> {
