@@ -87,6 +87,12 @@ kill9)
     echo "old_pid=$old"
     echo "new_pid=$(main_pid)"
     echo "restarts=$(( $(systemctl show -P NRestarts "$UNIT") - restarts ))"
+    # The agent's summary line says whether it adopted the pinned link or made a new one.
+    if journalctl -b _PID="$(main_pid)" -o cat --no-pager | grep -Eq "$IFACE \([a-z]+, adopted\)"; then
+        echo "adopted=yes"
+    else
+        echo "adopted=no"
+    fi
     xdp_state
     ;;
 reload)
@@ -113,12 +119,15 @@ reboot)
     ;;
 boot-times)
     # The unit's start on this boot, from systemd's own timestamps (monotonic, microseconds).
+    # This channel comes up early in the boot: wait for the agent first.
+    wait_for "$WAIT_READY" ready || fail "not ready after boot: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
     echo "active=$(systemctl is-active "$UNIT" || true)"
     exit_us=$(systemctl show -P InactiveExitTimestampMonotonic "$UNIT")
     active_us=$(systemctl show -P ActiveEnterTimestampMonotonic "$UNIT")
+    network_us=$(systemctl show -P ActiveEnterTimestampMonotonic systemd-networkd.service)
     echo "unit_start_ms=$(( (active_us - exit_us) / 1000 ))"
     echo "unit_active_at_ms=$(( active_us / 1000 ))"
-    wait_for "$WAIT_READY" ready || fail "not ready after boot: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    echo "networkd_active_at_ms=$(( network_us / 1000 ))"
     xdp_state
     ;;
 detach)
@@ -134,7 +143,9 @@ journal)
     echo "lines=$(journalctl -u "$UNIT" -o cat --no-pager -q | wc -l)"
     echo "error_lines=$(printf '%s' "$errors" | grep -c . || true)"
     echo "escape_lines=$escapes"
-    if [ -n "$errors" ]; then printf 'error: %s\n' "$errors" | head -n 20; fi
+    # The whole journal of the unit for the host's run folder, escapes made visible.
+    echo "@@JOURNAL"
+    journalctl -u "$UNIT" -o short-monotonic --no-pager -q | cat -v
     ;;
 *)
     fail "unknown step '${1:-}'"

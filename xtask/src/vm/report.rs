@@ -59,7 +59,7 @@ impl Check {
                 "inside/outside clients x IPv4/IPv6 x TCP/UDP x ports 8000, 9000 (protected), 8080"
             }
             Check::Kill9 => {
-                "`kill -9` of the agent under a datagram stream: Restart= adopts the pinned program; no inside datagram lost, no outside one through"
+                "`kill -9` of the agent under a datagram stream: Restart= adopts the pinned link; no inside datagram lost, no outside one through"
             }
             Check::Reload => "`systemctl reload`: same process, still filtering",
             Check::Stop => "`systemctl stop`: unit inactive, the same program still filters",

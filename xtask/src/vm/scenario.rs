@@ -11,6 +11,7 @@ use super::report::{Check, KernelResult};
 use crate::cmd;
 use anyhow::{Context as _, Result, bail, ensure};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Probes sent before the disruption starts, so the stream covers the whole gap.
 const LEAD_IN: Duration = Duration::from_secs(1);
+/// Separates the journal step's values from the journal itself.
+const JOURNAL_MARK: &str = "@@JOURNAL";
+/// Journal lines quoted in a failure.
+const JOURNAL_EXCERPT_LINES: usize = 12;
 const POLL: Duration = Duration::from_millis(50);
 
 /// Boots `kernel` and runs every check; never fails itself: failures are results.
@@ -83,7 +88,10 @@ pub fn run(kernel: &Kernel, image: &Image, index: usize) -> KernelResult {
             return result.finish(started);
         }
     };
-    let mut s = Scenario { vm: &mut vm };
+    let mut s = Scenario {
+        vm: &mut vm,
+        dir: &dir,
+    };
     let start = s.start();
     let started_ok = start.is_ok();
     if let Ok((_, ready_ms)) = &start {
@@ -108,6 +116,8 @@ pub fn run(kernel: &Kernel, image: &Image, index: usize) -> KernelResult {
 
 struct Scenario<'a> {
     vm: &'a mut Vm,
+    /// The run's folder (console, journal).
+    dir: &'a Path,
 }
 
 /// `key=value` lines of a step's output.
@@ -285,9 +295,10 @@ impl Scenario<'_> {
         );
         self.matrix(true)?;
         Ok(format!(
-            "outside 0/{} connects, unit started {} ms after boot",
+            "outside 0/{} connects; unit active {:.1} s after boot, networkd {:.1} s",
             count(&counts, "out4_tries")? + count(&counts, "out6_tries")?,
-            get(&v, "unit_active_at_ms")?
+            count(&v, "unit_active_at_ms")? as f64 / 1000.0,
+            count(&v, "networkd_active_at_ms")? as f64 / 1000.0
         ))
     }
 
@@ -300,15 +311,20 @@ impl Scenario<'_> {
         Ok("removed, everything passes".into())
     }
 
-    /// The unit's journal over both boots: no error, no ANSI escape.
+    /// The unit's journal over both boots: no error, no ANSI escape. The whole journal goes to
+    /// the run's folder.
     fn journal(&mut self) -> Result<String> {
         let out = self.vm.run(&format!("{STEPS} journal"), STEP_TIMEOUT)?;
-        let v = values(&out);
-        let errors: u64 = get(&v, "error_lines")?.parse()?;
-        let escapes: u64 = get(&v, "escape_lines")?.parse()?;
+        let (summary, journal) = out.split_once(JOURNAL_MARK).unwrap_or((&out, ""));
+        std::fs::write(self.dir.join("journal.txt"), journal.trim_start())?;
+        let v = values(summary);
+        let errors: u64 = count(&v, "error_lines")?;
+        let escapes: u64 = count(&v, "escape_lines")?;
         ensure!(
             errors == 0 && escapes == 0,
-            "{errors} error lines, {escapes} lines with ANSI escapes:\n{out}"
+            "{errors} error lines, {escapes} lines with ANSI escapes (journal in {}):\n{}",
+            self.dir.join("journal.txt").display(),
+            excerpt(journal)
         );
         Ok(format!("{} lines, clean", get(&v, "lines")?))
     }
@@ -357,6 +373,22 @@ impl std::fmt::Display for NotApplicable {
 }
 
 impl std::error::Error for NotApplicable {}
+
+/// The journal's lines that show the problem (errors, escapes), or its last lines.
+fn excerpt(journal: &str) -> String {
+    let lines: Vec<&str> = journal.lines().collect();
+    let bad: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("^[") || l.contains("rror") || l.contains("ailed"))
+        .take(JOURNAL_EXCERPT_LINES)
+        .collect();
+    if bad.is_empty() {
+        lines[lines.len().saturating_sub(JOURNAL_EXCERPT_LINES)..].join("\n")
+    } else {
+        bad.join("\n")
+    }
+}
 
 fn stream_pairs(port: u16) -> Vec<String> {
     CLIENTS
