@@ -5,14 +5,16 @@
 //! - `config`: the TOML config file and its validation.
 //! - `cidr`: the VPC CIDR list: parsing, normalisation, limits.
 //! - `filter`: the XDP program: loading, pinning, attaching, maps, counters.
-//! - `agent`: `serve-guard run`, wiring the filter, the control socket, metrics and the proxy.
+//! - `agent`: `serve-guard run`, wiring the filter, the control socket, metrics and the proxy;
+//!   systemd notifications and the SIGHUP reload.
 //! - `control`: the agent's control socket (HTTP/1.1 + JSON over a Unix socket), server and client.
 //! - `node`: the node's links and routes, and the paths around the filter they open.
 //! - `store`: the CIDR file as the source of truth: revisions, atomic writes, live apply.
-//! - `watch`: follows the CIDR file on disk (inotify).
+//! - `watch`: follows the CIDR file and the token file on disk (inotify).
 //! - `admin_http`: the accept loop shared by the control socket and metrics endpoints.
 //! - `metrics`: the Prometheus /metrics and /ready endpoint.
-//! - `token`, `proxy`: public mode, the token and the token-checking reverse proxy.
+//! - `token`, `proxy`: public mode, the cluster's tokens (the file, its source on the agent side)
+//!   and the token-checking reverse proxy.
 //! - `logging`: the tracing subscriber (RUST_LOG / --log-level).
 //! - `cli`: one file per verb.
 

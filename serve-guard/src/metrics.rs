@@ -149,6 +149,16 @@ pub async fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
         errors,
     );
 
+    if let Some(count) = state.view.token_reload_errors() {
+        let errors = Counter::<u64>::default();
+        errors.inc_by(count);
+        registry.register(
+            "token_reload_errors",
+            "Re-reads of the token file that found it invalid (the tokens in force stayed)",
+            errors,
+        );
+    }
+
     let ready = Gauge::<i64>::default();
     ready.set(i64::from((state.ready)()));
     registry.register(

@@ -7,7 +7,8 @@
 //! 2. folds in an external edit of the file first, so a change never overwrites an edit it has not
 //!    seen, and checks `--if-revision` against the result;
 //! 3. validates the whole change before touching anything (errors name the line or argument);
-//! 4. writes the file atomically, then updates the XDP maps (the filter adds before it removes, so
+//! 4. writes the file atomically, editing it in place (the operator's comments and line order
+//!    stay: removed CIDRs lose their line, new ones are appended), then updates the XDP maps (the filter adds before it removes, so
 //!    there is no gap); if the maps cannot be updated, it restores the old list in the maps and the
 //!    old bytes in the file, so file and maps always hold the same list;
 //! 5. records the revision in `<state_dir>/cidr-revision` so it survives restarts.
@@ -431,8 +432,8 @@ impl Store {
             warnings,
             applied_to_maps: sink.is_some(),
         };
-        if rewrite.is_some() {
-            let text = next.to_file_text(&format!("{FILE_HEADER}\nrevision {revision}"));
+        if let Some(old) = &rewrite {
+            let text = edit_file_text(old, &next);
             fsutil::write_atomic(&self.cidr_file, text.as_bytes())
                 .map_err(StoreError::io("write", &self.cidr_file))?;
         }
@@ -508,6 +509,36 @@ impl Store {
         }
         result
     }
+}
+
+/// The file text for `next`, made from the file's `old` text so that config management and the
+/// CLI can share the file: every line stays in its place (comments, blank lines, the CIDRs that
+/// remain), the lines of removed CIDRs go, and the added CIDRs are appended in list order. An
+/// `old` text that does not parse (the change replaces a broken file) is not kept.
+pub fn edit_file_text(old: &str, next: &CidrList) -> String {
+    if cidr::parse_file(old).is_err() {
+        return next.to_file_text(FILE_HEADER);
+    }
+    let mut out = String::with_capacity(old.len());
+    let mut present = CidrList::default();
+    for line in old.lines() {
+        let content = line.split('#').next().unwrap_or_default().trim();
+        if !content.is_empty()
+            && let Ok((net, _)) = cidr::parse_entry(content)
+        {
+            if !next.contains(&net) {
+                continue;
+            }
+            present.insert(net);
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for net in next.iter().filter(|net| !present.contains(net)) {
+        out.push_str(&net.to_string());
+        out.push('\n');
+    }
+    out
 }
 
 fn report_warnings(warnings: &[cidr::Normalised]) -> Vec<String> {

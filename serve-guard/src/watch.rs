@@ -1,16 +1,20 @@
-//! Follows the CIDR file on disk and applies every edit through the store's serialised path.
+//! Follows a file on disk (the CIDR file, the token file) and re-reads it after every change: the
+//! CIDR file through the store's serialised path, the token file through its token source.
 //!
 //! The watch is on the file's directory, not the file: editors that write a temp file and rename
 //! it over the original, Ansible's atomic copy, and Kubernetes ConfigMap mounts (which swap the
 //! `..data` symlink to a new timestamped directory) all replace the inode, and a watch on the old
 //! inode would go quiet. Any event in the directory triggers a re-read after a short debounce; the
-//! store ignores a re-read that finds the list it already has (our own writes included).
+//! store and the token source ignore a re-read that finds what they already have (our own writes
+//! included).
 
 use crate::store::Store;
+use crate::token::TokenSource;
 use inotify::{EventMask, Inotify, WatchMask};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
@@ -56,17 +60,52 @@ pub fn watched_dir(file: &Path) -> PathBuf {
     }
 }
 
+/// Re-reads the followed file; logs and counts its own errors (a bad edit keeps what is in force).
+type Reload = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// A started watch: the directory is watched from the moment this returns, so an edit made after
 /// [`Watcher::start`] is never missed.
 pub struct Watcher {
     fd: AsyncFd<Inotify>,
     dir: PathBuf,
-    store: Arc<Store>,
+    /// What the file is, for the log.
+    what: &'static str,
+    reload: Reload,
 }
 
 impl Watcher {
+    /// Follows the CIDR file: every edit goes through the store.
     pub fn start(store: Arc<Store>) -> Result<Self, WatchError> {
-        let dir = watched_dir(store.cidr_file());
+        let file = store.cidr_file().to_owned();
+        Self::follow(
+            &file,
+            "CIDR file",
+            Box::new(move || {
+                let store = Arc::clone(&store);
+                Box::pin(async move {
+                    let _ = store.reload_from_disk().await;
+                })
+            }),
+        )
+    }
+
+    /// Follows the token file: every edit is re-read by the token source.
+    pub fn start_tokens(source: Arc<TokenSource>) -> Result<Self, WatchError> {
+        let file = source.path().to_owned();
+        Self::follow(
+            &file,
+            "token file",
+            Box::new(move || {
+                let source = Arc::clone(&source);
+                Box::pin(async move {
+                    let _ = tokio::task::spawn_blocking(move || source.reload()).await;
+                })
+            }),
+        )
+    }
+
+    fn follow(file: &Path, what: &'static str, reload: Reload) -> Result<Self, WatchError> {
+        let dir = watched_dir(file);
         let inotify = Inotify::init().map_err(WatchError::Init)?;
         inotify
             .watches()
@@ -79,8 +118,13 @@ impl Watcher {
         // from every `as_raw_fd`; the AsyncFd owns the `Inotify`, so both live and die together.
         let fd = unsafe { AsyncFd::register_with_interest(inotify, tokio::io::Interest::READABLE) }
             .map_err(|e| WatchError::Init(e.into()))?;
-        tracing::info!(dir = %dir.display(), file = %store.cidr_file().display(), "watching the CIDR file");
-        Ok(Watcher { fd, dir, store })
+        tracing::info!(dir = %dir.display(), file = %file.display(), "watching the {what}");
+        Ok(Watcher {
+            fd,
+            dir,
+            what,
+            reload,
+        })
     }
 
     /// Applies edits until `shutdown` resolves.
@@ -95,15 +139,15 @@ impl Watcher {
                 () = &mut shutdown => return Ok(()),
                 read = self.next_burst(&mut buffer) => read?,
             };
-            // Re-read even when the directory went away: the store then reports the missing file
-            // and keeps the old list.
-            let _ = self.store.reload_from_disk().await;
+            // Re-read even when the directory went away: the missing file is then reported and
+            // what is in force stays.
+            (self.reload)().await;
             if lost_watch {
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
                     () = self.rewatch() => {}
                 }
-                let _ = self.store.reload_from_disk().await;
+                (self.reload)().await;
             }
         }
     }
@@ -136,14 +180,14 @@ impl Watcher {
                 let mut count = 0usize;
                 for event in events {
                     count += 1;
-                    tracing::trace!(name = ?event.name, mask = ?event.mask, "CIDR directory event");
+                    tracing::trace!(name = ?event.name, mask = ?event.mask, "watched directory event");
                     if event.mask.intersects(
                         EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF,
                     ) {
                         lost = true;
                     }
                     if event.mask.contains(EventMask::Q_OVERFLOW) {
-                        tracing::warn!("inotify queue overflowed; re-reading the CIDR file");
+                        tracing::warn!("inotify queue overflowed; re-reading the watched file");
                     }
                 }
                 Ok((count, lost))
@@ -160,13 +204,13 @@ impl Watcher {
 
     /// Watches the directory again once it exists again (it was deleted or moved away).
     async fn rewatch(&mut self) {
-        tracing::error!(dir = %self.dir.display(), "the CIDR file's directory went away; the current list stays and the agent waits for the directory to come back");
+        tracing::error!(dir = %self.dir.display(), "the {}'s directory went away; what is in force stays and the agent waits for the directory to come back", self.what);
         let mut tick = tokio::time::interval(REWATCH_INTERVAL);
         loop {
             tick.tick().await;
             match self.fd.get_ref().watches().add(&self.dir, mask()) {
                 Ok(_) => {
-                    tracing::info!(dir = %self.dir.display(), "watching the CIDR file's directory again");
+                    tracing::info!(dir = %self.dir.display(), "watching the {}'s directory again", self.what);
                     return;
                 }
                 Err(e) => tracing::debug!("re-watching {}: {e}", self.dir.display()),
@@ -307,5 +351,59 @@ mod tests {
         std::fs::write(&file, "10.0.0.0/8\n10.99.0.0/16\n").unwrap();
         wait_for_revision(&store, 2).await;
         assert_eq!(nets(&store), ["10.0.0.0/8", "10.99.0.0/16"]);
+    }
+
+    #[tokio::test]
+    async fn follows_the_token_file_through_a_secret_style_swap() {
+        use crate::token::TokenSource;
+        use std::os::unix::fs::PermissionsExt;
+        const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let t = TempDir::new();
+        let mount = t.0.join("etc");
+        let secret = |name: &str, text: &str| {
+            let dir = mount.join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("token"), text).unwrap();
+            std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o440))
+                .unwrap();
+            std::os::unix::fs::symlink(name, mount.join("..data_tmp")).unwrap();
+            std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+        };
+        secret("..1", &format!("{A}\n"));
+        std::os::unix::fs::symlink("..data/token", mount.join("token")).unwrap();
+        let source = Arc::new(TokenSource::open(&mount.join("token")).unwrap());
+        let watcher = Watcher::start_tokens(Arc::clone(&source)).unwrap();
+        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(watcher.run(async move {
+            let _ = stopped.await;
+        }));
+        let mut rx = source.subscribe();
+
+        secret("..2", &format!("{B}\n{A}\n"));
+        tokio::time::timeout(APPLY_TIMEOUT, rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.borrow_and_update().len(), 2);
+
+        // An invalid edit is counted and changes nothing; the next valid one applies.
+        secret("..3", "# emptied by mistake\n");
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        while source.reload_errors() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the invalid edit was not noticed"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        assert!(rx.borrow().matches(A.as_bytes()));
+        secret("..4", &format!("{B}\n"));
+        tokio::time::timeout(APPLY_TIMEOUT, rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!rx.borrow().matches(A.as_bytes()));
+        assert!(rx.borrow().matches(B.as_bytes()));
     }
 }

@@ -531,7 +531,7 @@ async fn websocket_upgrades_pass_through_after_the_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_refuses_the_old_token_and_cookie_without_restart() {
+async fn rotation_then_prune_refuses_the_old_token_and_cookie_without_restart() {
     let up = start_upstream().await;
     let proxy = start_proxy(&up.url(), |_, _| {}).await;
     let old = proxy.token();
@@ -545,6 +545,16 @@ async fn rotation_refuses_the_old_token_and_cookie_without_restart() {
     let new = new.expose().to_owned();
     assert_ne!(new, old);
     let new_auth = format!("Bearer {new}");
+    // Rotation keeps the old token accepted (no 401 window) until prune.
+    for auth in [&old_auth, &new_auth] {
+        let (status, _, _) = get(&proxy.url("/echo"), &[("authorization", auth)]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        serve_guard::token::prune_file(&proxy.token_file).unwrap(),
+        1
+    );
+    proxy.store.reload().unwrap();
     for headers in [
         [("authorization", old_auth.as_str())],
         [("cookie", old_cookie.as_str())],
@@ -573,6 +583,56 @@ async fn rotation_refuses_the_old_token_and_cookie_without_restart() {
     assert_not_logged(&new);
 }
 
+/// A change of the token file reaches requests on connections that were open before it: the
+/// proxy reads the token set per request, not per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_change_applies_to_open_keep_alive_connections() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(&up.url(), |_, _| {}).await;
+    let old = proxy.token();
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut send = async |token: &str, carrier: &str| {
+        let value = match carrier {
+            "cookie" => format!("SERVE_TOKEN={token}"),
+            _ => format!("Bearer {token}"),
+        };
+        let req = Request::get("/echo")
+            .header("host", "h")
+            .header(carrier, value)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        // The same connection: it must still be open (and idle) for the next request.
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(send(&old, "authorization").await, StatusCode::OK);
+
+    let new = serve_guard::token::rotate_file(&proxy.token_file).unwrap();
+    let new = new.expose().to_owned();
+    proxy.store.reload().unwrap();
+    assert_eq!(send(&new, "authorization").await, StatusCode::OK);
+    assert_eq!(
+        send(&old, "cookie").await,
+        StatusCode::OK,
+        "rotate keeps the old token"
+    );
+    serve_guard::token::prune_file(&proxy.token_file).unwrap();
+    proxy.store.reload().unwrap();
+    assert_eq!(send(&old, "authorization").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&old, "cookie").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&new, "cookie").await, StatusCode::OK);
+    assert_not_logged(&old);
+    assert_not_logged(&new);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_file_is_created_0600_with_a_43_char_base64url_token() {
     let up = start_upstream().await;
@@ -586,7 +646,7 @@ async fn token_file_is_created_0600_with_a_43_char_base64url_token() {
     assert_eq!(token, proxy.token());
     // A token file others can read is refused.
     std::fs::set_permissions(&proxy.token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = serve_guard::token::TokenStore::open(&proxy.token_file)
+    let err = serve_guard::token::TokenSource::open(&proxy.token_file)
         .unwrap_err()
         .to_string();
     assert!(err.contains("chmod 600"), "{err}");

@@ -211,7 +211,7 @@ async fn bad_tls_files_are_clear_errors() {
     let dir = temp_dir();
     let (cert, key, _) = write_cert(dir.path());
     let store = Arc::new(
-        serve_guard::token::TokenStore::load_or_create(&dir.path().join("token")).unwrap(),
+        serve_guard::token::TokenSource::load_or_create(&dir.path().join("token")).unwrap(),
     );
     let base = serve_guard::config::public::PublicConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -231,12 +231,66 @@ async fn bad_tls_files_are_clear_errors() {
             tls_key: Some(k),
             ..base.clone()
         };
-        let err = match serve_guard::proxy::Proxy::bind(&config, store.clone()).await {
+        let err = match serve_guard::proxy::Proxy::bind(&config, store.subscribe()).await {
             Ok(_) => panic!("bad TLS files were accepted ({needle})"),
             Err(e) => e.to_string(),
         };
         assert!(err.contains(needle), "`{err}` lacks `{needle}`");
     }
+}
+
+/// What SIGHUP does to the TLS files: a renewed certificate serves new connections, a broken
+/// one is refused and the certificate in use stays, the same files again change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_a_renewed_certificate_and_keeps_the_old_one_on_errors() {
+    use serve_guard::proxy::tls::TlsReload;
+    let up = start_upstream().await;
+    let dir = temp_dir();
+    let (cert, key, first) = write_cert(dir.path());
+    let store = serve_guard::token::TokenSource::load_or_create(&dir.path().join("token")).unwrap();
+    let config = serve_guard::config::public::PublicConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: serve_guard::config::public::Upstream::parse(&up.url()).unwrap(),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..Default::default()
+    };
+    let proxy = serve_guard::proxy::Proxy::bind(&config, store.subscribe())
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    let tls = proxy.tls().expect("TLS is configured");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(proxy.serve(async move {
+        let _ = stopped.await;
+    }));
+    let handshake = |root: CertificateDer<'static>| async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        connector(&root, &[b"http/1.1"], &[&rustls::version::TLS13])
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .is_ok()
+    };
+    assert!(handshake(first.clone()).await);
+
+    let (_, _, renewed) = write_cert(dir.path());
+    assert_eq!(tls.reload().unwrap(), TlsReload::Changed);
+    assert!(handshake(renewed.clone()).await, "the renewed certificate");
+    assert!(
+        !handshake(first).await,
+        "the old certificate is still served"
+    );
+    assert_eq!(tls.reload().unwrap(), TlsReload::Unchanged);
+
+    std::fs::write(&cert, "not pem").unwrap();
+    let err = tls.reload().unwrap_err().to_string();
+    assert!(err.contains("no CERTIFICATE"), "{err}");
+    assert!(
+        handshake(renewed).await,
+        "a broken file replaced the certificate in use"
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! `serve-guard token show|rotate` as a user runs it: the real binary, a config in a temporary
+//! `serve-guard token show|rotate|prune` as a user runs it: the real binary, a config in a temporary
 //! directory, no agent running (the running-agent reload is covered by the public-mode e2e test).
 
 use std::os::unix::fs::PermissionsExt;
@@ -25,7 +25,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 #[test]
-fn show_and_rotate_without_an_agent() {
+fn show_rotate_and_prune_without_an_agent() {
     let dir = tempfile::Builder::new()
         .prefix(&format!("sg-token-cli-{}-", std::process::id()))
         .tempdir()
@@ -68,17 +68,60 @@ fn show_and_rotate_without_an_agent() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), first);
 
+    // Rotate puts the new token first and keeps the previous one until prune.
     let out = run(&config, &["token", "rotate"]);
     assert!(out.status.success());
     let second = text(&out.stdout).trim().to_owned();
     assert_ne!(second, first);
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), second);
+    assert!(
+        text(&out.stderr).contains("token prune"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        format!("{second}\n{first}\n")
+    );
+    assert_eq!(
+        text(&run(&config, &["token", "show"]).stdout).trim(),
+        second
+    );
+    assert_eq!(
+        text(&run(&config, &["token", "show", "--all"]).stdout),
+        format!("{second}\n{first}\n")
+    );
+    let out = run(&config, &["token", "prune"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        format!("{second}\n")
+    );
+
+    // A file managed elsewhere (read-only) is left alone, with an error that says so.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let out = run(&config, &["token", "rotate"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("managed elsewhere"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        format!("{second}\n")
+    );
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(&config, &["token", "show"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("chmod 600") && err.contains("defaultMode"),
+        "{err}"
+    );
     assert!(!err.contains(&second) && out.stdout.is_empty());
 
     // A bad [public] value is a clear error naming it.

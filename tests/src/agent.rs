@@ -68,6 +68,8 @@ pub fn agent_bin() -> Result<PathBuf> {
 pub struct AgentConfig {
     table: toml::Table,
     cidrs: Vec<String>,
+    /// Extra environment of the agent process (e.g. `NOTIFY_SOCKET`).
+    env: Vec<(String, String)>,
 }
 
 impl AgentConfig {
@@ -95,6 +97,7 @@ impl AgentConfig {
         AgentConfig {
             table,
             cidrs: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -129,6 +132,12 @@ impl AgentConfig {
         let mut metrics = toml::Table::new();
         metrics.insert("listen".into(), addr.into());
         self.set("metrics", metrics)
+    }
+
+    /// An environment variable of the agent process (not of the CLI verbs).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
     }
 
     /// Any key (a table for a section such as `[public]`). Replaces an earlier value.
@@ -296,6 +305,7 @@ impl Agent {
             )
             // The log is read by tests and people, not a terminal.
             .env("NO_COLOR", "1")
+            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -24,9 +24,12 @@ const PREFIX_V4: u8 = 24;
 const PREFIX_V6: u8 = 64;
 
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// A second server (node) on the same segment, for cluster tests ([`Topology::add_server`]).
+pub const SERVER2_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const INSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 1);
+pub const SERVER2_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 2);
 pub const INSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 0, 0x10);
 pub const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5e, 0, 0, 0, 0, 1, 0x200);
 
@@ -52,8 +55,8 @@ impl Ip {
     }
 }
 
-/// One client namespace and its addresses.
-#[derive(Debug)]
+/// One namespace and its addresses. A clone shares the namespace (see [`Netns`]).
+#[derive(Debug, Clone)]
 pub struct Host {
     pub ns: Netns,
     pub v4: Ipv4Addr,
@@ -81,8 +84,8 @@ pub struct Topology {
     pub server: Host,
     pub inside: Host,
     pub outside: Host,
-    /// Kept only to hold the bridge namespace alive.
-    _bridge: Netns,
+    /// The bridge namespace: held alive here; [`Topology::add_server`] attaches more hosts.
+    bridge: Netns,
 }
 
 impl Topology {
@@ -110,8 +113,18 @@ impl Topology {
             server,
             inside,
             outside,
-            _bridge: bridge,
+            bridge,
         })
+    }
+
+    /// A second server namespace on the bridge ([`SERVER2_V4`], [`SERVER2_V6`]): another node of
+    /// the same cluster, reached by the same clients. Inside the VPC ranges, like the first.
+    pub fn add_server(&self) -> Result<Host> {
+        let host = attach(&self.bridge, "s2", SERVER2_V4, SERVER2_V6)?;
+        crate::wait_for("IPv6 addresses to settle", crate::limits::SETUP, || {
+            host.ns.ipv6_settled()
+        })?;
+        Ok(host)
     }
 
     /// The allow-list that admits `inside` and not `outside`.

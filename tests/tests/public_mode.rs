@@ -185,10 +185,11 @@ impl Suite {
             .expect("the agent runs during the scenarios")
     }
 
-    /// The current token, read from the file the agent created (0600) at first start.
+    /// The primary token (the file's first line), from the file the agent created (0600) at
+    /// first start.
     fn token(&self) -> Result<String> {
         let text = std::fs::read_to_string(self.token_file()).context("reading the token file")?;
-        Ok(text.trim().to_owned())
+        Ok(text.lines().next().unwrap_or_default().trim().to_owned())
     }
 
     fn outside(&self) -> &Netns {
@@ -852,7 +853,8 @@ async fn read_until(body: &mut Incoming, got: &mut String, want: &str) -> Result
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Rotation: old token and cookie refused, new one works, no restart.
+// 5. Rotation: both tokens work until prune; then the old token and cookie are refused, the new
+//    one works, no restart.
 // ---------------------------------------------------------------------------------------------
 fn rotation(s: &mut Suite) -> Result<()> {
     let old = s.token()?;
@@ -867,26 +869,41 @@ fn rotation(s: &mut Suite) -> Result<()> {
     s.tokens_seen.push(new.clone());
     ensure!(new != old, "rotate left the token unchanged");
     ensure!(new.len() == TOKEN_LEN, "new token length {}", new.len());
+    // Rotate keeps the old token accepted: clients move over without a 401.
+    for (what, token) in [("old", &old), ("new", &new)] {
+        let resp = s.get("/echo/", &[("Authorization", &bearer(token))])?;
+        ensure!(
+            resp.status == 200,
+            "{what} token after rotate: {}",
+            resp.status
+        );
+    }
+    let out = s.agent().cli(&["token", "prune"])?;
+    ensure!(
+        out.status.success(),
+        "token prune failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    // The agent switches when rotate returns; poll only to absorb the reload's scheduling.
+    // The agent switches when prune returns; poll only to absorb the reload's scheduling.
     wait_for("the old token to be refused", limits::PROBE_IO, || {
         Ok(s.get("/echo/", &[("Authorization", &bearer(&old))])?.status == 401)
     })?;
     expect_401(
         &s.get("/echo/", &[("Authorization", &bearer(&old))])?,
         true,
-        "old token after rotate",
+        "old token after prune",
     )?;
     let old_cookie = s.get("/echo/", &[("Cookie", &cookie(&old))])?;
     ensure!(
         old_cookie.status == 401,
-        "old cookie after rotate: {}",
+        "old cookie after prune: {}",
         old_cookie.status
     );
     expect_401(
         &s.get(&format!("/echo/docs?token={old}"), &[])?,
         true,
-        "old docs link after rotate",
+        "old docs link after prune",
     )?;
 
     assert_token_absent(

@@ -1,8 +1,9 @@
 //! The systemd unit (issue 4, test 7): `systemd-analyze verify` accepts it; the capabilities it
 //! grants are exactly the ones the agent needs (with the unit's bounding set the real agent loads,
 //! attaches and applies a CIDR change; without any one of them it cannot start); and its system
-//! call filter allows every call the agent makes (traced with strace through start, CIDR changes,
-//! a watched edit, status, stats, a scrape and SIGTERM).
+//! call filter allows every call the agent makes (traced with strace through start and its
+//! READY=1 notification, CIDR changes, a watched edit, status, stats, a scrape, a SIGHUP reload
+//! with RELOADING=1/READY=1, and SIGTERM with STOPPING=1).
 
 mod cidr_support;
 
@@ -268,6 +269,11 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
     let agent = Agent::new(&topo.server.ns, config)?;
     let trace = agent.files().dir().join("strace.log");
     let output = std::fs::File::create(agent.files().dir().join("restricted.log"))?;
+    // What systemd gives a Type=notify service: sd_notify's socket calls are traced too.
+    let notify_path = agent.files().dir().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(limits::AGENT_READY))?;
+    let mut datagram = [0u8; 256];
     let mut strace = Restricted(
         topo.server
             .ns
@@ -277,6 +283,7 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
             .arg(agent_bin()?)
             .args(["run", "-c"])
             .arg(&agent.files().config)
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output)
@@ -308,7 +315,24 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
     ensure!(scrape.status == 200, "/metrics answered {}", scrape.status);
 
     let pid = child_of(strace.0.id())?.context("strace has no child")?;
+    let n = notify.recv(&mut datagram).context("no READY=1")?;
+    ensure!(&datagram[..n] == b"READY=1\n", "{:?}", &datagram[..n]);
     // SAFETY: kill(2) on the agent, a child of our strace child, which is still running.
+    ensure!(
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } == 0,
+        "SIGHUP failed"
+    );
+    for want in ["RELOADING=1", "READY=1"] {
+        let n = notify
+            .recv(&mut datagram)
+            .with_context(|| format!("no {want}"))?;
+        ensure!(
+            datagram[..n].starts_with(want.as_bytes()),
+            "{want}: {:?}",
+            String::from_utf8_lossy(&datagram[..n])
+        );
+    }
+    // SAFETY: as above.
     ensure!(
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
         "SIGTERM failed"

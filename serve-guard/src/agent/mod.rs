@@ -5,16 +5,22 @@
 //!    kernel is touched, so a bad config attaches nothing;
 //! 2. the agent lock makes sure no other agent manages the same state;
 //! 3. the filter starts (adopting pinned maps and links) and only then do the subsystems run;
-//! 4. on SIGINT/SIGTERM the subsystems stop, then the filter stays pinned (`on_stop = "keep"`)
-//!    or is removed (`"detach"`). A crash skips step 4, which leaves the filter pinned: the node
+//! 4. READY=1 goes to systemd (`Type=notify`) once everything runs; SIGHUP re-reads the CIDR,
+//!    token and TLS files between RELOADING=1 and READY=1 (see [`reload`]) and never stops the
+//!    agent;
+//! 5. on SIGINT/SIGTERM (STOPPING=1) the subsystems stop, then the filter stays pinned (`on_stop = "keep"`)
+//!    or is removed (`"detach"`). A crash skips step 5, which leaves the filter pinned: the node
 //!    keeps filtering with the last list.
 //!
 //! Subsystems (control socket, CIDR watcher, metrics, public-mode proxy) are started in
 //! [`start_subsystems`]; each gets an [`AgentContext`].
 
 pub mod lock;
+pub mod notify;
+pub mod reload;
 
 pub use lock::{AgentLock, agent_running, running_agent_pid};
+pub use reload::Reloadable;
 
 use crate::config::{Config, ConfigError, Mode, OnStop};
 use crate::filter::{Filter, FilterError, FilterStatus};
@@ -169,6 +175,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     // consistent state instead of killing it half-way.
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    // SIGHUP's default action ends the process: handle it from the start.
+    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
 
     let host = config.check_host()?;
     for warning in &host.warnings {
@@ -204,16 +212,29 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     let outcome = match started {
         Err(e) => Err(e),
-        Ok(()) => {
+        Ok(reloadable) => {
             ctx.ready.set_ready();
-            tokio::select! {
-                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
-                _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
-                e = subsystems.first_exit() => Err(e),
+            notify::ready();
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
+                    _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
+                    _ = sighup.recv() => {
+                        tracing::info!("SIGHUP: re-reading the CIDR, token and TLS files");
+                        notify::reloading();
+                        let failed = reload::reload(&reloadable).await;
+                        if failed > 0 {
+                            tracing::warn!("SIGHUP: {failed} input(s) invalid, kept as they were");
+                        }
+                        notify::ready();
+                    }
+                    e = subsystems.first_exit() => break Err(e),
+                }
             }
         }
     };
 
+    notify::stopping();
     ctx.shutdown.cancel();
     subsystems.stop().await;
     let AgentContext { filter, .. } = ctx;
@@ -223,32 +244,48 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
 /// Starts every subsystem. Each one gets a clone of `ctx` (config, filter, shutdown token,
 /// readiness) and runs as a task in `subsystems`; an error here stops the agent before it
-/// reports ready.
+/// reports ready. Returns what SIGHUP re-reads.
 async fn start_subsystems(
     ctx: &AgentContext,
     subsystems: &mut Subsystems,
-) -> Result<(), AgentError> {
-    // Public mode: the token store shared by the proxy and `POST /v1/token/reload`.
-    // Created (0600) at the first start when the token file is missing.
+) -> Result<Reloadable, AgentError> {
+    // Public mode: the token source, followed on disk, publishing to the proxy; also reloaded by
+    // `POST /v1/token/reload`. Created (0600) at the first start when the token file is missing.
     let public = ctx.config.public.clone().unwrap_or_default();
     let tokens = match ctx.config.mode {
-        Mode::Public => Some(Arc::new(crate::token::TokenStore::load_or_create(
+        Mode::Public => Some(Arc::new(crate::token::TokenSource::load_or_create(
             &public.token_file,
         )?)),
         Mode::Private => None,
     };
+    if let Some(tokens) = &tokens {
+        let watcher = crate::watch::Watcher::start_tokens(Arc::clone(tokens)).map_err(|e| {
+            AgentError::Subsystem {
+                name: "token watcher",
+                detail: e.to_string(),
+            }
+        })?;
+        subsystems.spawn(
+            "token watcher",
+            watcher.run(ctx.shutdown.clone().cancelled_owned()),
+        );
+        // An edit made between the first read and the start of the watch is picked up here.
+        let _ = tokens.reload();
+    }
     // CIDR store + file watcher, control socket, Prometheus metrics and /ready.
-    crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
-    if let Some(tokens) = tokens {
+    let cidrs = crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
+    let mut tls = None;
+    if let Some(tokens) = &tokens {
         // Token-checking reverse proxy: bound here so a busy port or bad TLS files stop the start.
-        let proxy = crate::proxy::Proxy::bind(&public, tokens).await?;
+        let proxy = crate::proxy::Proxy::bind(&public, tokens.subscribe()).await?;
+        tls = proxy.tls();
         let shutdown = ctx.shutdown.clone().cancelled_owned();
         subsystems.spawn("public proxy", async move {
             proxy.serve(shutdown).await;
             Ok::<(), std::convert::Infallible>(())
         });
     }
-    Ok(())
+    Ok(Reloadable { cidrs, tokens, tls })
 }
 
 /// Applies `on_stop`. Keep: drop our handles, the pins hold the filter in place. Detach: unpin

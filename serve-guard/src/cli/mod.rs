@@ -1,6 +1,7 @@
 //! The command line: `serve-guard [-c FILE] <verb>`. One file per verb; each exposes `Args` and
 //! `exec`. This is the binary's edge, so verbs return anyhow errors.
 
+mod check;
 mod cidr;
 mod detach;
 mod run;
@@ -31,11 +32,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: attach the filter (and, in public mode, the token proxy) until stopped.
     Run(run::Args),
+    /// Validate the config and every file `run` reads (CIDR, token, TLS), attach nothing.
+    /// Exit 0: valid; 1: invalid (the error names the input); 2: bad command line.
+    Check(check::Args),
     /// Mode, interfaces, ports, CIDR revision; in public mode the URL, token and API docs links.
     Status(status::Args),
     /// List or change the VPC CIDR allow-list (live, through the running agent).
     Cidr(cidr::Args),
-    /// Show or rotate the public-mode token.
+    /// Show, rotate or prune the public-mode tokens (the token file).
     Token(token::Args),
     /// Packet counters by reason and address family.
     Stats(stats::Args),
@@ -59,6 +63,7 @@ pub fn main() -> ExitCode {
         let config = cli.config;
         match cli.command {
             Command::Run(args) => run::exec(&config, args).await,
+            Command::Check(args) => check::exec(&config, args).await,
             Command::Status(args) => status::exec(&config, args).await,
             Command::Cidr(args) => cidr::exec(&config, args).await,
             Command::Token(args) => token::exec(&config, args).await,

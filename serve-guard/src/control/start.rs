@@ -6,7 +6,7 @@ use super::view::{AgentHandle, AgentView};
 use crate::agent::{AgentContext, AgentError, Subsystems};
 use crate::metrics::{MetricsServer, MetricsState};
 use crate::store::{SharedSink, Store};
-use crate::token::TokenStore;
+use crate::token::TokenSource;
 use crate::watch::Watcher;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,12 +19,12 @@ fn failed(name: &'static str, e: impl std::fmt::Display) -> AgentError {
 }
 
 /// Opens the store, makes the maps hold its list, then starts watcher, control socket and
-/// metrics. `tokens` is the public-mode token store the proxy uses (`None` in private mode), so
-/// `POST /v1/token/reload` reaches the proxy's copy.
+/// metrics. `tokens` is the public-mode token source the proxy follows (`None` in private mode),
+/// so `POST /v1/token/reload` reaches the proxy.
 pub async fn start(
     ctx: &AgentContext,
     subsystems: &mut Subsystems,
-    tokens: Option<Arc<TokenStore>>,
+    tokens: Option<Arc<TokenSource>>,
 ) -> Result<Arc<Store>, AgentError> {
     let config = Arc::clone(&ctx.config);
     let store = {

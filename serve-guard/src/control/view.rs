@@ -21,14 +21,18 @@ pub trait AgentView: Send + Sync + 'static {
     fn reload_token(&self) -> Option<Result<(), String>>;
     /// Paths around the filter on this node (tunnels, SRv6 decapsulation, rp_filter off).
     fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String>;
+    /// Re-reads of the token file that found it invalid; `None` in private mode.
+    fn token_reload_errors(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The running agent as the control socket and the metrics endpoint see it.
 pub struct AgentHandle {
     pub config: std::sync::Arc<crate::config::Config>,
     pub filter: crate::agent::SharedFilter,
-    /// The public-mode token shared with the proxy; `None` in private mode.
-    pub tokens: Option<std::sync::Arc<crate::token::TokenStore>>,
+    /// The public-mode token source the proxy follows; `None` in private mode.
+    pub tokens: Option<std::sync::Arc<crate::token::TokenSource>>,
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, String> {
@@ -75,6 +79,10 @@ impl AgentView for AgentHandle {
     fn reload_token(&self) -> Option<Result<(), String>> {
         self.tokens
             .as_ref()
-            .map(|t| t.reload().map_err(|e| e.to_string()))
+            .map(|t| t.reload().map(|_| ()).map_err(|e| e.to_string()))
+    }
+
+    fn token_reload_errors(&self) -> Option<u64> {
+        self.tokens.as_ref().map(|t| t.reload_errors())
     }
 }

@@ -5,7 +5,7 @@ use http::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, WWW_AUTHENTICA
 use http::{Response, StatusCode};
 
 use super::reply::{Body, plain};
-use crate::token::Token;
+use crate::token::TokenSet;
 
 /// The cookie the docs link sets, as Anyscale names it.
 pub const COOKIE_NAME: &str = "SERVE_TOKEN";
@@ -47,12 +47,11 @@ pub fn bearer_credential(value: &HeaderValue) -> Option<&[u8]> {
     Some(rest.trim_ascii())
 }
 
-/// Checks the request's credentials against `token` and removes the token from the headers:
-/// Authorization values that carry it (another Bearer token belongs to the app and stays), and
-/// every SERVE_TOKEN cookie (other cookies stay). `token` is `None` when none is loaded: then
-/// nothing is allowed.
-pub fn authenticate(headers: &mut HeaderMap, token: Option<&Token>, carriers: Carriers) -> Verdict {
-    let matches = |candidate: &[u8]| token.is_some_and(|t| t.matches(candidate));
+/// Checks the request's credentials against `tokens` (any one of them) and removes the token from
+/// the headers: Authorization values that carry one (another Bearer token belongs to the app and
+/// stays), and every SERVE_TOKEN cookie (other cookies stay). An empty set allows nothing.
+pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carriers) -> Verdict {
+    let matches = |candidate: &[u8]| tokens.matches(candidate);
     let mut presented = false;
     let mut allowed = false;
 
@@ -140,11 +139,12 @@ pub fn unauthorized(verdict: Verdict) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Token;
 
     const TOKEN: &str = "abcdefghijklmnopqrstuvwxyz012345";
 
     fn run(pairs: &[(&str, &str)]) -> (Verdict, HeaderMap) {
-        let token = Token::parse(TOKEN).unwrap();
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap()]);
         let mut headers = HeaderMap::new();
         for (k, v) in pairs {
             headers.append(
@@ -152,7 +152,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let verdict = authenticate(&mut headers, Some(&token), Carriers::HeaderOrCookie);
+        let verdict = authenticate(&mut headers, &tokens, Carriers::HeaderOrCookie);
         (verdict, headers)
     }
 
@@ -206,21 +206,21 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert_eq!(
-            authenticate(&mut headers, None, Carriers::HeaderOrCookie),
+            authenticate(&mut headers, &TokenSet::default(), Carriers::HeaderOrCookie),
             Verdict::Invalid
         );
     }
 
     #[test]
     fn grpc_ignores_cookies() {
-        let token = Token::parse(TOKEN).unwrap();
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap()]);
         let mut headers = HeaderMap::new();
         headers.insert(
             COOKIE,
             HeaderValue::from_str(&format!("SERVE_TOKEN={TOKEN}")).unwrap(),
         );
         assert_eq!(
-            authenticate(&mut headers, Some(&token), Carriers::HeaderOnly),
+            authenticate(&mut headers, &tokens, Carriers::HeaderOnly),
             Verdict::Missing
         );
         assert!(headers.get(COOKIE).is_none());

@@ -8,7 +8,7 @@ use http::{Method, Response, StatusCode, Uri};
 use super::auth::{COOKIE_NAME, Verdict, unauthorized};
 use super::path::safe_redirect_path;
 use super::reply::{Body, plain};
-use crate::token::Token;
+use crate::token::TokenSet;
 
 /// The query parameter the docs link carries.
 pub const QUERY_PARAM: &str = "token";
@@ -25,7 +25,7 @@ pub struct CookieSettings {
 pub fn handle(
     method: &Method,
     uri: &Uri,
-    token: Option<&Token>,
+    tokens: &TokenSet,
     cookie: CookieSettings,
 ) -> Option<Response<Body>> {
     let query = uri.query()?;
@@ -54,8 +54,11 @@ pub fn handle(
             "400 Bad Request: the token is accepted in a URL only on GET (the API docs link); send it as `Authorization: Bearer <token>`\n",
         ));
     }
-    // Every `token` parameter must hold the token: an ambiguous link sets no cookie.
-    let token = token.filter(|t| candidates.iter().all(|c| t.matches(c.as_bytes())));
+    // Every `token` parameter must hold the same accepted token: an ambiguous link sets no
+    // cookie. The cookie carries the token the link did (one of the set, not always the primary).
+    let token = candidates
+        .first()
+        .filter(|first| candidates.iter().all(|c| c == *first) && tokens.matches(first.as_bytes()));
     let Some(token) = token else {
         tracing::debug!(path = uri.path(), "docs link with an invalid token");
         return Some(no_referrer(unauthorized(Verdict::Invalid)));
@@ -68,8 +71,7 @@ pub fn handle(
     }
     let mut set_cookie = format!(
         "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
-        token.expose(),
-        cookie.max_age_secs
+        token, cookie.max_age_secs
     );
     if cookie.secure {
         set_cookie.push_str("; Secure");
@@ -98,6 +100,7 @@ fn no_referrer(mut resp: Response<Body>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Token;
 
     const TOKEN: &str = "abcdefghijklmnopqrstuvwxyz012345";
     const COOKIE: CookieSettings = CookieSettings {
@@ -105,9 +108,12 @@ mod tests {
         secure: false,
     };
 
+    fn set() -> TokenSet {
+        TokenSet::new([Token::parse(TOKEN).unwrap()])
+    }
+
     fn run(method: Method, target: &str) -> Option<Response<Body>> {
-        let token = Token::parse(TOKEN).unwrap();
-        handle(&method, &target.parse().unwrap(), Some(&token), COOKIE)
+        handle(&method, &target.parse().unwrap(), &set(), COOKIE)
     }
 
     #[test]
@@ -133,13 +139,12 @@ mod tests {
 
     #[test]
     fn secure_cookie_when_asked() {
-        let token = Token::parse(TOKEN).unwrap();
         let secure = CookieSettings {
             max_age_secs: 60,
             secure: true,
         };
         let target = format!("/d?token={TOKEN}").parse().unwrap();
-        let resp = handle(&Method::GET, &target, Some(&token), secure).unwrap();
+        let resp = handle(&Method::GET, &target, &set(), secure).unwrap();
         assert!(
             resp.headers()[SET_COOKIE]
                 .to_str()
@@ -166,7 +171,25 @@ mod tests {
         }
         // No token loaded: every link is refused.
         let target = format!("/d?token={TOKEN}").parse().unwrap();
-        let resp = handle(&Method::GET, &target, None, COOKIE).unwrap();
+        let resp = handle(&Method::GET, &target, &TokenSet::default(), COOKIE).unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn a_secondary_token_sets_its_own_cookie() {
+        const OLD: &str = "0ldt0ken0ldt0ken0ldt0ken0ldt0ken";
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap(), Token::parse(OLD).unwrap()]);
+        let target = format!("/d?token={OLD}").parse().unwrap();
+        let resp = handle(&Method::GET, &target, &tokens, COOKIE).unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert!(
+            resp.headers()[SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("SERVE_TOKEN={OLD};"))
+        );
+        let mixed = format!("/d?token={OLD}&token={TOKEN}").parse().unwrap();
+        let resp = handle(&Method::GET, &mixed, &tokens, COOKIE).unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
 }

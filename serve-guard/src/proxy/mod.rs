@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::public::{PublicConfig, PublicConfigError, Upstream};
-use crate::token::TokenStore;
+use crate::token::TokenReceiver;
 use auth::{Carriers, Verdict};
 use docs_link::CookieSettings;
 use forward::{Forward, ForwardError, UpstreamClient};
@@ -75,7 +75,9 @@ enum Decision {
 /// Answers the requests of one listener.
 pub struct Handler {
     kind: Kind,
-    tokens: Arc<TokenStore>,
+    /// The tokens in force, read per request: a change applies to the next request on every
+    /// connection.
+    tokens: TokenReceiver,
     client: UpstreamClient,
     upstream: Upstream,
     unauthenticated_paths: Vec<String>,
@@ -110,19 +112,15 @@ impl Handler {
                 "405 Method Not Allowed: CONNECT is not supported\n",
             ));
         }
-        let token = self.tokens.current();
+        let tokens = self.tokens.borrow().clone();
         let cookie = CookieSettings {
             max_age_secs: self.cookie_max_age_secs,
             secure: info.tls || self.external_https,
         };
-        if let Some(resp) = docs_link::handle(req.method(), req.uri(), token.as_deref(), cookie) {
+        if let Some(resp) = docs_link::handle(req.method(), req.uri(), &tokens, cookie) {
             return Decision::Answer(resp);
         }
-        let verdict = auth::authenticate(
-            req.headers_mut(),
-            token.as_deref(),
-            Carriers::HeaderOrCookie,
-        );
+        let verdict = auth::authenticate(req.headers_mut(), &tokens, Carriers::HeaderOrCookie);
         let public =
             path::normalize(req.uri().path()).filter(|p| self.unauthenticated_paths.contains(p));
         if let Some(public) = public {
@@ -141,8 +139,8 @@ impl Handler {
 
     /// The token check on the `authorization` metadata; strips the token.
     fn check_grpc(&self, req: &mut Request<Incoming>) -> Decision {
-        let token = self.tokens.current();
-        match auth::authenticate(req.headers_mut(), token.as_deref(), Carriers::HeaderOnly) {
+        let tokens = self.tokens.borrow().clone();
+        match auth::authenticate(req.headers_mut(), &tokens, Carriers::HeaderOnly) {
             Verdict::Allowed => Decision::Forward(None),
             verdict => Decision::Answer(grpc::unauthenticated(verdict == Verdict::Invalid)),
         }
@@ -200,16 +198,17 @@ pub struct Proxy {
     grpc: Option<Listener>,
     local_addr: SocketAddr,
     grpc_local_addr: Option<SocketAddr>,
+    tls: Option<tls::TlsFiles>,
     config: PublicConfig,
 }
 
 impl Proxy {
     /// Validates `config`, loads the TLS files and binds the listeners, so that every error
     /// shows before anything is served.
-    pub async fn bind(config: &PublicConfig, tokens: Arc<TokenStore>) -> Result<Proxy, ProxyError> {
+    pub async fn bind(config: &PublicConfig, tokens: TokenReceiver) -> Result<Proxy, ProxyError> {
         config.validate()?;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::TlsFiles::load(cert, key)?),
             _ => None,
         };
         let handler = |kind, upstream: Upstream| {
@@ -250,7 +249,7 @@ impl Proxy {
                 })?;
                 let listener = Listener {
                     tcp,
-                    tls,
+                    tls: tls.clone(),
                     handler: handler(Kind::Grpc, config.grpc_upstream()),
                 };
                 (Some(listener), Some(local))
@@ -262,8 +261,14 @@ impl Proxy {
             grpc,
             local_addr,
             grpc_local_addr,
+            tls,
             config: config.clone(),
         })
+    }
+
+    /// The TLS files both listeners serve, for SIGHUP to reload; `None` without TLS.
+    pub fn tls(&self) -> Option<tls::TlsFiles> {
+        self.tls.clone()
     }
 
     /// The HTTP listener's address (useful when `listen` has port 0).

@@ -12,10 +12,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, watch};
-use tokio_rustls::TlsAcceptor;
 
 use super::Handler;
 use super::limits::ConnectionLimit;
+use super::tls::TlsFiles;
 
 /// After an accept error (e.g. out of file descriptors), wait this long before the next
 /// accept instead of spinning.
@@ -38,7 +38,7 @@ pub struct ConnInfo {
 
 pub struct Listener {
     pub tcp: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<TlsFiles>,
     pub handler: Arc<Handler>,
 }
 
@@ -83,7 +83,8 @@ pub async fn run(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let tls = listener.tls.clone();
+        // Per connection: a certificate reloaded by SIGHUP serves the next handshake.
+        let tls = listener.tls.as_ref().map(TlsFiles::acceptor);
         tokio::spawn(async move {
             let result = match tls {
                 Some(tls) => {

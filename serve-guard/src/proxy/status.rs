@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::docs_link::QUERY_PARAM;
 use super::routes;
 use crate::config::public::PublicConfig;
-use crate::token::read_token_file;
+use crate::token::{TokenSet, read_token_file};
 
 #[derive(Clone, Serialize)]
 pub struct DocsLink {
@@ -29,8 +29,11 @@ pub struct PublicStatus {
     /// The URL users are given (`external_url`).
     pub user_service_url: String,
     pub token_file: String,
-    /// The token, when the token file could be read.
+    /// The primary token (the first in the file), when the token file could be read.
     pub token: Option<String>,
+    /// How many tokens the file lists (all are accepted; rotation keeps the previous ones).
+    #[serde(default)]
+    pub tokens_accepted: usize,
     /// Why the token is missing, if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_error: Option<String>,
@@ -57,6 +60,11 @@ impl fmt::Display for PublicStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "user service URL: {}", self.user_service_url)?;
         match (&self.token, &self.token_error) {
+            (Some(token), _) if self.tokens_accepted > 1 => writeln!(
+                f,
+                "token:            {token} (primary; {} tokens accepted, `serve-guard token prune` keeps only this one)",
+                self.tokens_accepted
+            )?,
             (Some(token), _) => writeln!(f, "token:            {token}")?,
             (None, Some(e)) => writeln!(f, "token:            unavailable ({e})")?,
             (None, None) => writeln!(f, "token:            unavailable")?,
@@ -91,13 +99,14 @@ pub fn docs_url(external_url: &str, route: &str, token: &str) -> String {
 /// reported in the status (an agent whose Serve is down still has a URL and a token).
 pub async fn public_status(config: &PublicConfig) -> Result<PublicStatus, Infallible> {
     let user_service_url = config.external_url().as_str().to_owned();
-    let (token, token_error) = match read_token_file(&config.token_file) {
-        Ok(t) => (Some(t), None),
-        Err(e) => (None, Some(e.to_string())),
+    let (tokens, token_error) = match read_token_file(&config.token_file) {
+        Ok(set) => (set, None),
+        Err(e) => (TokenSet::default(), Some(e.to_string())),
     };
+    let token = tokens.primary();
     let (docs_links, routes_error) = match routes::fetch(&config.upstream, &config.limits).await {
         Ok(table) => {
-            let links = match &token {
+            let links = match token {
                 Some(token) => table
                     .into_iter()
                     .map(|(route, app)| DocsLink {
@@ -116,6 +125,7 @@ pub async fn public_status(config: &PublicConfig) -> Result<PublicStatus, Infall
         user_service_url,
         token_file: config.token_file.display().to_string(),
         token: token.map(|t| t.expose().to_owned()),
+        tokens_accepted: tokens.len(),
         token_error,
         docs_links,
         routes_error,

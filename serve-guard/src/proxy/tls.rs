@@ -1,7 +1,7 @@
 //! TLS for the listeners: rustls with the ring provider, TLS 1.2 and 1.3, ALPN h2 + http/1.1.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
@@ -30,6 +30,11 @@ pub enum TlsError {
 /// Builds the acceptor from PEM files: a certificate chain (leaf first) and one private key
 /// (PKCS#8, PKCS#1 or SEC1).
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    load(cert, key).map(|(acceptor, _)| acceptor)
+}
+
+/// The acceptor and the certificate chain it serves.
+fn load(cert: &Path, key: &Path) -> Result<(TlsAcceptor, Vec<CertificateDer<'static>>), TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| TlsError::Cert {
             path: cert.to_owned(),
@@ -64,12 +69,66 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
             source,
         })?
         .with_no_client_auth()
-        .with_single_cert(certs, private_key)
+        .with_single_cert(certs.clone(), private_key)
         .map_err(|source| TlsError::Config {
             cert: cert.to_owned(),
             key: key.to_owned(),
             source,
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), certs))
+}
+
+/// What `TlsFiles::reload` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsReload {
+    /// A new certificate chain serves new connections.
+    Changed,
+    /// The files hold the chain already in use.
+    Unchanged,
+}
+
+struct Loaded {
+    acceptor: TlsAcceptor,
+    certs: Vec<CertificateDer<'static>>,
+}
+
+/// The listeners' TLS certificate and key, replaceable while they run: SIGHUP re-reads the files
+/// (a renewed certificate) and new connections get the new chain; open ones keep theirs.
+#[derive(Clone)]
+pub struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    current: Arc<RwLock<Loaded>>,
+}
+
+impl TlsFiles {
+    pub fn load(cert: &Path, key: &Path) -> Result<TlsFiles, TlsError> {
+        let (acceptor, certs) = load(cert, key)?;
+        Ok(TlsFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: Arc::new(RwLock::new(Loaded { acceptor, certs })),
+        })
+    }
+
+    /// The acceptor for the next connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .acceptor
+            .clone()
+    }
+
+    /// Re-reads both files. On error the acceptor in use stays.
+    pub fn reload(&self) -> Result<TlsReload, TlsError> {
+        let (acceptor, certs) = load(&self.cert, &self.key)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.certs == certs {
+            return Ok(TlsReload::Unchanged);
+        }
+        *current = Loaded { acceptor, certs };
+        Ok(TlsReload::Changed)
+    }
 }

@@ -53,6 +53,11 @@ fn write_target(path: &Path) -> io::Result<PathBuf> {
 /// and a crash leaves one of the two: temp file in the same directory, fsync, rename, fsync of
 /// the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with_mode(path, bytes, NEW_FILE_MODE)
+}
+
+/// [`write_atomic`] with the mode a new file gets; an existing file keeps its own.
+pub fn write_atomic_with_mode(path: &Path, bytes: &[u8], new_file_mode: u32) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let target = write_target(path)?;
     let dir = match target.parent() {
@@ -64,7 +69,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let mode = fs::metadata(&target)
         .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(NEW_FILE_MODE);
+        .unwrap_or(new_file_mode);
     let tmp = dir.join(format!(
         ".{}.tmp.{}.{}",
         name.to_string_lossy(),

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serve_guard::config::public::{PublicConfig, Upstream as UpstreamUrl};
 use serve_guard::proxy::Proxy;
-use serve_guard::token::TokenStore;
+use serve_guard::token::TokenSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -390,7 +390,7 @@ pub fn grpc_frame(payload: &[u8]) -> Bytes {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub grpc_addr: Option<SocketAddr>,
-    pub store: Arc<TokenStore>,
+    pub store: Arc<TokenSource>,
     pub token_file: PathBuf,
     pub config: PublicConfig,
     _dir: tempfile::TempDir,
@@ -400,7 +400,7 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub fn token(&self) -> String {
-        self.store.current().unwrap().expose().to_owned()
+        self.store.current().primary().unwrap().expose().to_owned()
     }
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
@@ -433,8 +433,8 @@ pub async fn start_proxy(
         ..PublicConfig::default()
     };
     tweak(&mut config, dir.path());
-    let store = Arc::new(TokenStore::load_or_create(&config.token_file).unwrap());
-    let proxy = Proxy::bind(&config, store.clone()).await.unwrap();
+    let store = Arc::new(TokenSource::load_or_create(&config.token_file).unwrap());
+    let proxy = Proxy::bind(&config, store.subscribe()).await.unwrap();
     let addr = proxy.local_addr();
     let grpc_addr = proxy.grpc_local_addr();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -158,7 +158,7 @@ pub fn run() -> Result<bool> {
         verdict(clean, "no token in the log")
     );
     println!(
-        "  On a node, `serve-guard token show` prints the token, `serve-guard token rotate` replaces it\n  at once, and `serve-guard status` lists one API docs link per Serve route.\n"
+        "  On a node, `serve-guard token show` prints the token, `serve-guard token rotate` puts a new\n  one first (`token prune` then drops the old), and `serve-guard status` lists one API docs link\n  per Serve route. A cluster shares one token file: docs/cluster.md.\n"
     );
 
     println!("Tearing down: stopping the agent, detaching the filter, deleting the namespaces.");

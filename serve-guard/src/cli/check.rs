@@ -1,0 +1,69 @@
+//! `serve-guard check`: validates everything `run` would use, attaches and binds nothing (like
+//! `nginx -t`): the config file, the interfaces, the CIDR file, and in public mode the token file
+//! and the TLS certificate and key. Prints what it checked on stdout.
+//!
+//! Exit codes: 0 everything is valid; 1 something is not (the error names the bad input);
+//! 2 the command line itself is wrong (clap's usage error).
+
+use std::path::Path;
+
+use crate::config::{Config, Mode, Overrides};
+use crate::proxy::tls::TlsFiles;
+use crate::token::{TokenError, read_token_file};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub async fn exec(config_path: &Path, _args: Args) -> anyhow::Result<()> {
+    let config = Config::load(config_path, &Overrides::default())?;
+    println!(
+        "config {}: ok (mode {})",
+        config_path.display(),
+        config.mode
+    );
+    let host = config.check_host()?;
+    let interfaces = host
+        .interfaces
+        .iter()
+        .map(|(name, index)| format!("{name} (index {index})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("interfaces: {interfaces}");
+    for warning in &host.warnings {
+        println!("warning: {}: {warning}", config.cidr_file.display());
+    }
+    println!(
+        "CIDR file {}: ok ({} IPv4, {} IPv6)",
+        config.cidr_file.display(),
+        host.cidrs.v4().len(),
+        host.cidrs.v6().len()
+    );
+    // A `[public]` table in private mode is validated with the config but its files are not
+    // read: `run` does not read them either.
+    if let (Mode::Public, Some(public)) = (config.mode, &config.public) {
+        public.validate()?;
+        match read_token_file(&public.token_file) {
+            Ok(set) => println!(
+                "token file {}: ok ({} token(s) accepted)",
+                public.token_file.display(),
+                set.len()
+            ),
+            // `run` creates it; fine on a single node, a mistake in a cluster.
+            Err(TokenError::Missing { path }) => println!(
+                "token file {}: missing; `run` creates it with a new token (in a cluster, distribute the same file to every node instead)",
+                path.display()
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        if let (Some(cert), Some(key)) = (&public.tls_cert, &public.tls_key) {
+            TlsFiles::load(cert, key)?;
+            println!(
+                "TLS certificate {} and key {}: ok",
+                cert.display(),
+                key.display()
+            );
+        }
+    }
+    println!("check passed: `serve-guard run` would start with this config");
+    Ok(())
+}
