@@ -120,7 +120,9 @@ fn running_release() -> Result<String, KernelError> {
     // SAFETY: uname only writes into the struct it is given, which lives on this stack frame.
     let mut names: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut names) } != 0 {
-        return Err(KernelError::Read(std::io::Error::last_os_error().to_string()));
+        return Err(KernelError::Read(
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     // SAFETY: the kernel NUL-terminates `release` within the array.
     let release = unsafe { std::ffi::CStr::from_ptr(names.release.as_ptr()) };

@@ -42,10 +42,9 @@ pub fn cannot_boot() -> Option<String> {
         return Some("no /dev/net/tun (tap devices)".into());
     }
     for tool in ["qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4"] {
-        if !crate::cmd::succeeds(std::process::Command::new("sh").args([
-            "-c",
-            &format!("command -v {tool}"),
-        ])) {
+        if !crate::cmd::succeeds(
+            std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]),
+        ) {
             return Some(format!("{tool} is not installed"));
         }
     }
