@@ -69,6 +69,9 @@ pub struct Vm {
     ctl: UnixStream,
     buffer: Vec<u8>,
     next_id: u64,
+    /// Set once the guest missed a deadline or QEMU died: later commands fail at once instead
+    /// of each waiting out its own bound.
+    broken: Option<String>,
     pub boot_id: String,
     // Dropped after QEMU is gone: the tap lives in it.
     pub netns: Netns,
@@ -163,6 +166,7 @@ impl Vm {
             ctl,
             buffer: Vec::new(),
             next_id: 1,
+            broken: None,
             boot_id: String::new(),
             netns,
         };
@@ -219,6 +223,17 @@ impl Vm {
     /// One line from the control channel (with its newline), or an error at the deadline or when
     /// QEMU has exited, with the console's tail.
     fn read_line(&mut self, deadline: Instant, what: &str) -> Result<String> {
+        if let Some(reason) = &self.broken {
+            bail!("not waiting for {what}: the guest is gone ({reason})");
+        }
+        let line = self.next_line(deadline, what);
+        if let Err(e) = &line {
+            self.broken = Some(e.to_string().lines().next().unwrap_or_default().to_owned());
+        }
+        line
+    }
+
+    fn next_line(&mut self, deadline: Instant, what: &str) -> Result<String> {
         loop {
             if let Some(pos) = self.buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=pos).collect();
