@@ -11,12 +11,17 @@ namespace). Every wait is bounded.
                                                 until stdin closes; prints per label how many
                                                 connected
 """
+import errno
 import socket
 import sys
 import threading
 import time
 
 PROBE_TIMEOUT = 3.0
+# "No route to host" while the neighbour entry is being resolved (right after the guest's
+# reboot): retried, it is never the filter's verdict (a dropped packet is silence).
+UNREACHABLE_RETRY = 0.3
+UNREACHABLE_FOR = 15.0
 UDP_TRIES = 3
 STREAM_INTERVAL = 0.05
 STREAM_DRAIN = 3.0
@@ -68,13 +73,20 @@ def matrix(specs):
 
     def run(spec):
         (name, proto), src, dst, port = parse(spec)
-        try:
-            if proto == "tcp":
-                results[name] = tcp_once(src, dst, port, PROBE_TIMEOUT)
-            else:
-                results[name] = udp_once(src, dst, port)
-        except OSError as e:
-            results[name] = "error:" + str(e).replace(" ", "_")
+        deadline = time.monotonic() + UNREACHABLE_FOR
+        while True:
+            try:
+                if proto == "tcp":
+                    results[name] = tcp_once(src, dst, port, PROBE_TIMEOUT)
+                else:
+                    results[name] = udp_once(src, dst, port)
+                return
+            except OSError as e:
+                unreachable = e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
+                if not unreachable or time.monotonic() > deadline:
+                    results[name] = "error:" + str(e).replace(" ", "_")
+                    return
+                time.sleep(UNREACHABLE_RETRY)
 
     threads = [threading.Thread(target=run, args=(s,)) for s in specs]
     for t in threads:
