@@ -17,16 +17,65 @@ use std::time::{Duration, Instant};
 
 const GUEST_V4: &str = "198.18.0.2";
 const GUEST_V6: &str = "fd00:5e::2";
-/// The tap's host side: (label, address/prefix).
-const CLIENTS: &[(&str, &str, bool)] = &[
-    // (label, address, inside the VPC list)
-    ("in4", "198.18.0.10", true),
-    ("out4", "198.18.0.200", false),
-    ("in6", "fd00:5e::10", true),
-    ("out6", "fd00:5e::1:200", false),
+/// A client on the tap's host side.
+struct Client {
+    label: &'static str,
+    address: &'static str,
+    /// Inside the guest's VPC list.
+    inside: bool,
+}
+
+const CLIENTS: &[Client] = &[
+    Client {
+        label: "in4",
+        address: "198.18.0.10",
+        inside: true,
+    },
+    Client {
+        label: "out4",
+        address: "198.18.0.200",
+        inside: false,
+    },
+    Client {
+        label: "in6",
+        address: "fd00:5e::10",
+        inside: true,
+    },
+    Client {
+        label: "out6",
+        address: "fd00:5e::1:200",
+        inside: false,
+    },
 ];
 const HOST_PREFIX_V4: u8 = 24;
 const HOST_PREFIX_V6: u8 = 64;
+
+impl Client {
+    fn v6(&self) -> bool {
+        self.address.contains(':')
+    }
+
+    /// The guest's address in this client's family.
+    fn guest(&self) -> &'static str {
+        if self.v6() { GUEST_V6 } else { GUEST_V4 }
+    }
+
+    /// The address as the tap's host side carries it.
+    fn with_prefix(&self) -> String {
+        let prefix = if self.v6() {
+            HOST_PREFIX_V6
+        } else {
+            HOST_PREFIX_V4
+        };
+        format!("{}/{prefix}", self.address)
+    }
+
+    /// `label,source,destination,port` for the probe's stream and boot modes.
+    fn pair(&self, port: u16) -> String {
+        format!("{},{},{},{port}", self.label, self.address, self.guest())
+    }
+}
+
 /// Serve's ports (protected) and one that is not.
 const PROTECTED_PORTS: [u16; 2] = [8000, 9000];
 const UNPROTECTED_PORT: u16 = 8080;
@@ -47,17 +96,7 @@ pub fn run(kernel: &Kernel, image: &Image, index: usize) -> KernelResult {
     let started = Instant::now();
     let mut result = KernelResult::new(kernel);
     let dir = super::cache_dir().join("runs").join(kernel.suite);
-    let host_addresses: Vec<String> = CLIENTS
-        .iter()
-        .map(|(_, a, _)| {
-            let prefix = if a.contains(':') {
-                HOST_PREFIX_V6
-            } else {
-                HOST_PREFIX_V4
-            };
-            format!("{a}/{prefix}")
-        })
-        .collect();
+    let host_addresses: Vec<String> = CLIENTS.iter().map(Client::with_prefix).collect();
     let host_addresses: Vec<&str> = host_addresses.iter().map(String::as_str).collect();
     let netns = match Netns::new(format!("sgvm-{}-{index}", std::process::id())) {
         Ok(n) => n,
@@ -157,21 +196,17 @@ impl Scenario<'_> {
 
     fn matrix(&mut self, filtering: bool) -> Result<String> {
         let mut probes = Vec::new();
-        for (label, src, inside) in CLIENTS {
-            let dst = if src.contains(':') {
-                GUEST_V6
-            } else {
-                GUEST_V4
-            };
+        for client in CLIENTS {
             for proto in ["tcp", "udp"] {
                 for port in PROTECTED_PORTS.iter().chain([&UNPROTECTED_PORT]) {
-                    let pass = !filtering || *inside || *port == UNPROTECTED_PORT;
-                    let name = format!("{label}-{proto}-{port}");
-                    probes.push((
-                        name.clone(),
-                        format!("{name},{proto},{src},{dst},{port}"),
-                        pass,
-                    ));
+                    let pass = !filtering || client.inside || *port == UNPROTECTED_PORT;
+                    let name = format!("{}-{proto}-{port}", client.label);
+                    let spec = format!(
+                        "{name},{proto},{},{},{port}",
+                        client.address,
+                        client.guest()
+                    );
+                    probes.push((name, spec, pass));
                 }
             }
         }
@@ -194,7 +229,7 @@ impl Scenario<'_> {
     /// atomically), and throughout no inside datagram is lost and no outside one gets through.
     fn kill9(&mut self) -> Result<String> {
         let before = self.step("state")?;
-        let pairs = stream_pairs(PROTECTED_PORTS[0]);
+        let pairs = client_pairs(PROTECTED_PORTS[0]);
         let stream = self.spawn_probe("stream", pairs.iter().map(String::as_str))?;
         std::thread::sleep(LEAD_IN);
         let killed = self.step("kill9");
@@ -256,17 +291,7 @@ impl Scenario<'_> {
     /// outside clients never connect (the filter is back before the port is reachable), the
     /// inside one does (the port was reachable while probing).
     fn reboot(&mut self) -> Result<String> {
-        let pairs: Vec<String> = CLIENTS
-            .iter()
-            .map(|(label, src, _)| {
-                let dst = if src.contains(':') {
-                    GUEST_V6
-                } else {
-                    GUEST_V4
-                };
-                format!("{label},{src},{dst},{}", PROTECTED_PORTS[0])
-            })
-            .collect();
+        let pairs = client_pairs(PROTECTED_PORTS[0]);
         let probe = self.spawn_probe("boot", pairs.iter().map(String::as_str))?;
         let previous = self.vm.boot_id.clone();
         let rebooted = self
@@ -280,7 +305,7 @@ impl Scenario<'_> {
         std::thread::sleep(LEAD_IN);
         let counts = values(&finish_probe(probe)?);
         let v = times?;
-        for (label, _, inside) in CLIENTS {
+        for Client { label, inside, .. } in CLIENTS {
             let connects = count(&counts, &format!("{label}_connects"))?;
             if *inside {
                 ensure!(connects > 0, "{label} never connected during the boot");
@@ -392,18 +417,9 @@ fn excerpt(journal: &str) -> String {
     }
 }
 
-fn stream_pairs(port: u16) -> Vec<String> {
-    CLIENTS
-        .iter()
-        .map(|(label, src, _)| {
-            let dst = if src.contains(':') {
-                GUEST_V6
-            } else {
-                GUEST_V4
-            };
-            format!("{label},{src},{dst},{port}")
-        })
-        .collect()
+/// Every client against `port` on the guest, for the stream and boot probes.
+fn client_pairs(port: u16) -> Vec<String> {
+    CLIENTS.iter().map(|c| c.pair(port)).collect()
 }
 
 /// Closes the probe's stdin (its signal to stop), waits for it within a bound (killing it by
@@ -439,7 +455,7 @@ fn values(text: &str) -> Values {
 
 /// Inside: every datagram echoed; outside: none.
 fn check_stream(counts: &Values) -> Result<()> {
-    for (label, _, inside) in CLIENTS {
+    for Client { label, inside, .. } in CLIENTS {
         let sent = count(counts, &format!("{label}_sent"))?;
         let echoed = count(counts, &format!("{label}_echoed"))?;
         ensure!(sent > 0, "{label} sent nothing");
@@ -463,8 +479,13 @@ fn stream_summary(counts: &Values) -> String {
     let total = |inside: bool| -> u64 {
         CLIENTS
             .iter()
-            .filter(|c| c.2 == inside)
-            .filter_map(|(l, _, _)| counts.get(&format!("{l}_sent"))?.parse::<u64>().ok())
+            .filter(|c| c.inside == inside)
+            .filter_map(|c| {
+                counts
+                    .get(&format!("{}_sent", c.label))?
+                    .parse::<u64>()
+                    .ok()
+            })
             .sum()
     };
     format!(
