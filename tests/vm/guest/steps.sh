@@ -129,10 +129,10 @@ boot-times)
     echo "active=$(systemctl is-active "$UNIT" || true)"
     exit_us=$(systemctl show -P InactiveExitTimestampMonotonic "$UNIT")
     active_us=$(systemctl show -P ActiveEnterTimestampMonotonic "$UNIT")
-    network_us=$(systemctl show -P ActiveEnterTimestampMonotonic systemd-networkd.service)
+    network_pre_us=$(systemctl show -P ActiveEnterTimestampMonotonic network-pre.target)
     echo "unit_start_ms=$(( (active_us - exit_us) / 1000 ))"
     echo "unit_active_at_ms=$(( active_us / 1000 ))"
-    echo "networkd_active_at_ms=$(( network_us / 1000 ))"
+    echo "network_pre_at_ms=$(( network_pre_us / 1000 ))"
     xdp_state
     ;;
 detach)
@@ -150,7 +150,7 @@ journal)
     echo "escape_lines=$escapes"
     # The whole journal of the unit for the host's run folder, escapes made visible.
     echo "@@JOURNAL"
-    journalctl -u "$UNIT" -o short-monotonic --no-pager -q | cat -v
+    journalctl -u "$UNIT" -o short-monotonic --all --no-pager -q | cat -v
     ;;
 *)
     fail "unknown step '${1:-}'"
