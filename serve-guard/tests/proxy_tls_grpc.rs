@@ -126,7 +126,7 @@ async fn https_with_http2_by_alpn_checks_the_token_and_sets_secure_cookies() {
     assert_eq!(headers["cookie"], vec!["a=1; b=2".to_owned()]);
     assert!(!headers.contains_key("authorization"));
 
-    // The docs link over TLS: the cookie carries Secure.
+    // The docs link over TLS: the cookie carries Secure and the `__Host-` prefix.
     let resp = sender
         .send_request(
             Request::get(format!("{base}/echo/docs?token={token}"))
@@ -139,9 +139,22 @@ async fn https_with_http2_by_alpn_checks_the_token_and_sets_secure_cookies() {
     assert_eq!(resp.headers()["location"], "/echo/docs");
     assert_eq!(
         resp.headers()["set-cookie"],
-        format!("SERVE_TOKEN={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=604800; Secure")
-            .as_str()
+        format!(
+            "__Host-SERVE_TOKEN={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=604800; Secure"
+        )
+        .as_str()
     );
+    let resp = sender
+        .send_request(
+            Request::get(format!("{base}/echo/docs"))
+                .header("cookie", format!("__Host-SERVE_TOKEN={token}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Over HTTPS the unprefixed name is no credential.
     let resp = sender
         .send_request(
             Request::get(format!("{base}/echo/docs"))
@@ -151,7 +164,7 @@ async fn https_with_http2_by_alpn_checks_the_token_and_sets_secure_cookies() {
         )
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_not_logged(&token);
 }
 
@@ -202,7 +215,12 @@ async fn https_external_url_makes_the_cookie_secure_even_over_plain_http() {
     )
     .await;
     assert_eq!(resp.status, 303);
-    assert!(resp.header("set-cookie").unwrap().ends_with("; Secure"));
+    let set_cookie = resp.header("set-cookie").unwrap();
+    assert!(set_cookie.ends_with("; Secure"), "{set_cookie}");
+    assert!(
+        set_cookie.starts_with("__Host-SERVE_TOKEN="),
+        "{set_cookie}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

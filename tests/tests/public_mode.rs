@@ -39,6 +39,8 @@ const PROXY_PORT: u16 = 8443;
 const GRPC_PROXY_PORT: u16 = 9443;
 /// The docs link's cookie.
 const COOKIE: &str = "SERVE_TOKEN";
+/// Its name over HTTPS (the `__Host-` prefix).
+const SECURE_COOKIE: &str = "__Host-SERVE_TOKEN";
 /// `cookie_max_age` default: 7 days.
 const DEFAULT_COOKIE_MAX_AGE_S: u64 = 7 * 24 * 3600;
 /// The challenge for a request without a token (RFC 6750 section 3).
@@ -241,6 +243,10 @@ fn bearer(token: &str) -> String {
 
 fn cookie(token: &str) -> String {
     format!("{COOKIE}={token}")
+}
+
+fn secure_cookie(token: &str) -> String {
+    format!("{SECURE_COOKIE}={token}")
 }
 
 /// The echo endpoint's report of what reached the app.
@@ -492,12 +498,18 @@ fn docs_link(s: &mut Suite) -> Result<()> {
     open_redirects(s, &token)
 }
 
-/// Cookie attributes of the docs link: HttpOnly, SameSite=Lax, Path=/, Max-Age, Secure on TLS.
+/// Cookie attributes of the docs link: HttpOnly, SameSite=Lax, Path=/, Max-Age; on TLS Secure
+/// and the `__Host-` name.
 fn check_cookie(set_cookie: &str, token: &str, secure: bool) -> Result<()> {
     let mut parts = set_cookie.split(';').map(str::trim);
+    let (name, pair) = if secure {
+        (SECURE_COOKIE, secure_cookie(token))
+    } else {
+        (COOKIE, cookie(token))
+    };
     ensure!(
-        parts.next() == Some(cookie(token).as_str()),
-        "Set-Cookie does not start with {COOKIE}=<token>"
+        parts.next() == Some(pair.as_str()),
+        "Set-Cookie does not start with {name}=<token>"
     );
     let attrs: Vec<String> = parts.map(str::to_ascii_lowercase).collect();
     for want in ["path=/", "httponly", "samesite=lax"] {
@@ -1056,7 +1068,7 @@ fn tls(s: &mut Suite) -> Result<()> {
             )?;
 
             let page = sender
-                .send(get("/echo/docs", &[("cookie", &cookie(&token))])?)
+                .send(get("/echo/docs", &[("cookie", &secure_cookie(&token))])?)
                 .await?;
             ensure!(
                 page.status == 200,

@@ -133,6 +133,18 @@ fn the_unit_capabilities_are_enough_and_each_is_needed() -> Result<()> {
             .serve_ports(&[SERVE_HTTP])
             .cidrs(&[VPC_V4, VPC_V6])
     };
+    // Public mode: the agent starts the proxy process, which drops to `nobody` with these.
+    let proxy_caps = ["setuid", "setgid", "setpcap"];
+    let tokens = tempfile::Builder::new().prefix("sg-unit-caps-").tempdir()?;
+    let public_config = || {
+        let mut public = toml::Table::new();
+        public.insert("listen".into(), "127.0.0.1:18443".into());
+        public.insert(
+            "token_file".into(),
+            tokens.path().join("token").display().to_string().into(),
+        );
+        config().set("mode", "public").set("public", public)
+    };
 
     // With the unit's set: attached, answering, applying a change to the maps.
     let agent = Agent::new(&topo.server.ns, config())?;
@@ -157,11 +169,33 @@ fn the_unit_capabilities_are_enough_and_each_is_needed() -> Result<()> {
         );
     }
     drop(agent);
+    // Public mode with the unit's set: the proxy process starts without privileges.
+    let agent = Agent::new(&topo.server.ns, public_config())?;
+    {
+        let mut restricted = Restricted::start(&topo.server.ns, &agent, &caps)?;
+        wait_for(
+            "the restricted public-mode agent to run its proxy process",
+            limits::AGENT_READY,
+            || {
+                if restricted.exited()? {
+                    bail!("the agent exited:\n{}", log(&agent));
+                }
+                Ok(log(&agent).contains("proxy process serving, without privileges"))
+            },
+        )?;
+    }
+    drop(agent);
 
-    // Without any one of them the agent cannot start (and says why in its log).
+    // Without any one of them the agent cannot start (and says why in its log): the filter's
+    // in either mode, the proxy process's in public mode.
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        let agent = Agent::new(&topo.server.ns, config())?;
+        let config = if proxy_caps.contains(&missing.as_str()) {
+            public_config()
+        } else {
+            config()
+        };
+        let agent = Agent::new(&topo.server.ns, config)?;
         let mut restricted = Restricted::start(&topo.server.ns, &agent, &fewer)?;
         wait_for(
             &format!("the agent without CAP_{} to fail", missing.to_uppercase()),

@@ -70,6 +70,8 @@ pub enum AgentError {
     Token(#[from] crate::token::TokenError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    ProxyProcess(#[from] crate::proxy::worker::SupervisorError),
 }
 
 /// The filter, shared by every task that reads or changes it.
@@ -276,14 +278,15 @@ async fn start_subsystems(
     let cidrs = crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
     let mut tls = None;
     if let Some(tokens) = &tokens {
-        // Token-checking reverse proxy: bound here so a busy port or bad TLS files stop the start.
-        let proxy = crate::proxy::Proxy::bind(&public, tokens.subscribe()).await?;
+        // Token-checking reverse proxy, as an unprivileged process: its sockets are bound, its
+        // TLS files read and the process started here, so a busy port, bad TLS files or
+        // privileges that cannot be dropped stop the start.
+        let proxy = crate::proxy::worker::Supervisor::start(&public, tokens.subscribe()).await?;
         tls = proxy.tls();
-        let shutdown = ctx.shutdown.clone().cancelled_owned();
-        subsystems.spawn("public proxy", async move {
-            proxy.serve(shutdown).await;
-            Ok::<(), std::convert::Infallible>(())
-        });
+        subsystems.spawn(
+            "public proxy",
+            proxy.run(ctx.shutdown.clone().cancelled_owned()),
+        );
     }
     Ok(Reloadable { cidrs, tokens, tls })
 }

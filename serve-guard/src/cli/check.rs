@@ -55,6 +55,11 @@ pub async fn exec(config_path: &Path, _args: Args) -> anyhow::Result<()> {
             ),
             Err(e) => return Err(e.into()),
         }
+        let account = crate::proxy::worker::privileges::Account::lookup(&public.proxy_user)?;
+        println!(
+            "proxy_user {}: ok (uid {}, gid {}; the proxy process runs as it, without capabilities)",
+            public.proxy_user, account.uid, account.gid
+        );
         if let (Some(cert), Some(key)) = (&public.tls_cert, &public.tls_key) {
             TlsFiles::load(cert, key)?;
             println!(

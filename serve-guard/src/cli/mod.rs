@@ -45,10 +45,18 @@ pub enum Command {
     Stats(stats::Args),
     /// Remove the filter: XDP links, program and pinned maps.
     Detach(detach::Args),
+    /// The public-mode proxy process, started by the agent with its sockets (never by hand).
+    #[command(name = "proxy-worker", hide = true)]
+    ProxyWorker(crate::proxy::worker::process::Args),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any runtime thread exists: it drops privileges, which is per thread.
+    let command = match cli.command {
+        Command::ProxyWorker(args) => return crate::proxy::worker::process::main(args),
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,7 +69,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let config = cli.config;
-        match cli.command {
+        match command {
+            Command::ProxyWorker(_) => unreachable!("handled before the runtime"),
             Command::Run(args) => run::exec(&config, args).await,
             Command::Check(args) => check::exec(&config, args).await,
             Command::Status(args) => status::exec(&config, args).await,

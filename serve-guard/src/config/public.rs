@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Defaults, as documented in docs/public-mode.md.
 pub mod defaults {
@@ -19,6 +19,8 @@ pub mod defaults {
     pub const UPSTREAM: &str = "http://127.0.0.1:8000";
     pub const GRPC_UPSTREAM: &str = "http://127.0.0.1:9000";
     pub const TOKEN_FILE: &str = "/etc/serve-guard/token";
+    /// The account the internet-facing proxy process runs as: no files, no capabilities.
+    pub const PROXY_USER: &str = "nobody";
     pub const UNAUTHENTICATED_PATHS: [&str; 1] = ["/-/healthz"];
     /// The docs-link cookie lives a week, like a typical "remember me".
     pub const COOKIE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -28,6 +30,12 @@ pub mod defaults {
     /// Request line plus headers. Ray Serve requests carry few headers; browsers' cookies fit.
     pub const MAX_HEADER_BYTES: usize = 32 * 1024;
     pub const MAX_CONNECTIONS: usize = 1024;
+    /// One client address (an IPv6 /64) gets at most this share of `max_connections`, so a
+    /// single source cannot take every slot.
+    pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+    /// A connection with no request in flight is closed after this long (HTTP/2 especially:
+    /// an idle HTTP/1.1 keep-alive is already bounded by the header read timeout).
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Until the upstream's response headers; streaming bodies are not cut. Model inference
     /// can take a while before the first byte.
@@ -124,6 +132,12 @@ impl std::fmt::Display for Upstream {
     }
 }
 
+impl Serialize for Upstream {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Upstream {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -163,6 +177,26 @@ impl ExternalUrl {
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
     }
+
+    /// The origin browsers send in `Origin` for pages under this URL: `scheme://host[:port]`,
+    /// lower case, without the scheme's default port.
+    pub fn origin(&self) -> String {
+        let uri: Uri = self.0.parse().expect("checked in parse");
+        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+        let authority = uri.authority().expect("checked in parse");
+        let host = authority.host().to_ascii_lowercase();
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        match authority.port_u16() {
+            Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+            _ => format!("{scheme}://{host}"),
+        }
+    }
+}
+
+impl Serialize for ExternalUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
 }
 
 impl<'de> Deserialize<'de> for ExternalUrl {
@@ -170,6 +204,11 @@ impl<'de> Deserialize<'de> for ExternalUrl {
         let text = String::deserialize(d)?;
         ExternalUrl::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// As a humane string that [`de_duration`] reads back exactly (`"1s 500ms"`).
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
 }
 
 /// Whole seconds or a humane duration string.
@@ -192,6 +231,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             ))
         }),
     }
+}
+
+fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 fn de_opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -217,16 +260,19 @@ fn de_opt_upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Upstream>, 
 }
 
 /// Limits that keep one client from exhausting the proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
-    #[serde(deserialize_with = "de_duration")]
+    pub max_connections_per_source: usize,
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub upstream_connect_timeout: Duration,
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub upstream_response_timeout: Duration,
 }
 
@@ -236,6 +282,8 @@ impl Default for Limits {
             header_read_timeout: defaults::HEADER_READ_TIMEOUT,
             max_header_bytes: defaults::MAX_HEADER_BYTES,
             max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_source: defaults::MAX_CONNECTIONS_PER_SOURCE,
+            idle_timeout: defaults::IDLE_TIMEOUT,
             upstream_connect_timeout: defaults::UPSTREAM_CONNECT_TIMEOUT,
             upstream_response_timeout: defaults::UPSTREAM_RESPONSE_TIMEOUT,
         }
@@ -255,6 +303,7 @@ impl Limits {
             }
         };
         positive("header_read_timeout", self.header_read_timeout)?;
+        positive("idle_timeout", self.idle_timeout)?;
         positive("upstream_connect_timeout", self.upstream_connect_timeout)?;
         positive("upstream_response_timeout", self.upstream_response_timeout)?;
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES_LIMIT).contains(&self.max_header_bytes) {
@@ -272,16 +321,23 @@ impl Limits {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.max_connections_per_source == 0 {
+            return Err(PublicConfigError::Limit {
+                key: "max_connections_per_source",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(())
     }
 }
 
 /// The `[public]` table. Every field has a default, so an absent table is a valid config.
-#[derive(Debug, Clone, Deserialize)]
+/// Serialize (JSON) is how the agent hands the table to the proxy process, which reads no files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublicConfig {
     /// Where the token proxy listens.
-    #[serde(deserialize_with = "de_socket_addr")]
+    #[serde(serialize_with = "ser_display", deserialize_with = "de_socket_addr")]
     pub listen: SocketAddr,
     /// Ray Serve's HTTP endpoint.
     pub upstream: Upstream,
@@ -291,16 +347,24 @@ pub struct PublicConfig {
     pub tls_key: Option<PathBuf>,
     /// The URL users are given; derived from `listen` when absent (see [`Self::external_url`]).
     pub external_url: Option<ExternalUrl>,
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub cookie_max_age: Duration,
     /// Exact paths served without a token, compared after normalisation.
     pub unauthenticated_paths: Vec<String>,
     /// gRPC listener; gRPC is off when absent.
-    #[serde(deserialize_with = "de_opt_socket_addr")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_socket_addr"
+    )]
     pub grpc_listen: Option<SocketAddr>,
     /// Ray Serve's gRPC endpoint (h2c); `http://127.0.0.1:9000` when absent.
-    #[serde(deserialize_with = "de_opt_upstream")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_upstream"
+    )]
     pub grpc_upstream: Option<Upstream>,
+    /// The unprivileged account the proxy process runs as (its primary group too).
+    pub proxy_user: String,
     pub limits: Limits,
 }
 
@@ -320,6 +384,7 @@ impl Default for PublicConfig {
                 .collect(),
             grpc_listen: None,
             grpc_upstream: None,
+            proxy_user: defaults::PROXY_USER.to_owned(),
             limits: Limits::default(),
         }
     }
@@ -498,6 +563,19 @@ mod tests {
     }
 
     #[test]
+    fn serializes_to_what_it_parses() {
+        let text = "listen = \"127.0.0.1:8443\"\ngrpc_listen = \"[::1]:9443\"\ncookie_max_age = \"1d 2h\"\nexternal_url = \"https://h\"\nproxy_user = \"sg-proxy\"\n[limits]\nheader_read_timeout = \"1500ms\"\nmax_connections_per_source = 3";
+        let cfg = parse(text).unwrap();
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: PublicConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(format!("{cfg:?}"), format!("{back:?}"));
+        let defaults = PublicConfig::default();
+        let back: PublicConfig =
+            serde_json::from_str(&serde_json::to_string(&defaults).unwrap()).unwrap();
+        assert_eq!(format!("{defaults:?}"), format!("{back:?}"));
+    }
+
+    #[test]
     fn external_url_derived_and_explicit() {
         let cfg = parse("listen = \"127.0.0.1:443\"\ntls_cert = \"/c\"\ntls_key = \"/k\"").unwrap();
         assert_eq!(cfg.external_url().as_str(), "https://127.0.0.1");
@@ -506,6 +584,13 @@ mod tests {
         let cfg = parse("external_url = \"https://serve.example.com/\"").unwrap();
         assert_eq!(cfg.external_url().as_str(), "https://serve.example.com");
         assert!(cfg.external_url().is_https());
+        let origin = |url: &str| ExternalUrl::parse(url).unwrap().origin();
+        assert_eq!(
+            origin("https://Serve.Example.com:443/app"),
+            "https://serve.example.com"
+        );
+        assert_eq!(origin("http://h:80"), "http://h");
+        assert_eq!(origin("http://[::1]:8443/"), "http://[::1]:8443");
     }
 
     #[test]
@@ -534,6 +619,11 @@ mod tests {
             ("grpc_upstream = \"http://127.0.0.1:9000\"", "grpc_listen"),
             ("[limits]\nmax_header_bytes = 100", "max_header_bytes"),
             ("[limits]\nmax_connections = 0", "max_connections"),
+            (
+                "[limits]\nmax_connections_per_source = 0",
+                "max_connections_per_source",
+            ),
+            ("[limits]\nidle_timeout = 0", "idle_timeout"),
             (
                 "[limits]\nupstream_connect_timeout = 0",
                 "upstream_connect_timeout",

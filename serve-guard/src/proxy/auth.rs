@@ -9,41 +9,66 @@ use crate::token::TokenSet;
 
 /// The cookie the docs link sets, as Anyscale names it.
 pub const COOKIE_NAME: &str = "SERVE_TOKEN";
+/// Its name when users reach the proxy over HTTPS: the `__Host-` prefix makes browsers accept it
+/// only with `Secure`, `Path=/` and no `Domain`, so neither a sibling subdomain nor a plain-HTTP
+/// page can plant or overwrite it.
+pub const SECURE_COOKIE_NAME: &str = "__Host-SERVE_TOKEN";
 /// RFC 6750 §3 challenges.
 pub const CHALLENGE_MISSING: &str = "Bearer realm=\"serve-guard\"";
 pub const CHALLENGE_INVALID: &str = "Bearer realm=\"serve-guard\", error=\"invalid_token\", error_description=\"the token is not valid\"";
 
+/// The docs-link cookie's name: with the `__Host-` prefix when it is `secure`.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
+
 /// Where a request may carry the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carriers {
-    /// HTTP: the Authorization header or the cookie.
-    HeaderOrCookie,
+    /// HTTP: the Authorization header or the cookie ([`cookie_name`] of `secure`).
+    HeaderOrCookie { secure: bool },
     /// gRPC: the `authorization` metadata only.
     HeaderOnly,
 }
 
+/// Which credential carried the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `Authorization: Bearer`: a browser never sends it on its own, so no CSRF check applies.
+    Header,
+    /// The cookie alone: a browser sends it on cross-site requests too.
+    Cookie,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed,
+    Allowed(Via),
     /// No credential at all.
     Missing,
     /// A credential that is not the token.
     Invalid,
 }
 
+/// RFC 9110 whitespace (SP / HTAB): what separates an auth-scheme from its credentials.
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 /// The credential of an `Authorization: Bearer <credential>` value; the scheme is
-/// case-insensitive (RFC 7235 §2.1). `None` for other schemes.
+/// case-insensitive (RFC 9110 §11.1) and may be followed by any run of spaces and tabs.
+/// `None` for other schemes.
 pub fn bearer_credential(value: &HeaderValue) -> Option<&[u8]> {
     let bytes = value.as_bytes().trim_ascii();
-    // A bare `Bearer` is an attempt with an empty token, not another scheme.
-    if bytes.eq_ignore_ascii_case(b"bearer") {
-        return Some(b"");
-    }
-    let space = bytes.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = bytes.split_at(space);
+    let end = bytes.iter().position(|&b| is_ows(b)).unwrap_or(bytes.len());
+    let (scheme, rest) = bytes.split_at(end);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;
     }
+    // A bare `Bearer` is an attempt with an empty token, not another scheme.
     Some(rest.trim_ascii())
 }
 
@@ -53,7 +78,8 @@ pub fn bearer_credential(value: &HeaderValue) -> Option<&[u8]> {
 pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carriers) -> Verdict {
     let matches = |candidate: &[u8]| tokens.matches(candidate);
     let mut presented = false;
-    let mut allowed = false;
+    let mut by_header = false;
+    let mut by_cookie = false;
 
     let mut kept_auth = Vec::new();
     for value in headers.get_all(AUTHORIZATION) {
@@ -61,7 +87,7 @@ pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carrie
             Some(credential) => {
                 presented = true;
                 if matches(credential) {
-                    allowed = true;
+                    by_header = true;
                     continue;
                 }
                 kept_auth.push(value.clone());
@@ -86,14 +112,17 @@ pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carrie
                 Some(eq) => (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()),
                 None => (pair, &b""[..]),
             };
-            if name == COOKIE_NAME.as_bytes() {
-                if carriers == Carriers::HeaderOrCookie {
+            // Both names always go: neither ever reaches the upstream.
+            if name == COOKIE_NAME.as_bytes() || name == SECURE_COOKIE_NAME.as_bytes() {
+                if let Carriers::HeaderOrCookie { secure } = carriers
+                    && name == cookie_name(secure).as_bytes()
+                {
                     presented = true;
                     let unquoted = cookie_value
                         .strip_prefix(b"\"")
                         .and_then(|v| v.strip_suffix(b"\""))
                         .unwrap_or(cookie_value);
-                    allowed |= matches(unquoted);
+                    by_cookie |= matches(unquoted);
                 }
                 continue;
             }
@@ -111,10 +140,11 @@ pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carrie
         }
     }
 
-    match (allowed, presented) {
-        (true, _) => Verdict::Allowed,
-        (false, true) => Verdict::Invalid,
-        (false, false) => Verdict::Missing,
+    match (by_header, by_cookie, presented) {
+        (true, _, _) => Verdict::Allowed(Via::Header),
+        (false, true, _) => Verdict::Allowed(Via::Cookie),
+        (false, false, true) => Verdict::Invalid,
+        (false, false, false) => Verdict::Missing,
     }
 }
 
@@ -152,7 +182,11 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let verdict = authenticate(&mut headers, &tokens, Carriers::HeaderOrCookie);
+        let verdict = authenticate(
+            &mut headers,
+            &tokens,
+            Carriers::HeaderOrCookie { secure: false },
+        );
         (verdict, headers)
     }
 
@@ -160,9 +194,30 @@ mod tests {
     fn bearer_any_case_is_accepted_and_stripped() {
         for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
             let (v, h) = run(&[("authorization", &format!("{scheme} {TOKEN}"))]);
-            assert_eq!(v, Verdict::Allowed, "{scheme}");
+            assert_eq!(v, Verdict::Allowed(Via::Header), "{scheme}");
             assert!(h.get(AUTHORIZATION).is_none());
         }
+    }
+
+    #[test]
+    fn bearer_after_any_whitespace_is_ours() {
+        for value in [
+            format!("Bearer\t{TOKEN}"),
+            format!("Bearer \t {TOKEN}"),
+            format!("bearer\t\t{TOKEN}\t"),
+            format!("  Bearer  {TOKEN}"),
+        ] {
+            let (v, h) = run(&[
+                ("authorization", &value),
+                ("cookie", &format!("SERVE_TOKEN={TOKEN}")),
+            ]);
+            assert_eq!(v, Verdict::Allowed(Via::Header), "{value:?}");
+            assert!(h.get(AUTHORIZATION).is_none(), "{value:?}");
+        }
+        let (v, _) = run(&[("authorization", "Bearer\twrong")]);
+        assert_eq!(v, Verdict::Invalid);
+        let (v, _) = run(&[("authorization", &format!("Bearerx {TOKEN}"))]);
+        assert_eq!(v, Verdict::Missing);
     }
 
     #[test]
@@ -181,21 +236,21 @@ mod tests {
             ("authorization", "Bearer app-token"),
             ("cookie", &format!("SERVE_TOKEN={TOKEN}")),
         ]);
-        assert_eq!(v, Verdict::Allowed);
+        assert_eq!(v, Verdict::Allowed(Via::Cookie));
         assert_eq!(h.get(AUTHORIZATION).unwrap(), "Bearer app-token");
     }
 
     #[test]
     fn cookie_is_accepted_and_always_stripped() {
         let (v, h) = run(&[("cookie", &format!("a=1; SERVE_TOKEN={TOKEN}; b=2"))]);
-        assert_eq!(v, Verdict::Allowed);
+        assert_eq!(v, Verdict::Allowed(Via::Cookie));
         assert_eq!(h.get(COOKIE).unwrap(), "a=1; b=2");
         let (v, h) = run(&[("cookie", "SERVE_TOKEN=wrong"), ("cookie", "c=3")]);
         assert_eq!(v, Verdict::Invalid);
         assert_eq!(h.get_all(COOKIE).iter().count(), 1);
         assert_eq!(h.get(COOKIE).unwrap(), "c=3");
         let (v, h) = run(&[("cookie", &format!("SERVE_TOKEN=\"{TOKEN}\""))]);
-        assert_eq!(v, Verdict::Allowed);
+        assert_eq!(v, Verdict::Allowed(Via::Cookie));
         assert!(h.get(COOKIE).is_none());
         let (v, _) = run(&[("cookie", "serve_token=x; other=1")]);
         assert_eq!(v, Verdict::Missing);
@@ -206,9 +261,39 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert_eq!(
-            authenticate(&mut headers, &TokenSet::default(), Carriers::HeaderOrCookie),
+            authenticate(
+                &mut headers,
+                &TokenSet::default(),
+                Carriers::HeaderOrCookie { secure: false }
+            ),
             Verdict::Invalid
         );
+    }
+
+    #[test]
+    fn the_secure_cookie_name_is_read_only_over_https_and_both_are_stripped() {
+        let tokens = TokenSet::new([Token::parse(TOKEN).unwrap()]);
+        let cookies = format!("SERVE_TOKEN={TOKEN}; __Host-SERVE_TOKEN={TOKEN}; k=v");
+        for (secure, via) in [(true, Via::Cookie), (false, Via::Cookie)] {
+            let mut headers = HeaderMap::new();
+            headers.insert(COOKIE, HeaderValue::from_str(&cookies).unwrap());
+            let v = authenticate(&mut headers, &tokens, Carriers::HeaderOrCookie { secure });
+            assert_eq!(v, Verdict::Allowed(via));
+            assert_eq!(headers.get(COOKIE).unwrap(), "k=v");
+        }
+        // Over HTTPS the plain name is not a credential (and is still removed).
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("SERVE_TOKEN={TOKEN}")).unwrap(),
+        );
+        let v = authenticate(
+            &mut headers,
+            &tokens,
+            Carriers::HeaderOrCookie { secure: true },
+        );
+        assert_eq!(v, Verdict::Missing);
+        assert!(headers.get(COOKIE).is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use http::header::{HeaderValue, LOCATION, REFERRER_POLICY, SET_COOKIE};
 use http::{Method, Response, StatusCode, Uri};
 
-use super::auth::{COOKIE_NAME, Verdict, unauthorized};
+use super::auth::{Verdict, cookie_name, unauthorized};
 use super::path::safe_redirect_path;
 use super::reply::{Body, plain};
 use crate::token::TokenSet;
@@ -17,7 +17,8 @@ pub const QUERY_PARAM: &str = "token";
 #[derive(Debug, Clone, Copy)]
 pub struct CookieSettings {
     pub max_age_secs: u64,
-    /// Over TLS, or when users reach the proxy through https (`external_url`).
+    /// Over TLS, or when users reach the proxy through https (`external_url`): the cookie is
+    /// `Secure` and named with the `__Host-` prefix.
     pub secure: bool,
 }
 
@@ -69,9 +70,12 @@ pub fn handle(
         location.push('?');
         location.push_str(&kept.join("&"));
     }
+    // Over HTTPS the `__Host-` name: browsers then require the `Secure` and `Path=/` set here.
     let mut set_cookie = format!(
-        "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
-        token, cookie.max_age_secs
+        "{}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+        cookie_name(cookie.secure),
+        token,
+        cookie.max_age_secs
     );
     if cookie.secure {
         set_cookie.push_str("; Secure");
@@ -145,12 +149,9 @@ mod tests {
         };
         let target = format!("/d?token={TOKEN}").parse().unwrap();
         let resp = handle(&Method::GET, &target, &set(), secure).unwrap();
-        assert!(
-            resp.headers()[SET_COOKIE]
-                .to_str()
-                .unwrap()
-                .ends_with("; Secure")
-        );
+        let cookie = resp.headers()[SET_COOKIE].to_str().unwrap();
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        assert!(cookie.starts_with("__Host-SERVE_TOKEN="), "{cookie}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sending an authenticated request to the upstream and its response back: pooled keep-alive
-//! connections, header hygiene (hop-by-hop out, X-Forwarded-* in), bodies streamed both ways,
-//! HTTP/1.1 upgrades (WebSocket) tunnelled after the check.
+//! connections, header hygiene (hop-by-hop and client-supplied proxy headers out, X-Forwarded-*
+//! and X-Real-IP set by the proxy), bodies streamed both ways, WebSocket upgrades (and no other
+//! protocol) tunnelled after the check.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,7 +24,7 @@ const POOL_MAX_IDLE: usize = 64;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus the
 /// non-standard ones proxies still meet.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -33,6 +34,8 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // h2c upgrade's settings (RFC 7540 §3.2): never a request for the upstream.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Client-supplied forwarding headers: this proxy is the edge, so they are not trusted and are
@@ -40,6 +43,37 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers through which a front proxy tells an app who the client is or what it asked for.
+/// Frameworks and middlewares trust them from the proxy's address, so a client must never set
+/// them: they are removed; the proxy sets the X-Forwarded-* ones and X-Real-IP itself.
+const PROXY_HEADERS: [&str; 20] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-real-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+];
+
+/// The protocol name of a WebSocket upgrade (RFC 6455 §4.1).
+const WEBSOCKET: &str = "websocket";
 
 pub type UpstreamClient = Client<HttpConnector, Body>;
 
@@ -67,6 +101,10 @@ pub enum ForwardError {
     Timeout(Duration),
     #[error("cannot build the upstream request: {0}")]
     Build(#[from] http::Error),
+    /// The upstream answered 101 to a request that was not forwarded as a WebSocket upgrade,
+    /// or switched to another protocol: no tunnel is opened.
+    #[error("the upstream switched protocols without a WebSocket upgrade")]
+    UnexpectedUpgrade,
 }
 
 /// One forwarding: where to, over what, and what the client connection looks like.
@@ -74,6 +112,8 @@ pub struct Forward<'a> {
     pub client: &'a UpstreamClient,
     pub upstream: &'a Upstream,
     pub peer: SocketAddr,
+    /// The proxy's port the client connected to (X-Forwarded-Port).
+    pub local_port: u16,
     /// The client reached us over TLS.
     pub tls: bool,
     pub response_timeout: Duration,
@@ -82,15 +122,17 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// Forwards `req` (already authenticated and stripped of the token). `path_and_query`
-    /// replaces the request's own when set (unauthenticated paths go upstream in normal form).
+    /// Forwards `req` (already authenticated and stripped of the token) to `path_and_query`
+    /// on the upstream. `websocket`: the request is a WebSocket upgrade the checks allow
+    /// ([`is_websocket_upgrade`] and authenticated); any other upgrade goes upstream as a plain
+    /// request, without `Upgrade`.
     pub async fn send(
         &self,
         mut req: Request<Incoming>,
-        path_and_query: Option<String>,
+        path_and_query: String,
+        websocket: bool,
     ) -> Result<Response<Body>, ForwardError> {
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let slot = req.extensions_mut().remove::<ConnectionSlot>();
 
         let (mut parts, body) = req.into_parts();
@@ -100,13 +142,7 @@ impl Forward<'_> {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let target = path_and_query.unwrap_or_else(|| {
-            parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
-        });
-        parts.uri = self.upstream.join(&target)?;
+        parts.uri = self.upstream.join(&path_and_query)?;
         parts.version = self.upstream_version;
 
         let headers = &mut parts.headers;
@@ -116,11 +152,11 @@ impl Forward<'_> {
             // gRPC requires `te: trailers`; it is the one TE value that may pass.
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if let Some(protocol) = &upgrade {
+        if websocket {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
         }
-        headers.remove(header::FORWARDED);
+        strip_proxy_headers(headers);
         headers.insert(
             X_FORWARDED_FOR,
             HeaderValue::from_str(&self.peer.ip().to_string()).expect("an IP is a valid value"),
@@ -129,7 +165,11 @@ impl Forward<'_> {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.tls { "https" } else { "http" }),
         );
-        headers.remove(X_FORWARDED_HOST);
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from(self.local_port));
+        headers.insert(
+            X_REAL_IP,
+            HeaderValue::from_str(&self.peer.ip().to_string()).expect("an IP is a valid value"),
+        );
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST, host);
         }
@@ -150,17 +190,23 @@ impl Forward<'_> {
                 Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
             };
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // A tunnel only where a WebSocket upgrade was asked for and the upstream agreed to
+            // exactly that: anything else would be a raw pipe past the checks (h2c smuggling).
+            let agreed = resp.headers().get(header::UPGRADE).is_some_and(|p| {
+                p.as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(WEBSOCKET.as_bytes())
+            });
+            let Some(client_upgrade) = client_upgrade.filter(|_| agreed) else {
+                return Err(ForwardError::UnexpectedUpgrade);
+            };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let protocol = resp.headers().get(header::UPGRADE).cloned();
             strip_hop_by_hop(resp.headers_mut());
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(protocol) = protocol {
-                resp.headers_mut().insert(header::UPGRADE, protocol);
-            }
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, slot));
         } else {
             strip_hop_by_hop(resp.headers_mut());
@@ -191,16 +237,41 @@ async fn tunnel(
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
+/// Whether `req` is a WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 GET with
+/// `Connection: upgrade` and exactly one `Upgrade` value, `websocket`. Other upgrades (`h2c`,
+/// `foo/1`, a list of protocols) are not forwarded as upgrades.
+pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    if req.version() != Version::HTTP_11 || req.method() != http::Method::GET {
+        return false;
     }
-    let asks = connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    if !asks {
-        return None;
+    if !connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return false;
     }
-    req.headers().get(header::UPGRADE).cloned()
+    let mut upgrades = req.headers().get_all(header::UPGRADE).iter();
+    match (upgrades.next(), upgrades.next()) {
+        (Some(value), None) => value
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(WEBSOCKET.as_bytes()),
+        _ => false,
+    }
+}
+
+/// Removes the client's proxy headers ([`PROXY_HEADERS`]), also when spelt with `_` for `-`
+/// (servers that map both to one CGI-style name would read them as the real ones).
+fn strip_proxy_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            PROXY_HEADERS.contains(&name)
+                || (name.contains('_') && PROXY_HEADERS.contains(&name.replace('_', "-").as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -235,6 +306,69 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_single_websocket_upgrades_on_get_count() {
+        let req = |method: &str, connection: &str, upgrades: &[&str]| {
+            let mut b = Request::builder()
+                .method(method)
+                .uri("/ws")
+                .header("connection", connection);
+            for u in upgrades {
+                b = b.header("upgrade", *u);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(is_websocket_upgrade(&req("GET", "Upgrade", &["websocket"])));
+        assert!(is_websocket_upgrade(&req(
+            "GET",
+            "keep-alive, upgrade",
+            &["WebSocket"]
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            "GET",
+            "Upgrade, HTTP2-Settings",
+            &["h2c"]
+        )));
+        assert!(!is_websocket_upgrade(&req("GET", "Upgrade", &["foo/1"])));
+        assert!(!is_websocket_upgrade(&req(
+            "GET",
+            "Upgrade",
+            &["websocket, h2c"]
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            "GET",
+            "Upgrade",
+            &["websocket", "h2c"]
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            "GET",
+            "keep-alive",
+            &["websocket"]
+        )));
+        assert!(!is_websocket_upgrade(&req(
+            "POST",
+            "Upgrade",
+            &["websocket"]
+        )));
+    }
+
+    #[test]
+    fn client_proxy_headers_go_in_any_spelling() {
+        let mut h = HeaderMap::new();
+        for name in PROXY_HEADERS {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("spoofed"),
+            );
+        }
+        h.insert("x_real_ip", HeaderValue::from_static("spoofed"));
+        h.insert("x_forwarded_prefix", HeaderValue::from_static("spoofed"));
+        h.insert("x_app_header", HeaderValue::from_static("kept"));
+        strip_proxy_headers(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x_app_header"));
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -243,6 +243,20 @@ async fn upstream_handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> 
             }
             Response::new(full_body(format!("received {total} bytes")))
         }
+        "/switch" => {
+            // A hostile or confused upstream: switches protocols whatever was asked.
+            let protocol = req
+                .headers()
+                .get("upgrade")
+                .cloned()
+                .unwrap_or_else(|| http::HeaderValue::from_static("h2c"));
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", protocol)
+                .body(full_body(Bytes::new()))
+                .unwrap()
+        }
         "/slow" => {
             // Answers long after any test's response timeout.
             tokio::time::sleep(Duration::from_secs(3600)).await;
