@@ -200,7 +200,9 @@ pub fn write_doc(path: &Path, results: &[KernelResult], total: Duration) -> Resu
          under QEMU (TCG) with a virtio-net NIC, a Debian 12 userspace with systemd as PID 1 and \
          serve-guard installed as `cargo xtask install` does; the host side of the NIC's tap \
          plays clients inside and outside the VPC list. Times are TCG times on a 2-core CI \
-         machine: slow, and only comparable to each other.\n\n",
+         machine: slow, and only comparable to each other. One kernel: `cargo xtask test-vm \
+         --kernel bullseye` (or bookworm, bookworm-backports, trixie); each run leaves its \
+         console, QEMU log and the unit's journal in target/vm/runs/<suite>/.\n\n",
     );
     doc.push_str(&table(results));
     let _ = writeln!(
