@@ -473,7 +473,7 @@ fn arp_request() -> Vec<u8> {
 }
 
 /// RFC 1071 one's-complement sum.
-fn internet_checksum(bytes: &[u8]) -> u16 {
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))

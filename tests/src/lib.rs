@@ -6,19 +6,32 @@
 //! - [`server`]: a tiny HTTP/1.1 server and a UDP echo server inside a namespace.
 //! - [`probe`]: TCP connect, HTTP GET and UDP probes from a namespace, bounded by timeouts.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
+//! - [`rootfs`]: a fresh Debian root filesystem (cached debootstrap + overlay) for chroot tests.
+//! - [`fuzz`]: the differential fuzzer of the XDP verdict (program against a reference model).
 
 pub mod agent;
 pub mod browser;
 pub mod frames;
+pub mod fuzz;
 pub mod netns;
 pub mod probe;
 pub mod program;
 pub mod ray;
+pub mod rootfs;
 pub mod server;
 pub mod topology;
 
 use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The workspace's root folder (tests/ lives in it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
 
 /// Every wait in the harness has one of these bounds.
 pub mod limits {

@@ -9,6 +9,7 @@
 
 use crate::netns::Netns;
 use crate::probe;
+use crate::workspace_root;
 use serde::Deserialize;
 use std::fs::File;
 use std::io;
@@ -97,13 +98,6 @@ pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(name)
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
 }
 
 /// A Python server process in a namespace, in its own process group, stopped on drop.

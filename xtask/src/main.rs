@@ -5,6 +5,7 @@
 
 mod cmd;
 mod install;
+mod package;
 mod setup;
 mod tasks;
 mod toolchains;
@@ -24,7 +25,10 @@ tasks:
   test-vm [--kernel SUITE]... [--build-only]
                      the agent under systemd on Debian 11/12/12-backports/13 kernels in QEMU
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
-  install            install the binary, the systemd unit and an example config";
+  fuzz [verdict|wire|all] [--frames N] [--seed S]
+                     the differential fuzzers of the XDP filter (default: all, 10M verdict frames)
+  install            install the binary, the systemd unit and an example config
+  package            target/debian/serve-guard_<version>_amd64.deb (static binary, unit, man pages)";
 
 fn main() -> std::process::ExitCode {
     // Print the error chain, not a backtrace: failures here are about the machine, not xtask.
@@ -49,7 +53,9 @@ fn run() -> Result<()> {
         "test" => tasks::test(&rest),
         "bench" => tasks::bench(&rest),
         "test-vm" => tasks::test_vm(&rest),
+        "fuzz" => tasks::fuzz(&rest),
         "install" => tasks::install(&rest),
+        "package" => package::run(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

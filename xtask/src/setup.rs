@@ -21,6 +21,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",         // test certificates
     "systemd",         // systemd-analyze verify
     "strace",          // the unit's SystemCallFilter covers every syscall the agent makes
+    "musl-tools",      // package: musl-gcc builds ring's C code for the static binary
+    "lintian",         // package: the .deb is checked
+    "man-db",          // package: the generated man pages render cleanly
+    "debootstrap",     // package: a fresh Debian 11 root filesystem to install the .deb into
 ];
 
 /// Where bpf-linker finds the eBPF nightly's own libLLVM (see ../shared/FACTS.md): a folder whose
@@ -65,6 +69,10 @@ pub fn run() -> Result<Toolchains> {
         toolchain(&tc.stable, &["clippy", "rustfmt"]),
     )?;
     step("eBPF toolchain", toolchain(&tc.ebpf, &["rust-src"]))?;
+    step(
+        "static target",
+        rust_target(&tc.stable, crate::package::STATIC_TARGET),
+    )?;
     step("bpf-linker", bpf_linker(&tc))?;
     step("Debian packages", debian_packages())?;
     step("VM tools", vm_tools())?;
@@ -100,6 +108,21 @@ fn toolchain(name: &str, components: &[&str]) -> Result<Step> {
         install.args(["--component", c]);
     }
     cmd::run(&mut install)?;
+    Ok(Step::Changed)
+}
+
+fn rust_target(toolchain: &str, target: &str) -> Result<Step> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(Step::Done);
+    }
+    cmd::run(Command::new("rustup").args(["target", "add", "--toolchain", toolchain, target]))?;
     Ok(Step::Changed)
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn cargo(tc: &Toolchains) -> Command {
+pub fn cargo(tc: &Toolchains) -> Command {
     let mut c = Command::new("cargo");
     c.arg(format!("+{}", tc.stable))
         .current_dir(toolchains::workspace_root());
@@ -93,6 +93,9 @@ pub fn test(args: &[String]) -> Result<()> {
         c.args(["--workspace", "--exclude", "serve-guard-ebpf"]);
     }
     c.args(args).env("SERVE_GUARD_BIN", agent);
+    if runs_package_test(args) {
+        c.env("SERVE_GUARD_DEB", crate::package::build(&tc)?);
+    }
     cmd::run(&mut c)?;
     // The kernel matrix belongs to the whole suite, not to a run picked with arguments.
     if !args.is_empty() {
@@ -108,9 +111,22 @@ pub fn test(args: &[String]) -> Result<()> {
     }
 }
 
-pub fn bench(args: &[String]) -> Result<()> {
-    let tc = setup::run()?;
-    let mut c = cargo(&tc);
+/// Whether the package test (tests/tests/package.rs) is among the selected tests: the .deb takes
+/// a release build for another target, which `--test <other>` should not wait for.
+fn runs_package_test(args: &[String]) -> bool {
+    let mut picked = args
+        .iter()
+        .zip(args.iter().skip(1))
+        .filter(|(flag, _)| *flag == "--test")
+        .map(|(_, name)| name.as_str())
+        .chain(args.iter().filter_map(|a| a.strip_prefix("--test=")))
+        .peekable();
+    picked.peek().is_none() || picked.any(|name| name == "package")
+}
+
+/// `cargo run --release` of the serve-guard-tests binary `bin` with `args`.
+fn run_tests_binary(tc: &Toolchains, bin: &str, args: &[String]) -> Result<()> {
+    let mut c = cargo(tc);
     c.args([
         "run",
         "--release",
@@ -118,11 +134,62 @@ pub fn bench(args: &[String]) -> Result<()> {
         "--package",
         "serve-guard-tests",
         "--bin",
-        "bench",
+        bin,
         "--",
     ])
-    .args(without_separator(args));
+    .args(args);
     cmd::run(&mut c)
+}
+
+pub fn bench(args: &[String]) -> Result<()> {
+    let tc = setup::run()?;
+    run_tests_binary(&tc, "bench", without_separator(args))
+}
+
+/// The fuzzers of `cargo xtask fuzz`: (name on the command line, binary of serve-guard-tests).
+/// A new fuzzer is one more row. `all` skips a fuzzer whose binary the package does not have
+/// (yet); naming it explicitly fails.
+const FUZZERS: [(&str, &str); 2] = [("verdict", "fuzz_verdict"), ("wire", "fuzz_wire")];
+const ALL_FUZZERS: &str = "all";
+
+/// Whether serve-guard-tests has the binary `name` (cargo finds src/bin/NAME.rs and
+/// src/bin/NAME/main.rs by itself).
+fn tests_binary_exists(name: &str) -> bool {
+    let bin = toolchains::workspace_root().join("tests/src/bin");
+    bin.join(format!("{name}.rs")).is_file() || bin.join(name).join("main.rs").is_file()
+}
+
+/// `cargo xtask fuzz [verdict|wire|all] [args]`: runs the chosen fuzzers (default all) in
+/// release, each with `args` (e.g. `--frames N --seed S`), and fails if any found something.
+pub fn fuzz(args: &[String]) -> Result<()> {
+    let args = without_separator(args);
+    let known = |a: &str| a == ALL_FUZZERS || FUZZERS.iter().any(|(n, _)| *n == a);
+    let (which, rest) = match args.first() {
+        Some(first) if known(first) => (first.as_str(), &args[1..]),
+        _ => (ALL_FUZZERS, args),
+    };
+    let tc = setup::run()?;
+    let mut failed = Vec::new();
+    for (name, bin) in FUZZERS
+        .iter()
+        .filter(|(name, _)| which == ALL_FUZZERS || which == *name)
+    {
+        if !tests_binary_exists(bin) {
+            if which == ALL_FUZZERS {
+                eprintln!("fuzz: skipping {name}: serve-guard-tests has no binary {bin}");
+                continue;
+            }
+            bail!("fuzzer {name}: serve-guard-tests has no binary {bin}");
+        }
+        if let Err(e) = run_tests_binary(&tc, bin, rest) {
+            eprintln!("xtask: fuzzer {name}: {e:#}");
+            failed.push(*name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("fuzzers that failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 pub fn install(args: &[String]) -> Result<()> {
@@ -138,7 +205,27 @@ pub fn test_vm(args: &[String]) -> Result<()> {
     let options = crate::vm::Options::parse(args)?;
     let tc = setup::run()?;
     let prepared = crate::vm::prepare(&options)?;
-    // The release build: what users install, and much faster than a debug build under TCG.
-    let agent = build_agent(&tc, true)?;
-    crate::vm::run(&options, &prepared, &agent)
+    // The .deb users install: the static release binary and the packaged unit.
+    let deb = crate::package::build(&tc)?;
+    crate::vm::run(&options, &prepared, &deb)
+}
+
+#[cfg(test)]
+mod tests {
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_package_is_built_unless_other_tests_are_picked() {
+        assert!(super::runs_package_test(&args("")));
+        assert!(super::runs_package_test(&args("-- --nocapture")));
+        assert!(super::runs_package_test(&args("--test package")));
+        assert!(super::runs_package_test(&args("--test=package")));
+        assert!(super::runs_package_test(&args(
+            "--test systemd --test package"
+        )));
+        assert!(!super::runs_package_test(&args("--test private_mode")));
+        assert!(!super::runs_package_test(&args("--test=systemd")));
+    }
 }

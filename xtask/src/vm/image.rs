@@ -1,6 +1,6 @@
 //! The guest's disk: a Debian root filesystem with systemd (debootstrap, cached), the kernels'
-//! modules and one small initramfs per kernel (cached), the project installed as `cargo xtask
-//! install` does, and the test's own files (tests/vm/guest). `mkfs.ext4 -d` turns the folder
+//! modules and one small initramfs per kernel (cached), the project's .deb (`cargo xtask
+//! package`) installed with dpkg, and the test's own files (tests/vm/guest). `mkfs.ext4 -d` turns the folder
 //! into a raw image without loop mounts; every boot runs on a qcow2 overlay of it.
 
 use super::kernels::Kernel;
@@ -75,6 +75,12 @@ const GUEST_FILES: &[(&str, &str, u32)] = &[
     ("vpc-cidrs", "etc/serve-guard/vpc-cidrs", 0o644),
 ];
 
+/// Where `cargo xtask install` put the binary and the unit (see [`install_project`]).
+const PRE_PACKAGE_FILES: &[&str] = &[
+    "usr/local/bin/serve-guard",
+    "usr/local/lib/systemd/system/serve-guard.service",
+];
+
 /// Units enabled in the guest (serve-guard itself is enabled by the scenario).
 const GUEST_UNITS: &[&str] = &["systemd-networkd", "sg-ctl", "sg-servers"];
 
@@ -109,9 +115,9 @@ pub fn system(cache: &Path, kernels: &[Kernel]) -> Result<System> {
     Ok(System { rootfs })
 }
 
-/// Installs `agent` and the test's files, and makes the disk image.
-pub fn build(cache: &Path, system: &System, agent: &Path) -> Result<Image> {
-    install_project(&system.rootfs, agent)?;
+/// Installs the package `deb` and the test's files, and makes the disk image.
+pub fn build(cache: &Path, system: &System, deb: &Path) -> Result<Image> {
+    install_project(&system.rootfs, deb)?;
     let raw = cache.join("disk.img");
     make_image(&system.rootfs, &raw)?;
     Ok(Image { raw })
@@ -197,10 +203,25 @@ fn add_kernel(rootfs: &Path, kernel: &Kernel) -> Result<()> {
     Ok(())
 }
 
-/// The agent, its unit and config as `cargo xtask install` puts them, then the test's files.
-fn install_project(rootfs: &Path, agent: &Path) -> Result<()> {
+/// The project's .deb installed with dpkg in the guest's root, as on a node, then the test's files
+/// (the config among them: the package ships none).
+fn install_project(rootfs: &Path, deb: &Path) -> Result<()> {
     let workspace = crate::toolchains::workspace_root();
-    crate::install::install_into(rootfs, agent, &workspace)?;
+    // A cached root from before the package existed has `cargo xtask install`'s copies, which
+    // would shadow the package's (/usr/local comes first in systemd's and the shell's paths).
+    for stale in PRE_PACKAGE_FILES {
+        let _ = std::fs::remove_file(rootfs.join(stale));
+    }
+    let inside = Path::new("tmp/serve-guard.deb");
+    std::fs::copy(deb, rootfs.join(inside))
+        .with_context(|| format!("copying {} into the guest's root", deb.display()))?;
+    cmd::run(
+        Command::new("chroot")
+            .arg(rootfs)
+            .args(["dpkg", "-i"])
+            .arg(Path::new("/").join(inside)),
+    )?;
+    std::fs::remove_file(rootfs.join(inside))?;
     let guest = workspace.join("tests/vm/guest");
     for (source, dest, mode) in GUEST_FILES {
         let dest = rootfs.join(dest);

@@ -2,7 +2,7 @@
 //! booted under QEMU with a virtio-net NIC whose host side plays the clients.
 //!
 //! - [`kernels`]: Debian's kernel packages, cached under target/vm/kernels;
-//! - [`image`]: a debootstrap root filesystem with the project installed, as a raw ext4 image;
+//! - [`image`]: a debootstrap root filesystem with the project's .deb, as a raw ext4 image;
 //! - [`qemu`]: one VM on a tap in its own network namespace, its console and control channel;
 //! - [`scenario`]: the checks, driven from the host;
 //! - [`report`]: the kernel x check table, printed and written to docs/KERNELS.md.
@@ -120,12 +120,12 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
     Ok(Prepared { kernels, system })
 }
 
-/// Installs `agent` into the image and boots every selected kernel, one after the other (TCG
-/// is CPU-bound); fails if any check failed.
-pub fn run(options: &Options, prepared: &Prepared, agent: &Path) -> Result<()> {
+/// Installs the package `deb` into the image and boots every selected kernel, one after the
+/// other (TCG is CPU-bound); fails if any check failed.
+pub fn run(options: &Options, prepared: &Prepared, deb: &Path) -> Result<()> {
     let started = Instant::now();
     let cache = cache_dir();
-    let image = image::build(&cache, &prepared.system, agent)?;
+    let image = image::build(&cache, &prepared.system, deb)?;
     if options.build_only {
         eprintln!("test-vm: image {}", image.raw.display());
         return Ok(());

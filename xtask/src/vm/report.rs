@@ -198,7 +198,7 @@ pub fn write_doc(path: &Path, results: &[KernelResult], total: Duration) -> Resu
         "# Kernels tested\n\n\
          Written by `cargo xtask test-vm` (also run by `cargo xtask test`): each Debian kernel boots \
          under QEMU (TCG) with a virtio-net NIC, a Debian 12 userspace with systemd as PID 1 and \
-         serve-guard installed as `cargo xtask install` does; the host side of the NIC's tap \
+         serve-guard's .deb (`cargo xtask package`) installed with dpkg; the host side of the NIC's tap \
          plays clients inside and outside the VPC list. Times are TCG times on a 2-core CI \
          machine: slow, and only comparable to each other. One kernel: `cargo xtask test-vm \
          --kernel bullseye` (or bookworm, bookworm-backports, trixie); each run leaves its \

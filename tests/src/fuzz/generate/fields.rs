@@ -1,0 +1,137 @@
+//! The values that decide a verdict, aimed where mistakes hide: sources inside, at the edge of
+//! and outside the allow-lists; ports at, next to and far from the protected ones; protocols
+//! with a port, without one, and the numbers a parser could confuse with either.
+
+use super::super::{model::PORT_PROTOCOLS, prng::Rng, scenario};
+use serve_guard_common::wire::proto;
+
+/// The server: the destination of most frames (the filter does not read it).
+const SERVER_V4: [u8; 4] = [198, 18, 0, 1];
+const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// The test ranges (198.18.0.0/15, fd00::/8) for "somewhere else" sources.
+const TEST_V4: (u128, u8) = (0xc612_0000, 15);
+const TEST_V6: (u128, u8) = (0xfd << 120, 8);
+
+/// Protocols that are no port protocol but a parser could mistake: ICMP/ICMPv6, ESP, no next
+/// header, tunnels (IPIP, IPv6-in-IP, GRE), and extension-header numbers in IPv4.
+const OTHER_PROTOCOLS: [u8; 11] = [
+    proto::ICMP,
+    proto::ICMPV6,
+    proto::ESP,
+    proto::NONE,
+    proto::IPIP,
+    proto::IPV6,
+    47, // GRE
+    proto::HOPOPTS,
+    proto::FRAGMENT,
+    proto::AH,
+    proto::DSTOPTS,
+];
+
+/// A source address: inside an allowed prefix, at the edge of one, or elsewhere in the test
+/// range.
+pub fn source_v4(rng: &mut Rng) -> [u8; 4] {
+    let prefixes: Vec<(u128, u8)> = scenario::allow_v4()
+        .iter()
+        .map(|n| (u128::from(u32::from(n.network())), n.prefix_len()))
+        .collect();
+    (source(rng, &prefixes, 32, TEST_V4) as u32).to_be_bytes()
+}
+
+pub fn source_v6(rng: &mut Rng) -> [u8; 16] {
+    let prefixes: Vec<(u128, u8)> = scenario::allow_v6()
+        .iter()
+        .map(|n| (u128::from(n.network()), n.prefix_len()))
+        .collect();
+    source(rng, &prefixes, 128, TEST_V6).to_be_bytes()
+}
+
+/// An address of a `bits`-bit family near one of `prefixes`, or in `test`.
+fn source(rng: &mut Rng, prefixes: &[(u128, u8)], bits: u32, test: (u128, u8)) -> u128 {
+    let (base, len) = prefixes[rng.below(prefixes.len())];
+    match rng.below(3) {
+        0 => in_range(rng, base, len, bits),
+        1 => edge(rng, base, u32::from(len), bits),
+        _ => in_range(rng, test.0, test.1, bits),
+    }
+}
+
+pub fn destination_v4(rng: &mut Rng) -> [u8; 4] {
+    if rng.one_in(8) {
+        rng.next_u64().to_be_bytes()[..4]
+            .try_into()
+            .expect("4 bytes")
+    } else {
+        SERVER_V4
+    }
+}
+
+pub fn destination_v6(rng: &mut Rng) -> [u8; 16] {
+    if rng.one_in(8) {
+        random_u128(rng).to_be_bytes()
+    } else {
+        SERVER_V6
+    }
+}
+
+/// Just outside or just inside the boundary of the prefix `base/len` of a `bits`-bit family:
+/// the last bit of the prefix flipped, or the addresses right before and after it.
+fn edge(rng: &mut Rng, base: u128, len: u32, bits: u32) -> u128 {
+    let all = if bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
+    let size = 1u128.checked_shl(bits - len).unwrap_or(0);
+    let out = match rng.below(3) {
+        0 if len > 0 => base ^ (1u128 << (bits - len)),
+        1 => base.wrapping_sub(1),
+        _ => base.wrapping_add(size),
+    };
+    out & all
+}
+
+fn in_range(rng: &mut Rng, base: u128, len: u8, bits: u32) -> u128 {
+    let host_bits = bits - u32::from(len);
+    let host_mask = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    base | (random_u128(rng) & host_mask)
+}
+
+fn random_u128(rng: &mut Rng) -> u128 {
+    (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())
+}
+
+/// A destination port: protected, one off, byte-swapped (an endianness slip) or anything.
+pub fn port(rng: &mut Rng) -> u16 {
+    let protected = rng.pick(&scenario::PROTECTED_PORTS);
+    match rng.below(8) {
+        0..=3 => protected,
+        4 => protected.wrapping_add(1),
+        5 => protected.wrapping_sub(1),
+        6 => protected.swap_bytes(),
+        _ => rng.u16(),
+    }
+}
+
+/// A transport protocol and, for a port protocol, its minimum header length.
+pub fn protocol(rng: &mut Rng) -> (u8, Option<usize>) {
+    match rng.below(10) {
+        0..=6 => {
+            let (number, min) = rng.pick(&PORT_PROTOCOLS);
+            (number, Some(min))
+        }
+        7 | 8 => (rng.pick(&OTHER_PROTOCOLS), None),
+        _ => {
+            let number = rng.byte();
+            let min = PORT_PROTOCOLS
+                .iter()
+                .find(|(p, _)| *p == number)
+                .map(|(_, m)| *m);
+            (number, min)
+        }
+    }
+}
