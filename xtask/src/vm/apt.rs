@@ -79,28 +79,61 @@ pub fn host_mirror() -> Result<String> {
     for f in &files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        for line in text.lines().map(str::trim) {
-            if line.starts_with('#') {
-                continue;
-            }
-            let uris: Vec<&str> = if let Some(rest) = line.strip_prefix("URIs:") {
-                rest.split_whitespace().collect()
-            } else if line.starts_with("deb ") {
-                line.split_whitespace()
-                    .skip(1)
-                    .filter(|w| !w.starts_with('['))
-                    .take(1)
-                    .collect()
-            } else {
-                continue;
-            };
-            if let Some(uri) = uris
-                .into_iter()
-                .find(|u| u.trim_end_matches('/').ends_with("/debian"))
-            {
-                return Ok(uri.trim_end_matches('/').to_owned());
-            }
+        if let Some(mirror) = debian_mirror_in(&text) {
+            return Ok(mirror);
         }
     }
     bail!("no Debian mirror (a URI ending in /debian) in the host's apt sources")
+}
+
+/// The first `.../debian` URI of a sources file, in the deb822 (`URIs:`) or one-line (`deb URI
+/// suite ...`) format; `.../debian-security` and other archives do not count.
+fn debian_mirror_in(text: &str) -> Option<String> {
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        let uris: Vec<&str> = if let Some(rest) = line.strip_prefix("URIs:") {
+            rest.split_whitespace().collect()
+        } else if line.starts_with("deb ") {
+            line.split_whitespace()
+                .skip(1)
+                .filter(|w| !w.starts_with('['))
+                .take(1)
+                .collect()
+        } else {
+            continue;
+        };
+        if let Some(uri) = uris
+            .into_iter()
+            .find(|u| u.trim_end_matches('/').ends_with("/debian"))
+        {
+            return Some(uri.trim_end_matches('/').to_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debian_mirror_in;
+
+    #[test]
+    fn finds_the_mirror_in_both_formats() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n\n\
+                      Types: deb\n# URIs: http://old.example/debian\nURIs: http://mirror.example/debian/\n";
+        assert_eq!(
+            debian_mirror_in(deb822).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one_line = "deb [signed-by=/k.gpg] http://mirror.example/debian bookworm main\n";
+        assert_eq!(
+            debian_mirror_in(one_line).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(
+            debian_mirror_in("deb http://x.example/ubuntu jammy main\n"),
+            None
+        );
+    }
 }

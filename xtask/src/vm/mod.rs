@@ -64,6 +64,7 @@ pub fn cannot_boot() -> Option<String> {
 }
 
 /// What `cargo xtask test-vm` was asked to do.
+#[derive(Debug)]
 pub struct Options {
     /// Suites of the kernels to boot (all of [`kernels::MATRIX`] when empty).
     pub suites: Vec<String>,
@@ -164,4 +165,30 @@ pub fn run(options: &Options, prepared: &Prepared, deb: &Path) -> Result<()> {
         bail!("test-vm: {failed} of {} kernels failed", results.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    fn parse(line: &str) -> anyhow::Result<Options> {
+        let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        Options::parse(&args)
+    }
+
+    #[test]
+    fn picks_kernels_by_suite() {
+        let o = parse("--kernel bullseye --kernel trixie --build-only").unwrap();
+        assert_eq!(o.suites, ["bullseye", "trixie"]);
+        assert!(o.build_only);
+        assert!(parse("").unwrap().suites.is_empty());
+    }
+
+    #[test]
+    fn refuses_an_unknown_suite_or_argument_naming_it() {
+        let e = parse("--kernel buster").unwrap_err().to_string();
+        assert!(e.contains("\"buster\"") && e.contains("bullseye"), "{e}");
+        let e = parse("--fast").unwrap_err().to_string();
+        assert!(e.contains("`--fast`"), "{e}");
+    }
 }
