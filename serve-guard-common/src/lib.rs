@@ -7,16 +7,28 @@
 pub mod maps {
     /// `Array<u8>` indexed by destination port: non-zero = protected Serve port.
     pub const PORTS: &str = "SG_PORTS";
-    /// `LpmTrie<[u8; 4], u8>`: the IPv4 allow-list (VPC CIDRs), key data in network order.
-    pub const ALLOW_V4: &str = "SG_ALLOW_V4";
-    /// `LpmTrie<[u8; 16], u8>`: the IPv6 allow-list.
-    pub const ALLOW_V6: &str = "SG_ALLOW_V6";
+    /// `Array<u32>` of [`crate::trie::ROOT_ENTRIES`]: the root slot of each family's allow-list
+    /// trie, indexed by [`crate::trie::ROOT_V4`] / [`crate::trie::ROOT_V6`].
+    pub const ROOTS: &str = "SG_ROOTS";
+    /// `Array<TrieNode>`: the IPv4 allow-list trie's nodes (two halves, see [`crate::trie`]).
+    pub const NODES_V4: &str = "SG_NODES_V4";
+    /// `Array<TrieNode>`: the IPv6 allow-list trie's nodes.
+    pub const NODES_V6: &str = "SG_NODES_V6";
+    /// `Array<TailV4>`: single-prefix leaves of the IPv4 trie.
+    pub const TAILS_V4: &str = "SG_TAILS_V4";
+    /// `Array<TailV6>`: single-prefix leaves of the IPv6 trie.
+    pub const TAILS_V6: &str = "SG_TAILS_V6";
     /// `Array<FilterConfig>` with one element.
     pub const CONFIG: &str = "SG_CONFIG";
     /// `PerCpuArray<Counter>` indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "SG_COUNTERS";
     /// Every map, for pinning and for `detach`.
-    pub const ALL: [&str; 5] = [PORTS, ALLOW_V4, ALLOW_V6, CONFIG, COUNTERS];
+    pub const ALL: [&str; 8] = [
+        PORTS, ROOTS, NODES_V4, NODES_V6, TAILS_V4, TAILS_V6, CONFIG, COUNTERS,
+    ];
+    /// Maps of earlier versions, with a layout this version does not read. A start replaces
+    /// the program that used them, then removes their pins (see the agent's `filter::pins`).
+    pub const RETIRED: [&str; 2] = ["SG_ALLOW_V4", "SG_ALLOW_V6"];
 }
 
 /// Name of the XDP program (the function in the eBPF crate).
@@ -26,12 +38,7 @@ pub const PROGRAM_NAME: &str = "serve_guard";
 pub const PORT_ENTRIES: u32 = 1 << 16;
 
 /// Most CIDRs the allow-list holds per address family. This is the limit users see.
-pub const MAX_CIDRS_PER_FAMILY: u32 = 65_536;
-
-/// Capacity of each LPM trie. Twice the user limit so that a list change can add every new entry
-/// before it removes an old one (no instant where a source in both lists is dropped) even when the
-/// old and the new list are both full.
-pub const LPM_ENTRIES: u32 = 2 * MAX_CIDRS_PER_FAMILY;
+pub const MAX_CIDRS_PER_FAMILY: u32 = trie::TAILS_PER_HALF;
 
 /// Most 802.1Q / 802.1ad tags parsed in front of the IP header. The kernel strips any number of
 /// priority (VID 0) tags and delivers what is behind them, so real stacks (QinQ plus a priority
@@ -256,8 +263,8 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Value stored for every allow-list entry. The key is what matters; the value is reserved.
-pub type AllowValue = u8;
+pub mod trie;
+
 /// Value stored in [`maps::PORTS`]: `PORT_PROTECTED` or 0.
 pub type PortValue = u8;
 pub const PORT_PROTECTED: PortValue = 1;
@@ -267,4 +274,7 @@ mod pod {
     // SAFETY: plain repr(C) structs of integers without padding.
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::trie::TrieNode {}
+    unsafe impl aya::Pod for super::trie::TailV4 {}
+    unsafe impl aya::Pod for super::trie::TailV6 {}
 }

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod allow;
 mod counters;
 mod maps;
 mod parse;

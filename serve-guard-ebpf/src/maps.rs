@@ -4,10 +4,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, PerCpuArray},
 };
 use serve_guard_common::{
-    AllowValue, COUNTER_ENTRIES, Counter, FilterConfig, LPM_ENTRIES, PORT_ENTRIES, PortValue, maps,
+    COUNTER_ENTRIES, Counter, FilterConfig, PORT_ENTRIES, PortValue, maps,
+    trie::{
+        MAP_FLAGS, NODES_V4_ENTRIES, NODES_V6_ENTRIES, ROOT_ENTRIES, TAILS_ENTRIES, TailV4, TailV6,
+        TrieNode,
+    },
 };
 
 /// The `#[map]` attribute only takes a literal name: fail the build if a literal drifts from
@@ -28,8 +32,11 @@ const fn same_name(a: &str, b: &str) -> bool {
 }
 
 const _: () = assert!(same_name(maps::PORTS, "SG_PORTS"));
-const _: () = assert!(same_name(maps::ALLOW_V4, "SG_ALLOW_V4"));
-const _: () = assert!(same_name(maps::ALLOW_V6, "SG_ALLOW_V6"));
+const _: () = assert!(same_name(maps::ROOTS, "SG_ROOTS"));
+const _: () = assert!(same_name(maps::NODES_V4, "SG_NODES_V4"));
+const _: () = assert!(same_name(maps::NODES_V6, "SG_NODES_V6"));
+const _: () = assert!(same_name(maps::TAILS_V4, "SG_TAILS_V4"));
+const _: () = assert!(same_name(maps::TAILS_V6, "SG_TAILS_V6"));
 const _: () = assert!(same_name(maps::CONFIG, "SG_CONFIG"));
 const _: () = assert!(same_name(maps::COUNTERS, "SG_COUNTERS"));
 
@@ -37,14 +44,22 @@ const _: () = assert!(same_name(maps::COUNTERS, "SG_COUNTERS"));
 #[map(name = "SG_PORTS")]
 pub static PORTS: Array<PortValue> = Array::pinned(PORT_ENTRIES, 0);
 
-/// IPv4 allow-list, key data in network order. aya-ebpf adds BPF_F_NO_PREALLOC, which the
-/// kernel requires for LPM tries.
-#[map(name = "SG_ALLOW_V4")]
-pub static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::pinned(LPM_ENTRIES, 0);
+/// The allow-lists: compiled tries (layout and update protocol in `serve_guard_common::trie`).
+/// Arrays only, so every lookup is inlined by the verifier into a bounds check and an add.
+#[map(name = "SG_ROOTS")]
+pub static ROOTS: Array<u32> = Array::pinned(ROOT_ENTRIES, MAP_FLAGS);
 
-/// IPv6 allow-list, key data in network order.
-#[map(name = "SG_ALLOW_V6")]
-pub static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::pinned(LPM_ENTRIES, 0);
+#[map(name = "SG_NODES_V4")]
+pub static NODES_V4: Array<TrieNode> = Array::pinned(NODES_V4_ENTRIES, MAP_FLAGS);
+
+#[map(name = "SG_NODES_V6")]
+pub static NODES_V6: Array<TrieNode> = Array::pinned(NODES_V6_ENTRIES, MAP_FLAGS);
+
+#[map(name = "SG_TAILS_V4")]
+pub static TAILS_V4: Array<TailV4> = Array::pinned(TAILS_ENTRIES, MAP_FLAGS);
+
+#[map(name = "SG_TAILS_V6")]
+pub static TAILS_V6: Array<TailV6> = Array::pinned(TAILS_ENTRIES, MAP_FLAGS);
 
 /// One `FilterConfig` at index 0.
 #[map(name = "SG_CONFIG")]

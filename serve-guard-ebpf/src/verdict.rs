@@ -1,16 +1,12 @@
 //! The decision table (fail closed): what a parsed packet gets, before audit mode.
 
-use aya_ebpf::maps::lpm_trie::Key;
-use serve_guard_common::{Family, PORT_PROTECTED, Reason, wire};
+use serve_guard_common::{Family, PORT_PROTECTED, Reason};
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6, PORTS},
+    allow,
+    maps::PORTS,
     parse::{Parsed, Source, Transport},
 };
-
-/// Prefix length of a full address: the LPM lookup key for a single source.
-const V4_BITS: u32 = (wire::IPV4_ADDR_LEN * 8) as u32;
-const V6_BITS: u32 = (wire::IPV6_ADDR_LEN * 8) as u32;
 
 #[inline(always)]
 pub fn decide(parsed: &Parsed) -> (Reason, Family) {
@@ -22,7 +18,7 @@ pub fn decide(parsed: &Parsed) -> (Reason, Family) {
             let family = src.family();
             let reason = match *transport {
                 Transport::Unprotected => Reason::PassUnprotected,
-                // The cheap path: only a protected port costs an LPM lookup.
+                // The cheap path: only a protected port costs an allow-list lookup.
                 Transport::Port(port) if !is_protected(port) => Reason::PassUnprotected,
                 Transport::Port(_) if is_allowed(src) => Reason::PassAllowed,
                 Transport::Port(_) => Reason::DropOutsideVpc,
@@ -43,8 +39,8 @@ fn is_protected(port: u16) -> bool {
 #[inline(always)]
 fn is_allowed(src: &Source) -> bool {
     match *src {
-        Source::V4(addr) => ALLOW_V4.get(&Key::new(V4_BITS, addr)).is_some(),
-        Source::V6(addr) => ALLOW_V6.get(&Key::new(V6_BITS, addr)).is_some(),
+        Source::V4(addr) => allow::allowed_v4(addr),
+        Source::V6(addr) => allow::allowed_v6(addr),
     }
 }
 

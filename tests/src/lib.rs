@@ -3,6 +3,7 @@
 //!
 //! - [`netns`]: namespaces with unique names, running code or commands inside one.
 //! - [`topology`]: server + inside client + outside client on one bridge, IPv4 and IPv6.
+//! - [`wire_fuzz`]: the black-box fuzzer with the kernel as the oracle.
 //! - [`server`]: a tiny HTTP/1.1 server and a UDP echo server inside a namespace.
 //! - [`probe`]: TCP connect, HTTP GET and UDP probes from a namespace, bounded by timeouts.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
@@ -20,6 +21,7 @@ pub mod ray;
 pub mod rootfs;
 pub mod server;
 pub mod topology;
+pub mod wire_fuzz;
 
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};

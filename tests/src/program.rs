@@ -7,19 +7,22 @@
 //! already pinned there, so every instance gets its own directory, removed on Drop: two tests
 //! must never share maps.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, PerCpuArray},
     programs::Xdp,
 };
+use ipnet::IpNet;
+use serve_guard::cidr::CidrList;
 use serve_guard::filter::{
+    allow::AllowMaps,
     object::OBJECT,
     test_run::{TestRun, test_run},
 };
 use serve_guard_common::{
-    AllowValue, COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_PROTECTED, PROGRAM_NAME,
-    PortValue, Reason, counter_index, maps,
+    COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_PROTECTED, PROGRAM_NAME, PortValue,
+    Reason, counter_index, maps,
 };
 use std::{
     ffi::CString,
@@ -36,8 +39,6 @@ const BPFFS: &str = "/sys/fs/bpf";
 const PIN_PREFIX: &str = "sg-prog-";
 /// statfs f_type of a bpf filesystem (uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// The allow-list value (the key is what matters).
-const ALLOWED: AllowValue = 1;
 
 /// XDP verdicts as BPF_PROG_TEST_RUN reports them (uapi `enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
@@ -72,6 +73,9 @@ impl Counters {
 /// One loaded instance of the program with its own maps.
 pub struct TestProgram {
     ebpf: Ebpf,
+    allow: AllowMaps,
+    /// What `allow` added so far: each change recompiles the whole list, as the agent does.
+    allowed: CidrList,
     pin_dir: PathBuf,
 }
 
@@ -102,8 +106,14 @@ impl TestProgram {
         program
             .load()
             .context("verifier rejected the XDP program")?;
+        let allow = AllowMaps::take(&mut ebpf).context("allow-list maps")?;
         std::mem::forget(guard);
-        Ok(Self { ebpf, pin_dir })
+        Ok(Self {
+            ebpf,
+            allow,
+            allowed: CidrList::default(),
+            pin_dir,
+        })
     }
 
     /// Where this instance's maps are pinned.
@@ -145,25 +155,30 @@ impl TestProgram {
 
     /// Adds `addr/prefix_len` to the allow-list of its family.
     pub fn allow(&mut self, addr: IpAddr, prefix_len: u8) -> Result<()> {
-        match addr {
-            IpAddr::V4(a) => {
-                if prefix_len > 32 {
-                    bail!("prefix length {prefix_len} too long for {a}");
-                }
-                let mut trie: LpmTrie<_, [u8; 4], AllowValue> =
-                    LpmTrie::try_from(self.ebpf.map_mut(maps::ALLOW_V4).context("v4 allow-list")?)?;
-                trie.insert(&Key::new(u32::from(prefix_len), a.octets()), &ALLOWED, 0)?;
-            }
-            IpAddr::V6(a) => {
-                if prefix_len > 128 {
-                    bail!("prefix length {prefix_len} too long for {a}");
-                }
-                let mut trie: LpmTrie<_, [u8; 16], AllowValue> =
-                    LpmTrie::try_from(self.ebpf.map_mut(maps::ALLOW_V6).context("v6 allow-list")?)?;
-                trie.insert(&Key::new(u32::from(prefix_len), a.octets()), &ALLOWED, 0)?;
-            }
+        self.allow_all(&[(addr, prefix_len)])
+    }
+
+    /// Adds every `(addr, prefix_len)` to the allow-lists in one change.
+    pub fn allow_all(&mut self, cidrs: &[(IpAddr, u8)]) -> Result<()> {
+        let mut next = self.allowed.clone();
+        for &(addr, len) in cidrs {
+            let net = IpNet::new(addr, len)
+                .with_context(|| format!("prefix length {len} too long for {addr}"))?;
+            next.insert(net.trunc());
         }
+        self.set_allowed(next)
+    }
+
+    /// Makes the allow-lists exactly `list` (one switch, as the agent applies a change).
+    pub fn set_allowed(&mut self, list: CidrList) -> Result<()> {
+        self.allow.apply(&list)?;
+        self.allowed = list;
         Ok(())
+    }
+
+    /// The addresses the maps allow now, as the fewest CIDRs.
+    pub fn allowed_now(&self) -> Result<CidrList> {
+        Ok(self.allow.allowed()?)
     }
 
     pub fn set_config(&mut self, config: FilterConfig) -> Result<()> {

@@ -184,6 +184,40 @@ fn restart_adopts_the_pinned_maps_and_link() -> Result<()> {
     Ok(())
 }
 
+/// An upgrade from the version whose allow-list was a pair of LPM tries: pins of that layout
+/// are not adopted; the agent creates and fills the new maps, attaches, then removes the old pins.
+#[test]
+fn an_earlier_versions_allow_list_pins_are_replaced() -> Result<()> {
+    let topo = Topology::new()?;
+    let mut agent = Agent::new(&topo.server.ns, config())?;
+    let maps_dir = layout(&agent).maps_dir();
+    std::fs::create_dir_all(&maps_dir)?;
+    // The old layout: LPM tries (BPF_F_NO_PREALLOC) keyed by prefix length + address.
+    for (name, key) in maps::RETIRED.into_iter().zip(["8", "20"]) {
+        let path = maps_dir.join(name);
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&path)
+            .args([
+                "type", "lpm_trie", "key", key, "value", "1", "entries", "16", "name", name,
+                "flags", "1",
+            ])
+            .output()?;
+        assert!(out.status.success(), "bpftool: {out:?}");
+    }
+    agent.launch()?;
+    agent.wait_ready()?;
+    let mut expected: Vec<String> = maps::ALL.iter().map(|m| format!("maps/{m}")).collect();
+    expected.push(format!("links/{IFACE}@driver"));
+    expected.push("prog".into());
+    expected.sort();
+    assert_eq!(agent.files().pins()?, expected, "old pins removed");
+    send_udp(&topo.outside, &topo.server, PROTECTED_PORT, 3)?;
+    wait_counter(&agent, Reason::DropOutsideVpc, 3)?;
+    assert!(agent.stop()?.success(), "{}", agent.logs());
+    Ok(())
+}
+
 #[test]
 fn detach_removes_every_pin_and_the_program() -> Result<()> {
     let topo = Topology::new()?;
@@ -208,7 +242,7 @@ fn detach_removes_every_pin_and_the_program() -> Result<()> {
     assert!(
         stdout.contains(&format!("removed XDP links on {IFACE}"))
             && stdout.contains("the program")
-            && stdout.contains(maps::ALLOW_V4),
+            && stdout.contains(maps::NODES_V4),
         "{stdout}"
     );
     assert!(!agent.files().pin_dir.exists(), "no pin left");

@@ -15,7 +15,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",    // ICMP pass-through checks
     "curl",            // control socket checks, demo
     "nftables",        // benchmark peer
+    "iptables",        // benchmark peer (raw table)
+    "ipset",           // the iptables peer's allow-list
     "netsniff-ng",     // trafgen, benchmark flood
+    "nginx-light",     // benchmark peer of the token proxy, and its fast upstream
+    "wrk",             // HTTP load for the proxy benchmark
     "chromium",        // public mode: the docs link in a real browser
     "chromium-driver", // driven over WebDriver
     "openssl",         // test certificates

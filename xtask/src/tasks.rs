@@ -124,8 +124,8 @@ fn runs_package_test(args: &[String]) -> bool {
     picked.peek().is_none() || picked.any(|name| name == "package")
 }
 
-/// `cargo run --release` of the serve-guard-tests binary `bin` with `args`.
-fn run_tests_binary(tc: &Toolchains, bin: &str, args: &[String]) -> Result<()> {
+/// `cargo run --release` of the serve-guard-tests binary `bin` with `args`, to run.
+fn tests_binary(tc: &Toolchains, bin: &str, args: &[String]) -> Command {
     let mut c = cargo(tc);
     c.args([
         "run",
@@ -138,12 +138,18 @@ fn run_tests_binary(tc: &Toolchains, bin: &str, args: &[String]) -> Result<()> {
         "--",
     ])
     .args(args);
-    cmd::run(&mut c)
+    c
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
-    run_tests_binary(&tc, "bench", without_separator(args))
+    let args = without_separator(args);
+    let mut c = tests_binary(&tc, "bench", args);
+    // The proxy comparison runs the agent itself, built like a deployment.
+    if args.iter().any(|a| a == "--proxy") {
+        c.env("SERVE_GUARD_BIN", build_agent(&tc, true)?);
+    }
+    cmd::run(&mut c)
 }
 
 /// The fuzzers of `cargo xtask fuzz`: (name on the command line, binary of serve-guard-tests).
@@ -181,7 +187,7 @@ pub fn fuzz(args: &[String]) -> Result<()> {
             }
             bail!("fuzzer {name}: serve-guard-tests has no binary {bin}");
         }
-        if let Err(e) = run_tests_binary(&tc, bin, rest) {
+        if let Err(e) = cmd::run(&mut tests_binary(&tc, bin, rest)) {
             eprintln!("xtask: fuzzer {name}: {e:#}");
             failed.push(*name);
         }

@@ -1,17 +1,11 @@
 //! Typed handles on the program's maps and the writes the agent makes to them.
 
+use super::allow::{self, AllowMaps};
 use super::{FilterError, error_chain};
 use crate::cidr::CidrList;
-use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serve_guard_common::{
-    AllowValue, Counter, FilterConfig, PORT_ENTRIES, PORT_PROTECTED, PortValue, maps,
-};
+use serve_guard_common::{Counter, FilterConfig, PORT_ENTRIES, PORT_PROTECTED, PortValue, maps};
 use std::collections::BTreeSet;
-
-/// Value written for every allow-list entry; the program only looks at the key.
-const ALLOW_ENTRY: AllowValue = 1;
 /// Value of an unprotected port.
 const PORT_OPEN: PortValue = 0;
 /// Index of the single element of the config map.
@@ -19,14 +13,13 @@ const CONFIG_INDEX: u32 = 0;
 /// No BPF_ANY/BPF_NOEXIST distinction needed: plain upserts.
 const NO_FLAGS: u64 = 0;
 
-pub(crate) type V4Trie = LpmTrie<MapData, [u8; 4], AllowValue>;
-pub(crate) type V6Trie = LpmTrie<MapData, [u8; 16], AllowValue>;
-
 /// The program's maps, taken out of the loaded object.
 pub(crate) struct FilterMaps {
     pub ports: Array<MapData, PortValue>,
-    pub allow_v4: V4Trie,
-    pub allow_v6: V6Trie,
+    pub allow: AllowMaps,
+    /// The list the allow-list was last compiled from (exactly as given; the maps only keep
+    /// the addresses it covers). `None` until this process applied one.
+    applied: Option<CidrList>,
     pub config: Array<MapData, FilterConfig>,
     pub counters: PerCpuArray<MapData, Counter>,
 }
@@ -45,8 +38,8 @@ impl FilterMaps {
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, FilterError> {
         Ok(Self {
             ports: typed(ebpf, maps::PORTS)?,
-            allow_v4: typed(ebpf, maps::ALLOW_V4)?,
-            allow_v6: typed(ebpf, maps::ALLOW_V6)?,
+            allow: AllowMaps::take(ebpf)?,
+            applied: None,
             config: typed(ebpf, maps::CONFIG)?,
             counters: typed(ebpf, maps::COUNTERS)?,
         })
@@ -101,65 +94,40 @@ impl FilterMaps {
         Ok(ports)
     }
 
-    /// What the allow-lists hold now.
+    /// The list the allow-lists were compiled from, checked against the addresses the maps
+    /// allow now. Before this process applied a list (adopted maps), the allowed addresses as
+    /// the fewest CIDRs.
     pub fn read_cidrs(&self) -> Result<CidrList, FilterError> {
-        let mut list = CidrList::default();
-        for net in read_v4(&self.allow_v4)? {
-            list.insert(IpNet::V4(net));
+        let allowed = self.allow.allowed()?;
+        match &self.applied {
+            Some(list) if allow::merged(list) == allowed => Ok(list.clone()),
+            Some(_) => Err(FilterError::Map {
+                name: maps::ROOTS,
+                action: "read",
+                detail: "the allow-list maps no longer hold the list last applied".to_owned(),
+            }),
+            None => Ok(allowed),
         }
-        for net in read_v6(&self.allow_v6)? {
-            list.insert(IpNet::V6(net));
-        }
-        Ok(list)
     }
 
-    /// Makes the allow-lists equal to `list`, adding every new entry before removing any old
-    /// one: a source in both lists is never dropped, a source in neither is never passed. If an
-    /// add fails, the entries added so far are taken out again (the old list stays whole).
+    /// Makes the allow-lists equal to `list` in one switch per family: every packet is judged by
+    /// the whole old list or the whole new one, so a source in both lists is never dropped and
+    /// a source in neither is never passed. If the new list does not fit, nothing changes.
     pub fn apply_cidrs(&mut self, list: &CidrList) -> Result<ApplyStats, FilterError> {
         list.validate()?;
-        let old_v4 = read_v4(&self.allow_v4)?;
-        let old_v6 = read_v6(&self.allow_v6)?;
-        let add_v4: Vec<Ipv4Net> = list.v4().difference(&old_v4).copied().collect();
-        let add_v6: Vec<Ipv6Net> = list.v6().difference(&old_v6).copied().collect();
-        let del_v4: Vec<Ipv4Net> = old_v4.difference(list.v4()).copied().collect();
-        let del_v6: Vec<Ipv6Net> = old_v6.difference(list.v6()).copied().collect();
-
-        let mut added_v4 = Vec::new();
-        let mut added_v6 = Vec::new();
-        let added = (|| {
-            for net in &add_v4 {
-                insert(&mut self.allow_v4, maps::ALLOW_V4, &v4_key(net))?;
-                added_v4.push(*net);
-            }
-            for net in &add_v6 {
-                insert(&mut self.allow_v6, maps::ALLOW_V6, &v6_key(net))?;
-                added_v6.push(*net);
-            }
-            Ok::<(), FilterError>(())
-        })();
-        if let Err(error) = added {
-            // Roll back: a source in neither list must not stay allowed.
-            for net in &added_v4 {
-                let _ = self.allow_v4.remove(&v4_key(net));
-            }
-            for net in &added_v6 {
-                let _ = self.allow_v6.remove(&v6_key(net));
-            }
-            return Err(error);
-        }
-        for net in &del_v4 {
-            remove(&mut self.allow_v4, maps::ALLOW_V4, &v4_key(net))?;
-        }
-        for net in &del_v6 {
-            remove(&mut self.allow_v6, maps::ALLOW_V6, &v6_key(net))?;
-        }
-        Ok(ApplyStats {
-            added: add_v4.len() + add_v6.len(),
-            removed: del_v4.len() + del_v6.len(),
+        let old = match &self.applied {
+            Some(old) => old.clone(),
+            None => self.allow.allowed()?,
+        };
+        self.allow.apply(list)?;
+        let stats = ApplyStats {
+            added: list.iter().filter(|n| !old.contains(n)).count(),
+            removed: old.iter().filter(|n| !list.contains(n)).count(),
             v4: list.v4().len(),
             v6: list.v6().len(),
-        })
+        };
+        self.applied = Some(list.clone());
+        Ok(stats)
     }
 }
 
@@ -186,78 +154,4 @@ pub(crate) fn map_err(
         action,
         detail: error_chain(&e),
     }
-}
-
-fn v4_key(net: &Ipv4Net) -> Key<[u8; 4]> {
-    Key::new(u32::from(net.prefix_len()), net.network().octets())
-}
-
-fn v6_key(net: &Ipv6Net) -> Key<[u8; 16]> {
-    Key::new(u32::from(net.prefix_len()), net.network().octets())
-}
-
-fn insert<const N: usize>(
-    trie: &mut LpmTrie<MapData, [u8; N], AllowValue>,
-    name: &'static str,
-    key: &Key<[u8; N]>,
-) -> Result<(), FilterError> {
-    trie.insert(key, &ALLOW_ENTRY, NO_FLAGS).map_err(|e| {
-        if is_full(&e) {
-            FilterError::MapFull { name }
-        } else {
-            map_err(name, "add to")(e)
-        }
-    })
-}
-
-fn remove<const N: usize>(
-    trie: &mut LpmTrie<MapData, [u8; N], AllowValue>,
-    name: &'static str,
-    key: &Key<[u8; N]>,
-) -> Result<(), FilterError> {
-    match trie.remove(key) {
-        Ok(()) => Ok(()),
-        // Already gone: the goal state holds.
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(map_err(name, "remove from")(e)),
-    }
-}
-
-fn is_full(e: &MapError) -> bool {
-    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOSPC))
-}
-
-fn is_not_found(e: &MapError) -> bool {
-    matches!(e, MapError::KeyNotFound | MapError::ElementNotFound)
-        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
-}
-
-pub(crate) fn read_v4(trie: &V4Trie) -> Result<BTreeSet<Ipv4Net>, FilterError> {
-    let mut out = BTreeSet::new();
-    for key in trie.keys() {
-        let key = key.map_err(map_err(maps::ALLOW_V4, "read"))?;
-        let prefix = u8::try_from(key.prefix_len()).unwrap_or(u8::MAX);
-        let net = Ipv4Net::new(key.data().into(), prefix).map_err(|_| FilterError::Map {
-            name: maps::ALLOW_V4,
-            action: "read",
-            detail: format!("entry with prefix length {}", key.prefix_len()),
-        })?;
-        out.insert(net);
-    }
-    Ok(out)
-}
-
-pub(crate) fn read_v6(trie: &V6Trie) -> Result<BTreeSet<Ipv6Net>, FilterError> {
-    let mut out = BTreeSet::new();
-    for key in trie.keys() {
-        let key = key.map_err(map_err(maps::ALLOW_V6, "read"))?;
-        let prefix = u8::try_from(key.prefix_len()).unwrap_or(u8::MAX);
-        let net = Ipv6Net::new(key.data().into(), prefix).map_err(|_| FilterError::Map {
-            name: maps::ALLOW_V6,
-            action: "read",
-            detail: format!("entry with prefix length {}", key.prefix_len()),
-        })?;
-        out.insert(net);
-    }
-    Ok(out)
 }

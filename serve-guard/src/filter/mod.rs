@@ -6,6 +6,7 @@
 //! pinned link. The pins keep the node filtering when the agent is gone (fail closed);
 //! [`pins::remove_pins`] takes everything away.
 
+pub mod allow;
 pub mod attach;
 pub mod counters;
 pub mod kernel;
@@ -14,6 +15,7 @@ pub mod object;
 pub mod pins;
 pub mod program_log;
 pub mod test_run;
+pub mod trie;
 
 pub use attach::{AttachedInterface, LinkState};
 pub use counters::{CounterEntry, CounterSnapshot, read_pinned_counters};
@@ -232,6 +234,8 @@ impl Filter {
             let _ = std::fs::remove_file(&next_pin);
             return Err(error);
         }
+        // The program that read an earlier version's allow-list is gone from every link.
+        pins::remove_retired_maps(&layout);
 
         Ok(Filter {
             maps,

@@ -306,6 +306,24 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Removed, FilterError> {
     Ok(removed)
 }
 
+/// Removes the pins of maps an earlier version used and this one does not read (their layout
+/// changed, so they were never adopted: this start created and filled the new maps, then
+/// replaced the program that used the old ones). Best effort: a pin left behind is only
+/// memory, and `detach` removes every map pin.
+pub fn remove_retired_maps(layout: &PinLayout) {
+    for name in maps::RETIRED {
+        let path = layout.map(name);
+        match remove_file_if_exists(&path) {
+            Ok(true) => tracing::info!(
+                "removed {} (the allow-list of an earlier version)",
+                path.display()
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}
+
 fn remove_file(path: &Path) -> Result<(), FilterError> {
     remove_file_if_exists(path).map(|_| ())
 }

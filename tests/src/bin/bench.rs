@@ -6,17 +6,21 @@
 //! start) so drift hits all of them alike, and the table reports the median over rounds.
 //! The floor is a real two-instruction XDP_PASS program loaded in the same run.
 //!
-//! With `--flood`, a bounded veth SYN flood then compares the program with an nftables rule
-//! holding the same list (see bench/flood.rs). It is opt-in: on a shared 2-core VM its
-//! differences are often within the noise (it says so in its output), while the numbers
-//! above are stable.
+//! With `--proxy`, the agent's token proxy is compared with nginx doing the same bearer check
+//! (bench/proxy.rs). With `--flood`, a bounded veth SYN flood compares the program with an
+//! nftables and an iptables rule holding the same list, at 10 and 10,000 CIDRs (bench/flood.rs).
+//! Both are opt-in: on a shared 2-core VM their differences are often within the noise (each
+//! comparison carries its 95% confidence interval), while the numbers above are stable.
 //!
 //! Options: `--rounds N` (default 9, at least 5), `--repeat N` (default 1000000, at least
-//! 1000000), `--flood`, `--no-write` (print only; by default docs/BENCHMARKS.md is
-//! rewritten).
+//! 1000000), `--sizes LIST` (allow-list sizes per family, default 10,1000,10000,60000),
+//! `--json FILE` (every figure and the method, machine readable), `--flood`, `--no-write`
+//! (print only; by default docs/BENCHMARKS.md is rewritten).
 
 #[path = "bench/flood.rs"]
 mod flood;
+#[path = "bench/proxy.rs"]
+mod proxy;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serve_guard::filter::test_run::test_run;
@@ -39,8 +43,11 @@ const DEFAULT_REPEAT: u32 = 1_000_000;
 const MIN_REPEAT: u32 = 1_000_000;
 /// Seed of the CIDR generator: the same lists on every run and machine.
 const SEED: u64 = 0x5e7e_9a7d_2026_0002;
-const SMALL_LIST: usize = 10;
-const LARGE_LIST: usize = 10_000;
+const DEFAULT_SIZES: [usize; 4] = [10, 1_000, 10_000, 60_000];
+/// The flood compares filters holding lists of these sizes (those among `--sizes`).
+const FLOOD_SIZES: [usize; 2] = [10, 10_000];
+/// The lookup goal (issue 11): the largest list costs at most this much more than the smallest.
+const FLAT_GOAL: f64 = 1.25;
 const HTTP: u16 = 8000;
 const GRPC: u16 = 9000;
 const UNPROTECTED: u16 = 8080;
@@ -92,9 +99,12 @@ fn mask_v6(addr: u128, len: u8) -> u128 {
     }
 }
 
+/// A list of CIDRs as (network address, prefix length).
+type Cidrs = Vec<(IpAddr, u8)>;
+
 /// `n` distinct CIDRs of each family: the VPC plus random ones that never cover the outside
 /// clients (a denied packet must stay denied).
-fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Vec<(IpAddr, u8)>, Vec<(IpAddr, u8)>) {
+fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Cidrs, Cidrs) {
     let mut v4: HashSet<(u32, u8)> = HashSet::from([(u32::from(VPC_V4.0), VPC_V4.1)]);
     while v4.len() < n {
         let len = rng.between(V4_PREFIXES);
@@ -128,17 +138,45 @@ fn cidr_lists(n: usize, rng: &mut SplitMix) -> (Vec<(IpAddr, u8)>, Vec<(IpAddr, 
 }
 
 /// A program with the protected ports and `cidrs` CIDRs per family, and its IPv4 list.
-fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<(TestProgram, Vec<(IpAddr, u8)>)> {
+fn loaded_program(cidrs: usize, rng: &mut SplitMix) -> Result<(TestProgram, Cidrs)> {
     let mut program = TestProgram::load()?;
     for port in [HTTP, GRPC] {
         program.protect_port(port)?;
     }
     let (v4, v6) = cidr_lists(cidrs, rng);
-    for &(addr, len) in v4.iter().chain(&v6) {
-        program.allow(addr, len)?;
-    }
+    let all: Vec<(IpAddr, u8)> = v4.iter().chain(&v6).copied().collect();
+    program.allow_all(&all)?;
     Ok((program, v4))
 }
+
+/// Two-sided 95% Student t quantiles for 1..=30 degrees of freedom.
+const T95: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+    2.052, 2.048, 2.045, 2.042,
+];
+/// The normal quantile, past the table.
+const Z95: f64 = 1.96;
+
+/// Mean and half-width of the 95% confidence interval of `v` (Student t).
+fn mean_ci(v: &[f64]) -> (f64, f64) {
+    let n = v.len();
+    let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (mean, f64::INFINITY);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let t = T95.get(n - 2).copied().unwrap_or(Z95);
+    (mean, t * (var / n as f64).sqrt())
+}
+
+/// The protected-port cases measured at every list size.
+const PROTECTED_CASES: [&str; 4] = [
+    "filter: protected port, v4 allowed",
+    "filter: protected port, v4 denied",
+    "filter: protected port, v6 allowed",
+    "filter: protected port, v6 denied",
+];
 
 enum Target<'a> {
     Floor(&'a OwnedFd),
@@ -184,16 +222,22 @@ impl Scenario<'_> {
 struct Options {
     rounds: usize,
     repeat: u32,
+    sizes: Vec<usize>,
+    json: Option<PathBuf>,
     write: bool,
     flood: bool,
+    proxy: bool,
 }
 
 fn options() -> Result<Options> {
     let mut o = Options {
         rounds: DEFAULT_ROUNDS,
         repeat: DEFAULT_REPEAT,
+        sizes: DEFAULT_SIZES.to_vec(),
+        json: None,
         write: true,
         flood: false,
+        proxy: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -212,11 +256,24 @@ fn options() -> Result<Options> {
                     .parse()
                     .context("--repeat")?
             }
+            "--sizes" => {
+                let list = args.next().context("--sizes needs a value, e.g. 10,1000")?;
+                o.sizes = list
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse::<usize>()
+                            .with_context(|| format!("--sizes: {n:?}"))
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--json" => o.json = Some(args.next().context("--json needs a file")?.into()),
             "--no-write" => o.write = false,
             "--flood" => o.flood = true,
+            "--proxy" => o.proxy = true,
             other => {
                 bail!(
-                    "unknown argument {other:?} (known: --rounds N, --repeat N, --flood, --no-write)"
+                    "unknown argument {other:?} (known: --rounds N, --repeat N, --sizes LIST, --json FILE, --proxy, --flood, --no-write)"
                 )
             }
         }
@@ -229,6 +286,13 @@ fn options() -> Result<Options> {
         o.repeat >= MIN_REPEAT,
         "--repeat must be at least {MIN_REPEAT}"
     );
+    o.sizes.sort_unstable();
+    o.sizes.dedup();
+    let max = serve_guard_common::MAX_CIDRS_PER_FAMILY as usize;
+    ensure!(
+        o.sizes.first().is_some_and(|&n| n >= 1) && o.sizes.iter().all(|&n| n <= max),
+        "--sizes must be between 1 and {max} (the per-family capacity)"
+    );
     Ok(o)
 }
 
@@ -237,8 +301,16 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let floor = load_pass_program().context("loading the XDP_PASS floor program")?;
     let mut rng = SplitMix(SEED);
-    let (small, _) = loaded_program(SMALL_LIST, &mut rng)?;
-    let (mut large, large_v4) = loaded_program(LARGE_LIST, &mut rng)?;
+    let mut programs = Vec::new();
+    for &size in &opts.sizes {
+        let loaded = Instant::now();
+        let (program, v4) = loaded_program(size, &mut rng)?;
+        eprintln!(
+            "{size} CIDRs per family: compiled and loaded in {:.2} s",
+            loaded.elapsed().as_secs_f64()
+        );
+        programs.push((size, program, v4));
+    }
 
     let v4_out = Frame::ipv4(OUTSIDE_V4, SERVER_V4);
     let v4_in = Frame::ipv4(INSIDE_V4, SERVER_V4);
@@ -254,39 +326,23 @@ fn main() -> Result<()> {
     }];
     scenarios.push(Scenario {
         name: "filter: v4 TCP to an unprotected port",
-        cidrs: Some(SMALL_LIST),
-        target: Target::Filter(&small),
+        cidrs: Some(programs[0].0),
+        target: Target::Filter(&programs[0].1),
         frame: v4_out.clone().tcp(UNPROTECTED).build(),
         verdict: XDP_PASS,
         samples: Vec::new(),
     });
-    for (program, cidrs) in [(&small, SMALL_LIST), (&large, LARGE_LIST)] {
+    for (cidrs, program, _) in &programs {
         let cases = [
-            (
-                "filter: protected port, v4 allowed",
-                v4_in.clone().tcp(HTTP),
-                XDP_PASS,
-            ),
-            (
-                "filter: protected port, v4 denied",
-                v4_out.clone().tcp(HTTP),
-                XDP_DROP,
-            ),
-            (
-                "filter: protected port, v6 allowed",
-                v6_in.clone().tcp(HTTP),
-                XDP_PASS,
-            ),
-            (
-                "filter: protected port, v6 denied",
-                v6_out.clone().tcp(HTTP),
-                XDP_DROP,
-            ),
+            (PROTECTED_CASES[0], v4_in.clone().tcp(HTTP), XDP_PASS),
+            (PROTECTED_CASES[1], v4_out.clone().tcp(HTTP), XDP_DROP),
+            (PROTECTED_CASES[2], v6_in.clone().tcp(HTTP), XDP_PASS),
+            (PROTECTED_CASES[3], v6_out.clone().tcp(HTTP), XDP_DROP),
         ];
         for (name, frame, verdict) in cases {
             scenarios.push(Scenario {
                 name,
-                cidrs: Some(cidrs),
+                cidrs: Some(*cidrs),
                 target: Target::Filter(program),
                 frame: frame.build(),
                 verdict,
@@ -303,21 +359,37 @@ fn main() -> Result<()> {
     }
 
     let mut report = report(&scenarios, &opts)?;
+    let mut json = json(&scenarios, &opts);
     drop(scenarios);
-    if opts.flood {
+    if opts.proxy {
         eprintln!(
-            "flood: {} rounds of {} packets per filter",
-            flood::ROUNDS,
-            flood::PACKETS
+            "proxy: {} rounds of serve-guard and nginx, with and without the token",
+            proxy::ROUNDS
         );
-        let rows = flood::compare(
-            &mut large,
-            &large_v4,
-            [HTTP, GRPC],
-            &v4_out.clone().tcp(HTTP),
-        )
-        .context("veth flood comparison (needs trafgen and nft: cargo xtask setup)")?;
-        report.push_str(&flood::report(&rows, LARGE_LIST)?);
+        let series = proxy::compare()
+            .context("proxy comparison (needs nginx and wrk: cargo xtask setup)")?;
+        let (text, figures) = proxy::report(&series)?;
+        report.push_str(&text);
+        json["proxy"] = figures;
+    }
+    if opts.flood {
+        let mut figures = serde_json::Map::new();
+        for (size, program, v4) in programs
+            .iter_mut()
+            .filter(|(size, _, _)| FLOOD_SIZES.contains(size))
+        {
+            eprintln!(
+                "flood at {size} CIDRs: {} rounds of {} packets per filter",
+                flood::ROUNDS,
+                flood::PACKETS
+            );
+            let rows = flood::compare(program, v4, [HTTP, GRPC], &v4_out.clone().tcp(HTTP))
+                .context("veth flood comparison (needs trafgen, nft, iptables, ipset: cargo xtask setup)")?;
+            let (text, json_rows) = flood::report(&rows, *size)?;
+            report.push_str(&text);
+            figures.insert(size.to_string(), json_rows);
+        }
+        json["flood"] = serde_json::Value::Object(figures);
     }
     writeln!(
         report,
@@ -325,6 +397,11 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     )?;
     print!("{report}");
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if opts.write {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
         std::fs::create_dir_all(path.parent().context("docs dir")?)?;
@@ -334,16 +411,32 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+fn min_max(s: &Scenario) -> (u32, u32) {
+    let min = s.samples.iter().copied().min().unwrap_or(0);
+    let max = s.samples.iter().copied().max().unwrap_or(0);
+    (min, max)
+}
+
+/// Median of `case` at `cidrs`, if measured.
+fn median_of(scenarios: &[Scenario], case: &str, cidrs: usize) -> Option<u32> {
+    scenarios
+        .iter()
+        .find(|s| s.name == case && s.cidrs == Some(cidrs))
+        .map(Scenario::median)
+}
+
 fn report(scenarios: &[Scenario], opts: &Options) -> Result<String> {
     let floor = f64::from(scenarios[0].median().max(1));
     let mut out = String::new();
     writeln!(out, "# Benchmarks\n")?;
     writeln!(
         out,
-        "Written by `cargo xtask bench` (tests/src/bin/bench.rs); rerun it to refresh. \
-         `cargo xtask bench -- --flood` adds a veth SYN-flood comparison with nftables, opt-in \
-         because on a busy 2-core VM its differences are often within the noise (the section \
-         says whether its run was conclusive).\n"
+        "Written by `cargo xtask bench` (tests/src/bin/bench.rs); rerun it to refresh. Options: \
+         `--sizes LIST` (allow-list sizes per family), `--json FILE` (every figure and the \
+         method, machine readable), `--proxy` (the token proxy against nginx), `--flood` (a \
+         veth SYN flood against nftables and iptables at 10 and 10,000 CIDRs, with 95% \
+         confidence intervals; opt-in because on a busy 2-core VM its differences are often \
+         within the noise, and each comparison says whether it was conclusive).\n"
     )?;
     writeln!(out, "## Cost of the XDP program per packet\n")?;
     writeln!(
@@ -352,10 +445,7 @@ fn report(scenarios: &[Scenario], opts: &Options) -> Result<String> {
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|")?;
     for s in scenarios {
-        let (min, max) = (
-            s.samples.iter().min().unwrap(),
-            s.samples.iter().max().unwrap(),
-        );
+        let (min, max) = min_max(s);
         writeln!(
             out,
             "| {} | {} | {} | {min}-{max} | {:.1} |",
@@ -365,52 +455,126 @@ fn report(scenarios: &[Scenario], opts: &Options) -> Result<String> {
             f64::from(s.median()) / floor,
         )?;
     }
+    let smallest = opts.sizes[0];
+    let largest = *opts.sizes.last().expect("at least one size");
+    writeln!(out, "\n## Does the lookup grow with the list?\n")?;
+    writeln!(
+        out,
+        "Each protected-port median divided by the same case's median at {smallest} CIDRs \
+         (goal: at most {FLAT_GOAL} at {largest}), and at {smallest} CIDRs by the floor (goal: \
+         at most 2.5).\n"
+    )?;
+    write!(out, "| case |")?;
+    for size in &opts.sizes {
+        write!(out, " {size} |")?;
+    }
+    writeln!(out, " x floor at {smallest} |")?;
+    writeln!(out, "|---|{}---:|", "---:|".repeat(opts.sizes.len()))?;
+    for case in PROTECTED_CASES {
+        let base = median_of(scenarios, case, smallest).unwrap_or(1).max(1);
+        write!(
+            out,
+            "| {} |",
+            case.trim_start_matches("filter: protected port, ")
+        )?;
+        for &size in &opts.sizes {
+            let m = median_of(scenarios, case, size).unwrap_or(0);
+            write!(out, " {m} ns ({:.2}) |", f64::from(m) / f64::from(base))?;
+        }
+        writeln!(out, " {:.1} |", f64::from(base) / floor)?;
+    }
     writeln!(out, "\n### Machine\n")?;
     let m = machine();
     writeln!(out, "- kernel: {}", m.kernel)?;
     writeln!(out, "- CPU: {} ({} cores online)", m.cpu, m.cores)?;
-    writeln!(out, "\n### Method\n")?;
     writeln!(
         out,
-        "- Each number is the kernel-reported `duration` of `BPF_PROG_TEST_RUN` (mean ns per run \
-         over `repeat` = {} runs of the same frame), median of {} rounds. Rounds interleave all \
-         scenarios, rotating the starting one. The syscall's wall-clock time is not used: on this \
-         nested VM it is noisy, the kernel's figure is stable.",
-        opts.repeat, opts.rounds
+        "- load average (1, 5, 15 min) at the end of the run: {}",
+        m.load
     )?;
-    writeln!(
-        out,
-        "- Floor: a real XDP program of two instructions (`r0 = XDP_PASS; exit`) loaded with \
+    writeln!(out, "\n### Method\n")?;
+    for line in method(opts) {
+        writeln!(out, "- {line}")?;
+    }
+    Ok(out)
+}
+
+/// The method, one statement per item (the report's list and the JSON's `method`).
+fn method(opts: &Options) -> Vec<String> {
+    vec![
+        format!(
+            "Each number is the kernel-reported `duration` of `BPF_PROG_TEST_RUN` (mean ns per \
+             run over `repeat` = {} runs of the same frame), median of {} rounds. Rounds \
+             interleave all scenarios, rotating the starting one. The syscall's wall-clock time \
+             is not used: on this nested VM it is noisy, the kernel's figure is stable.",
+            opts.repeat, opts.rounds
+        ),
+        "Floor: a real XDP program of two instructions (`r0 = XDP_PASS; exit`) loaded with \
          bpf(BPF_PROG_LOAD) in the same run; `x floor` is each median divided by its median. \
          What the floor costs is the test-run harness itself (context set-up, the call)."
-    )?;
-    writeln!(
-        out,
-        "- Filter: the real serve-guard program (the object the agent embeds), loaded but not \
-         attached, ports {HTTP} and {GRPC} protected. Frames: Ethernet + IPv4/IPv6 + TCP SYN. \
-         Every run's verdict is checked (allowed = XDP_PASS, denied = XDP_DROP)."
-    )?;
-    writeln!(
-        out,
-        "- CIDR lists: per family the VPC ({}/{}, {}/{}) plus random prefixes from a fixed seed \
-         (IPv4 /{}-/{} anywhere, IPv6 /{}-/{} in fd00::/8), none covering the denied source. \
-         The allow-lists are LPM tries; their lookup is what grows with the list.",
-        VPC_V4.0,
-        VPC_V4.1,
-        VPC_V6.0,
-        VPC_V6.1,
-        V4_PREFIXES.0,
-        V4_PREFIXES.1,
-        V6_PREFIXES.0,
-        V6_PREFIXES.1
-    )?;
-    Ok(out)
+            .to_owned(),
+        format!(
+            "Filter: the real serve-guard program (the object the agent embeds), loaded but not \
+             attached, ports {HTTP} and {GRPC} protected, one instance per list size. Frames: \
+             Ethernet + IPv4/IPv6 + TCP SYN. Every run's verdict is checked (allowed = \
+             XDP_PASS, denied = XDP_DROP)."
+        ),
+        format!(
+            "CIDR lists: per family the VPC ({}/{}, {}/{}) plus random prefixes from a fixed \
+             seed (IPv4 /{}-/{} anywhere, IPv6 /{}-/{} in fd00::/8), none covering the denied \
+             source, compiled into the allow-list tries the agent writes (one per family, \
+             array lookups per nibble, see serve-guard-common/src/trie.rs).",
+            VPC_V4.0,
+            VPC_V4.1,
+            VPC_V6.0,
+            VPC_V6.1,
+            V4_PREFIXES.0,
+            V4_PREFIXES.1,
+            V6_PREFIXES.0,
+            V6_PREFIXES.1
+        ),
+    ]
+}
+
+fn json(scenarios: &[Scenario], opts: &Options) -> serde_json::Value {
+    let floor = f64::from(scenarios[0].median().max(1));
+    let smallest = opts.sizes[0];
+    let m = machine();
+    let rows: Vec<serde_json::Value> = scenarios
+        .iter()
+        .map(|s| {
+            let (min, max) = min_max(s);
+            let base = s
+                .cidrs
+                .and_then(|_| median_of(scenarios, s.name, smallest))
+                .map(f64::from);
+            serde_json::json!({
+                "scenario": s.name,
+                "cidrs_per_family": s.cidrs,
+                "median_ns": s.median(),
+                "min_ns": min,
+                "max_ns": max,
+                "samples_ns": s.samples,
+                "x_floor": f64::from(s.median()) / floor,
+                "x_smallest_list": base.map(|b| f64::from(s.median()) / b.max(1.0)),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "tool": "cargo xtask bench",
+        "machine": {"kernel": m.kernel, "cpu": m.cpu, "cores": m.cores, "load": m.load},
+        "options": {"rounds": opts.rounds, "repeat": opts.repeat, "sizes": opts.sizes},
+        "method": method(opts),
+        "xdp_per_packet": rows,
+    })
 }
 
 struct Machine {
     kernel: String,
     cpu: String,
     cores: usize,
+    /// /proc/loadavg's first three fields: how busy the shared machine was.
+    load: String,
 }
 
 fn machine() -> Machine {
@@ -427,5 +591,13 @@ fn machine() -> Machine {
         })
         .unwrap_or_else(|| "unknown".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    Machine { kernel, cpu, cores }
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    Machine {
+        kernel,
+        cpu,
+        cores,
+        load,
+    }
 }

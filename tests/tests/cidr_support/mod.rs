@@ -4,14 +4,15 @@
 #![allow(dead_code)]
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::{LpmTrie, Map, MapData};
-use serve_guard_common::maps;
+use aya::maps::MapData;
+use serve_guard::cidr::CidrList;
+use serve_guard::filter::allow::{self, AllowMaps};
 use serve_guard_tests::agent::Agent;
 use serve_guard_tests::limits;
 use serve_guard_tests::netns::Netns;
 use serve_guard_tests::probe::{self, ConnectError};
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,7 +92,8 @@ pub fn listed_cidrs(agent: &Agent) -> Result<BTreeSet<String>> {
         .collect())
 }
 
-/// The allow-list in the maps of the program attached to `iface` in `ns`: what filters now.
+/// The addresses the program attached to `iface` in `ns` allows now, read from its maps, as the
+/// fewest CIDRs (see [`as_allowed`]): what filters now.
 pub fn attached_cidrs(ns: &Netns, iface: &str) -> Result<BTreeSet<String>> {
     let prog_id = ns
         .xdp_program(iface)?
@@ -100,43 +102,30 @@ pub fn attached_cidrs(ns: &Netns, iface: &str) -> Result<BTreeSet<String>> {
         .filter_map(Result::ok)
         .find(|p| u64::from(p.id()) == prog_id)
         .with_context(|| format!("XDP program {prog_id} is not loaded"))?;
-    let mut out = BTreeSet::new();
-    let mut seen = 0;
+    let mut by_name = std::collections::BTreeMap::new();
     for map_id in prog.map_ids()?.unwrap_or_default() {
         let data = MapData::from_id(map_id)?;
-        let name = data.info()?.name_as_str().map(str::to_owned);
-        match name.as_deref() {
-            Some(n) if n == maps::ALLOW_V4 => {
-                seen += 1;
-                let trie: LpmTrie<MapData, [u8; 4], u8> =
-                    LpmTrie::try_from(Map::from_map_data(data)?)?;
-                for key in trie.keys() {
-                    let key = key?;
-                    out.insert(format!(
-                        "{}/{}",
-                        Ipv4Addr::from(key.data()),
-                        key.prefix_len()
-                    ));
-                }
-            }
-            Some(n) if n == maps::ALLOW_V6 => {
-                seen += 1;
-                let trie: LpmTrie<MapData, [u8; 16], u8> =
-                    LpmTrie::try_from(Map::from_map_data(data)?)?;
-                for key in trie.keys() {
-                    let key = key?;
-                    out.insert(format!(
-                        "{}/{}",
-                        Ipv6Addr::from(key.data()),
-                        key.prefix_len()
-                    ));
-                }
-            }
-            _ => {}
+        if let Some(name) = data.info()?.name_as_str().map(str::to_owned) {
+            by_name.insert(name, data);
         }
     }
-    ensure!(seen == 2, "program {prog_id} lacks an allow-list map");
-    Ok(out)
+    let allow = AllowMaps::from_maps(
+        |name| {
+            by_name
+                .remove(name)
+                .ok_or(serve_guard::filter::FilterError::MissingMap { name })
+        },
+        false,
+    )
+    .with_context(|| format!("program {prog_id}'s allow-list maps"))?;
+    Ok(allow.allowed()?.iter().map(|n| n.to_string()).collect())
+}
+
+/// A listed set of CIDRs as the maps report it: overlapping and adjacent ranges merged.
+pub fn as_allowed(listed: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+    let (list, _) =
+        CidrList::from_file_text(&listed.iter().map(|c| format!("{c}\n")).collect::<String>())?;
+    Ok(allow::merged(&list).iter().map(|n| n.to_string()).collect())
 }
 
 /// What a prober saw.

@@ -1,6 +1,7 @@
-//! A bounded SYN flood over a veth pair, in two namespaces created here, comparing three
+//! A bounded SYN flood over a veth pair, in two namespaces created here, comparing four
 //! filters on the receiving veth: an XDP program that drops everything (the floor), the
-//! serve-guard XDP program, and an nftables netdev-ingress rule with the same allow-list.
+//! serve-guard XDP program, an nftables netdev-ingress rule and an iptables raw-table rule (with
+//! an ipset `hash:net`), both with the same allow-list.
 //!
 //! On veth the sender (trafgen) and the receiver's processing share CPUs, so raw packets per
 //! second mostly measure the machine; what compares the filters is their cost per packet above
@@ -36,6 +37,11 @@ const RX_MAC: &str = "02:00:00:00:00:02";
 const RX_ADDR: &str = "198.18.100.1/24";
 const TX_ADDR: &str = "198.18.100.2/24";
 const NFT_TABLE: &str = "sgbench";
+/// The ipset of the iptables peer.
+const IPSET: &str = "sgbench";
+/// The sender's CPU. On veth the receive path (XDP or the hooks) runs in the sender's softirq
+/// context on the same CPU: the receiver cannot be put on another core.
+const SENDER_CPU: &str = "0";
 /// Filter counters and the veth's count may differ by what was still queued when trafgen
 /// returned; more than this means the measurement is not what it claims.
 const MAX_COUNT_MISMATCH: f64 = 0.01;
@@ -183,6 +189,8 @@ enum Filter<'a> {
     XdpFloor(&'a Path),
     ServeGuard(&'a Path, &'a TestProgram),
     Nftables(&'a Path),
+    /// The `ipset restore` file of the allow-list.
+    Iptables(&'a Path, [u16; 2]),
 }
 
 impl Filter<'_> {
@@ -191,6 +199,7 @@ impl Filter<'_> {
             Filter::XdpFloor(_) => "XDP drop-everything program (floor)",
             Filter::ServeGuard(..) => "serve-guard XDP program",
             Filter::Nftables(_) => "nftables netdev ingress rule",
+            Filter::Iptables(..) => "iptables raw PREROUTING rule + ipset",
         }
     }
 
@@ -204,6 +213,12 @@ impl Filter<'_> {
             }
             Filter::Nftables(ruleset) => {
                 run(t.in_rx("nft").arg("-f").arg(ruleset))?;
+            }
+            Filter::Iptables(set, ports) => {
+                run(t.in_rx("ipset").args(["restore", "-file"]).arg(set))?;
+                run(t
+                    .in_rx("iptables")
+                    .args(iptables_rule("-A", &t.rx_dev, *ports).iter()))?;
             }
         }
         Ok(())
@@ -220,6 +235,12 @@ impl Filter<'_> {
                 run(t
                     .in_rx("nft")
                     .args(["delete", "table", "netdev", NFT_TABLE]))?;
+            }
+            Filter::Iptables(_, ports) => {
+                run(t
+                    .in_rx("iptables")
+                    .args(iptables_rule("-D", &t.rx_dev, *ports).iter()))?;
+                run(t.in_rx("ipset").args(["destroy", IPSET]))?;
             }
         }
         Ok(())
@@ -249,8 +270,64 @@ impl Filter<'_> {
                     .find_map(|e| e["counter"]["packets"].as_u64());
                 Ok(Some(packets.context("no counter in the nftables rule")?))
             }
+            Filter::Iptables(..) => {
+                let out = run(t.in_rx("iptables").args([
+                    "-t",
+                    "raw",
+                    "-L",
+                    "PREROUTING",
+                    "-v",
+                    "-x",
+                    "-n",
+                ]))?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                // The rule's line: packets, bytes, target DROP.
+                let packets = text
+                    .lines()
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                    .find(|f| f.get(2) == Some(&"DROP"))
+                    .and_then(|f| f.first().and_then(|p| p.parse::<u64>().ok()));
+                Ok(Some(packets.context("no DROP rule in the raw table")?))
+            }
         }
     }
+}
+
+/// The iptables peer: `-t raw PREROUTING`, the same semantics as the program's.
+fn iptables_rule(op: &str, dev: &str, ports: [u16; 2]) -> Vec<String> {
+    [
+        "-t",
+        "raw",
+        op,
+        "PREROUTING",
+        "-i",
+        dev,
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([format!("{},{}", ports[0], ports[1])])
+    .chain(
+        ["-m", "set", "!", "--match-set", IPSET, "src", "-j", "DROP"]
+            .iter()
+            .map(|s| (*s).to_owned()),
+    )
+    .collect()
+}
+
+fn ipset_restore(v4: &[(IpAddr, u8)]) -> String {
+    let mut out = format!(
+        "create {IPSET} hash:net family inet maxelem {}\n",
+        v4.len().max(1024) * 2
+    );
+    for (a, l) in v4 {
+        out.push_str(&format!("add {IPSET} {a}/{l}\n"));
+    }
+    out
 }
 
 fn nft_ruleset(dev: &str, v4: &[(IpAddr, u8)], ports: [u16; 2]) -> String {
@@ -291,6 +368,8 @@ pub fn compare(
     let sg_pin = program.pin_program()?;
     let ruleset = work.0.join("ruleset.nft");
     std::fs::write(&ruleset, nft_ruleset(&topology.rx_dev, v4, ports))?;
+    let set = work.0.join("allow.ipset");
+    std::fs::write(&set, ipset_restore(v4))?;
     let traffic = work.0.join("syn.trafgen");
     std::fs::write(&traffic, trafgen_config(&frame.build()))?;
 
@@ -298,6 +377,7 @@ pub fn compare(
         Filter::XdpFloor(&floor_pin),
         Filter::ServeGuard(&sg_pin, program),
         Filter::Nftables(&ruleset),
+        Filter::Iptables(&set, ports),
     ];
     let mut rows: Vec<Row> = filters
         .iter()
@@ -335,8 +415,9 @@ struct Run {
 fn flood(t: &Topology, filter: &Filter, traffic: &Path) -> Result<Run> {
     let (tx_before, dropped_before) = t.tx_stats()?;
     let filter_before = filter.dropped(t)?;
-    let mut trafgen = Command::new("nsenter");
+    let mut trafgen = Command::new("taskset");
     trafgen
+        .args(["-c", SENDER_CPU, "nsenter"])
         .arg(format!("--net=/run/netns/{}", t.tx_ns))
         .args(["trafgen", "--dev", &t.tx_dev, "--conf"])
         .arg(traffic)
@@ -401,19 +482,15 @@ fn tempdir() -> Result<TempDir> {
     Ok(TempDir(dir))
 }
 
-/// The markdown section for the flood table, with its own verdict on whether the run was
-/// conclusive.
-pub fn report(rows: &[Row], cidrs: usize) -> Result<String> {
-    let [floor, xdp, nft] = rows else {
-        bail!("expected three filters, got {}", rows.len())
+/// The markdown section for one list size, with its own verdict on whether the run was
+/// conclusive, and the figures for the JSON.
+pub fn report(rows: &[Row], cidrs: usize) -> Result<(String, serde_json::Value)> {
+    let [floor, xdp, nft, ipt] = rows else {
+        bail!("expected four filters, got {}", rows.len())
     };
-    // Per round: each filter's cost above that round's floor, and nftables' cost over ours.
+    // Per round: each filter's cost above that round's floor.
     let over =
         |row: &Row| -> Vec<f64> { row.ns.iter().zip(&floor.ns).map(|(a, f)| a - f).collect() };
-    let (xdp_over, nft_over) = (over(xdp), over(nft));
-    let ratios: Vec<f64> = nft_over.iter().zip(&xdp_over).map(|(n, x)| n / x).collect();
-    let conclusive = xdp_over.iter().chain(&nft_over).all(|d| *d > 0.0)
-        && (ratios.iter().all(|r| *r > 1.0) || ratios.iter().all(|r| *r < 1.0));
     let range = |v: &[f64]| {
         let (min, max) = v
             .iter()
@@ -423,7 +500,7 @@ pub fn report(rows: &[Row], cidrs: usize) -> Result<String> {
     let mut out = String::new();
     writeln!(
         out,
-        "\n## Veth SYN flood: XDP vs nftables ({cidrs} IPv4 CIDRs)\n"
+        "\n## Veth SYN flood: serve-guard vs nftables vs iptables ({cidrs} IPv4 CIDRs)\n"
     )?;
     writeln!(
         out,
@@ -438,7 +515,8 @@ pub fn report(rows: &[Row], cidrs: usize) -> Result<String> {
         median(&floor.ns),
         range(&floor.ns)
     )?;
-    for (row, o) in [(xdp, &xdp_over), (nft, &nft_over)] {
+    for row in [xdp, nft, ipt] {
+        let o = over(row);
         writeln!(
             out,
             "| {} | {:.2} | {:.0} ({}) | {:.0} ({}) |",
@@ -446,52 +524,100 @@ pub fn report(rows: &[Row], cidrs: usize) -> Result<String> {
             median(&row.pps) / 1e6,
             median(&row.ns),
             range(&row.ns),
-            median(o),
-            range(o)
+            median(&o),
+            range(&o)
         )?;
     }
     writeln!(
         out,
-        "\nnftables' cost above the floor / serve-guard's, per round: median {:.2}, range {:.2}-{:.2}. \
-         Conclusive on this run: **{}** ({}).",
-        median(&ratios),
-        ratios.iter().copied().fold(f64::MAX, f64::min),
-        ratios.iter().copied().fold(f64::MIN, f64::max),
-        if conclusive { "yes" } else { "no" },
-        if conclusive {
-            "in every round both filters cost more than the floor and their order was the same"
-        } else {
-            "in some round a filter measured at or below the floor, or the order of the two filters flipped: the differences are within this machine's noise"
-        }
+        "\nPer-round comparisons, mean ± 95% confidence interval over {} rounds (Student t); a \
+         comparison is conclusive when its interval excludes 1 (ratios) or 0 (differences):\n",
+        floor.ns.len()
     )?;
+    writeln!(out, "| comparison | mean ± 95% CI | conclusive |")?;
+    writeln!(out, "|---|---:|---|")?;
+    let mut json = serde_json::Map::new();
+    let per_round =
+        |a: &Row, b: &Row| -> Vec<f64> { a.ns.iter().zip(&b.ns).map(|(x, y)| x / y).collect() };
+    let mut comparisons: Vec<(String, Vec<f64>, f64)> = vec![
+        (
+            "serve-guard / floor, ns per packet".into(),
+            per_round(xdp, floor),
+            1.0,
+        ),
+        (
+            "serve-guard / nftables, ns per packet".into(),
+            per_round(xdp, nft),
+            1.0,
+        ),
+        (
+            "serve-guard / iptables, ns per packet".into(),
+            per_round(xdp, ipt),
+            1.0,
+        ),
+    ];
+    for (peer, row) in [("nftables", nft), ("iptables", ipt)] {
+        let diff: Vec<f64> = over(row)
+            .iter()
+            .zip(&over(xdp))
+            .map(|(p, x)| p - x)
+            .collect();
+        comparisons.push((
+            format!("{peer} − serve-guard, ns above the floor"),
+            diff,
+            0.0,
+        ));
+    }
+    for (name, values, null) in comparisons.iter_mut() {
+        let (mean, ci) = super::mean_ci(values);
+        let conclusive = (mean - ci > *null) || (mean + ci < *null);
+        writeln!(
+            out,
+            "| {name} | {mean:.2} ± {ci:.2} | {} |",
+            if conclusive { "yes" } else { "no" }
+        )?;
+        json.insert(
+            name.clone(),
+            serde_json::json!({"mean": mean, "ci95": ci, "conclusive": conclusive, "per_round": values}),
+        );
+    }
+    for row in rows {
+        json.insert(
+            row.name.to_owned(),
+            serde_json::json!({"ns_per_packet": row.ns, "pps": row.pps}),
+        );
+    }
     writeln!(out, "\n### Method\n")?;
+    let start = out.len();
     writeln!(
         out,
         "- Two network namespaces created for the run, joined by a veth pair; trafgen (one \
-         process, {PACKETS} identical TCP SYNs from a denied IPv4 source to port 8000) sends from \
-         one end; the filter sits on the other (XDP in driver mode, or an nftables `netdev` \
-         `ingress` chain). {ROUNDS} rounds, the three filters interleaved (rotating the first), \
-         medians reported; each run is bounded by the packet count and a {}-second timeout.",
+         process pinned to CPU {SENDER_CPU}, {PACKETS} identical TCP SYNs from a denied IPv4 \
+         source to port 8000) sends from one end; the filter sits on the other (XDP in driver \
+         mode, an nftables `netdev` `ingress` chain, or an iptables `raw` `PREROUTING` rule). \
+         {ROUNDS} rounds, the four filters interleaved (rotating the first); each run is bounded \
+         by the packet count and a {}-second timeout.",
         TRAFGEN_TIMEOUT.as_secs()
     )?;
     writeln!(
         out,
         "- Packets counted = what reached the receiving veth (the sender veth's tx count); the \
-         serve-guard and nftables drop counters are checked against it (within {:.0}%). \
+         serve-guard, nftables and iptables drop counters are checked against it (within {:.0}%). \
          ns/packet = CPU time (user + system) of trafgen / packets: on veth the receive path \
-         (XDP or the ingress hook) runs in the sender's softirq context, so this is sending plus \
-         filtering, and unlike wall time it does not grow when other processes take the CPU. \
-         Mpps = packets / wall time, for scale.",
+         (XDP or the hooks) runs in the sender's softirq context on the sender's CPU, so this is \
+         sending plus filtering, and the sender and the receiver cannot be on separate cores on \
+         this machine (no NIC; veth hands the packet over on the same CPU). Mpps = packets / wall \
+         time, for scale.",
         MAX_COUNT_MISMATCH * 100.0
     )?;
     writeln!(
         out,
-        "- The comparison is the cost above the drop-everything floor (sending, veth, a minimal \
-         XDP program), computed per round. The nftables rule has the program's semantics: \
-         `ip saddr != @allow_v4 tcp dport {{8000, 9000}} counter drop`, the allow-list an interval \
-         set of the same CIDRs."
+        "- The peers have the program's semantics: nftables `ip saddr != @allow_v4 tcp dport \
+         {{8000, 9000}} counter drop` with an interval set; iptables `-p tcp -m multiport \
+         --dports 8000,9000 -m set ! --match-set sgbench src -j DROP` with an ipset `hash:net`."
     )?;
-    Ok(out)
+    json.insert("method".to_owned(), out[start..].into());
+    Ok((out, serde_json::Value::Object(json)))
 }
 
 /// User + system CPU time of every waited-for child process so far.

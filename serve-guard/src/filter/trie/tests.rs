@@ -1,0 +1,268 @@
+use super::*;
+use serve_guard_common::trie::{NODES_PER_HALF_V6, TAILS_PER_HALF};
+use std::collections::BTreeMap;
+
+/// The compiled trie in memory, as the maps would hold it.
+struct Memory {
+    bases: Bases,
+    compiled: Compiled,
+}
+
+impl Memory {
+    fn compile(prefixes: &[Prefix]) -> Self {
+        // Use the second half, so global and local indices differ.
+        let bases = Bases {
+            node: NODES_PER_HALF_V6,
+            tail: TAILS_PER_HALF,
+        };
+        Self {
+            bases,
+            compiled: compile(prefixes, bases),
+        }
+    }
+
+    /// The XDP program's walk, on a left-aligned address of `width` bits.
+    fn allows(&self, addr: u128, width: u8) -> bool {
+        let mut slot = self.compiled.root;
+        for level in 0..=(u32::from(width) / STRIDE) {
+            match Slot::decode(slot) {
+                Slot::Empty => return false,
+                Slot::Full => return true,
+                Slot::Tail(i) => {
+                    let t = self.tail(i).expect("tail index");
+                    return addr & mask(t.len) == t.bits;
+                }
+                Slot::Node(i) => {
+                    slot = self.node(i).expect("node index").slots[nibble(addr, level)];
+                }
+            }
+        }
+        panic!("walk deeper than the address");
+    }
+}
+
+impl TrieSource for Memory {
+    fn node(&self, index: u32) -> Option<TrieNode> {
+        let local = index.checked_sub(self.bases.node)?;
+        self.compiled.nodes.get(local as usize).copied()
+    }
+
+    fn tail(&self, index: u32) -> Option<Prefix> {
+        let local = index.checked_sub(self.bases.tail)?;
+        self.compiled.tails.get(local as usize).copied()
+    }
+}
+
+fn v4(a: [u8; 4], len: u8) -> Prefix {
+    Prefix::new(u128::from(u32::from_be_bytes(a)) << 96, len)
+}
+
+fn v4_addr(a: [u8; 4]) -> u128 {
+    u128::from(u32::from_be_bytes(a)) << 96
+}
+
+fn v6(a: u128, len: u8) -> Prefix {
+    Prefix::new(a, len)
+}
+
+fn brute(prefixes: &[Prefix], addr: u128) -> bool {
+    prefixes.iter().any(|p| addr & mask(p.len) == p.bits)
+}
+
+/// splitmix64, for reproducible random lists.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn wide(&mut self) -> u128 {
+        (u128::from(self.next()) << 64) | u128::from(self.next())
+    }
+}
+
+/// Addresses worth probing for `prefixes`: each prefix's first and last address and the ones
+/// just outside it, plus random ones.
+fn probes(prefixes: &[Prefix], width: u8, rng: &mut Rng) -> Vec<u128> {
+    let unit = 1u128 << (128 - u32::from(width));
+    let mut out = Vec::new();
+    for p in prefixes {
+        let last = p.bits | !mask(p.len) & mask(width);
+        out.extend([
+            p.bits,
+            last,
+            p.bits.wrapping_sub(unit),
+            last.wrapping_add(unit),
+        ]);
+    }
+    out.extend((0..200).map(|_| rng.wide() & mask(width)));
+    out
+}
+
+fn check(prefixes: &[Prefix], width: u8) {
+    let memory = Memory::compile(prefixes);
+    let mut rng = Rng(7);
+    for addr in probes(prefixes, width, &mut rng) {
+        let addr = addr & mask(width);
+        assert_eq!(
+            memory.allows(addr, width),
+            brute(prefixes, addr),
+            "address {addr:#x} with {prefixes:?}"
+        );
+    }
+    // Read back: the same set of addresses.
+    let set = allowed_set(memory.compiled.root, width, &memory).unwrap();
+    assert_eq!(merged(&set), merged(&disjoint(prefixes)), "{prefixes:?}");
+}
+
+#[test]
+fn empty_list_allows_nothing() {
+    let memory = Memory::compile(&[]);
+    assert_eq!(memory.compiled.root, SLOT_EMPTY_RAW);
+    assert!(!memory.allows(v4_addr([198, 18, 0, 1]), 32));
+    assert!(
+        allowed_set(memory.compiled.root, 32, &memory)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+const SLOT_EMPTY_RAW: u32 = serve_guard_common::trie::SLOT_EMPTY;
+
+#[test]
+fn slash_zero_allows_everything_without_a_node() {
+    for width in [32, 128] {
+        let memory = Memory::compile(&[Prefix::new(0, 0)]);
+        assert_eq!(Slot::decode(memory.compiled.root), Slot::Full);
+        assert!(memory.compiled.nodes.is_empty());
+        assert!(memory.allows(0, width));
+        assert!(memory.allows(mask(width), width));
+    }
+}
+
+#[test]
+fn a_single_prefix_is_one_tail_and_host_routes_work() {
+    let host = v4([198, 18, 0, 10], 32);
+    let memory = Memory::compile(&[host]);
+    assert!(matches!(Slot::decode(memory.compiled.root), Slot::Tail(_)));
+    assert!(memory.allows(v4_addr([198, 18, 0, 10]), 32));
+    assert!(!memory.allows(v4_addr([198, 18, 0, 11]), 32));
+    check(&[host], 32);
+    check(&[v6(0xfd00_0001 << 96 | 0x10, 128)], 128);
+}
+
+#[test]
+fn host_routes_that_share_all_but_the_last_bit() {
+    // Forces nodes down to the last level: /32s and /128s one apart.
+    check(&[v4([198, 18, 0, 10], 32), v4([198, 18, 0, 11], 32)], 32);
+    let a = 0xfd00_0001u128 << 96;
+    check(&[v6(a | 0x10, 128), v6(a | 0x11, 128)], 128);
+    check(
+        &[v6(a | 0x10, 128), v6(a | 0x11, 128), v6(a | 0x13, 128)],
+        128,
+    );
+}
+
+#[test]
+fn overlapping_prefixes_are_the_union() {
+    let list = [
+        v4([10, 0, 0, 0], 8),
+        v4([10, 1, 0, 0], 16),
+        v4([10, 1, 2, 3], 32),
+        v4([192, 168, 0, 0], 16),
+        v4([192, 168, 5, 0], 24),
+        v4([172, 16, 0, 0], 12),
+    ];
+    check(&list, 32);
+    let memory = Memory::compile(&list);
+    // Contained prefixes add nothing: three ranges, no node below 10/8.
+    assert_eq!(
+        allowed_set(memory.compiled.root, 32, &memory)
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn prefix_lengths_between_strides_cover_the_right_children() {
+    // Lengths that are not multiples of the stride expand into several full slots.
+    for len in 1..=32u8 {
+        check(&[v4([198, 18, 0, 0], len), v4([203, 0, 113, 0], 24)], 32);
+        check(&[v4([255, 255, 255, 255], len), v4([0, 0, 0, 0], len)], 32);
+    }
+    for len in (1..=128u8).step_by(3) {
+        check(
+            &[v6(0xfd00 << 112, len), v6(u128::MAX, len), v6(0, 128)],
+            128,
+        );
+    }
+}
+
+#[test]
+fn random_lists_match_a_linear_scan() {
+    let mut rng = Rng(42);
+    for round in 0..40 {
+        let n = 1 + (rng.next() % 300) as usize;
+        let (width, lo) = if round % 2 == 0 {
+            (32u8, 0u8)
+        } else {
+            (128, 0)
+        };
+        let list: Vec<Prefix> = (0..n)
+            .map(|_| {
+                let len = lo + (rng.next() % (u64::from(width) + 1)) as u8;
+                // Cluster addresses so ranges overlap and nest.
+                let bits = rng.wide() & mask(width) & !(0xff << 112);
+                Prefix::new(bits, len)
+            })
+            .collect();
+        check(&list, width);
+    }
+}
+
+#[test]
+fn a_list_swapping_prefix_lengths_compiles_independently() {
+    // Two halves: the old list's /16s and the new list's /24s and /32s; each compiles alone and
+    // its read-back is exactly itself.
+    let old: Vec<Prefix> = (0..50u8).map(|i| v4([10, i, 0, 0], 16)).collect();
+    let new: Vec<Prefix> = (0..50u8)
+        .flat_map(|i| [v4([10, i, 7, 0], 24), v4([10, i, 9, 9], 32)])
+        .collect();
+    check(&old, 32);
+    check(&new, 32);
+}
+
+#[test]
+fn random_lists_stay_within_the_node_budget() {
+    // The benchmark's shape at full capacity: random /16-/28 (v4) and /32-/64 in fd00::/8 (v6).
+    let mut rng = Rng(3);
+    let mut by_len: BTreeMap<u8, usize> = BTreeMap::new();
+    let v4_list: Vec<Prefix> = (0..TAILS_PER_HALF)
+        .map(|_| {
+            let len = 16 + (rng.next() % 13) as u8;
+            *by_len.entry(len).or_default() += 1;
+            Prefix::new(u128::from(rng.next() as u32) << 96, len)
+        })
+        .collect();
+    let v6_list: Vec<Prefix> = (0..TAILS_PER_HALF)
+        .map(|_| {
+            let len = 32 + (rng.next() % 33) as u8;
+            Prefix::new((0xfdu128 << 120) | (rng.wide() >> 8), len)
+        })
+        .collect();
+    let v4 = compile(&v4_list, Bases { node: 0, tail: 0 });
+    let v6 = compile(&v6_list, Bases { node: 0, tail: 0 });
+    eprintln!(
+        "nodes: v4 {} (tails {}), v6 {} (tails {})",
+        v4.nodes.len(),
+        v4.tails.len(),
+        v6.nodes.len(),
+        v6.tails.len()
+    );
+    assert!(v4.nodes.len() <= serve_guard_common::trie::NODES_PER_HALF_V4 as usize);
+    assert!(v6.nodes.len() <= NODES_PER_HALF_V6 as usize);
+}

@@ -1,0 +1,339 @@
+//! `--proxy`: the agent's token proxy against nginx doing the same bearer check, both in front of
+//! the same fast upstream (nginx answering `200 ok`), in one namespace created here.
+//!
+//! Pinning: the proxy under test (all of the agent's threads, or nginx's one worker) and the
+//! upstream share CPU [`SERVER_CPU`]; wrk (one thread, [`CONNECTIONS`] keep-alive connections)
+//! runs on [`LOAD_CPU`]. Rounds interleave the four runs (two proxies, token and no token),
+//! rotating the first, so drift on this shared machine hits both alike; each round gives one
+//! ratio per path, and the report gives their mean with a 95% confidence interval.
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serve_guard_tests::agent::{Agent, AgentConfig};
+use serve_guard_tests::topology::{IFACE, Topology};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const ROUNDS: usize = 5;
+/// Seconds of load per wrk run.
+const SECONDS: u64 = 5;
+const CONNECTIONS: u32 = 32;
+const SERVER_CPU: &str = "1";
+const LOAD_CPU: &str = "0";
+const UPSTREAM_PORT: u16 = 18_000;
+const NGINX_PORT: u16 = 18_001;
+const PROXY_PORT: u16 = 18_443;
+/// A token of the length the agent generates (43 base64url characters).
+const TOKEN: &str = "sgbenchsgbenchsgbenchsgbenchsgbenchsgbench1";
+/// Bound on one wrk run beyond its own duration.
+const WRK_SLACK: Duration = Duration::from_secs(20);
+/// How long nginx gets to stop on SIGTERM before SIGKILL.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// The two paths measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// With the token: forwarded to the upstream.
+    Allowed,
+    /// Without: answered 401 by the proxy itself.
+    Unauthorized,
+}
+
+impl Case {
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Allowed => "allowed (token, forwarded)",
+            Case::Unauthorized => "401 (no token)",
+        }
+    }
+}
+
+/// One proxy's runs on one path, in round order.
+pub struct Series {
+    pub proxy: &'static str,
+    pub path: Case,
+    pub rps: Vec<f64>,
+    pub p50_ms: Vec<f64>,
+    pub p99_ms: Vec<f64>,
+}
+
+/// A process killed (SIGTERM, then SIGKILL) on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pid = self.0.id() as libc::pid_t;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx_conf(dir: &Path, name: &str, server: &str) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\n\
+         daemon off;\n\
+         pid {d}/{name}.pid;\n\
+         error_log {d}/{name}.err warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+         \taccess_log off;\n\
+         \tclient_body_temp_path {d}/{name}-body;\n\
+         \tproxy_temp_path {d}/{name}-proxy;\n\
+         {server}\n\
+         }}\n"
+    )
+}
+
+fn upstream_server() -> String {
+    format!(
+        "\tserver {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 \"ok\\n\"; }} }}"
+    )
+}
+
+/// The same check the agent makes: exactly `Authorization: Bearer <token>`, else 401.
+fn nginx_peer_server() -> String {
+    format!(
+        "\tupstream fast {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}\n\
+         \tserver {{\n\
+         \t\tlisten 127.0.0.1:{NGINX_PORT};\n\
+         \t\tlocation / {{\n\
+         \t\t\tif ($http_authorization != \"Bearer {TOKEN}\") {{ return 401; }}\n\
+         \t\t\tproxy_pass http://fast;\n\
+         \t\t\tproxy_http_version 1.1;\n\
+         \t\t\tproxy_set_header Connection \"\";\n\
+         \t\t}}\n\
+         \t}}"
+    )
+}
+
+fn start_nginx(topo: &Topology, dir: &Path, name: &str, server: &str) -> Result<Process> {
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf, nginx_conf(dir, name, server))?;
+    let child = topo
+        .server
+        .ns
+        .command("taskset")
+        .args(["-c", SERVER_CPU, "nginx", "-c"])
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (cargo xtask setup installs nginx-light)")?;
+    Ok(Process(child))
+}
+
+/// What one wrk run measured.
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: bool,
+}
+
+fn wrk(topo: &Topology, port: u16, token: bool) -> Result<Run> {
+    let mut cmd = topo.server.ns.command("timeout");
+    cmd.arg((SECONDS + WRK_SLACK.as_secs()).to_string())
+        .args(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "--latency"])
+        .arg(format!("-c{CONNECTIONS}"))
+        .arg(format!("-d{SECONDS}s"));
+    if token {
+        cmd.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}/"));
+    let out = cmd.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "wrk failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |prefix: &str| -> Result<String> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+            .with_context(|| format!("no `{prefix}` in wrk's output:\n{text}"))
+    };
+    Ok(Run {
+        rps: field("Requests/sec:")?.parse().context("Requests/sec")?,
+        p50_ms: millis(&field("50%")?)?,
+        p99_ms: millis(&field("99%")?)?,
+        non_2xx: text.contains("Non-2xx or 3xx responses"),
+    })
+}
+
+/// wrk's latency with its unit (`812.00us`, `1.44ms`, `1.02s`) in milliseconds.
+fn millis(text: &str) -> Result<f64> {
+    for (unit, factor) in [("us", 1e-3), ("ms", 1.0), ("s", 1e3)] {
+        if let Some(n) = text.strip_suffix(unit) {
+            return Ok(n.parse::<f64>().context("latency")? * factor);
+        }
+    }
+    bail!("latency {text:?} has no unit")
+}
+
+pub fn compare() -> Result<Vec<Series>> {
+    let dir = std::env::temp_dir().join(format!("sg-bench-proxy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = run_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_all(dir: &Path) -> Result<Vec<Series>> {
+    let topo = Topology::new()?;
+    let token_file: PathBuf = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+
+    let _upstream = start_nginx(&topo, dir, "upstream", &upstream_server())?;
+    let _peer = start_nginx(&topo, dir, "peer", &nginx_peer_server())?;
+    let mut public = toml::Table::new();
+    public.insert("listen".into(), format!("127.0.0.1:{PROXY_PORT}").into());
+    public.insert(
+        "upstream".into(),
+        format!("http://127.0.0.1:{UPSTREAM_PORT}").into(),
+    );
+    public.insert("token_file".into(), token_file.display().to_string().into());
+    let config = AgentConfig::public(&[IFACE])
+        .cidrs(&Topology::vpc_cidrs())
+        .set("public", public);
+    let mut agent = Agent::start(&topo.server.ns, config)?;
+    let pid = agent.pid().context("the agent has no pid")?;
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", SERVER_CPU, &pid.to_string()])
+        .output()?;
+    ensure!(pinned.status.success(), "taskset on the agent: {pinned:?}");
+
+    // Warm-up, and a check that both answer as expected before anything is measured.
+    let targets = [("serve-guard", PROXY_PORT), ("nginx", NGINX_PORT)];
+    for (name, port) in targets {
+        for (path, token) in [(Case::Allowed, true), (Case::Unauthorized, false)] {
+            let run = wrk(&topo, port, token)?;
+            ensure!(
+                run.non_2xx == (path == Case::Unauthorized),
+                "{name} on the {} path answered unexpectedly",
+                path.name()
+            );
+        }
+    }
+
+    let mut series: Vec<Series> = Vec::new();
+    for (name, _) in targets {
+        for path in [Case::Allowed, Case::Unauthorized] {
+            series.push(Series {
+                proxy: name,
+                path,
+                rps: Vec::new(),
+                p50_ms: Vec::new(),
+                p99_ms: Vec::new(),
+            });
+        }
+    }
+    for round in 0..ROUNDS {
+        for i in 0..series.len() {
+            let k = (round + i) % series.len();
+            let port = targets
+                .iter()
+                .find(|(n, _)| *n == series[k].proxy)
+                .map(|(_, p)| *p)
+                .expect("known proxy");
+            let run = wrk(&topo, port, series[k].path == Case::Allowed)?;
+            ensure!(
+                run.non_2xx == (series[k].path == Case::Unauthorized),
+                "{} on the {} path answered unexpectedly",
+                series[k].proxy,
+                series[k].path.name()
+            );
+            eprintln!(
+                "  round {round}: {} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                series[k].proxy,
+                series[k].path.name(),
+                run.rps,
+                run.p50_ms,
+                run.p99_ms
+            );
+            series[k].rps.push(run.rps);
+            series[k].p50_ms.push(run.p50_ms);
+            series[k].p99_ms.push(run.p99_ms);
+        }
+    }
+    let _ = agent.stop();
+    Ok(series)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// The markdown section, and the figures for the JSON.
+pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
+    let mut out = String::new();
+    writeln!(out, "\n## Token proxy vs nginx\n")?;
+    let method = format!(
+        "Same bearer check in front of the same upstream (nginx `return 200`), proxy and \
+         upstream pinned to CPU {SERVER_CPU}, wrk -t1 -c{CONNECTIONS} ({SECONDS} s per run, \
+         keep-alive) on CPU {LOAD_CPU}, plain HTTP, {ROUNDS} interleaved rounds. Ratio = \
+         serve-guard / nginx requests per second in the same round; mean and 95% confidence \
+         interval over rounds (Student t)."
+    );
+    writeln!(out, "{method}\n")?;
+    writeln!(
+        out,
+        "| path | serve-guard req/s | nginx req/s | ratio (mean ± 95% CI) | p50 ms sg / nginx | p99 ms sg / nginx |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    let mut json = Vec::new();
+    for path in [Case::Allowed, Case::Unauthorized] {
+        let find = |proxy: &str| {
+            series
+                .iter()
+                .find(|s| s.proxy == proxy && s.path == path)
+                .context("missing series")
+        };
+        let (sg, ng) = (find("serve-guard")?, find("nginx")?);
+        let ratios: Vec<f64> = sg.rps.iter().zip(&ng.rps).map(|(a, b)| a / b).collect();
+        let (mean, ci) = super::mean_ci(&ratios);
+        writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {mean:.2} ± {ci:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            path.name(),
+            median(&sg.rps),
+            median(&ng.rps),
+            median(&sg.p50_ms),
+            median(&ng.p50_ms),
+            median(&sg.p99_ms),
+            median(&ng.p99_ms),
+        )?;
+        json.push(serde_json::json!({
+            "path": path.name(),
+            "ratio_rps_mean": mean,
+            "ratio_rps_ci95": ci,
+            "ratios": ratios,
+            "serve_guard": {"rps": sg.rps, "p50_ms": sg.p50_ms, "p99_ms": sg.p99_ms},
+            "nginx": {"rps": ng.rps, "p50_ms": ng.p50_ms, "p99_ms": ng.p99_ms},
+        }));
+    }
+    writeln!(
+        out,
+        "\nThe agent's proxy ran with all its threads on CPU {SERVER_CPU}; TLS was not measured \
+         in this run."
+    )?;
+    Ok((out, serde_json::json!({"method": method, "paths": json})))
+}
