@@ -9,6 +9,7 @@ mod package;
 mod setup;
 mod tasks;
 mod toolchains;
+mod vm;
 
 use anyhow::{Result, bail};
 
@@ -21,6 +22,8 @@ tasks:
   run -- <args>      build and run the agent with <args>, e.g. `cargo xtask run -- run -c dev.toml`
   demo               private (and public) mode end to end in throw-away network namespaces
   test [args]        every test of the project (args go to `cargo test`)
+  test-vm [--kernel SUITE]... [--build-only]
+                     the agent under systemd on Debian 11/12/12-backports/13 kernels in QEMU
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
   fuzz [verdict|wire|all] [--frames N] [--seed S]
                      the differential fuzzers of the XDP filter (default: all, 10M verdict frames)
@@ -49,6 +52,7 @@ fn run() -> Result<()> {
         "demo" => tasks::demo(&rest),
         "test" => tasks::test(&rest),
         "bench" => tasks::bench(&rest),
+        "test-vm" => tasks::test_vm(&rest),
         "fuzz" => tasks::fuzz(&rest),
         "install" => tasks::install(&rest),
         "package" => package::run(&rest),

@@ -3,6 +3,7 @@
 
 use crate::cmd;
 use crate::toolchains::{self, Toolchains};
+use crate::vm;
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,6 +80,7 @@ pub fn run() -> Result<Toolchains> {
     )?;
     step("bpf-linker", bpf_linker(&tc))?;
     step("Debian packages", debian_packages())?;
+    step("VM tools", vm_tools())?;
     step("bpffs", bpffs())?;
     step("Ray Serve venv", python_venv())?;
     if !changed {
@@ -184,8 +186,9 @@ fn bpf_linker(tc: &Toolchains) -> Result<Step> {
     Ok(Step::Changed)
 }
 
-fn debian_packages() -> Result<Step> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Packages of `wanted` that dpkg does not have installed.
+fn missing_packages<'a>(wanted: &[&'a str]) -> Vec<&'a str> {
+    wanted
         .iter()
         .copied()
         .filter(|p| {
@@ -194,7 +197,11 @@ fn debian_packages() -> Result<Step> {
                 .map(|s| !s.contains("install ok installed"))
                 .unwrap_or(true)
         })
-        .collect();
+        .collect()
+}
+
+fn debian_packages() -> Result<Step> {
+    let missing = missing_packages(DEBIAN_PACKAGES);
     if missing.is_empty() {
         return Ok(Step::Done);
     }
@@ -204,6 +211,28 @@ fn debian_packages() -> Result<Step> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(Step::Changed)
+}
+
+/// QEMU and debootstrap for `cargo xtask test-vm`. qemu-system-x86 and qemu-utils both come from
+/// the host suite's backports: the machine's qemu-utils may already be the backports one, and
+/// mixing the two versions makes apt remove it.
+fn vm_tools() -> Result<Step> {
+    let missing = missing_packages(vm::HOST_PACKAGES);
+    if missing.is_empty() {
+        return Ok(Step::Done);
+    }
+    let apt = vm::apt::PrivateApt::new(
+        &vm::cache_dir().join("apt-host"),
+        &[vm::HOST_SUITE, vm::HOST_BACKPORTS],
+        true,
+    )?;
+    cmd::run(
+        apt.apt_get()
+            .args(["install", "-y", "-q", "--no-install-recommends", "-t"])
+            .arg(vm::HOST_BACKPORTS)
+            .args(vm::HOST_PACKAGES),
     )?;
     Ok(Step::Changed)
 }

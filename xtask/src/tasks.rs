@@ -96,7 +96,19 @@ pub fn test(args: &[String]) -> Result<()> {
     if runs_package_test(args) {
         c.env("SERVE_GUARD_DEB", crate::package::build(&tc)?);
     }
-    cmd::run(&mut c)
+    cmd::run(&mut c)?;
+    // The kernel matrix belongs to the whole suite, not to a run picked with arguments.
+    if !args.is_empty() {
+        eprintln!("test-vm: not run (test arguments given; `cargo xtask test-vm` runs it)");
+        return Ok(());
+    }
+    match crate::vm::cannot_boot() {
+        Some(reason) => {
+            eprintln!("test-vm: SKIPPED: this host cannot boot the test VMs: {reason}");
+            Ok(())
+        }
+        None => test_vm(&[]),
+    }
 }
 
 /// Whether the package test (tests/tests/package.rs) is among the selected tests: the .deb takes
@@ -193,6 +205,15 @@ pub fn install(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let agent = build_agent(&tc, true)?;
     crate::install::install(&agent)
+}
+
+pub fn test_vm(args: &[String]) -> Result<()> {
+    let options = crate::vm::Options::parse(args)?;
+    let tc = setup::run()?;
+    let prepared = crate::vm::prepare(&options)?;
+    // The .deb users install: the static release binary and the packaged unit.
+    let deb = crate::package::build(&tc)?;
+    crate::vm::run(&options, &prepared, &deb)
 }
 
 #[cfg(test)]

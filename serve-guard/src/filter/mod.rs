@@ -9,6 +9,7 @@
 pub mod allow;
 pub mod attach;
 pub mod counters;
+pub mod kernel;
 pub mod maps;
 pub mod object;
 pub mod pins;
@@ -69,6 +70,8 @@ pub enum FilterError {
     MapFull { name: &'static str },
     #[error(transparent)]
     Cidr(#[from] CidrError),
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
     #[error(
         "interface {interface} has another XDP program attached: remove it (`ip link set dev {interface} xdp off`) or leave this interface out of `interfaces`"
     )]
@@ -157,6 +160,8 @@ impl Filter {
     /// Loads, fills and attaches the filter. `host` comes from [`Config::check_host`], so
     /// every interface existed and the CIDR list was valid a moment ago.
     pub fn start(config: &Config, host: &HostCheck) -> Result<Filter, FilterError> {
+        // Before anything is created: an old kernel gets a reason, not a verifier log.
+        kernel::check_running()?;
         let layout = PinLayout::new(&config.pin_dir);
         pins::check_on_bpffs(layout.root())?;
         // Nothing pinned yet: a failed start removes everything it created.

@@ -1,0 +1,158 @@
+#!/bin/bash
+# The guest's steps of the VM scenario, run by the host over the control channel
+# (tests/vm/guest/sg-ctl.sh). Each prints `key=value` lines for the host and exits non-zero with
+# a reason on stderr when a step fails. Every wait is bounded.
+set -euo pipefail
+UNIT=serve-guard
+IFACE=eth0
+READY_URL=127.0.0.1:9464
+PIN_DIR=/sys/fs/bpf/serve-guard
+# Bounds, in tenths of a second (TCG is slow: a start takes seconds).
+WAIT_READY=900
+WAIT_RESTART=900
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# CLOCK_BOOTTIME in ms, comparable with systemd's *TimestampMonotonic (no suspend in a test VM).
+uptime_ms() { local u; u=$(cut -d' ' -f1 /proc/uptime); echo $(( ${u%.*} * 1000 + 10#${u#*.} * 10 )); }
+
+# 0 when GET /ready answers 200 (the filter is attached and its maps are filled).
+ready() {
+    { exec 3<>"/dev/tcp/${READY_URL%:*}/${READY_URL#*:}"; } 2>/dev/null || return 1
+    printf 'GET /ready HTTP/1.0\r\nHost: x\r\n\r\n' >&3
+    local status
+    status=$(timeout 5 head -n1 <&3 || true)
+    exec 3<&- 3>&-
+    [[ $status == *" 200 "* ]]
+}
+
+wait_for() { # <tenths> <command...>
+    local limit=$1; shift
+    for ((i = 0; i < limit; i++)); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# The XDP attachment of $IFACE: "driver", "generic" or "none", and the program's id.
+xdp_state() {
+    local line mode=none id=0
+    line=$(ip -d link show dev "$IFACE")
+    if [[ $line =~ mtu\ [0-9]+\ (xdp[a-z]*) ]]; then
+        case ${BASH_REMATCH[1]} in
+        xdp) mode=driver ;;
+        xdpgeneric) mode=generic ;;
+        *) mode=${BASH_REMATCH[1]} ;;
+        esac
+    fi
+    [[ $line =~ prog/[a-z]+\ id\ ([0-9]+) ]] && id=${BASH_REMATCH[1]}
+    echo "xdp_mode=$mode"
+    echo "prog_id=$id"
+}
+
+main_pid() { systemctl show -P MainPID "$UNIT"; }
+
+case ${1:-} in
+info)
+    echo "kernel=$(uname -r)"
+    echo "systemd=$(systemctl --version | head -n1 | cut -d' ' -f2)"
+    xdp_state
+    ;;
+start)
+    t0=$(now_ms)
+    systemctl enable --now "$UNIT" || fail "systemctl enable --now failed: $(systemctl status --no-pager -n 20 "$UNIT" 2>&1)"
+    t_active=$(now_ms)
+    wait_for "$WAIT_READY" ready || fail "not ready: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    ready_at_ms=$(uptime_ms)
+    # From systemd starting the unit (its ExecStartPre= included) to GET /ready answering 200;
+    # `enable` itself (a daemon-reload) is not the unit's time.
+    started_at_ms=$(( $(systemctl show -P InactiveExitTimestampMonotonic "$UNIT") / 1000 ))
+    echo "enable_ms=$((t_active - t0))"
+    echo "ready_ms=$((ready_at_ms - started_at_ms))"
+    echo "unit_type=$(systemctl show -P Type "$UNIT")"
+    xdp_state
+    ;;
+state)
+    echo "active=$(systemctl is-active "$UNIT" || true)"
+    echo "main_pid=$(main_pid)"
+    if ready; then echo "ready=yes"; else echo "ready=no"; fi
+    xdp_state
+    if [ -d "$PIN_DIR" ]; then echo "pins=$(ls "$PIN_DIR" | wc -l)"; else echo "pins=0"; fi
+    ;;
+kill9)
+    old=$(main_pid)
+    [ "$old" -gt 0 ] || fail "the unit has no main process"
+    restarts=$(systemctl show -P NRestarts "$UNIT")
+    t0=$(now_ms)
+    kill -9 "$old"
+    restarted() { local p; p=$(main_pid); [ "$p" -gt 0 ] && [ "$p" != "$old" ] && ready; }
+    wait_for "$WAIT_RESTART" restarted || fail "not restarted and ready: $(systemctl status --no-pager -n 20 "$UNIT" 2>&1)"
+    echo "restart_ms=$(($(now_ms) - t0))"
+    echo "old_pid=$old"
+    echo "new_pid=$(main_pid)"
+    echo "restarts=$(( $(systemctl show -P NRestarts "$UNIT") - restarts ))"
+    # The agent's summary line says whether it adopted the pinned link or made a new one.
+    if journalctl -b _PID="$(main_pid)" -o cat --no-pager | grep -Eq "$IFACE \([a-z]+, adopted\)"; then
+        echo "adopted=yes"
+    else
+        echo "adopted=no"
+    fi
+    xdp_state
+    ;;
+reload)
+    if [ -z "$(systemctl show -P ExecReload "$UNIT")" ]; then
+        echo "reload=unsupported"
+        exit 0
+    fi
+    old=$(main_pid)
+    systemctl reload "$UNIT" || fail "systemctl reload failed: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    wait_for "$WAIT_READY" ready || fail "not ready after reload"
+    echo "reload=done"
+    echo "same_pid=$([ "$(main_pid)" = "$old" ] && echo yes || echo no)"
+    echo "active=$(systemctl is-active "$UNIT" || true)"
+    xdp_state
+    ;;
+stop)
+    systemctl stop "$UNIT" || fail "systemctl stop failed"
+    echo "active=$(systemctl is-active "$UNIT" || true)"
+    xdp_state
+    ;;
+reboot)
+    # Queued, not waited for: the host waits for the next boot's @@READY instead.
+    systemctl --no-block reboot
+    ;;
+boot-times)
+    # The unit's start on this boot, from systemd's own timestamps (monotonic, microseconds).
+    # This channel comes up early in the boot: wait for the agent first.
+    wait_for "$WAIT_READY" ready || fail "not ready after boot: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    echo "active=$(systemctl is-active "$UNIT" || true)"
+    exit_us=$(systemctl show -P InactiveExitTimestampMonotonic "$UNIT")
+    active_us=$(systemctl show -P ActiveEnterTimestampMonotonic "$UNIT")
+    network_pre_us=$(systemctl show -P ActiveEnterTimestampMonotonic network-pre.target)
+    echo "unit_start_ms=$(( (active_us - exit_us) / 1000 ))"
+    echo "unit_active_at_ms=$(( active_us / 1000 ))"
+    echo "network_pre_at_ms=$(( network_pre_us / 1000 ))"
+    xdp_state
+    ;;
+detach)
+    systemctl stop "$UNIT" || fail "systemctl stop failed"
+    serve-guard detach || fail "serve-guard detach failed"
+    xdp_state
+    if [ -d "$PIN_DIR" ]; then echo "pins=$(ls "$PIN_DIR" | wc -l)"; else echo "pins=0"; fi
+    ;;
+journal)
+    # Every boot's lines of the unit (the journal is persistent): errors, and ANSI escapes.
+    errors=$(journalctl -u "$UNIT" -p err -o cat --no-pager -q || true)
+    escapes=$(journalctl -u "$UNIT" -o cat --no-pager -q | grep -c $'\e' || true)
+    echo "lines=$(journalctl -u "$UNIT" -o cat --no-pager -q | wc -l)"
+    echo "error_lines=$(printf '%s' "$errors" | grep -c . || true)"
+    echo "escape_lines=$escapes"
+    # The whole journal of the unit for the host's run folder, escapes made visible.
+    echo "@@JOURNAL"
+    journalctl -u "$UNIT" -o short-monotonic --all --no-pager -q | cat -v
+    ;;
+*)
+    fail "unknown step '${1:-}'"
+    ;;
+esac
