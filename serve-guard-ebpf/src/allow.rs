@@ -8,31 +8,60 @@ use serve_guard_common::trie::{
 
 use crate::maps::{NODES_V4, NODES_V6, ROOTS, TAILS_V4, TAILS_V6};
 
+/// What one level of the walk found.
+enum Step {
+    /// The answer.
+    Done(bool),
+    /// The slot to decode at the next level.
+    Next(u32),
+}
+
+/// Writes the walk out level by level, `$step` with each level as a constant. Kernels before
+/// ~6.3 reject a loop whose last instruction falls through to its head ("back-edge"), which is
+/// what LLVM makes of a `for` over the levels; straight-line code loads everywhere from 5.10 on.
+macro_rules! walk {
+    ($step:ident, $slot:ident, $addr:ident, [$($level:literal)*]) => {
+        $(
+            match $step($slot, $addr, $level) {
+                Step::Done(allowed) => return allowed,
+                Step::Next(next) => $slot = next,
+            }
+        )*
+    };
+}
+
+// The literal level lists below must cover 0..=LEVELS.
+const _: () = assert!(V4_LEVELS == 8 && V6_LEVELS == 32);
+
 /// Whether `addr` (network order) is inside a listed IPv4 CIDR.
 #[inline(always)]
 pub fn allowed_v4(addr: [u8; 4]) -> bool {
     let addr = u32::from_be_bytes(addr);
     let mut slot = root(ROOT_V4);
     // One more round than levels: the last one reads the slot the deepest node gave.
-    for level in 0..=V4_LEVELS {
-        match Slot::decode(slot) {
-            Slot::Empty => return false,
-            Slot::Full => return true,
-            Slot::Tail(index) => {
-                return TAILS_V4
-                    .get(index)
-                    .is_some_and(|tail| addr & tail.mask == tail.prefix);
-            }
-            // The compiler never nests nodes deeper than the address has nibbles; a corrupt
-            // trie that does is treated as empty.
-            Slot::Node(_) if level == V4_LEVELS => return false,
-            Slot::Node(index) => match NODES_V4.get(index) {
-                Some(node) => slot = node.slots[nibble_v4(addr, level)],
-                None => return false,
-            },
-        }
-    }
+    walk!(step_v4, slot, addr, [0 1 2 3 4 5 6 7 8]);
+    let _ = slot;
     false
+}
+
+#[inline(always)]
+fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
+    match Slot::decode(slot) {
+        Slot::Empty => Step::Done(false),
+        Slot::Full => Step::Done(true),
+        Slot::Tail(index) => Step::Done(
+            TAILS_V4
+                .get(index)
+                .is_some_and(|tail| addr & tail.mask == tail.prefix),
+        ),
+        // The compiler never nests nodes deeper than the address has nibbles; a corrupt trie
+        // that does is treated as empty.
+        Slot::Node(_) if level == V4_LEVELS => Step::Done(false),
+        Slot::Node(index) => match NODES_V4.get(index) {
+            Some(node) => Step::Next(node.slots[nibble_v4(addr, level)]),
+            None => Step::Done(false),
+        },
+    }
 }
 
 /// Whether `addr` (network order) is inside a listed IPv6 CIDR.
@@ -41,24 +70,27 @@ pub fn allowed_v6(addr: [u8; 16]) -> bool {
     let addr = u128::from_be_bytes(addr);
     let addr = [(addr >> 64) as u64, addr as u64];
     let mut slot = root(ROOT_V6);
-    for level in 0..=V6_LEVELS {
-        match Slot::decode(slot) {
-            Slot::Empty => return false,
-            Slot::Full => return true,
-            Slot::Tail(index) => {
-                return TAILS_V6.get(index).is_some_and(|tail| {
-                    addr[0] & tail.mask[0] == tail.prefix[0]
-                        && addr[1] & tail.mask[1] == tail.prefix[1]
-                });
-            }
-            Slot::Node(_) if level == V6_LEVELS => return false,
-            Slot::Node(index) => match NODES_V6.get(index) {
-                Some(node) => slot = node.slots[nibble_v6(addr, level)],
-                None => return false,
-            },
-        }
-    }
+    walk!(step_v6, slot, addr, [
+        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32
+    ]);
+    let _ = slot;
     false
+}
+
+#[inline(always)]
+fn step_v6(slot: u32, addr: [u64; 2], level: usize) -> Step {
+    match Slot::decode(slot) {
+        Slot::Empty => Step::Done(false),
+        Slot::Full => Step::Done(true),
+        Slot::Tail(index) => Step::Done(TAILS_V6.get(index).is_some_and(|tail| {
+            addr[0] & tail.mask[0] == tail.prefix[0] && addr[1] & tail.mask[1] == tail.prefix[1]
+        })),
+        Slot::Node(_) if level == V6_LEVELS => Step::Done(false),
+        Slot::Node(index) => match NODES_V6.get(index) {
+            Some(node) => Step::Next(node.slots[nibble_v6(addr, level)]),
+            None => Step::Done(false),
+        },
+    }
 }
 
 /// A missing root reads as empty: fail closed.

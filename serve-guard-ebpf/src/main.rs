@@ -15,7 +15,10 @@ use serve_guard_common::Reason;
 
 use crate::parse::Frame;
 
+// Inlined into the entry point the macro generates: as a separate function LLVM passes the
+// packet pointers in a form (pkt_end shifted) the verifier refuses.
 #[xdp]
+#[inline(always)]
 pub fn serve_guard(ctx: XdpContext) -> u32 {
     let frame = Frame::new(&ctx);
     let (reason, family) = verdict::decide(&parse::parse(&frame));
