@@ -12,12 +12,13 @@
 //!    or is removed (`"detach"`). A crash skips step 5, which leaves the filter pinned: the node
 //!    keeps filtering with the last list.
 //!
-//! Subsystems (control socket, CIDR watcher, metrics, public-mode proxy) are started in
-//! [`start_subsystems`]; each gets an [`AgentContext`].
+//! Subsystems (token watcher, public-mode proxy here; CIDR store and watcher, control socket and
+//! metrics in `subsystems`) are started in [`start_subsystems`]; each gets an [`AgentContext`].
 
 pub mod lock;
 pub mod notify;
 pub mod reload;
+mod subsystems;
 
 pub use lock::{AgentLock, agent_running, running_agent_pid};
 pub use reload::Reloadable;
@@ -290,7 +291,7 @@ async fn start_subsystems(
         let _ = tokens.reload();
     }
     // CIDR store + file watcher, control socket, Prometheus metrics and /ready.
-    let cidrs = crate::control::start::start(ctx, subsystems, tokens.clone()).await?;
+    let cidrs = subsystems::start(ctx, subsystems, tokens.clone()).await?;
     let mut tls = None;
     if let Some(tokens) = &tokens {
         // Token-checking reverse proxy, as an unprivileged process: its sockets are bound, its

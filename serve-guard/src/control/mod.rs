@@ -17,7 +17,6 @@
 
 pub mod client;
 pub mod server;
-pub mod start;
 pub mod view;
 
 use serde::{Deserialize, Serialize};

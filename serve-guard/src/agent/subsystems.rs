@@ -1,9 +1,9 @@
 //! Starts the CIDR store, the file watcher, the control socket and the metrics endpoint as agent
 //! subsystems. Called once from `agent::start_subsystems`, after the filter is attached.
 
-use super::server::{ControlServer, ControlState};
-use super::view::{AgentHandle, AgentView};
-use crate::agent::{AgentContext, AgentError, Subsystems};
+use super::{AgentContext, AgentError, Subsystems};
+use crate::control::server::{ControlServer, ControlState};
+use crate::control::view::{AgentHandle, AgentView};
 use crate::metrics::{MetricsServer, MetricsState};
 use crate::store::{SharedSink, Store};
 use crate::token::TokenSource;
