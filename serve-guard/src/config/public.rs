@@ -77,6 +77,8 @@ pub enum PublicConfigError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Upstream {
     uri: Uri,
+    /// `host:port` as a Host header, made once: every forwarded request carries it.
+    host: http::HeaderValue,
 }
 
 impl Upstream {
@@ -102,7 +104,9 @@ impl Upstream {
                 "`{text}`: give only scheme, host and port (no path or query)"
             ));
         }
-        Ok(Upstream { uri })
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`{text}`: the host cannot be a Host header"))?;
+        Ok(Upstream { uri, host })
     }
 
     /// `host:port` of the upstream.
@@ -110,13 +114,19 @@ impl Upstream {
         self.uri.authority().expect("checked in parse")
     }
 
-    /// The upstream URL for a request's path and query.
-    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme("http")
-            .authority(self.authority().as_str())
-            .path_and_query(path_and_query)
-            .build()
+    /// The Host header for the upstream (`host:port`).
+    pub fn host(&self) -> &http::HeaderValue {
+        &self.host
+    }
+
+    /// The upstream URL for a request's path and query: parts already parsed, put together
+    /// without parsing them again.
+    pub fn join(&self, path_and_query: http::uri::PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority().clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
     }
 }
 

@@ -120,11 +120,14 @@ pub fn scan(covered: &[String]) -> Result<Vec<Exposure>, ScanError> {
     })?;
     let mut found = tunnels(&links, covered);
     found.extend(srv6_decap_routes(&routes, &links));
-    found.extend(covered.iter().filter_map(|name| {
-        (rp_filter(name) == Some(0)).then(|| Exposure::RpFilterOff {
-            interface: name.clone(),
-        })
-    }));
+    found.extend(
+        covered
+            .iter()
+            .filter(|name| rp_filter(name) == Some(0))
+            .map(|name| Exposure::RpFilterOff {
+                interface: name.clone(),
+            }),
+    );
     Ok(found)
 }
 

@@ -5,6 +5,7 @@ use http::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, WWW_AUTHENTICA
 use http::{Response, StatusCode};
 
 use super::reply::{Body, plain};
+use crate::metrics::proxy::Outcome;
 use crate::token::TokenSet;
 
 /// The cookie the docs link sets, as Anyscale names it.
@@ -145,6 +146,14 @@ pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carrie
         (false, true, _) => Verdict::Allowed(Via::Cookie),
         (false, false, true) => Verdict::Invalid,
         (false, false, false) => Verdict::Missing,
+    }
+}
+
+/// What a refused request counts as in the metrics and the log.
+pub fn outcome(verdict: Verdict) -> Outcome {
+    match verdict {
+        Verdict::Invalid => Outcome::InvalidToken,
+        _ => Outcome::MissingToken,
     }
 }
 

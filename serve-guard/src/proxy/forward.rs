@@ -3,24 +3,21 @@
 //! and X-Real-IP set by the proxy), bodies streamed both ways, WebSocket upgrades (and no other
 //! protocol) tunnelled after the check.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::pool::{self, Pool};
 use super::reply::{self, Body};
 use super::server::ConnectionSlot;
 use crate::config::public::{Limits, Upstream};
-
-/// Idle upstream connections are kept this long for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle upstream connections kept per upstream.
-const POOL_MAX_IDLE: usize = 64;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus the
 /// non-standard ones proxies still meet.
@@ -75,28 +72,81 @@ const PROXY_HEADERS: [&str; 20] = [
 /// The protocol name of a WebSocket upgrade (RFC 6455 §4.1).
 const WEBSOCKET: &str = "websocket";
 
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// How one listener reaches its upstream.
+pub enum UpstreamClient {
+    /// Serve's HTTP port: pooled HTTP/1.1 keep-alive connections.
+    Http1(Arc<Pool>),
+    /// Serve's gRPC port: prior-knowledge HTTP/2 (h2c), streams multiplexed on a connection.
+    Http2(Box<Client<HttpConnector, Body>>),
+}
 
-/// A pooled upstream client. `http2_only`: prior-knowledge HTTP/2 (h2c), for gRPC.
-pub fn client(limits: &Limits, http2_only: bool) -> UpstreamClient {
+/// The client for `upstream`: HTTP/1.1, or HTTP/2 when `grpc`.
+pub fn client(limits: &Limits, upstream: &Upstream, grpc: bool) -> UpstreamClient {
+    if !grpc {
+        return UpstreamClient::Http1(Pool::new(
+            upstream.authority(),
+            limits.upstream_connect_timeout,
+        ));
+    }
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(http2_only)
-        .build(connector)
+    UpstreamClient::Http2(Box::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(pool::IDLE_TIMEOUT)
+            .pool_max_idle_per_host(pool::MAX_IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector),
+    ))
+}
+
+impl UpstreamClient {
+    /// Sends `parts` and `body` to `path_and_query` on `upstream`, in the form its protocol
+    /// wants: origin-form with a Host header for HTTP/1.1, an absolute URI for HTTP/2 (its
+    /// `:authority`).
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        path_and_query: PathAndQuery,
+        mut parts: http::request::Parts,
+        body: Body,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match self {
+            UpstreamClient::Http1(pool) => {
+                parts.uri = Uri::from(path_and_query);
+                parts.version = Version::HTTP_11;
+                parts.headers.insert(header::HOST, upstream.host().clone());
+                let resp = pool.send(Request::from_parts(parts, body)).await?;
+                Ok(resp.map(reply::stream))
+            }
+            UpstreamClient::Http2(client) => {
+                parts.uri = upstream.join(path_and_query);
+                parts.version = Version::HTTP_2;
+                parts.headers.remove(header::HOST);
+                let resp = client.request(Request::from_parts(parts, body)).await?;
+                Ok(resp.map(reply::stream))
+            }
+        }
+    }
+}
+
+/// Why the upstream gave no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Http1(#[from] pool::PoolError),
+    #[error(transparent)]
+    Http2(#[from] hyper_util::client::legacy::Error),
 }
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("upstream unreachable: {0}")]
-    Unreachable(#[source] hyper_util::client::legacy::Error),
+    Unreachable(#[source] UpstreamError),
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot build the upstream request: {0}")]
@@ -111,14 +161,15 @@ pub enum ForwardError {
 pub struct Forward<'a> {
     pub client: &'a UpstreamClient,
     pub upstream: &'a Upstream,
-    pub peer: SocketAddr,
+    /// The client's address as a header value.
+    pub client_ip: &'a HeaderValue,
+    /// The client connection's slot, for a tunnel to keep.
+    pub slot: &'a ConnectionSlot,
     /// The proxy's port the client connected to (X-Forwarded-Port).
     pub local_port: u16,
     /// The client reached us over TLS.
     pub tls: bool,
     pub response_timeout: Duration,
-    /// Version spoken to the upstream: HTTP/1.1 for Serve's HTTP port, HTTP/2 for gRPC.
-    pub upstream_version: Version,
 }
 
 impl Forward<'_> {
@@ -129,11 +180,10 @@ impl Forward<'_> {
     pub async fn send(
         &self,
         mut req: Request<Incoming>,
-        path_and_query: String,
+        path_and_query: PathAndQuery,
         websocket: bool,
     ) -> Result<Response<Body>, ForwardError> {
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let slot = req.extensions_mut().remove::<ConnectionSlot>();
 
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -142,8 +192,6 @@ impl Forward<'_> {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = self.upstream.join(&path_and_query)?;
-        parts.version = self.upstream_version;
 
         let headers = &mut parts.headers;
         let te_trailers = wants_trailers(headers);
@@ -157,38 +205,25 @@ impl Forward<'_> {
             headers.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
         }
         strip_proxy_headers(headers);
-        headers.insert(
-            X_FORWARDED_FOR,
-            HeaderValue::from_str(&self.peer.ip().to_string()).expect("an IP is a valid value"),
-        );
+        headers.insert(X_FORWARDED_FOR, self.client_ip.clone());
         headers.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.tls { "https" } else { "http" }),
         );
         headers.insert(X_FORWARDED_PORT, HeaderValue::from(self.local_port));
-        headers.insert(
-            X_REAL_IP,
-            HeaderValue::from_str(&self.peer.ip().to_string()).expect("an IP is a valid value"),
-        );
+        headers.insert(X_REAL_IP, self.client_ip.clone());
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST, host);
         }
-        headers.remove(header::HOST);
-        if self.upstream_version == Version::HTTP_11 {
-            let authority = HeaderValue::from_str(self.upstream.authority().as_str())
-                .expect("an authority is a valid value");
-            headers.insert(header::HOST, authority);
-        }
 
-        let upstream_req = Request::from_parts(parts, reply::stream(body));
-        let mut resp =
-            match tokio::time::timeout(self.response_timeout, self.client.request(upstream_req))
-                .await
-            {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
-                Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
-            };
+        let sent = self
+            .client
+            .send(self.upstream, path_and_query, parts, reply::stream(body));
+        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
+            Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
+        };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // A tunnel only where a WebSocket upgrade was asked for and the upstream agreed to
@@ -207,11 +242,11 @@ impl Forward<'_> {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             resp.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, slot));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, self.slot.clone()));
         } else {
             strip_hop_by_hop(resp.headers_mut());
         }
-        Ok(resp.map(reply::stream))
+        Ok(resp)
     }
 }
 
@@ -220,7 +255,7 @@ impl Forward<'_> {
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    _slot: Option<ConnectionSlot>,
+    _slot: ConnectionSlot,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -257,8 +292,16 @@ pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     }
 }
 
+/// The client's address as a header value (X-Forwarded-For, X-Real-IP): made once per
+/// connection, shared by its requests.
+pub fn client_ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+        .expect("an address is a valid header value")
+}
+
 /// Removes the client's proxy headers ([`PROXY_HEADERS`]), also when spelt with `_` for `-`
-/// (servers that map both to one CGI-style name would read them as the real ones).
+/// (servers that map both to one CGI-style name would read them as the real ones). One pass
+/// over the names present: removing a list of mostly absent names would hash each of them.
 fn strip_proxy_headers(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
@@ -293,12 +336,20 @@ fn wants_trailers(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
-/// Removes the hop-by-hop headers, including those the Connection header names.
+/// Removes the hop-by-hop headers, including those the Connection header names (compared as
+/// text: names are lower case, tokens any case).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || (has_connection
+                    && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str())))
+        })
+        .cloned()
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in doomed {
         headers.remove(name);
     }
 }

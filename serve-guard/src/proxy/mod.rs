@@ -9,7 +9,8 @@
 //! - `csrf`: cookie-authenticated unsafe requests need the proxy's own Origin.
 //! - `docs_link`: `?token=` → 303 + cookie.
 //! - `path`: path normal form and safe redirect paths.
-//! - `forward`: the upstream client, header hygiene, streaming, upgrades.
+//! - `forward`: header hygiene, streaming, upgrades; `pool`: the upstream's HTTP/1.1
+//!   keep-alive connections.
 //! - `grpc`: the gRPC listener's answers.
 //! - `tls`, `limits`, `server`: listeners, limits and the accept loop.
 //! - `observe`: metrics and log lines for each request's outcome.
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod limits;
 pub mod observe;
 pub mod path;
+pub mod pool;
 pub mod reply;
 pub mod routes;
 pub mod scrub;
@@ -38,18 +40,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::public::{PublicConfig, PublicConfigError, Upstream};
+use crate::metrics::proxy::Outcome;
 use crate::token::TokenReceiver;
 use auth::{Carriers, Verdict, Via};
 use docs_link::CookieSettings;
 use forward::{Forward, ForwardError, UpstreamClient};
 use reply::{Body, plain};
-use server::{ConnInfo, Listener};
+use server::{ConnInfo, Listener, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -84,8 +88,8 @@ impl Kind {
 
 /// What the checks decided about a request.
 enum Decision {
-    /// The proxy answers itself (401, 403, the docs link, ...).
-    Answer(Response<Body>),
+    /// The proxy answers itself (401, 403, the docs link, ...), and what that answer counts as.
+    Answer(Response<Body>, Outcome),
     /// Forward upstream.
     Forward(Route),
 }
@@ -94,17 +98,29 @@ enum Decision {
 struct Route {
     /// Path and query for the upstream: unauthenticated paths in normal form, the query
     /// without the token.
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     /// A WebSocket upgrade, authenticated: the only upgrade ever forwarded.
     websocket: bool,
 }
 
-/// `path` and `query` as one request target.
-fn target(path: &str, query: Option<&str>) -> String {
+/// The request target upstream: the client's own when neither the path nor the query changed
+/// (a reference-counted copy, no parsing), else `path` and `query` put together. An error (a
+/// normal form with characters a request target cannot hold) is answered 400.
+fn target(
+    original: &http::Uri,
+    path: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, http::uri::InvalidUri> {
+    if let Some(unchanged) = original
+        .path_and_query()
+        .filter(|pq| pq.path() == path && pq.query() == query)
+    {
+        return Ok(unchanged.clone());
+    }
     let path = if path.is_empty() { "/" } else { path };
     match query {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path.to_owned(),
+        Some(q) if !q.is_empty() => PathAndQuery::try_from(format!("{path}?{q}")),
+        _ => PathAndQuery::try_from(path),
     }
 }
 
@@ -127,33 +143,78 @@ pub struct Handler {
 }
 
 impl Handler {
-    async fn handle(&self, mut req: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        info: ConnInfo,
+        shared: &Shared,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
-        let method = req.method().clone();
-        // Only the path is logged: a query may hold the docs link's token.
-        let path = req.uri().path().to_owned();
         let decision = match self.kind {
             Kind::Http => self.check_http(&mut req, info),
             Kind::Grpc => self.check_grpc(&mut req),
         };
-        let forwarded = matches!(decision, Decision::Forward(_));
-        let resp = match decision {
-            Decision::Answer(resp) => resp,
-            Decision::Forward(route) => self.send(req, info, route).await,
-        };
+        let method = req.method().clone();
+        match decision {
+            Decision::Answer(resp, outcome) => {
+                // Only the path is logged: a query may hold the docs link's token.
+                self.record(&method, req.uri().path(), outcome, &resp, info, started);
+                resp
+            }
+            Decision::Forward(route) => {
+                // Copied only when a line will be written: forwarded requests (and the
+                // upstream's failures) are logged only with `access_log`.
+                let path = if self.access_log {
+                    req.uri().path().to_owned()
+                } else {
+                    String::new()
+                };
+                let (resp, outcome) = self.send(req, info, shared, route).await;
+                self.record(&method, &path, outcome, &resp, info, started);
+                resp
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        method: &Method,
+        path: &str,
+        outcome: Outcome,
+        resp: &Response<Body>,
+        info: ConnInfo,
+        started: std::time::Instant,
+    ) {
         observe::request(
             &observe::Request {
                 listener: self.kind.metric(),
                 client: info.peer,
                 method: method.as_str(),
-                path: &path,
-                outcome: observe::outcome(forwarded, &resp),
+                path,
+                outcome,
                 status: resp.status().as_u16(),
                 elapsed: Some(started.elapsed()),
             },
             self.access_log,
         );
-        resp
+    }
+
+    /// The path as `unauthenticated_paths` are written, when it is one of them. A path already
+    /// in normal form (the usual case) is compared as it is, without building its normal form.
+    fn unauthenticated_path(&self, path: &str) -> Option<std::borrow::Cow<'_, str>> {
+        if self.unauthenticated_paths.is_empty() {
+            return None;
+        }
+        if path::is_normal(path) {
+            return self
+                .unauthenticated_paths
+                .iter()
+                .find(|p| *p == path)
+                .map(|p| std::borrow::Cow::Borrowed(p.as_str()));
+        }
+        path::normalize(path)
+            .filter(|p| self.unauthenticated_paths.contains(p))
+            .map(std::borrow::Cow::Owned)
     }
 
     /// The docs link, the token check, unauthenticated paths, upgrades and CSRF; strips the
@@ -161,10 +222,13 @@ impl Handler {
     fn check_http(&self, req: &mut Request<Incoming>, info: ConnInfo) -> Decision {
         // A reverse proxy is no tunnel to arbitrary hosts.
         if req.method() == Method::CONNECT {
-            return Decision::Answer(plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "405 Method Not Allowed: CONNECT is not supported\n",
-            ));
+            return Decision::Answer(
+                plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "405 Method Not Allowed: CONNECT is not supported\n",
+                ),
+                Outcome::MethodNotAllowed,
+            );
         }
         let tokens = self.tokens.borrow().clone();
         let secure = info.tls || self.external_https;
@@ -173,42 +237,57 @@ impl Handler {
             secure,
         };
         if let Some(resp) = docs_link::handle(req.method(), req.uri(), &tokens, cookie) {
-            return Decision::Answer(resp);
+            let outcome = observe::outcome(&resp);
+            return Decision::Answer(resp, outcome);
         }
         let verdict = auth::authenticate(
             req.headers_mut(),
             &tokens,
             Carriers::HeaderOrCookie { secure },
         );
+        let public = self.unauthenticated_path(req.uri().path());
+        if public.is_none() && !matches!(verdict, Verdict::Allowed(_)) {
+            return Decision::Answer(auth::unauthorized(verdict), auth::outcome(verdict));
+        }
+        // Forwarded: the token goes from wherever else the client put it.
         let is_token = |word: &[u8]| tokens.matches(word);
         scrub::headers(req.headers_mut(), &is_token);
         let query = req.uri().query().map(|q| scrub::query(q, &is_token));
         let query = query.as_deref();
 
-        let public =
-            path::normalize(req.uri().path()).filter(|p| self.unauthenticated_paths.contains(p));
         if let Some(public) = public {
             // Upstream sees exactly the path that was checked, and never an upgrade: without a
             // token, a tunnel would be a way past the check.
-            return Decision::Forward(Route {
-                path_and_query: target(&public, query),
-                websocket: false,
-            });
+            return self.forward(req.uri(), &public, query, false);
         }
-        let Verdict::Allowed(via) = verdict else {
-            return Decision::Answer(auth::unauthorized(verdict));
-        };
         let websocket = forward::is_websocket_upgrade(req);
-        if via == Via::Cookie
+        if verdict == Verdict::Allowed(Via::Cookie)
             && csrf::needs_origin(req.method(), websocket)
             && !csrf::same_origin(req.headers(), &self.origin)
         {
-            return Decision::Answer(csrf::forbidden());
+            return Decision::Answer(csrf::forbidden(), Outcome::Forbidden);
         }
-        Decision::Forward(Route {
-            path_and_query: target(req.uri().path(), query),
-            websocket,
-        })
+        self.forward(req.uri(), req.uri().path(), query, websocket)
+    }
+
+    /// Forward to `path` and `query`, or 400 when they make no request target.
+    fn forward(
+        &self,
+        original: &http::Uri,
+        path: &str,
+        query: Option<&str>,
+        websocket: bool,
+    ) -> Decision {
+        match target(original, path, query) {
+            Ok(path_and_query) => Decision::Forward(Route {
+                path_and_query,
+                websocket,
+            }),
+            Err(_) => Decision::Answer(
+                plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"),
+                Outcome::BadRequest,
+            ),
+        }
     }
 
     /// The token check on the `authorization` metadata; strips the token.
@@ -218,36 +297,40 @@ impl Handler {
             Verdict::Allowed(_) => {
                 let is_token = |word: &[u8]| tokens.matches(word);
                 scrub::headers(req.headers_mut(), &is_token);
-                Decision::Forward(Route {
-                    path_and_query: target(req.uri().path(), req.uri().query()),
-                    websocket: false,
-                })
+                self.forward(req.uri(), req.uri().path(), req.uri().query(), false)
             }
-            verdict => Decision::Answer(grpc::unauthenticated(verdict == Verdict::Invalid)),
+            verdict => Decision::Answer(
+                grpc::unauthenticated(verdict == Verdict::Invalid),
+                auth::outcome(verdict),
+            ),
         }
     }
 
-    async fn send(&self, req: Request<Incoming>, info: ConnInfo, route: Route) -> Response<Body> {
+    /// The upstream's answer, or the proxy's own when forwarding failed; and what it counts as.
+    async fn send(
+        &self,
+        req: Request<Incoming>,
+        info: ConnInfo,
+        shared: &Shared,
+        route: Route,
+    ) -> (Response<Body>, Outcome) {
         let forward = Forward {
             client: &self.client,
             upstream: &self.upstream,
-            peer: info.peer,
+            client_ip: &shared.client_ip,
+            slot: &shared.slot,
             local_port: info.local.port(),
             tls: info.tls,
             response_timeout: self.response_timeout,
-            upstream_version: match self.kind {
-                Kind::Http => Version::HTTP_11,
-                Kind::Grpc => Version::HTTP_2,
-            },
         };
         match forward
             .send(req, route.path_and_query, route.websocket)
             .await
         {
-            Ok(resp) => resp,
+            Ok(resp) => (resp, Outcome::Forwarded),
             Err(e) => {
                 tracing::warn!(upstream = %self.upstream, error = %e, "cannot forward");
-                let mut resp = match (self.kind, &e) {
+                let resp = match (self.kind, &e) {
                     (Kind::Http, ForwardError::Unreachable(_)) => plain(
                         StatusCode::BAD_GATEWAY,
                         "502 Bad Gateway: the upstream (Ray Serve) is unreachable\n",
@@ -271,10 +354,7 @@ impl Handler {
                         grpc::status(grpc::STATUS_UNAVAILABLE, "upstream unreachable")
                     }
                 };
-                // The proxy's own answer, not the upstream's: tell `observe` which.
-                resp.extensions_mut()
-                    .insert(observe::forward_error_outcome(&e));
-                resp
+                (resp, observe::forward_error_outcome(&e))
             }
         }
     }
@@ -342,7 +422,7 @@ impl Proxy {
             Arc::new(Handler {
                 kind,
                 tokens: tokens.clone(),
-                client: forward::client(&config.limits, kind == Kind::Grpc),
+                client: forward::client(&config.limits, &upstream, kind == Kind::Grpc),
                 upstream,
                 unauthenticated_paths: config.unauthenticated_paths.clone(),
                 cookie_max_age_secs: config.cookie_max_age.as_secs(),

@@ -65,15 +65,9 @@ pub fn request(req: &Request<'_>, access_log: bool) {
     }
 }
 
-/// What became of a request, from the handler's answer: a forward error's own outcome (set by
-/// the handler as a response extension), else forwarded, else what the proxy answered.
-pub fn outcome<B>(forwarded: bool, resp: &http::Response<B>) -> Outcome {
-    if let Some(outcome) = resp.extensions().get::<Outcome>() {
-        return *outcome;
-    }
-    if forwarded {
-        return Outcome::Forwarded;
-    }
+/// What an answer the proxy made itself counts as, read from the answer (the docs link's 303
+/// or 400; the handler knows the other outcomes without reading them back).
+pub fn outcome<B>(resp: &http::Response<B>) -> Outcome {
     let header = |name: &str| {
         resp.headers()
             .get(name)

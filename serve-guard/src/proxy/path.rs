@@ -26,6 +26,23 @@ pub fn normalize(path: &str) -> Option<String> {
     Some(format!("/{}", segments.join("/")))
 }
 
+/// Whether `path` is already its own [`normalize`]d form: `/`, or `/`-separated segments that
+/// are neither empty, `.` nor `..`, all printable ASCII with no `%` or `\\`.
+pub fn is_normal(path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    !path
+        .bytes()
+        .any(|b| b == b'%' || b == b'\\' || !b.is_ascii_graphic())
+        && rest
+            .split('/')
+            .all(|segment| !matches!(segment, "" | "." | ".."))
+}
+
 /// Characters kept as they are in a redirect path: RFC 3986 `pchar` plus `/` and `%` (existing
 /// escapes stay escapes). Everything else, notably `\`, is %-encoded.
 const LOCATION_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
@@ -99,6 +116,34 @@ mod tests {
         assert_eq!(normalize("/%ff"), None);
         assert_eq!(normalize("/-/healthz%00"), None);
         assert_eq!(normalize("/-/healthz%0a"), None);
+    }
+
+    /// Every path over an alphabet of the characters that matter, up to 6 long: a path
+    /// `is_normal` says is normal is its own normal form (the proxy compares it as it is).
+    #[test]
+    fn is_normal_only_for_paths_that_normalize_to_themselves() {
+        const ALPHABET: &[u8] = b"/.a%2e\\ ";
+        let mut paths = vec![String::new()];
+        let mut normal = 0;
+        for _ in 0..6 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| ALPHABET.iter().map(move |&c| format!("{p}{}", c as char)))
+                .collect();
+            for path in &longer {
+                if is_normal(path) {
+                    normal += 1;
+                    assert_eq!(normalize(path).as_deref(), Some(path.as_str()), "{path:?}");
+                }
+            }
+            paths = longer;
+        }
+        assert!(
+            normal > 100,
+            "the alphabet must reach normal paths ({normal})"
+        );
+        assert!(is_normal("/-/healthz") && is_normal("/"));
+        assert!(!is_normal("/-/healthz/") && !is_normal("") && !is_normal("-/healthz"));
     }
 
     #[test]

@@ -37,27 +37,19 @@ pub async fn fetch(
     limits: &crate::config::public::Limits,
 ) -> Result<BTreeMap<String, String>, RoutesError> {
     let name = upstream.to_string();
-    let client = super::forward::client(limits, false);
-    let uri = upstream
-        .join(ROUTES_PATH)
-        .map_err(|e| RoutesError::Unreachable {
-            upstream: name.clone(),
-            reason: e.to_string(),
-        })?;
-    let req = Request::get(uri)
+    let pool = super::pool::Pool::new(upstream.authority(), limits.upstream_connect_timeout);
+    let req = Request::get(ROUTES_PATH)
+        .header(http::header::HOST, upstream.host().clone())
         .body(reply::empty())
         .map_err(|e| RoutesError::Unreachable {
             upstream: name.clone(),
             reason: e.to_string(),
         })?;
     let work = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| RoutesError::Unreachable {
-                upstream: name.clone(),
-                reason: error_chain(&e),
-            })?;
+        let resp = pool.send(req).await.map_err(|e| RoutesError::Unreachable {
+            upstream: name.clone(),
+            reason: error_chain(&e),
+        })?;
         if resp.status() != StatusCode::OK {
             return Err(RoutesError::Status {
                 upstream: name.clone(),

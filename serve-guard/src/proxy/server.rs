@@ -11,16 +11,15 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -52,6 +51,15 @@ pub struct ConnInfo {
     /// The listener's address the client connected to.
     pub local: SocketAddr,
     pub tls: bool,
+}
+
+/// What the requests of one connection share beyond [`ConnInfo`]: made once per connection.
+#[derive(Clone)]
+pub struct Shared {
+    /// The client's address as a header value (X-Forwarded-For, X-Real-IP).
+    pub client_ip: http::HeaderValue,
+    /// The connection's slot: a WebSocket tunnel upgraded from it keeps it.
+    pub slot: ConnectionSlot,
 }
 
 pub struct Listener {
@@ -169,16 +177,19 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::default());
-        let (handler, info, slot) = (self.handler.clone(), self.info, self.slot.clone());
-        let requests = activity.clone();
-        let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let handler = handler.clone();
-            let in_flight = requests.begin();
+        let activity = Arc::new(Activity::new());
+        let (handler, info) = (self.handler.clone(), self.info);
+        let shared = Arc::new(Shared {
+            client_ip: super::forward::client_ip_value(info.peer.ip()),
             // An upgraded connection outlives hyper's connection task; its tunnel keeps the slot.
-            req.extensions_mut().insert(slot.clone());
+            slot: self.slot.clone(),
+        });
+        let requests = activity.clone();
+        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (handler, shared) = (handler.clone(), shared.clone());
+            let in_flight = requests.begin();
             async move {
-                let resp = handler.handle(req, info).await;
+                let resp = handler.handle(req, info, &shared).await;
                 Ok::<_, Infallible>(resp.map(|body| in_flight.hold(body)))
             }
         });
@@ -224,44 +235,70 @@ enum Expiry {
 }
 
 /// Requests a connection has had and has in flight (from the complete head until the
-/// response body is sent or dropped).
-#[derive(Default)]
+/// response body is sent or dropped), and when the last one ended.
+///
+/// Requests only update counters; the timer is checked and re-armed when it fires
+/// ([`Activity::expired`]), so a busy keep-alive connection pays no timer or wake-up per
+/// request.
 struct Activity {
+    /// What `last_end` counts from.
+    epoch: Instant,
     started: AtomicBool,
     in_flight: AtomicUsize,
-    changed: Notify,
+    /// When the last request in flight ended, in nanoseconds after `epoch`.
+    last_end: AtomicU64,
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            started: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
     fn begin(self: &Arc<Self>) -> InFlight {
         self.started.store(true, Ordering::Release);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
         InFlight(self.clone())
+    }
+
+    fn end(&self) {
+        let since = Instant::now().saturating_duration_since(self.epoch);
+        // Written before the count drops, so whoever reads no request in flight reads the
+        // time the last one ended.
+        self.last_end.store(
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Returns when the connection has run out of time: no first request by `first_deadline`,
     /// or nothing in flight for `idle`.
     async fn expired(&self, first_deadline: Instant, idle: Duration) -> Expiry {
+        let timer = tokio::time::sleep_until(first_deadline);
+        tokio::pin!(timer);
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the state is read, so no change is missed.
-            changed.as_mut().enable();
+            timer.as_mut().await;
             if !self.started.load(Ordering::Acquire) {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(first_deadline) => return Expiry::FirstRequest,
-                    _ = changed => continue,
+                return Expiry::FirstRequest;
+            }
+            let now = Instant::now();
+            let next = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: look again after a whole idle period at the earliest.
+                now + idle
+            } else {
+                let last_end =
+                    self.epoch + Duration::from_nanos(self.last_end.load(Ordering::Acquire));
+                if now >= last_end + idle {
+                    return Expiry::Idle;
                 }
-            }
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                changed.await;
-                continue;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(idle) => return Expiry::Idle,
-                _ = changed => {}
-            }
+                last_end + idle
+            };
+            timer.as_mut().reset(next);
         }
     }
 }
@@ -269,20 +306,46 @@ impl Activity {
 /// One request in flight; ends when dropped.
 struct InFlight(Arc<Activity>);
 
-impl InFlight {
-    /// Keeps the request in flight until `body` is sent or dropped.
-    fn hold(self, body: Body) -> Body {
-        body.map_frame(move |frame| {
-            let _in_flight = &self;
-            frame
-        })
-        .boxed_unsync()
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in flight until it is sent or dropped.
+    pub struct Tracked {
+        #[pin]
+        body: Body,
+        in_flight: InFlight,
+    }
+}
+
+impl InFlight {
+    fn hold(self, body: Body) -> Tracked {
+        Tracked {
+            body,
+            in_flight: self,
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = super::reply::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

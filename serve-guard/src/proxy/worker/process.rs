@@ -99,10 +99,22 @@ fn run(args: Args) -> Result<(), WorkerError> {
             },
         )
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(channel, sockets))
+    runtime()?.block_on(serve(channel, sockets))
+}
+
+/// One runtime thread per CPU the process may run on (its affinity: systemd's `CPUAffinity=`,
+/// taskset, a cgroup's cpuset). On one CPU, the single-threaded scheduler: a work-stealing pool
+/// of threads sharing one core only adds wake-ups and context switches to every request.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut multi = tokio::runtime::Builder::new_multi_thread();
+        multi.worker_threads(cpus);
+        multi
+    };
+    builder.enable_all().build()
 }
 
 /// Fails if any descriptor other than `own` is open: a leaked BPF map, pin or control socket
