@@ -56,6 +56,11 @@ enum Src {
 
 use Src::{Inside, Outside};
 
+/// A named way to wrap a frame (a VLAN tag stack).
+type Wrap = (&'static str, fn(Frame) -> Frame);
+/// A named frame shape from a source, in one family.
+type Shape = (&'static str, Family, fn(Src) -> Frame);
+
 fn v4(src: Src) -> Frame {
     let ip = match src {
         Inside => INSIDE_V4,
@@ -246,7 +251,7 @@ fn unprotected_ports_pass_from_anywhere() {
 
 #[test]
 fn vlan_and_qinq_tags_are_looked_through() {
-    let tagged: [(&str, fn(Frame) -> Frame); 4] = [
+    let tagged: [Wrap; 4] = [
         ("802.1Q", |f| f.vlan_8021q(10)),
         ("802.1ad", |f| f.vlan_8021ad(10)),
         ("QinQ 802.1ad+802.1Q", |f| f.vlan_8021ad(100).vlan_8021q(10)),
@@ -714,7 +719,7 @@ fn frames_cut_at_every_length() {
             "the kernel accepted a {len}-byte frame; MIN_DATA_LEN is wrong"
         );
     }
-    let shapes: Vec<(&str, Family, fn(Src) -> Frame)> = vec![
+    let shapes: Vec<Shape> = vec![
         ("v4 tcp/8000", Ipv4, |s| v4(s).tcp(HTTP)),
         ("v4 udp/9000", Ipv4, |s| v4(s).udp(GRPC)),
         ("v4 tcp/8080", Ipv4, |s| v4(s).tcp(UNPROTECTED)),

@@ -303,17 +303,18 @@ pub fn client_ip_value(ip: std::net::IpAddr) -> HeaderValue {
 /// (servers that map both to one CGI-style name would read them as the real ones). One pass
 /// over the names present: removing a list of mostly absent names would hash each of them.
 fn strip_proxy_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            PROXY_HEADERS.contains(&name)
-                || (name.contains('_') && PROXY_HEADERS.contains(&name.replace('_', "-").as_str()))
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
+    remove_all(headers, |name| {
+        let name = name.as_str();
+        PROXY_HEADERS.contains(&name)
+            || (name.contains('_') && PROXY_HEADERS.contains(&name.replace('_', "-").as_str()))
+    });
+}
+
+/// Removes every header `doomed` picks: one scan of the names per name removed, and no
+/// allocation (a message carries a handful of headers and loses at most a few).
+fn remove_all(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    while let Some(name) = headers.keys().find(|name| doomed(name)).cloned() {
+        headers.remove(&name);
     }
 }
 
@@ -336,22 +337,21 @@ fn wants_trailers(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
-/// Removes the hop-by-hop headers, including those the Connection header names (compared as
-/// text: names are lower case, tokens any case).
+/// Removes the hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let has_connection = headers.contains_key(header::CONNECTION);
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || (has_connection
-                    && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str())))
+    // What Connection lists beyond the standard names: usually nothing (`keep-alive`,
+    // `upgrade`), and then nothing is allocated.
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h.as_str()))
         })
-        .cloned()
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    remove_all(headers, |name| {
+        HOP_BY_HOP.contains(name) || listed.contains(name)
+    });
 }
 
 #[cfg(test)]

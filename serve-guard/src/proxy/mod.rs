@@ -169,7 +169,9 @@ impl Handler {
                 } else {
                     String::new()
                 };
-                let (resp, outcome) = self.send(req, info, shared, route).await;
+                // Boxed: the forwarding future is large, and hyper moves the request's future
+                // around by value; the proxy's own answers then never carry its size.
+                let (resp, outcome) = Box::pin(self.send(req, info, shared, route)).await;
                 self.record(&method, &path, outcome, &resp, info, started);
                 resp
             }

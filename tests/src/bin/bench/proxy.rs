@@ -94,6 +94,41 @@ pub struct Series {
     pub rps: Vec<f64>,
     pub p50_ms: Vec<f64>,
     pub p99_ms: Vec<f64>,
+    /// CPU time per request of the proxy process (user, system) and of the upstream, in µs.
+    pub user_us: Vec<f64>,
+    pub sys_us: Vec<f64>,
+    pub upstream_us: Vec<f64>,
+}
+
+/// User and system CPU seconds a process (all its threads) has used so far.
+fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf only reads a constant.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of proc(5); `rest` starts at field 3.
+    let field = |i: usize| -> Result<f64> {
+        Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()? / tick)
+    };
+    Ok((field(11)?, field(12)?))
+}
+
+/// The processes measured in a run: the proxy's request-serving process and the upstream's
+/// worker.
+#[derive(Clone, Copy)]
+struct Measured {
+    proxy: u32,
+    upstream: u32,
+}
+
+impl Measured {
+    fn cpu(self) -> Result<[f64; 3]> {
+        let (user, sys) = cpu_seconds(self.proxy)?;
+        let (up_user, up_sys) = cpu_seconds(self.upstream)?;
+        Ok([user, sys, up_user + up_sys])
+    }
 }
 
 /// A process killed (SIGTERM, then SIGKILL) on drop.
@@ -139,8 +174,10 @@ fn upstream_server() -> String {
     )
 }
 
-/// The same check the agent makes: exactly `Authorization: Bearer <token>`, else 401; over
-/// plain HTTP and over TLS 1.3 with the proxy's certificate.
+/// The same job the agent does: exactly `Authorization: Bearer <token>`, else 401; the token
+/// not forwarded; the client's address, scheme, port and host told to the upstream in the same
+/// headers (what an operator would configure nginx to do in serve-guard's place). Over plain
+/// HTTP and over TLS 1.3 with the proxy's certificate.
 fn nginx_peer_server(cert: &Path, key: &Path) -> String {
     let (cert, key) = (cert.display(), key.display());
     format!(
@@ -156,6 +193,12 @@ fn nginx_peer_server(cert: &Path, key: &Path) -> String {
          \t\t\tproxy_pass http://fast;\n\
          \t\t\tproxy_http_version 1.1;\n\
          \t\t\tproxy_set_header Connection \"\";\n\
+         \t\t\tproxy_set_header Authorization \"\";\n\
+         \t\t\tproxy_set_header X-Forwarded-For $remote_addr;\n\
+         \t\t\tproxy_set_header X-Forwarded-Proto $scheme;\n\
+         \t\t\tproxy_set_header X-Forwarded-Port $server_port;\n\
+         \t\t\tproxy_set_header X-Real-IP $remote_addr;\n\
+         \t\t\tproxy_set_header X-Forwarded-Host $http_host;\n\
          \t\t}}\n\
          \t}}"
     )
@@ -233,9 +276,11 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     non_2xx: bool,
+    /// Proxy user, proxy system and upstream CPU µs per request.
+    cpu_us: [f64; 3],
 }
 
-fn wrk(topo: &Topology, proxy: &str, case: Case) -> Result<Run> {
+fn wrk(topo: &Topology, proxy: &str, case: Case, measured: Measured) -> Result<Run> {
     let mut cmd = topo.server.ns.command("timeout");
     cmd.arg((SECONDS + WRK_SLACK.as_secs()).to_string())
         .args([
@@ -253,7 +298,9 @@ fn wrk(topo: &Topology, proxy: &str, case: Case) -> Result<Run> {
     }
     let scheme = if case.tls() { "https" } else { "http" };
     cmd.arg(format!("{scheme}://127.0.0.1:{}/", case.port(proxy)));
+    let before = measured.cpu()?;
     let out = cmd.output().context("running wrk")?;
+    let after = measured.cpu()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         out.status.success() && !text.contains("Socket errors"),
@@ -267,7 +314,19 @@ fn wrk(topo: &Topology, proxy: &str, case: Case) -> Result<Run> {
             .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
             .with_context(|| format!("no `{prefix}` in wrk's output:\n{text}"))
     };
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_owned())
+        })
+        .with_context(|| format!("no request count in wrk's output:\n{text}"))?
+        .parse()
+        .context("request count")?;
+    ensure!(requests > 0.0, "wrk completed no request:\n{text}");
     let run = Run {
+        cpu_us: [0, 1, 2].map(|i| (after[i] - before[i]) * 1e6 / requests),
         rps: field("Requests/sec:")?.parse().context("Requests/sec")?,
         p50_ms: millis(&field("50%")?)?,
         p99_ms: millis(&field("99%")?)?,
@@ -319,8 +378,13 @@ fn run_all(dir: &Path) -> Result<Vec<Series>> {
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
     let (cert, key) = certificate(dir)?;
 
-    let _upstream = start_nginx(&topo, dir, "upstream", &upstream_server())?;
-    let _peer = start_nginx(&topo, dir, "peer", &nginx_peer_server(&cert, &key))?;
+    let upstream = start_nginx(&topo, dir, "upstream", &upstream_server())?;
+    let peer = start_nginx(&topo, dir, "peer", &nginx_peer_server(&cert, &key))?;
+    let upstream_worker = nginx_worker(&upstream)?;
+    let nginx = Measured {
+        proxy: nginx_worker(&peer)?,
+        upstream: upstream_worker,
+    };
     let mut public = toml::Table::new();
     public.insert("listen".into(), format!("127.0.0.1:{PROXY_PORT}").into());
     public.insert(
@@ -349,11 +413,15 @@ fn run_all(dir: &Path) -> Result<Vec<Series>> {
                 rps: Vec::new(),
                 p50_ms: Vec::new(),
                 p99_ms: Vec::new(),
+                user_us: Vec::new(),
+                sys_us: Vec::new(),
+                upstream_us: Vec::new(),
             });
         }
     }
     let mut agent: Option<Agent> = None;
     let mut agent_tls = false;
+    let mut serve_guard = nginx;
     for round in 0..=ROUNDS {
         for i in 0..series.len() {
             let k = (round + i) % series.len();
@@ -364,24 +432,42 @@ fn run_all(dir: &Path) -> Result<Vec<Series>> {
                     let _ = old.stop();
                 }
                 let config = if path.tls() { &config_tls } else { &config };
-                agent = Some(start_pinned_agent(&topo, config.clone())?);
+                let (started, proxy_process) = start_pinned_agent(&topo, config.clone())?;
+                agent = Some(started);
                 agent_tls = path.tls();
+                serve_guard = Measured {
+                    proxy: proxy_process,
+                    upstream: upstream_worker,
+                };
             }
-            let run = wrk(&topo, proxy, path)?;
+            let measured = if proxy == SERVE_GUARD {
+                serve_guard
+            } else {
+                nginx
+            };
+            let run = wrk(&topo, proxy, path, measured)?;
             if round == 0 {
                 // Warm-up round: checked, not counted.
                 continue;
             }
             eprintln!(
-                "  round {round}: {proxy} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                "  round {round}: {proxy} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, \
+                 CPU/request: proxy {:.1} us user + {:.1} us sys, upstream {:.1} us",
                 path.name(),
                 run.rps,
                 run.p50_ms,
-                run.p99_ms
+                run.p99_ms,
+                run.cpu_us[0],
+                run.cpu_us[1],
+                run.cpu_us[2],
             );
-            series[k].rps.push(run.rps);
-            series[k].p50_ms.push(run.p50_ms);
-            series[k].p99_ms.push(run.p99_ms);
+            let one = &mut series[k];
+            one.rps.push(run.rps);
+            one.p50_ms.push(run.p50_ms);
+            one.p99_ms.push(run.p99_ms);
+            one.user_us.push(run.cpu_us[0]);
+            one.sys_us.push(run.cpu_us[1]);
+            one.upstream_us.push(run.cpu_us[2]);
         }
     }
     if let Some(mut agent) = agent {
@@ -390,20 +476,42 @@ fn run_all(dir: &Path) -> Result<Vec<Series>> {
     Ok(series)
 }
 
-/// The agent, started on [`SERVER_CPU`]; checks that it and its proxy process run there only.
-fn start_pinned_agent(topo: &Topology, config: AgentConfig) -> Result<Agent> {
+/// The agent, started on [`SERVER_CPU`], and its proxy process; checks that both run there
+/// only.
+fn start_pinned_agent(topo: &Topology, config: AgentConfig) -> Result<(Agent, u32)> {
     let agent = on_cpu(SERVER_CPU, || Agent::start(&topo.server.ns, config))?;
     let pid = agent.pid().context("the agent has no pid")?;
     let proxies = children(pid)?;
-    ensure!(!proxies.is_empty(), "the agent has no proxy process");
-    for p in std::iter::once(pid).chain(proxies) {
+    let [proxy] = proxies[..] else {
+        bail!(
+            "the agent has {} child processes, not its one proxy process",
+            proxies.len()
+        );
+    };
+    for p in [pid, proxy] {
         let cpus = cpus_allowed(p)?;
         ensure!(
             cpus == SERVER_CPU.to_string(),
             "process {p} may run on CPUs {cpus}, not only on {SERVER_CPU}"
         );
     }
-    Ok(agent)
+    Ok((agent, proxy))
+}
+
+/// nginx's one worker process (a child of the master `process` started).
+fn nginx_worker(process: &Process) -> Result<u32> {
+    let deadline = std::time::Instant::now() + STOP_WAIT;
+    loop {
+        if let [worker] = children(process.0.id())?[..] {
+            return Ok(worker);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "nginx {} started no worker",
+            process.0.id()
+        );
+        std::thread::sleep(STOP_POLL);
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -417,7 +525,8 @@ pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
     let mut out = String::new();
     writeln!(out, "\n## Token proxy vs nginx\n")?;
     let method = format!(
-        "Same bearer check in front of the same upstream (nginx `return 200`), proxy and \
+        "Same job in front of the same upstream (nginx `return 200`): the bearer check, the \
+         token not forwarded, X-Forwarded-For/-Proto/-Port/-Host and X-Real-IP set; proxy and \
          upstream pinned to CPU {SERVER_CPU} (serve-guard's agent and proxy process started \
          there, so the proxy runs one single-threaded runtime; nginx with one worker), wrk -t1 \
          -c{CONNECTIONS} ({SECONDS} s per run, keep-alive) on CPU {LOAD_CPU}; plain HTTP and \
@@ -454,14 +563,56 @@ pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
             median(&sg.p99_ms),
             median(&ng.p99_ms),
         )?;
+        let side = |s: &Series| {
+            serde_json::json!({
+                "rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
+                "cpu_us_per_request": {"user": s.user_us, "sys": s.sys_us, "upstream": s.upstream_us},
+            })
+        };
         json.push(serde_json::json!({
             "path": path.name(),
             "ratio_rps_mean": mean,
             "ratio_rps_ci95": ci,
             "ratios": ratios,
-            "serve_guard": {"rps": sg.rps, "p50_ms": sg.p50_ms, "p99_ms": sg.p99_ms},
-            "nginx": {"rps": ng.rps, "p50_ms": ng.p50_ms, "p99_ms": ng.p99_ms},
+            "serve_guard": side(sg),
+            "nginx": side(ng),
         }));
+    }
+    writeln!(
+        out,
+        "\nCPU time per request (µs, median over rounds), from /proc/PID/stat of the process \
+         serving the requests (serve-guard's proxy process, nginx's worker) and of the \
+         upstream's worker, over each wrk run. Everything in the last three columns runs on the \
+         one server CPU, so `ceiling` is the ratio serve-guard would reach with no user-space \
+         work at all: nginx's whole time (user + sys + upstream) over serve-guard's sys + \
+         upstream time.\n"
+    )?;
+    writeln!(
+        out,
+        "| path | serve-guard user | serve-guard sys | nginx user | nginx sys | upstream behind serve-guard / nginx | ceiling |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for path in Case::ALL {
+        let find = |proxy: &str| {
+            series
+                .iter()
+                .find(|s| s.proxy == proxy && s.path == path)
+                .context("missing series")
+        };
+        let (sg, ng) = (find(SERVE_GUARD)?, find(NGINX)?);
+        let ceiling = (median(&ng.user_us) + median(&ng.sys_us) + median(&ng.upstream_us))
+            / (median(&sg.sys_us) + median(&sg.upstream_us));
+        writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {ceiling:.2} |",
+            path.name(),
+            median(&sg.user_us),
+            median(&sg.sys_us),
+            median(&ng.user_us),
+            median(&ng.sys_us),
+            median(&sg.upstream_us),
+            median(&ng.upstream_us),
+        )?;
     }
     Ok((out, serde_json::json!({"method": method, "paths": json})))
 }
