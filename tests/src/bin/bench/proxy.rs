@@ -520,6 +520,17 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
+/// serve-guard's and nginx's runs on `path`.
+fn pair(series: &[Series], path: Case) -> Result<(&Series, &Series)> {
+    let find = |proxy: &str| {
+        series
+            .iter()
+            .find(|s| s.proxy == proxy && s.path == path)
+            .context("missing series")
+    };
+    Ok((find(SERVE_GUARD)?, find(NGINX)?))
+}
+
 /// The markdown section, and the figures for the JSON.
 pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
     let mut out = String::new();
@@ -543,13 +554,7 @@ pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
     writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
     let mut json = Vec::new();
     for path in Case::ALL {
-        let find = |proxy: &str| {
-            series
-                .iter()
-                .find(|s| s.proxy == proxy && s.path == path)
-                .context("missing series")
-        };
-        let (sg, ng) = (find(SERVE_GUARD)?, find(NGINX)?);
+        let (sg, ng) = pair(series, path)?;
         let ratios: Vec<f64> = sg.rps.iter().zip(&ng.rps).map(|(a, b)| a / b).collect();
         let (mean, ci) = super::mean_ci(&ratios);
         writeln!(
@@ -593,13 +598,7 @@ pub fn report(series: &[Series]) -> Result<(String, serde_json::Value)> {
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
     for path in Case::ALL {
-        let find = |proxy: &str| {
-            series
-                .iter()
-                .find(|s| s.proxy == proxy && s.path == path)
-                .context("missing series")
-        };
-        let (sg, ng) = (find(SERVE_GUARD)?, find(NGINX)?);
+        let (sg, ng) = pair(series, path)?;
         let ceiling = (median(&ng.user_us) + median(&ng.sys_us) + median(&ng.upstream_us))
             / (median(&sg.sys_us) + median(&sg.upstream_us));
         writeln!(
