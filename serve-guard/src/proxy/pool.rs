@@ -25,8 +25,11 @@ use super::reply::Body;
 
 /// Idle connections kept for reuse.
 pub const MAX_IDLE: usize = 64;
-/// A connection idle this long is closed rather than reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection idle this long is closed rather than reused: under any keep-alive timeout Serve
+/// is likely to have (Ray Serve's `keep_alive_timeout_s` is 90 s by default; uvicorn's own
+/// default is 5 s), so a request is not sent on a connection Serve is closing at that moment (a
+/// request it already took cannot be sent again). A new connection on loopback costs little.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Why a request did not get a response.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ struct Parked {
 pub struct Pool {
     authority: String,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     idle: Mutex<Vec<Parked>>,
 }
 
@@ -68,8 +72,22 @@ impl Pool {
         Arc::new(Pool {
             authority: authority.as_str().to_owned(),
             connect_timeout,
+            idle_timeout: IDLE_TIMEOUT,
             idle: Mutex::new(Vec::with_capacity(MAX_IDLE)),
         })
+    }
+
+    #[cfg(test)]
+    fn with_idle_timeout(
+        authority: &http::uri::Authority,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Arc<Pool> {
+        let mut pool = Pool::new(authority, connect_timeout);
+        Arc::get_mut(&mut pool)
+            .expect("not shared yet")
+            .idle_timeout = idle_timeout;
+        pool
     }
 
     /// Sends `req` (origin-form URI, Host set) on an idle connection, or a new one.
@@ -109,7 +127,7 @@ impl Pool {
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(parked) = idle.pop() {
-            if parked.since.elapsed() < IDLE_TIMEOUT && !parked.sender.is_closed() {
+            if parked.since.elapsed() < self.idle_timeout && !parked.sender.is_closed() {
                 return Some(parked.sender);
             }
         }
@@ -345,6 +363,19 @@ mod tests {
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 4);
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_not_reused() {
+        let (authority, accepted) = upstream(After::KeepAlive).await;
+        let idle = Duration::from_millis(50);
+        let pool = Pool::with_idle_timeout(&authority, CONNECT, idle);
+        let resp = pool.send(get(&authority, "/")).await.unwrap();
+        assert_eq!(body_of(resp).await, b"ok");
+        tokio::time::sleep(idle * 2).await;
+        let resp = pool.send(get(&authority, "/")).await.unwrap();
+        assert_eq!(body_of(resp).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
