@@ -184,18 +184,15 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
 
     let host = config.check_host()?;
-    crate::store::check_file_consent(
-        &config.cidr_file,
-        &config.state_dir,
-        &host.cidrs,
-        config.allow_everyone,
-    )?;
+    config.check_cidr_consent(&host.cidrs)?;
     for warning in &host.warnings {
         tracing::warn!("{}: {warning}", config.cidr_file.display());
     }
     // Acquiring may wait out a CLI probe for a moment: off the async workers.
     let _lock = tokio::task::block_in_place(|| AgentLock::acquire(&config.state_dir))?;
 
+    // Scanned now, from the links the host check listed; logged once the filter is up.
+    let exposures = crate::node::exposure::scan_links(&host.links, &config.interfaces);
     let config = Arc::new(config);
     let filter = {
         let config = Arc::clone(&config);
@@ -204,7 +201,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             .map_err(|e| AgentError::Join(e.to_string()))??
     };
     tracing::info!("{}", summary(&config, &filter.status()));
-    warn_about_exposures(&config.interfaces);
+    warn_about_exposures(exposures);
 
     let mut filter = filter;
     let program_log = filter.take_program_log();
@@ -346,8 +343,8 @@ async fn stop_filter(filter: SharedFilter, on_stop: OnStop) {
 
 /// Names every path around the filter on this node (tunnels it decapsulates, SRv6 decap routes,
 /// rp_filter off on a covered interface): the filter works, but these bypass it.
-fn warn_about_exposures(interfaces: &[String]) {
-    match crate::node::scan(interfaces) {
+fn warn_about_exposures(scanned: Result<Vec<crate::node::Exposure>, crate::node::ScanError>) {
+    match scanned {
         Ok(found) => {
             for exposure in found {
                 tracing::warn!("{exposure}");

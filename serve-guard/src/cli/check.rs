@@ -64,19 +64,14 @@ pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
         .join(", ");
     report.ok(format!("interfaces: {interfaces}"));
     // Paths around the filter do not make the config invalid, but the operator should know.
-    match crate::node::scan(&config.interfaces) {
+    match crate::node::exposure::scan_links(&host.links, &config.interfaces) {
         Ok(found) => found.iter().for_each(|e| report.warn(e.to_string())),
         Err(e) => report.warn(e.to_string()),
     }
     for warning in &host.warnings {
         report.warn(format!("{}: {warning}", config.cidr_file.display()));
     }
-    crate::store::check_file_consent(
-        &config.cidr_file,
-        &config.state_dir,
-        &host.cidrs,
-        config.allow_everyone,
-    )?;
+    config.check_cidr_consent(&host.cidrs)?;
     report.ok(format!(
         "CIDR file {}: ok ({} IPv4, {} IPv6)",
         config.cidr_file.display(),

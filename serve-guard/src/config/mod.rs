@@ -332,6 +332,8 @@ impl fmt::Debug for Config {
 #[derive(Debug, Clone)]
 pub struct HostCheck {
     pub interfaces: Vec<(String, u32)>,
+    /// The namespace's links as the check listed them, for the exposure scan.
+    pub links: Vec<crate::node::netlink::Link>,
     pub cidrs: CidrList,
     /// CIDRs with host bits set that were normalised; the caller logs them as warnings.
     pub warnings: Vec<Normalised>,
@@ -462,9 +464,22 @@ impl Config {
         let (cidrs, warnings) = self.read_cidr_file()?;
         Ok(HostCheck {
             interfaces,
+            links,
             cidrs,
             warnings,
         })
+    }
+
+    /// Refuses a CIDR file that brings in an entry allowing every source without
+    /// `allow_everyone` (see [`crate::store::check_file_consent`]): what `run` and `check` both
+    /// check before anything is attached.
+    pub fn check_cidr_consent(&self, cidrs: &CidrList) -> Result<(), crate::store::StoreError> {
+        crate::store::check_file_consent(
+            &self.cidr_file,
+            &self.state_dir,
+            cidrs,
+            self.allow_everyone,
+        )
     }
 
     /// Reads and validates the CIDR file.

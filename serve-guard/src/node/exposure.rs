@@ -114,12 +114,17 @@ pub fn scan(covered: &[String]) -> Result<Vec<Exposure>, ScanError> {
         what: "links",
         error,
     })?;
+    scan_links(&links, covered)
+}
+
+/// [`scan`] with the namespace's links already listed (start-up lists them once).
+pub fn scan_links(links: &[netlink::Link], covered: &[String]) -> Result<Vec<Exposure>, ScanError> {
     let routes = netlink::seg6local_routes().map_err(|error| ScanError {
         what: "IPv6 routes",
         error,
     })?;
-    let mut found = tunnels(&links, covered);
-    found.extend(srv6_decap_routes(&routes, &links));
+    let mut found = tunnels(links, covered);
+    found.extend(srv6_decap_routes(&routes, links));
     found.extend(
         covered
             .iter()

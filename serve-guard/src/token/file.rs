@@ -233,20 +233,7 @@ fn parent(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-
-    fn tmpdir() -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix("sg-token-file-")
-            .tempdir()
-            .unwrap()
-    }
-
-    fn write_mode(path: &Path, text: &str, mode: u32) {
-        fs::write(path, text).unwrap();
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    }
+    use crate::token::test_support::{A, B, tmpdir, write_mode};
 
     fn exposed(set: &TokenSet) -> Vec<&str> {
         set.tokens().iter().map(Token::expose).collect()

@@ -14,6 +14,8 @@
 
 pub mod file;
 pub mod source;
+#[cfg(test)]
+mod test_support;
 
 pub use file::{prune_file, read_token_file, rotate_file};
 pub use source::{TokenReceiver, TokenSource};

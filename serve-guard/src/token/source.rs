@@ -163,22 +163,12 @@ impl TokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::test_support::{A, B, tmpdir, write_mode};
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
-    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-
-    fn tmpdir() -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix("sg-token-source-")
-            .tempdir()
-            .unwrap()
-    }
-
     fn write(path: &Path, text: &str) {
-        fs::write(path, text).unwrap();
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+        write_mode(path, text, 0o600);
     }
 
     #[test]
