@@ -37,8 +37,9 @@ pub const PROGRAM_NAME: &str = "serve_guard";
 /// Entries of the port array: one per possible TCP/UDP port.
 pub const PORT_ENTRIES: u32 = 1 << 16;
 
-/// Most CIDRs the allow-list holds per address family. This is the limit users see.
-pub const MAX_CIDRS_PER_FAMILY: u32 = trie::TAILS_PER_HALF;
+/// Most CIDRs the allow-list can be configured to hold per address family (`max_cidrs`); the
+/// configured figure is the limit users see.
+pub const MAX_CIDRS_PER_FAMILY: u32 = trie::MAX_CIDRS_PER_FAMILY;
 
 /// Most 802.1Q / 802.1ad tags parsed in front of the IP header. The kernel strips any number of
 /// priority (VID 0) tags and delivers what is behind them, so real stacks (QinQ plus a priority

@@ -41,25 +41,61 @@ pub const V6_BITS: u32 = 128;
 pub const V4_LEVELS: usize = (V4_BITS / STRIDE) as usize;
 pub const V6_LEVELS: usize = (V6_BITS / STRIDE) as usize;
 
-/// Tails per half and family: one per listed prefix at most, so this is also the number of
-/// CIDRs a family can hold.
-pub const TAILS_PER_HALF: u32 = 1 << 16;
-/// Nodes per half. A node exists only where at least two listed prefixes share a range, so
-/// random lists of [`TAILS_PER_HALF`] prefixes need a fraction of this; the compiler reports a
-/// full map when a list needs more (long shared prefixes, e.g. many /128s in one /64).
-pub const NODES_PER_HALF_V4: u32 = 1 << 15;
-pub const NODES_PER_HALF_V6: u32 = 1 << 16;
+/// The CIDRs per family the maps are built for unless configured otherwise (`max_cidrs`).
+pub const DEFAULT_CIDRS_PER_FAMILY: u32 = 1 << 16;
+/// The most `max_cidrs` may be: 2^20 per family (about 272 MiB of maps).
+pub const MAX_CIDRS_PER_FAMILY: u32 = 1 << 20;
+/// The fewest `max_cidrs` may be (and a multiple of it, so both halves stay aligned).
+pub const MIN_CIDRS_PER_FAMILY: u32 = 1 << 4;
 
 /// Entries of each map: two halves.
 pub const HALVES: u32 = 2;
-pub const NODES_V4_ENTRIES: u32 = HALVES * NODES_PER_HALF_V4;
-pub const NODES_V6_ENTRIES: u32 = HALVES * NODES_PER_HALF_V6;
-pub const TAILS_ENTRIES: u32 = HALVES * TAILS_PER_HALF;
 
-// Every node and tail index of both halves must fit its slot encoding.
-const _: () = assert!(NODE_BASE as u64 + NODES_V6_ENTRIES as u64 <= TAIL_TAG as u64);
-const _: () = assert!(NODE_BASE as u64 + NODES_V4_ENTRIES as u64 <= TAIL_TAG as u64);
-const _: () = assert!((TAILS_ENTRIES as u64) < TAIL_TAG as u64);
+/// How many entries each allow-list map has, for a capacity of `cidrs` per family. Tails: one
+/// per listed prefix at most, so `cidrs` per half. Nodes: a node exists only where at least two
+/// listed prefixes share a range, so random lists of `cidrs` prefixes need a fraction of one per
+/// prefix; the compiler reports a full map when a list needs more (long shared prefixes, e.g.
+/// many /128s in one /64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub tails_per_half: u32,
+    pub nodes_per_half_v4: u32,
+    pub nodes_per_half_v6: u32,
+}
+
+impl Capacity {
+    pub const fn for_cidrs(cidrs: u32) -> Capacity {
+        Capacity {
+            tails_per_half: cidrs,
+            nodes_per_half_v4: cidrs / 2,
+            nodes_per_half_v6: cidrs,
+        }
+    }
+
+    pub const fn nodes_v4_entries(self) -> u32 {
+        HALVES * self.nodes_per_half_v4
+    }
+
+    pub const fn nodes_v6_entries(self) -> u32 {
+        HALVES * self.nodes_per_half_v6
+    }
+
+    pub const fn tails_entries(self) -> u32 {
+        HALVES * self.tails_per_half
+    }
+}
+
+/// The sizes the eBPF object declares (the loader overrides them with the configured ones).
+pub const DEFAULT_CAPACITY: Capacity = Capacity::for_cidrs(DEFAULT_CIDRS_PER_FAMILY);
+pub const NODES_V4_ENTRIES: u32 = DEFAULT_CAPACITY.nodes_v4_entries();
+pub const NODES_V6_ENTRIES: u32 = DEFAULT_CAPACITY.nodes_v6_entries();
+pub const TAILS_ENTRIES: u32 = DEFAULT_CAPACITY.tails_entries();
+
+// Every node and tail index of both halves, at the largest capacity, must fit its slot encoding.
+const LARGEST: Capacity = Capacity::for_cidrs(MAX_CIDRS_PER_FAMILY);
+const _: () = assert!(NODE_BASE as u64 + LARGEST.nodes_v6_entries() as u64 <= TAIL_TAG as u64);
+const _: () = assert!(NODE_BASE as u64 + LARGEST.nodes_v4_entries() as u64 <= TAIL_TAG as u64);
+const _: () = assert!((LARGEST.tails_entries() as u64) < TAIL_TAG as u64);
 
 /// `BPF_F_MMAPABLE`: the agent writes the maps through a shared mapping (a whole trie is a
 /// memcpy, not one syscall per node).

@@ -16,7 +16,7 @@ pub enum CidrError {
         reason: String,
     },
     #[error(
-        "{count} {family} CIDRs exceed the capacity of {max} per address family; aggregate ranges or split the list"
+        "{count} {family} CIDRs exceed the capacity of {max} per address family (`max_cidrs`); aggregate ranges, split the list or raise `max_cidrs` (at most 1048576)"
     )]
     Capacity {
         family: &'static str,
@@ -187,18 +187,20 @@ impl CidrList {
         }
     }
 
-    /// Non-empty and within [`MAX_CIDRS_PER_FAMILY`] for each family.
+    /// Non-empty and within [`MAX_CIDRS_PER_FAMILY`] (the most any filter can be built for) for
+    /// each family. The filter checks its own capacity ([`Self::check_capacity`]) too.
     pub fn validate(&self) -> Result<(), CidrError> {
         if self.is_empty() {
             return Err(CidrError::Empty);
         }
+        self.check_capacity(MAX_CIDRS_PER_FAMILY)
+    }
+
+    /// At most `max` CIDRs per family (`max_cidrs`, or what a filter's maps hold).
+    pub fn check_capacity(&self, max: u32) -> Result<(), CidrError> {
         for (family, count) in [("IPv4", self.v4.len()), ("IPv6", self.v6.len())] {
-            if count > MAX_CIDRS_PER_FAMILY as usize {
-                return Err(CidrError::Capacity {
-                    family,
-                    count,
-                    max: MAX_CIDRS_PER_FAMILY,
-                });
+            if count > max as usize {
+                return Err(CidrError::Capacity { family, count, max });
             }
         }
         Ok(())

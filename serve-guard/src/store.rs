@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -189,6 +189,9 @@ pub struct Store {
     stats: ApplyStats,
     /// `allow_everyone` from the config: whether an edit of the file may bring in `0.0.0.0/0`.
     file_allows_everyone: AtomicBool,
+    /// The most CIDRs per family a list may have: what the filter's maps hold (or `max_cidrs`
+    /// without an agent). A longer list is refused before anything is written.
+    capacity: AtomicU32,
 }
 
 impl std::fmt::Debug for Store {
@@ -222,6 +225,7 @@ impl Store {
             sink: Mutex::new(None),
             stats: ApplyStats::default(),
             file_allows_everyone: AtomicBool::new(false),
+            capacity: AtomicU32::new(serve_guard_common::trie::DEFAULT_CIDRS_PER_FAMILY),
         })
     }
 
@@ -251,6 +255,11 @@ impl Store {
 
     /// The config's `allow_everyone`: whether an edit of the file on disk may bring in an entry
     /// that allows every source. (A `cidr` verb needs `--allow-everyone` instead.)
+    /// The most CIDRs per family a list may have from now on.
+    pub fn set_capacity(&self, cidrs: u32) {
+        self.capacity.store(cidrs, Ordering::Relaxed);
+    }
+
     pub fn set_file_allows_everyone(&self, allowed: bool) {
         self.file_allows_everyone.store(allowed, Ordering::Relaxed);
     }
@@ -477,6 +486,7 @@ impl Store {
         revision: u64,
         rewrite: Option<String>,
     ) -> Result<Outcome, StoreError> {
+        next.check_capacity(self.capacity.load(Ordering::Relaxed))?;
         let sink = self.sink();
         let mut outcome = Outcome {
             revision,

@@ -82,6 +82,14 @@ pub struct TestProgram {
 impl TestProgram {
     /// Loads the embedded object with its maps pinned in a fresh directory under /sys/fs/bpf.
     pub fn load() -> Result<Self> {
+        Self::load_with_capacity(serve_guard_common::trie::DEFAULT_CIDRS_PER_FAMILY)
+    }
+
+    /// [`Self::load`] with allow-list maps sized for `cidrs` per family, as `max_cidrs` sizes
+    /// the agent's.
+    pub fn load_with_capacity(cidrs: u32) -> Result<Self> {
+        use serve_guard_common::maps;
+        let capacity = serve_guard_common::trie::Capacity::for_cidrs(cidrs);
         ensure_bpffs()?;
         sweep_stale_pin_dirs();
         let pin_dir = PathBuf::from(BPFFS).join(format!(
@@ -97,6 +105,10 @@ impl TestProgram {
         let guard = PinDirGuard(pin_dir.clone());
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
+            .map_max_entries(maps::NODES_V4, capacity.nodes_v4_entries())
+            .map_max_entries(maps::NODES_V6, capacity.nodes_v6_entries())
+            .map_max_entries(maps::TAILS_V4, capacity.tails_entries())
+            .map_max_entries(maps::TAILS_V6, capacity.tails_entries())
             .load(OBJECT)
             .context("loading the embedded eBPF object")?;
         let program: &mut Xdp = ebpf

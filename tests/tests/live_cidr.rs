@@ -253,7 +253,8 @@ fn bad_input_changes_neither_file_nor_maps() -> Result<()> {
         std::fs::write(&path, text)?;
         Ok(path.display().to_string())
     };
-    let over: String = (0..=serve_guard_common::MAX_CIDRS_PER_FAMILY)
+    // One more than the maps of a default `max_cidrs` hold.
+    let over: String = (0..=serve_guard_common::trie::DEFAULT_CIDRS_PER_FAMILY)
         .map(|i| format!("{}/32\n", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
         .collect();
     let bad_line = file("bad.txt", "10.0.0.0/8\n\nnot-a-cidr/8\n")?;

@@ -36,6 +36,7 @@ pub async fn start(
     };
     let store = Arc::new(store);
     store.set_file_allows_everyone(config.allow_everyone);
+    store.set_capacity(ctx.filter.lock().await.capacity());
 
     // The filter was filled from the file a moment ago; if the file changed since, the store's
     // reading wins, so the maps and the recorded revision agree from the start.

@@ -251,6 +251,7 @@ async fn finish(
                 if !crate::agent::agent_running(&config.state_dir) {
                     let store = Store::open(&config.cidr_file, &config.state_dir)?;
                     store.set_file_allows_everyone(config.allow_everyone);
+                    store.set_capacity(config.max_cidrs);
                     break tokio::task::spawn_blocking(move || {
                         store.apply_blocking_with(change, guard.if_revision, guard.allow_everyone)
                     })

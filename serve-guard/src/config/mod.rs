@@ -35,9 +35,10 @@ pub const MAX_INTERFACE_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 /// Largest config file read; a config is a few hundred bytes, anything huge is a mistake.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Largest CIDR file read: generous for [`serve_guard_common::MAX_CIDRS_PER_FAMILY`] entries
-/// per family with comments.
-pub const MAX_CIDR_FILE_BYTES: u64 = 64 << 20;
+/// Largest CIDR file read: a full list at the largest `max_cidrs`
+/// ([`serve_guard_common::MAX_CIDRS_PER_FAMILY`] entries per family, IPv6 ones up to 44 bytes)
+/// with comments.
+pub const MAX_CIDR_FILE_BYTES: u64 = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +49,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} is larger than {max} bytes")]
     TooLarge { path: PathBuf, max: u64 },
+    #[error(
+        "`max_cidrs = {0}`: must be a multiple of {min} from {min} to {max} (CIDRs per address family)",
+        min = serve_guard_common::trie::MIN_CIDRS_PER_FAMILY,
+        max = serve_guard_common::trie::MAX_CIDRS_PER_FAMILY
+    )]
+    MaxCidrs(i64),
     /// toml's message carries the line, the column and the offending key.
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -254,6 +261,8 @@ struct FileConfig {
     on_stop: Option<OnStop>,
     log_format: Option<LogFormat>,
     allow_everyone: Option<bool>,
+    /// Wide, so that an out-of-range figure gets our message, not a type error.
+    max_cidrs: Option<i64>,
     metrics: Option<MetricsConfig>,
     public: Option<public::PublicConfig>,
 }
@@ -300,6 +309,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether the CIDR file may hold an entry that allows every source (`0.0.0.0/0`, `::/0`).
     pub allow_everyone: bool,
+    /// CIDRs per address family the filter's maps are built for (when they are created).
+    pub max_cidrs: u32,
     pub metrics: MetricsConfig,
     /// The `[public]` table, if present (public mode uses its defaults when absent).
     pub public: Option<public::PublicConfig>,
@@ -322,6 +333,7 @@ impl fmt::Debug for Config {
             .field("on_stop", &self.on_stop)
             .field("log_format", &self.log_format)
             .field("allow_everyone", &self.allow_everyone)
+            .field("max_cidrs", &self.max_cidrs)
             .field("metrics", &self.metrics)
             .field("public", &self.public.as_ref().map(|_| "<set>"))
             .finish()
@@ -433,6 +445,7 @@ impl Config {
             on_stop: o.on_stop.or(file.on_stop).unwrap_or_default(),
             log_format: o.log_format.or(file.log_format).unwrap_or_default(),
             allow_everyone: file.allow_everyone.unwrap_or(false),
+            max_cidrs: validate_max_cidrs(file.max_cidrs)?,
             metrics,
             public,
         })
@@ -462,6 +475,14 @@ impl Config {
             }
         }
         let (cidrs, warnings) = self.read_cidr_file()?;
+        // The list must fit the filter this config builds (an adopted filter's own maps are
+        // checked again when the list is applied).
+        cidrs
+            .check_capacity(self.max_cidrs)
+            .map_err(|error| ConfigError::Cidr {
+                path: self.cidr_file.clone(),
+                error,
+            })?;
         Ok(HostCheck {
             interfaces,
             links,
@@ -518,6 +539,23 @@ pub fn interface_index(name: &str) -> Option<u32> {
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// `max_cidrs`: a multiple of [`MIN_CIDRS_PER_FAMILY`] from it up to [`MAX_CIDRS_PER_FAMILY`].
+fn validate_max_cidrs(value: Option<i64>) -> Result<u32, ConfigError> {
+    use serve_guard_common::trie::{
+        DEFAULT_CIDRS_PER_FAMILY, MAX_CIDRS_PER_FAMILY, MIN_CIDRS_PER_FAMILY,
+    };
+    let Some(value) = value else {
+        return Ok(DEFAULT_CIDRS_PER_FAMILY);
+    };
+    u32::try_from(value)
+        .ok()
+        .filter(|v| {
+            (MIN_CIDRS_PER_FAMILY..=MAX_CIDRS_PER_FAMILY).contains(v)
+                && v % MIN_CIDRS_PER_FAMILY == 0
+        })
+        .ok_or(ConfigError::MaxCidrs(value))
 }
 
 fn validate_interfaces(names: Vec<String>) -> Result<Vec<String>, ConfigError> {
@@ -600,6 +638,22 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn max_cidrs_is_a_multiple_of_16_up_to_2_to_the_20() {
+        assert_eq!(parse(MINIMAL).unwrap().max_cidrs, 65_536);
+        for ok in [16, 1_000_000, 1 << 20] {
+            let c = parse(&format!("{MINIMAL}max_cidrs = {ok}\n")).unwrap();
+            assert_eq!(c.max_cidrs, ok);
+        }
+        for bad in [0_i64, 8, 17, (1 << 20) + 16, -16, 1 << 40] {
+            let e = err(&format!("{MINIMAL}max_cidrs = {bad}\n"));
+            assert!(
+                e.contains(&format!("`max_cidrs = {bad}`")) && e.contains("1048576"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -22,14 +22,16 @@ pub mod view;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Largest request body: a full list (2 x 65,536 CIDRs) as JSON-escaped file text fits many times.
-pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Largest request body: a full list at the largest `max_cidrs` (2 x 2^20 CIDRs) as JSON-escaped
+/// file text fits.
+pub const MAX_BODY_BYTES: usize = 128 * 1024 * 1024;
 /// Largest answer the client reads (a full `cidr list --json`).
-pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
 /// A client must send its request head within this time.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a connection may live, request and answer included. A full-list replace writes and
-/// fsyncs the file and rewrites up to 2 x 65,536 map entries; that takes well under this.
+/// fsyncs the file and rewrites the maps (2 x 2^20 entries at the largest `max_cidrs`, a few
+/// seconds); that takes well under this.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the client waits for a connection and an answer.
 pub const CLIENT_TIMEOUT: Duration = CONNECTION_TIMEOUT;

@@ -14,8 +14,7 @@ use aya::maps::{Map, MapData};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serve_guard_common::maps;
 use serve_guard_common::trie::{
-    NODES_PER_HALF_V4, NODES_PER_HALF_V6, ROOT_ENTRIES, ROOT_V4, ROOT_V6, Slot, TAILS_PER_HALF,
-    TailV4, TailV6, TrieNode, V4_BITS, V6_BITS,
+    HALVES, ROOT_ENTRIES, ROOT_V4, ROOT_V6, Slot, TailV4, TailV6, TrieNode, V4_BITS, V6_BITS,
 };
 use std::marker::PhantomData;
 use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -158,13 +157,15 @@ fn page_size() -> usize {
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
-/// One family's maps.
+/// One family's maps. Their halves are half of what the maps hold: the sizes the maps were
+/// created with (`max_cidrs` when they were), whatever the config says now.
 struct Family<Tail> {
     nodes: Mapped<TrieNode>,
     tails: Mapped<Tail>,
     root: u32,
     width: u8,
     nodes_per_half: u32,
+    tails_per_half: u32,
 }
 
 /// The tails' map format of a family.
@@ -224,7 +225,7 @@ impl<Tail: TailFormat> Family<Tail> {
         match Slot::decode(root) {
             Slot::Empty | Slot::Full => None,
             Slot::Node(index) => Some(index / self.nodes_per_half),
-            Slot::Tail(index) => Some(index / TAILS_PER_HALF),
+            Slot::Tail(index) => Some(index / self.tails_per_half),
         }
     }
 
@@ -236,7 +237,7 @@ impl<Tail: TailFormat> Family<Tail> {
         };
         let bases = Bases {
             node: spare * self.nodes_per_half,
-            tail: spare * TAILS_PER_HALF,
+            tail: spare * self.tails_per_half,
         };
         let Compiled { root, nodes, tails } = trie::compile(prefixes, bases);
         if nodes.len() > self.nodes_per_half as usize {
@@ -244,7 +245,7 @@ impl<Tail: TailFormat> Family<Tail> {
                 name: self.nodes.name,
             });
         }
-        if tails.len() > TAILS_PER_HALF as usize {
+        if tails.len() > self.tails_per_half as usize {
             return Err(FilterError::MapFull {
                 name: self.tails.name,
             });
@@ -257,6 +258,30 @@ impl<Tail: TailFormat> Family<Tail> {
 
     fn allowed(&self, root: u32) -> Result<Vec<Prefix>, Corrupt> {
         trie::allowed_set(root, self.width, &Source { family: self })
+    }
+
+    fn new(
+        nodes: Mapped<TrieNode>,
+        tails: Mapped<Tail>,
+        root: u32,
+        width: u32,
+    ) -> Result<Self, FilterError> {
+        for (name, entries) in [(nodes.name, nodes.entries), (tails.name, tails.entries)] {
+            if entries < HALVES || entries % HALVES != 0 {
+                return Err(FilterError::IncompatibleMap {
+                    name: name.to_owned(),
+                    detail: format!("{entries} entries, not two equal halves"),
+                });
+            }
+        }
+        Ok(Family {
+            nodes_per_half: nodes.entries / HALVES,
+            tails_per_half: tails.entries / HALVES,
+            nodes,
+            tails,
+            root,
+            width: width as u8,
+        })
     }
 }
 
@@ -282,21 +307,24 @@ impl AllowMaps {
         }
         Ok(Self {
             roots,
-            v4: Family {
-                nodes: Mapped::new(maps::NODES_V4, take(maps::NODES_V4)?, writable)?,
-                tails: Mapped::new(maps::TAILS_V4, take(maps::TAILS_V4)?, writable)?,
-                root: ROOT_V4,
-                width: V4_BITS as u8,
-                nodes_per_half: NODES_PER_HALF_V4,
-            },
-            v6: Family {
-                nodes: Mapped::new(maps::NODES_V6, take(maps::NODES_V6)?, writable)?,
-                tails: Mapped::new(maps::TAILS_V6, take(maps::TAILS_V6)?, writable)?,
-                root: ROOT_V6,
-                width: V6_BITS as u8,
-                nodes_per_half: NODES_PER_HALF_V6,
-            },
+            v4: Family::new(
+                Mapped::new(maps::NODES_V4, take(maps::NODES_V4)?, writable)?,
+                Mapped::new(maps::TAILS_V4, take(maps::TAILS_V4)?, writable)?,
+                ROOT_V4,
+                V4_BITS,
+            )?,
+            v6: Family::new(
+                Mapped::new(maps::NODES_V6, take(maps::NODES_V6)?, writable)?,
+                Mapped::new(maps::TAILS_V6, take(maps::TAILS_V6)?, writable)?,
+                ROOT_V6,
+                V6_BITS,
+            )?,
         })
+    }
+
+    /// The CIDRs per family these maps hold (the smaller family's tails).
+    pub fn capacity(&self) -> u32 {
+        self.v4.tails_per_half.min(self.v6.tails_per_half)
     }
 
     /// Takes the maps out of a loaded object.

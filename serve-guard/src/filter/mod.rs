@@ -29,6 +29,7 @@ use attach::LinkHandle;
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use maps::FilterMaps;
+use serve_guard_common::trie::Capacity;
 use serve_guard_common::{FilterConfig, PROGRAM_NAME};
 use std::path::PathBuf;
 
@@ -48,6 +49,15 @@ pub enum FilterError {
         "pinned map {name} does not match this version's layout ({detail}); stop the agent, run `serve-guard detach`, then start again"
     )]
     IncompatibleMap { name: String, detail: String },
+    #[error(
+        "max_cidrs = {max_cidrs} needs {expected} entries in map {name}, but the pinned filter's has {actual}: a pinned map cannot be resized. Set max_cidrs back, or stop the agent, run `serve-guard detach` (the Serve ports are open until the next start) and start again; a reboot clears the pins too"
+    )]
+    Resize {
+        name: String,
+        actual: String,
+        expected: String,
+        max_cidrs: u32,
+    },
     #[error("cannot load the XDP program: {detail}")]
     Load { detail: String },
     #[error(
@@ -186,7 +196,7 @@ impl Filter {
     ) -> Result<Filter, FilterError> {
         layout.create_dirs()?;
 
-        let mut ebpf = load(&layout, config.program_log)?;
+        let mut ebpf = load(&layout, config.program_log, config.max_cidrs)?;
         // Verify the program before touching the maps: a program the kernel refuses changes
         // nothing (adopted maps keep serving the old program as they were).
         let program_id = {
@@ -296,6 +306,11 @@ impl Filter {
         Ok(stats)
     }
 
+    /// The CIDRs per family the maps hold: `max_cidrs` when they were created.
+    pub fn capacity(&self) -> u32 {
+        self.maps.capacity()
+    }
+
     /// The allow-lists as the maps hold them.
     pub fn cidrs(&self) -> Result<CidrList, FilterError> {
         self.maps.read_cidrs()
@@ -371,15 +386,34 @@ fn filter_config(config: &Config) -> FilterConfig {
     FilterConfig { flags }
 }
 
-fn load(layout: &PinLayout, program_log: bool) -> Result<Ebpf, FilterError> {
+fn load(layout: &PinLayout, program_log: bool, max_cidrs: u32) -> Result<Ebpf, FilterError> {
+    use serve_guard_common::maps;
     let mut loader = EbpfLoader::new();
-    for name in serve_guard_common::maps::ALL {
+    for name in maps::ALL {
         loader.map_pin_path(name, layout.map(name));
     }
+    // Sized for `max_cidrs` when created; pinned maps keep the size they were created with.
+    let capacity = Capacity::for_cidrs(max_cidrs);
+    loader
+        .map_max_entries(maps::NODES_V4, capacity.nodes_v4_entries())
+        .map_max_entries(maps::NODES_V6, capacity.nodes_v6_entries())
+        .map_max_entries(maps::TAILS_V4, capacity.tails_entries())
+        .map_max_entries(maps::TAILS_V6, capacity.tails_entries());
     if !program_log {
         loader.override_global(program_log::LEVEL_GLOBAL, &program_log::LEVEL_OFF, false);
     }
     loader.load(object::OBJECT).map_err(|e| match e {
+        aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+            name,
+            property: "max_entries",
+            expected,
+            actual,
+        }) => FilterError::Resize {
+            name,
+            actual: actual.to_string(),
+            expected: expected.to_string(),
+            max_cidrs,
+        },
         aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
             name,
             property,

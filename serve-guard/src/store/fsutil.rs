@@ -15,8 +15,9 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 pub const PRIVATE_FILE_MODE: u32 = 0o600;
 /// Mode of a CIDR file the store creates; an existing file keeps its mode.
 pub const NEW_FILE_MODE: u32 = 0o644;
-/// Largest file the store reads: far above a full list (2 x 65,536 CIDRs of <= 44 bytes).
-pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest file the store reads (the CIDR file, the revision file that records the list): the
+/// config's limit for a CIDR file.
+pub const MAX_FILE_BYTES: u64 = crate::config::MAX_CIDR_FILE_BYTES;
 /// How often a waiting lock is retried.
 const LOCK_POLL: Duration = Duration::from_millis(5);
 

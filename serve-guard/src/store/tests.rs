@@ -247,7 +247,10 @@ fn bad_input_changes_nothing() {
         "argument 2: 10.0.0.0/16 is not in the list, nothing was removed"
     );
 
-    let over: String = (0..=serve_guard_common::MAX_CIDRS_PER_FAMILY)
+    // The capacity the filter's maps hold (`max_cidrs`), here the smallest allowed.
+    let capacity = serve_guard_common::trie::MIN_CIDRS_PER_FAMILY;
+    store.set_capacity(capacity);
+    let over: String = (0..=capacity)
         .map(|i| format!("{}/32\n", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
         .collect();
     let err = store

@@ -128,7 +128,11 @@ fn cidr_lists(n: usize, rng: &mut Rng) -> (Cidrs, Cidrs) {
 
 /// A program with the protected ports and `cidrs` CIDRs per family, and its IPv4 list.
 fn loaded_program(cidrs: usize, rng: &mut Rng) -> Result<(TestProgram, Cidrs)> {
-    let mut program = TestProgram::load()?;
+    // Maps sized like an agent's with `max_cidrs` just large enough (and never below the default).
+    let capacity = u32::try_from(cidrs)?
+        .next_multiple_of(serve_guard_common::trie::MIN_CIDRS_PER_FAMILY)
+        .max(serve_guard_common::trie::DEFAULT_CIDRS_PER_FAMILY);
+    let mut program = TestProgram::load_with_capacity(capacity)?;
     for port in [HTTP, GRPC] {
         program.protect_port(port)?;
     }
@@ -280,7 +284,7 @@ fn options() -> Result<Options> {
     let max = serve_guard_common::MAX_CIDRS_PER_FAMILY as usize;
     ensure!(
         o.sizes.first().is_some_and(|&n| n >= 1) && o.sizes.iter().all(|&n| n <= max),
-        "--sizes must be between 1 and {max} (the per-family capacity)"
+        "--sizes must be between 1 and {max} (the largest max_cidrs)"
     );
     Ok(o)
 }

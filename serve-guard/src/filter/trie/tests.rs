@@ -1,5 +1,8 @@
 use super::*;
-use serve_guard_common::trie::{NODES_PER_HALF_V6, TAILS_PER_HALF};
+use serve_guard_common::trie::DEFAULT_CAPACITY;
+
+const TAILS_PER_HALF: u32 = DEFAULT_CAPACITY.tails_per_half;
+const NODES_PER_HALF_V6: u32 = DEFAULT_CAPACITY.nodes_per_half_v6;
 use std::collections::BTreeMap;
 
 /// The compiled trie in memory, as the maps would hold it.
@@ -263,6 +266,6 @@ fn random_lists_stay_within_the_node_budget() {
         v6.nodes.len(),
         v6.tails.len()
     );
-    assert!(v4.nodes.len() <= serve_guard_common::trie::NODES_PER_HALF_V4 as usize);
+    assert!(v4.nodes.len() <= DEFAULT_CAPACITY.nodes_per_half_v4 as usize);
     assert!(v6.nodes.len() <= NODES_PER_HALF_V6 as usize);
 }
