@@ -253,13 +253,13 @@ impl Store {
         *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
-    /// The config's `allow_everyone`: whether an edit of the file on disk may bring in an entry
-    /// that allows every source. (A `cidr` verb needs `--allow-everyone` instead.)
     /// The most CIDRs per family a list may have from now on.
     pub fn set_capacity(&self, cidrs: u32) {
         self.capacity.store(cidrs, Ordering::Relaxed);
     }
 
+    /// The config's `allow_everyone`: whether an edit of the file on disk may bring in an entry
+    /// that allows every source. (A `cidr` verb needs `--allow-everyone` instead.)
     pub fn set_file_allows_everyone(&self, allowed: bool) {
         self.file_allows_everyone.store(allowed, Ordering::Relaxed);
     }

@@ -110,14 +110,14 @@ impl FilterMaps {
         }
     }
 
-    /// Makes the allow-lists equal to `list` in one switch per family: every packet is judged by
-    /// the whole old list or the whole new one, so a source in both lists is never dropped and
-    /// a source in neither is never passed. If the new list does not fit, nothing changes.
     /// The CIDRs per family the allow-list maps hold.
     pub fn capacity(&self) -> u32 {
         self.allow.capacity()
     }
 
+    /// Makes the allow-lists equal to `list` in one switch per family: every packet is judged by
+    /// the whole old list or the whole new one, so a source in both lists is never dropped and
+    /// a source in neither is never passed. If the new list does not fit, nothing changes.
     pub fn apply_cidrs(&mut self, list: &CidrList) -> Result<ApplyStats, FilterError> {
         list.validate()?;
         list.check_capacity(self.allow.capacity())?;
