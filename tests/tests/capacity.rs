@@ -24,6 +24,19 @@ const LARGEST: i64 = 1 << 20;
 /// parses, records and compiles them many times slower than a release build.
 const MILLION_READY: Duration = Duration::from_secs(240);
 
+/// The namespaces and Serve's stand-in on the server (the server goes after its namespace's
+/// agent, the namespaces last).
+fn scene() -> Result<(Topology, HttpServer)> {
+    let topo = Topology::new()?;
+    let http = HttpServer::start(&topo.server.ns, &[SERVE_HTTP])?;
+    Ok((topo, http))
+}
+
+/// A private-mode agent guarding Serve's HTTP port on the server's interface.
+fn private() -> AgentConfig {
+    AgentConfig::private(&[IFACE]).serve_ports(&[SERVE_HTTP])
+}
+
 /// Both families: the inside client reaches Serve, the outside one is dropped.
 fn filters(topo: &Topology) -> Result<()> {
     for ip in Ip::BOTH {
@@ -83,10 +96,8 @@ fn million_per_family() -> Vec<String> {
 
 #[test]
 fn a_million_cidrs_per_family_filter_real_traffic() -> Result<()> {
-    let topo = Topology::new()?;
-    let _http = HttpServer::start(&topo.server.ns, &[SERVE_HTTP])?;
-    let config = AgentConfig::private(&[IFACE])
-        .serve_ports(&[SERVE_HTTP])
+    let (topo, _http) = scene()?;
+    let config = private()
         .cidrs(&million_per_family())
         .set("max_cidrs", LARGEST);
     let mut agent = Agent::spawn(&topo.server.ns, config)?;
@@ -111,11 +122,8 @@ fn a_million_cidrs_per_family_filter_real_traffic() -> Result<()> {
 
 #[test]
 fn a_pinned_filter_is_not_resized_and_keeps_filtering() -> Result<()> {
-    let topo = Topology::new()?;
-    let _http = HttpServer::start(&topo.server.ns, &[SERVE_HTTP])?;
-    let config = AgentConfig::private(&[IFACE])
-        .serve_ports(&[SERVE_HTTP])
-        .cidrs(&[VPC_V4, VPC_V6]);
+    let (topo, _http) = scene()?;
+    let config = private().cidrs(&[VPC_V4, VPC_V6]);
     let mut agent = Agent::start(&topo.server.ns, config.clone())?;
     // SIGKILL: the pinned filter stays attached, as after a crash.
     agent.kill9()?;

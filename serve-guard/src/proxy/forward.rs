@@ -149,8 +149,6 @@ pub enum ForwardError {
     Unreachable(#[source] UpstreamError),
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("cannot build the upstream request: {0}")]
-    Build(#[from] http::Error),
     /// The upstream answered 101 to a request that was not forwarded as a WebSocket upgrade,
     /// or switched to another protocol: no tunnel is opened.
     #[error("the upstream switched protocols without a WebSocket upgrade")]

@@ -341,9 +341,6 @@ impl Handler {
                         StatusCode::GATEWAY_TIMEOUT,
                         "504 Gateway Timeout: the upstream (Ray Serve) did not answer in time\n",
                     ),
-                    (Kind::Http, ForwardError::Build(_)) => {
-                        plain(StatusCode::BAD_REQUEST, "400 Bad Request\n")
-                    }
                     (Kind::Http, ForwardError::UnexpectedUpgrade) => plain(
                         StatusCode::BAD_GATEWAY,
                         "502 Bad Gateway: the upstream switched protocols unexpectedly\n",

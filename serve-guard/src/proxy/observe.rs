@@ -99,7 +99,6 @@ pub fn forward_error_outcome(error: &super::forward::ForwardError) -> Outcome {
     use super::forward::ForwardError;
     match error {
         ForwardError::Timeout(_) => Outcome::GatewayTimeout,
-        ForwardError::Build(_) => Outcome::BadRequest,
         _ => Outcome::BadGateway,
     }
 }

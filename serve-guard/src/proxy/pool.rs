@@ -187,17 +187,23 @@ impl Pool {
         resp.map(|body| {
             let parker = reusable.then(|| Parker {
                 pool: self.clone(),
-                sender: Some(sender),
+                sender,
             });
             Pooled { body, parker }
         })
     }
 }
 
-/// Returns a connection to its pool when dropped with its response read to the end.
+/// A connection and the pool it goes back to once its response has been read to the end.
 struct Parker {
     pool: Arc<Pool>,
-    sender: Option<http1::SendRequest<Body>>,
+    sender: http1::SendRequest<Body>,
+}
+
+impl Parker {
+    fn park(self) {
+        self.pool.park(self.sender);
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -213,10 +219,9 @@ pin_project_lite::pin_project! {
             let this = this.project();
             // A body dropped before its end leaves the connection mid-response: never reused.
             if this.body.is_end_stream()
-                && let Some(mut parker) = this.parker.take()
-                && let Some(sender) = parker.sender.take()
+                && let Some(parker) = this.parker.take()
             {
-                parker.pool.park(sender);
+                parker.park();
             }
         }
     }
@@ -234,10 +239,8 @@ impl hyper::body::Body for Pooled {
         match this.body.poll_frame(cx) {
             Poll::Ready(None) => {
                 // Ended: the connection can take the next request as soon as hyper sees it.
-                if let Some(mut parker) = this.parker.take()
-                    && let Some(sender) = parker.sender.take()
-                {
-                    parker.pool.park(sender);
+                if let Some(parker) = this.parker.take() {
+                    parker.park();
                 }
                 Poll::Ready(None)
             }

@@ -54,7 +54,6 @@ pub struct ConnInfo {
 }
 
 /// What the requests of one connection share beyond [`ConnInfo`]: made once per connection.
-#[derive(Clone)]
 pub struct Shared {
     /// The client's address as a header value (X-Forwarded-For, X-Real-IP).
     pub client_ip: http::HeaderValue,
