@@ -20,15 +20,16 @@ pub mod maps {
     pub const TAILS_V6: &str = "SG_TAILS_V6";
     /// `Array<FilterConfig>` with one element.
     pub const CONFIG: &str = "SG_CONFIG";
-    /// `PerCpuArray<Counter>` indexed by [`crate::counter_index`].
-    pub const COUNTERS: &str = "SG_COUNTERS";
+    /// `PerCpuArray<Counter>` indexed by [`crate::counter_index`]. (Renamed from `SG_COUNTERS`
+    /// when the guarded-port reasons were added: a pinned map keeps its size.)
+    pub const COUNTERS: &str = "SG_VERDICTS";
     /// Every map, for pinning and for `detach`.
     pub const ALL: [&str; 8] = [
         PORTS, ROOTS, NODES_V4, NODES_V6, TAILS_V4, TAILS_V6, CONFIG, COUNTERS,
     ];
     /// Maps of earlier versions, with a layout this version does not read. A start replaces
     /// the program that used them, then removes their pins (see the agent's `filter::pins`).
-    pub const RETIRED: [&str; 2] = ["SG_ALLOW_V4", "SG_ALLOW_V6"];
+    pub const RETIRED: [&str; 3] = ["SG_ALLOW_V4", "SG_ALLOW_V6", "SG_COUNTERS"];
 }
 
 /// Name of the XDP program (the function in the eBPF crate).
@@ -135,8 +136,24 @@ pub mod wire {
         pub const EXPERIMENTAL_2: u8 = 254;
     }
 
-    /// Offset of the destination port in the header of every port protocol.
+    /// Offset of the source and the destination port in the header of every port protocol.
+    pub const L4_SRC_PORT_OFFSET: usize = 0;
     pub const L4_DST_PORT_OFFSET: usize = 2;
+    /// The TCP flags byte (CWR ECE URG ACK PSH RST SYN FIN).
+    pub const TCP_FLAGS_OFFSET: usize = 13;
+    pub const TCP_FLAG_SYN: u8 = 0x02;
+    pub const TCP_FLAG_ACK: u8 = 0x10;
+    /// IPv4 destination address (after the source).
+    pub const IPV4_DST_OFFSET: usize = 16;
+    /// IPv6 destination address (after the source).
+    pub const IPV6_DST_OFFSET: usize = 24;
+
+    /// Socket states as `struct bpf_sock` reports them (include/net/tcp_states.h). A connected
+    /// UDP socket is `TCP_ESTABLISHED`.
+    pub mod sock_state {
+        pub const ESTABLISHED: u32 = 1;
+        pub const LISTEN: u32 = 10;
+    }
     pub const TCP_MIN_HLEN: usize = 20;
     pub const UDP_HLEN: usize = 8;
     /// DCCP's generic header without extended sequence numbers (RFC 4340).
@@ -198,18 +215,29 @@ pub enum Reason {
     /// length, a first fragment without its whole transport header, an unknown or too long
     /// extension chain, too many VLAN tags) and the source is not in the allow-list.
     DropUnparseable = 3,
-    /// Audit mode: would have been dropped (either drop reason), was passed.
+    /// Audit mode: would have been dropped (any drop reason), was passed.
     AuditWouldDrop = 4,
+    /// Guarded port, source outside the allow-list, neither opening a connection nor for a
+    /// listening or unconnected socket: a packet of one of the node's own connections (or for
+    /// no socket of this namespace: forwarded traffic, or one the kernel answers with a reset).
+    PassReply = 5,
+    /// Guarded port, source outside the allow-list: a TCP SYN without ACK (a new connection,
+    /// with or without Fast Open data), a segment or datagram that would reach a listening or
+    /// unconnected socket, or a protocol whose sockets cannot be looked up (DCCP, SCTP,
+    /// UDP-Lite).
+    DropGuarded = 6,
 }
 
 impl Reason {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 7;
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::PassAllowed,
         Reason::PassUnprotected,
         Reason::DropOutsideVpc,
         Reason::DropUnparseable,
         Reason::AuditWouldDrop,
+        Reason::PassReply,
+        Reason::DropGuarded,
     ];
 
     /// Stable name used in CLI output, JSON and metrics labels.
@@ -220,6 +248,8 @@ impl Reason {
             Reason::DropOutsideVpc => "drop_outside_vpc",
             Reason::DropUnparseable => "drop_unparseable",
             Reason::AuditWouldDrop => "audit_would_drop",
+            Reason::PassReply => "pass_reply",
+            Reason::DropGuarded => "drop_guarded",
         }
     }
 }
@@ -266,9 +296,17 @@ pub struct Counter {
 
 pub mod trie;
 
-/// Value stored in [`maps::PORTS`]: `PORT_PROTECTED` or 0.
+/// Value stored in [`maps::PORTS`]: how packets from outside the allow-list to that destination
+/// port are judged (the agent's `ports::PortClass`).
 pub type PortValue = u8;
+/// Anyone may reach the port.
+pub const PORT_OPEN: PortValue = 0;
+/// Strict (Ray Serve's ports): every packet from outside is dropped.
 pub const PORT_PROTECTED: PortValue = 1;
+/// Guarded (the rest of the node): from outside, nothing may open a connection (a TCP SYN
+/// without ACK) or reach a listening or unconnected socket; packets of the node's own
+/// connections pass. Any other value is read as [`PORT_PROTECTED`].
+pub const PORT_GUARDED: PortValue = 2;
 
 #[cfg(feature = "user")]
 mod pod {

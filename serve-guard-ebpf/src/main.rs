@@ -1,10 +1,12 @@
-//! serve-guard's XDP program: drops TCP/UDP packets to protected Ray Serve ports from sources
-//! outside the VPC allow-list, fail closed. Maps and layouts: serve-guard-common.
+//! serve-guard's XDP program: drops packets from sources outside the VPC allow-list to Ray
+//! Serve's ports (strict) and connection attempts to the rest of the node (guarded), fail
+//! closed. Maps and layouts: serve-guard-common.
 #![no_std]
 #![no_main]
 
 mod allow;
 mod counters;
+mod guard;
 mod maps;
 mod parse;
 mod verdict;
@@ -21,7 +23,7 @@ use crate::parse::Frame;
 #[inline(always)]
 pub fn serve_guard(ctx: XdpContext) -> u32 {
     let frame = Frame::new(&ctx);
-    let (reason, family) = verdict::decide(&parse::parse(&frame));
+    let (reason, family) = verdict::decide(&ctx, &parse::parse(&frame));
     // Fast path: most traffic is not for Serve; it costs neither the config read nor a log.
     if reason == Reason::PassUnprotected {
         counters::count(reason, family, frame.len());

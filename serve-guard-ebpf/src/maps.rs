@@ -38,9 +38,9 @@ const _: () = assert!(same_name(maps::NODES_V6, "SG_NODES_V6"));
 const _: () = assert!(same_name(maps::TAILS_V4, "SG_TAILS_V4"));
 const _: () = assert!(same_name(maps::TAILS_V6, "SG_TAILS_V6"));
 const _: () = assert!(same_name(maps::CONFIG, "SG_CONFIG"));
-const _: () = assert!(same_name(maps::COUNTERS, "SG_COUNTERS"));
+const _: () = assert!(same_name(maps::COUNTERS, "SG_VERDICTS"));
 
-/// Indexed by destination port; `PORT_PROTECTED` marks a Serve port.
+/// Indexed by destination port: the port's class (`PORT_OPEN`, `PORT_GUARDED`, `PORT_PROTECTED`).
 #[map(name = "SG_PORTS")]
 pub static PORTS: Array<PortValue> = Array::pinned(PORT_ENTRIES, 0);
 
@@ -66,5 +66,5 @@ pub static TAILS_V6: Array<TailV6> = Array::pinned(TAILS_ENTRIES, MAP_FLAGS);
 pub static CONFIG: Array<FilterConfig> = Array::pinned(1, 0);
 
 /// Per-CPU (reason, family) counters: per-CPU so the hot path needs no atomic operations.
-#[map(name = "SG_COUNTERS")]
+#[map(name = "SG_VERDICTS")]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);

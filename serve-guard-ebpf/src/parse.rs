@@ -60,28 +60,54 @@ impl Frame {
     }
 }
 
-/// The source address, in network order: the allow-list key.
+/// The packet's addresses, in network order: the source is the allow-list key; both are the
+/// socket lookup's key on guarded ports.
 #[derive(Clone, Copy)]
-pub enum Source {
-    V4([u8; wire::IPV4_ADDR_LEN]),
-    V6([u8; wire::IPV6_ADDR_LEN]),
+pub enum Addrs {
+    V4 {
+        src: [u8; wire::IPV4_ADDR_LEN],
+        dst: [u8; wire::IPV4_ADDR_LEN],
+    },
+    V6 {
+        src: [u8; wire::IPV6_ADDR_LEN],
+        dst: [u8; wire::IPV6_ADDR_LEN],
+    },
 }
 
-impl Source {
+impl Addrs {
     #[inline(always)]
     pub fn family(&self) -> Family {
         match self {
-            Source::V4(_) => Family::Ipv4,
-            Source::V6(_) => Family::Ipv6,
+            Addrs::V4 { .. } => Family::Ipv4,
+            Addrs::V6 { .. } => Family::Ipv6,
         }
+    }
+}
+
+/// The transport header fields the verdict needs, as the packet has them.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    /// The IP protocol number (TCP, UDP, DCCP, SCTP, UDP-Lite).
+    pub protocol: u8,
+    /// Source and destination port in network order (the lookup's key).
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+    /// TCP's flags byte; 0 for the other protocols.
+    pub tcp_flags: u8,
+}
+
+impl Ports {
+    #[inline(always)]
+    pub fn dst_port(&self) -> u16 {
+        u16::from_be_bytes(self.dst)
     }
 }
 
 /// What the walk learnt about the transport layer of an IP packet.
 #[derive(Clone, Copy)]
 pub enum Transport {
-    /// A port protocol (TCP, UDP, DCCP, SCTP, UDP-Lite) to this destination port.
-    Port(u16),
+    /// A port protocol (TCP, UDP, DCCP, SCTP, UDP-Lite) with these ports.
+    Port(Ports),
     /// Carries no port the kernel would deliver to a Serve socket: another protocol or a
     /// non-first fragment.
     Unprotected,
@@ -97,10 +123,7 @@ pub enum Parsed {
     Unparseable(Family),
     /// A well-formed link-layer frame that is not IPv4/IPv6 (ARP, LLDP, ...).
     NotIp,
-    Ip {
-        src: Source,
-        transport: Transport,
-    },
+    Ip { addrs: Addrs, transport: Transport },
 }
 
 #[inline(always)]
@@ -187,11 +210,14 @@ fn ipv4(frame: &Frame, l3: usize) -> Parsed {
     if frame.bytes::<1>(l3 + wire::IPV4_MIN_HLEN - 1).is_none() {
         return Parsed::Unparseable(Family::Ipv4);
     }
-    let Some(src) = frame.bytes::<{ wire::IPV4_ADDR_LEN }>(l3 + wire::IPV4_SRC_OFFSET) else {
+    let (Some(src), Some(dst)) = (
+        frame.bytes::<{ wire::IPV4_ADDR_LEN }>(l3 + wire::IPV4_SRC_OFFSET),
+        frame.bytes::<{ wire::IPV4_ADDR_LEN }>(l3 + wire::IPV4_DST_OFFSET),
+    ) else {
         return Parsed::Unparseable(Family::Ipv4);
     };
     Parsed::Ip {
-        src: Source::V4(src),
+        addrs: Addrs::V4 { src, dst },
         transport: ipv4_transport(frame, l3),
     }
 }
@@ -237,10 +263,27 @@ fn transport_header(packet: &Packet, protocol: u8, l4: usize) -> Transport {
     if !packet.holds(l4, min_len) {
         return Transport::Unknown;
     }
-    match packet.bytes::<2>(l4 + wire::L4_DST_PORT_OFFSET) {
-        Some(port) => Transport::Port(u16::from_be_bytes(port)),
-        None => Transport::Unknown,
-    }
+    let (Some(src), Some(dst)) = (
+        packet.bytes::<2>(l4 + wire::L4_SRC_PORT_OFFSET),
+        packet.bytes::<2>(l4 + wire::L4_DST_PORT_OFFSET),
+    ) else {
+        return Transport::Unknown;
+    };
+    // Inside TCP's minimum header, which the packet holds (checked above).
+    let tcp_flags = if protocol == proto::TCP {
+        match packet.bytes::<1>(l4 + wire::TCP_FLAGS_OFFSET) {
+            Some([flags]) => flags,
+            None => return Transport::Unknown,
+        }
+    } else {
+        0
+    };
+    Transport::Port(Ports {
+        protocol,
+        src,
+        dst,
+        tcp_flags,
+    })
 }
 
 #[inline(always)]
@@ -249,11 +292,14 @@ fn ipv6(frame: &Frame, l3: usize) -> Parsed {
     if frame.bytes::<1>(l3 + wire::IPV6_HLEN - 1).is_none() {
         return Parsed::Unparseable(Family::Ipv6);
     }
-    let Some(src) = frame.bytes::<{ wire::IPV6_ADDR_LEN }>(l3 + wire::IPV6_SRC_OFFSET) else {
+    let (Some(src), Some(dst)) = (
+        frame.bytes::<{ wire::IPV6_ADDR_LEN }>(l3 + wire::IPV6_SRC_OFFSET),
+        frame.bytes::<{ wire::IPV6_ADDR_LEN }>(l3 + wire::IPV6_DST_OFFSET),
+    ) else {
         return Parsed::Unparseable(Family::Ipv6);
     };
     Parsed::Ip {
-        src: Source::V6(src),
+        addrs: Addrs::V6 { src, dst },
         transport: ipv6_transport(frame, l3),
     }
 }

@@ -1,29 +1,34 @@
 //! The decision table (fail closed): what a parsed packet gets, before audit mode.
 
-use serve_guard_common::{Family, PORT_PROTECTED, Reason};
+use aya_ebpf::programs::XdpContext;
+use serve_guard_common::{Family, PORT_GUARDED, PORT_OPEN, PortValue, Reason};
 
 use crate::{
-    allow,
+    allow, guard,
     maps::PORTS,
-    parse::{Parsed, Source, Transport},
+    parse::{Addrs, Parsed, Transport},
 };
 
 #[inline(always)]
-pub fn decide(parsed: &Parsed) -> (Reason, Family) {
+pub fn decide(ctx: &XdpContext, parsed: &Parsed) -> (Reason, Family) {
     match parsed {
         // No source known, so none is trusted.
         Parsed::Unparseable(family) => (Reason::DropUnparseable, *family),
         Parsed::NotIp => (Reason::PassUnprotected, Family::Other),
-        Parsed::Ip { src, transport } => {
-            let family = src.family();
+        Parsed::Ip { addrs, transport } => {
+            let family = addrs.family();
             let reason = match *transport {
                 Transport::Unprotected => Reason::PassUnprotected,
-                // The cheap path: only a protected port costs an allow-list lookup.
-                Transport::Port(port) if !is_protected(port) => Reason::PassUnprotected,
-                Transport::Port(_) if is_allowed(src) => Reason::PassAllowed,
-                Transport::Port(_) => Reason::DropOutsideVpc,
+                Transport::Port(ports) => match port_class(ports.dst_port()) {
+                    // The cheap path: an open port costs no allow-list lookup.
+                    PORT_OPEN => Reason::PassUnprotected,
+                    _ if is_allowed(addrs) => Reason::PassAllowed,
+                    PORT_GUARDED => guard::judge(ctx, addrs, &ports),
+                    // Strict, or a value this program does not know: nothing from outside.
+                    _ => Reason::DropOutsideVpc,
+                },
                 // Cannot tell the port: only an allowed source may pass.
-                Transport::Unknown if is_allowed(src) => Reason::PassAllowed,
+                Transport::Unknown if is_allowed(addrs) => Reason::PassAllowed,
                 Transport::Unknown => Reason::DropUnparseable,
             };
             (reason, family)
@@ -31,20 +36,28 @@ pub fn decide(parsed: &Parsed) -> (Reason, Family) {
     }
 }
 
+/// The port's class; a missing entry (impossible for a 16-bit port in a 2^16 array) reads as
+/// strict.
 #[inline(always)]
-fn is_protected(port: u16) -> bool {
-    PORTS.get(port as u32).copied() == Some(PORT_PROTECTED)
+fn port_class(port: u16) -> PortValue {
+    PORTS
+        .get(port as u32)
+        .copied()
+        .unwrap_or(serve_guard_common::PORT_PROTECTED)
 }
 
 #[inline(always)]
-fn is_allowed(src: &Source) -> bool {
-    match *src {
-        Source::V4(addr) => allow::allowed_v4(addr),
-        Source::V6(addr) => allow::allowed_v6(addr),
+fn is_allowed(addrs: &Addrs) -> bool {
+    match *addrs {
+        Addrs::V4 { src, .. } => allow::allowed_v4(src),
+        Addrs::V6 { src, .. } => allow::allowed_v6(src),
     }
 }
 
 #[inline(always)]
 pub fn is_drop(reason: Reason) -> bool {
-    matches!(reason, Reason::DropOutsideVpc | Reason::DropUnparseable)
+    matches!(
+        reason,
+        Reason::DropOutsideVpc | Reason::DropUnparseable | Reason::DropGuarded
+    )
 }

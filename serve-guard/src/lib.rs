@@ -4,6 +4,7 @@
 //! Where things live:
 //! - `config`: the TOML config file and its validation.
 //! - `cidr`: the VPC CIDR list: parsing, normalisation, limits.
+//! - `ports`: the port policy: which ports are open, guarded or strict (Serve's).
 //! - `filter`: the XDP program: loading, pinning, attaching, maps, counters.
 //! - `agent`: `serve-guard run`, wiring the filter, the control socket, metrics and the proxy;
 //!   systemd notifications and the SIGHUP reload.
@@ -28,6 +29,7 @@ pub mod filter;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod ports;
 pub mod proxy;
 pub mod store;
 pub mod token;

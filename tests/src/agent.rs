@@ -113,6 +113,23 @@ impl AgentConfig {
         self.set("serve_ports", ports)
     }
 
+    /// `guard = "node" | "ports"`: what the filter guards beyond `serve_ports`.
+    pub fn guard(self, guard: &str) -> Self {
+        self.set("guard", guard)
+    }
+
+    /// `public_ports`: numbers, `"LO-HI"` ranges or presets, as written in the config.
+    pub fn public_ports(self, ports: &[&str]) -> Self {
+        let ports: Vec<toml::Value> = ports.iter().map(|&p| p.into()).collect();
+        self.set("public_ports", ports)
+    }
+
+    /// `guarded_ports` (with `guard = "ports"`).
+    pub fn guarded_ports(self, ports: &[&str]) -> Self {
+        let ports: Vec<toml::Value> = ports.iter().map(|&p| p.into()).collect();
+        self.set("guarded_ports", ports)
+    }
+
     pub fn audit(self, on: bool) -> Self {
         self.set("audit", on)
     }

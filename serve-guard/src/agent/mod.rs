@@ -369,14 +369,26 @@ fn summary(config: &Config, status: &FilterStatus) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let ports = status
-        .ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let ports = crate::ports::format_ports(&status.ports);
+    let open: Vec<u16> = (1..=u16::MAX)
+        .filter(|&p| config.ports.class(p) == crate::ports::PortClass::Open)
+        .collect();
+    let guard = match config.ports.guard {
+        crate::ports::Guard::Node => format!(
+            "every other port guarded, open: {}",
+            if open.is_empty() { "none".to_owned() } else { crate::ports::format_ports(&open) }
+        ),
+        crate::ports::Guard::Ports => format!(
+            "guarded: {}",
+            if config.ports.guarded.is_empty() {
+                "none".to_owned()
+            } else {
+                crate::ports::format_ports(&config.ports.guarded.ports())
+            }
+        ),
+    };
     format!(
-        "serve-guard running: mode {}, interfaces {interfaces}, ports {ports}, CIDRs {} IPv4 + {} IPv6, audit {}, on_stop {}",
+        "serve-guard running: mode {}, interfaces {interfaces}, serve ports {ports} (strict), {guard}, CIDRs {} IPv4 + {} IPv6, audit {}, on_stop {}",
         config.mode,
         status.cidrs_v4,
         status.cidrs_v6,

@@ -13,6 +13,7 @@
 pub mod public;
 
 use crate::cidr::{CidrError, CidrList, Normalised};
+use crate::ports::{Guard, PortError, PortList, PortPolicy, PortSpec};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -22,6 +23,16 @@ use std::path::{Path, PathBuf};
 /// Defaults, as documented in the README's config reference.
 pub mod defaults {
     pub const SERVE_PORTS: [u16; 2] = [8000, 9000];
+    /// With `guard = "node"`: SSH, so that an administrator outside the VPC (`ray up` from a
+    /// laptop, an SSH jump host elsewhere) keeps the node. Closing it is one line.
+    pub const PUBLIC_PORTS: [&str; 1] = ["ssh"];
+
+    pub fn public_ports() -> Vec<crate::ports::PortSpec> {
+        PUBLIC_PORTS
+            .iter()
+            .map(|p| crate::ports::PortSpec::Text((*p).to_owned()))
+            .collect()
+    }
     pub const CIDR_FILE: &str = "/etc/serve-guard/vpc-cidrs";
     pub const PIN_DIR: &str = "/sys/fs/bpf/serve-guard";
     pub const STATE_DIR: &str = "/var/lib/serve-guard";
@@ -80,12 +91,16 @@ pub enum ConfigError {
     NotEthernet { name: String, hw_type: u16 },
     #[error("cannot list the network interfaces: {0}")]
     ListLinks(std::io::Error),
-    #[error("serve port {0} is out of range: ports are 1 to 65535")]
-    PortOutOfRange(i64),
-    #[error("`serve_ports` is empty: give at least one Ray Serve port to protect")]
-    NoPorts,
-    #[error("serve port {0} is listed twice")]
-    DuplicatePort(u16),
+    #[error(transparent)]
+    Ports(#[from] crate::ports::PortError),
+    #[error(
+        "[public] {key} = {addr}: its port is in `guarded_ports` ({entry}), so clients outside the VPC could never reach the proxy; remove it from guarded_ports"
+    )]
+    ListenOnGuardedPort {
+        key: &'static str,
+        addr: SocketAddr,
+        entry: String,
+    },
     #[error("`{key}` must not be empty")]
     EmptyPath { key: &'static str },
     #[error(
@@ -249,8 +264,10 @@ fn default_metrics_listen() -> SocketAddr {
 struct FileConfig {
     mode: Option<Mode>,
     interfaces: Option<Vec<String>>,
-    /// Wide integers so that an out-of-range port gets our message, not a type error.
-    serve_ports: Option<Vec<i64>>,
+    guard: Option<Guard>,
+    serve_ports: Option<Vec<PortSpec>>,
+    public_ports: Option<Vec<PortSpec>>,
+    guarded_ports: Option<Vec<PortSpec>>,
     cidr_file: Option<PathBuf>,
     xdp_mode: Option<XdpModeSetting>,
     audit: Option<bool>,
@@ -292,8 +309,11 @@ pub struct Config {
     pub mode: Mode,
     /// Interface names, in the order given, without duplicates.
     pub interfaces: Vec<String>,
-    /// Protected ports, sorted, without duplicates.
+    /// Ray Serve's ports (strict), sorted, without duplicates.
     pub serve_ports: Vec<u16>,
+    /// The class of every port (`guard`, `serve_ports`, `public_ports`, `guarded_ports`, the
+    /// proxy's listeners).
+    pub ports: PortPolicy,
     pub cidr_file: PathBuf,
     pub xdp_mode: XdpModeSetting,
     pub audit: bool,
@@ -323,6 +343,7 @@ impl fmt::Debug for Config {
             .field("mode", &self.mode)
             .field("interfaces", &self.interfaces)
             .field("serve_ports", &self.serve_ports)
+            .field("ports", &self.ports)
             .field("cidr_file", &self.cidr_file)
             .field("xdp_mode", &self.xdp_mode)
             .field("audit", &self.audit)
@@ -388,11 +409,11 @@ impl Config {
         } else {
             o.interfaces
         };
-        let serve_ports = if o.serve_ports.is_empty() {
+        let serve_specs = if o.serve_ports.is_empty() {
             file.serve_ports
                 .unwrap_or_else(|| defaults::SERVE_PORTS.iter().map(|&p| p.into()).collect())
         } else {
-            o.serve_ports
+            o.serve_ports.into_iter().map(PortSpec::Number).collect()
         };
         let path = |over: Option<PathBuf>, file: Option<PathBuf>, default: &str, key| {
             let p = over.or(file).unwrap_or_else(|| default.into());
@@ -406,13 +427,20 @@ impl Config {
             Some(listen) => MetricsConfig { listen },
             None => file.metrics.unwrap_or_default(),
         };
-        let serve_ports = validate_ports(&serve_ports)?;
         // Public mode always runs the proxy, with the defaults when there is no [public] table; its
         // listeners must not sit on a port the filter closes to the internet.
         let public = match (mode, file.public) {
             (Mode::Public, public) => Some(public.unwrap_or_default()),
             (Mode::Private, public) => public,
         };
+        let ports = port_policy(
+            file.guard.unwrap_or_default(),
+            &serve_specs,
+            file.public_ports,
+            file.guarded_ports,
+            public.as_ref().filter(|_| mode == Mode::Public),
+        )?;
+        let serve_ports = ports.serve.ports();
         if let Some(public) = &public {
             public.validate_for(&serve_ports)?;
         }
@@ -420,6 +448,7 @@ impl Config {
             mode,
             interfaces: validate_interfaces(interfaces)?,
             serve_ports,
+            ports,
             cidr_file: path(
                 o.cidr_file,
                 file.cidr_file,
@@ -590,21 +619,70 @@ fn validate_interfaces(names: Vec<String>) -> Result<Vec<String>, ConfigError> {
     Ok(names)
 }
 
-fn validate_ports(ports: &[i64]) -> Result<Vec<u16>, ConfigError> {
-    if ports.is_empty() {
-        return Err(ConfigError::NoPorts);
+/// The port policy from the config's lists: every entry valid, no port both public and
+/// protected, the proxy's listeners reachable. The proxy's ports (public mode) are open.
+fn port_policy(
+    guard: Guard,
+    serve: &[PortSpec],
+    public: Option<Vec<PortSpec>>,
+    guarded: Option<Vec<PortSpec>>,
+    proxy: Option<&public::PublicConfig>,
+) -> Result<PortPolicy, ConfigError> {
+    const SERVE: &str = "serve_ports";
+    const PUBLIC: &str = "public_ports";
+    const GUARDED: &str = "guarded_ports";
+    let serve = PortList::parse(SERVE, serve)?;
+    if serve.is_empty() {
+        return Err(PortError::Empty { key: SERVE }.into());
     }
-    let mut out = BTreeSet::new();
-    for &port in ports {
-        let port = u16::try_from(port)
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or(ConfigError::PortOutOfRange(port))?;
-        if !out.insert(port) {
-            return Err(ConfigError::DuplicatePort(port));
+    let public = match (guard, public) {
+        (Guard::Ports, Some(_)) => {
+            return Err(PortError::NeedsGuard {
+                key: PUBLIC,
+                needs: Guard::Node,
+            }
+            .into());
+        }
+        (_, Some(specs)) => PortList::parse(PUBLIC, &specs)?,
+        (Guard::Node, None) => PortList::parse(PUBLIC, &defaults::public_ports())?,
+        (Guard::Ports, None) => PortList::default(),
+    };
+    let guarded = match (guard, guarded) {
+        (Guard::Node, Some(_)) => {
+            return Err(PortError::NeedsGuard {
+                key: GUARDED,
+                needs: Guard::Ports,
+            }
+            .into());
+        }
+        (_, Some(specs)) => PortList::parse(GUARDED, &specs)?,
+        (_, None) => PortList::default(),
+    };
+    public.check_disjoint(PUBLIC, &serve, SERVE)?;
+    guarded.check_disjoint(GUARDED, &serve, SERVE)?;
+    let mut proxy_ports = Vec::new();
+    if let Some(proxy) = proxy {
+        for (key, addr) in proxy.listeners() {
+            if let Some(entry) = guarded.entry_for(addr.port()) {
+                return Err(ConfigError::ListenOnGuardedPort {
+                    key,
+                    addr,
+                    entry: entry.to_owned(),
+                });
+            }
+            // Port 0 lets the OS pick (tests); it is no destination a packet can have.
+            if addr.port() != 0 {
+                proxy_ports.push(addr.port());
+            }
         }
     }
-    Ok(out.into_iter().collect())
+    Ok(PortPolicy {
+        guard,
+        serve,
+        public,
+        guarded,
+        proxy: proxy_ports,
+    })
 }
 
 enum LimitedReadError {
@@ -629,6 +707,7 @@ fn read_limited(path: &Path, max: u64) -> Result<String, LimitedReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::PortClass;
 
     const MINIMAL: &str = "mode = \"private\"\ninterfaces = [\"lo\"]\n";
 
@@ -848,21 +927,95 @@ mod tests {
     fn ports_must_be_1_to_65535() {
         for bad in ["0", "65536", "-1", "100000"] {
             let e = err(&format!("{MINIMAL}serve_ports = [8000, {bad}]\n"));
-            assert_eq!(
-                e,
-                format!("serve port {bad} is out of range: ports are 1 to 65535")
-            );
+            assert_eq!(e, format!("`serve_ports`: {bad} is not a port (1-65535)"));
         }
         let c = parse(&format!("{MINIMAL}serve_ports = [1, 65535]\n")).unwrap();
         assert_eq!(c.serve_ports, [1, 65535]);
-        assert!(matches!(
-            parse(&format!("{MINIMAL}serve_ports = []\n")),
-            Err(ConfigError::NoPorts)
+        assert_eq!(
+            err(&format!("{MINIMAL}serve_ports = []\n")),
+            "`serve_ports` is empty: give at least one Ray Serve port to protect"
+        );
+        // A port listed twice (or inside a range too) is the same port.
+        let c = parse(&format!("{MINIMAL}serve_ports = [8000, \"7999-8001\", 8000]\n")).unwrap();
+        assert_eq!(c.serve_ports, [7999, 8000, 8001]);
+    }
+
+    #[test]
+    fn the_default_guards_the_node_but_ssh() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.ports.guard, Guard::Node);
+        assert_eq!(c.ports.class(22), PortClass::Open);
+        assert_eq!(c.ports.class(8000), PortClass::Strict);
+        assert_eq!(c.ports.class(9000), PortClass::Strict);
+        for guarded in [1, 21, 23, 6379, 8265, 10001, 30000, 45000, 65535] {
+            assert_eq!(c.ports.class(guarded), PortClass::Guarded, "{guarded}");
+        }
+        let c = parse(&format!("{MINIMAL}public_ports = []\n")).unwrap();
+        assert_eq!(c.ports.class(22), PortClass::Guarded);
+        let c = parse(&format!("{MINIMAL}guard = \"ports\"\n")).unwrap();
+        assert_eq!(c.ports.class(22), PortClass::Open);
+        assert_eq!(c.ports.class(6379), PortClass::Open);
+        let c = parse(&format!("{MINIMAL}guard = \"ports\"\nguarded_ports = [\"ray\"]\n")).unwrap();
+        assert_eq!(c.ports.class(6379), PortClass::Guarded);
+        assert_eq!(c.ports.class(30500), PortClass::Guarded);
+        assert_eq!(c.ports.class(8000), PortClass::Strict);
+        assert_eq!(c.ports.class(22), PortClass::Open);
+    }
+
+    #[test]
+    fn port_rules_are_refused_with_their_entry() {
+        for (extra, want) in [
+            (
+                "public_ports = [\"9000-8000\"]",
+                "`public_ports`: range \"9000-8000\" is out of order: write the lower port first",
+            ),
+            (
+                "public_ports = [\"22\", \"rey\"]",
+                "`public_ports`: \"rey\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, serve, ray)",
+            ),
+            (
+                "public_ports = [\"7000-8000\"]",
+                "port 8000 is both in `public_ports` (\"7000-8000\") and in `serve_ports` (8000): a port is either public or protected; remove it from one list",
+            ),
+            (
+                "public_ports = [70000]",
+                "`public_ports`: 70000 is not a port (1-65535)",
+            ),
+            (
+                "guarded_ports = [\"ray\"]",
+                "`guarded_ports` only applies with guard = \"ports\"; remove it or set guard = \"ports\"",
+            ),
+            (
+                "guard = \"ports\"\npublic_ports = [22]",
+                "`public_ports` only applies with guard = \"node\"; remove it or set guard = \"node\"",
+            ),
+            (
+                "guard = \"ports\"\nguarded_ports = [\"8000-8001\"]",
+                "port 8000 is both in `guarded_ports` (\"8000-8001\") and in `serve_ports` (8000): a port is either public or protected; remove it from one list",
+            ),
+        ] {
+            assert_eq!(err(&format!("{MINIMAL}{extra}\n")), want, "{extra}");
+        }
+        assert!(err(&format!("{MINIMAL}guard = \"all\"\n")).contains("unknown variant `all`"));
+    }
+
+    #[test]
+    fn the_proxy_listeners_are_open_and_never_guarded() {
+        let public = "mode = \"public\"\ninterfaces = [\"lo\"]\n";
+        let c = parse(&format!("{public}[public]\nlisten = \"0.0.0.0:8443\"\ngrpc_listen = \"0.0.0.0:9443\"\n")).unwrap();
+        assert_eq!(c.ports.class(8443), PortClass::Open);
+        assert_eq!(c.ports.class(9443), PortClass::Open);
+        assert_eq!(c.ports.class(8444), PortClass::Guarded);
+        let e = err(&format!(
+            "{public}guard = \"ports\"\nguarded_ports = [\"8400-8500\"]\n[public]\nlisten = \"0.0.0.0:8443\"\n"
         ));
-        assert!(matches!(
-            parse(&format!("{MINIMAL}serve_ports = [8000, 8000]\n")),
-            Err(ConfigError::DuplicatePort(8000))
-        ));
+        assert_eq!(
+            e,
+            "[public] listen = 0.0.0.0:8443: its port is in `guarded_ports` (\"8400-8500\"), so clients outside the VPC could never reach the proxy; remove it from guarded_ports"
+        );
+        // A [public] table in private mode runs no proxy: its port stays guarded.
+        let c = parse(&format!("{MINIMAL}[public]\nlisten = \"0.0.0.0:8443\"\n")).unwrap();
+        assert_eq!(c.ports.class(8443), PortClass::Guarded);
     }
 
     #[test]
@@ -872,7 +1025,7 @@ mod tests {
             ..Overrides::default()
         };
         let e = Config::from_toml(MINIMAL, Path::new("t"), &o).unwrap_err();
-        assert!(matches!(e, ConfigError::PortOutOfRange(70000)), "{e}");
+        assert_eq!(e.to_string(), "`serve_ports`: 70000 is not a port (1-65535)");
     }
 
     #[test]

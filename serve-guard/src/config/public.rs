@@ -456,18 +456,21 @@ impl PublicConfig {
     /// (`serve_ports`), or clients outside the VPC could never reach it.
     pub fn validate_for(&self, serve_ports: &[u16]) -> Result<(), PublicConfigError> {
         self.validate()?;
-        let listeners = [
-            ("listen", Some(self.listen)),
-            ("grpc_listen", self.grpc_listen),
-        ];
-        for (key, addr) in listeners {
-            if let Some(addr) = addr
-                && serve_ports.contains(&addr.port())
-            {
+        for (key, addr) in self.listeners() {
+            if serve_ports.contains(&addr.port()) {
                 return Err(PublicConfigError::ListenOnServePort { key, addr });
             }
         }
         Ok(())
+    }
+
+    /// The proxy's listeners by config key: `listen`, and `grpc_listen` when set.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out = vec![("listen", self.listen)];
+        if let Some(grpc) = self.grpc_listen {
+            out.push(("grpc_listen", grpc));
+        }
+        out
     }
 
     pub fn tls_enabled(&self) -> bool {

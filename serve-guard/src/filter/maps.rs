@@ -4,10 +4,8 @@ use super::allow::{self, AllowMaps};
 use super::{FilterError, error_chain};
 use crate::cidr::CidrList;
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
-use serve_guard_common::{Counter, FilterConfig, PORT_ENTRIES, PORT_PROTECTED, PortValue, maps};
-use std::collections::BTreeSet;
-/// Value of an unprotected port.
-const PORT_OPEN: PortValue = 0;
+use crate::ports::PortClass;
+use serve_guard_common::{Counter, FilterConfig, PORT_ENTRIES, PortValue, maps};
 /// Index of the single element of the config map.
 const CONFIG_INDEX: u32 = 0;
 /// No BPF_ANY/BPF_NOEXIST distinction needed: plain upserts.
@@ -45,15 +43,13 @@ impl FilterMaps {
         })
     }
 
-    /// Marks exactly `ports` as protected; ports protected by an earlier run are cleared.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), FilterError> {
-        let wanted: BTreeSet<u32> = ports.iter().map(|&p| u32::from(p)).collect();
-        for port in 0..PORT_ENTRIES {
-            let want = if wanted.contains(&port) {
-                PORT_PROTECTED
-            } else {
-                PORT_OPEN
-            };
+    /// Writes the class of every port (`table[port]`), only where it differs. Each write is
+    /// atomic, so while the table is being written every port has either its old class or its
+    /// new one.
+    pub fn set_ports(&mut self, table: &[PortClass]) -> Result<(), FilterError> {
+        debug_assert_eq!(table.len(), PORT_ENTRIES as usize);
+        for (port, class) in (0..PORT_ENTRIES).zip(table) {
+            let want = class.map_value();
             let have = self
                 .ports
                 .get(&port, NO_FLAGS)
@@ -79,19 +75,16 @@ impl FilterMaps {
             .map_err(map_err(maps::CONFIG, "read"))
     }
 
-    /// The protected ports as the map holds them.
-    pub fn read_ports(&self) -> Result<Vec<u16>, FilterError> {
-        let mut ports = Vec::new();
-        for port in 0..PORT_ENTRIES {
-            let value = self
-                .ports
-                .get(&port, NO_FLAGS)
-                .map_err(map_err(maps::PORTS, "read"))?;
-            if value != PORT_OPEN {
-                ports.push(u16::try_from(port).expect("PORT_ENTRIES fits u16 indices"));
-            }
-        }
-        Ok(ports)
+    /// The class of every port as the map holds it (index = port).
+    pub fn read_ports(&self) -> Result<Vec<PortClass>, FilterError> {
+        (0..PORT_ENTRIES)
+            .map(|port| {
+                self.ports
+                    .get(&port, NO_FLAGS)
+                    .map(PortClass::from_map_value)
+                    .map_err(map_err(maps::PORTS, "read"))
+            })
+            .collect()
     }
 
     /// The list the allow-lists were compiled from, checked against the addresses the maps

@@ -25,6 +25,7 @@ pub use program_log::ProgramLog;
 
 use crate::cidr::{CidrError, CidrList};
 use crate::config::{Config, HostCheck};
+use crate::ports::{Guard, PortClass, PortPolicy};
 use attach::LinkHandle;
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
@@ -136,11 +137,33 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
+/// Consecutive ports of one class.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortRun {
+    pub from: u16,
+    pub to: u16,
+    pub class: PortClass,
+}
+
+impl PortRun {
+    pub fn of(policy: &PortPolicy) -> Vec<PortRun> {
+        policy
+            .runs()
+            .into_iter()
+            .map(|(from, to, class)| PortRun { from, to, class })
+            .collect()
+    }
+}
+
 /// What the filter does, for `status` and the summary line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FilterStatus {
     pub interfaces: Vec<AttachedInterface>,
+    /// Ray Serve's ports (strict).
     pub ports: Vec<u16>,
+    /// What is guarded beyond them, and every port's class in runs.
+    pub guard: Guard,
+    pub port_classes: Vec<PortRun>,
     pub audit: bool,
     pub program_log: bool,
     pub pin_dir: PathBuf,
@@ -215,7 +238,7 @@ impl Filter {
 
         // Fill the maps before the program runs anywhere. With adopted maps the old program
         // is still running on them: ports and flags switch at once, CIDRs add before remove.
-        maps.set_ports(&config.serve_ports)?;
+        maps.set_ports(&config.ports.table())?;
         maps.set_config(filter_config(config))?;
         let applied = maps.apply_cidrs(&host.cidrs)?;
 
@@ -257,6 +280,8 @@ impl Filter {
             status: FilterStatus {
                 interfaces,
                 ports: config.serve_ports.clone(),
+                guard: config.ports.guard,
+                port_classes: PortRun::of(&config.ports),
                 audit: config.audit,
                 program_log: config.program_log,
                 pin_dir: config.pin_dir.clone(),
@@ -321,9 +346,19 @@ impl Filter {
         counters::read(&self.maps.counters)
     }
 
-    /// The protected ports as the map holds them.
-    pub fn ports(&self) -> Result<Vec<u16>, FilterError> {
+    /// Every port's class as the map holds it (index = port).
+    pub fn ports(&self) -> Result<Vec<PortClass>, FilterError> {
         self.maps.read_ports()
+    }
+
+    /// Switches to another port policy on the running program, port by port (each port has
+    /// its old class or its new one at every moment, never none).
+    pub fn apply_ports(&mut self, policy: &PortPolicy) -> Result<(), FilterError> {
+        self.maps.set_ports(&policy.table())?;
+        self.status.ports = policy.serve.ports();
+        self.status.guard = policy.guard;
+        self.status.port_classes = PortRun::of(policy);
+        Ok(())
     }
 
     /// The flags as the config map holds them.
