@@ -395,6 +395,29 @@ impl PortPolicy {
     }
 }
 
+/// The policy in one line for logs: the strict ports, and what else is guarded or open.
+pub fn describe(policy: &PortPolicy) -> String {
+    let of_class = |class| -> String {
+        let ports: Vec<u16> = (1..=u16::MAX).filter(|&p| policy.class(p) == class).collect();
+        if ports.is_empty() {
+            "none".to_owned()
+        } else {
+            format_ports(&ports)
+        }
+    };
+    let strict = of_class(PortClass::Strict);
+    match policy.guard {
+        Guard::Node => format!(
+            "serve ports {strict} (strict), every other port guarded, open: {}",
+            of_class(PortClass::Open)
+        ),
+        Guard::Ports => format!(
+            "serve ports {strict} (strict), guarded: {}, every other port open",
+            of_class(PortClass::Guarded)
+        ),
+    }
+}
+
 /// Consecutive ports of one class, from a table indexed by port.
 pub fn runs(table: &[PortClass]) -> Vec<(u16, u16, PortClass)> {
     let mut out: Vec<(u16, u16, PortClass)> = Vec::new();

@@ -263,3 +263,79 @@ fn notify_ready_after_attach_reloading_on_sighup_stopping_on_sigterm() -> Result
     ensure!(status.success(), "exit after SIGTERM: {status}");
     Ok(())
 }
+
+/// The config's port rules on SIGHUP (issue 16): a new `public_ports` is applied live to the
+/// running filter; a bad rule is refused with its entry, in `check` and on reload, and the rules
+/// in force stay.
+#[test]
+fn port_rules_reload_live_and_a_bad_rule_changes_nothing() -> Result<()> {
+    use serve_guard_tests::server::HttpServer;
+    use serve_guard_tests::topology::Ip;
+    const PUBLISHED: u16 = 8080;
+    const LATER: u16 = 6379;
+    let topo = Topology::new()?;
+    let _servers = HttpServer::start(&topo.server.ns, &[PUBLISHED, LATER])?;
+    let mut agent = Agent::start(
+        &topo.server.ns,
+        AgentConfig::private(&[IFACE])
+            .public_ports(&[&PUBLISHED.to_string()])
+            .cidrs(&Topology::vpc_cidrs()),
+    )?;
+    let outside = &topo.outside.ns;
+    let reach = |port: u16| -> bool {
+        Ip::BOTH.iter().all(|&ip| {
+            probe::tcp_connect(outside, topo.server.sock(ip, port), limits::DROPPED_CONNECT)
+                .is_ok()
+        })
+    };
+    ensure!(reach(PUBLISHED), "the published port is closed from outside");
+    ensure!(!reach(LATER), "an unlisted port answers a source outside the VPC");
+
+    // Publish the other port instead, live.
+    let config = agent.files().config.clone();
+    let original = std::fs::read_to_string(&config)?;
+    let publish = |ports: &str| -> Result<()> {
+        let edited: String = original
+            .lines()
+            .map(|l| {
+                if l.starts_with("public_ports") {
+                    format!("public_ports = {ports}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        ensure!(edited != original, "no public_ports line in {original}");
+        std::fs::write(&config, edited + "\n")?;
+        Ok(())
+    };
+    publish(&format!("[\"{LATER}\"]"))?;
+    agent.signal(libc::SIGHUP)?;
+    wait_for("the new public port to open", limits::CLI, || {
+        Ok(reach(LATER) && !reach(PUBLISHED))
+    })
+    .with_context(|| agent.logs())?;
+    ensure!(
+        agent.logs().contains("port rules applied"),
+        "the applied rules are not logged:\n{}",
+        agent.logs()
+    );
+
+    // A range out of order: `check` names it; SIGHUP refuses it and keeps the rules in force.
+    publish("[\"9000-8000\"]")?;
+    let out = agent.cli(&["check"])?;
+    expect_invalid(&out, "\"9000-8000\" is out of order", "check with a bad port rule")?;
+    agent.signal(libc::SIGHUP)?;
+    wait_for("the refused rule to be logged", limits::CLI, || {
+        Ok(agent.logs().contains("the port rules in force stay"))
+    })?;
+    ensure!(
+        agent.logs().contains("range \"9000-8000\" is out of order"),
+        "the bad entry is not named:\n{}",
+        agent.logs()
+    );
+    ensure!(reach(LATER) && !reach(PUBLISHED), "a refused reload changed the ports");
+    ensure!(agent.is_running(), "the agent stopped on a bad reload");
+    Ok(())
+}

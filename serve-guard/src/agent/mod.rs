@@ -21,7 +21,7 @@ pub mod reload;
 mod subsystems;
 
 pub use lock::{AgentLock, agent_running, running_agent_pid};
-pub use reload::Reloadable;
+pub use reload::{ConfigSource, Reloadable};
 
 use crate::config::{Config, ConfigError, Mode, OnStop};
 use crate::filter::{Filter, FilterError, FilterStatus};
@@ -175,7 +175,7 @@ impl Subsystems {
 }
 
 /// Runs the agent until SIGINT/SIGTERM or a subsystem failure.
-pub async fn run(config: Config) -> Result<(), AgentError> {
+pub async fn run(config: Config, source: ConfigSource) -> Result<(), AgentError> {
     // Listen first: a SIGTERM during start-up then stops the agent after the filter is in a
     // consistent state instead of killing it half-way.
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
@@ -193,6 +193,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     // Scanned now, from the links the host check listed; logged once the filter is up.
     let exposures = crate::node::exposure::scan_links(&host.links, &config.interfaces);
+    // Taken before the filter applies the port rules, so the sessions at risk are the ones that
+    // exist as it starts (a login the new rules would lock out). Reads /proc: off the workers.
+    let listeners = tokio::task::block_in_place(|| {
+        crate::node::listeners::audit(&config.ports, &host.cidrs, config.audit)
+    });
     let config = Arc::new(config);
     let filter = {
         let config = Arc::clone(&config);
@@ -202,6 +207,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     };
     tracing::info!("{}", summary(&config, &filter.status()));
     warn_about_exposures(exposures);
+    warn_about_listeners(listeners);
 
     let mut filter = filter;
     let program_log = filter.take_program_log();
@@ -216,7 +222,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     if let Some(log) = program_log {
         subsystems.spawn("XDP program log", log.run(ctx.shutdown.clone()));
     }
-    let started = start_subsystems(&ctx, &mut subsystems).await;
+    let started = start_subsystems(&ctx, &mut subsystems, source).await;
 
     let outcome = match started {
         Err(e) => {
@@ -235,7 +241,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                     _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()) }
                     _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()) }
                     _ = sighup.recv() => {
-                        tracing::info!("SIGHUP: re-reading the CIDR, token and TLS files");
+                        tracing::info!("SIGHUP: re-reading the CIDR, token and TLS files and the port rules");
                         notify::reloading();
                         let failed = reload::reload(&reloadable).await;
                         if failed > 0 {
@@ -263,6 +269,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 async fn start_subsystems(
     ctx: &AgentContext,
     subsystems: &mut Subsystems,
+    source: ConfigSource,
 ) -> Result<Reloadable, AgentError> {
     // Public mode: the token source, followed on disk, publishing to the proxy; also reloaded by
     // `POST /v1/token/reload`. Created (0600) at the first start when the token file is missing.
@@ -301,7 +308,17 @@ async fn start_subsystems(
             proxy.run(ctx.shutdown.clone().cancelled_owned()),
         );
     }
-    Ok(Reloadable { cidrs, tokens, tls })
+    let ports = reload::PortRules {
+        source,
+        filter: Arc::clone(&ctx.filter),
+        in_force: tokio::sync::Mutex::new(ctx.config.ports.clone()),
+    };
+    Ok(Reloadable {
+        cidrs,
+        tokens,
+        tls,
+        ports,
+    })
 }
 
 /// After a failed start: [`Filter::undo_start`], then the filter's handles close (at the latest
@@ -354,6 +371,21 @@ fn warn_about_exposures(scanned: Result<Vec<crate::node::Exposure>, crate::node:
     }
 }
 
+/// Names every listener a source outside the allow-list reaches (in audit mode: what enforcing
+/// would close), every session the port rules put at risk, and what the audit cannot see.
+fn warn_about_listeners(
+    audited: Result<crate::node::ListenerAudit, crate::node::AuditError>,
+) {
+    match audited {
+        Ok(audit) => {
+            for warning in audit.warnings() {
+                tracing::warn!("{warning}");
+            }
+        }
+        Err(e) => tracing::warn!("cannot audit the node's listeners: {e}"),
+    }
+}
+
 /// The one line that says what the agent does.
 fn summary(config: &Config, status: &FilterStatus) -> String {
     let interfaces = status
@@ -369,27 +401,10 @@ fn summary(config: &Config, status: &FilterStatus) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let ports = crate::ports::format_ports(&status.ports);
-    let open: Vec<u16> = (1..=u16::MAX)
-        .filter(|&p| config.ports.class(p) == crate::ports::PortClass::Open)
-        .collect();
-    let guard = match config.ports.guard {
-        crate::ports::Guard::Node => format!(
-            "every other port guarded, open: {}",
-            if open.is_empty() { "none".to_owned() } else { crate::ports::format_ports(&open) }
-        ),
-        crate::ports::Guard::Ports => format!(
-            "guarded: {}",
-            if config.ports.guarded.is_empty() {
-                "none".to_owned()
-            } else {
-                crate::ports::format_ports(&config.ports.guarded.ports())
-            }
-        ),
-    };
     format!(
-        "serve-guard running: mode {}, interfaces {interfaces}, serve ports {ports} (strict), {guard}, CIDRs {} IPv4 + {} IPv6, audit {}, on_stop {}",
+        "serve-guard running: mode {}, interfaces {interfaces}, {}, CIDRs {} IPv4 + {} IPv6, audit {}, on_stop {}",
         config.mode,
+        crate::ports::describe(&config.ports),
         status.cidrs_v4,
         status.cidrs_v6,
         if status.audit { "on" } else { "off" },

@@ -79,8 +79,13 @@ pub async fn exec(config: &Path, args: Args) -> anyhow::Result<()> {
     let level = args.log_level.clone();
     // The config names the log format, so it is read first; its errors go to stderr as the
     // binary's one error line either way.
-    let config = Config::load(config, &args.overrides())?;
-    crate::logging::init(level.as_deref(), config.log_format)?;
+    let overrides = args.overrides();
+    let loaded = Config::load(config, &overrides)?;
+    crate::logging::init(level.as_deref(), loaded.log_format)?;
+    let source = crate::agent::ConfigSource {
+        path: config.to_owned(),
+        overrides,
+    };
     // AgentError's messages say what failed and whether anything was attached.
-    Ok(crate::agent::run(config).await?)
+    Ok(crate::agent::run(loaded, source).await?)
 }
