@@ -7,7 +7,7 @@
 //! - [`PortClass::Guarded`]: with `guard = "node"` every other port. From outside, nothing may
 //!   open a connection (TCP SYN without ACK) or reach a listening or unconnected socket; packets
 //!   of the node's own connections (replies to pip, object storage, DNS) pass.
-//! - [`PortClass::Open`]: `public_ports` (SSH by default) and, in public mode, the proxy's
+//! - [`PortClass::Open`]: `public_ports` (SSH and the DHCP clients by default) and, in public mode, the proxy's
 //!   listeners. Anyone may reach them.
 //!
 //! Port lists are written as numbers, `"LO-HI"` ranges or presets (`"ssh"`, `"serve"`,
@@ -98,6 +98,10 @@ pub mod presets {
 
     /// SSH, the operator's way in.
     pub const SSH: &[RangeInclusive<u16>] = &[22..=22];
+    /// DHCP and DHCPv6 clients. Lease renewals arrive at an unconnected socket from a server
+    /// that is often outside the VPC's ranges (GCP's 169.254.169.254, Azure's 168.63.129.16):
+    /// guarded, the node would lose its address when the lease ends.
+    pub const DHCP: &[RangeInclusive<u16>] = &[68..=68, 546..=546];
     /// Ray Serve's HTTP and gRPC defaults.
     pub const SERVE: &[RangeInclusive<u16>] = &[8000..=8000, 9000..=9000];
     /// Ray's documented defaults besides Serve's two (Ray 2.60: ray start --help, the Ray
@@ -121,7 +125,12 @@ pub mod presets {
     ];
 
     /// Every preset by the name the config uses.
-    pub const ALL: &[(&str, &[RangeInclusive<u16>])] = &[("ssh", SSH), ("serve", SERVE), ("ray", RAY)];
+    pub const ALL: &[(&str, &[RangeInclusive<u16>])] = &[
+        ("ssh", SSH),
+        ("dhcp", DHCP),
+        ("serve", SERVE),
+        ("ray", RAY),
+    ];
 
     pub fn get(name: &str) -> Option<&'static [RangeInclusive<u16>]> {
         ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
@@ -484,8 +493,8 @@ mod tests {
             ("65536", "`public_ports`: \"65536\" is not a port (1-65535)"),
             ("10-70000", "`public_ports`: \"10-70000\" is not a port (1-65535)"),
             ("30-20", "`public_ports`: range \"30-20\" is out of order: write the lower port first"),
-            ("rayy", "`public_ports`: \"rayy\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, serve, ray)"),
-            ("-5", "`public_ports`: \"-5\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, serve, ray)"),
+            ("rayy", "`public_ports`: \"rayy\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, dhcp, serve, ray)"),
+            ("-5", "`public_ports`: \"-5\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, dhcp, serve, ray)"),
         ] {
             assert_eq!(list("public_ports", &[spec]).unwrap_err().to_string(), want, "{spec}");
         }

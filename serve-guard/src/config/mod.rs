@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 pub mod defaults {
     pub const SERVE_PORTS: [u16; 2] = [8000, 9000];
     /// With `guard = "node"`: SSH, so that an administrator outside the VPC (`ray up` from a
-    /// laptop, an SSH jump host elsewhere) keeps the node. Closing it is one line.
-    pub const PUBLIC_PORTS: [&str; 1] = ["ssh"];
+    /// laptop, an SSH jump host elsewhere) keeps the node, and the DHCP clients, so that it
+    /// keeps its address (see `ports::presets::DHCP`). Closing either is one line.
+    pub const PUBLIC_PORTS: [&str; 2] = ["ssh", "dhcp"];
 
     pub fn public_ports() -> Vec<crate::ports::PortSpec> {
         PUBLIC_PORTS
@@ -950,8 +951,11 @@ mod tests {
         for guarded in [1, 21, 23, 6379, 8265, 10001, 30000, 45000, 65535] {
             assert_eq!(c.ports.class(guarded), PortClass::Guarded, "{guarded}");
         }
+        assert_eq!(c.ports.class(68), PortClass::Open, "DHCP client");
+        assert_eq!(c.ports.class(546), PortClass::Open, "DHCPv6 client");
         let c = parse(&format!("{MINIMAL}public_ports = []\n")).unwrap();
         assert_eq!(c.ports.class(22), PortClass::Guarded);
+        assert_eq!(c.ports.class(68), PortClass::Guarded);
         let c = parse(&format!("{MINIMAL}guard = \"ports\"\n")).unwrap();
         assert_eq!(c.ports.class(22), PortClass::Open);
         assert_eq!(c.ports.class(6379), PortClass::Open);
@@ -971,7 +975,7 @@ mod tests {
             ),
             (
                 "public_ports = [\"22\", \"rey\"]",
-                "`public_ports`: \"rey\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, serve, ray)",
+                "`public_ports`: \"rey\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, dhcp, serve, ray)",
             ),
             (
                 "public_ports = [\"7000-8000\"]",
