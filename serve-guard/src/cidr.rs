@@ -187,6 +187,19 @@ impl CidrList {
         }
     }
 
+    /// Whether `addr` is inside one of the networks: what the filter asks of a source address.
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket shows an IPv4 peer)
+    /// is looked up as the IPv4 address it is on the wire. One set lookup per prefix length, so
+    /// the cost does not grow with the list.
+    pub fn allows(&self, addr: std::net::IpAddr) -> bool {
+        match addr.to_canonical() {
+            std::net::IpAddr::V4(ip) => (0..=32)
+                .any(|len| Ipv4Net::new(ip, len).is_ok_and(|n| self.v4.contains(&n.trunc()))),
+            std::net::IpAddr::V6(ip) => (0..=128)
+                .any(|len| Ipv6Net::new(ip, len).is_ok_and(|n| self.v6.contains(&n.trunc()))),
+        }
+    }
+
     /// Non-empty and within [`MAX_CIDRS_PER_FAMILY`] (the most any filter can be built for) for
     /// each family. The filter checks its own capacity ([`Self::check_capacity`]) too.
     pub fn validate(&self) -> Result<(), CidrError> {
@@ -248,6 +261,32 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn allows_looks_addresses_up_by_prefix() {
+        let list = CidrList::new([
+            net("198.18.0.0/25"),
+            net("fd00:5e::/112"),
+            net("10.1.2.3/32"),
+        ])
+        .unwrap();
+        for (addr, want) in [
+            ("198.18.0.10", true),
+            ("198.18.0.200", false),
+            ("10.1.2.3", true),
+            ("10.1.2.4", false),
+            ("fd00:5e::10", true),
+            ("fd00:5e::1:200", false),
+            // A dual-stack socket's view of an IPv4 peer.
+            ("::ffff:198.18.0.10", true),
+            ("::ffff:198.18.0.200", false),
+        ] {
+            assert_eq!(list.allows(addr.parse().unwrap()), want, "{addr}");
+        }
+        let everyone = CidrList::new([net("0.0.0.0/0")]).unwrap();
+        assert!(everyone.allows("203.0.113.9".parse().unwrap()));
+        assert!(!everyone.allows("fd00::1".parse().unwrap()));
     }
 
     #[test]

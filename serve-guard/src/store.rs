@@ -277,6 +277,12 @@ impl Store {
         self.lock_current().list.clone()
     }
 
+    /// Whether the list as last applied holds `addr` ([`CidrList::allows`]), without copying
+    /// the list (a scrape or `status` asks this of a few peers).
+    pub fn allows(&self, addr: std::net::IpAddr) -> bool {
+        self.lock_current().list.allows(addr)
+    }
+
     pub fn revision(&self) -> u64 {
         self.lock_current().revision
     }

@@ -80,6 +80,10 @@ pub enum AgentError {
 /// The filter, shared by every task that reads or changes it.
 pub type SharedFilter = Arc<tokio::sync::Mutex<Filter>>;
 
+/// The port rules in force: SIGHUP replaces them; the exposure audit (`status`, metrics) judges
+/// the node's listeners by them, not by the rules the agent started with.
+pub type SharedPorts = Arc<tokio::sync::Mutex<crate::ports::PortPolicy>>;
+
 /// Error type of subsystem tasks: each module keeps its own typed error.
 pub type SubsystemError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -102,6 +106,8 @@ impl Readiness {
 pub struct AgentContext {
     pub config: Arc<Config>,
     pub filter: SharedFilter,
+    /// The port rules in force (the filter's port map holds them).
+    pub ports: SharedPorts,
     /// Cancelled when the agent stops; subsystems finish within [`SHUTDOWN_GRACE`].
     pub shutdown: CancellationToken,
     pub ready: Readiness,
@@ -214,6 +220,7 @@ pub async fn run(config: Config, source: ConfigSource) -> Result<(), AgentError>
     let ctx = AgentContext {
         config: Arc::clone(&config),
         filter: Arc::new(tokio::sync::Mutex::new(filter)),
+        ports: Arc::new(tokio::sync::Mutex::new(config.ports.clone())),
         shutdown: CancellationToken::new(),
         ready: Readiness::default(),
         started_at: SystemTime::now(),
@@ -311,7 +318,7 @@ async fn start_subsystems(
     let ports = reload::PortRules {
         source,
         filter: Arc::clone(&ctx.filter),
-        in_force: tokio::sync::Mutex::new(ctx.config.ports.clone()),
+        in_force: Arc::clone(&ctx.ports),
     };
     Ok(Reloadable {
         cidrs,
@@ -373,9 +380,7 @@ fn warn_about_exposures(scanned: Result<Vec<crate::node::Exposure>, crate::node:
 
 /// Names every listener a source outside the allow-list reaches (in audit mode: what enforcing
 /// would close), every session the port rules put at risk, and what the audit cannot see.
-fn warn_about_listeners(
-    audited: Result<crate::node::ListenerAudit, crate::node::AuditError>,
-) {
+fn warn_about_listeners(audited: Result<crate::node::ListenerAudit, crate::node::AuditError>) {
     match audited {
         Ok(audit) => {
             for warning in audit.warnings() {

@@ -25,8 +25,8 @@ pub struct ConfigSource {
 pub struct PortRules {
     pub source: ConfigSource,
     pub filter: SharedFilter,
-    /// The policy in force.
-    pub in_force: tokio::sync::Mutex<PortPolicy>,
+    /// The policy in force, shared with the exposure audit ([`super::SharedPorts`]).
+    pub in_force: super::SharedPorts,
 }
 
 enum PortsReload {

@@ -63,6 +63,7 @@ pub async fn start(
     let view: Arc<dyn AgentView> = Arc::new(AgentHandle {
         config: Arc::clone(&config),
         filter: ctx.filter.clone(),
+        ports: Arc::clone(&ctx.ports),
         tokens,
     });
     let control = ControlServer::bind(

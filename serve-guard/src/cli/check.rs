@@ -1,6 +1,8 @@
 //! `serve-guard check`: validates everything `run` would use, attaches and binds nothing (like
 //! `nginx -t`): the config file, the interfaces, the CIDR file, and in public mode the token file
-//! and the TLS certificate and key. Prints what it checked on stdout.
+//! and the TLS certificate and key. Prints what it checked on stdout, and as warnings the paths
+//! around the filter and the exposure audit: every listener a source outside the list would
+//! reach under these port rules, and every current session they would put at risk.
 //!
 //! Exit codes: 0 everything is valid; 1 something is not (the error names the bad input);
 //! 2 the command line itself is wrong (clap's usage error).
@@ -78,6 +80,12 @@ pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
         host.cidrs.v4().len(),
         host.cidrs.v6().len()
     ));
+    // Who outside this list reaches the node's listeners under these port rules, and which
+    // current logins the rules would put at risk: never lock the operator out unawares.
+    match crate::node::listeners::audit(&config.ports, &host.cidrs, config.audit) {
+        Ok(audit) => audit.warnings().into_iter().for_each(|w| report.warn(w)),
+        Err(e) => report.warn(format!("cannot audit the node's listeners: {e}")),
+    }
     // A `[public]` table in private mode is validated with the config but its files are not
     // read: `run` does not read them either.
     if let (Mode::Public, Some(public)) = (config.mode, &config.public) {

@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// `private` (XDP keeps Serve to the VPC) or `public` (token proxy). Overrides `mode`.
+    /// `private` (XDP keeps the node to the VPC but its public ports) or `public` (token proxy).
+    /// Overrides `mode`.
     #[arg(long)]
     pub mode: Option<Mode>,
     /// Interface to filter; repeat for several. Replaces `interfaces`.
     #[arg(long = "interface", short = 'i', value_name = "IFNAME")]
     pub interfaces: Vec<String>,
-    /// Ray Serve port to protect; repeat for several. Replaces `serve_ports`.
+    /// Ray Serve port to close to every packet from outside the VPC; repeat for several. Replaces
+    /// `serve_ports`.
     #[arg(
         long = "serve-port",
         value_name = "PORT",

@@ -1,6 +1,7 @@
 //! `serve-guard status [--json]`: mode, interfaces with their XDP mode, ports, CIDR revision and
 //! counts, audit flag, pinned state, agent uptime; in public mode the URL, token and API docs
-//! links. From the running agent (which also asks Serve for its routes, from its own network
+//! links; the paths around the filter and the exposure audit of the node's listeners (who
+//! outside the allow-list reaches which, sessions at risk, what the audit cannot see). From the running agent (which also asks Serve for its routes, from its own network
 //! namespace), or from the config, the CIDR file and the pins when none runs; then the exit
 //! status is 3, as `systemctl is-active` says for an inactive unit.
 
@@ -90,6 +91,15 @@ fn offline(config: &Config) -> Result<StatusReport> {
         Ok(found) => (found, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
+    // Against the list on disk: what the filter will hold once an agent applies it.
+    let (listener_audit, listener_audit_error) =
+        match crate::cidr::CidrList::new(listing.cidrs.iter().copied()) {
+            Ok(list) => match crate::node::listeners::audit(&config.ports, &list, config.audit) {
+                Ok(audit) => (Some(audit), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+            Err(e) => (None, Some(format!("the CIDR list: {e}"))),
+        };
     Ok(StatusReport {
         mode: config.mode.name().to_owned(),
         agent: None,
@@ -109,6 +119,8 @@ fn offline(config: &Config) -> Result<StatusReport> {
         public,
         exposures,
         exposures_error,
+        listener_audit,
+        listener_audit_error,
     })
 }
 
@@ -189,6 +201,28 @@ fn print_report(r: &StatusReport) {
     }
     for exposure in &r.exposures {
         outln!("warning:     {exposure}");
+    }
+    if let Some(e) = &r.listener_audit_error {
+        outln!("warning:     cannot audit the node's listeners: {e}");
+    }
+    if let Some(audit) = &r.listener_audit {
+        outln!(
+            "listeners:   {} beyond loopback, {} reachable from outside the allow-list{}, {} session(s) at risk",
+            audit.listeners.len(),
+            audit.reachable().count(),
+            if audit.audit_mode {
+                format!(
+                    " (audit mode; enforcing would close {})",
+                    audit.listeners.iter().filter(|l| l.would_close).count()
+                )
+            } else {
+                String::new()
+            },
+            audit.sessions_at_risk.len()
+        );
+        for warning in audit.warnings() {
+            outln!("warning:     {warning}");
+        }
     }
 }
 

@@ -125,6 +125,13 @@ pub struct StatusReport {
     /// Set when the exposures could not be listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exposures_error: Option<String>,
+    /// The node's listeners beyond loopback and who outside the allow-list reaches them,
+    /// sessions the port rules put at risk, what the audit cannot see; `None` when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_audit: Option<crate::node::ListenerAudit>,
+    /// Set when the listeners could not be audited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_audit_error: Option<String>,
 }
 
 /// One counter of `GET /v1/stats` (the filter's counter snapshot, summed over CPUs).

@@ -307,6 +307,11 @@ async fn status(state: &ControlState) -> Answer {
         Ok(found) => (found, None),
         Err(e) => (Vec::new(), Some(e)),
     };
+    let allowed = |ip| state.store.allows(ip);
+    let (listener_audit, listener_audit_error) = match state.view.listener_audit(&allowed).await {
+        Ok(audit) => (Some(audit), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let listing = state.store.listing();
     let now = SystemTime::now();
     let report = StatusReport {
@@ -329,6 +334,8 @@ async fn status(state: &ControlState) -> Answer {
         public,
         exposures,
         exposures_error,
+        listener_audit,
+        listener_audit_error,
     };
     json(StatusCode::OK, &report)
 }

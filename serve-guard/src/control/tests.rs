@@ -65,11 +65,49 @@ impl AgentView for FakeView {
             interface: "eth0".into(),
         }])
     }
+    fn listener_audit<'a>(
+        &'a self,
+        allowed: &'a super::view::Allowed<'a>,
+    ) -> ViewFuture<'a, Result<crate::node::ListenerAudit, crate::node::AuditError>> {
+        Box::pin(async move { Ok(fake_audit(allowed)) })
+    }
     fn reload_token(&self) -> Option<Result<(), String>> {
         self.public.then(|| {
             self.reloads.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
+    }
+}
+
+/// One reachable listener; its `reason` records what `allowed` said of an address inside the
+/// store's list (10.0.0.0/8) and one outside, to show the server asks the list in force.
+fn fake_audit(allowed: &super::view::Allowed<'_>) -> crate::node::ListenerAudit {
+    use crate::node::listeners::Listener;
+    use crate::node::sockets::{Process, Protocol};
+    let asked = |ip: &str| allowed(ip.parse().unwrap());
+    crate::node::ListenerAudit {
+        audit_mode: false,
+        listeners: vec![Listener {
+            protocol: Protocol::Tcp,
+            local: "0.0.0.0:22".parse().unwrap(),
+            port: 22,
+            owners: vec![Process {
+                pid: 42,
+                comm: "sshd".into(),
+                cmdline: "sshd: /usr/sbin/sshd -D".into(),
+            }],
+            what: Some("SSH".into()),
+            class: crate::ports::PortClass::Open,
+            reason: format!(
+                "10.1.1.1 allowed: {}, 203.0.113.1 allowed: {}",
+                asked("10.1.1.1"),
+                asked("203.0.113.1")
+            ),
+            reachable: true,
+            would_close: false,
+        }],
+        sessions_at_risk: Vec::new(),
+        blind_spots: Vec::new(),
     }
 }
 
@@ -297,6 +335,15 @@ async fn status_stats_and_token_reload() {
             interface: "eth0".into()
         }]
     );
+    let audit = status
+        .listener_audit
+        .expect("the listener audit is in the status");
+    assert_eq!(audit.listeners[0].owners[0].pid, 42);
+    assert_eq!(
+        audit.listeners[0].reason,
+        "10.1.1.1 allowed: true, 203.0.113.1 allowed: false"
+    );
+    assert_eq!(status.listener_audit_error, None);
 
     let stats: StatsReport = r.client.get(routes::STATS).await.unwrap();
     assert_eq!(stats.counters[0].packets, 7);

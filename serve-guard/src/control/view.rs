@@ -2,10 +2,15 @@
 //! server does not depend on how the agent holds its filter and token (and so the socket can be
 //! tested without a kernel).
 
+use crate::node::listeners::{AuditError, ListenerAudit, Snapshot};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 
 pub type ViewFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Whether a source address is in the allow-list.
+pub type Allowed<'a> = dyn Fn(IpAddr) -> bool + Send + Sync + 'a;
 
 /// Errors here are messages for the operator; the server answers them with a 500.
 pub trait AgentView: Send + Sync + 'static {
@@ -21,6 +26,12 @@ pub trait AgentView: Send + Sync + 'static {
     fn reload_token(&self) -> Option<Result<(), String>>;
     /// Paths around the filter on this node (tunnels, SRv6 decapsulation, rp_filter off).
     fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String>;
+    /// The exposure audit of this node's sockets under the agent's port rules; `allowed` says
+    /// whether a source is in the allow-list in force (the caller holds the list).
+    fn listener_audit<'a>(
+        &'a self,
+        allowed: &'a Allowed<'a>,
+    ) -> ViewFuture<'a, Result<ListenerAudit, AuditError>>;
     /// Re-reads of the token file that found it invalid; `None` in private mode.
     fn token_reload_errors(&self) -> Option<u64> {
         None
@@ -31,6 +42,8 @@ pub trait AgentView: Send + Sync + 'static {
 pub struct AgentHandle {
     pub config: std::sync::Arc<crate::config::Config>,
     pub filter: crate::agent::SharedFilter,
+    /// The port rules in force (SIGHUP replaces them): what the exposure audit judges by.
+    pub ports: crate::agent::SharedPorts,
     /// The public-mode token source the proxy follows; `None` in private mode.
     pub tokens: Option<std::sync::Arc<crate::token::TokenSource>>,
 }
@@ -74,6 +87,23 @@ impl AgentView for AgentHandle {
 
     fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
         crate::node::scan(&self.config.interfaces).map_err(|e| e.to_string())
+    }
+
+    fn listener_audit<'a>(
+        &'a self,
+        allowed: &'a Allowed<'a>,
+    ) -> ViewFuture<'a, Result<ListenerAudit, AuditError>> {
+        Box::pin(async move {
+            // The socket tables and a walk of /proc/*/fd: off the async workers. The blocking
+            // pool's threads are the agent's, in its network namespace.
+            let snapshot = match tokio::task::spawn_blocking(Snapshot::take).await {
+                Ok(taken) => taken?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return Err(AuditError::Cancelled),
+            };
+            let policy = self.ports.lock().await.clone();
+            Ok(snapshot.audit(&policy, allowed, self.config.audit))
+        })
     }
 
     fn reload_token(&self) -> Option<Result<(), String>> {

@@ -1,5 +1,6 @@
 //! The agent's own figures: the XDP filter's counters (read from the kernel at each scrape), the
-//! CIDR list, readiness, whether each interface still has the filter attached, and build info.
+//! CIDR list, readiness, whether each interface still has the filter attached, the listeners a
+//! source outside the list reaches and the sessions at risk (the exposure audit), and build info.
 
 use super::MetricsState;
 use crate::control::StatsReport;
@@ -26,6 +27,13 @@ struct FamilyLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InterfaceLabel {
     interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    protocol: String,
+    port: String,
+    process: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +152,40 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
         "1 while the filter's pinned XDP link is attached to the interface, 0 once it is not",
         attached,
     );
+
+    let allowed = |ip| state.store.allows(ip);
+    match state.view.listener_audit(&allowed).await {
+        Ok(audit) => {
+            let exposed = Family::<ListenerLabels, Gauge>::default();
+            for listener in audit.reachable() {
+                exposed
+                    .get_or_create(&ListenerLabels {
+                        protocol: listener.protocol.name().to_owned(),
+                        port: listener.port.to_string(),
+                        process: listener
+                            .owners
+                            .first()
+                            .map_or("unknown", |p| p.name())
+                            .to_owned(),
+                    })
+                    .inc();
+            }
+            registry.register(
+                "exposed_listeners",
+                "Sockets listening beyond loopback that a source outside the allow-list reaches now (in audit mode: all of them), by protocol, port and owner process",
+                exposed,
+            );
+            let at_risk = Gauge::<i64>::default();
+            at_risk.set(i64::try_from(audit.sessions_at_risk.len()).unwrap_or(i64::MAX));
+            registry.register(
+                "sessions_at_risk",
+                "Established inbound TCP sessions from outside the allow-list to a port that is not open: the port rules refuse that peer's new connections (guarded) or cut the session (strict)",
+                at_risk,
+            );
+        }
+        // Left out, not zero: a scrape must not report "nothing exposed" when it could not look.
+        Err(e) => tracing::warn!("metrics: cannot audit the listeners: {e}"),
+    }
 
     registry.register(
         "build",

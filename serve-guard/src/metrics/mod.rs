@@ -191,6 +191,48 @@ mod tests {
         fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
             Ok(Vec::new())
         }
+        fn listener_audit<'a>(
+            &'a self,
+            _allowed: &'a crate::control::view::Allowed<'a>,
+        ) -> ViewFuture<'a, Result<crate::node::ListenerAudit, crate::node::AuditError>> {
+            use crate::node::listeners::{Consequence, Listener, SessionAtRisk};
+            use crate::node::sockets::{Process, Protocol};
+            use crate::ports::PortClass;
+            let dashboard = Process {
+                pid: 300,
+                comm: "python".into(),
+                cmdline: "python /ray/dashboard/dashboard.py".into(),
+            };
+            let listener = |port: u16, class: PortClass| Listener {
+                protocol: Protocol::Tcp,
+                local: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                port,
+                owners: vec![dashboard.clone()],
+                what: None,
+                class,
+                reason: String::new(),
+                reachable: class == PortClass::Open,
+                would_close: false,
+            };
+            let audit = crate::node::ListenerAudit {
+                audit_mode: false,
+                listeners: vec![
+                    listener(8265, PortClass::Open),
+                    listener(6379, PortClass::Guarded),
+                ],
+                sessions_at_risk: vec![SessionAtRisk {
+                    local: "198.18.0.1:6379".parse().unwrap(),
+                    peer: "203.0.113.8:50000".parse().unwrap(),
+                    owners: Vec::new(),
+                    what: None,
+                    class: PortClass::Guarded,
+                    reason: String::new(),
+                    consequence: Consequence::NewConnectionsRefused,
+                }],
+                blind_spots: Vec::new(),
+            };
+            Box::pin(async move { Ok(audit) })
+        }
     }
 
     struct Fixture {
@@ -282,11 +324,17 @@ mod tests {
             "serve_guard_cidr_apply_errors_total 0",
             "serve_guard_cidr_last_apply_timestamp_seconds 0",
             "serve_guard_ready 0",
+            "serve_guard_exposed_listeners{protocol=\"tcp\",port=\"8265\",process=\"python\"} 1",
+            "serve_guard_sessions_at_risk 1",
             "serve_guard_build_info{version=\"",
             "process_resident_memory_bytes ",
         ] {
             assert!(body.contains(line), "missing {line:?} in:\n{body}");
         }
+        assert!(
+            !body.contains("port=\"6379\""),
+            "a guarded listener is not exposed:\n{body}"
+        );
         assert!(
             body.ends_with("# EOF\n"),
             "OpenMetrics text ends with # EOF"

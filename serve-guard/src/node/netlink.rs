@@ -1,7 +1,8 @@
 //! Just enough rtnetlink to see the node as the kernel does, in the calling thread's network
-//! namespace: every link (name, ARPHRD type, up or not, its `kind`) and every IPv6 route's
-//! lightweight-tunnel action. Read-only dumps over a NETLINK_ROUTE socket; sysfs is not used
-//! because it shows the namespace it was mounted in, not ours.
+//! namespace: every link (name, ARPHRD type, up or not, its `kind`), every local address and every
+//! IPv6 route's lightweight-tunnel action. Read-only dumps over a NETLINK_ROUTE socket; sysfs is
+//! not used because it shows the namespace it was mounted in, not ours. The dump loop and the
+//! attribute walk are shared with the socket dump over NETLINK_SOCK_DIAG (`super::sockets`).
 
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -16,6 +17,12 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+/// `struct ifaddrmsg`.
+const IFADDRMSG_LEN: usize = 8;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
 /// `struct ifinfomsg` and `struct rtmsg`.
 const IFINFOMSG_LEN: usize = 16;
 const RTMSG_LEN: usize = 12;
@@ -75,7 +82,7 @@ pub fn links() -> io::Result<Vec<Link>> {
     let mut request = [0u8; IFINFOMSG_LEN];
     request[0] = libc::AF_UNSPEC as u8;
     let mut links = Vec::new();
-    dump(RTM_GETLINK, &request, |kind, body| {
+    dump(libc::NETLINK_ROUTE, RTM_GETLINK, &request, |kind, body| {
         if kind != RTM_NEWLINK || body.len() < IFINFOMSG_LEN {
             return;
         }
@@ -110,7 +117,7 @@ pub fn seg6local_routes() -> io::Result<Vec<Seg6LocalRoute>> {
     let mut request = [0u8; RTMSG_LEN];
     request[0] = libc::AF_INET6 as u8;
     let mut routes = Vec::new();
-    dump(RTM_GETROUTE, &request, |kind, body| {
+    dump(libc::NETLINK_ROUTE, RTM_GETROUTE, &request, |kind, body| {
         if kind != RTM_NEWROUTE || body.len() < RTMSG_LEN {
             return;
         }
@@ -154,17 +161,56 @@ pub fn seg6local_routes() -> io::Result<Vec<Seg6LocalRoute>> {
     Ok(routes)
 }
 
+/// Every address configured on a link of this namespace (both families, loopback included):
+/// traffic between two of them never leaves the node, so it never crosses the filter.
+pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut request = [0u8; IFADDRMSG_LEN];
+    request[0] = libc::AF_UNSPEC as u8;
+    let mut addresses = Vec::new();
+    dump(libc::NETLINK_ROUTE, RTM_GETADDR, &request, |kind, body| {
+        if kind != RTM_NEWADDR || body.len() < IFADDRMSG_LEN {
+            return;
+        }
+        // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a
+        // point-to-point link and the same as IFA_LOCAL (or alone) elsewhere.
+        let mut local = None;
+        let mut address = None;
+        for (attr, value) in attributes(&body[IFADDRMSG_LEN..]) {
+            let parsed = ip_of(value);
+            match attr {
+                IFA_LOCAL => local = parsed,
+                IFA_ADDRESS => address = parsed,
+                _ => {}
+            }
+        }
+        if let Some(ip) = local.or(address) {
+            addresses.push(ip);
+        }
+    })?;
+    Ok(addresses)
+}
+
+fn ip_of(value: &[u8]) -> Option<std::net::IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(value) {
+        Some(std::net::Ipv4Addr::from(v4).into())
+    } else {
+        <[u8; 16]>::try_from(value)
+            .ok()
+            .map(|v6| std::net::Ipv6Addr::from(v6).into())
+    }
+}
+
 fn u32_of(value: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(value.get(..4)?.try_into().ok()?))
 }
 
-fn c_string(value: &[u8]) -> String {
+pub(super) fn c_string(value: &[u8]) -> String {
     let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
     String::from_utf8_lossy(&value[..end]).into_owned()
 }
 
 /// The (type, payload) pairs of a run of netlink attributes; stops at the first malformed one.
-fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if bytes.len() < RTATTR_HDRLEN {
             return None;
@@ -184,14 +230,20 @@ fn align(len: usize) -> usize {
     len.div_ceil(4) * 4
 }
 
-/// Sends one dump request and hands every message's (type, body) to `each` until NLMSG_DONE.
-fn dump(request_type: u16, body: &[u8], mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+/// Sends one dump request over a fresh netlink socket of `protocol` (NETLINK_ROUTE,
+/// NETLINK_SOCK_DIAG) and hands every message's (type, body) to `each` until NLMSG_DONE.
+pub(super) fn dump(
+    protocol: libc::c_int,
+    request_type: u16,
+    body: &[u8],
+    mut each: impl FnMut(u16, &[u8]),
+) -> io::Result<()> {
     // SAFETY: plain socket(2); the fd is owned from here on.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         )
     };
     if fd < 0 {
@@ -272,6 +324,20 @@ mod tests {
         assert_eq!(lo.hw_type, ARPHRD_LOOPBACK);
         assert!(lo.is_ethernet_framed());
         assert_eq!(lo.index, 1);
+    }
+
+    #[test]
+    fn loopback_addresses_are_local() {
+        // A namespace's `lo` may be down (no addresses); the dump itself must work, and what it
+        // lists must parse as addresses of either family.
+        let addresses = local_addresses().expect("RTM_GETADDR dump");
+        if let Some(lo) = links().unwrap().iter().find(|l| l.name == "lo" && l.up) {
+            assert_eq!(lo.index, 1);
+            assert!(
+                addresses.iter().any(|a| a.is_loopback()),
+                "lo is up without a loopback address: {addresses:?}"
+            );
+        }
     }
 
     #[test]
