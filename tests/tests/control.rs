@@ -181,7 +181,7 @@ fn status_stats_and_metrics_show_the_agent_then_the_pins() -> Result<()> {
         "mode:        private",
         "running (pid",
         &format!("{IFACE} (driver XDP)"),
-        "ports:       8000",
+        "ports:       strict (Serve): 8000; open: 22, 68, 546; every other port guarded",
         "revision 2: 2 IPv4 and 1 IPv6",
         "audit:       off",
         "pinned:      yes",
@@ -194,6 +194,12 @@ fn status_stats_and_metrics_show_the_agent_then_the_pins() -> Result<()> {
     let json: serde_json::Value = serde_json::from_str(&cli_ok(&s.agent, &["status", "--json"])?)?;
     ensure!(
         json["filter"]["ports"] == serde_json::json!([SERVE_HTTP]),
+        "{json}"
+    );
+    ensure!(json["filter"]["guard"] == "node", "{json}");
+    ensure!(
+        json["filter"]["port_classes"][0]
+            == serde_json::json!({"from": 1, "to": 21, "class": "guarded"}),
         "{json}"
     );
     ensure!(json["agent"]["uptime_seconds"].is_u64(), "{json}");

@@ -114,6 +114,8 @@ fn offline(config: &Config) -> Result<StatusReport> {
             "pin_dir": config.pin_dir,
             "interfaces": interfaces,
             "ports": config.serve_ports,
+            "guard": config.ports.guard,
+            "port_classes": crate::filter::PortRun::of(&config.ports),
             "audit": config.audit,
         }),
         public,
@@ -122,6 +124,38 @@ fn offline(config: &Config) -> Result<StatusReport> {
         listener_audit,
         listener_audit_error,
     })
+}
+
+/// The port classes in one line: the strict and the open ports, and the class of the rest.
+fn describe_ports(runs: &[crate::filter::PortRun]) -> String {
+    use crate::ports::{PortClass, format_range};
+    let of = |class: PortClass| -> Vec<String> {
+        runs.iter()
+            .filter(|r| r.class == class)
+            .map(|r| format_range(&(r.from..=r.to)))
+            .collect()
+    };
+    let count = |class: PortClass| -> u32 {
+        runs.iter()
+            .filter(|r| r.class == class)
+            .map(|r| u32::from(r.to - r.from) + 1)
+            .sum()
+    };
+    let list = |class| {
+        let ports = of(class);
+        if ports.is_empty() { "none".to_owned() } else { ports.join(", ") }
+    };
+    // The largest class is "the rest": named, not listed.
+    let rest = [PortClass::Guarded, PortClass::Open]
+        .into_iter()
+        .max_by_key(|&c| count(c))
+        .unwrap_or(PortClass::Open);
+    let other = if rest == PortClass::Guarded { PortClass::Open } else { PortClass::Guarded };
+    format!(
+        "strict (Serve): {}; {other}: {}; every other port {rest}",
+        list(PortClass::Strict),
+        list(other)
+    )
 }
 
 fn print_report(r: &StatusReport) {
@@ -170,11 +204,9 @@ fn print_report(r: &StatusReport) {
             interfaces.join(", ")
         }
     );
-    let ports: Vec<String> = f["ports"]
-        .as_array()
-        .map(|p| p.iter().map(ToString::to_string).collect())
-        .unwrap_or_default();
-    outln!("ports:       {}", ports.join(", "));
+    let runs: Vec<crate::filter::PortRun> =
+        serde_json::from_value(f["port_classes"].clone()).unwrap_or_default();
+    outln!("ports:       {}", describe_ports(&runs));
     outln!(
         "CIDRs:       revision {}: {} IPv4 and {} IPv6 ({})",
         r.cidrs.revision,
