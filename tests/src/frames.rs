@@ -26,7 +26,6 @@ const TTL: u8 = 64;
 const PAYLOAD: &[u8] = b"serve-guard";
 /// Identification of IPv4 packets and IPv6 fragment headers.
 const IP_ID: u16 = 0x5347;
-const TCP_SYN: u8 = 0x02;
 const TCP_WINDOW: u16 = 64_240;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -37,6 +36,18 @@ const ARP_OP_REQUEST: u16 = 1;
 const PADN_OPTION: u8 = 1;
 /// AH with a 96-bit ICV (HMAC-SHA1-96): 12 bytes of fixed fields + 12 of ICV.
 const AH_LEN: usize = 24;
+
+/// The TCP flag bits (byte 13 of the header), for [`Frame::tcp_flags`].
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
 
 /// Offsets of the layers of a built frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +167,10 @@ pub struct Frame {
     tags: Vec<Tag>,
     network: Network,
     transport: Transport,
+    /// Source port of a port protocol ([`SRC_PORT`] unless set).
+    src_port: u16,
+    /// TCP flags (SYN unless set).
+    tcp_flags: u8,
     truncate: Option<usize>,
 }
 
@@ -165,6 +180,8 @@ impl Frame {
             tags: Vec::new(),
             network,
             transport: Transport::Icmp,
+            src_port: SRC_PORT,
+            tcp_flags: tcp::SYN,
             truncate: None,
         }
     }
@@ -202,6 +219,19 @@ impl Frame {
 
     pub fn tcp(mut self, dst_port: u16) -> Self {
         self.transport = Transport::Tcp(dst_port);
+        self
+    }
+
+    /// The TCP flags byte (default SYN alone; every frame carries a few bytes of payload, so a
+    /// SYN is also a Fast Open SYN with data).
+    pub fn tcp_flags(mut self, flags: u8) -> Self {
+        self.tcp_flags = flags;
+        self
+    }
+
+    /// The source port of TCP, UDP and the other port protocols (default [`SRC_PORT`]).
+    pub fn src_port(mut self, port: u16) -> Self {
+        self.src_port = port;
         self
     }
 
@@ -314,7 +344,7 @@ impl Frame {
         let transport_len = match self.network {
             Network::Arp | Network::Raw(_) => 0,
             Network::V4 { .. } | Network::V6 { .. } => {
-                transport_bytes(self.transport, matches!(self.network, Network::V6 { .. }))
+                transport_bytes(self, matches!(self.network, Network::V6 { .. }))
                     .1
                     .len()
             }
@@ -336,6 +366,7 @@ impl Frame {
 
     /// The frame and the length of its header stack.
     fn build_untruncated(self) -> (Vec<u8>, usize) {
+        let (protocol, l4) = transport_bytes(&self, matches!(self.network, Network::V6 { .. }));
         let mut out = Vec::new();
         out.extend_from_slice(&DST_MAC);
         out.extend_from_slice(&SRC_MAC);
@@ -365,7 +396,6 @@ impl Frame {
                 more_fragments,
             } => {
                 out.extend_from_slice(&wire::ETH_P_IPV4.to_be_bytes());
-                let (protocol, l4) = transport_bytes(self.transport, false);
                 let header_len = wire::IPV4_MIN_HLEN + options.len();
                 let ihl = ihl.unwrap_or((header_len / wire::IPV4_IHL_WORD) as u8);
                 let flags_offset = frag_offset
@@ -397,7 +427,6 @@ impl Frame {
             }
             Network::V6 { src, dst, exts } => {
                 out.extend_from_slice(&wire::ETH_P_IPV6.to_be_bytes());
-                let (protocol, l4) = transport_bytes(self.transport, true);
                 let mut chain = Vec::new();
                 for (i, ext) in exts.iter().enumerate() {
                     let next = exts.get(i + 1).map_or(protocol, |e| e.next_header_value());
@@ -423,20 +452,21 @@ impl Frame {
 }
 
 /// The protocol number and header bytes of a transport.
-fn transport_bytes(transport: Transport, v6: bool) -> (u8, Vec<u8>) {
-    match transport {
+fn transport_bytes(frame: &Frame, v6: bool) -> (u8, Vec<u8>) {
+    let src_port = frame.src_port;
+    match frame.transport {
         Transport::Tcp(port) => {
             let mut h = vec![0u8; wire::TCP_MIN_HLEN];
-            h[0..2].copy_from_slice(&SRC_PORT.to_be_bytes());
+            h[0..2].copy_from_slice(&src_port.to_be_bytes());
             h[2..4].copy_from_slice(&port.to_be_bytes());
             h[12] = ((wire::TCP_MIN_HLEN / 4) as u8) << 4; // data offset in 32-bit words
-            h[13] = TCP_SYN;
+            h[wire::TCP_FLAGS_OFFSET] = frame.tcp_flags;
             h[14..16].copy_from_slice(&TCP_WINDOW.to_be_bytes());
             (proto::TCP, h)
         }
         Transport::Udp(port) => {
             let mut h = vec![0u8; wire::UDP_HLEN];
-            h[0..2].copy_from_slice(&SRC_PORT.to_be_bytes());
+            h[0..2].copy_from_slice(&src_port.to_be_bytes());
             h[2..4].copy_from_slice(&port.to_be_bytes());
             h[4..6].copy_from_slice(&((wire::UDP_HLEN + PAYLOAD.len()) as u16).to_be_bytes());
             (proto::UDP, h)
@@ -449,7 +479,7 @@ fn transport_bytes(transport: Transport, v6: bool) -> (u8, Vec<u8>) {
         Transport::Ports(number, port) => {
             let len = wire::port_header_len(number).expect("a port protocol");
             let mut h = vec![0u8; len];
-            h[0..2].copy_from_slice(&SRC_PORT.to_be_bytes());
+            h[0..2].copy_from_slice(&src_port.to_be_bytes());
             h[2..4].copy_from_slice(&port.to_be_bytes());
             (number, h)
         }

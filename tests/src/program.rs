@@ -1,6 +1,10 @@
 //! The real XDP program, loaded (not attached) for verdict tests and the benchmark: fills the
-//! protected ports, allow-lists and config, runs frames through BPF_PROG_TEST_RUN and reads the
-//! counters summed over CPUs.
+//! port classes (open, strict, guarded), allow-lists and config, runs frames through
+//! BPF_PROG_TEST_RUN and reads the counters summed over CPUs.
+//!
+//! BPF_PROG_TEST_RUN runs the program on the loopback device of the calling thread's network
+//! namespace: a guarded port's socket lookups search that namespace's sockets. Tests of guarded
+//! ports run frames from a thread inside a namespace of their own (`Netns::run`).
 //!
 //! The object declares its maps pinned by name. aya pins such maps under
 //! `default_map_pin_directory` (or /sys/fs/bpf itself when none is set) and *reuses* maps
@@ -21,8 +25,8 @@ use serve_guard::filter::{
     test_run::{TestRun, test_run},
 };
 use serve_guard_common::{
-    COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_PROTECTED, PROGRAM_NAME, PortValue,
-    Reason, counter_index, maps,
+    COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_ENTRIES, PORT_GUARDED, PORT_OPEN,
+    PORT_PROTECTED, PROGRAM_NAME, PortValue, Reason, counter_index, maps,
 };
 use std::{
     ffi::CString,
@@ -158,10 +162,44 @@ impl TestProgram {
         Ok(program.fd()?.as_fd())
     }
 
+    /// Makes `port` strict (`PORT_PROTECTED`).
     pub fn protect_port(&mut self, port: u16) -> Result<()> {
+        self.set_port_class(port, PORT_PROTECTED)
+    }
+
+    /// Makes `port` guarded (`PORT_GUARDED`).
+    pub fn guard_port(&mut self, port: u16) -> Result<()> {
+        self.set_port_class(port, PORT_GUARDED)
+    }
+
+    /// Writes `class` (`PORT_OPEN`, `PORT_PROTECTED`, `PORT_GUARDED` or any other byte) as the
+    /// class of `port`. Every port starts open.
+    pub fn set_port_class(&mut self, port: u16, class: PortValue) -> Result<()> {
         let mut ports: Array<_, PortValue> =
             Array::try_from(self.ebpf.map_mut(maps::PORTS).context("ports map")?)?;
-        ports.set(u32::from(port), &PORT_PROTECTED, 0)?;
+        ports
+            .set(u32::from(port), &class, 0)
+            .with_context(|| format!("setting the class of port {port}"))?;
+        Ok(())
+    }
+
+    /// Writes the class of every port whose class in `table` (indexed by port) is not
+    /// `PORT_OPEN`, the value every port starts with.
+    pub fn set_port_classes(&mut self, table: &[PortValue]) -> Result<()> {
+        anyhow::ensure!(
+            table.len() <= PORT_ENTRIES as usize,
+            "a port table of {} entries",
+            table.len()
+        );
+        let mut ports: Array<_, PortValue> =
+            Array::try_from(self.ebpf.map_mut(maps::PORTS).context("ports map")?)?;
+        for (port, class) in table.iter().enumerate() {
+            if *class != PORT_OPEN {
+                ports
+                    .set(port as u32, class, 0)
+                    .with_context(|| format!("setting the class of port {port}"))?;
+            }
+        }
         Ok(())
     }
 

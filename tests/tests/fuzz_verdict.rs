@@ -50,3 +50,205 @@ fn fixed_seed_slice_program_agrees_with_model() {
         report.describe_classes()
     );
 }
+
+/// Directed frames at the sockets of the fuzzer's namespace (issue 16): both outcomes of both
+/// lookups (a listener or an unconnected UDP socket found: dropped; a connection's socket, a UDP
+/// socket connected to this very peer, or nothing found: passed as a reply), the SYN rule before
+/// any lookup, the protocols without a lookup, in both families. The model must give the
+/// expected verdict, and the program the model's.
+#[test]
+fn directed_frames_at_the_namespace_sockets_take_both_lookup_outcomes() {
+    use Reason::{DropGuarded, PassAllowed, PassReply};
+    use serve_guard_common::wire::proto;
+    use serve_guard_tests::frames::{Frame, tcp};
+    use serve_guard_tests::fuzz::{model, scenario::*};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    let programs = Programs::load().expect("load the XDP program");
+    let policy = differential::policies().swap_remove(0)[0].clone();
+    let families: [(IpAddr, IpAddr, IpAddr, IpAddr, Family); 2] = [
+        (
+            HOST_V4.into(),
+            PEER_V4.into(),
+            Ipv4Addr::new(198, 18, 1, 10).into(),
+            Ipv4Addr::new(198, 18, 0, 10).into(),
+            Family::Ipv4,
+        ),
+        (
+            HOST_V6.into(),
+            PEER_V6.into(),
+            "fd00:2::10".parse::<Ipv6Addr>().unwrap().into(),
+            "fd00:1::10".parse::<Ipv6Addr>().unwrap().into(),
+            Family::Ipv6,
+        ),
+    ];
+    let frame = |src: IpAddr, dst: IpAddr| match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Frame::ipv4(s, d),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Frame::ipv6(s, d),
+        _ => unreachable!("one family"),
+    };
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (host, peer, outsider, insider, family) in families {
+        let tcp_to = |src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8| {
+            frame(src, dst)
+                .src_port(sport)
+                .tcp(dport)
+                .tcp_flags(flags)
+                .build()
+        };
+        let udp_to = |src: IpAddr, sport: u16, dst: IpAddr, dport: u16| {
+            frame(src, dst).src_port(sport).udp(dport).build()
+        };
+        let mut cases: Vec<(&str, Vec<u8>, Reason)> = vec![
+            (
+                "SYN from the connection's peer to the listener: no lookup",
+                tcp_to(peer, CLIENT_PORT, host, LISTEN_PORT, tcp::SYN),
+                DropGuarded,
+            ),
+            (
+                "ACK from outside to the listener (a SYN-cookie guess)",
+                tcp_to(outsider, 40_000, host, LISTEN_PORT, tcp::ACK),
+                DropGuarded,
+            ),
+            (
+                "RST from outside to the listener",
+                tcp_to(outsider, 40_000, host, LISTEN_PORT, tcp::RST),
+                DropGuarded,
+            ),
+            (
+                "FIN from outside to the listener",
+                tcp_to(outsider, 40_000, host, LISTEN_PORT, tcp::FIN),
+                DropGuarded,
+            ),
+            (
+                "SYN+ACK from outside to the listener",
+                tcp_to(outsider, 40_000, host, LISTEN_PORT, tcp::SYN | tcp::ACK),
+                DropGuarded,
+            ),
+            (
+                "ACK of the connection to its accepted end",
+                tcp_to(peer, CLIENT_PORT, host, LISTEN_PORT, tcp::ACK),
+                PassReply,
+            ),
+            (
+                "data of the connection to its connecting end",
+                tcp_to(host, LISTEN_PORT, peer, CLIENT_PORT, tcp::PSH | tcp::ACK),
+                PassReply,
+            ),
+            (
+                "SYN+ACK to the connecting end's port from elsewhere: no socket",
+                tcp_to(
+                    outsider,
+                    LISTEN_PORT,
+                    peer,
+                    CLIENT_PORT,
+                    tcp::SYN | tcp::ACK,
+                ),
+                PassReply,
+            ),
+            (
+                "ACK one source port off the connection: the listener",
+                tcp_to(peer, CLIENT_PORT + 1, host, LISTEN_PORT, tcp::ACK),
+                DropGuarded,
+            ),
+            (
+                "ACK from an allowed source to the listener",
+                tcp_to(insider, 40_000, host, LISTEN_PORT, tcp::ACK),
+                PassAllowed,
+            ),
+            (
+                "ACK to the dual-stack wildcard listener",
+                tcp_to(outsider, 40_000, host, DUAL_STACK_TCP_PORT, tcp::ACK),
+                DropGuarded,
+            ),
+            (
+                "UDP from outside to the unconnected socket",
+                udp_to(outsider, 53, host, UDP_BOUND_PORT),
+                DropGuarded,
+            ),
+            (
+                "UDP from the peer to the socket connected to it",
+                udp_to(peer, UDP_PEER_PORT, host, UDP_CONNECTED_PORT),
+                PassReply,
+            ),
+            (
+                "UDP from elsewhere to the connected socket's port: no socket",
+                udp_to(outsider, UDP_PEER_PORT, host, UDP_CONNECTED_PORT),
+                PassReply,
+            ),
+            (
+                "UDP from the peer to the shared port: the connected socket",
+                udp_to(peer, UDP_SHARED_PEER_PORT, host, UDP_SHARED_PORT),
+                PassReply,
+            ),
+            (
+                "UDP from elsewhere to the shared port: the unconnected socket",
+                udp_to(outsider, UDP_SHARED_PEER_PORT, host, UDP_SHARED_PORT),
+                DropGuarded,
+            ),
+        ];
+        for (name, number) in [
+            ("DCCP", proto::DCCP),
+            ("SCTP", proto::SCTP),
+            ("UDP-Lite", proto::UDPLITE),
+        ] {
+            cases.push((
+                name,
+                frame(outsider, host)
+                    .port_protocol(number, UDP_CONNECTED_PORT)
+                    .build(),
+                DropGuarded,
+            ));
+        }
+        // The IPv4 wildcards: a v4 listener and a v4 UDP socket on 0.0.0.0 (no IPv6 socket).
+        let (wild_tcp, wild_udp) = if family == Family::Ipv4 {
+            (DropGuarded, DropGuarded)
+        } else {
+            (PassReply, PassReply)
+        };
+        cases.push((
+            "ACK to the IPv4 wildcard listener's port",
+            tcp_to(outsider, 40_000, host, WILDCARD_TCP_PORT, tcp::ACK),
+            wild_tcp,
+        ));
+        cases.push((
+            "UDP to the IPv4 wildcard socket's port",
+            udp_to(outsider, 53, peer, WILDCARD_UDP_PORT),
+            wild_udp,
+        ));
+        for (name, bytes, reason) in cases {
+            checked += 1;
+            let action = if reason == DropGuarded {
+                model::Action::Drop
+            } else {
+                model::Action::Pass
+            };
+            let expected = model::Verdict {
+                action,
+                reason,
+                family,
+            };
+            let modelled = model::verdict(&bytes, &policy);
+            if modelled != expected {
+                failures.push(format!(
+                    "{} {name}: the model says {modelled}, not {expected}",
+                    family.name()
+                ));
+            }
+            let observed = programs.observe(&bytes, false).expect("BPF_PROG_TEST_RUN");
+            if !observed.agrees(&expected) {
+                failures.push(format!(
+                    "{} {name}: program {observed}, expected {expected}",
+                    family.name()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} directed frames failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -1303,3 +1303,451 @@ fn ip_behind_a_routing_header_is_unknown() {
     }
     check(&program(0), &cases);
 }
+
+// Guarded ports (issue 16): the rest of the node, with `guard = "node"`. From outside the
+// allow-list nothing may open a connection (a TCP SYN without ACK, with Fast Open data or not) or
+// reach a listening or unconnected socket; the packets of the node's own connections pass. The
+// program asks the kernel's socket tables of the namespace the packet arrives in: for
+// BPF_PROG_TEST_RUN, the calling thread's. So these tests run in a namespace of their own with
+// real sockets, and a known table.
+
+mod guarded {
+    use super::*;
+    use serve_guard_common::{PORT_GUARDED, PORT_OPEN, PORT_PROTECTED, PortValue};
+    use serve_guard_tests::{frames::tcp, fuzz::scenario::connect_from, netns::Netns};
+    use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+    use Reason::{DropGuarded, PassReply};
+
+    /// Ray's GCS: a listener on the server's address.
+    const GCS: u16 = 6379;
+    /// A UDP server (statsd-like) bound, not connected.
+    const UDP_SERVER: u16 = 8125;
+    /// A guarded port nothing listens on.
+    const NOTHING: u16 = 10_005;
+    const SSH: u16 = 22;
+    /// The outside web server the node downloads from, and the resolver it asks.
+    const WEB: u16 = 443;
+    const DNS: u16 = 53;
+    /// Another outside address: the resolver.
+    const RESOLVER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 53);
+    const RESOLVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 0x53);
+
+    /// The namespace: the server's and the outside hosts' addresses on its loopback, and the
+    /// node's sockets, per family: a listener on the GCS port, an unconnected UDP socket, the
+    /// node's own TCP connection to an outside web server (whose listener is here too: both ends
+    /// must be local) and its UDP socket connected to the outside resolver.
+    struct Node {
+        ns: Netns,
+        /// The node's ends: (connection to WEB, connected UDP socket) local ports per family.
+        own_tcp: [u16; 2],
+        own_udp: [u16; 2],
+        _keep: (Vec<TcpListener>, Vec<TcpStream>, Vec<UdpSocket>),
+    }
+
+    fn family_addrs(family: Family) -> (IpAddr, IpAddr, IpAddr, IpAddr) {
+        match family {
+            Ipv4 => (
+                SERVER_V4.into(),
+                OUTSIDE_V4.into(),
+                RESOLVER_V4.into(),
+                INSIDE_V4.into(),
+            ),
+            _ => (
+                SERVER_V6.into(),
+                OUTSIDE_V6.into(),
+                RESOLVER_V6.into(),
+                INSIDE_V6.into(),
+            ),
+        }
+    }
+
+    impl Node {
+        fn new() -> Self {
+            let ns = Netns::new("vg").expect("namespace");
+            for (addr, len) in [
+                (SERVER_V4.to_string(), "32"),
+                (OUTSIDE_V4.to_string(), "32"),
+                (SERVER_V6.to_string(), "128"),
+                (OUTSIDE_V6.to_string(), "128"),
+                (RESOLVER_V4.to_string(), "32"),
+                (RESOLVER_V6.to_string(), "128"),
+            ] {
+                let cidr = format!("{addr}/{len}");
+                ns.ip(&["addr", "add", &cidr, "dev", "lo"])
+                    .expect("address");
+            }
+            let (own_tcp, own_udp, keep) = ns
+                .run(|| {
+                    let mut listeners = Vec::new();
+                    let mut streams = Vec::new();
+                    let mut udp = Vec::new();
+                    let mut own_tcp = [0; 2];
+                    let mut own_udp = [0; 2];
+                    for (i, family) in [Ipv4, Ipv6].into_iter().enumerate() {
+                        let (server, outside, resolver, _) = family_addrs(family);
+                        listeners.push(TcpListener::bind((server, GCS)).expect("GCS listener"));
+                        udp.push(UdpSocket::bind((server, UDP_SERVER)).expect("UDP server"));
+                        let web = TcpListener::bind((outside, WEB)).expect("web listener");
+                        // Bound first: to a local destination the kernel would pick it as
+                        // the source too.
+                        let node_end =
+                            connect_from(SocketAddr::new(server, 0), SocketAddr::new(outside, WEB))
+                                .expect("connect");
+                        own_tcp[i] = node_end.local_addr().unwrap().port();
+                        let (web_end, _) = web.accept().expect("accept");
+                        streams.extend([node_end, web_end]);
+                        listeners.push(web);
+                        let client = UdpSocket::bind((server, 0)).expect("UDP client");
+                        client
+                            .connect(SocketAddr::new(resolver, DNS))
+                            .expect("UDP connect");
+                        own_udp[i] = client.local_addr().unwrap().port();
+                        udp.push(client);
+                    }
+                    (own_tcp, own_udp, (listeners, streams, udp))
+                })
+                .expect("entering the namespace");
+            Node {
+                ns,
+                own_tcp,
+                own_udp,
+                _keep: keep,
+            }
+        }
+
+        fn check(&self, program: &TestProgram, cases: &[Case]) {
+            self.ns
+                .run(|| check(program, cases))
+                .expect("entering the namespace");
+        }
+    }
+
+    /// `guard = "node"`: every port guarded but SSH (open) and Serve's (strict).
+    fn node_program(flags: u32) -> TestProgram {
+        let mut table: Vec<PortValue> = vec![PORT_GUARDED; 1 << 16];
+        table[usize::from(SSH)] = PORT_OPEN;
+        for port in PROTECTED {
+            table[usize::from(port)] = PORT_PROTECTED;
+        }
+        let mut p = program(flags);
+        p.set_port_classes(&table).expect("port classes");
+        p
+    }
+
+    fn frame(src: IpAddr, dst: IpAddr) -> Frame {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Frame::ipv4(s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Frame::ipv6(s, d),
+            _ => unreachable!("one family"),
+        }
+    }
+
+    const DROP_GUARDED: (u32, Reason) = (XDP_DROP, DropGuarded);
+    const PASS_REPLY: (u32, Reason) = (XDP_PASS, PassReply);
+
+    /// The attacks and the replies, per family, as `(name, frame, verdict)`.
+    fn cases(node: &Node) -> Vec<Case> {
+        let mut cases = Vec::new();
+        for (i, family) in [Ipv4, Ipv6].into_iter().enumerate() {
+            let (server, outside, resolver, inside) = family_addrs(family);
+            let f = family.name();
+            let tcp_in = |src: IpAddr, sport: u16, dport: u16, flags: u8| {
+                frame(src, server)
+                    .src_port(sport)
+                    .tcp(dport)
+                    .tcp_flags(flags)
+                    .build()
+            };
+            let udp_in = |src: IpAddr, sport: u16, dport: u16| {
+                frame(src, server).src_port(sport).udp(dport).build()
+            };
+            let (own_tcp, own_udp) = (node.own_tcp[i], node.own_udp[i]);
+            let mut push = |name: &str, bytes: Vec<u8>, want: (u32, Reason)| {
+                cases.push(Case::new(format!("{f} {name}"), bytes, want, family));
+            };
+            // Opening a connection: refused before any lookup, listener or not.
+            push(
+                "SYN to the GCS listener",
+                tcp_in(outside, 40_000, GCS, tcp::SYN),
+                DROP_GUARDED,
+            );
+            push(
+                "Fast Open SYN with data to the GCS listener",
+                tcp_in(outside, 40_000, GCS, tcp::SYN | tcp::PSH),
+                DROP_GUARDED,
+            );
+            push(
+                "SYN with ECN setup",
+                tcp_in(outside, 40_000, GCS, tcp::SYN | tcp::ECE | tcp::CWR),
+                DROP_GUARDED,
+            );
+            push(
+                "SYN+FIN",
+                tcp_in(outside, 40_000, GCS, tcp::SYN | tcp::FIN),
+                DROP_GUARDED,
+            );
+            push(
+                "SYN+RST",
+                tcp_in(outside, 40_000, GCS, tcp::SYN | tcp::RST),
+                DROP_GUARDED,
+            );
+            push(
+                "SYN to a port nothing listens on",
+                tcp_in(outside, 40_000, NOTHING, tcp::SYN),
+                DROP_GUARDED,
+            );
+            push(
+                "simultaneous open: a SYN to the node's own connection",
+                tcp_in(outside, WEB, own_tcp, tcp::SYN),
+                DROP_GUARDED,
+            );
+            // Reaching the listener without a SYN: a guessed SYN cookie, an ACK scan, the rest.
+            push(
+                "bare ACK to the GCS listener (the SYN-cookie path)",
+                tcp_in(outside, 40_000, GCS, tcp::ACK),
+                DROP_GUARDED,
+            );
+            push(
+                "data (PSH+ACK) to the GCS listener",
+                tcp_in(outside, 40_000, GCS, tcp::PSH | tcp::ACK),
+                DROP_GUARDED,
+            );
+            push(
+                "SYN+ACK to the GCS listener",
+                tcp_in(outside, 40_000, GCS, tcp::SYN | tcp::ACK),
+                DROP_GUARDED,
+            );
+            push(
+                "RST to the GCS listener",
+                tcp_in(outside, 40_000, GCS, tcp::RST),
+                DROP_GUARDED,
+            );
+            push(
+                "FIN to the GCS listener",
+                tcp_in(outside, 40_000, GCS, tcp::FIN),
+                DROP_GUARDED,
+            );
+            push(
+                "no flags to the GCS listener",
+                tcp_in(outside, 40_000, GCS, 0),
+                DROP_GUARDED,
+            );
+            push(
+                "every flag but SYN",
+                tcp_in(outside, 40_000, GCS, !tcp::SYN),
+                DROP_GUARDED,
+            );
+            // The node's own connection: replies pass.
+            push(
+                "SYN+ACK answering the node's connection",
+                tcp_in(outside, WEB, own_tcp, tcp::SYN | tcp::ACK),
+                PASS_REPLY,
+            );
+            push(
+                "ACK of the node's connection",
+                tcp_in(outside, WEB, own_tcp, tcp::ACK),
+                PASS_REPLY,
+            );
+            push(
+                "data of the node's connection",
+                tcp_in(outside, WEB, own_tcp, tcp::PSH | tcp::ACK),
+                PASS_REPLY,
+            );
+            push(
+                "FIN of the node's connection",
+                tcp_in(outside, WEB, own_tcp, tcp::FIN | tcp::ACK),
+                PASS_REPLY,
+            );
+            push(
+                "RST of the node's connection",
+                tcp_in(outside, WEB, own_tcp, tcp::RST),
+                PASS_REPLY,
+            );
+            // No socket: the kernel answers with a reset (or the packet is forwarded elsewhere).
+            push(
+                "ACK to a port nothing listens on",
+                tcp_in(outside, 40_000, NOTHING, tcp::ACK),
+                PASS_REPLY,
+            );
+            push(
+                "ACK to the node's port from another peer",
+                tcp_in(resolver, WEB, own_tcp, tcp::ACK),
+                PASS_REPLY,
+            );
+            // UDP: an unconnected socket takes anyone's datagram; a connected one only its peer's.
+            push(
+                "UDP to the unconnected socket",
+                udp_in(outside, 40_000, UDP_SERVER),
+                DROP_GUARDED,
+            );
+            push(
+                "UDP answer from the resolver",
+                udp_in(resolver, DNS, own_udp),
+                PASS_REPLY,
+            );
+            push(
+                "UDP to the resolver client's port from another host",
+                udp_in(outside, DNS, own_udp),
+                PASS_REPLY,
+            );
+            push(
+                "UDP to the resolver client's port from another source port",
+                udp_in(resolver, DNS + 1, own_udp),
+                PASS_REPLY,
+            );
+            push(
+                "UDP to a port with no socket",
+                udp_in(outside, 40_000, NOTHING),
+                PASS_REPLY,
+            );
+            // No lookup helper: nothing passes.
+            for (name, number) in OTHER_PORT_PROTOCOLS {
+                push(
+                    &format!("{name} to a guarded port"),
+                    frame(outside, server)
+                        .port_protocol(number, NOTHING)
+                        .build(),
+                    DROP_GUARDED,
+                );
+                push(
+                    &format!("{name} from the resolver to the node's UDP port"),
+                    frame(resolver, server)
+                        .src_port(DNS)
+                        .port_protocol(number, own_udp)
+                        .build(),
+                    DROP_GUARDED,
+                );
+            }
+            // The other classes and sources, unchanged.
+            push(
+                "SYN to SSH (open)",
+                tcp_in(outside, 40_000, SSH, tcp::SYN),
+                UNPROTECTED_PASS,
+            );
+            push(
+                "ACK to Serve (strict)",
+                tcp_in(outside, 40_000, HTTP, tcp::ACK),
+                protected(Outside),
+            );
+            push(
+                "reply-looking ACK to Serve (strict)",
+                tcp_in(outside, WEB, HTTP, tcp::SYN | tcp::ACK),
+                protected(Outside),
+            );
+            push(
+                "SYN from inside to the GCS listener",
+                tcp_in(inside, 40_000, GCS, tcp::SYN),
+                (XDP_PASS, PassAllowed),
+            );
+            push(
+                "UDP from inside to the unconnected socket",
+                udp_in(inside, 40_000, UDP_SERVER),
+                (XDP_PASS, PassAllowed),
+            );
+            push(
+                "ICMP echo",
+                frame(outside, server).icmp().build(),
+                UNPROTECTED_PASS,
+            );
+            push(
+                "SYN to the GCS listener behind a VLAN tag",
+                frame(outside, server).tcp(GCS).vlan_8021q(7).build(),
+                DROP_GUARDED,
+            );
+            push(
+                "a later fragment to a guarded port",
+                match family {
+                    Ipv4 => v4(Outside)
+                        .ipv4_fragment(LATER_FRAGMENT, false)
+                        .tcp(GCS)
+                        .build(),
+                    _ => v6(Outside)
+                        .ext(Ext::Fragment {
+                            offset: LATER_FRAGMENT,
+                            more: false,
+                        })
+                        .tcp(GCS)
+                        .build(),
+                },
+                UNPROTECTED_PASS,
+            );
+            push(
+                "SYN cut before the flags",
+                frame(outside, server)
+                    .tcp(GCS)
+                    .truncate(frame(outside, server).tcp(GCS).layout().l4 + 13)
+                    .build(),
+                unknown_port(Outside),
+            );
+        }
+        cases
+    }
+
+    #[test]
+    fn guarded_ports_refuse_new_connections_and_listeners_and_pass_replies() {
+        let node = Node::new();
+        node.check(&node_program(0), &cases(&node));
+    }
+
+    /// Audit mode: every drop of a guarded port is counted as `audit_would_drop` and passed;
+    /// what passes anyway is counted as usual.
+    #[test]
+    fn audit_mode_passes_what_guarded_ports_would_drop() {
+        let node = Node::new();
+        let cases: Vec<Case> = cases(&node)
+            .into_iter()
+            .map(|mut c| {
+                if c.verdict == XDP_DROP {
+                    c.name = format!("audit {}", c.name);
+                    c.verdict = XDP_PASS;
+                    c.reason = AuditWouldDrop;
+                }
+                c
+            })
+            .collect();
+        assert!(cases.iter().any(|c| c.reason == AuditWouldDrop));
+        assert!(cases.iter().any(|c| c.reason == PassReply));
+        node.check(&node_program(FilterConfig::FLAG_AUDIT), &cases);
+    }
+
+    /// The lookups search the namespace the packet arrives in: the same ACK to the GCS port is a
+    /// reply where no listener exists.
+    #[test]
+    fn lookups_search_the_arrival_namespace() {
+        let node = Node::new();
+        let empty = Netns::new("ve").expect("namespace");
+        let program = node_program(0);
+        for family in [Ipv4, Ipv6] {
+            let (server, outside, ..) = family_addrs(family);
+            let ack = frame(outside, server)
+                .src_port(40_000)
+                .tcp(GCS)
+                .tcp_flags(tcp::ACK)
+                .build();
+            let name = |ns: &str| format!("{} ACK to the GCS port, {ns}", family.name());
+            node.check(
+                &program,
+                &[Case::new(
+                    name("listener"),
+                    ack.clone(),
+                    DROP_GUARDED,
+                    family,
+                )],
+            );
+            empty
+                .run(|| {
+                    check(
+                        &program,
+                        &[Case::new(
+                            name("no listener"),
+                            ack.clone(),
+                            PASS_REPLY,
+                            family,
+                        )],
+                    )
+                })
+                .expect("entering the namespace");
+        }
+    }
+}

@@ -16,7 +16,6 @@ use serve_guard_common::Reason;
 use serve_guard_tests::fuzz::{
     differential::{self, Mismatch, Options, Programs, Report},
     generate::Generator,
-    scenario,
 };
 use std::{
     path::{Path, PathBuf},
@@ -121,8 +120,7 @@ fn run() -> Result<bool> {
     let args = parse_args()?;
     let programs = Programs::load()?;
     if let Some(index) = args.replay {
-        let policies = [scenario::policy(false), scenario::policy(true)];
-        return match differential::judge_one(&programs, &policies, args.options, index)? {
+        return match differential::judge_one(&programs, args.options, index)? {
             None => {
                 println!("frame {index}: the program agrees with the model");
                 Ok(true)

@@ -9,6 +9,10 @@
 //! expects to move, and every counter only for a frame that fails that (or for the whole batch
 //! when none does: some frame moved a second counter). The program keeps no state but its
 //! counters, so the replay sees what the first pass saw.
+//!
+//! Every frame is run from a thread inside the fuzzer's own network namespace
+//! ([`scenario::Sockets`]): the guarded-port socket lookups search the namespace of the thread
+//! that runs BPF_PROG_TEST_RUN, and the model knows that namespace's sockets exactly.
 
 use super::{
     generate::{self, Generator, Sample},
@@ -106,11 +110,12 @@ impl Mismatch {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "seed {} index {} generator {} audit {}",
+            "seed {} index {} generator {} audit {} layout {}",
             self.seed,
             self.index,
             self.sample.generator.name(),
-            self.sample.audit
+            self.sample.audit,
+            self.sample.layout
         );
         let _ = writeln!(s, "model:   {}", self.expected);
         let _ = writeln!(s, "program: {}", self.observed);
@@ -172,28 +177,48 @@ impl Report {
     }
 }
 
-/// The program twice (audit off and on), each with the scenario's maps.
+/// The program once per port table and audit setting, each with the scenario's maps, and the
+/// namespace (with its sockets) the frames are run in.
 pub struct Programs {
-    normal: TestProgram,
-    audit: TestProgram,
+    /// Indexed by layout, then by audit.
+    programs: Vec<[TestProgram; 2]>,
+    sockets: scenario::Sockets,
 }
 
 impl Programs {
     pub fn load() -> Result<Self> {
-        Ok(Self {
-            normal: scenario::program(false).context("loading the program (enforcing)")?,
-            audit: scenario::program(true).context("loading the program (audit)")?,
-        })
+        let mut programs = Vec::new();
+        for layout in 0..scenario::LAYOUTS {
+            programs.push([
+                scenario::program_in(layout, false)
+                    .with_context(|| format!("loading the program (layout {layout}, enforcing)"))?,
+                scenario::program_in(layout, true)
+                    .with_context(|| format!("loading the program (layout {layout}, audit)"))?,
+            ]);
+        }
+        let sockets = scenario::Sockets::create().context("the fuzzer's namespace")?;
+        Ok(Self { programs, sockets })
     }
 
-    fn get(&self, audit: bool) -> &TestProgram {
-        if audit { &self.audit } else { &self.normal }
+    fn get(&self, layout: usize, audit: bool) -> &TestProgram {
+        &self.programs[layout][usize::from(audit)]
     }
 
-    /// Runs `frame` once through the enforcing or the audit instance, reading every counter
-    /// around it.
+    /// Runs `f` on a thread inside the fuzzer's namespace, where frames must be run.
+    pub fn in_netns<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        self.sockets.run(f)
+    }
+
+    /// Runs `frame` once through the enforcing or the audit instance of layout 0 (the named
+    /// regressions' environment), in the fuzzer's namespace, reading every counter around it.
     pub fn observe(&self, frame: &[u8], audit: bool) -> Result<Observed> {
-        let program = self.get(audit);
+        self.in_netns(|| self.observe_here(frame, 0, audit))?
+    }
+
+    /// [`Self::observe`] with `layout`'s program, on the calling thread (which must be in the
+    /// fuzzer's namespace for guarded ports to be judged against its sockets).
+    fn observe_here(&self, frame: &[u8], layout: usize, audit: bool) -> Result<Observed> {
+        let program = self.get(layout, audit);
         let before = program.counters()?;
         let run = program.run(frame)?;
         let after = program.counters()?;
@@ -216,36 +241,67 @@ impl Programs {
             bytes_counted,
         })
     }
+
+    fn all_counters(&self) -> Result<Vec<[Counters; 2]>> {
+        self.programs
+            .iter()
+            .map(|[normal, audit]| Ok([normal.counters()?, audit.counters()?]))
+            .collect()
+    }
+}
+
+/// The model's policies, indexed like the programs (layout, then audit).
+pub fn policies() -> Vec<[model::Policy; 2]> {
+    (0..scenario::LAYOUTS)
+        .map(|layout| {
+            [
+                scenario::policy_in(layout, false),
+                scenario::policy_in(layout, true),
+            ]
+        })
+        .collect()
 }
 
 /// Per (reason, family) packets and bytes the model predicts for a batch.
 type Tally = [[Counter; Family::COUNT]; Reason::COUNT];
 
-/// Runs `options.frames` frames; `on_mismatch` sees each mismatch as it is found.
+/// Runs `options.frames` frames in the fuzzer's namespace; `on_mismatch` sees each mismatch as
+/// it is found.
 pub fn run(
+    programs: &Programs,
+    options: Options,
+    on_mismatch: impl FnMut(&Mismatch) + Send,
+) -> Result<Report> {
+    programs.in_netns(|| run_here(programs, options, on_mismatch))?
+}
+
+fn run_here(
     programs: &Programs,
     options: Options,
     mut on_mismatch: impl FnMut(&Mismatch),
 ) -> Result<Report> {
-    let policies = [scenario::policy(false), scenario::policy(true)];
+    let policies = policies();
     let started = Instant::now();
     let mut report = Report::default();
     let end = options.start + options.frames;
     let mut batch_start = options.start;
     while batch_start < end {
         let batch_end = (batch_start + BATCH).min(end);
-        let before = [programs.normal.counters()?, programs.audit.counters()?];
-        let mut tally: [Tally; 2] = Default::default();
+        let before = programs.all_counters()?;
+        let mut tally: Vec<[Tally; 2]> = vec![Default::default(); scenario::LAYOUTS];
         let mut retval_wrong = false;
         for index in batch_start..batch_end {
             let sample = generate::sample(options.seed, index, options.only);
-            let expected = model::verdict(&sample.frame, &policies[usize::from(sample.audit)]);
-            let program = programs.get(sample.audit);
+            let expected = model::verdict(
+                &sample.frame,
+                &policies[sample.layout][usize::from(sample.audit)],
+            );
+            let program = programs.get(sample.layout, sample.audit);
             let run = test_run(program.fd()?, &sample.frame, 1)
                 .with_context(|| format!("BPF_PROG_TEST_RUN, frame {index}"))?;
             retval_wrong |= run.retval != xdp_action(expected.action);
-            let slot = &mut tally[usize::from(sample.audit)][expected.reason as usize]
-                [expected.family as usize];
+            let slot = &mut tally[sample.layout][usize::from(sample.audit)]
+                [expected.reason as usize][expected.family as usize];
             slot.packets += 1;
             slot.bytes += sample.frame.len() as u64;
             let stats = report.per_generator.entry(sample.generator).or_default();
@@ -255,8 +311,10 @@ pub fn run(
                 .entry((expected.reason, expected.family))
                 .or_default() += 1;
         }
-        let after = [programs.normal.counters()?, programs.audit.counters()?];
-        let counters_wrong = (0..2).any(|i| !tally_matches(&before[i], &after[i], &tally[i]));
+        let after = programs.all_counters()?;
+        let counters_wrong = (0..scenario::LAYOUTS).any(|layout| {
+            (0..2).any(|i| !tally_matches(&before[layout][i], &after[layout][i], &tally[layout][i]))
+        });
         if retval_wrong || counters_wrong {
             let batch = batch_start..batch_end;
             let mut found = replay(programs, &policies, options, batch.clone(), Check::Quick)?;
@@ -297,7 +355,7 @@ enum Check {
 /// The mismatches among the frames `indices`, run one at a time.
 fn replay(
     programs: &Programs,
-    policies: &[model::Policy; 2],
+    policies: &[[model::Policy; 2]],
     options: Options,
     indices: std::ops::Range<u64>,
     check: Check,
@@ -306,8 +364,11 @@ fn replay(
     for index in indices {
         if check == Check::Quick {
             let sample = generate::sample(options.seed, index, options.only);
-            let expected = model::verdict(&sample.frame, &policies[usize::from(sample.audit)]);
-            let program = programs.get(sample.audit);
+            let expected = model::verdict(
+                &sample.frame,
+                &policies[sample.layout][usize::from(sample.audit)],
+            );
+            let program = programs.get(sample.layout, sample.audit);
             let before = program.counter(expected.reason, expected.family)?;
             let run = test_run(program.fd()?, &sample.frame, 1)?;
             let after = program.counter(expected.reason, expected.family)?;
@@ -320,21 +381,30 @@ fn replay(
                 continue;
             }
         }
-        found.extend(judge_one(programs, policies, options, index)?);
+        found.extend(judge_here(programs, policies, options, index)?);
     }
     Ok(found)
 }
 
-/// One frame, with every counter read around it: the mismatch, if any.
-pub fn judge_one(
+/// One frame, with every counter read around it, in the fuzzer's namespace: the mismatch, if
+/// any.
+pub fn judge_one(programs: &Programs, options: Options, index: u64) -> Result<Option<Mismatch>> {
+    let policies = policies();
+    programs.in_netns(|| judge_here(programs, &policies, options, index))?
+}
+
+fn judge_here(
     programs: &Programs,
-    policies: &[model::Policy; 2],
+    policies: &[[model::Policy; 2]],
     options: Options,
     index: u64,
 ) -> Result<Option<Mismatch>> {
     let sample = generate::sample(options.seed, index, options.only);
-    let expected = model::verdict(&sample.frame, &policies[usize::from(sample.audit)]);
-    let observed = programs.observe(&sample.frame, sample.audit)?;
+    let expected = model::verdict(
+        &sample.frame,
+        &policies[sample.layout][usize::from(sample.audit)],
+    );
+    let observed = programs.observe_here(&sample.frame, sample.layout, sample.audit)?;
     Ok((!observed.agrees(&expected)).then_some(Mismatch {
         seed: options.seed,
         index,

@@ -4,7 +4,10 @@
 use super::*;
 use Action::{Drop, Pass};
 use Family::{Ipv4, Ipv6, Other};
-use Reason::{AuditWouldDrop, DropOutsideVpc, DropUnparseable, PassAllowed, PassUnprotected};
+use Reason::{
+    AuditWouldDrop, DropGuarded, DropOutsideVpc, DropUnparseable, PassAllowed, PassReply,
+    PassUnprotected,
+};
 
 const INSIDE_V4: [u8; 4] = [198, 18, 0, 10];
 const OUTSIDE_V4: [u8; 4] = [198, 18, 1, 10];
@@ -16,10 +19,11 @@ const HTTP: u16 = 8000;
 
 fn policy() -> Policy {
     Policy {
-        protected_ports: [8000, 9000].into(),
+        ports: PortTable::strict(&[8000, 9000]),
         allow_v4: vec!["198.18.0.0/24".parse().unwrap()],
         allow_v6: vec!["fd00:1::/64".parse().unwrap()],
         audit: false,
+        sockets: Vec::new(),
     }
 }
 
@@ -384,4 +388,190 @@ fn audit_turns_every_drop_into_a_counted_pass() {
         &ipv4(INSIDE_V4, proto::TCP, 0, &[], &l4(HTTP, 20)),
     );
     assert_eq!(verdict(&inside, &audit), v(Pass, PassAllowed, Ipv4));
+}
+
+/// Issue 16's classes: 8000 strict, 22 open, 6379 guarded, 4242 a value the program does not
+/// know (strict), the rest guarded; and a socket table: a listener on the server's 6379, the
+/// server's connection from 50000 to an outside 443, an unconnected UDP socket on 8125 and one
+/// connected to an outside resolver's 53 from 50001; a dual-stack listener on `::` 7000 and an
+/// IPv6-only one on `::` 7001.
+fn guarded_policy() -> Policy {
+    let server4 = IpAddr::from(SERVER_V4);
+    let server6: IpAddr = SERVER_V6.parse().unwrap();
+    let outside4 = IpAddr::from(OUTSIDE_V4);
+    let sock = |kind, local: (IpAddr, u16), remote: Option<(IpAddr, u16)>, v6only| Socket {
+        kind,
+        local: local.into(),
+        remote: remote.map(Into::into),
+        v6only,
+    };
+    let mut sockets = vec![
+        sock(SocketKind::TcpListener, (server4, 6379), None, false),
+        sock(SocketKind::TcpListener, (server6, 6379), None, false),
+        sock(
+            SocketKind::TcpConnection,
+            (server4, 50000),
+            Some((outside4, 443)),
+            false,
+        ),
+        sock(SocketKind::UdpBound, (server4, 8125), None, false),
+        sock(
+            SocketKind::UdpConnected,
+            (server4, 50001),
+            Some((outside4, 53)),
+            false,
+        ),
+    ];
+    let any6 = IpAddr::from(Ipv6Addr::UNSPECIFIED);
+    sockets.push(sock(SocketKind::TcpListener, (any6, 7000), None, false));
+    sockets.push(sock(SocketKind::TcpListener, (any6, 7001), None, true));
+    Policy {
+        ports: PortTable::from_runs(
+            class::GUARDED,
+            &[
+                (22, 22, class::OPEN),
+                (8000, 8000, class::STRICT),
+                (4242, 4242, 0x7f),
+            ],
+        ),
+        sockets,
+        ..policy()
+    }
+}
+
+/// A TCP header from `sport` to `dport` with `flags`.
+fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = l4(dport, 20);
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[12] = 5 << 4;
+    h[13] = flags;
+    h
+}
+
+fn tcp4(src: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let t = tcp_header(sport, dport, flags);
+    ether(&[], wire::ETH_P_IPV4, &ipv4(src, proto::TCP, 0, &[], &t))
+}
+
+fn udp4(src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = l4(dport, 8);
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    ether(&[], wire::ETH_P_IPV4, &ipv4(src, proto::UDP, 0, &[], &u))
+}
+
+#[test]
+fn port_classes_open_strict_guarded_and_unknown_values() {
+    let p = guarded_policy();
+    let syn = |port| tcp4(OUTSIDE_V4, 40000, port, 0x02);
+    assert_eq!(verdict(&syn(22), &p), v(Pass, PassUnprotected, Ipv4));
+    assert_eq!(verdict(&syn(8000), &p), v(Drop, DropOutsideVpc, Ipv4));
+    assert_eq!(verdict(&syn(4242), &p), v(Drop, DropOutsideVpc, Ipv4));
+    assert_eq!(verdict(&syn(6379), &p), v(Drop, DropGuarded, Ipv4));
+    assert_eq!(verdict(&syn(1), &p), v(Drop, DropGuarded, Ipv4));
+    assert_eq!(verdict(&syn(65535), &p), v(Drop, DropGuarded, Ipv4));
+    let inside = tcp4(INSIDE_V4, 40000, 6379, 0x02);
+    assert_eq!(verdict(&inside, &p), v(Pass, PassAllowed, Ipv4));
+    let table = PortTable::from_runs(class::OPEN, &[(10, 20, class::GUARDED), (15, 15, 1)]);
+    assert_eq!(table.run_starts(), vec![0, 10, 15, 16, 21]);
+    assert_eq!(table.class(9), PortClass::Open);
+    assert_eq!(table.class(20), PortClass::Guarded);
+    assert_eq!(table.class(15), PortClass::Strict);
+}
+
+#[test]
+fn guarded_tcp_syn_without_ack_is_dropped_before_any_lookup() {
+    let p = guarded_policy();
+    // To the listener, to the node's own connection (simultaneous open), to nothing; with FIN,
+    // RST or ECN bits beside the SYN.
+    for (sport, dport) in [(40000, 6379), (443, 50000), (40000, 10000)] {
+        for flags in [0x02, 0x03, 0x06, 0xc2, 0x0a] {
+            let f = tcp4(OUTSIDE_V4, sport, dport, flags);
+            assert_eq!(verdict(&f, &p), v(Drop, DropGuarded, Ipv4), "{flags:#x}");
+        }
+    }
+}
+
+#[test]
+fn guarded_tcp_other_segments_are_dropped_only_at_a_listener() {
+    let p = guarded_policy();
+    for flags in [0x10, 0x12, 0x18, 0x11, 0x04, 0x01, 0x00, 0xfd] {
+        let to_listener = tcp4(OUTSIDE_V4, 40000, 6379, flags);
+        assert_eq!(
+            verdict(&to_listener, &p),
+            v(Drop, DropGuarded, Ipv4),
+            "{flags:#x}"
+        );
+        let reply = tcp4(OUTSIDE_V4, 443, 50000, flags);
+        assert_eq!(verdict(&reply, &p), v(Pass, PassReply, Ipv4), "{flags:#x}");
+        // One field off the connection: no socket.
+        let stray = tcp4(OUTSIDE_V4, 444, 50000, flags);
+        assert_eq!(verdict(&stray, &p), v(Pass, PassReply, Ipv4), "{flags:#x}");
+        let nothing = tcp4(OUTSIDE_V4, 40000, 10000, flags);
+        assert_eq!(
+            verdict(&nothing, &p),
+            v(Pass, PassReply, Ipv4),
+            "{flags:#x}"
+        );
+        // The listener is bound to the server's address: another destination finds nothing.
+        let mut elsewhere = tcp4(OUTSIDE_V4, 40000, 6379, flags);
+        elsewhere[14 + 19] ^= 1;
+        assert_eq!(
+            verdict(&elsewhere, &p),
+            v(Pass, PassReply, Ipv4),
+            "{flags:#x}"
+        );
+        // `::` without V6ONLY takes IPv4 too.
+        let dual = tcp4(OUTSIDE_V4, 40000, 7000, flags);
+        assert_eq!(verdict(&dual, &p), v(Drop, DropGuarded, Ipv4), "{flags:#x}");
+        let v6only = tcp4(OUTSIDE_V4, 40000, 7001, flags);
+        assert_eq!(verdict(&v6only, &p), v(Pass, PassReply, Ipv4), "{flags:#x}");
+    }
+    let ack6 = |port| eth6(OUTSIDE_V6, proto::TCP, &tcp_header(40000, port, 0x10));
+    assert_eq!(verdict(&ack6(6379), &p), v(Drop, DropGuarded, Ipv6));
+    assert_eq!(verdict(&ack6(7000), &p), v(Drop, DropGuarded, Ipv6));
+    assert_eq!(verdict(&ack6(7001), &p), v(Drop, DropGuarded, Ipv6));
+    assert_eq!(verdict(&ack6(50000), &p), v(Pass, PassReply, Ipv6));
+}
+
+#[test]
+fn guarded_udp_and_the_protocols_without_a_lookup() {
+    let p = guarded_policy();
+    assert_eq!(
+        verdict(&udp4(OUTSIDE_V4, 40000, 8125), &p),
+        v(Drop, DropGuarded, Ipv4)
+    );
+    assert_eq!(
+        verdict(&udp4(OUTSIDE_V4, 53, 50001), &p),
+        v(Pass, PassReply, Ipv4)
+    );
+    assert_eq!(
+        verdict(&udp4(OUTSIDE_V4, 54, 50001), &p),
+        v(Pass, PassReply, Ipv4)
+    );
+    assert_eq!(
+        verdict(&udp4(OUTSIDE_V4, 53, 9999), &p),
+        v(Pass, PassReply, Ipv4)
+    );
+    // TCP sockets are not UDP sockets.
+    assert_eq!(
+        verdict(&udp4(OUTSIDE_V4, 40000, 6379), &p),
+        v(Pass, PassReply, Ipv4)
+    );
+    for (protocol, len) in [(proto::DCCP, 12), (proto::SCTP, 12), (proto::UDPLITE, 8)] {
+        let f = ether(
+            &[],
+            wire::ETH_P_IPV4,
+            &ipv4(OUTSIDE_V4, protocol, 0, &[], &l4(50001, len)),
+        );
+        assert_eq!(verdict(&f, &p), v(Drop, DropGuarded, Ipv4), "{protocol}");
+    }
+    // Audit mode counts a guarded drop and passes it; a reply stays a reply.
+    let audit = Policy {
+        audit: true,
+        ..guarded_policy()
+    };
+    let syn = tcp4(OUTSIDE_V4, 40000, 6379, 0x02);
+    assert_eq!(verdict(&syn, &audit), v(Pass, AuditWouldDrop, Ipv4));
+    let reply = tcp4(OUTSIDE_V4, 443, 50000, 0x10);
+    assert_eq!(verdict(&reply, &audit), v(Pass, PassReply, Ipv4));
 }

@@ -6,7 +6,7 @@
 use super::case::{Case, CaseId, Generator, Origin};
 use super::classify::{self, Class};
 use super::generate::{self, Ids};
-use super::lab::{AttachMode, Lab, PROTECTED_PORTS};
+use super::lab::{AttachMode, Lab, kept_out};
 use super::named;
 use super::observe::{self, Delivery};
 use anyhow::{Context as _, Result};
@@ -66,9 +66,10 @@ pub fn default_out_dir() -> PathBuf {
 pub struct Outcome {
     pub filtered: bool,
     pub baseline: bool,
-    /// The filtered lane delivered it to a protected port from an outside source.
+    /// The filtered lane delivered it to a port kept out ([`kept_out`]: strict, or guarded) from
+    /// an outside source.
     pub bypass: bool,
-    /// The baseline delivered it to a protected port (conflicting duplicates may carry a
+    /// The baseline delivered it to a port kept out (conflicting duplicates may carry a
     /// datagram to another port than the case's).
     pub baseline_protected: bool,
 }
@@ -80,10 +81,11 @@ pub enum Verdict {
     Delivered,
     /// Neither lane delivered it.
     NotDelivered,
-    /// Outside source to a protected port (the case's, or the one the baseline delivered it to
-    /// every time): the baseline delivered it, the filter kept it out.
+    /// Outside source to a port kept out ([`kept_out`]: strict, or guarded for this segment;
+    /// the case's, or the one the baseline delivered it to every time): the baseline delivered
+    /// it, the filter kept it out.
     Blocked,
-    /// Outside source, protected port, delivered through the filter.
+    /// Outside source, a port kept out, delivered through the filter.
     Bypass,
     /// The baseline delivered it, the filtered lane did not (and not a protected port from
     /// outside). `expected`: docs/filter.md lists the reason.
@@ -143,7 +145,7 @@ pub fn judge(case: &Case, runs: &[Outcome]) -> Verdict {
     // What the filter must keep out from outside: the case's port, or where the baseline
     // took it every time.
     let protected =
-        PROTECTED_PORTS.contains(&case.dst_port) || runs.iter().all(|o| o.baseline_protected);
+        kept_out(case.dst_port, case.tcp_flags) || runs.iter().all(|o| o.baseline_protected);
     match (first.filtered, first.baseline) {
         (true, true) => Verdict::Delivered,
         (false, false) => Verdict::NotDelivered,
@@ -188,9 +190,37 @@ pub struct Finding {
     pub runs: Vec<Outcome>,
 }
 
+/// Cases from outside the allow-list to one kind of target, and how many each lane delivered
+/// (answered).
+#[derive(Clone, Debug, Default)]
+pub struct TargetStats {
+    pub cases: u64,
+    pub baseline: u64,
+    pub filtered: u64,
+}
+
+/// What a case from outside aims at, by port class (issue 16) and TCP flags.
+pub fn target(case: &Case) -> &'static str {
+    use super::lab::{GUARDED_PORT, PROTECTED_PORTS, UNPROTECTED_PORT};
+    use super::packet::{TCP_ACK, TCP_SYN};
+    let syn = case.tcp_flags.map(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
+    match (case.dst_port, syn) {
+        (p, _) if PROTECTED_PORTS.contains(&p) => "strict",
+        (UNPROTECTED_PORT, _) => "open",
+        (GUARDED_PORT, Some(true)) => "guarded, listener: SYN",
+        (GUARDED_PORT, Some(false)) => "guarded, listener: other TCP",
+        (GUARDED_PORT, None) => "guarded, unconnected UDP socket",
+        (_, Some(true)) => "guarded, no socket: SYN",
+        (_, Some(false)) => "guarded, no socket: other TCP",
+        (_, None) => "guarded, no socket: UDP",
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub seed: u64,
+    /// Cases from outside, by [`target`].
+    pub outside: BTreeMap<&'static str, TargetStats>,
     pub mode: Option<AttachMode>,
     pub per_generator: BTreeMap<Generator, GeneratorStats>,
     pub findings: Vec<Finding>,
@@ -255,6 +285,12 @@ impl Report {
         if sampled {
             self.sampled += 1;
             self.sampled_changed += u64::from(verdict == Verdict::Indeterminate);
+        }
+        if case.origin == Origin::Outside {
+            let t = self.outside.entry(target(case)).or_default();
+            t.cases += 1;
+            t.baseline += u64::from(runs[0].baseline);
+            t.filtered += u64::from(runs[0].filtered);
         }
         let s = self.per_generator.entry(case.generator).or_default();
         s.cases += 1;
@@ -322,10 +358,12 @@ pub fn run_round(
         .map(|c| Outcome {
             filtered: filtered.iter().any(|d| matches(d, c)),
             baseline: baseline.iter().any(|d| matches(d, c)),
-            bypass: filtered.iter().any(|d| matches(d, c) && d.is_bypass()),
+            bypass: filtered
+                .iter()
+                .any(|d| matches(d, c) && d.is_bypass_for(c.tcp_flags)),
             baseline_protected: baseline
                 .iter()
-                .any(|d| matches(d, c) && PROTECTED_PORTS.contains(&d.server_port)),
+                .any(|d| matches(d, c) && kept_out(d.server_port, c.tcp_flags)),
         })
         .collect())
 }

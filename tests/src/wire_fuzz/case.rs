@@ -1,7 +1,10 @@
-//! One fuzz case: the frames of one datagram (a TCP SYN or a UDP datagram, fragmented or not)
+//! One fuzz case: the frames of one datagram (a TCP segment, most often a SYN, or a UDP
+//! datagram, fragmented or not)
 //! and what it claims: family, source (inside or outside the allow-list), transport and port.
-//! The `token` ties what the sockets see back to the case: it is the UDP payload's id and the
-//! TCP initial sequence number.
+//! The `token` ties what the sockets see back to the case: it is the UDP payload's id, and for
+//! TCP what the server's answer carries (a SYN-ACK acknowledges it plus one; a reset to a
+//! segment with ACK has it as its sequence number; a reset to one without acknowledges it plus
+//! one).
 
 use crate::topology::Ip;
 use std::fmt;
@@ -116,6 +119,8 @@ pub struct Case {
     pub src: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
+    /// The TCP flags of the segment (`None` for UDP).
+    pub tcp_flags: Option<u8>,
     pub token: u32,
     /// What the generator chose, in words.
     pub shape: String,
@@ -127,17 +132,34 @@ impl Case {
     /// One line: id, generator, claims and shape.
     pub fn summary(&self) -> String {
         format!(
-            "{} [{}] {} {} {} {}:{} -> {}: {}",
+            "{} [{}] {} {} {}{} {}:{} -> {}: {}",
             self.id,
             self.generator.name(),
             self.ip.name(),
             self.origin.name(),
             self.transport.name(),
+            self.tcp_flags
+                .map(|f| format!(" flags {}", flag_names(f)))
+                .unwrap_or_default(),
             self.src,
             self.src_port,
             self.dst_port,
             self.shape
         )
+    }
+}
+
+/// TCP flags in words: `SYN|ACK`, or `none`.
+pub fn flag_names(flags: u8) -> String {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    let set: Vec<&str> = (0..8)
+        .filter(|bit| flags & (1 << bit) != 0)
+        .map(|bit| NAMES[bit])
+        .collect();
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.join("|")
     }
 }
 

@@ -4,7 +4,7 @@
 //! the frame's headers as the contract describes them; it is not the verdict (the kernel of the
 //! filtered lane gives that).
 
-use super::lab::PROTECTED_PORTS;
+use super::lab::kept_out;
 use serve_guard_common::wire::{self, proto};
 use serve_guard_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 
@@ -22,8 +22,9 @@ pub enum Class {
     LongExtChain,
     /// Mobility, HIP, shim6 or experimental extension headers.
     UnwalkedExt,
-    /// A fragment of the datagram is a first fragment for a protected port (a conflicting
-    /// duplicate): from outside the filter drops it, as it must, and the kernel may then not
+    /// A fragment of the datagram is a first fragment for a port kept out (strict, or guarded
+    /// with a socket or for a SYN; a conflicting duplicate): from outside the filter drops it,
+    /// as it must, and the kernel may then not
     /// reassemble the rest (e.g. a fragment that overlapped the dropped one now overlaps the
     /// other copy).
     ProtectedCopy,
@@ -104,20 +105,25 @@ fn ipv4(p: &[u8]) -> Option<Class> {
     if frag != 0 {
         return None;
     }
-    let need = port_header_len(p[wire::IPV4_PROTO_OFFSET])?;
+    let protocol = p[wire::IPV4_PROTO_OFFSET];
+    let need = port_header_len(protocol)?;
     if ihl + need > total {
         return Some(Class::FirstFragmentCut);
     }
-    protected_port(p, ihl)
+    protected_port(p, protocol, ihl)
 }
 
-/// [`Class::ProtectedCopy`] if the transport header at `l4` is for a protected port.
-fn protected_port(p: &[u8], l4: usize) -> Option<Class> {
+/// [`Class::ProtectedCopy`] if the transport header of `protocol` at `l4` is for a port kept
+/// out.
+fn protected_port(p: &[u8], protocol: u8, l4: usize) -> Option<Class> {
     let at = l4 + wire::L4_DST_PORT_OFFSET;
     let port = u16::from_be_bytes(p.get(at..at + 2)?.try_into().ok()?);
-    PROTECTED_PORTS
-        .contains(&port)
-        .then_some(Class::ProtectedCopy)
+    let flags = if protocol == proto::TCP {
+        Some(*p.get(l4 + wire::TCP_FLAGS_OFFSET)?)
+    } else {
+        None
+    };
+    kept_out(port, flags).then_some(Class::ProtectedCopy)
 }
 
 fn ipv6(p: &[u8]) -> Option<Class> {
@@ -164,7 +170,7 @@ fn ipv6(p: &[u8]) -> Option<Class> {
                 if at + need > end {
                     return Some(Class::FirstFragmentCut);
                 }
-                return protected_port(p, at);
+                return protected_port(p, other, at);
             }
         };
         if at + len > end {
@@ -179,6 +185,7 @@ fn ipv6(p: &[u8]) -> Option<Class> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lab::PROTECTED_PORTS;
     use super::*;
     use crate::frames::{Ext, Frame};
 

@@ -5,7 +5,7 @@
 //! [`Ids`], so that no two datagrams in flight share a reassembly queue.
 
 use super::case::{Case, CaseId, Generator, Origin, Transport, udp_payload};
-use super::lab::{self, PROTECTED_PORTS, UNPROTECTED_PORT};
+use super::lab::{self, GUARDED_EMPTY_PORT, GUARDED_PORT, PROTECTED_PORTS, UNPROTECTED_PORT};
 use super::packet::{self, Ext, Tag, V4Header};
 use super::shapes::{self, Piece};
 use crate::rng::Rng;
@@ -76,6 +76,8 @@ pub struct Draft {
     pub dst: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
+    /// TCP's flags (`None` for UDP).
+    pub tcp_flags: Option<u8>,
     pub token: u32,
     /// The transport segment: header, payload, checksum.
     pub segment: Vec<u8>,
@@ -146,12 +148,24 @@ impl Draft {
                 &udp_payload(token, filler),
                 *zero_checksum && ip == Ip::V4,
             ),
-            (Transport::Tcp, Body::Tcp { options, data }) => {
-                packet::tcp_syn(src, dst, ports, token, options, data)
+            (
+                Transport::Tcp,
+                Body::Tcp {
+                    options,
+                    data,
+                    flags,
+                },
+            ) => {
+                let numbers = tcp_numbers(token, *flags, data.len(), ports.1);
+                packet::tcp_segment(src, dst, ports, numbers, *flags, options, data)
             }
             _ => panic!("body does not match {transport:?}"),
         };
-        let other_port = if PROTECTED_PORTS.contains(&ports.1) {
+        let tcp_flags = match &body {
+            Body::Tcp { flags, .. } => Some(*flags),
+            Body::Udp { .. } => None,
+        };
+        let other_port = if lab::kept_out(ports.1, tcp_flags) {
             UNPROTECTED_PORT
         } else {
             PROTECTED_PORTS[0]
@@ -166,11 +180,30 @@ impl Draft {
             dst,
             src_port: ports.0,
             dst_port: ports.1,
+            tcp_flags,
             token,
             segment,
             other_segment,
         }
     }
+}
+
+/// The sequence and acknowledgment numbers of a TCP segment to `dst_port` such that the
+/// server's answer, if any, carries `token` (see [`super::case`]): a listener answers a SYN
+/// with a SYN-ACK acknowledging `seq + 1` and a segment with ACK with a reset whose sequence
+/// number is its `ack`; where no socket is, a segment without ACK gets a reset acknowledging
+/// `seq + SYN + FIN + data`.
+pub fn tcp_numbers(token: u32, flags: u8, data_len: usize, dst_port: u16) -> (u32, u32) {
+    if flags & packet::TCP_ACK != 0 {
+        return (token, token);
+    }
+    if dst_port != GUARDED_EMPTY_PORT {
+        return (token, 0);
+    }
+    let consumed = u32::from(flags & packet::TCP_SYN != 0)
+        + u32::from(flags & packet::TCP_FIN != 0)
+        + data_len as u32;
+    (token.wrapping_add(1).wrapping_sub(consumed), 0)
 }
 
 /// What the transport carries.
@@ -183,8 +216,24 @@ pub enum Body {
     Tcp {
         options: Vec<u8>,
         data: Vec<u8>,
+        flags: u8,
     },
 }
+
+/// TCP flags of the segments that are not a plain SYN: what reaches a listener without opening
+/// a connection (a guessed SYN cookie, an ACK scan, a reset, data), and the SYN variants.
+const OTHER_TCP_FLAGS: [u8; 10] = [
+    packet::TCP_ACK,
+    packet::TCP_SYN | packet::TCP_ACK,
+    packet::TCP_ACK | 0x08, // PSH
+    packet::TCP_FIN | packet::TCP_ACK,
+    packet::TCP_RST,
+    packet::TCP_RST | packet::TCP_ACK,
+    packet::TCP_FIN,
+    0,
+    packet::TCP_SYN | packet::TCP_FIN,
+    packet::TCP_SYN | 0xc0, // ECE, CWR: ECN setup
+];
 
 fn draft(rng: &mut Rng, ip: Ip, token: u32) -> Draft {
     let origin = if rng.chance(1, 2) {
@@ -197,10 +246,11 @@ fn draft(rng: &mut Rng, ip: Ip, token: u32) -> Draft {
     } else {
         Transport::Tcp
     };
-    let dst_port = if rng.chance(3, 5) {
-        rng.pick(&PROTECTED_PORTS)
-    } else {
-        UNPROTECTED_PORT
+    let dst_port = match rng.range(0, 9) {
+        0..=3 => rng.pick(&PROTECTED_PORTS),
+        4 | 5 => GUARDED_PORT,
+        6 => GUARDED_EMPTY_PORT,
+        _ => UNPROTECTED_PORT,
     };
     let src_port = rng.range(MIN_SRC_PORT, usize::from(u16::MAX)) as u16;
     let src_index = rng.range(0, lab::SOURCES_PER_ORIGIN - 1);
@@ -215,6 +265,12 @@ fn draft(rng: &mut Rng, ip: Ip, token: u32) -> Draft {
                 rng.bytes_in(1, MAX_SYN_DATA)
             } else {
                 Vec::new()
+            },
+            // Mostly a SYN (with Fast Open data a third of the time), else any other segment.
+            flags: if rng.chance(2, 3) {
+                packet::TCP_SYN
+            } else {
+                rng.pick(&OTHER_TCP_FLAGS)
             },
         },
     };
@@ -641,6 +697,7 @@ pub fn generate(seed: u64, index: u64, token: u32, ids: &mut Ids) -> Case {
         src: d.src,
         src_port: d.src_port,
         dst_port: d.dst_port,
+        tcp_flags: d.tcp_flags,
         token,
         shape: desc.join(" "),
         frames,

@@ -41,11 +41,47 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::process::Stdio;
 
+/// Strict ports (Serve's): nothing from outside.
 pub const PROTECTED_PORTS: [u16; 2] = SERVE_PORTS;
-/// A port the filter does not protect, with the same listeners.
+/// An open port (a public one), with the same listeners.
 pub const UNPROTECTED_PORT: u16 = 8080;
-/// Where the barrier's sentinels go (unprotected, never used by cases).
+/// Where the barrier's sentinels go (guarded, never used by cases; the sentinels come from
+/// inside).
 pub const SENTINEL_PORT: u16 = 7000;
+/// A guarded port (issue 16; Ray's GCS) with the same listeners: from outside, neither a SYN
+/// nor any other segment may reach the listener, nor a datagram the unconnected UDP socket.
+pub const GUARDED_PORT: u16 = 6379;
+/// A guarded port without any socket: a SYN from outside is dropped, every other segment (what
+/// a reply to one of the node's own connections looks like) passes and gets the kernel's reset.
+pub const GUARDED_EMPTY_PORT: u16 = 6380;
+
+/// The filtered lane's port classes, `guard = "node"`: every port guarded but the strict ones
+/// and the open one.
+pub fn port_classes() -> Vec<serve_guard_common::PortValue> {
+    use serve_guard_common::{PORT_GUARDED, PORT_OPEN, PORT_PROTECTED};
+    let mut table = vec![PORT_GUARDED; 1 << 16];
+    for port in PROTECTED_PORTS {
+        table[usize::from(port)] = PORT_PROTECTED;
+    }
+    table[usize::from(UNPROTECTED_PORT)] = PORT_OPEN;
+    table
+}
+
+/// Whether a packet from outside the allow-list to `port` of the filtered server must never
+/// reach a socket there: strict ports; guarded ports with a listener and an unconnected UDP
+/// socket (any TCP segment, any datagram); a guarded port without sockets only for a TCP SYN
+/// without ACK (`tcp_flags` is `None` for UDP): every other segment or datagram is what a reply
+/// to one of the node's own connections looks like, and passes. The open port never.
+pub fn kept_out(port: u16, tcp_flags: Option<u8>) -> bool {
+    use super::packet::{TCP_ACK, TCP_SYN};
+    match port {
+        UNPROTECTED_PORT => false,
+        p if PROTECTED_PORTS.contains(&p) => true,
+        GUARDED_PORT | SENTINEL_PORT => true,
+        _ => tcp_flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN),
+    }
+}
+
 /// Source addresses per (family, origin): IPv4 ids are per source, so more sources mean more
 /// datagrams before an id comes back.
 pub const SOURCES_PER_ORIGIN: usize = 8;
@@ -164,9 +200,7 @@ impl Lab {
     pub fn new(mode: AttachMode) -> Result<Self> {
         pin_to_current_cpu()?;
         let mut program = TestProgram::load()?;
-        for port in PROTECTED_PORTS {
-            program.protect_port(port)?;
-        }
+        program.set_port_classes(&port_classes())?;
         for cidr in [VPC_V4, VPC_V6] {
             let net: ipnet::IpNet = cidr.parse().context("allow-list CIDR")?;
             program.allow(net.addr(), net.prefix_len())?;
@@ -372,12 +406,12 @@ fn attach(ns: &Netns, iface: &str, pin: &std::path::Path, mode: AttachMode) -> R
 
 type Listeners = (Vec<(u16, UdpSocket)>, Vec<TcpListener>, UdpSocket);
 
-/// Dual-stack listeners on every fuzzed port and the sentinel port, in the calling thread's
-/// namespace.
+/// Dual-stack listeners on every fuzzed port (but [`GUARDED_EMPTY_PORT`]) and the sentinel
+/// port, in the calling thread's namespace.
 fn listeners() -> Result<Listeners> {
     let ports: Vec<u16> = PROTECTED_PORTS
         .into_iter()
-        .chain([UNPROTECTED_PORT, SENTINEL_PORT])
+        .chain([UNPROTECTED_PORT, GUARDED_PORT, SENTINEL_PORT])
         .collect();
     let mut udp = Vec::new();
     let mut tcp = Vec::new();

@@ -9,10 +9,18 @@
 //! - from outside to an unprotected port, a difference is an over-block, expected only for the
 //!   reasons docs/filter.md lists.
 //!
+//! Port classes (issue 16): the filtered lane runs `guard = "node"` (every port guarded but the
+//! strict Serve ports and one open port). A guarded port with a listener and an unconnected UDP
+//! socket is kept out like a strict one, for every TCP segment (a SYN, or a bare ACK guessing a
+//! SYN cookie, which the listener would answer with a reset) and every datagram; a guarded port
+//! without sockets only for a SYN without ACK: every other segment looks like a reply and must
+//! get the kernel's answer as without the filter ([`lab::kept_out`]).
+//!
 //! - [`lab`]: the two lanes (namespaces, veths, XDP, listeners, sysctls).
 //! - [`generate`], [`shapes`], [`packet`], [`named`]: the cases and their frames.
 //! - [`observe`]: sending, capturing, the barrier that ends a round.
 //! - [`campaign`], [`classify`], [`report`]: judging, counting and writing findings.
+//! - [`replies`]: the server's own connections, whose replies must get through guarded ports.
 
 pub mod campaign;
 pub mod case;
@@ -23,5 +31,6 @@ pub mod named;
 pub mod observe;
 pub mod packet;
 pub mod raw;
+pub mod replies;
 pub mod report;
 pub mod shapes;

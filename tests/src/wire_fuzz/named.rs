@@ -96,6 +96,7 @@ fn issue7(transport: Transport, origin: Origin, token: u32, ids: &mut Ids) -> Ca
         src: d.src,
         src_port: d.src_port,
         dst_port: d.dst_port,
+        tcp_flags: d.tcp_flags,
         token,
         shape: "frag[0-8 +trailer 3b00, 8-end] exts[|frag|dst8/dst8]".into(),
         frames: [f1, f2]
@@ -121,6 +122,7 @@ fn plain_draft(
         Transport::Tcp => Body::Tcp {
             options: Vec::new(),
             data: Vec::new(),
+            flags: packet::TCP_SYN,
         },
     };
     Draft::new(
@@ -180,6 +182,7 @@ fn srv6_decap(
         src: d.src,
         src_port: d.src_port,
         dst_port: d.dst_port,
+        tcp_flags: d.tcp_flags,
         token,
         shape: format!(
             "srv6 from {outer_src}: exts[srh type 4 segleft 0 segment server] then {}",

@@ -1,6 +1,8 @@
 //! What each server's kernel delivered, seen at the socket layer: UDP datagrams read from the
-//! listeners (the payload carries the case's token) and SYN-ACKs captured on the client side
-//! (a listener answered a SYN; the acknowledgment number is the case's token plus one).
+//! listeners (the payload carries the case's token) and the TCP answers captured on the client
+//! side: a SYN-ACK (a listener answered a SYN; it acknowledges the case's token plus one) or a
+//! reset (a segment reached a listener without a SYN, or no socket: it carries the token, see
+//! [`super::case`]).
 //!
 //! A round ends with a barrier: a UDP datagram and a TCP SYN from an inside source to the
 //! sentinel port, in each lane. Frames go through a veth's NAPI ring in order and every
@@ -33,6 +35,7 @@ const SEND_RETRY_WAIT: Duration = Duration::from_micros(100);
 const SENTINEL_SRC_PORT: u16 = 999;
 /// Tokens of sentinels live in their own space (their port tells them apart anyway).
 const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SEQ_OFFSET: usize = 4;
 const TCP_ACK_OFFSET: usize = 8;
 
 /// One delivery: which transport, the server port and the peer (the claimed source).
@@ -46,10 +49,15 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery to a protected port from a source outside the allow-list: what the filter
-    /// promises never happens.
+    /// A delivery to a port kept out from a source outside the allow-list, for a case with
+    /// these TCP flags (`None`: UDP, or not known): what the filter promises never happens.
+    pub fn is_bypass_for(&self, tcp_flags: Option<u8>) -> bool {
+        super::lab::kept_out(self.server_port, tcp_flags) && !allowed(self.peer)
+    }
+
+    /// [`Self::is_bypass_for`] for a delivery of no known case.
     pub fn is_bypass(&self) -> bool {
-        super::lab::PROTECTED_PORTS.contains(&self.server_port) && !allowed(self.peer)
+        self.is_bypass_for(None)
     }
 }
 
@@ -111,8 +119,9 @@ fn sentinels(round: u32) -> [Vec<u8>; 2] {
     ]
 }
 
-/// A captured frame's SYN-ACK, if it is one: (server port, client address, client port, ack).
-fn syn_ack(frame: &[u8]) -> Option<(u16, IpAddr, u16, u32)> {
+/// A captured frame's TCP answer (a SYN-ACK or a reset), if it is one: (server port, client
+/// address, client port, token).
+fn tcp_answer(frame: &[u8]) -> Option<(u16, IpAddr, u16, u32)> {
     if frame.get(..6)? != CLIENT_MAC {
         return None;
     }
@@ -137,16 +146,20 @@ fn syn_ack(frame: &[u8]) -> Option<(u16, IpAddr, u16, u32)> {
         _ => return None,
     };
     let flags = *tcp.get(TCP_FLAGS_OFFSET)?;
-    if flags & (packet::TCP_SYN | packet::TCP_ACK) != packet::TCP_SYN | packet::TCP_ACK {
+    let syn_ack = flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN | packet::TCP_ACK;
+    if !syn_ack && flags & packet::TCP_RST == 0 {
         return None;
     }
     let port = |at: usize| Some(u16::from_be_bytes(tcp.get(at..at + 2)?.try_into().ok()?));
-    let ack = u32::from_be_bytes(
-        tcp.get(TCP_ACK_OFFSET..TCP_ACK_OFFSET + 4)?
-            .try_into()
-            .ok()?,
-    );
-    Some((port(0)?, client, port(2)?, ack))
+    let word = |at: usize| Some(u32::from_be_bytes(tcp.get(at..at + 4)?.try_into().ok()?));
+    // An answer with ACK acknowledges the token plus one; a reset without ACK carries the
+    // case's acknowledgment number (the token) as its sequence number.
+    let token = if flags & packet::TCP_ACK != 0 {
+        word(TCP_ACK_OFFSET)?.wrapping_sub(1)
+    } else {
+        word(TCP_SEQ_OFFSET)?
+    };
+    Some((port(0)?, client, port(2)?, token))
 }
 
 /// What a lane delivered since its last barrier, and whether this barrier's sentinels came.
@@ -159,10 +172,9 @@ struct LaneRound {
 
 fn drain(lane: &Lane, round: u32, out: &mut LaneRound) -> Result<()> {
     while let Some(frame) = lane.wire.recv()? {
-        let Some((server_port, peer, peer_port, ack)) = syn_ack(&frame) else {
+        let Some((server_port, peer, peer_port, token)) = tcp_answer(&frame) else {
             continue;
         };
-        let token = ack.wrapping_sub(1);
         if server_port == SENTINEL_PORT {
             out.sentinel_tcp |= token == round;
             continue;

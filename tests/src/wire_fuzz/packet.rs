@@ -14,8 +14,7 @@ pub const SERVER_MAC: [u8; 6] = [0x02, 0x5f, 0, 0, 0, 0x01];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0x5f, 0, 0, 0, 0x02];
 
 pub const TTL: u8 = 64;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
+pub use crate::frames::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN};
 const TCP_WINDOW: u16 = 64_240;
 /// TCP data offset: the high nibble of byte 12, in 32-bit words.
 const TCP_DOFF_SHIFT: u8 = 4;
@@ -88,13 +87,28 @@ pub fn tcp_syn(
     options: &[u8],
     payload: &[u8],
 ) -> Vec<u8> {
+    tcp_segment(src, dst, ports, (seq, 0), TCP_SYN, options, payload)
+}
+
+/// A TCP segment with these sequence and acknowledgment numbers and `flags`, `options`
+/// (padded to whole words with End-of-Options) and `payload`, its checksum correct.
+pub fn tcp_segment(
+    src: IpAddr,
+    dst: IpAddr,
+    ports: (u16, u16),
+    (seq, ack): (u32, u32),
+    flags: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let header_len = wire::TCP_MIN_HLEN + options.len().div_ceil(TCP_WORD) * TCP_WORD;
     let mut s = vec![0u8; header_len];
     s[0..2].copy_from_slice(&ports.0.to_be_bytes());
     s[2..4].copy_from_slice(&ports.1.to_be_bytes());
     s[4..8].copy_from_slice(&seq.to_be_bytes());
+    s[8..12].copy_from_slice(&ack.to_be_bytes());
     s[12] = ((header_len / TCP_WORD) as u8) << TCP_DOFF_SHIFT;
-    s[13] = TCP_SYN;
+    s[wire::TCP_FLAGS_OFFSET] = flags;
     s[14..16].copy_from_slice(&TCP_WINDOW.to_be_bytes());
     s[wire::TCP_MIN_HLEN..wire::TCP_MIN_HLEN + options.len()].copy_from_slice(options);
     s.extend_from_slice(payload);

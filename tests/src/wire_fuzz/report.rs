@@ -61,9 +61,21 @@ pub fn summary(r: &Report) -> String {
     let _ = writeln!(
         out,
         "(baseline/filtered: cases the kernel delivered without/with the filter; blocked: outside \
-         source to a protected port, deliverable, kept out; f-only: delivered only with the filter, which \
+         source to a port kept out (strict, or guarded: a SYN, or a listener or unconnected \
+         socket), deliverable, kept out; f-only: delivered only with the filter, which \
          dropped a fragment that spoiled the datagram without it)"
     );
+    let _ = writeln!(
+        out,
+        "from outside, by target (port class, TCP flags): cases, delivered without / with the filter"
+    );
+    for (target, t) in &r.outside {
+        let _ = writeln!(
+            out,
+            "  {target:<32} {:>7} {:>7} {:>7}",
+            t.cases, t.baseline, t.filtered
+        );
+    }
     let _ = writeln!(out, "over-blocks by design, by class:");
     let classes = r.over_blocks();
     if classes.is_empty() {

@@ -106,15 +106,45 @@ fn random_u128(rng: &mut Rng) -> u128 {
     (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())
 }
 
-/// A destination port: protected, one off, byte-swapped (an endianness slip) or anything.
+/// A destination port: at a run boundary of a port table (either side) or a socket's port, one
+/// off, byte-swapped (an endianness slip) or anything.
 pub fn port(rng: &mut Rng) -> u16 {
-    let protected = rng.pick(&scenario::PROTECTED_PORTS);
+    let near = rng.pick(scenario::interesting_ports());
     match rng.below(8) {
-        0..=3 => protected,
-        4 => protected.wrapping_add(1),
-        5 => protected.wrapping_sub(1),
-        6 => protected.swap_bytes(),
+        0..=3 => near,
+        4 => near.wrapping_add(1),
+        5 => near.wrapping_sub(1),
+        6 => near.swap_bytes(),
         _ => rng.u16(),
+    }
+}
+
+/// TCP flag combinations the guarded rule must tell apart: a SYN alone (a new connection, or
+/// Fast Open with data), SYN with ACK, with RST or FIN, no SYN at all (ACK, RST, FIN, data),
+/// none, all; then anything.
+const TCP_FLAGS: [u8; 14] = [
+    0x02, // SYN
+    0x12, // SYN ACK
+    0x10, // ACK
+    0x04, // RST
+    0x14, // RST ACK
+    0x01, // FIN
+    0x11, // FIN ACK
+    0x18, // PSH ACK
+    0x03, // SYN FIN
+    0x06, // SYN RST
+    0xc2, // SYN ECE CWR (ECN setup)
+    0x00, // none
+    0xff, // all
+    0xed, // every flag but SYN and ACK
+];
+
+/// A TCP flags byte: most often one of the combinations above.
+pub fn tcp_flags(rng: &mut Rng) -> u8 {
+    if rng.one_in(4) {
+        rng.u8()
+    } else {
+        rng.pick(&TCP_FLAGS)
     }
 }
 

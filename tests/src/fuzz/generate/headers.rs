@@ -20,6 +20,8 @@ pub const IPV6_MORE_FRAGMENTS: u16 = 1;
 pub const MAX_FRAGMENT_OFFSET: u16 = 0x1fff;
 /// TCP's data offset: the high nibble of byte 12, in 32-bit words.
 const TCP_DATA_OFFSET_BYTE: usize = 12;
+/// TCP's flags byte.
+const TCP_FLAGS_BYTE: usize = 13;
 /// UDP (and UDP-Lite's coverage) length field.
 const UDP_LENGTH_OFFSET: usize = 4;
 
@@ -227,7 +229,12 @@ pub fn transport(rng: &mut Rng, protocol: u8, min_len: Option<usize>, port: u16)
     let mut t = rng.bytes(header_len + payload_len);
     t[wire::L4_DST_PORT_OFFSET..wire::L4_DST_PORT_OFFSET + 2].copy_from_slice(&port.to_be_bytes());
     match protocol {
-        proto::TCP => t[TCP_DATA_OFFSET_BYTE] = ((header_len / wire::IPV4_IHL_WORD) as u8) << 4,
+        proto::TCP => {
+            t[TCP_DATA_OFFSET_BYTE] = ((header_len / wire::IPV4_IHL_WORD) as u8) << 4;
+            if rng.one_in(3) {
+                t[TCP_FLAGS_BYTE] = super::fields::tcp_flags(rng);
+            }
+        }
         proto::UDP => {
             let len = t.len() as u16;
             t[UDP_LENGTH_OFFSET..UDP_LENGTH_OFFSET + 2].copy_from_slice(&len.to_be_bytes());

@@ -40,10 +40,13 @@ pub enum Generator {
     Mutation,
     /// Random bytes behind a plausible EtherType.
     Noise,
+    /// Well-formed frames at the fuzzer namespace's sockets (issue 16's guarded rule): exact
+    /// 4-tuples of connections, one field off, anyone to a listener; TCP flag combinations.
+    Socket,
 }
 
 impl Generator {
-    pub const ALL: [Generator; 8] = [
+    pub const ALL: [Generator; 9] = [
         Generator::Vlan,
         Generator::Ipv4,
         Generator::Ipv4Fragment,
@@ -52,6 +55,7 @@ impl Generator {
         Generator::Truncation,
         Generator::Mutation,
         Generator::Noise,
+        Generator::Socket,
     ];
 
     /// Relative share of the frames: the structural hazards (chains, lies, cuts) get most.
@@ -65,6 +69,7 @@ impl Generator {
             Generator::Truncation => 3,
             Generator::Mutation => 3,
             Generator::Noise => 1,
+            Generator::Socket => 3,
         }
     }
 
@@ -78,6 +83,7 @@ impl Generator {
             Generator::Truncation => "truncation",
             Generator::Mutation => "mutation",
             Generator::Noise => "noise",
+            Generator::Socket => "socket",
         }
     }
 
@@ -120,6 +126,7 @@ impl Generator {
             Generator::Truncation => distort::truncation(rng),
             Generator::Mutation => distort::mutation(rng),
             Generator::Noise => distort::noise(rng),
+            Generator::Socket => packets::aimed(rng).frame,
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct Sample {
     pub generator: Generator,
     /// Judge in audit mode (drops counted as `audit_would_drop` and passed).
     pub audit: bool,
+    /// The port table ([`super::scenario::ports`]) the frame is judged with.
+    pub layout: usize,
     /// At least an Ethernet header, at most [`MAX_FRAME`] bytes.
     pub frame: Vec<u8>,
 }
@@ -141,6 +150,7 @@ pub fn sample(seed: u64, index: u64, only: Option<Generator>) -> Sample {
     let drawn = Generator::pick(&mut rng);
     let generator = only.unwrap_or(drawn);
     let audit = rng.one_in(AUDIT_ONE_IN);
+    let layout = rng.below(super::scenario::LAYOUTS);
     let mut frame = generator.generate(&mut rng);
     frame.truncate(MAX_FRAME);
     if frame.len() < wire::ETH_HLEN {
@@ -149,6 +159,7 @@ pub fn sample(seed: u64, index: u64, only: Option<Generator>) -> Sample {
     Sample {
         generator,
         audit,
+        layout,
         frame,
     }
 }

@@ -1,12 +1,14 @@
 //! Well-formed frames: every length field tells the truth. The other generators start from
 //! these and then lie, cut or flip.
 
+use super::super::{model::Socket, scenario};
 use super::{
     fields,
     headers::{self, Ext, IPV4_DONT_FRAGMENT, IPV4_MORE_FRAGMENTS, Ipv4, MAX_FRAGMENT_OFFSET, Tag},
 };
 use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
+use std::net::{IpAddr, SocketAddr};
 
 /// Most bytes of IPv4 options (IHL 15).
 const MAX_IPV4_OPTIONS: usize = 40;
@@ -262,5 +264,130 @@ fn ext_units(rng: &mut Rng) -> u8 {
         0 => rng.range(4, 40) as u8,
         1 if rng.one_in(8) => u8::MAX,
         _ => rng.small(3) as u8,
+    }
+}
+
+/// Port protocols without a socket lookup: always judged unlooked-at on a guarded port.
+const UNLOOKED_PROTOCOLS: [u8; 3] = [proto::DCCP, proto::SCTP, proto::UDPLITE];
+
+/// A frame aimed at one of the fuzzer namespace's sockets ([`scenario::SOCKETS`]): from a
+/// connected socket's peer with its exact 4-tuple, with one field of it off, or from anywhere
+/// to the socket's address and port; mostly its own protocol, TCP with flag combinations the
+/// guarded rule tells apart. Headers are well formed, with the occasional IPv4 option, IPv6
+/// extension chain (fragments included) and VLAN tag.
+pub fn aimed(rng: &mut Rng) -> Built {
+    let socket: Socket = rng.pick(&scenario::SOCKETS);
+    let mut dst = socket.local;
+    if dst.ip().is_unspecified() {
+        let ip: IpAddr = match (dst.ip(), rng.coin()) {
+            (IpAddr::V6(_), true) => scenario::HOST_V6.into(),
+            (_, false) => scenario::PEER_V4.into(),
+            _ => scenario::HOST_V4.into(),
+        };
+        dst.set_ip(ip);
+    }
+    let mut src = match socket.remote {
+        Some(peer) if rng.chance(2, 3) => peer,
+        _ => {
+            let ip: IpAddr = match dst.ip() {
+                IpAddr::V4(_) => std::net::Ipv4Addr::from(fields::source_v4(rng)).into(),
+                IpAddr::V6(_) => std::net::Ipv6Addr::from(fields::source_v6(rng)).into(),
+            };
+            SocketAddr::new(ip, rng.u16())
+        }
+    };
+    match rng.below(8) {
+        0 => src.set_port(src.port().wrapping_add(1)),
+        1 => src.set_port(src.port().wrapping_sub(1)),
+        2 => dst.set_port(dst.port() ^ 1),
+        3 => src.set_ip(dst.ip()),
+        _ => {}
+    }
+    let tcp = matches!(
+        socket.kind,
+        super::super::model::SocketKind::TcpListener
+            | super::super::model::SocketKind::TcpConnection
+    );
+    let protocol = match rng.below(10) {
+        0..=6 if tcp => proto::TCP,
+        0..=6 => proto::UDP,
+        7 if tcp => proto::UDP,
+        7 => proto::TCP,
+        _ => rng.pick(&UNLOOKED_PROTOCOLS),
+    };
+    let min_len = wire::port_header_len(protocol).expect("a port protocol");
+    let mut l4 = headers::transport(rng, protocol, Some(min_len), dst.port());
+    l4[wire::L4_SRC_PORT_OFFSET..wire::L4_SRC_PORT_OFFSET + 2]
+        .copy_from_slice(&src.port().to_be_bytes());
+    if protocol == proto::TCP {
+        l4[wire::TCP_FLAGS_OFFSET] = fields::tcp_flags(rng);
+    }
+    let tags = tags(rng, 2);
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let options_len = if rng.one_in(4) {
+                rng.range(1, MAX_IPV4_OPTIONS / wire::IPV4_IHL_WORD) * wire::IPV4_IHL_WORD
+            } else {
+                0
+            };
+            let frag = match rng.below(8) {
+                0 => IPV4_MORE_FRAGMENTS,
+                1 => fragment_offset(rng),
+                2..=4 => IPV4_DONT_FRAGMENT,
+                _ => 0,
+            };
+            let header = Ipv4 {
+                src: s.octets(),
+                dst: d.octets(),
+                protocol,
+                frag,
+                options: headers::ipv4_options(rng, options_len),
+            };
+            let total = (wire::IPV4_MIN_HLEN + options_len + l4.len()) as u16;
+            let mut frame = headers::ethernet(&tags, wire::ETH_P_IPV4);
+            let l3 = frame.len();
+            frame.extend(header.bytes(rng, total));
+            let l4_at = frame.len();
+            frame.extend(&l4);
+            Built {
+                frame,
+                l3,
+                ip: Some(IpVersion::V4),
+                boundaries: vec![l3, l4_at, l4_at + min_len],
+            }
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let chain = if rng.one_in(4) {
+                chain(rng)
+            } else {
+                Vec::new()
+            };
+            let mut payload = Vec::new();
+            for (i, ext) in chain.iter().enumerate() {
+                let next = chain.get(i + 1).map_or(protocol, |e| e.kind());
+                payload.extend(ext.bytes(rng, next));
+            }
+            let l4_in_payload = payload.len();
+            payload.extend(&l4);
+            let first = chain.first().map_or(protocol, |e| e.kind());
+            let mut frame = headers::ethernet(&tags, wire::ETH_P_IPV6);
+            let l3 = frame.len();
+            frame.extend(headers::ipv6(
+                rng,
+                s.octets(),
+                d.octets(),
+                first,
+                payload.len() as u16,
+            ));
+            let l4_at = frame.len() + l4_in_payload;
+            frame.extend(&payload);
+            Built {
+                frame,
+                l3,
+                ip: Some(IpVersion::V6),
+                boundaries: vec![l3, l4_at, l4_at + min_len],
+            }
+        }
+        _ => unreachable!("source and destination of one family"),
     }
 }
