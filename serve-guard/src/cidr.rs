@@ -7,13 +7,18 @@ use serve_guard_common::MAX_CIDRS_PER_FAMILY;
 use std::collections::BTreeSet;
 use std::fmt;
 
+/// Largest CIDR file read: a full list at the largest `max_cidrs`
+/// ([`serve_guard_common::MAX_CIDRS_PER_FAMILY`] entries per family, IPv6 ones up to 44 bytes)
+/// with comments. The config's reader, the store and `cidr replace` all hold to it.
+pub const MAX_FILE_BYTES: u64 = 128 << 20;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CidrError {
     #[error("{at}: `{text}` is not a CIDR ({reason})")]
     Invalid {
         at: Location,
         text: String,
-        reason: String,
+        reason: BadEntry,
     },
     #[error(
         "{count} {family} CIDRs exceed the capacity of {max} per address family (`max_cidrs`); aggregate ranges, split the list or raise `max_cidrs` (at most 1048576)"
@@ -27,6 +32,17 @@ pub enum CidrError {
         "the CIDR list would be empty, which would cut the Serve ports off from every source; give at least one range (use `serve-guard detach` to remove the filter)"
     )]
     Empty,
+}
+
+/// Why one entry is not a CIDR; [`CidrError::Invalid`] says where it is.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BadEntry {
+    #[error("expected ADDRESS/PREFIX")]
+    NoPrefix,
+    #[error("`{address}` is not an IPv4 or IPv6 address")]
+    Address { address: String },
+    #[error("prefix length `{length}` must be a number from 0 to {max}")]
+    PrefixLength { length: String, max: u8 },
 }
 
 /// Where an entry came from, for error messages.
@@ -74,7 +90,7 @@ pub struct Parsed {
 
 /// Parses one entry: `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128 host route).
 /// Host bits are cleared; the caller reports the returned flag as a warning.
-pub fn parse_entry(text: &str) -> Result<(IpNet, bool), String> {
+pub fn parse_entry(text: &str) -> Result<(IpNet, bool), BadEntry> {
     let net: IpNet = match text.parse::<IpNet>() {
         Ok(net) => net,
         Err(_) => match text.parse::<std::net::IpAddr>() {
@@ -86,15 +102,19 @@ pub fn parse_entry(text: &str) -> Result<(IpNet, bool), String> {
     Ok((network, network != net))
 }
 
-fn describe_bad_entry(text: &str) -> String {
+fn describe_bad_entry(text: &str) -> BadEntry {
     match text.split_once('/') {
-        None => "expected ADDRESS/PREFIX".into(),
+        None => BadEntry::NoPrefix,
         Some((addr, len)) => {
             if addr.parse::<std::net::IpAddr>().is_err() {
-                format!("`{addr}` is not an IPv4 or IPv6 address")
+                BadEntry::Address {
+                    address: addr.to_owned(),
+                }
             } else {
-                let max = if addr.contains(':') { 128 } else { 32 };
-                format!("prefix length `{len}` must be a number from 0 to {max}")
+                BadEntry::PrefixLength {
+                    length: len.to_owned(),
+                    max: if addr.contains(':') { 128 } else { 32 },
+                }
             }
         }
     }

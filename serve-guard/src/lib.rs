@@ -7,8 +7,11 @@
 //! - `ports`: the port policy: which ports are open, guarded or strict (Serve's).
 //! - `filter`: the XDP program: loading, pinning, attaching, maps, counters.
 //! - `agent`: `serve-guard run`, wiring the filter, the control socket, metrics and the proxy;
-//!   systemd notifications and the SIGHUP reload.
-//! - `control`: the agent's control socket (HTTP/1.1 + JSON over a Unix socket), server and client.
+//!   systemd notifications and the SIGHUP reload; `agent::handle`, the agent as the control
+//!   socket and the metrics endpoint see it.
+//! - `control`: the agent's control socket (HTTP/1.1 + JSON over a Unix socket): its request and
+//!   answer types (`control::api`, shared with the CLI), what it asks the agent
+//!   (`control::agent_view`, a trait), server and client.
 //! - `node`: the node's links and routes, and the paths around the filter they open.
 //! - `store`: the CIDR file as the source of truth: revisions, atomic writes, live apply.
 //! - `watch`: follows the CIDR file and the token file on disk (inotify).
@@ -18,6 +21,21 @@
 //!   and the token-checking reverse proxy.
 //! - `logging`: the tracing subscriber (RUST_LOG / --log-level).
 //! - `cli`: one file per verb.
+//!
+//! Layers: a module imports (`crate::`) only from its own layer's neighbours named here or from
+//! the layers below it, never from above.
+//! 1. `cli`
+//! 2. `agent`
+//! 3. the agent's subsystems: `control` (which presents `filter`'s state), `metrics` (which asks
+//!    the agent through `control::agent_view`, the declared seam), `watch`, `proxy`
+//! 4. `filter` (which updates the maps for `store` through `store::CidrSink`, the declared
+//!    seam), `token`
+//! 5. `config`, `store`
+//! 6. `node`, then `cidr`, `ports`, `logging`, `admin_http`, `serve_guard_common`
+//!
+//! Still to untangle (issue 18, with the proxy's own crate): `config::public` imports
+//! `proxy::path`, `proxy` and `token` import `metrics::proxy` (the proxy's metrics, below
+//! `metrics`' endpoint), and `control` takes `proxy::status::PublicStatus` for `status`.
 
 pub mod admin_http;
 pub mod agent;

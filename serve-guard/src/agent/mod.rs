@@ -14,7 +14,9 @@
 //!
 //! Subsystems (token watcher, public-mode proxy here; CIDR store and watcher, control socket and
 //! metrics in `subsystems`) are started in [`start_subsystems`]; each gets an [`AgentContext`].
+//! The control socket and the metrics endpoint see the agent through [`handle::AgentHandle`].
 
+pub mod handle;
 pub mod lock;
 pub mod notify;
 pub mod reload;
@@ -190,7 +192,7 @@ pub async fn run(config: Config, source: ConfigSource) -> Result<(), AgentError>
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
 
     let host = config.check_host()?;
-    config.check_cidr_consent(&host.cidrs)?;
+    check_cidr_consent(&config, &host.cidrs)?;
     for warning in &host.warnings {
         tracing::warn!("{}: {warning}", config.cidr_file.display());
     }
@@ -268,6 +270,21 @@ pub async fn run(config: Config, source: ConfigSource) -> Result<(), AgentError>
     let AgentContext { filter, .. } = ctx;
     stop_filter(filter, config.on_stop).await;
     outcome
+}
+
+/// Refuses a CIDR file that brings in an entry allowing every source without `allow_everyone`
+/// (see [`crate::store::check_file_consent`]): what `run` and `check` both check before anything
+/// is attached.
+pub fn check_cidr_consent(
+    config: &Config,
+    cidrs: &crate::cidr::CidrList,
+) -> Result<(), crate::store::StoreError> {
+    crate::store::check_file_consent(
+        &config.cidr_file,
+        &config.state_dir,
+        cidrs,
+        config.allow_everyone,
+    )
 }
 
 /// Starts every subsystem. Each one gets a clone of `ctx` (config, filter, shutdown token,

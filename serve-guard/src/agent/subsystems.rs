@@ -1,9 +1,10 @@
 //! Starts the CIDR store, the file watcher, the control socket and the metrics endpoint as agent
 //! subsystems. Called once from `agent::start_subsystems`, after the filter is attached.
 
+use super::handle::AgentHandle;
 use super::{AgentContext, AgentError, Subsystems};
+use crate::control::agent_view::AgentView;
 use crate::control::server::{ControlServer, ControlState};
-use crate::control::view::{AgentHandle, AgentView};
 use crate::metrics::{MetricsServer, MetricsState};
 use crate::store::{SharedSink, Store};
 use crate::token::TokenSource;

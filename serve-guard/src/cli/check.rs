@@ -73,7 +73,7 @@ pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
     for warning in &host.warnings {
         report.warn(format!("{}: {warning}", config.cidr_file.display()));
     }
-    config.check_cidr_consent(&host.cidrs)?;
+    crate::agent::check_cidr_consent(&config, &host.cidrs)?;
     report.ok(format!(
         "CIDR file {}: ok ({} IPv4, {} IPv6)",
         config.cidr_file.display(),

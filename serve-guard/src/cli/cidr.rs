@@ -19,7 +19,7 @@ use tokio::time::Instant;
 const AGENT_START_WAIT: Duration = Duration::from_secs(30);
 const AGENT_START_POLL: Duration = Duration::from_millis(50);
 /// Largest list file `replace` reads (the agent applies the same limit to the CIDR file).
-const MAX_REPLACE_BYTES: u64 = crate::config::MAX_CIDR_FILE_BYTES;
+const MAX_REPLACE_BYTES: u64 = crate::cidr::MAX_FILE_BYTES;
 /// How many added and removed entries a change's summary names (`--verbose`: all of them).
 const SUMMARY_ENTRIES: usize = 5;
 

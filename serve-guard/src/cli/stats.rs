@@ -6,7 +6,7 @@ use super::output::outln;
 use crate::config::{Config, Overrides};
 use crate::control::client::{Client, ClientError};
 use crate::control::{StatsReport, routes};
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use std::path::Path;
 
 #[derive(Debug, clap::Args)]
@@ -59,7 +59,5 @@ fn read_pinned(config: &Config) -> Result<StatsReport> {
             config.pin_dir.display()
         );
     };
-    serde_json::to_value(&snapshot)
-        .and_then(serde_json::from_value)
-        .context("reading the pinned counters")
+    Ok(StatsReport::from(&snapshot))
 }

@@ -8,12 +8,13 @@
 use super::output::{self, Coded, Exit, outln};
 use crate::config::{Config, Mode, Overrides};
 use crate::control::client::{Client, ClientError};
-use crate::control::{CidrSummary, StatusReport, routes};
-use crate::filter::{LinkState, PinLayout};
-use crate::proxy::status::{PublicStatus, public_status_offline};
+use crate::control::{
+    CidrSummary, FilterReport, FilterSource, PinnedFilter, PinnedInterface, StatusReport, routes,
+};
+use crate::filter::{LinkState, PinLayout, PortRun};
+use crate::proxy::status::public_status_offline;
 use crate::store::Store;
 use anyhow::Result;
-use serde_json::{Value, json};
 use std::path::Path;
 
 #[derive(Debug, clap::Args)]
@@ -37,10 +38,8 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
         output::json(&report)?;
     } else {
         print_report(&report);
-        match report.public.as_ref().map(public_text) {
-            Some(Ok(text)) => outln!("\n{text}"),
-            Some(Err(e)) => outln!("\npublic mode: {e}"),
-            None => {}
+        if let Some(public) = &report.public {
+            outln!("\n{public}");
         }
     }
     if report.agent.is_none() {
@@ -52,39 +51,13 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The agent's public part as text; its `error` when it could not build one.
-fn public_text(public: &Value) -> Result<String, String> {
-    if let Some(e) = public.get("error") {
-        return Err(e.as_str().unwrap_or("unknown error").to_owned());
-    }
-    serde_json::from_value::<PublicStatus>(public.clone())
-        .map(|p| p.to_string())
-        .map_err(|e| format!("unexpected answer from the agent ({e})"))
-}
-
 /// What can be known without the agent: the config, the CIDR file, the pins.
 fn offline(config: &Config) -> Result<StatusReport> {
     let listing = Store::peek(&config.cidr_file, &config.state_dir)?;
-    let layout = PinLayout::new(&config.pin_dir);
-    let links = layout.links().unwrap_or_default();
-    let interfaces: Vec<Value> = links
-        .iter()
-        .map(|l| {
-            let state = LinkState::read(&l.path).ok();
-            json!({
-                "name": l.interface,
-                "mode": l.mode.name(),
-                "link_id": state.map(|s| s.link_id),
-                "program_id": state.map(|s| s.program_id),
-                "attached": state.is_some_and(|s| s.ifindex != 0),
-            })
-        })
-        .collect();
     let public = match config.mode {
-        Mode::Public => {
-            let public = config.public.clone().unwrap_or_default();
-            Some(serde_json::to_value(public_status_offline(&public))?)
-        }
+        Mode::Public => Some(public_status_offline(
+            &config.public.clone().unwrap_or_default(),
+        )),
         Mode::Private => None,
     };
     let (exposures, exposures_error) = match crate::node::scan(&config.interfaces) {
@@ -101,7 +74,7 @@ fn offline(config: &Config) -> Result<StatusReport> {
             Err(e) => (None, Some(format!("the CIDR list: {e}"))),
         };
     Ok(StatusReport {
-        mode: config.mode.name().to_owned(),
+        mode: config.mode,
         agent: None,
         cidrs: CidrSummary {
             file: config.cidr_file.display().to_string(),
@@ -109,15 +82,7 @@ fn offline(config: &Config) -> Result<StatusReport> {
             ipv4: listing.ipv4,
             ipv6: listing.ipv6,
         },
-        filter: json!({
-            "pinned": layout.exists(),
-            "pin_dir": config.pin_dir,
-            "interfaces": interfaces,
-            "ports": config.serve_ports,
-            "guard": config.ports.guard,
-            "port_classes": crate::filter::PortRun::of(&config.ports),
-            "audit": config.audit,
-        }),
+        filter: pinned_filter(config),
         public,
         exposures,
         exposures_error,
@@ -126,8 +91,40 @@ fn offline(config: &Config) -> Result<StatusReport> {
     })
 }
 
+/// The filter as the config and the pins describe it: the rules the config asks for, the links
+/// pinned under `pin_dir` as the kernel reports them.
+fn pinned_filter(config: &Config) -> FilterReport {
+    let layout = PinLayout::new(&config.pin_dir);
+    let interfaces = layout
+        .links()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|link| {
+            let state = LinkState::read(&link.path).ok();
+            PinnedInterface {
+                name: link.interface,
+                mode: link.mode,
+                link_id: state.map(|s| s.link_id),
+                program_id: state.map(|s| s.program_id),
+                attached: state.is_some_and(|s| s.ifindex != 0),
+            }
+        })
+        .collect();
+    FilterReport {
+        ports: config.serve_ports.clone(),
+        guard: config.ports.guard,
+        port_classes: PortRun::of(&config.ports),
+        audit: config.audit,
+        pin_dir: config.pin_dir.clone(),
+        source: FilterSource::Pins(PinnedFilter {
+            pinned: layout.exists(),
+            interfaces,
+        }),
+    }
+}
+
 /// The port classes in one line: the strict and the open ports, and the class of the rest.
-fn describe_ports(runs: &[crate::filter::PortRun]) -> String {
+fn describe_ports(runs: &[PortRun]) -> String {
     use crate::ports::{PortClass, format_range};
     let of = |class: PortClass| -> Vec<String> {
         runs.iter()
@@ -143,14 +140,22 @@ fn describe_ports(runs: &[crate::filter::PortRun]) -> String {
     };
     let list = |class| {
         let ports = of(class);
-        if ports.is_empty() { "none".to_owned() } else { ports.join(", ") }
+        if ports.is_empty() {
+            "none".to_owned()
+        } else {
+            ports.join(", ")
+        }
     };
     // The largest class is "the rest": named, not listed.
     let rest = [PortClass::Guarded, PortClass::Open]
         .into_iter()
         .max_by_key(|&c| count(c))
         .unwrap_or(PortClass::Open);
-    let other = if rest == PortClass::Guarded { PortClass::Open } else { PortClass::Guarded };
+    let other = if rest == PortClass::Guarded {
+        PortClass::Open
+    } else {
+        PortClass::Guarded
+    };
     format!(
         "strict (Serve): {}; {other}: {}; every other port {rest}",
         list(PortClass::Strict),
@@ -170,32 +175,23 @@ fn print_report(r: &StatusReport) {
         ),
         None => outln!(
             "agent:       not running{}",
-            if f["pinned"] == json!(true) {
+            if f.pinned() {
                 " (the pinned filter keeps filtering with the last list)"
             } else {
                 ""
             }
         ),
     }
-    let interfaces: Vec<String> = f["interfaces"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|i| {
-                    let mut s = format!(
-                        "{} ({} XDP",
-                        i["name"].as_str().unwrap_or("?"),
-                        i["mode"].as_str().unwrap_or("?")
-                    );
-                    if i["attached"] == json!(false) {
-                        s.push_str(", interface gone");
-                    }
-                    s.push(')');
-                    s
-                })
-                .collect()
+    let interfaces: Vec<String> = f
+        .interfaces()
+        .into_iter()
+        .map(|(name, mode, gone)| {
+            format!(
+                "{name} ({mode} XDP{})",
+                if gone { ", interface gone" } else { "" }
+            )
         })
-        .unwrap_or_default();
+        .collect();
     outln!(
         "interfaces:  {}",
         if interfaces.is_empty() {
@@ -204,9 +200,7 @@ fn print_report(r: &StatusReport) {
             interfaces.join(", ")
         }
     );
-    let runs: Vec<crate::filter::PortRun> =
-        serde_json::from_value(f["port_classes"].clone()).unwrap_or_default();
-    outln!("ports:       {}", describe_ports(&runs));
+    outln!("ports:       {}", describe_ports(&f.port_classes));
     outln!(
         "CIDRs:       revision {}: {} IPv4 and {} IPv6 ({})",
         r.cidrs.revision,
@@ -216,16 +210,17 @@ fn print_report(r: &StatusReport) {
     );
     outln!(
         "audit:       {}",
-        if f["audit"] == json!(true) {
+        if f.audit {
             "on (would-be drops are counted and passed)"
         } else {
             "off"
         }
     );
-    let pin_dir = f["pin_dir"].as_str().unwrap_or("?");
-    let pinned = match (&r.agent, f["pinned"].as_bool()) {
-        (Some(_), _) | (None, Some(true)) => format!("yes, under {pin_dir}"),
-        (None, _) => format!("no (nothing under {pin_dir})"),
+    let pin_dir = f.pin_dir.display();
+    let pinned = if r.agent.is_some() || f.pinned() {
+        format!("yes, under {pin_dir}")
+    } else {
+        format!("no (nothing under {pin_dir})")
     };
     outln!("pinned:      {pinned}");
     if let Some(e) = &r.exposures_error {
@@ -274,6 +269,12 @@ fn uptime(seconds: u64) -> String {
 mod tests {
     use super::*;
 
+    use crate::control::RunningFilter;
+    use crate::filter::{AttachMode, AttachedInterface};
+    use crate::ports::{Guard, PortClass};
+    use crate::proxy::status::PublicStatus;
+    use serde_json::json;
+
     #[test]
     fn the_agents_public_part_prints_as_text() {
         let agent = json!({
@@ -282,7 +283,9 @@ mod tests {
             "token": "T0K",
             "docs_links": [{"route": "/echo", "app": "echo", "url": "https://serve.example.com/echo/docs?token=T0K"}],
         });
-        let text = public_text(&agent).unwrap();
+        let text = serde_json::from_value::<PublicStatus>(agent)
+            .unwrap()
+            .to_string();
         assert!(
             text.contains("user service URL: https://serve.example.com"),
             "{text}"
@@ -291,10 +294,113 @@ mod tests {
             text.contains("/echo  https://serve.example.com/echo/docs?token=T0K"),
             "{text}"
         );
+    }
+
+    fn rules(source: FilterSource) -> FilterReport {
+        FilterReport {
+            ports: vec![8000],
+            guard: Guard::Node,
+            port_classes: vec![PortRun {
+                from: 0,
+                to: 65535,
+                class: PortClass::Guarded,
+            }],
+            audit: false,
+            pin_dir: "/sys/fs/bpf/serve-guard".into(),
+            source,
+        }
+    }
+
+    /// `status --json` prints the filter part with the field names and shapes the untyped JSON
+    /// had: the running agent's and, without one, the pins', each read back as what it was.
+    #[test]
+    fn the_filter_part_keeps_its_json_shape_from_either_source() {
+        let common = |extra: serde_json::Value| {
+            let mut object = json!({
+                "ports": [8000],
+                "guard": "node",
+                "port_classes": [{"from": 0, "to": 65535, "class": "guarded"}],
+                "audit": false,
+                "pin_dir": "/sys/fs/bpf/serve-guard",
+            });
+            object
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            object
+        };
+        let running = rules(FilterSource::Agent(RunningFilter {
+            interfaces: vec![AttachedInterface {
+                name: "eth0".into(),
+                ifindex: 2,
+                mode: AttachMode::Driver,
+                link_id: 7,
+                adopted: true,
+            }],
+            program_log: false,
+            program_id: 42,
+            cidrs_v4: 3,
+            cidrs_v6: 1,
+        }));
+        let running_json = common(json!({
+            "interfaces": [{"name": "eth0", "ifindex": 2, "mode": "driver", "link_id": 7, "adopted": true}],
+            "program_log": false,
+            "program_id": 42,
+            "cidrs_v4": 3,
+            "cidrs_v6": 1,
+        }));
+        let pinned = rules(FilterSource::Pins(PinnedFilter {
+            pinned: true,
+            interfaces: vec![
+                PinnedInterface {
+                    name: "eth0".into(),
+                    mode: AttachMode::Skb,
+                    link_id: Some(7),
+                    program_id: Some(42),
+                    attached: true,
+                },
+                PinnedInterface {
+                    name: "eth1".into(),
+                    mode: AttachMode::Driver,
+                    link_id: None,
+                    program_id: None,
+                    attached: false,
+                },
+            ],
+        }));
+        let pinned_json = common(json!({
+            "pinned": true,
+            "interfaces": [
+                {"name": "eth0", "mode": "skb", "link_id": 7, "program_id": 42, "attached": true},
+                {"name": "eth1", "mode": "driver", "link_id": null, "program_id": null, "attached": false},
+            ],
+        }));
+        for (report, expected) in [(running, running_json), (pinned, pinned_json)] {
+            assert_eq!(serde_json::to_value(&report).unwrap(), expected);
+            assert_eq!(
+                serde_json::from_value::<FilterReport>(expected).unwrap(),
+                report
+            );
+        }
+    }
+
+    #[test]
+    fn the_interfaces_say_when_one_is_gone() {
+        let report = rules(FilterSource::Pins(PinnedFilter {
+            pinned: false,
+            interfaces: vec![PinnedInterface {
+                name: "eth1".into(),
+                mode: AttachMode::Driver,
+                link_id: None,
+                program_id: None,
+                attached: false,
+            }],
+        }));
         assert_eq!(
-            public_text(&json!({"error": "token file unreadable"})).unwrap_err(),
-            "token file unreadable"
+            report.interfaces(),
+            vec![("eth1", AttachMode::Driver, true)]
         );
+        assert!(!report.pinned());
     }
 
     #[test]

@@ -47,11 +47,6 @@ pub const MAX_INTERFACE_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 /// Largest config file read; a config is a few hundred bytes, anything huge is a mistake.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Largest CIDR file read: a full list at the largest `max_cidrs`
-/// ([`serve_guard_common::MAX_CIDRS_PER_FAMILY`] entries per family, IPv6 ones up to 44 bytes)
-/// with comments.
-pub const MAX_CIDR_FILE_BYTES: u64 = 128 << 20;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
@@ -144,13 +139,33 @@ impl fmt::Display for Mode {
     }
 }
 
+/// A command-line word that is not one of a setting's values (`--mode`, `--xdp-mode`,
+/// `--on-stop`); clap prints it after the option's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{given}` is not {what}: use {choices}")]
+pub struct UnknownValue {
+    pub given: String,
+    what: &'static str,
+    choices: &'static str,
+}
+
+impl UnknownValue {
+    fn new(given: &str, what: &'static str, choices: &'static str) -> Self {
+        UnknownValue {
+            given: given.to_owned(),
+            what,
+            choices,
+        }
+    }
+}
+
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
         match s {
             "private" => Ok(Mode::Private),
             "public" => Ok(Mode::Public),
-            _ => Err(format!("`{s}` is not a mode: use private or public")),
+            _ => Err(UnknownValue::new(s, "a mode", "private or public")),
         }
     }
 }
@@ -183,13 +198,13 @@ impl fmt::Display for XdpModeSetting {
 }
 
 impl std::str::FromStr for XdpModeSetting {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
         match s {
             "auto" => Ok(Self::Auto),
             "driver" => Ok(Self::Driver),
             "skb" => Ok(Self::Skb),
-            _ => Err(format!("`{s}` is not an XDP mode: use auto, driver or skb")),
+            _ => Err(UnknownValue::new(s, "an XDP mode", "auto, driver or skb")),
         }
     }
 }
@@ -223,14 +238,12 @@ impl fmt::Display for OnStop {
 }
 
 impl std::str::FromStr for OnStop {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
         match s {
             "keep" => Ok(Self::Keep),
             "detach" => Ok(Self::Detach),
-            _ => Err(format!(
-                "`{s}` is not an on_stop action: use keep or detach"
-            )),
+            _ => Err(UnknownValue::new(s, "an on_stop action", "keep or detach")),
         }
     }
 }
@@ -521,18 +534,6 @@ impl Config {
         })
     }
 
-    /// Refuses a CIDR file that brings in an entry allowing every source without
-    /// `allow_everyone` (see [`crate::store::check_file_consent`]): what `run` and `check` both
-    /// check before anything is attached.
-    pub fn check_cidr_consent(&self, cidrs: &CidrList) -> Result<(), crate::store::StoreError> {
-        crate::store::check_file_consent(
-            &self.cidr_file,
-            &self.state_dir,
-            cidrs,
-            self.allow_everyone,
-        )
-    }
-
     /// Reads and validates the CIDR file.
     pub fn read_cidr_file(&self) -> Result<(CidrList, Vec<Normalised>), ConfigError> {
         read_cidr_file(&self.cidr_file)
@@ -541,7 +542,7 @@ impl Config {
 
 /// Reads and validates a CIDR file (one CIDR per line, `#` comments).
 pub fn read_cidr_file(path: &Path) -> Result<(CidrList, Vec<Normalised>), ConfigError> {
-    let text = read_limited(path, MAX_CIDR_FILE_BYTES).map_err(|e| match e {
+    let text = read_limited(path, crate::cidr::MAX_FILE_BYTES).map_err(|e| match e {
         LimitedReadError::Io(error) if error.kind() == std::io::ErrorKind::NotFound => {
             ConfigError::MissingCidrFile {
                 path: path.to_owned(),
@@ -553,7 +554,7 @@ pub fn read_cidr_file(path: &Path) -> Result<(CidrList, Vec<Normalised>), Config
         },
         LimitedReadError::TooLarge => ConfigError::CidrFileTooLarge {
             path: path.to_owned(),
-            max: MAX_CIDR_FILE_BYTES,
+            max: crate::cidr::MAX_FILE_BYTES,
         },
     })?;
     CidrList::from_file_text(&text).map_err(|error| ConfigError::Cidr {

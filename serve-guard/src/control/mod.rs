@@ -4,22 +4,33 @@
 //! | route                    | body              | answer                       |
 //! |--------------------------|-------------------|------------------------------|
 //! | `GET /v1/status`         |                   | [`StatusReport`]             |
-//! | `GET /v1/stats`          |                   | the filter's counters        |
+//! | `GET /v1/stats`          |                   | [`StatsReport`]              |
 //! | `GET /v1/cidrs`          |                   | [`crate::store::Listing`]    |
 //! | `POST /v1/cidrs/add`     | [`CidrsRequest`]  | [`crate::store::Outcome`]    |
 //! | `POST /v1/cidrs/remove`  | [`CidrsRequest`]  | [`crate::store::Outcome`]    |
 //! | `PUT /v1/cidrs`          | [`ReplaceRequest`]| [`crate::store::Outcome`]    |
 //! | `POST /v1/cidrs/reload`  |                   | [`crate::store::Outcome`]    |
-//! | `POST /v1/token/reload`  |                   | `{"reloaded": true}`         |
+//! | `POST /v1/token/reload`  |                   | [`TokenReloaded`]            |
+//! | `GET /v1/mode`           |                   | [`ModeReport`]               |
 //! | `PUT /v1/mode`           | anything          | 409: the mode is fixed       |
 //!
-//! Errors are `{"error": "..."}` with a message that names the bad input.
+//! Errors are [`ErrorBody`] (`{"error": "..."}`) with a message that names the bad input.
+//!
+//! - `api`: the request and answer types, shared by the agent and the CLI;
+//! - `agent_view`: what the server asks the running agent (a trait the agent implements);
+//! - `server`, `client`: the two ends of the socket.
 
+pub mod agent_view;
+pub mod api;
 pub mod client;
 pub mod server;
-pub mod view;
 
-use serde::{Deserialize, Serialize};
+pub use api::{
+    AgentInfo, CidrSummary, CidrsRequest, CounterRow, ErrorBody, FilterReport, FilterSource,
+    ModeReport, PinnedFilter, PinnedInterface, ReplaceRequest, RunningFilter, StatsReport,
+    StatusReport, TokenReloaded,
+};
+
 use std::time::Duration;
 
 /// Largest request body: a full list at the largest `max_cidrs` (2 x 2^20 CIDRs) as JSON-escaped
@@ -52,101 +63,6 @@ pub mod routes {
     pub const CIDRS_RELOAD: &str = "/v1/cidrs/reload";
     pub const TOKEN_RELOAD: &str = "/v1/token/reload";
     pub const MODE: &str = "/v1/mode";
-}
-
-/// Body of `cidr add` and `cidr remove`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct CidrsRequest {
-    pub cidrs: Vec<String>,
-    /// Refuse the change unless the list is at this revision.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub if_revision: Option<u64>,
-    /// Allow an entry that allows every source (`0.0.0.0/0`, `::/0`); ignored by remove.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_everyone: bool,
-}
-
-/// Body of `cidr replace`: the new list in the CIDR file format.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ReplaceRequest {
-    pub text: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub if_revision: Option<u64>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_everyone: bool,
-}
-
-/// Every error answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-/// Answer of `POST /v1/token/reload`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TokenReloaded {
-    pub reloaded: bool,
-}
-
-/// The agent process, for `status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AgentInfo {
-    pub pid: u32,
-    pub version: String,
-    /// Unix seconds.
-    pub started_at: u64,
-    pub uptime_seconds: u64,
-}
-
-/// The CIDR list's state, for `status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CidrSummary {
-    pub file: String,
-    pub revision: u64,
-    pub ipv4: usize,
-    pub ipv6: usize,
-}
-
-/// Answer of `GET /v1/status`. The filter and public parts are what those modules report, kept
-/// as JSON so the CLI shows whatever they add.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusReport {
-    pub mode: String,
-    pub agent: Option<AgentInfo>,
-    pub cidrs: CidrSummary,
-    pub filter: serde_json::Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public: Option<serde_json::Value>,
-    /// Paths around the filter on the agent's node (docs/filter.md); empty when none.
-    #[serde(default)]
-    pub exposures: Vec<crate::node::Exposure>,
-    /// Set when the exposures could not be listed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exposures_error: Option<String>,
-    /// The node's listeners beyond loopback and who outside the allow-list reaches them,
-    /// sessions the port rules put at risk, what the audit cannot see; `None` when it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listener_audit: Option<crate::node::ListenerAudit>,
-    /// Set when the listeners could not be audited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listener_audit_error: Option<String>,
-}
-
-/// One counter of `GET /v1/stats` (the filter's counter snapshot, summed over CPUs).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CounterRow {
-    pub reason: String,
-    pub family: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-/// Answer of `GET /v1/stats`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StatsReport {
-    pub counters: Vec<CounterRow>,
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The control socket's server: hyper HTTP/1.1 over a Unix listener.
 
-use super::view::AgentView;
-use super::{
-    AgentInfo, CidrSummary, CidrsRequest, ErrorBody, ReplaceRequest, StatusReport, TokenReloaded,
-    routes,
+use super::agent_view::AgentView;
+use super::api::{
+    AgentInfo, CidrSummary, CidrsRequest, ErrorBody, FilterReport, ModeReport, ReplaceRequest,
+    StatsReport, StatusReport, TokenReloaded,
 };
+use super::routes;
 use crate::store::{Change, Store, StoreError};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -231,8 +232,8 @@ async fn route(state: &ControlState, req: Request<Incoming>) -> Answer {
         (routes::STATUS, Method::GET) => status(state).await,
         (routes::STATUS, _) => method_not_allowed("GET"),
         (routes::STATS, Method::GET) => match state.view.stats().await {
-            Ok(stats) => json(StatusCode::OK, &stats),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Ok(snapshot) => json(StatusCode::OK, &StatsReport::from(&snapshot)),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         (routes::STATS, _) => method_not_allowed("GET"),
         (routes::CIDRS, Method::GET) => json(StatusCode::OK, &state.store.listing()),
@@ -263,7 +264,7 @@ async fn route(state: &ControlState, req: Request<Incoming>) -> Answer {
         }
         (routes::TOKEN_RELOAD, Method::POST) => match state.view.reload_token() {
             Some(Ok(())) => json(StatusCode::OK, &TokenReloaded { reloaded: true }),
-            Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             None => error(
                 StatusCode::CONFLICT,
                 format!(
@@ -275,7 +276,9 @@ async fn route(state: &ControlState, req: Request<Incoming>) -> Answer {
         (routes::TOKEN_RELOAD, _) => method_not_allowed("POST"),
         (routes::MODE, Method::GET) => json(
             StatusCode::OK,
-            &serde_json::json!({ "mode": state.view.mode() }),
+            &ModeReport {
+                mode: state.view.mode(),
+            },
         ),
         (routes::MODE, _) => error(
             StatusCode::CONFLICT,
@@ -293,19 +296,13 @@ fn unix_seconds(t: SystemTime) -> u64 {
 }
 
 async fn status(state: &ControlState) -> Answer {
-    let filter = match state.view.filter_status().await {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let public = match state.view.public_status().await {
-        None => None,
-        Some(Ok(p)) => Some(p),
-        // The filter's state is still worth showing; the public part says what went wrong.
-        Some(Err(e)) => Some(serde_json::json!({ "error": e })),
-    };
+    let filter = FilterReport::from(state.view.filter_status().await);
+    // Never an error: what the public part cannot read (the token file, Serve's routes) it
+    // reports inside, so the filter's state is shown either way.
+    let public = state.view.public_status().await;
     let (exposures, exposures_error) = match state.view.exposures() {
         Ok(found) => (found, None),
-        Err(e) => (Vec::new(), Some(e)),
+        Err(e) => (Vec::new(), Some(e.to_string())),
     };
     let allowed = |ip| state.store.allows(ip);
     let (listener_audit, listener_audit_error) = match state.view.listener_audit(&allowed).await {
@@ -315,7 +312,7 @@ async fn status(state: &ControlState) -> Answer {
     let listing = state.store.listing();
     let now = SystemTime::now();
     let report = StatusReport {
-        mode: state.view.mode().to_owned(),
+        mode: state.view.mode(),
         agent: Some(AgentInfo {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -1,12 +1,22 @@
 //! The control socket end to end over a real Unix socket, with a real store on temp files and a
 //! stand-in for the agent's filter (the real filter is exercised by tests/tests/control.rs).
 
+use super::agent_view::{AgentView, Allowed, ViewFuture};
 use super::client::{Client, ClientError};
 use super::server::{ControlServer, ControlState};
-use super::view::{AgentView, ViewFuture};
 use super::*;
+use crate::config::Mode;
+use crate::filter::{
+    AttachMode, AttachedInterface, CounterEntry, CounterSnapshot, FilterError, FilterStatus,
+    PortRun,
+};
+use crate::node::{AuditError, Exposure, ListenerAudit, ScanError};
+use crate::proxy::status::PublicStatus;
 use crate::store::{Listing, Outcome, Store};
+use crate::token::TokenError;
 use hyper::Method;
+use serde::Serialize;
+use serde::de::IgnoredAny;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,37 +51,78 @@ struct FakeView {
 }
 
 impl AgentView for FakeView {
-    fn mode(&self) -> &str {
-        if self.public { "public" } else { "private" }
+    fn mode(&self) -> Mode {
+        if self.public {
+            Mode::Public
+        } else {
+            Mode::Private
+        }
     }
-    fn filter_status(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+    fn filter_status(&self) -> ViewFuture<'_, FilterStatus> {
         Box::pin(async {
-            Ok(serde_json::json!({ "interfaces": [{"name": "eth0", "xdp_mode": "driver"}] }))
+            FilterStatus {
+                interfaces: vec![AttachedInterface {
+                    name: "eth0".into(),
+                    ifindex: 2,
+                    mode: AttachMode::Driver,
+                    link_id: 7,
+                    adopted: false,
+                }],
+                ports: vec![8000],
+                guard: crate::ports::Guard::Node,
+                port_classes: vec![PortRun {
+                    from: 0,
+                    to: 65535,
+                    class: crate::ports::PortClass::Guarded,
+                }],
+                audit: false,
+                program_log: false,
+                pin_dir: "/sys/fs/bpf/serve-guard".into(),
+                program_id: 42,
+                cidrs_v4: 1,
+                cidrs_v6: 0,
+            }
         })
     }
-    fn stats(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+    fn stats(&self) -> ViewFuture<'_, Result<CounterSnapshot, FilterError>> {
+        use serve_guard_common::{Family, Reason};
         Box::pin(async {
-            Ok(serde_json::json!({ "counters": [
-                {"reason": "drop_outside_vpc", "family": "ipv4", "packets": 7, "bytes": 420}
-            ]}))
+            Ok(CounterSnapshot {
+                counters: vec![CounterEntry {
+                    reason: Reason::DropOutsideVpc,
+                    family: Family::Ipv4,
+                    packets: 7,
+                    bytes: 420,
+                }],
+            })
         })
     }
-    fn public_status(&self) -> ViewFuture<'_, Option<Result<serde_json::Value, String>>> {
+    fn public_status(&self) -> ViewFuture<'_, Option<PublicStatus>> {
         let public = self.public;
-        Box::pin(async move { public.then(|| Ok(serde_json::json!({ "url": "https://x" }))) })
+        Box::pin(async move {
+            public.then(|| PublicStatus {
+                user_service_url: "https://x".into(),
+                token_file: "/etc/serve-guard/token".into(),
+                token: None,
+                tokens_accepted: 0,
+                token_error: Some("token file /etc/serve-guard/token is missing".into()),
+                docs_links: Vec::new(),
+                routes_error: None,
+            })
+        })
     }
-    fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
-        Ok(vec![crate::node::Exposure::RpFilterOff {
+    fn exposures(&self) -> Result<Vec<Exposure>, ScanError> {
+        Ok(vec![Exposure::RpFilterOff {
             interface: "eth0".into(),
         }])
     }
     fn listener_audit<'a>(
         &'a self,
-        allowed: &'a super::view::Allowed<'a>,
-    ) -> ViewFuture<'a, Result<crate::node::ListenerAudit, crate::node::AuditError>> {
+        allowed: &'a Allowed<'a>,
+    ) -> ViewFuture<'a, Result<ListenerAudit, AuditError>> {
         Box::pin(async move { Ok(fake_audit(allowed)) })
     }
-    fn reload_token(&self) -> Option<Result<(), String>> {
+    fn reload_token(&self) -> Option<Result<(), TokenError>> {
         self.public.then(|| {
             self.reloads.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -81,11 +132,11 @@ impl AgentView for FakeView {
 
 /// One reachable listener; its `reason` records what `allowed` said of an address inside the
 /// store's list (10.0.0.0/8) and one outside, to show the server asks the list in force.
-fn fake_audit(allowed: &super::view::Allowed<'_>) -> crate::node::ListenerAudit {
+fn fake_audit(allowed: &Allowed<'_>) -> ListenerAudit {
     use crate::node::listeners::Listener;
     use crate::node::sockets::{Process, Protocol};
     let asked = |ip: &str| allowed(ip.parse().unwrap());
-    crate::node::ListenerAudit {
+    ListenerAudit {
         audit_mode: false,
         listeners: vec![Listener {
             protocol: Protocol::Tcp,
@@ -250,12 +301,21 @@ async fn bad_requests_are_named_and_change_nothing() {
     assert_eq!(status, 409);
     assert!(msg.contains("revision 9"), "{msg}");
 
+    /// A client's typo: the agent names the field it does not know.
+    #[derive(Serialize)]
+    struct Typo {
+        text: &'static str,
+        if_revison: u64,
+    }
     let (status, msg) = refused(
         r.client
             .send::<_, Outcome>(
                 Method::PUT,
                 routes::CIDRS,
-                &serde_json::json!({ "text": "10.0.0.0/8\n", "if_revison": 1 }),
+                &Typo {
+                    text: "10.0.0.0/8\n",
+                    if_revison: 1,
+                },
             )
             .await
             .unwrap_err(),
@@ -268,10 +328,10 @@ async fn bad_requests_are_named_and_change_nothing() {
 
     let (status, msg) = refused(
         r.client
-            .send::<_, serde_json::Value>(
+            .send::<_, IgnoredAny>(
                 Method::PUT,
                 routes::MODE,
-                &serde_json::json!({"mode": "public"}),
+                &ModeReport { mode: Mode::Public },
             )
             .await
             .unwrap_err(),
@@ -281,22 +341,17 @@ async fn bad_requests_are_named_and_change_nothing() {
 
     let (status, _) = refused(
         r.client
-            .send::<_, serde_json::Value>(Method::POST, routes::TOKEN_RELOAD, &())
+            .send::<_, IgnoredAny>(Method::POST, routes::TOKEN_RELOAD, &())
             .await
             .unwrap_err(),
     );
     assert_eq!(status, 409, "no token in private mode");
 
-    let (status, _) = refused(
-        r.client
-            .get::<serde_json::Value>("/v1/nope")
-            .await
-            .unwrap_err(),
-    );
+    let (status, _) = refused(r.client.get::<IgnoredAny>("/v1/nope").await.unwrap_err());
     assert_eq!(status, 404);
     let (status, _) = refused(
         r.client
-            .send::<_, serde_json::Value>(Method::DELETE, routes::CIDRS, &())
+            .send::<_, IgnoredAny>(Method::DELETE, routes::CIDRS, &())
             .await
             .unwrap_err(),
     );
@@ -324,11 +379,20 @@ async fn bad_requests_are_named_and_change_nothing() {
 async fn status_stats_and_token_reload() {
     let r = start(true).await;
     let status: StatusReport = r.client.get(routes::STATUS).await.unwrap();
-    assert_eq!(status.mode, "public");
+    assert_eq!(status.mode, Mode::Public);
     assert_eq!(status.cidrs.revision, 1);
     assert_eq!(status.agent.unwrap().pid, std::process::id());
-    assert_eq!(status.filter["interfaces"][0]["xdp_mode"], "driver");
-    assert_eq!(status.public.unwrap()["url"], "https://x");
+    assert_eq!(
+        status.filter.interfaces(),
+        vec![("eth0", AttachMode::Driver, false)]
+    );
+    assert!(matches!(
+        status.filter.source,
+        FilterSource::Agent(RunningFilter { program_id: 42, .. })
+    ));
+    let public = status.public.expect("the public part in public mode");
+    assert_eq!(public.user_service_url, "https://x");
+    assert!(public.token_error.is_some_and(|e| e.contains("missing")));
     assert_eq!(
         status.exposures,
         vec![crate::node::Exposure::RpFilterOff {
@@ -346,7 +410,17 @@ async fn status_stats_and_token_reload() {
     assert_eq!(status.listener_audit_error, None);
 
     let stats: StatsReport = r.client.get(routes::STATS).await.unwrap();
-    assert_eq!(stats.counters[0].packets, 7);
+    assert_eq!(
+        stats.counters,
+        vec![CounterRow {
+            reason: "drop_outside_vpc".into(),
+            family: "ipv4".into(),
+            packets: 7,
+            bytes: 420,
+        }]
+    );
+    let mode: ModeReport = r.client.get(routes::MODE).await.unwrap();
+    assert_eq!(mode.mode, Mode::Public);
 
     let reloaded: TokenReloaded = r
         .client

@@ -12,8 +12,8 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
-/// One interface the program runs on.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One interface the program runs on (also `status --json`'s shape of it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttachedInterface {
     pub name: String,
     pub ifindex: u32,
@@ -137,14 +137,23 @@ pub(crate) fn attach_interface(
     attach_new(program, pins, name, ifindex, setting)
 }
 
+/// Why a pinned link is not adopted (it is replaced by a new one, with a warning).
+#[derive(Debug, thiserror::Error)]
+enum StaleLink {
+    #[error(transparent)]
+    Unreadable(#[from] FilterError),
+    #[error("it is bound to ifindex {bound}, the interface now has {now}")]
+    Moved { bound: u32, now: u32 },
+}
+
 /// The pinned link still runs on this very interface (not on a deleted one of the same name).
-fn usable_link(entry: &PinnedLinkEntry, ifindex: u32) -> Result<LinkState, String> {
-    let state = LinkState::read(&entry.path).map_err(|e| e.to_string())?;
+fn usable_link(entry: &PinnedLinkEntry, ifindex: u32) -> Result<LinkState, StaleLink> {
+    let state = LinkState::read(&entry.path)?;
     if state.ifindex != ifindex {
-        return Err(format!(
-            "it is bound to ifindex {}, the interface now has {ifindex}",
-            state.ifindex
-        ));
+        return Err(StaleLink::Moved {
+            bound: state.ifindex,
+            now: ifindex,
+        });
     }
     Ok(state)
 }

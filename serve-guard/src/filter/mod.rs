@@ -113,7 +113,7 @@ pub enum FilterError {
 }
 
 /// How the program runs on an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// Native XDP, in the driver.
@@ -156,7 +156,7 @@ impl PortRun {
 }
 
 /// What the filter does, for `status` and the summary line.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterStatus {
     pub interfaces: Vec<AttachedInterface>,
     /// Ray Serve's ports (strict).

@@ -257,7 +257,7 @@ impl std::fmt::Display for Removed {
 /// interfaces), then the program, then the maps, then the folders. Idempotent.
 ///
 /// A link only leaves its interface once no process holds it open, so callers must make sure no
-/// agent runs (see `crate::agent::agent_running`), or be the agent dropping its own handles.
+/// agent runs (the agent's lock says whether one does), or be the agent dropping its own handles.
 pub fn remove_pins(pin_dir: &Path) -> Result<Removed, FilterError> {
     let layout = PinLayout::new(pin_dir);
     let mut removed = Removed::default();

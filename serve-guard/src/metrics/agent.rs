@@ -3,7 +3,6 @@
 //! source outside the list reaches and the sessions at risk (the exposure audit), and build info.
 
 use super::MetricsState;
-use crate::control::StatsReport;
 use crate::filter::{LinkState, PinLayout};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -46,13 +45,7 @@ struct BuildLabels {
 /// and readiness figures still reach the scraper.
 pub async fn register(state: &MetricsState, registry: &mut Registry) {
     let stats = match state.view.stats().await {
-        Ok(json) => match serde_json::from_value::<StatsReport>(json) {
-            Ok(stats) => Some(stats),
-            Err(e) => {
-                tracing::warn!("metrics: unexpected counter snapshot: {e}");
-                None
-            }
-        },
+        Ok(snapshot) => Some(snapshot),
         Err(e) => {
             tracing::warn!("metrics: cannot read the counters: {e}");
             None
@@ -63,8 +56,8 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
         let bytes = Family::<CounterLabels, Counter>::default();
         for row in &stats.counters {
             let labels = CounterLabels {
-                reason: row.reason.clone(),
-                family: row.family.clone(),
+                reason: row.reason.name().to_owned(),
+                family: row.family.name().to_owned(),
             };
             // A fresh registry per scrape: inc_by from zero sets the kernel's running total.
             packets.get_or_create(&labels).inc_by(row.packets);
@@ -192,7 +185,7 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
         "The agent's version and mode",
         Info::new(BuildLabels {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            mode: state.view.mode().to_owned(),
+            mode: state.view.mode().name().to_owned(),
         }),
     );
 }

@@ -15,7 +15,7 @@ pub mod format;
 pub mod process;
 pub mod proxy;
 
-use crate::control::view::AgentView;
+use crate::control::agent_view::AgentView;
 use crate::store::Store;
 use bytes::Bytes;
 use format::Format;
@@ -67,7 +67,7 @@ pub async fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
     process::register(&mut root);
     let registry = root.sub_registry_with_prefix(PREFIX);
     agent::register(state, registry).await;
-    if state.view.mode() == "public" {
+    if state.view.mode() == crate::config::Mode::Public {
         proxy::agent_totals().register(registry);
     }
     let mut out = String::new();
@@ -162,39 +162,50 @@ async fn answer<B>(state: &MetricsState, req: Request<B>) -> Response<Full<Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::view::ViewFuture;
+    use crate::config::Mode;
+    use crate::control::agent_view::{Allowed, ViewFuture};
+    use crate::filter::{CounterEntry, CounterSnapshot, FilterError, FilterStatus};
+    use crate::node::{AuditError, Exposure, ListenerAudit, ScanError};
+    use crate::proxy::status::PublicStatus;
+    use crate::token::TokenError;
     use http_body_util::BodyExt as _;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     struct Counters;
 
     impl AgentView for Counters {
-        fn mode(&self) -> &str {
-            "private"
+        fn mode(&self) -> Mode {
+            Mode::Private
         }
-        fn filter_status(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
-            Box::pin(async { Ok(serde_json::json!({})) })
+        fn filter_status(&self) -> ViewFuture<'_, FilterStatus> {
+            Box::pin(async { unreachable!("a scrape does not read the filter's status") })
         }
-        fn stats(&self) -> ViewFuture<'_, Result<serde_json::Value, String>> {
+        fn stats(&self) -> ViewFuture<'_, Result<CounterSnapshot, FilterError>> {
+            use serve_guard_common::{Family, Reason};
             Box::pin(async {
-                Ok(serde_json::json!({ "counters": [
-                    {"reason": "drop_outside_vpc", "family": "ipv6", "packets": 12, "bytes": 960}
-                ]}))
+                Ok(CounterSnapshot {
+                    counters: vec![CounterEntry {
+                        reason: Reason::DropOutsideVpc,
+                        family: Family::Ipv6,
+                        packets: 12,
+                        bytes: 960,
+                    }],
+                })
             })
         }
-        fn public_status(&self) -> ViewFuture<'_, Option<Result<serde_json::Value, String>>> {
+        fn public_status(&self) -> ViewFuture<'_, Option<PublicStatus>> {
             Box::pin(async { None })
         }
-        fn reload_token(&self) -> Option<Result<(), String>> {
+        fn reload_token(&self) -> Option<Result<(), TokenError>> {
             None
         }
-        fn exposures(&self) -> Result<Vec<crate::node::Exposure>, String> {
+        fn exposures(&self) -> Result<Vec<Exposure>, ScanError> {
             Ok(Vec::new())
         }
         fn listener_audit<'a>(
             &'a self,
-            _allowed: &'a crate::control::view::Allowed<'a>,
-        ) -> ViewFuture<'a, Result<crate::node::ListenerAudit, crate::node::AuditError>> {
+            _allowed: &'a Allowed<'a>,
+        ) -> ViewFuture<'a, Result<ListenerAudit, AuditError>> {
             use crate::node::listeners::{Consequence, Listener, SessionAtRisk};
             use crate::node::sockets::{Process, Protocol};
             use crate::ports::PortClass;
@@ -214,7 +225,7 @@ mod tests {
                 reachable: class == PortClass::Open,
                 would_close: false,
             };
-            let audit = crate::node::ListenerAudit {
+            let audit = ListenerAudit {
                 audit_mode: false,
                 listeners: vec![
                     listener(8265, PortClass::Open),

@@ -16,8 +16,8 @@ pub const PRIVATE_FILE_MODE: u32 = 0o600;
 /// Mode of a CIDR file the store creates; an existing file keeps its mode.
 pub const NEW_FILE_MODE: u32 = 0o644;
 /// Largest file the store reads (the CIDR file, the revision file that records the list): the
-/// config's limit for a CIDR file.
-pub const MAX_FILE_BYTES: u64 = crate::config::MAX_CIDR_FILE_BYTES;
+/// limit of a CIDR file.
+pub const MAX_FILE_BYTES: u64 = crate::cidr::MAX_FILE_BYTES;
 /// How often a waiting lock is retried.
 const LOCK_POLL: Duration = Duration::from_millis(5);
 
