@@ -496,17 +496,7 @@ async fn websocket_upgrades_pass_through_after_the_check() {
     }
     assert_eq!(up.seen_count(), 0);
 
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut req = format!("ws://{}/ws", proxy.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, stream))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut ws = open_websocket(proxy.addr, &format!("Bearer {token}")).await;
     for text in ["hello", "through the proxy", "third"] {
         ws.send(tungstenite::Message::text(text)).await.unwrap();
         let echoed = tokio::time::timeout(WAIT, ws.next())

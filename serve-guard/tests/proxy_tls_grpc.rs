@@ -315,14 +315,7 @@ async fn a_reload_serves_a_renewed_certificate_and_keeps_the_old_one_on_errors()
 // gRPC
 
 async fn grpc_proxy() -> (TestUpstream, TestProxy) {
-    let http_up = start_upstream().await;
-    let grpc_up = start_grpc_upstream().await;
-    let grpc_url = grpc_up.url();
-    let proxy = start_proxy(&http_up.url(), |c, _| {
-        c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
-        c.grpc_upstream = Some(serve_guard::config::public::Upstream::parse(&grpc_url).unwrap());
-    })
-    .await;
+    let (_, grpc_up, proxy) = start_grpc_proxy().await;
     (grpc_up, proxy)
 }
 
@@ -330,39 +323,11 @@ async fn grpc_call(
     proxy: &TestProxy,
     authorization: Option<&str>,
 ) -> (http::response::Parts, Vec<Bytes>, Option<http::HeaderMap>) {
-    let tcp = TcpStream::connect(proxy.grpc_addr.unwrap()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::post(format!(
-        "http://{}/grpc.health.v1.Health/Check",
-        proxy.grpc_addr.unwrap()
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers");
-    if let Some(a) = authorization {
-        req = req.header("authorization", a);
-    }
-    let resp = tokio::time::timeout(
-        WAIT,
-        sender.send_request(req.body(Full::new(grpc_frame(b"\x0a\x00"))).unwrap()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let (parts, mut body) = resp.into_parts();
-    let mut data = Vec::new();
-    let mut trailers = None;
-    while let Some(frame) = tokio::time::timeout(WAIT, body.frame()).await.unwrap() {
-        let frame = frame.unwrap();
-        match frame.into_data() {
-            Ok(d) => data.push(d),
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    (parts, data, trailers)
+    let metadata: Vec<(&str, &str)> = authorization
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
+    grpc_unary(proxy.grpc_addr.unwrap(), &metadata).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

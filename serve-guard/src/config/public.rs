@@ -33,6 +33,13 @@ pub mod defaults {
     /// One client address (an IPv6 /64) gets at most this share of `max_connections`, so a
     /// single source cannot take every slot.
     pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+    /// One IPv4 /24 or IPv6 aggregate prefix (one rented block, one organisation's NAT pool):
+    /// four sources' worth, and a quarter of `max_connections`, so an attacker who holds one
+    /// block leaves three quarters of the pool to everyone else.
+    pub const MAX_CONNECTIONS_PER_PREFIX: usize = 256;
+    /// The IPv6 block one party gets: a /48 is the usual site assignment (RFC 6177), so a
+    /// flood spread over its 65,536 /64s still counts as one prefix.
+    pub const IPV6_AGGREGATE_PREFIX: u8 = 48;
     /// A connection with no request in flight is closed after this long (HTTP/2 especially:
     /// an idle HTTP/1.1 keep-alive is already bounded by the header read timeout).
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,6 +51,8 @@ pub mod defaults {
 
 /// hyper's read buffer cannot be smaller than this, so neither can the header limit.
 pub const MIN_HEADER_BYTES: usize = 8192;
+/// What `ipv6_aggregate_prefix` may be: from a whole ISP allocation (/32) down to one /64.
+pub const IPV6_AGGREGATE_RANGE: std::ops::RangeInclusive<u8> = 32..=64;
 /// Upper bound on the header limit: beyond this it no longer protects memory.
 pub const MAX_HEADER_BYTES_LIMIT: usize = 1 << 20;
 /// Longest a docs-link cookie may live (a year); longer is a config mistake.
@@ -278,6 +287,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_source: usize,
+    pub max_connections_per_prefix: usize,
+    /// The IPv6 prefix `max_connections_per_prefix` counts by (IPv4: the /24).
+    pub ipv6_aggregate_prefix: u8,
     #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
     #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
@@ -293,6 +305,8 @@ impl Default for Limits {
             max_header_bytes: defaults::MAX_HEADER_BYTES,
             max_connections: defaults::MAX_CONNECTIONS,
             max_connections_per_source: defaults::MAX_CONNECTIONS_PER_SOURCE,
+            max_connections_per_prefix: defaults::MAX_CONNECTIONS_PER_PREFIX,
+            ipv6_aggregate_prefix: defaults::IPV6_AGGREGATE_PREFIX,
             idle_timeout: defaults::IDLE_TIMEOUT,
             upstream_connect_timeout: defaults::UPSTREAM_CONNECT_TIMEOUT,
             upstream_response_timeout: defaults::UPSTREAM_RESPONSE_TIMEOUT,
@@ -335,6 +349,24 @@ impl Limits {
             return Err(PublicConfigError::Limit {
                 key: "max_connections_per_source",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_connections_per_prefix == 0 {
+            return Err(PublicConfigError::Limit {
+                key: "max_connections_per_prefix",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let v6 = IPV6_AGGREGATE_RANGE;
+        if !v6.contains(&self.ipv6_aggregate_prefix) {
+            return Err(PublicConfigError::Limit {
+                key: "ipv6_aggregate_prefix",
+                reason: format!(
+                    "/{} is out of range: {} to {}",
+                    self.ipv6_aggregate_prefix,
+                    v6.start(),
+                    v6.end()
+                ),
             });
         }
         Ok(())
@@ -640,6 +672,18 @@ mod tests {
                 "max_connections_per_source",
             ),
             ("[limits]\nidle_timeout = 0", "idle_timeout"),
+            (
+                "[limits]\nmax_connections_per_prefix = 0",
+                "max_connections_per_prefix",
+            ),
+            (
+                "[limits]\nipv6_aggregate_prefix = 31",
+                "ipv6_aggregate_prefix",
+            ),
+            (
+                "[limits]\nipv6_aggregate_prefix = 65",
+                "ipv6_aggregate_prefix",
+            ),
             (
                 "[limits]\nupstream_connect_timeout = 0",
                 "upstream_connect_timeout",

@@ -1,6 +1,6 @@
 //! Public-mode proxy metrics: requests by listener and outcome, request duration, open and
-//! rejected connections, token reloads (the reload errors are the token source's own count, see
-//! `agent`).
+//! rejected connections, tunnels and streams ended by a token's revocation, token reloads (the
+//! reload errors are the token source's own count, see `agent`).
 //!
 //! The proxy runs in its own unprivileged process: it records into that process's
 //! [`ProxyMetrics`] where a request's outcome or a connection's acceptance is decided and sends a
@@ -11,7 +11,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::Family as MetricFamily;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -128,6 +128,104 @@ impl Outcome {
     }
 }
 
+/// What a revocation ended: what a removed token had opened and that outlives a request's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Revoked {
+    /// A WebSocket tunnel: both connections closed.
+    Tunnel,
+    /// A request in flight: its response (a stream, server-sent events, a gRPC stream) reset or
+    /// cut, its upload stopped, or, before the upstream answered, a 401 instead.
+    Stream,
+}
+
+impl Revoked {
+    pub const ALL: [Revoked; 2] = [Revoked::Tunnel, Revoked::Stream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Revoked::Tunnel => "tunnel",
+            Revoked::Stream => "stream",
+        }
+    }
+}
+
+/// An address family, as admission counts it (an IPv4-mapped IPv6 address is IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// The admission limit that displaced or refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `max_connections`, all sources together.
+    Connections,
+    /// `max_connections_per_prefix`: an IPv4 /24, an IPv6 `ipv6_aggregate_prefix`.
+    ConnectionsPerPrefix,
+    /// `max_connections_per_source`: an IPv4 address, an IPv6 /64.
+    ConnectionsPerSource,
+    /// TLS handshakes in progress, all sources together.
+    TlsHandshakes,
+    /// TLS handshakes started per second by one prefix.
+    TlsHandshakeRate,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 5] = [
+        Limit::Connections,
+        Limit::ConnectionsPerPrefix,
+        Limit::ConnectionsPerSource,
+        Limit::TlsHandshakes,
+        Limit::TlsHandshakeRate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Connections => "max_connections",
+            Limit::ConnectionsPerPrefix => "max_connections_per_prefix",
+            Limit::ConnectionsPerSource => "max_connections_per_source",
+            Limit::TlsHandshakes => "tls_handshakes",
+            Limit::TlsHandshakeRate => "tls_handshake_rate",
+        }
+    }
+
+    fn is_handshake(self) -> bool {
+        matches!(self, Limit::TlsHandshakes | Limit::TlsHandshakeRate)
+    }
+
+    /// The prefix length the limit counts `family` by (0: all sources together).
+    fn prefix_len(self, family: Family, ipv6_aggregate_prefix: u8) -> u8 {
+        match (self, family) {
+            (Limit::Connections | Limit::TlsHandshakes, _) => 0,
+            (Limit::ConnectionsPerPrefix | Limit::TlsHandshakeRate, Family::Ipv4) => 24,
+            (Limit::ConnectionsPerPrefix | Limit::TlsHandshakeRate, Family::Ipv6) => {
+                ipv6_aggregate_prefix
+            }
+            (Limit::ConnectionsPerSource, Family::Ipv4) => 32,
+            (Limit::ConnectionsPerSource, Family::Ipv6) => 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    limit: &'static str,
+    family: &'static str,
+    prefix_len: u8,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     listener: &'static str,
@@ -139,7 +237,14 @@ struct ListenerLabel {
     listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevokedLabel {
+    kind: &'static str,
+}
+
 const LISTENERS: usize = Listener::ALL.len();
+const LIMITS: usize = Limit::ALL.len();
+const FAMILIES: usize = Family::ALL.len();
 const OUTCOMES: usize = Outcome::ALL.len();
 const BUCKETS: usize = DURATION_BUCKETS.len();
 
@@ -157,6 +262,11 @@ pub struct ProxyMetrics {
     sum: [AtomicU64; LISTENERS],
     open: [AtomicI64; LISTENERS],
     rejected: [AtomicU64; LISTENERS],
+    revoked: [AtomicU64; Revoked::ALL.len()],
+    displaced: [[AtomicU64; FAMILIES]; LIMITS],
+    refused: [[AtomicU64; FAMILIES]; LIMITS],
+    /// The IPv6 prefix `max_connections_per_prefix` counts by, for the `prefix_len` label.
+    ipv6_aggregate_prefix: std::sync::atomic::AtomicU8,
 }
 
 /// The proxy process's figures as it sends them to the agent. Counters only grow within one
@@ -169,6 +279,16 @@ pub struct Snapshot {
     pub sum: Vec<f64>,
     pub open: Vec<i64>,
     pub rejected: Vec<u64>,
+    /// By [`Revoked::ALL`].
+    #[serde(default)]
+    pub revoked: Vec<u64>,
+    /// Per [`Limit`], per [`Family`].
+    #[serde(default)]
+    pub displaced: Vec<Vec<u64>>,
+    #[serde(default)]
+    pub refused: Vec<Vec<u64>>,
+    #[serde(default)]
+    pub ipv6_aggregate_prefix: u8,
 }
 
 fn load(a: &[AtomicU64]) -> Vec<u64> {
@@ -197,6 +317,27 @@ impl ProxyMetrics {
         self.rejected[index(&Listener::ALL, &listener)].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn revoked(&self, what: Revoked) {
+        self.revoked[index(&Revoked::ALL, &what)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection displaced by a newcomer because `limit` was full (`family`: the victim's).
+    pub fn admission_displaced(&self, limit: Limit, family: Family) {
+        self.displaced[index(&Limit::ALL, &limit)][index(&Family::ALL, &family)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed at accept, or before its TLS handshake, because `limit` was full.
+    pub fn admission_refused(&self, limit: Limit, family: Family) {
+        self.refused[index(&Limit::ALL, &limit)][index(&Family::ALL, &family)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The IPv6 aggregate prefix in force (a label of the admission metrics).
+    pub fn set_ipv6_aggregate_prefix(&self, prefix: u8) {
+        self.ipv6_aggregate_prefix.store(prefix, Ordering::Relaxed);
+    }
+
     /// Counts an open connection until the guard drops.
     pub fn connection_opened(&'static self, listener: Listener) -> OpenConnection {
         let gauge = &self.open[index(&Listener::ALL, &listener)];
@@ -220,6 +361,10 @@ impl ProxyMetrics {
                 .map(|o| o.load(Ordering::Relaxed))
                 .collect(),
             rejected: load(&self.rejected),
+            revoked: load(&self.revoked),
+            displaced: self.displaced.iter().map(|r| load(r)).collect(),
+            refused: self.refused.iter().map(|r| load(r)).collect(),
+            ipv6_aggregate_prefix: self.ipv6_aggregate_prefix.load(Ordering::Relaxed),
         }
     }
 }
@@ -267,8 +412,14 @@ impl Snapshot {
         };
         rows(&mut out.requests, &other.requests);
         rows(&mut out.buckets, &other.buckets);
+        rows(&mut out.displaced, &other.displaced);
+        rows(&mut out.refused, &other.refused);
+        if other.ipv6_aggregate_prefix != 0 {
+            out.ipv6_aggregate_prefix = other.ipv6_aggregate_prefix;
+        }
         add(&mut out.count, &other.count);
         add(&mut out.rejected, &other.rejected);
+        add(&mut out.revoked, &other.revoked);
         out.sum.resize(out.sum.len().max(other.sum.len()), 0.0);
         for (a, b) in out.sum.iter_mut().zip(&other.sum) {
             *a += b;
@@ -306,9 +457,9 @@ impl AgentTotals {
             state.0.plus(&state.1)
         };
         let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
-        let requests = Family::<RequestLabels, Counter>::default();
-        let open = Family::<ListenerLabel, Gauge>::default();
-        let rejected = Family::<ListenerLabel, Counter>::default();
+        let requests = MetricFamily::<RequestLabels, Counter>::default();
+        let open = MetricFamily::<ListenerLabel, Gauge>::default();
+        let rejected = MetricFamily::<ListenerLabel, Counter>::default();
         let mut histograms = Vec::new();
         for (l, listener) in Listener::ALL.iter().enumerate() {
             let label = ListenerLabel {
@@ -360,9 +511,23 @@ impl AgentTotals {
         );
         registry.register(
             "proxy_rejected_connections",
-            "Client connections closed at accept because max_connections were open, by listener",
+            "Client connections closed at accept because a connection limit was full and nobody could be displaced, or before their TLS handshake, by listener",
             rejected,
         );
+        let revoked = MetricFamily::<RevokedLabel, Counter>::default();
+        for (i, what) in Revoked::ALL.iter().enumerate() {
+            revoked
+                .get_or_create(&RevokedLabel {
+                    kind: what.as_str(),
+                })
+                .inc_by(at(&total.revoked, i));
+        }
+        registry.register(
+            "proxy_revoked",
+            "Tunnels and requests in flight ended because the token that admitted them left the token file, by kind",
+            revoked,
+        );
+        register_admission(registry, &total);
         let reloads = Counter::<u64>::default();
         reloads.inc_by(self.token_reloads.load(Ordering::Relaxed));
         registry.register(
@@ -371,6 +536,55 @@ impl AgentTotals {
             reloads,
         );
     }
+}
+
+/// The admission counters: displaced and refused connections per limit, TLS handshakes refused.
+fn register_admission(registry: &mut Registry, total: &Snapshot) {
+    let displaced = MetricFamily::<AdmissionLabels, Counter>::default();
+    let refused = MetricFamily::<AdmissionLabels, Counter>::default();
+    let handshakes = MetricFamily::<AdmissionLabels, Counter>::default();
+    let v6 = match total.ipv6_aggregate_prefix {
+        0 => crate::config::public::defaults::IPV6_AGGREGATE_PREFIX,
+        p => p,
+    };
+    let at = |rows: &[Vec<u64>], l: usize, f: usize| {
+        rows.get(l).and_then(|r| r.get(f)).copied().unwrap_or(0)
+    };
+    for (l, limit) in Limit::ALL.iter().enumerate() {
+        for (f, family) in Family::ALL.iter().enumerate() {
+            let labels = AdmissionLabels {
+                limit: limit.as_str(),
+                family: family.as_str(),
+                prefix_len: limit.prefix_len(*family, v6),
+            };
+            if !matches!(limit, Limit::TlsHandshakeRate) {
+                displaced
+                    .get_or_create(&labels)
+                    .inc_by(at(&total.displaced, l, f));
+            }
+            let into = if limit.is_handshake() {
+                &handshakes
+            } else {
+                &refused
+            };
+            into.get_or_create(&labels).inc_by(at(&total.refused, l, f));
+        }
+    }
+    registry.register(
+        "proxy_displaced_connections",
+        "Connections that had not completed a request head, closed to make room for a new one, by the limit that was full and the family and prefix length it counts by",
+        displaced,
+    );
+    registry.register(
+        "proxy_refused_connections",
+        "Connections closed at accept because a limit was full and no connection could be displaced, by limit, family and prefix length",
+        refused,
+    );
+    registry.register(
+        "proxy_tls_handshakes_refused",
+        "Connections closed before their TLS handshake (before any crypto): too many handshakes in progress, or the prefix's handshake rate spent",
+        handshakes,
+    );
 }
 
 /// One histogram from counts already cumulated (bucket bounds with `+Inf` last).
@@ -419,6 +633,27 @@ mod tests {
     }
 
     #[test]
+    fn admission_counters_render_by_limit_family_and_prefix_length() {
+        let m = ProxyMetrics::default();
+        m.set_ipv6_aggregate_prefix(40);
+        m.admission_displaced(Limit::Connections, Family::Ipv4);
+        m.admission_refused(Limit::ConnectionsPerPrefix, Family::Ipv6);
+        m.admission_refused(Limit::TlsHandshakeRate, Family::Ipv4);
+        let totals = AgentTotals::default();
+        totals.absorb(m.snapshot());
+        let text = render(&totals);
+        for line in [
+            r#"sg_proxy_displaced_connections_total{limit="max_connections",family="ipv4",prefix_len="0"} 1"#,
+            r#"sg_proxy_displaced_connections_total{limit="max_connections_per_source",family="ipv6",prefix_len="64"} 0"#,
+            r#"sg_proxy_refused_connections_total{limit="max_connections_per_prefix",family="ipv6",prefix_len="40"} 1"#,
+            r#"sg_proxy_tls_handshakes_refused_total{limit="tls_handshake_rate",family="ipv4",prefix_len="24"} 1"#,
+            r#"sg_proxy_tls_handshakes_refused_total{limit="tls_handshakes",family="ipv6",prefix_len="0"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn snapshots_add_up_across_proxy_process_restarts() {
         let m = Box::leak(Box::new(ProxyMetrics::default()));
         m.request(
@@ -427,6 +662,7 @@ mod tests {
             Some(Duration::from_millis(2)),
         );
         m.connection_rejected(Listener::Grpc);
+        m.revoked(Revoked::Tunnel);
         let open = m.connection_opened(Listener::Http);
         let totals = AgentTotals::default();
         totals.absorb(m.snapshot());
@@ -441,6 +677,8 @@ mod tests {
             "sg_proxy_request_duration_seconds_bucket{le=\"+Inf\",listener=\"http\"} 1",
             "sg_proxy_rejected_connections_total{listener=\"grpc\"} 1",
             "sg_proxy_open_connections{listener=\"http\"} 1",
+            "sg_proxy_revoked_total{kind=\"tunnel\"} 1",
+            "sg_proxy_revoked_total{kind=\"stream\"} 0",
             "sg_token_reloads_total 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -6,7 +6,7 @@ use http::{Response, StatusCode};
 
 use super::reply::{Body, plain};
 use crate::metrics::proxy::Outcome;
-use crate::token::TokenSet;
+use crate::token::{TokenIndex, TokenSet};
 
 /// The cookie the docs link sets, as Anyscale names it.
 pub const COOKIE_NAME: &str = "SERVE_TOKEN";
@@ -47,11 +47,23 @@ pub enum Via {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed(Via),
+    /// Let through, by which credential and which token of the set: what the request opens
+    /// (a stream, a tunnel) ends when a later set no longer holds that token.
+    Allowed(Via, TokenIndex),
     /// No credential at all.
     Missing,
     /// A credential that is not the token.
     Invalid,
+}
+
+impl Verdict {
+    /// The token that let the request through, if one did.
+    pub fn token(self) -> Option<TokenIndex> {
+        match self {
+            Verdict::Allowed(_, token) => Some(token),
+            _ => None,
+        }
+    }
 }
 
 /// RFC 9110 whitespace (SP / HTAB): what separates an auth-scheme from its credentials.
@@ -77,18 +89,17 @@ pub fn bearer_credential(value: &HeaderValue) -> Option<&[u8]> {
 /// the headers: Authorization values that carry one (another Bearer token belongs to the app and
 /// stays), and every SERVE_TOKEN cookie (other cookies stay). An empty set allows nothing.
 pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carriers) -> Verdict {
-    let matches = |candidate: &[u8]| tokens.matches(candidate);
     let mut presented = false;
-    let mut by_header = false;
-    let mut by_cookie = false;
+    let mut by_header = None;
+    let mut by_cookie = None;
 
     let mut kept_auth = Vec::new();
     for value in headers.get_all(AUTHORIZATION) {
         match bearer_credential(value) {
             Some(credential) => {
                 presented = true;
-                if matches(credential) {
-                    by_header = true;
+                if let Some(index) = tokens.position(credential) {
+                    by_header = Some(index);
                     continue;
                 }
                 kept_auth.push(value.clone());
@@ -123,7 +134,9 @@ pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carrie
                         .strip_prefix(b"\"")
                         .and_then(|v| v.strip_suffix(b"\""))
                         .unwrap_or(cookie_value);
-                    by_cookie |= matches(unquoted);
+                    if let Some(index) = tokens.position(unquoted) {
+                        by_cookie = Some(index);
+                    }
                 }
                 continue;
             }
@@ -142,10 +155,10 @@ pub fn authenticate(headers: &mut HeaderMap, tokens: &TokenSet, carriers: Carrie
     }
 
     match (by_header, by_cookie, presented) {
-        (true, _, _) => Verdict::Allowed(Via::Header),
-        (false, true, _) => Verdict::Allowed(Via::Cookie),
-        (false, false, true) => Verdict::Invalid,
-        (false, false, false) => Verdict::Missing,
+        (Some(index), _, _) => Verdict::Allowed(Via::Header, index),
+        (None, Some(index), _) => Verdict::Allowed(Via::Cookie, index),
+        (None, None, true) => Verdict::Invalid,
+        (None, None, false) => Verdict::Missing,
     }
 }
 
@@ -203,7 +216,7 @@ mod tests {
     fn bearer_any_case_is_accepted_and_stripped() {
         for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
             let (v, h) = run(&[("authorization", &format!("{scheme} {TOKEN}"))]);
-            assert_eq!(v, Verdict::Allowed(Via::Header), "{scheme}");
+            assert!(matches!(v, Verdict::Allowed(Via::Header, _)), "{scheme}");
             assert!(h.get(AUTHORIZATION).is_none());
         }
     }
@@ -220,7 +233,7 @@ mod tests {
                 ("authorization", &value),
                 ("cookie", &format!("SERVE_TOKEN={TOKEN}")),
             ]);
-            assert_eq!(v, Verdict::Allowed(Via::Header), "{value:?}");
+            assert!(matches!(v, Verdict::Allowed(Via::Header, _)), "{value:?}");
             assert!(h.get(AUTHORIZATION).is_none(), "{value:?}");
         }
         let (v, _) = run(&[("authorization", "Bearer\twrong")]);
@@ -245,24 +258,56 @@ mod tests {
             ("authorization", "Bearer app-token"),
             ("cookie", &format!("SERVE_TOKEN={TOKEN}")),
         ]);
-        assert_eq!(v, Verdict::Allowed(Via::Cookie));
+        assert!(matches!(v, Verdict::Allowed(Via::Cookie, _)));
         assert_eq!(h.get(AUTHORIZATION).unwrap(), "Bearer app-token");
     }
 
     #[test]
     fn cookie_is_accepted_and_always_stripped() {
         let (v, h) = run(&[("cookie", &format!("a=1; SERVE_TOKEN={TOKEN}; b=2"))]);
-        assert_eq!(v, Verdict::Allowed(Via::Cookie));
+        assert!(matches!(v, Verdict::Allowed(Via::Cookie, _)));
         assert_eq!(h.get(COOKIE).unwrap(), "a=1; b=2");
         let (v, h) = run(&[("cookie", "SERVE_TOKEN=wrong"), ("cookie", "c=3")]);
         assert_eq!(v, Verdict::Invalid);
         assert_eq!(h.get_all(COOKIE).iter().count(), 1);
         assert_eq!(h.get(COOKIE).unwrap(), "c=3");
         let (v, h) = run(&[("cookie", &format!("SERVE_TOKEN=\"{TOKEN}\""))]);
-        assert_eq!(v, Verdict::Allowed(Via::Cookie));
+        assert!(matches!(v, Verdict::Allowed(Via::Cookie, _)));
         assert!(h.get(COOKIE).is_none());
         let (v, _) = run(&[("cookie", "serve_token=x; other=1")]);
         assert_eq!(v, Verdict::Missing);
+    }
+
+    #[test]
+    fn the_verdict_names_the_token_that_let_the_request_through() {
+        const OTHER: &str = "zyxwvutsrqponmlkjihgfedcba543210";
+        let tokens = TokenSet::new([Token::parse(OTHER).unwrap(), Token::parse(TOKEN).unwrap()]);
+        let mine = tokens.position(TOKEN.as_bytes());
+        let other = tokens.position(OTHER.as_bytes());
+        for (pairs, want) in [
+            (vec![("authorization", format!("Bearer {TOKEN}"))], mine),
+            (vec![("cookie", format!("SERVE_TOKEN={OTHER}"))], other),
+            // The header wins over the cookie: it is what the request is admitted by.
+            (
+                vec![
+                    ("cookie", format!("SERVE_TOKEN={OTHER}")),
+                    ("authorization", format!("Bearer {TOKEN}")),
+                ],
+                mine,
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            for (k, v) in &pairs {
+                headers.append(*k, HeaderValue::from_str(v).unwrap());
+            }
+            let verdict = authenticate(
+                &mut headers,
+                &tokens,
+                Carriers::HeaderOrCookie { secure: false },
+            );
+            assert_eq!(verdict.token(), want, "{pairs:?}");
+        }
+        assert_eq!(Verdict::Invalid.token(), None);
     }
 
     #[test]
@@ -287,7 +332,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(COOKIE, HeaderValue::from_str(&cookies).unwrap());
             let v = authenticate(&mut headers, &tokens, Carriers::HeaderOrCookie { secure });
-            assert_eq!(v, Verdict::Allowed(via));
+            assert!(matches!(v, Verdict::Allowed(w, _) if w == via));
             assert_eq!(headers.get(COOKIE).unwrap(), "k=v");
         }
         // Over HTTPS the plain name is not a credential (and is still removed).

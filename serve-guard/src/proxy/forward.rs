@@ -1,7 +1,8 @@
 //! Sending an authenticated request to the upstream and its response back: pooled keep-alive
 //! connections, header hygiene (hop-by-hop and client-supplied proxy headers out, X-Forwarded-*
 //! and X-Real-IP set by the proxy), bodies streamed both ways, WebSocket upgrades (and no other
-//! protocol) tunnelled after the check.
+//! protocol) tunnelled after the check; all of it ended when the token that admitted it is
+//! revoked (see `revoke`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::pool::{self, Pool};
-use super::reply::{self, Body};
+use super::reply::Body;
+use super::revoke::{self, Grant};
 use super::server::ConnectionSlot;
 use crate::config::public::{Limits, Upstream};
 
@@ -106,13 +108,14 @@ pub fn client(limits: &Limits, upstream: &Upstream, grpc: bool) -> UpstreamClien
 impl UpstreamClient {
     /// Sends `parts` and `body` to `path_and_query` on `upstream`, in the form its protocol
     /// wants: origin-form with a Host header for HTTP/1.1, an absolute URI for HTTP/2 (its
-    /// `:authority`).
+    /// `:authority`). The response body ends when `grant` is revoked.
     async fn send(
         &self,
         upstream: &Upstream,
         path_and_query: PathAndQuery,
         mut parts: http::request::Parts,
         body: Body,
+        grant: Option<&Grant>,
     ) -> Result<Response<Body>, UpstreamError> {
         match self {
             UpstreamClient::Http1(pool) => {
@@ -120,14 +123,14 @@ impl UpstreamClient {
                 parts.version = Version::HTTP_11;
                 parts.headers.insert(header::HOST, upstream.host().clone());
                 let resp = pool.send(Request::from_parts(parts, body)).await?;
-                Ok(resp.map(reply::stream))
+                Ok(resp.map(|b| revoke::body(b, grant)))
             }
             UpstreamClient::Http2(client) => {
                 parts.uri = upstream.join(path_and_query);
                 parts.version = Version::HTTP_2;
                 parts.headers.remove(header::HOST);
                 let resp = client.request(Request::from_parts(parts, body)).await?;
-                Ok(resp.map(reply::stream))
+                Ok(resp.map(|b| revoke::body(b, grant)))
             }
         }
     }
@@ -153,6 +156,9 @@ pub enum ForwardError {
     /// or switched to another protocol: no tunnel is opened.
     #[error("the upstream switched protocols without a WebSocket upgrade")]
     UnexpectedUpgrade,
+    /// The token that admitted the request left the token file before the upstream answered.
+    #[error("the request's token was revoked before the upstream answered")]
+    Revoked,
 }
 
 /// One forwarding: where to, over what, and what the client connection looks like.
@@ -174,12 +180,14 @@ impl Forward<'_> {
     /// Forwards `req` (already authenticated and stripped of the token) to `path_and_query`
     /// on the upstream. `websocket`: the request is a WebSocket upgrade the checks allow
     /// ([`is_websocket_upgrade`] and authenticated); any other upgrade goes upstream as a plain
-    /// request, without `Upgrade`.
+    /// request, without `Upgrade`. `grant`: the token that admitted it (none on an
+    /// unauthenticated path); its revocation ends the request wherever it is.
     pub async fn send(
         &self,
         mut req: Request<Incoming>,
         path_and_query: PathAndQuery,
         websocket: bool,
+        grant: Option<Grant>,
     ) -> Result<Response<Body>, ForwardError> {
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
@@ -214,13 +222,25 @@ impl Forward<'_> {
             headers.insert(X_FORWARDED_HOST, host);
         }
 
-        let sent = self
-            .client
-            .send(self.upstream, path_and_query, parts, reply::stream(body));
-        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
-            Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
+        let grant = grant.as_ref();
+        let body = revoke::body(body, grant);
+        let sent = tokio::time::timeout(
+            self.response_timeout,
+            self.client
+                .send(self.upstream, path_and_query, parts, body, grant),
+        );
+        let sent = match grant {
+            Some(grant) => grant.unless_revoked(sent).await,
+            None => Some(sent.await),
+        };
+        let mut resp = match sent {
+            // Revoked while waiting, or as the answer came (the upload's end may be why it
+            // failed): the client gets the refusal, not the upstream's words.
+            None => return Err(ForwardError::Revoked),
+            Some(_) if grant.is_some_and(Grant::is_revoked) => return Err(ForwardError::Revoked),
+            Some(Ok(Ok(resp))) => resp,
+            Some(Ok(Err(e))) => return Err(ForwardError::Unreachable(e)),
+            Some(Err(_)) => return Err(ForwardError::Timeout(self.response_timeout)),
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -240,7 +260,12 @@ impl Forward<'_> {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             resp.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, self.slot.clone()));
+            tokio::spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                self.slot.clone(),
+                grant.cloned(),
+            ));
         } else {
             strip_hop_by_hop(resp.headers_mut());
         }
@@ -249,11 +274,13 @@ impl Forward<'_> {
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections until either
-/// side closes.
+/// side closes, or the token that opened it is revoked: then both connections are dropped
+/// (closed) with whatever was in flight.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     _slot: ConnectionSlot,
+    grant: Option<Grant>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -264,9 +291,15 @@ async fn tunnel(
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-        Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let copied = match &grant {
+        Some(grant) => grant.unless_revoked(copy).await,
+        None => Some(copy.await),
+    };
+    match copied {
+        Some(Ok((up, down))) => tracing::debug!(up, down, "upgraded connection closed"),
+        Some(Err(e)) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        None => tracing::debug!("upgraded connection closed: its token was revoked"),
     }
 }
 

@@ -8,6 +8,9 @@ use super::reply::{self, Body};
 
 /// gRPC status codes used here (grpc/doc/statuscodes.md).
 pub const STATUS_DEADLINE_EXCEEDED: u32 = 4;
+/// What gRPC makes of an HTTP 400 (grpc/doc/http-grpc-status-mapping.md): the answer to a
+/// malformed request.
+pub const STATUS_INTERNAL: u32 = 13;
 pub const STATUS_UNAVAILABLE: u32 = 14;
 pub const STATUS_UNAUTHENTICATED: u32 = 16;
 
@@ -36,4 +39,12 @@ pub fn unauthenticated(invalid: bool) -> Response<Body> {
             "missing token: send authorization: Bearer <token> metadata",
         )
     }
+}
+
+/// A malformed request (RFC 9113 §8.2.1), refused before the token check.
+pub fn malformed() -> Response<Body> {
+    status(
+        STATUS_INTERNAL,
+        "malformed request: a header field value starts or ends with whitespace",
+    )
 }

@@ -7,20 +7,26 @@
 //! - `auth`: finding, checking and stripping the token; the 401s.
 //! - `scrub`: the token never goes upstream, wherever else a client put it.
 //! - `csrf`: cookie-authenticated unsafe requests need the proxy's own Origin.
+//! - `fields`: HTTP/2 field validity (RFC 9113 §8.2.1), checked before the token.
+//! - `revoke`: what a token admitted (tunnels, streams, requests in flight) ends when the token
+//!   leaves the token file.
 //! - `docs_link`: `?token=` → 303 + cookie.
 //! - `path`: path normal form and safe redirect paths.
 //! - `forward`: header hygiene, streaming, upgrades; `pool`: the upstream's HTTP/1.1
 //!   keep-alive connections.
 //! - `grpc`: the gRPC listener's answers.
-//! - `tls`, `limits`, `server`: listeners, limits and the accept loop.
+//! - `tls`, `limits`, `admission`, `server`: listeners, limits, fair admission under
+//!   many-source floods, and the accept loop.
 //! - `observe`: metrics and log lines for each request's outcome.
 //! - `routes`, `status`: what `serve-guard status` shows in public mode.
 //! - `worker`: the agent runs the proxy as a separate unprivileged process (no capabilities,
 //!   no files); its supervisor, the channel to it, and the process's own start.
 
+pub mod admission;
 pub mod auth;
 pub mod csrf;
 pub mod docs_link;
+pub mod fields;
 pub mod forward;
 pub mod grpc;
 pub mod limits;
@@ -28,6 +34,7 @@ pub mod observe;
 pub mod path;
 pub mod pool;
 pub mod reply;
+pub mod revoke;
 pub mod routes;
 pub mod scrub;
 pub mod server;
@@ -53,6 +60,7 @@ use auth::{Carriers, Verdict, Via};
 use docs_link::CookieSettings;
 use forward::{Forward, ForwardError, UpstreamClient};
 use reply::{Body, plain};
+use revoke::{Credential, Revocations};
 use server::{ConnInfo, Listener, Shared};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +109,8 @@ struct Route {
     path_and_query: PathAndQuery,
     /// A WebSocket upgrade, authenticated: the only upgrade ever forwarded.
     websocket: bool,
+    /// The token that admitted the request; `None` on an unauthenticated path.
+    credential: Option<Credential>,
 }
 
 /// The request target upstream: the client's own when neither the path nor the query changed
@@ -140,6 +150,8 @@ pub struct Handler {
     response_timeout: Duration,
     /// `[public] access_log`: one log line per forwarded request.
     access_log: bool,
+    /// What tokens admitted, shared by both listeners: ended when a token is removed.
+    revocations: Revocations,
 }
 
 impl Handler {
@@ -150,9 +162,12 @@ impl Handler {
         shared: &Shared,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
-        let decision = match self.kind {
-            Kind::Http => self.check_http(&mut req, info),
-            Kind::Grpc => self.check_grpc(&mut req),
+        let decision = match fields::check(req.version(), req.headers()) {
+            Err(malformed) => self.malformed(&malformed),
+            Ok(()) => match self.kind {
+                Kind::Http => self.check_http(&mut req, info, &shared.slot),
+                Kind::Grpc => self.check_grpc(&mut req, &shared.slot),
+            },
         };
         let method = req.method().clone();
         match decision {
@@ -201,6 +216,20 @@ impl Handler {
         );
     }
 
+    /// A malformed HTTP/2 request: never forwarded (RFC 9113 §8.1.1), refused as the listener
+    /// refuses (400, or gRPC's INTERNAL, its mapping of 400).
+    fn malformed(&self, malformed: &fields::MalformedField) -> Decision {
+        tracing::debug!(error = %malformed, "malformed HTTP/2 request");
+        let resp = match self.kind {
+            Kind::Http => plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: a header field value starts or ends with whitespace\n",
+            ),
+            Kind::Grpc => grpc::malformed(),
+        };
+        Decision::Answer(resp, Outcome::BadRequest)
+    }
+
     /// The path as `unauthenticated_paths` are written, when it is one of them. A path already
     /// in normal form (the usual case) is compared as it is, without building its normal form.
     fn unauthenticated_path(&self, path: &str) -> Option<std::borrow::Cow<'_, str>> {
@@ -221,7 +250,12 @@ impl Handler {
 
     /// The docs link, the token check, unauthenticated paths, upgrades and CSRF; strips the
     /// token. The one place an HTTP request's outcome is decided.
-    fn check_http(&self, req: &mut Request<Incoming>, info: ConnInfo) -> Decision {
+    fn check_http(
+        &self,
+        req: &mut Request<Incoming>,
+        info: ConnInfo,
+        slot: &server::ConnectionSlot,
+    ) -> Decision {
         // A reverse proxy is no tunnel to arbitrary hosts.
         if req.method() == Method::CONNECT {
             return Decision::Answer(
@@ -248,8 +282,11 @@ impl Handler {
             Carriers::HeaderOrCookie { secure },
         );
         let public = self.unauthenticated_path(req.uri().path());
-        if public.is_none() && !matches!(verdict, Verdict::Allowed(_)) {
+        if public.is_none() && !matches!(verdict, Verdict::Allowed(..)) {
             return Decision::Answer(auth::unauthorized(verdict), auth::outcome(verdict));
+        }
+        if matches!(verdict, Verdict::Allowed(..)) {
+            slot.mark_authenticated();
         }
         // Forwarded: the token goes from wherever else the client put it.
         let is_token = |word: &[u8]| tokens.matches(word);
@@ -259,17 +296,18 @@ impl Handler {
 
         if let Some(public) = public {
             // Upstream sees exactly the path that was checked, and never an upgrade: without a
-            // token, a tunnel would be a way past the check.
-            return self.forward(req.uri(), &public, query, false);
+            // token, a tunnel would be a way past the check. Public: nothing to revoke.
+            return self.forward(req.uri(), &public, query, false, None);
         }
         let websocket = forward::is_websocket_upgrade(req);
-        if verdict == Verdict::Allowed(Via::Cookie)
+        if matches!(verdict, Verdict::Allowed(Via::Cookie, _))
             && csrf::needs_origin(req.method(), websocket)
             && !csrf::same_origin(req.headers(), &self.origin)
         {
             return Decision::Answer(csrf::forbidden(), Outcome::Forbidden);
         }
-        self.forward(req.uri(), req.uri().path(), query, websocket)
+        let credential = verdict.token().map(|t| Credential::new(tokens.clone(), t));
+        self.forward(req.uri(), req.uri().path(), query, websocket, credential)
     }
 
     /// Forward to `path` and `query`, or 400 when they make no request target.
@@ -279,11 +317,13 @@ impl Handler {
         path: &str,
         query: Option<&str>,
         websocket: bool,
+        credential: Option<Credential>,
     ) -> Decision {
         match target(original, path, query) {
             Ok(path_and_query) => Decision::Forward(Route {
                 path_and_query,
                 websocket,
+                credential,
             }),
             Err(_) => Decision::Answer(
                 plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"),
@@ -293,13 +333,16 @@ impl Handler {
     }
 
     /// The token check on the `authorization` metadata; strips the token.
-    fn check_grpc(&self, req: &mut Request<Incoming>) -> Decision {
+    fn check_grpc(&self, req: &mut Request<Incoming>, slot: &server::ConnectionSlot) -> Decision {
         let tokens = self.tokens.borrow().clone();
         match auth::authenticate(req.headers_mut(), &tokens, Carriers::HeaderOnly) {
-            Verdict::Allowed(_) => {
+            Verdict::Allowed(_, token) => {
+                slot.mark_authenticated();
                 let is_token = |word: &[u8]| tokens.matches(word);
                 scrub::headers(req.headers_mut(), &is_token);
-                self.forward(req.uri(), req.uri().path(), req.uri().query(), false)
+                let credential = Credential::new(tokens.clone(), token);
+                let (path, query) = (req.uri().path(), req.uri().query());
+                self.forward(req.uri(), path, query, false, Some(credential))
             }
             verdict => Decision::Answer(
                 grpc::unauthenticated(verdict == Verdict::Invalid),
@@ -325,14 +368,25 @@ impl Handler {
             tls: info.tls,
             response_timeout: self.response_timeout,
         };
+        let grant = route.credential.map(|credential| {
+            let held = match route.websocket {
+                true => crate::metrics::proxy::Revoked::Tunnel,
+                false => crate::metrics::proxy::Revoked::Stream,
+            };
+            self.revocations.admit(credential, held)
+        });
         match forward
-            .send(req, route.path_and_query, route.websocket)
+            .send(req, route.path_and_query, route.websocket, grant)
             .await
         {
             Ok(resp) => (resp, Outcome::Forwarded),
             Err(e) => {
-                tracing::warn!(upstream = %self.upstream, error = %e, "cannot forward");
+                if !matches!(e, ForwardError::Revoked) {
+                    tracing::warn!(upstream = %self.upstream, error = %e, "cannot forward");
+                }
                 let resp = match (self.kind, &e) {
+                    (Kind::Http, ForwardError::Revoked) => auth::unauthorized(Verdict::Invalid),
+                    (Kind::Grpc, ForwardError::Revoked) => grpc::unauthenticated(true),
                     (Kind::Http, ForwardError::Unreachable(_)) => plain(
                         StatusCode::BAD_GATEWAY,
                         "502 Bad Gateway: the upstream (Ray Serve) is unreachable\n",
@@ -367,6 +421,8 @@ pub struct Proxy {
     grpc_local_addr: Option<SocketAddr>,
     tls: Option<tls::TlsFiles>,
     config: PublicConfig,
+    /// Ends what removed tokens admitted; runs while the proxy serves.
+    sweeper: revoke::Sweeper,
 }
 
 /// The listening sockets, bound before anything is served. The agent binds them and hands
@@ -417,6 +473,7 @@ impl Proxy {
         tls: Option<tls::TlsFiles>,
     ) -> Result<Proxy, ProxyError> {
         config.validate()?;
+        let (revocations, sweeper) = Revocations::new(&tokens);
         let handler = |kind, upstream: Upstream| {
             Arc::new(Handler {
                 kind,
@@ -429,6 +486,7 @@ impl Proxy {
                 origin: config.external_url().origin(),
                 response_timeout: config.limits.upstream_response_timeout,
                 access_log: config.access_log,
+                revocations: revocations.clone(),
             })
         };
         let listener = |std: std::net::TcpListener, addr: SocketAddr, what| {
@@ -462,6 +520,7 @@ impl Proxy {
             grpc_local_addr,
             tls,
             config: config.clone(),
+            sweeper,
         })
     }
 
@@ -488,13 +547,15 @@ impl Proxy {
         let limits = &self.config.limits;
         let builder = Arc::new(limits::server_builder(limits));
         // One budget for both listeners: they share the process's file descriptors.
-        let limit =
-            limits::ConnectionLimit::new(limits.max_connections, limits.max_connections_per_source);
+        let admission = admission::Admission::new(admission::AdmissionLimits::from_config(limits));
+        crate::metrics::proxy::global().set_ipv6_aggregate_prefix(limits.ipv6_aggregate_prefix);
         let timing = server::Timing {
             first_request: limits.header_read_timeout,
             idle: limits.idle_timeout,
         };
         let (stop, stopped) = watch::channel(false);
+        // Aborted when serving ends, after the drain: a removed token ends tunnels then too.
+        let _sweeper = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(self.sweeper.run()));
         tracing::info!(
             listen = %self.local_addr,
             upstream = %self.config.upstream,
@@ -506,12 +567,12 @@ impl Proxy {
         tasks.spawn(server::run(
             self.http,
             builder.clone(),
-            limit.clone(),
+            admission.clone(),
             timing,
             stopped.clone(),
         ));
         if let Some(grpc) = self.grpc {
-            tasks.spawn(server::run(grpc, builder, limit, timing, stopped));
+            tasks.spawn(server::run(grpc, builder, admission, timing, stopped));
         }
         shutdown.await;
         let _ = stop.send(true);

@@ -1,6 +1,6 @@
 //! What the proxy tells the operator about each request: the metrics, a log line for every
 //! refused request (client, listener, path, reason; rate-limited so a 401 storm cannot flood the
-//! journal), the same for connections closed at accept over `max_connections`, and, when
+//! journal), the same for connections refused or displaced by admission, and, when
 //! `[public] access_log` is on, one line per forwarded request.
 //!
 //! Never the token: only the path is logged (a docs link carries the token in its query), and
@@ -99,21 +99,45 @@ pub fn forward_error_outcome(error: &super::forward::ForwardError) -> Outcome {
     use super::forward::ForwardError;
     match error {
         ForwardError::Timeout(_) => Outcome::GatewayTimeout,
+        // Answered 401: the token went while the request was on its way.
+        ForwardError::Revoked => Outcome::InvalidToken,
         _ => Outcome::BadGateway,
     }
 }
 
-/// A connection closed at accept because `max_connections` were open: counted, and logged like
-/// a refused request (rate-limited, with the client's address).
-pub fn connection_rejected(listener: Listener, client: SocketAddr) {
+/// A connection closed at accept or before its TLS handshake because an admission limit was
+/// full: counted, and logged like a refused request (rate-limited, with the client's address).
+pub fn connection_refused(
+    listener: Listener,
+    client: SocketAddr,
+    refused: &super::admission::Refused,
+) {
     metrics::global().connection_rejected(listener);
     if let Some(suppressed) = refusal_limiter().admit(Instant::now()) {
         tracing::warn!(
             %client,
             listener = listener.as_str(),
-            reason = "max_connections",
+            reason = refused.limit.as_str(),
+            family = refused.family.as_str(),
+            prefix_len = refused.prefix_len,
             suppressed_since_last = suppressed,
             "connection refused"
+        );
+    }
+}
+
+/// A connection that had not completed a request head was closed to make room for one from
+/// `by`: logged at most [`REFUSAL_LOG_BURST`] times a window, on a budget of its own so that a
+/// displacement storm does not hide refusals.
+pub fn connection_displaced(by: std::net::IpAddr, limit: metrics::Limit, family: metrics::Family) {
+    static LIMITER: Limiter = Limiter::new(REFUSAL_LOG_BURST, REFUSAL_LOG_WINDOW);
+    if let Some(suppressed) = LIMITER.admit(Instant::now()) {
+        tracing::info!(
+            newcomer = %by,
+            limit = limit.as_str(),
+            victim_family = family.as_str(),
+            suppressed_since_last = suppressed,
+            "fresh connection displaced"
         );
     }
 }

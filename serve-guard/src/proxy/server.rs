@@ -1,11 +1,16 @@
-//! The accept loop shared by the HTTP and gRPC listeners: connection slots (total and per
-//! source), then one task per connection that bounds every stage of it:
+//! The accept loop shared by the HTTP and gRPC listeners: admission (a slot under the nested
+//! connection limits, see `admission`), then one task per connection that bounds every stage
+//! of it:
 //!
 //! - until its first request head is complete (TLS handshake, the HTTP/1-or-2 sniffing step,
-//!   partial prefaces, slow headers): `header_read_timeout` for the whole stage, then closed;
+//!   partial prefaces, slow headers): `header_read_timeout`, shortened when the pool is under
+//!   pressure, for the whole stage, then closed; the TLS handshake proper (after the
+//!   ClientHello) only with a handshake place, else closed before any crypto;
 //! - later HTTP/1.1 heads: `header_read_timeout` each (hyper's timer);
 //! - no request in flight (idle keep-alive, an HTTP/2 connection without streams):
-//!   `idle_timeout`, then a graceful close, itself bounded;
+//!   `idle_timeout` (shortened under pressure until the token was shown), then a graceful
+//!   close, itself bounded;
+//! - displaced by a newcomer before its first request head: closed at once;
 //! - on shutdown: a graceful close, bounded by the drain timeout.
 
 use std::convert::Infallible;
@@ -21,11 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::task::TaskTracker;
 
 use super::Handler;
-use super::limits::{ConnectionLimit, Slot};
+use super::admission::{Admission, Slot};
 use super::reply::Body;
 use super::tls::TlsFiles;
 
@@ -39,10 +44,19 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 /// before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The connection's place under `max_connections` and `max_connections_per_source`, held until
-/// the connection and any tunnel upgraded from it end.
+/// The connection's place under the connection limits, held until the connection and any
+/// tunnel upgraded from it end. Request handling marks it proven (a complete request head) and
+/// authenticated (the token), which admission reads when choosing whom to displace.
 #[derive(Clone)]
-pub struct ConnectionSlot(#[allow(dead_code)] Arc<Slot>);
+pub struct ConnectionSlot(Arc<Slot>);
+
+impl std::ops::Deref for ConnectionSlot {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.0
+    }
+}
 
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone, Copy)]
@@ -70,9 +84,9 @@ pub struct Listener {
 /// The time limits of a connection's stages.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
-    /// From accept until the first request head is complete.
+    /// From accept until the first request head is complete, with the pool at most half full.
     pub first_request: Duration,
-    /// With no request in flight.
+    /// With no request in flight, for a connection that showed the token or without pressure.
     pub idle: Duration,
 }
 
@@ -80,7 +94,7 @@ pub struct Timing {
 pub async fn run(
     listener: Listener,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    limit: ConnectionLimit,
+    admission: Admission,
     timing: Timing,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -99,10 +113,13 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(slot) = limit.try_acquire(peer.ip()) else {
-            super::observe::connection_rejected(listener.handler.kind.metric(), peer);
-            drop(stream);
-            continue;
+        let slot = match admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                super::observe::connection_refused(listener.handler.kind.metric(), peer, &refused);
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let info = ConnInfo {
@@ -143,28 +160,80 @@ struct Connection {
 
 impl Connection {
     async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        let slot = self.slot.clone();
+        let peer = self.info.peer;
+        // Dropping the connection's future closes its socket: a displaced connection is gone
+        // as soon as its task runs next.
+        tokio::select! {
+            biased;
+            _ = slot.displaced() => tracing::debug!(%peer, "displaced by a newcomer; closing"),
+            _ = self.run_until_closed(stream, tls) => {}
+        }
+    }
+
+    async fn run_until_closed(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
         let peer = self.info.peer;
         let (listener, access_log) = (self.handler.kind.metric(), self.handler.access_log);
         let _open = crate::metrics::proxy::global().connection_opened(listener);
-        // One deadline for the TLS handshake and the first request head together.
-        let first_deadline = Instant::now() + self.timing.first_request;
+        // One deadline for the TLS handshake and the first request head together, set by how
+        // full the pool is as the connection arrives.
+        let first_deadline =
+            Instant::now() + self.slot.first_request_timeout(self.timing.first_request);
         let result = match tls {
             None => self.serve(stream, first_deadline).await,
-            Some(tls) => match tokio::time::timeout_at(first_deadline, tls.accept(stream)).await {
-                Ok(Ok(stream)) => self.serve(stream, first_deadline).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            Some(tls) => {
+                let Some(stream) = self.handshake(stream, tls, first_deadline).await else {
                     return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            },
+                };
+                self.serve(stream, first_deadline).await
+            }
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
             super::observe::connection_error(listener, peer, e.as_ref(), access_log);
+        }
+    }
+
+    /// The TLS handshake: the ClientHello is read (no crypto) before a handshake place is
+    /// taken, so a connection over the handshake bounds costs the proxy no key exchange and no
+    /// signature. `None` when the connection ends there.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        tls: TlsAcceptor,
+        deadline: Instant,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let peer = self.info.peer;
+        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = match tokio::time::timeout_at(deadline, hello).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "no valid ClientHello");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return None;
+            }
+        };
+        let _place = match self.slot.begin_handshake() {
+            Ok(place) => place,
+            Err(refused) => {
+                super::observe::connection_refused(self.handler.kind.metric(), peer, &refused);
+                return None;
+            }
+        };
+        let accept = start.into_stream(tls.config().clone());
+        match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
         }
     }
 
@@ -186,6 +255,8 @@ impl Connection {
         let requests = activity.clone();
         let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let (handler, shared) = (handler.clone(), shared.clone());
+            // A complete request head: from now on the connection is not displaced.
+            shared.slot.mark_proven();
             let in_flight = requests.begin();
             async move {
                 let resp = handler.handle(req, info, &shared).await;
@@ -197,11 +268,13 @@ impl Connection {
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let peer = self.info.peer;
+        let (slot, full_idle) = (self.slot.clone(), self.timing.idle);
+        let idle = move || slot.idle_timeout(full_idle);
         let mut close_by: Option<Instant> = None;
         loop {
             tokio::select! {
                 result = conn.as_mut() => return result,
-                expiry = activity.expired(first_deadline, self.timing.idle), if close_by.is_none() => {
+                expiry = activity.expired(first_deadline, &idle), if close_by.is_none() => {
                     match expiry {
                         Expiry::FirstRequest => {
                             tracing::debug!(%peer, "no complete request head in time; closing");
@@ -276,8 +349,13 @@ impl Activity {
     }
 
     /// Returns when the connection has run out of time: no first request by `first_deadline`,
-    /// or nothing in flight for `idle`.
-    async fn expired(&self, first_deadline: Instant, idle: Duration) -> Expiry {
+    /// or nothing in flight for the idle limit. `idle` gives that limit and how soon to look
+    /// again at the latest (both change with the pool's pressure).
+    async fn expired(
+        &self,
+        first_deadline: Instant,
+        idle: &impl Fn() -> (Duration, Duration),
+    ) -> Expiry {
         let timer = tokio::time::sleep_until(first_deadline);
         tokio::pin!(timer);
         loop {
@@ -286,16 +364,18 @@ impl Activity {
                 return Expiry::FirstRequest;
             }
             let now = Instant::now();
+            let (limit, recheck) = idle();
             let next = if self.in_flight.load(Ordering::Acquire) > 0 {
-                // Busy: look again after a whole idle period at the earliest.
-                now + idle
+                // Busy: look again after a whole idle period at the earliest (or sooner, when
+                // pressure may shorten it).
+                now + recheck
             } else {
                 let last_end =
                     self.epoch + Duration::from_nanos(self.last_end.load(Ordering::Acquire));
-                if now >= last_end + idle {
+                if now >= last_end + limit {
                     return Expiry::Idle;
                 }
-                last_end + idle
+                (last_end + limit).min(now + recheck)
             };
             timer.as_mut().reset(next);
         }

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use subtle::{Choice, ConstantTimeEq};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
 
 /// Random bytes in a generated token (256 bits).
@@ -130,6 +130,12 @@ impl Token {
     }
 }
 
+/// Which token of a set matched a credential: its place in that set, meaningful only together
+/// with that set. What a request admitted by a token carries instead of the token's text, so a
+/// later set can be asked whether that token is still in force ([`TokenSet::keeps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenIndex(u32);
+
 /// The tokens in force: every one is accepted; the first is the primary. Empty only before a
 /// token was loaded (or in tests): then nothing is accepted (fail closed).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -182,6 +188,30 @@ impl TokenSet {
             })
             .into()
     }
+
+    /// Which token `candidate` is, like [`TokenSet::matches`]: every token is compared and the
+    /// place is picked with a constant-time select, so neither the time nor the memory accessed
+    /// tells which one matched.
+    pub fn position(&self, candidate: &[u8]) -> Option<TokenIndex> {
+        let mut found = Choice::from(0);
+        let mut at = 0u32;
+        for (i, token) in self.0.iter().enumerate() {
+            let hit = token.matches_ct(candidate);
+            // A set holds at most a few thousand lines; no index overflows a u32.
+            at.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), hit);
+            found |= hit;
+        }
+        bool::from(found).then_some(TokenIndex(at))
+    }
+
+    /// Whether the token at `index` of `earlier` is in this set too (compared in constant time):
+    /// whether what that token admitted may go on.
+    pub fn keeps(&self, earlier: &TokenSet, index: TokenIndex) -> bool {
+        usize::try_from(index.0)
+            .ok()
+            .and_then(|i| earlier.0.get(i))
+            .is_some_and(|token| self.matches(token.expose().as_bytes()))
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +262,25 @@ mod tests {
         assert!(set.matches(b.expose().as_bytes()));
         assert!(!set.matches(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"));
         assert!(!set.matches(b""));
+    }
+
+    #[test]
+    fn position_names_the_matching_token_and_keeps_follows_it_into_a_new_set() {
+        let a = Token::parse("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        let b = Token::parse("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb").unwrap();
+        let c = Token::parse("cccccccccccccccccccccccccccccccc").unwrap();
+        let old = TokenSet::new([a.clone(), b.clone()]);
+        let at_a = old.position(a.expose().as_bytes()).unwrap();
+        let at_b = old.position(b.expose().as_bytes()).unwrap();
+        assert_ne!(at_a, at_b);
+        assert_eq!(old.position(c.expose().as_bytes()), None);
+        assert_eq!(old.position(b""), None);
+        // The new set drops `a` and reorders: `b` is still in force, wherever it is now.
+        let new = TokenSet::new([c, b]);
+        assert!(!new.keeps(&old, at_a));
+        assert!(new.keeps(&old, at_b));
+        assert!(old.keeps(&old, at_a));
+        assert!(!TokenSet::default().keeps(&old, at_b));
     }
 
     #[test]

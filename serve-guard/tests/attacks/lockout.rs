@@ -158,26 +158,27 @@ async fn one_source_cannot_take_every_slot() {
     let auth = format!("Authorization: Bearer {}", proxy.token());
     let valid = format!("GET /echo HTTP/1.1\r\nHost: h\r\n{auth}\r\nConnection: close\r\n\r\n");
     let attacker = [127, 0, 0, 1];
-    let _a = connect_from(attacker, proxy.addr).await.unwrap();
-    let _b = connect_from(attacker, proxy.addr).await.unwrap();
-    // The attacker's third connection is closed unanswered, even with the token...
+    let mut a = connect_from(attacker, proxy.addr).await.unwrap();
+    let b = connect_from(attacker, proxy.addr).await.unwrap();
+    // The proxy accepts in arrival order, so both are admitted before the third, which takes
+    // the place of the source's oldest connection that never sent a request: the source still
+    // holds two (one it never proved is refused only when nothing is displaceable; see
+    // admission's unit tests)...
     let mut third = connect_from(attacker, proxy.addr).await.unwrap();
-    let _ = third.write_all(valid.as_bytes()).await;
+    third.write_all(valid.as_bytes()).await.unwrap();
+    assert_eq!(statuses(&read_all(&mut third).await), vec![200]);
     assert!(
-        read_all(&mut third).await.is_empty(),
-        "served beyond the per-source cap"
+        read_all(&mut a).await.is_empty(),
+        "the oldest was displaced"
     );
+    drop(b);
     // ...while other sources are served.
     for user in [[127, 0, 0, 2], [127, 0, 0, 3]] {
         let mut s = connect_from(user, proxy.addr).await.unwrap();
         s.write_all(valid.as_bytes()).await.unwrap();
         assert_eq!(statuses(&read_all(&mut s).await), vec![200], "{user:?}");
     }
-    assert_eq!(
-        up.seen_count(),
-        2,
-        "only the two other sources reached the upstream"
-    );
+    assert_eq!(up.seen_count(), 3);
     report("per-source connection cap", 3);
 }
 

@@ -11,12 +11,15 @@ mod proxy_support;
 
 mod auth_bypass;
 mod csrf;
+mod field_rules;
 mod h2_floods;
 mod h2raw;
 mod lockout;
+mod many_sources;
 mod path_confusion;
 mod proxy_headers;
 mod redirect;
+mod revocation;
 mod smuggling;
 mod timing;
 mod token_leak;

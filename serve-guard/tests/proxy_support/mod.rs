@@ -27,6 +27,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Every wait in these tests is bounded by this; a hang is a failure, not a slow pass.
 pub const WAIT: Duration = Duration::from_secs(20);
+/// How often the upstream's endless streams (`/events`, gRPC `Watch`) send.
+pub const EVENT_INTERVAL: Duration = Duration::from_millis(50);
 
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
@@ -229,6 +231,17 @@ async fn upstream_handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> 
                 .body(body)
                 .unwrap()
         }
+        "/events" => {
+            // Server-sent events without end: one per EVENT_INTERVAL until the client goes.
+            let body = StreamBody::new(tokio_stream_from(endless(|n| {
+                Bytes::from(format!("data: {n}\n\n"))
+            })))
+            .boxed_unsync();
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap()
+        }
         "/upload" => {
             let sender = st.upload_chunks.lock().unwrap().clone();
             let mut body = req.into_body();
@@ -319,6 +332,24 @@ async fn upstream_handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> 
     }
 }
 
+/// Frames made by `make(0)`, `make(1)`, ... one per [`EVENT_INTERVAL`], until the receiver is
+/// dropped (the proxy closed the upstream connection or stream).
+fn endless(
+    make: impl Fn(u64) -> Bytes + Send + 'static,
+) -> mpsc::Receiver<Result<Frame<Bytes>, Infallible>> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(EVENT_INTERVAL);
+        for n in 0.. {
+            every.tick().await;
+            if tx.send(Ok(Frame::data(make(n)))).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// An mpsc receiver as a Stream (no tokio-stream dependency needed).
 fn tokio_stream_from<T: Send + 'static>(
     rx: mpsc::Receiver<T>,
@@ -328,7 +359,7 @@ fn tokio_stream_from<T: Send + 'static>(
 
 // ---------------------------------------------------------------------------------------------
 // An h2c gRPC-style upstream: answers every call with a status-0 trailer and echoes the
-// message; records the metadata.
+// message; records the metadata. A method named `Watch` streams messages without end instead.
 
 pub async fn start_grpc_upstream() -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -361,6 +392,16 @@ pub async fn start_grpc_upstream() -> TestUpstream {
                                 })
                                 .collect(),
                         });
+                        if req.uri().path().ends_with("/Watch") {
+                            let frames = endless(|n| grpc_frame(&n.to_be_bytes()));
+                            let body = StreamBody::new(tokio_stream_from(frames)).boxed_unsync();
+                            return Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(body)
+                                    .unwrap(),
+                            );
+                        }
                         let message = req.into_body().collect().await.unwrap().to_bytes();
                         let mut trailers = http::HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().unwrap());
@@ -467,8 +508,40 @@ pub async fn start_proxy(
     }
 }
 
+/// A proxy with both listeners: HTTP in front of a [`start_upstream`], gRPC in front of a
+/// [`start_grpc_upstream`]. Returns (HTTP upstream, gRPC upstream, proxy).
+pub async fn start_grpc_proxy() -> (TestUpstream, TestUpstream, TestProxy) {
+    let http_up = start_upstream().await;
+    let grpc_up = start_grpc_upstream().await;
+    let grpc_url = grpc_up.url();
+    let proxy = start_proxy(&http_up.url(), |c, _| {
+        c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.grpc_upstream = Some(UpstreamUrl::parse(&grpc_url).unwrap());
+    })
+    .await;
+    (http_up, grpc_up, proxy)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients.
+
+/// A WebSocket through the proxy to the upstream's `/ws` echo, opened with `authorization`.
+pub async fn open_websocket(
+    addr: SocketAddr,
+    authorization: &str,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", authorization.parse().unwrap());
+    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, stream))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
 
 /// A parsed HTTP/1.1 response head (and whatever body came with it).
 #[derive(Debug)]
@@ -566,6 +639,49 @@ pub fn echo_headers(echo: &serde_json::Value) -> HashMap<String, Vec<String>> {
             .push(pair[1].as_str().unwrap().to_owned());
     }
     map
+}
+
+/// An HTTP/2 connection by prior knowledge (h2c), as gRPC clients and
+/// `curl --http2-prior-knowledge` open it. One connection carries many streams.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A unary gRPC call (`grpc.health.v1.Health/Check`) over h2c with `metadata`: the response
+/// head, the messages and the trailers (`None` for a trailers-only answer).
+pub async fn grpc_unary(
+    addr: SocketAddr,
+    metadata: &[(&str, &str)],
+) -> (http::response::Parts, Vec<Bytes>, Option<http::HeaderMap>) {
+    let mut req = Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in metadata {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(full_body(grpc_frame(b"\x0a\x00"))).unwrap();
+    let mut connection = h2c(addr).await;
+    let resp = tokio::time::timeout(WAIT, connection.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let (parts, mut body) = resp.into_parts();
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = tokio::time::timeout(WAIT, body.frame()).await.unwrap() {
+        let frame = frame.unwrap();
+        match frame.into_data() {
+            Ok(d) => data.push(d),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    (parts, data, trailers)
 }
 
 /// Flushes stdout so a failing test's prints show.

@@ -192,7 +192,7 @@ async fn serve(
         loop {
             every.tick().await;
             let snapshot = crate::metrics::proxy::global().snapshot();
-            if let Err(e) = protocol::send(&mut to_agent, &FromWorker::Metrics(snapshot)).await {
+            if let Err(e) = protocol::send(&mut to_agent, &FromWorker::Metrics(Box::new(snapshot))).await {
                 return e;
             }
         }

@@ -68,7 +68,8 @@ pub enum FromWorker {
     Ready,
     /// The proxy's figures (every `metrics::proxy::SNAPSHOT_INTERVAL`): numbers only, which the
     /// agent shows as they are; a compromised process could only lie about its own traffic.
-    Metrics(crate::metrics::proxy::Snapshot),
+    /// Boxed: a snapshot is a few hundred bytes, `Ready` none.
+    Metrics(Box<crate::metrics::proxy::Snapshot>),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -251,7 +251,7 @@ impl Supervisor {
                 // channel, means it is dying or compromised.
                 message = protocol::recv::<_, FromWorker>(&mut from_worker) => {
                     if let Ok(FromWorker::Metrics(snapshot)) = message {
-                        crate::metrics::proxy::agent_totals().absorb(snapshot);
+                        crate::metrics::proxy::agent_totals().absorb(*snapshot);
                         continue;
                     }
                     tracing::warn!("the proxy process's channel: {}; restarting it", match message {
