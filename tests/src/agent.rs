@@ -633,6 +633,11 @@ impl Counters {
         self.get(reason, family).packets
     }
 
+    /// Packets for `reason`, every family.
+    pub fn packets_all(&self, reason: Reason) -> u64 {
+        Family::ALL.iter().map(|&f| self.packets(reason, f)).sum()
+    }
+
     /// Reads the counters map pinned somewhere under `pin_dir` (found by its name, so the test
     /// does not depend on the agent's layout inside the pin dir).
     pub fn read_pinned(pin_dir: &Path) -> Result<Counters> {

@@ -24,6 +24,8 @@ use std::time::Duration;
 /// dropped. The IPv6 entry has host bits set: the agent normalises it with a warning.
 const ALLOW_LIST: [&str; 2] = ["10.0.0.0/8", "fd00:1::1/64"];
 const PROTECTED_PORT: u16 = 8000;
+/// Declared public in [`start_pins_everything_and_attaches_to_the_interface`] (open to anyone);
+/// guarded under the default policy elsewhere.
 const OPEN_PORT: u16 = 7000;
 /// Longest wait for counters to move or a log line to appear.
 const WAIT: Duration = limits::AGENT_READY;
@@ -84,7 +86,8 @@ fn xdp_program(ns: &Netns, iface: &str) -> Result<Option<u32>> {
 #[test]
 fn start_pins_everything_and_attaches_to_the_interface() -> Result<()> {
     let topo = Topology::new()?;
-    let mut agent = Agent::start(&topo.server.ns, config())?;
+    let cfg = config().public_ports(&[&OPEN_PORT.to_string()]);
+    let mut agent = Agent::start(&topo.server.ns, cfg)?;
 
     let mut expected: Vec<String> = maps::ALL.iter().map(|m| format!("maps/{m}")).collect();
     expected.push(format!("links/{IFACE}@driver"));
@@ -106,12 +109,12 @@ fn start_pins_everything_and_attaches_to_the_interface() -> Result<()> {
     );
     assert!(
         logs.contains(&format!(
-            "serve-guard running: mode private, interfaces {IFACE} (driver, new), ports {PROTECTED_PORT}, CIDRs 1 IPv4 + 1 IPv6, audit off, on_stop keep"
+            "serve-guard running: mode private, interfaces {IFACE} (driver, new), serve ports {PROTECTED_PORT} (strict), every other port guarded, open: {OPEN_PORT}, CIDRs 1 IPv4 + 1 IPv6, audit off, on_stop keep"
         )),
         "{logs}"
     );
 
-    // The filter filters: a client outside the list to the protected port is dropped, to another
+    // The filter filters: a client outside the list to the protected port is dropped, to a public
     // port it passes.
     send_udp(&topo.outside, &topo.server, PROTECTED_PORT, 5)?;
     send_udp(&topo.outside, &topo.server, OPEN_PORT, 3)?;
@@ -332,12 +335,21 @@ fn bad_config_values_attach_nothing() -> Result<()> {
     assert_attaches_nothing(
         &mut agent,
         &["--serve-port", "70000"],
-        "serve port 70000 is out of range",
+        "`serve_ports`: 70000 is not a port (1-65535)",
     )?;
     std::fs::remove_file(&agent.files().cidr_file)?;
     assert_attaches_nothing(&mut agent, &[], "vpc-cidrs does not exist")?;
     let config_file = agent.files().config.clone();
     let text = std::fs::read_to_string(&config_file)?;
+    std::fs::write(
+        &config_file,
+        format!("{text}public_ports = [\"9000-8000\"]\n"),
+    )?;
+    assert_attaches_nothing(
+        &mut agent,
+        &[],
+        "`public_ports`: range \"9000-8000\" is out of order",
+    )?;
     std::fs::write(&config_file, format!("{text}serve_port = 1\n"))?;
     assert_attaches_nothing(&mut agent, &[], "unknown field `serve_port`")
 }
@@ -365,6 +377,7 @@ fn filter_api_applies_lists_and_ports_to_the_live_maps() -> Result<()> {
     use serve_guard::cidr::CidrList;
     use serve_guard::config::{Config, Overrides};
     use serve_guard::filter::Filter;
+    use serve_guard::ports::PortClass;
 
     let topo = Topology::new()?;
     // The harness's files (config, CIDR file, pin dir) and its cleanup, with no agent process:
@@ -392,7 +405,18 @@ fn filter_api_applies_lists_and_ports_to_the_live_maps() -> Result<()> {
     assert_eq!(status.interfaces[0].mode, AttachMode::Driver);
     assert!(!status.interfaces[0].adopted);
     assert_eq!((status.cidrs_v4, status.cidrs_v6), (1, 1));
-    assert_eq!(filter.ports()?, [8000, 9000]);
+    // The port map under the default policy: Serve's ports strict, SSH open, the rest guarded.
+    let ports_of = |f: &Filter, class: PortClass| -> Result<Vec<u16>> {
+        Ok((0..=u16::MAX)
+            .zip(f.ports()?)
+            .filter(|&(_, c)| c == class)
+            .map(|(port, _)| port)
+            .collect())
+    };
+    let classes = filter.ports()?;
+    assert_eq!(ports_of(&filter, PortClass::Strict)?, [8000, 9000]);
+    assert_eq!(classes[22], PortClass::Open);
+    assert_eq!(classes[usize::from(OPEN_PORT)], PortClass::Guarded);
     let original = CidrList::from_file_text(&ALLOW_LIST.join("\n"))?.0;
     assert_eq!(filter.cidrs()?, original);
 
@@ -440,7 +464,12 @@ fn filter_api_applies_lists_and_ports_to_the_live_maps() -> Result<()> {
     // A restart with fewer ports clears the ones no longer configured; the link is adopted.
     drop(filter);
     let filter = start(&[8000])?;
-    assert_eq!(filter.ports()?, [8000]);
+    assert_eq!(ports_of(&filter, PortClass::Strict)?, [8000]);
+    assert_eq!(
+        filter.ports()?[9000],
+        PortClass::Guarded,
+        "9000 falls back to the default"
+    );
     assert!(filter.status().interfaces[0].adopted);
     assert!(drops(&filter)? >= drops_before + 3, "counters survive");
     Ok(())

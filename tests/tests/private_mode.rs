@@ -1,6 +1,9 @@
-//! Private mode end to end (issue 2, tests item 3): the real agent attaches the real XDP program
-//! to the server namespace's interface; real clients inside and outside the VPC ranges connect
-//! over IPv4 and IPv6; the counters read back from the kernel match what the test sent.
+//! Private mode end to end (issue 2, tests item 3; issue 16): the real agent attaches the real
+//! XDP program to the server namespace's interface; real clients inside and outside the VPC
+//! ranges connect over IPv4 and IPv6; the counters read back from the kernel match what the test
+//! sent. The config is the default port policy (`guard = "node"`) with one port declared public:
+//! from outside, Serve's ports and every unlisted port are closed, the public one is open, and the
+//! server's own outbound connections to the outside client still get their replies.
 //!
 //! Exact counts come from UDP: a datagram is exactly one packet on a protected port, and an echoed
 //! one has certainly crossed the filter. TCP adds handshakes and retransmissions, so for TCP the
@@ -18,8 +21,12 @@ use serve_guard_tests::{limits, wait_for};
 const SERVE_HTTP: u16 = 8000;
 const SERVE_GRPC: u16 = 9000;
 const PROTECTED: [u16; 2] = [SERVE_HTTP, SERVE_GRPC];
-/// Something else on the node (say, a node exporter): never filtered.
-const UNPROTECTED: u16 = 8080;
+/// Something else on the node that its operator published (`public_ports`): open to everyone.
+const PUBLIC: u16 = 8080;
+/// A port nobody listed (Ray's GCS port, say): guarded by the default `guard = "node"`.
+const GUARDED: u16 = 6379;
+/// Where the outside client serves the server's own outbound connections (TCP and UDP).
+const REMOTE: u16 = 7000;
 /// Datagrams per exact-count check.
 const DATAGRAMS: u64 = 5;
 
@@ -29,17 +36,25 @@ struct Scene {
     agent: Agent,
     http: HttpServer,
     udp: UdpEchoServer,
+    /// Servers in the outside namespace, for the server's own outbound connections.
+    _remote: (HttpServer, UdpEchoServer),
     topo: Topology,
 }
 
 impl Scene {
     fn new(audit: bool) -> Result<Scene> {
         let topo = Topology::new()?;
-        let ports = [SERVE_HTTP, SERVE_GRPC, UNPROTECTED];
+        let ports = [SERVE_HTTP, SERVE_GRPC, PUBLIC, GUARDED];
         let http = HttpServer::start(&topo.server.ns, &ports)?;
         let udp = UdpEchoServer::start(&topo.server.ns, &ports)?;
+        let remote = (
+            HttpServer::start(&topo.outside.ns, &[REMOTE])?,
+            UdpEchoServer::start(&topo.outside.ns, &[REMOTE])?,
+        );
+        // `guard` is left to its default ("node"); `public_ports` replaces the default ["ssh", "dhcp"].
         let config = AgentConfig::private(&[IFACE])
             .serve_ports(&PROTECTED)
+            .public_ports(&[&PUBLIC.to_string()])
             .cidrs(&Topology::vpc_cidrs())
             .audit(audit);
         let agent = Agent::start(&topo.server.ns, config)?;
@@ -47,6 +62,7 @@ impl Scene {
             agent,
             http,
             udp,
+            _remote: remote,
             topo,
         })
     }
@@ -153,7 +169,7 @@ fn udp_counts_are_exact(scene: &Scene, ip: Ip) -> Result<()> {
 }
 
 /// The story over TCP: inside gets HTTP 200 on both Serve ports, outside's SYNs are dropped (a
-/// timeout, not a refusal), outside still reaches the unprotected port.
+/// timeout, not a refusal), outside still reaches the public port.
 fn tcp_story(scene: &Scene, ip: Ip) -> Result<()> {
     let fam = family(ip);
     let before = scene.counters()?;
@@ -169,12 +185,12 @@ fn tcp_story(scene: &Scene, ip: Ip) -> Result<()> {
         let outside = probe::tcp_connect(&scene.topo.outside.ns, addr, limits::DROPPED_CONNECT);
         expect_dropped(outside, &format!("{}: outside client to {port}", ip.name()))?;
     }
-    let open = scene.topo.server.sock(ip, UNPROTECTED);
+    let open = scene.topo.server.sock(ip, PUBLIC);
     let status = probe::http_get(&scene.topo.outside.ns, open)
-        .with_context(|| format!("{}: outside client to {UNPROTECTED}", ip.name()))?;
+        .with_context(|| format!("{}: outside client to {PUBLIC}", ip.name()))?;
     ensure!(
         status == 200,
-        "{}: outside client to {UNPROTECTED}: HTTP {status}",
+        "{}: outside client to the public {PUBLIC}: HTTP {status}",
         ip.name()
     );
 
@@ -207,11 +223,84 @@ fn tcp_story(scene: &Scene, ip: Ip) -> Result<()> {
     Ok(())
 }
 
+/// The default `guard = "node"` on a port nobody listed: from outside, a datagram to its bound
+/// (unconnected) socket and a SYN are dropped, counted `drop_guarded`; inside reaches it; the
+/// server's own outbound TCP connection and connected UDP socket to the outside client get their
+/// replies (`pass_reply`).
+fn guarded_port(scene: &Scene, ip: Ip) -> Result<()> {
+    let fam = family(ip);
+    let topo = &scene.topo;
+    let guarded = topo.server.sock(ip, GUARDED);
+    let before = scene.counters()?;
+    for _ in 0..DATAGRAMS {
+        let result = probe::udp_echo(&topo.outside.ns, guarded, limits::DROPPED_CONNECT);
+        ensure!(
+            matches!(result, Err(ProbeError::Connect(ConnectError::TimedOut(_)))),
+            "{}: outside UDP to the guarded {GUARDED} should be dropped, got {result:?}",
+            ip.name()
+        );
+        probe::udp_echo(&topo.inside.ns, guarded, limits::PROBE_IO)
+            .with_context(|| format!("{}: inside UDP to {GUARDED}", ip.name()))?;
+    }
+    let delta = scene.counters()?.since(&before);
+    let dropped = delta.get(Reason::DropGuarded, fam);
+    ensure!(
+        dropped.packets == DATAGRAMS && dropped.bytes == DATAGRAMS * datagram_frame_len(ip),
+        "{}: drop_guarded {dropped:?}",
+        ip.name()
+    );
+
+    let before = scene.counters()?;
+    expect_dropped(
+        probe::tcp_connect(&topo.outside.ns, guarded, limits::DROPPED_CONNECT),
+        &format!("{}: outside client to the guarded {GUARDED}", ip.name()),
+    )?;
+    let status = probe::http_get(&topo.inside.ns, guarded)
+        .with_context(|| format!("{}: inside client to {GUARDED}", ip.name()))?;
+    ensure!(
+        status == 200,
+        "{}: inside client to {GUARDED}: HTTP {status}",
+        ip.name()
+    );
+    ensure!(
+        scene.http.requests(GUARDED) == 1,
+        "port {GUARDED}: {} requests",
+        scene.http.requests(GUARDED)
+    );
+
+    // The node's own connections out: their replies come from outside to its ephemeral ports,
+    // which are guarded too.
+    let remote = topo.outside.sock(ip, REMOTE);
+    let status = probe::http_get(&topo.server.ns, remote)
+        .with_context(|| format!("{}: the server's own TCP connection out", ip.name()))?;
+    ensure!(
+        status == 200,
+        "{}: the server's own TCP connection out: HTTP {status}",
+        ip.name()
+    );
+    probe::udp_echo(&topo.server.ns, remote, limits::PROBE_IO)
+        .with_context(|| format!("{}: the server's own connected UDP socket", ip.name()))?;
+    let delta = scene.counters()?.since(&before);
+    ensure!(
+        delta.packets(Reason::DropGuarded, fam) >= 1,
+        "{}: no drop_guarded for the SYN: {delta:?}",
+        ip.name()
+    );
+    // A SYN-ACK and a response (TCP), an echo (UDP), at the very least.
+    ensure!(
+        delta.packets(Reason::PassReply, fam) >= 3,
+        "{}: pass_reply {delta:?}",
+        ip.name()
+    );
+    Ok(())
+}
+
 fn private_mode(ip: Ip) -> Result<()> {
     let scene = Scene::new(false)?;
     // UDP first: before any TCP, so no retransmission can land in the exact counts.
     udp_counts_are_exact(&scene, ip)?;
-    tcp_story(&scene, ip)
+    tcp_story(&scene, ip)?;
+    guarded_port(&scene, ip)
 }
 
 #[test]
@@ -225,7 +314,7 @@ fn private_mode_ipv6() -> Result<()> {
 }
 
 /// Audit mode: the outside client gets in, and every packet it sent to a Serve port is counted as
-/// would-drop, none as dropped.
+/// would-drop, none as dropped; a guarded port answers it too (what enforcing would close).
 #[test]
 fn audit_mode_lets_outside_in_and_counts_it() -> Result<()> {
     let scene = Scene::new(true)?;
@@ -273,6 +362,21 @@ fn audit_mode_lets_outside_in_and_counts_it() -> Result<()> {
         );
         ensure!(
             delta.packets(Reason::DropOutsideVpc, fam) == 0,
+            "{}: {delta:?}",
+            ip.name()
+        );
+
+        let before = scene.counters()?;
+        let status = probe::http_get(&scene.topo.outside.ns, scene.topo.server.sock(ip, GUARDED))?;
+        ensure!(
+            status == 200,
+            "{}: outside client to the guarded {GUARDED} in audit mode: HTTP {status}",
+            ip.name()
+        );
+        let delta = scene.counters()?.since(&before);
+        ensure!(
+            delta.packets(Reason::AuditWouldDrop, fam) >= 1
+                && delta.packets(Reason::DropGuarded, fam) == 0,
             "{}: {delta:?}",
             ip.name()
         );

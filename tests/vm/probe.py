@@ -10,6 +10,9 @@ namespace). Every wait is bounded.
   probe.py boot LABEL,SRC,DST,PORT ...          TCP connection attempts in a loop from each source
                                                 until stdin closes; prints per label how many
                                                 connected
+  probe.py serve ADDR,PORT ...                  a TCP server answering one line and a UDP echo on
+                                                each address until stdin closes, for the guest's
+                                                own connections out; prints how many each served
 """
 import errno
 import socket
@@ -172,5 +175,50 @@ def boot(specs):
         print(f"{label}_tries={tries} {label}_connects={connects}")
 
 
+def serve(specs):
+    done = until_stdin_closes()
+    start = time.monotonic()
+    counts = {}
+    lock = threading.Lock()
+    socks = []
+    for spec in specs:
+        addr, port = spec.rsplit(",", 1)
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            s = socket.socket(family(addr), kind)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, int(port)))
+            if kind == socket.SOCK_STREAM:
+                s.listen(16)
+            s.settimeout(BOOT_PAUSE)
+            socks.append((f"{addr}_{'tcp' if kind == socket.SOCK_STREAM else 'udp'}", s))
+
+    def loop(key, s):
+        served = 0
+        while not done.is_set() and time.monotonic() - start < MAX_RUN:
+            try:
+                if s.type == socket.SOCK_STREAM:
+                    conn, _ = s.accept()
+                    with conn:
+                        conn.sendall(b"ok\n")
+                else:
+                    data, peer = s.recvfrom(2048)
+                    s.sendto(data, peer)
+                served += 1
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                pass
+        with lock:
+            counts[key] = served
+
+    threads = [threading.Thread(target=loop, args=ks) for ks in socks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(" ".join(f"{key}={n}" for key, n in sorted(counts.items())))
+
+
 if __name__ == "__main__":
-    {"matrix": matrix, "stream": stream, "boot": boot}[sys.argv[1]](sys.argv[2:])
+    modes = {"matrix": matrix, "stream": stream, "boot": boot, "serve": serve}
+    modes[sys.argv[1]](sys.argv[2:])

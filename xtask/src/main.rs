@@ -25,6 +25,7 @@ tasks:
   test-vm [--kernel SUITE]... [--build-only]
                      the agent under systemd on Debian 11/12/12-backports/13 kernels in QEMU
   bench              XDP cost per packet from BPF_PROG_TEST_RUN; writes docs/BENCHMARKS.md
+                     (--many-sources: the proxy's token client under floods of 10 to 10,000 sources)
   fuzz [verdict|wire|all] [--frames N] [--seed S]
                      the differential fuzzers of the XDP filter (default: all, 10M verdict frames)
   install            install the binary, the systemd unit and an example config

@@ -236,10 +236,11 @@ fn control(version: &str, installed_kib: u64) -> String {
          Installed-Size: {installed_kib}\n\
          Section: net\n\
          Priority: optional\n\
-         Description: keeps Ray Serve's ports private to the VPC (XDP) or behind a token\n \
-         serve-guard attaches an XDP program that drops packets to Ray Serve's ports\n \
-         (8000, 9000) from sources outside the VPC CIDR allow-list, edits that list\n \
-         live, and in public mode runs a bearer-token reverse proxy in front of Serve.\n \
+         Description: keeps a Ray node private to the VPC (XDP), Serve behind a token\n \
+         serve-guard attaches an XDP program that drops, from sources outside the VPC\n \
+         CIDR allow-list, every packet to Ray Serve's ports (8000, 9000) and every new\n \
+         connection to the node's other ports but the public ones (SSH). It edits the\n \
+         list live, and in public mode runs a bearer-token reverse proxy for Serve.\n \
          .\n \
          The binary is statically linked and runs on any Linux userspace. Installing\n \
          the package starts nothing: write /etc/serve-guard/serve-guard.toml (see\n \

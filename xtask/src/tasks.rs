@@ -144,6 +144,14 @@ fn tests_binary(tc: &Toolchains, bin: &str, args: &[String]) -> Command {
 pub fn bench(args: &[String]) -> Result<()> {
     let tc = setup::run()?;
     let args = without_separator(args);
+    // The proxy under a many-source flood (N up to 10,000): a long, ignored test of the attack
+    // suite, in release so the latencies are the proxy's, not a debug build's.
+    if args.iter().any(|a| a == "--many-sources") {
+        let mut c = cargo(&tc);
+        c.args(["test", "--release", "--package", "serve-guard", "--test", "attacks"])
+            .args(["many_sources_long_run", "--", "--ignored", "--nocapture"]);
+        return cmd::run(&mut c);
+    }
     let mut c = tests_binary(&tc, "bench", args);
     // The proxy comparison runs the agent itself, built like a deployment.
     if args.iter().any(|a| a == "--proxy") {

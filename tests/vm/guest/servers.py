@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""Stand-ins for Ray Serve in the VM test: on each port, a TCP server that answers one line and
-an UDP echo, both on IPv4 and IPv6 (one dual-stack socket each)."""
+"""Stand-ins in the VM test for Ray Serve (8000, 9000), a service in no port list (8080) and sshd
+(22): on each port, a TCP server that answers one line and an UDP echo, both on IPv4 and IPv6 (one
+dual-stack socket each)."""
 import socket
 import sys
 import threading
 
-PORTS = [int(p) for p in sys.argv[1:]] or [8000, 9000, 8080]
+PORTS = [int(p) for p in sys.argv[1:]] or [8000, 9000, 8080, 22]
 
 
 def listener(kind, port):

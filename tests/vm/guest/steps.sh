@@ -80,6 +80,58 @@ state)
     xdp_state
     if [ -d "$PIN_DIR" ]; then echo "pins=$(ls "$PIN_DIR" | wc -l)"; else echo "pins=0"; fi
     ;;
+outbound)
+    # The guest's own connections to hosts outside its VPC list: `outbound ADDR... PORT`. Per
+    # address a TCP connection reading the server's line, and an echo on a connected UDP socket.
+    # Their replies come from outside to an ephemeral port, which the default policy guards.
+    # A refusal (the host's server not listening yet) is retried; a timeout is a drop.
+    shift
+    python3 - "$@" <<'PY'
+import socket, sys, time
+*addrs, port = sys.argv[1:]
+port = int(port)
+
+def fam(a):
+    return socket.AF_INET6 if ":" in a else socket.AF_INET
+
+def tcp(a):
+    with socket.socket(fam(a), socket.SOCK_STREAM) as s:
+        s.settimeout(3)
+        s.connect((a, port))
+        return "pass" if s.recv(64).startswith(b"ok") else "bad_answer"
+
+def udp(a):
+    with socket.socket(fam(a), socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.connect((a, port))
+        for _ in range(3):
+            s.send(b"outbound")
+            try:
+                return "pass" if s.recv(64) == b"outbound" else "bad_answer"
+            except (socket.timeout, TimeoutError):
+                continue
+        return "drop"
+
+def attempt(f, a):
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return f(a)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                return "refused"
+            time.sleep(0.2)
+        except (socket.timeout, TimeoutError):
+            return "drop"
+        except OSError as e:
+            return "error:" + str(e).replace(" ", "_")
+
+for a in addrs:
+    v = "v6" if ":" in a else "v4"
+    print(f"tcp_{v}={attempt(tcp, a)}")
+    print(f"udp_{v}={attempt(udp, a)}")
+PY
+    ;;
 kill9)
     old=$(main_pid)
     [ "$old" -gt 0 ] || fail "the unit has no main process"

@@ -13,6 +13,7 @@ pub enum Check {
     Boot,
     Start,
     Filter,
+    Outbound,
     Kill9,
     Reload,
     Stop,
@@ -22,10 +23,11 @@ pub enum Check {
 }
 
 impl Check {
-    pub const ALL: [Check; 9] = [
+    pub const ALL: [Check; 10] = [
         Check::Boot,
         Check::Start,
         Check::Filter,
+        Check::Outbound,
         Check::Kill9,
         Check::Reload,
         Check::Stop,
@@ -39,6 +41,7 @@ impl Check {
             Check::Boot => "boot",
             Check::Start => "enable --now",
             Check::Filter => "filter v4/v6 TCP/UDP",
+            Check::Outbound => "own connections out",
             Check::Kill9 => "kill -9",
             Check::Reload => "reload",
             Check::Stop => "stop",
@@ -56,7 +59,10 @@ impl Check {
                 "`systemctl enable --now serve-guard` (Type=notify); native (driver) XDP on virtio-net; /ready"
             }
             Check::Filter => {
-                "inside/outside clients x IPv4/IPv6 x TCP/UDP x ports 8000, 9000 (protected), 8080"
+                "inside/outside clients x IPv4/IPv6 x TCP/UDP x ports 8000, 9000 (`serve_ports`), 8080 (in no list: guarded by the default `guard = \"node\"`), 22 (public by default); from outside only 22 answers"
+            }
+            Check::Outbound => {
+                "the guest's own TCP connection and connected UDP socket to an outside host, v4 and v6: the replies reach its guarded ephemeral ports"
             }
             Check::Kill9 => {
                 "`kill -9` of the agent under a datagram stream: Restart= adopts the pinned link; no inside datagram lost, no outside one through"
@@ -64,7 +70,7 @@ impl Check {
             Check::Reload => "`systemctl reload`: same process, still filtering",
             Check::Stop => "`systemctl stop`: unit inactive, the same program still filters",
             Check::Reboot => {
-                "a reboot probed from the host throughout: no outside connection to 8000 ever, inside ones do"
+                "a reboot probed from the host throughout: no outside connection to 8000 or 8080 ever, inside ones do"
             }
             Check::Detach => "`serve-guard detach`: no program, no pins, everything passes",
             Check::Journal => "the unit's journal over both boots: no error, no ANSI escape",
@@ -198,7 +204,8 @@ pub fn write_doc(path: &Path, results: &[KernelResult], total: Duration) -> Resu
         "# Kernels tested\n\n\
          Written by `cargo xtask test-vm` (also run by `cargo xtask test`): each Debian kernel boots \
          under QEMU (TCG) with a virtio-net NIC, a Debian 12 userspace with systemd as PID 1 and \
-         serve-guard's .deb (`cargo xtask package`) installed with dpkg; the host side of the NIC's tap \
+         serve-guard's .deb (`cargo xtask package`) installed with dpkg and the default port policy \
+         (`guard = \"node\"`); the host side of the NIC's tap \
          plays clients inside and outside the VPC list. Times are TCG times on a 2-core CI \
          machine: slow, and only comparable to each other. One kernel: `cargo xtask test-vm \
          --kernel bullseye` (or bookworm, bookworm-backports, trixie); each run leaves its \

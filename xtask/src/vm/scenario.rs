@@ -2,7 +2,8 @@
 //! (tests/vm/guest/steps.sh) over the control channel, the host's clients (tests/vm/probe.py, in
 //! the VM's network namespace) send the traffic. Addresses: the guest is .2 / ::2 of its tap's
 //! subnets; the "inside" clients are in the guest's VPC list (tests/vm/guest/vpc-cidrs), the
-//! "outside" ones are not.
+//! "outside" ones are not. The guest's config leaves the port policy at its default
+//! (`guard = "node"`, `public_ports = ["ssh", "dhcp"]`).
 
 use super::image::Image;
 use super::kernels::Kernel;
@@ -74,11 +75,33 @@ impl Client {
     fn pair(&self, port: u16) -> String {
         format!("{},{},{},{port}", self.label, self.address, self.guest())
     }
+
+    /// The label of this client's probes of one of several ports.
+    fn port_label(&self, port: u16) -> String {
+        format!("{}_{port}", self.label)
+    }
+
+    /// [`Client::pair`] labelled with the port too.
+    fn labelled_pair(&self, port: u16) -> String {
+        format!(
+            "{},{},{},{port}",
+            self.port_label(port),
+            self.address,
+            self.guest()
+        )
+    }
 }
 
-/// Serve's ports (protected) and one that is not.
+/// Serve's ports (`serve_ports`): closed to every packet from outside.
 const PROTECTED_PORTS: [u16; 2] = [8000, 9000];
-const UNPROTECTED_PORT: u16 = 8080;
+/// A port no list names: guarded by the default `guard = "node"` (closed to new connections and
+/// to unconnected sockets from outside).
+const GUARDED_PORT: u16 = 8080;
+/// SSH's port, public by default: open to everyone (a stand-in listens there, the image has no
+/// sshd).
+const PUBLIC_PORT: u16 = 22;
+/// Where the host's outside addresses serve the guest's own outbound connections.
+const REMOTE_PORT: u16 = 7000;
 const STEPS: &str = "/usr/local/lib/sg-vm/steps.sh";
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// The probe's own bound for a matrix run is a few seconds; this is the host's.
@@ -139,6 +162,7 @@ pub fn run(kernel: &Kernel, image: &Image, index: usize) -> KernelResult {
     result.record(Check::Start, start.map(|(detail, _)| detail));
     if started_ok {
         result.record(Check::Filter, s.filter());
+        result.record(Check::Outbound, s.outbound());
         result.record(Check::Kill9, s.kill9());
         result.record(Check::Reload, s.reload());
         result.record(Check::Stop, s.stop());
@@ -189,7 +213,7 @@ impl Scenario<'_> {
     }
 
     /// Every client to every port over TCP and UDP: the outside ones are dropped on Serve's
-    /// ports and nowhere else.
+    /// ports and on the guarded one, and pass on the public one.
     fn filter(&mut self) -> Result<String> {
         self.matrix(true)
     }
@@ -198,8 +222,8 @@ impl Scenario<'_> {
         let mut probes = Vec::new();
         for client in CLIENTS {
             for proto in ["tcp", "udp"] {
-                for port in PROTECTED_PORTS.iter().chain([&UNPROTECTED_PORT]) {
-                    let pass = !filtering || client.inside || *port == UNPROTECTED_PORT;
+                for port in PROTECTED_PORTS.iter().chain([&GUARDED_PORT, &PUBLIC_PORT]) {
+                    let pass = !filtering || client.inside || *port == PUBLIC_PORT;
                     let name = format!("{}-{proto}-{port}", client.label);
                     let spec = format!(
                         "{name},{proto},{},{},{port}",
@@ -222,6 +246,38 @@ impl Scenario<'_> {
             .collect();
         ensure!(wrong.is_empty(), "{}", wrong.join("; "));
         Ok(format!("{}/{} probes", probes.len(), probes.len()))
+    }
+
+    /// The guest's own TCP connection and connected UDP socket to a host outside its VPC list,
+    /// over IPv4 and IPv6: the replies come from outside to an ephemeral port of the guest, a
+    /// guarded one, and pass (`pass_reply`), while the matrix shows a guarded port closed.
+    fn outbound(&mut self) -> Result<String> {
+        let remotes: Vec<&str> = CLIENTS
+            .iter()
+            .filter(|c| !c.inside)
+            .map(|c| c.address)
+            .collect();
+        let listen: Vec<String> = remotes
+            .iter()
+            .map(|a| format!("{a},{REMOTE_PORT}"))
+            .collect();
+        let server = self.spawn_probe("serve", listen.iter().map(String::as_str))?;
+        let v = self.step(&format!("outbound {} {REMOTE_PORT}", remotes.join(" ")));
+        let served = values(&finish_probe(server)?);
+        let v = v?;
+        let wrong: Vec<String> = ["tcp_v4", "udp_v4", "tcp_v6", "udp_v6"]
+            .iter()
+            .filter_map(|key| {
+                let got = v.get(*key).map_or("missing", String::as_str);
+                (got != "pass").then(|| format!("{key}: {got}"))
+            })
+            .collect();
+        ensure!(
+            wrong.is_empty(),
+            "the guest's own connections out: {} (the host served {served:?})",
+            wrong.join("; ")
+        );
+        Ok("TCP and connected UDP to outside hosts, v4 and v6: replies pass".into())
     }
 
     /// `kill -9` of the agent while numbered datagrams flow to Serve's port from inside and
@@ -287,11 +343,15 @@ impl Scenario<'_> {
         Ok("inactive, still filtering".into())
     }
 
-    /// A reboot while the host tries Serve's port from outside and inside the whole time: the
-    /// outside clients never connect (the filter is back before the port is reachable), the
-    /// inside one does (the port was reachable while probing).
+    /// A reboot while the host tries Serve's port and the guarded one from outside and inside the
+    /// whole time: the outside clients never connect (the filter is back before the ports are
+    /// reachable), the inside one does (the ports were reachable while probing).
     fn reboot(&mut self) -> Result<String> {
-        let pairs = client_pairs(PROTECTED_PORTS[0]);
+        let boot_ports = [PROTECTED_PORTS[0], GUARDED_PORT];
+        let pairs: Vec<String> = boot_ports
+            .iter()
+            .flat_map(|&port| CLIENTS.iter().map(move |c| c.labelled_pair(port)))
+            .collect();
         let probe = self.spawn_probe("boot", pairs.iter().map(String::as_str))?;
         let previous = self.vm.boot_id.clone();
         let rebooted = self
@@ -305,15 +365,20 @@ impl Scenario<'_> {
         std::thread::sleep(LEAD_IN);
         let counts = values(&finish_probe(probe)?);
         let v = times?;
-        for Client { label, inside, .. } in CLIENTS {
-            let connects = count(&counts, &format!("{label}_connects"))?;
-            if *inside {
-                ensure!(connects > 0, "{label} never connected during the boot");
-            } else {
-                ensure!(
-                    connects == 0,
-                    "{label} connected {connects} times during the boot: Serve was reachable before the filter"
-                );
+        let mut outside_tries = 0;
+        for port in boot_ports {
+            for client in CLIENTS {
+                let label = client.port_label(port);
+                let connects = count(&counts, &format!("{label}_connects"))?;
+                if client.inside {
+                    ensure!(connects > 0, "{label} never connected during the boot");
+                } else {
+                    outside_tries += count(&counts, &format!("{label}_tries"))?;
+                    ensure!(
+                        connects == 0,
+                        "{label} connected {connects} times during the boot: port {port} was reachable before the filter"
+                    );
+                }
             }
         }
         ensure!(
@@ -322,8 +387,8 @@ impl Scenario<'_> {
         );
         self.matrix(true)?;
         Ok(format!(
-            "outside 0/{} connects; ready {:.1} s after boot, network-pre.target {:.1} s",
-            count(&counts, "out4_tries")? + count(&counts, "out6_tries")?,
+            "outside 0/{outside_tries} connects to {} and {GUARDED_PORT}; ready {:.1} s after boot, network-pre.target {:.1} s",
+            PROTECTED_PORTS[0],
             count(&v, "unit_active_at_ms")? as f64 / 1000.0,
             count(&v, "network_pre_at_ms")? as f64 / 1000.0
         ))

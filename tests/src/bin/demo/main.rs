@@ -25,7 +25,7 @@ struct Part {
 const PARTS: &[Part] = &[
     Part {
         name: "private",
-        about: "private mode: only clients inside the VPC ranges reach Ray Serve's ports",
+        about: "private mode: outside the VPC ranges, Serve's ports and every unlisted port are closed, SSH stays open",
         run: private::run,
     },
     Part {

@@ -1,6 +1,8 @@
-//! Private mode: a server namespace with HTTP servers on Ray Serve's ports (8000 HTTP, 9000 gRPC)
-//! and on an unprotected port; the agent filters its interface; a client inside the VPC ranges
-//! and one outside try every port over IPv4 and IPv6.
+//! Private mode with the default port policy (`guard = "node"`, `public_ports = ["ssh", "dhcp"]`): a
+//! server namespace with HTTP servers on Ray Serve's ports (8000 HTTP, 9000 gRPC), on another port
+//! nobody listed (8080) and on SSH's port 22 (a stand-in for sshd); the agent filters its
+//! interface; a client inside the VPC ranges and one outside try every port over IPv4 and IPv6;
+//! then the server opens a connection of its own to the outside client.
 
 use crate::interrupt;
 use crate::table::Table;
@@ -13,11 +15,17 @@ use serve_guard_tests::server::HttpServer;
 use serve_guard_tests::topology::{Host, IFACE, Ip, Topology, VPC_V4, VPC_V6};
 use std::time::Instant;
 
-/// Ray Serve's HTTP and gRPC ports, protected by the filter.
+/// Ray Serve's HTTP and gRPC ports (`serve_ports`): closed to every packet from outside.
 const PROTECTED: [u16; 2] = [8000, 9000];
-/// Another service on the node that serve-guard leaves alone.
-const UNPROTECTED: u16 = 8080;
-const PORTS: [u16; 3] = [PROTECTED[0], PROTECTED[1], UNPROTECTED];
+/// Another service on the node, in no list (a dashboard, an exporter, Ray's GCS): guarded by the
+/// default `guard = "node"`, so closed to new connections from outside.
+const GUARDED: u16 = 8080;
+/// SSH's port: public by default (`public_ports = ["ssh", "dhcp"]`), so an operator outside the VPC is
+/// never locked out. An HTTP server stands in for sshd.
+const PUBLIC: u16 = 22;
+const PORTS: [u16; 4] = [PROTECTED[0], PROTECTED[1], GUARDED, PUBLIC];
+/// Where the outside client serves the server's own outbound connection.
+const REMOTE: u16 = 7000;
 
 /// What one client saw on one port.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,7 +73,7 @@ pub fn run() -> Result<bool> {
     println!("Building a small network of namespaces (addresses from 198.18.0.0/15 and fd00::/8):");
     let topo = Topology::new().context("creating the namespaces")?;
     println!(
-        "  server   {:<16} {:<16} HTTP servers on 8000 (Ray Serve HTTP), 9000 (Ray Serve gRPC), {UNPROTECTED} (another service)",
+        "  server   {:<16} {:<16} HTTP servers on 8000 (Ray Serve HTTP), 9000 (Ray Serve gRPC), {GUARDED} (another service, in no list), {PUBLIC} (stand-in for sshd)",
         topo.server.v4.to_string(),
         topo.server.v6.to_string()
     );
@@ -75,18 +83,23 @@ pub fn run() -> Result<bool> {
         topo.inside.v6.to_string()
     );
     println!(
-        "  outside  {:<16} {:<16} a client on the internet",
+        "  outside  {:<16} {:<16} a client on the internet (and an HTTP server on {REMOTE})",
         topo.outside.v4.to_string(),
         topo.outside.v6.to_string()
     );
     println!("  VPC CIDRs (the allow-list): {VPC_V4}, {VPC_V6}\n");
     let servers =
         HttpServer::start(&topo.server.ns, &PORTS).context("starting the HTTP servers")?;
+    let remote =
+        HttpServer::start(&topo.outside.ns, &[REMOTE]).context("starting the remote server")?;
     interrupt::check()?;
 
     println!(
-        "Starting `serve-guard run` in the server namespace: mode = \"private\", interfaces = [\"{IFACE}\"], serve_ports = [{}, {}]",
+        "Starting `serve-guard run` in the server namespace: mode = \"private\", interfaces = [\"{IFACE}\"], serve_ports = [{}, {}],",
         PROTECTED[0], PROTECTED[1]
+    );
+    println!(
+        "  and the default port policy: guard = \"node\" (every other port is guarded), public_ports = [\"ssh\", \"dhcp\"] ({PUBLIC}; 68, 546)"
     );
     let started = Instant::now();
     let config = AgentConfig::private(&[IFACE])
@@ -107,7 +120,14 @@ pub fn run() -> Result<bool> {
         limits::DROPPED_CONNECT
     );
     let before = agent.counters()?;
-    let mut results = Table::new(&["client", "from", "port 8000", "port 9000", "port 8080"]);
+    let mut results = Table::new(&[
+        "client",
+        "from",
+        "port 8000 (Serve)",
+        "port 9000 (Serve)",
+        "port 8080 (guarded)",
+        "port 22 (public)",
+    ]);
     let mut all_good = true;
     for (label, client, inside) in [
         ("inside", &topo.inside, true),
@@ -117,7 +137,7 @@ pub fn run() -> Result<bool> {
             let mut row = vec![label.to_owned(), client.addr(ip).to_string()];
             for port in PORTS {
                 interrupt::check()?;
-                let want = if inside || !PROTECTED.contains(&port) {
+                let want = if inside || port == PUBLIC {
                     Outcome::Http(200)
                 } else {
                     Outcome::Dropped
@@ -140,7 +160,33 @@ pub fn run() -> Result<bool> {
         .collect();
     println!("\n  Requests the servers answered: {}", served.join(", "));
     println!(
-        "  (\"dropped\" means the SYN never reached the server's TCP stack: no reply, not even a reset.)\n"
+        "  (\"dropped\" means the SYN never reached the server's TCP stack: no reply, not even a reset.)"
+    );
+    println!(
+        "  8080 is in no list: guard = \"node\" closes it to new connections from outside; public_ports opens a port.\n"
+    );
+
+    // Guarded ports still carry the node's own connections: their replies come from outside
+    // to an ephemeral port, and the filter lets through what belongs to a connection the node
+    // opened (pass_reply).
+    for ip in Ip::BOTH {
+        interrupt::check()?;
+        let addr = topo.outside.sock(ip, REMOTE);
+        let want = Outcome::Http(200);
+        let got = Outcome::probe(&topo.server, addr, &want)?;
+        let mark = if got == want {
+            OK.to_owned()
+        } else {
+            all_good = false;
+            format!("{WRONG} {}", want.describe())
+        };
+        println!(
+            "  The server's own GET http://{addr}/ (a client outside the VPC): {} {mark}",
+            got.describe()
+        );
+    }
+    println!(
+        "  (the replies come from outside to an ephemeral port, which is guarded: they belong to the server's own connection, so they pass.)\n"
     );
 
     let counters = agent.counters()?.since(&before);
@@ -150,6 +196,7 @@ pub fn run() -> Result<bool> {
     agent.stop().context("stopping the agent")?;
     drop(agent);
     drop(servers);
+    drop(remote);
     drop(topo);
     println!("Done.\n");
     Ok(all_good)
@@ -162,9 +209,15 @@ fn print_counters(counters: &Counters) {
     let mut table = Table::new(&["reason", "IPv4", "IPv6", "other", "meaning"]);
     for reason in Reason::ALL {
         let meaning = match reason {
-            Reason::PassAllowed => "to a Serve port from inside the VPC: passed",
-            Reason::PassUnprotected => "not for a Serve port (other ports, ARP, ND): passed",
+            Reason::PassAllowed => "to a Serve or guarded port from inside the VPC: passed",
+            Reason::PassUnprotected => "to a public port, or no port at all (ARP, ND): passed",
             Reason::DropOutsideVpc => "to a Serve port from outside the VPC: dropped",
+            Reason::PassReply => {
+                "to a guarded port from outside, for the node's own connection (or no socket): passed"
+            }
+            Reason::DropGuarded => {
+                "to a guarded port from outside, a new connection or for a listener: dropped"
+            }
             Reason::DropUnparseable => "could not be parsed, untrusted source: dropped",
             Reason::AuditWouldDrop => "audit mode: would have been dropped, passed",
         };
