@@ -5,8 +5,10 @@
 /// Map names, as the eBPF object declares them and the agent looks them up (and pins them).
 /// BPF object names are limited to 15 characters.
 pub mod maps {
-    /// `Array<u8>` indexed by destination port: non-zero = protected Serve port.
-    pub const PORTS: &str = "SG_PORTS";
+    /// `Array<PortTable>` with one element: the class of every destination port. One value,
+    /// so the agent writes the whole policy with one system call (65,536 single-port writes
+    /// took 12 s under emulation, and as long to read back).
+    pub const PORTS: &str = "SG_PORT_CLASS";
     /// `Array<u32>` of [`crate::trie::ROOT_ENTRIES`]: the root slot of each family's allow-list
     /// trie, indexed by [`crate::trie::ROOT_V4`] / [`crate::trie::ROOT_V6`].
     pub const ROOTS: &str = "SG_ROOTS";
@@ -29,7 +31,7 @@ pub mod maps {
     ];
     /// Maps of earlier versions, with a layout this version does not read. A start replaces
     /// the program that used them, then removes their pins (see the agent's `filter::pins`).
-    pub const RETIRED: [&str; 3] = ["SG_ALLOW_V4", "SG_ALLOW_V6", "SG_COUNTERS"];
+    pub const RETIRED: [&str; 4] = ["SG_ALLOW_V4", "SG_ALLOW_V6", "SG_COUNTERS", "SG_PORTS"];
 }
 
 /// Name of the XDP program (the function in the eBPF crate).
@@ -296,7 +298,26 @@ pub struct Counter {
 
 pub mod trie;
 
-/// Value stored in [`maps::PORTS`]: how packets from outside the allow-list to that destination
+/// The value of [`maps::PORTS`]: every destination port's [`PortValue`], indexed by port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortTable {
+    pub classes: [PortValue; PORT_ENTRIES as usize],
+}
+
+impl PortTable {
+    /// Every port open.
+    pub const OPEN: PortTable = PortTable {
+        classes: [PORT_OPEN; PORT_ENTRIES as usize],
+    };
+
+    #[inline(always)]
+    pub fn class(&self, port: u16) -> PortValue {
+        self.classes[port as usize]
+    }
+}
+
+/// One entry of [`PortTable`]: how packets from outside the allow-list to that destination
 /// port are judged (the agent's `ports::PortClass`).
 pub type PortValue = u8;
 /// Anyone may reach the port.
@@ -312,6 +333,7 @@ pub const PORT_GUARDED: PortValue = 2;
 mod pod {
     // SAFETY: plain repr(C) structs of integers without padding.
     unsafe impl aya::Pod for super::FilterConfig {}
+    unsafe impl aya::Pod for super::PortTable {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::trie::TrieNode {}
     unsafe impl aya::Pod for super::trie::TailV4 {}

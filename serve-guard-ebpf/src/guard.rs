@@ -5,10 +5,10 @@
 //! the packet would reach (docs/ports.md).
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple},
     helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     programs::XdpContext,
-    EbpfContext,
 };
 use serve_guard_common::{
     Reason,

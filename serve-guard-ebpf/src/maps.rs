@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 use serve_guard_common::{
-    COUNTER_ENTRIES, Counter, FilterConfig, PORT_ENTRIES, PortValue, maps,
+    COUNTER_ENTRIES, Counter, FilterConfig, PortTable, maps,
     trie::{
         MAP_FLAGS, NODES_V4_ENTRIES, NODES_V6_ENTRIES, ROOT_ENTRIES, TAILS_ENTRIES, TailV4, TailV6,
         TrieNode,
@@ -31,7 +31,7 @@ const fn same_name(a: &str, b: &str) -> bool {
     true
 }
 
-const _: () = assert!(same_name(maps::PORTS, "SG_PORTS"));
+const _: () = assert!(same_name(maps::PORTS, "SG_PORT_CLASS"));
 const _: () = assert!(same_name(maps::ROOTS, "SG_ROOTS"));
 const _: () = assert!(same_name(maps::NODES_V4, "SG_NODES_V4"));
 const _: () = assert!(same_name(maps::NODES_V6, "SG_NODES_V6"));
@@ -40,9 +40,10 @@ const _: () = assert!(same_name(maps::TAILS_V6, "SG_TAILS_V6"));
 const _: () = assert!(same_name(maps::CONFIG, "SG_CONFIG"));
 const _: () = assert!(same_name(maps::COUNTERS, "SG_VERDICTS"));
 
-/// Indexed by destination port: the port's class (`PORT_OPEN`, `PORT_GUARDED`, `PORT_PROTECTED`).
-#[map(name = "SG_PORTS")]
-pub static PORTS: Array<PortValue> = Array::pinned(PORT_ENTRIES, 0);
+/// One `PortTable`: the class of every destination port (`PORT_OPEN`, `PORT_GUARDED`,
+/// `PORT_PROTECTED`).
+#[map(name = "SG_PORT_CLASS")]
+pub static PORTS: Array<PortTable> = Array::pinned(1, 0);
 
 /// The allow-lists: compiled tries (layout and update protocol in `serve_guard_common::trie`).
 /// Arrays only, so every lookup is inlined by the verifier into a bounds check and an add.

@@ -123,7 +123,10 @@ pub enum Parsed {
     Unparseable(Family),
     /// A well-formed link-layer frame that is not IPv4/IPv6 (ARP, LLDP, ...).
     NotIp,
-    Ip { addrs: Addrs, transport: Transport },
+    Ip {
+        addrs: Addrs,
+        transport: Transport,
+    },
 }
 
 #[inline(always)]

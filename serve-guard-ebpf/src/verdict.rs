@@ -36,13 +36,13 @@ pub fn decide(ctx: &XdpContext, parsed: &Parsed) -> (Reason, Family) {
     }
 }
 
-/// The port's class; a missing entry (impossible for a 16-bit port in a 2^16 array) reads as
+/// The port's class; a missing table (the map's only element, so never in practice) reads as
 /// strict.
 #[inline(always)]
 fn port_class(port: u16) -> PortValue {
     PORTS
-        .get(port as u32)
-        .copied()
+        .get(0)
+        .map(|table| table.class(port))
         .unwrap_or(serve_guard_common::PORT_PROTECTED)
 }
 

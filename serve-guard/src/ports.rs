@@ -125,12 +125,8 @@ pub mod presets {
     ];
 
     /// Every preset by the name the config uses.
-    pub const ALL: &[(&str, &[RangeInclusive<u16>])] = &[
-        ("ssh", SSH),
-        ("dhcp", DHCP),
-        ("serve", SERVE),
-        ("ray", RAY),
-    ];
+    pub const ALL: &[(&str, &[RangeInclusive<u16>])] =
+        &[("ssh", SSH), ("dhcp", DHCP), ("serve", SERVE), ("ray", RAY)];
 
     pub fn get(name: &str) -> Option<&'static [RangeInclusive<u16>]> {
         ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
@@ -394,7 +390,13 @@ impl PortPolicy {
     /// destination a socket can have and stays open like the unlisted ports of `ports`).
     pub fn table(&self) -> Vec<PortClass> {
         (0..=u16::MAX)
-            .map(|port| if port == 0 { PortClass::Open } else { self.class(port) })
+            .map(|port| {
+                if port == 0 {
+                    PortClass::Open
+                } else {
+                    self.class(port)
+                }
+            })
             .collect()
     }
 
@@ -407,7 +409,9 @@ impl PortPolicy {
 /// The policy in one line for logs: the strict ports, and what else is guarded or open.
 pub fn describe(policy: &PortPolicy) -> String {
     let of_class = |class| -> String {
-        let ports: Vec<u16> = (1..=u16::MAX).filter(|&p| policy.class(p) == class).collect();
+        let ports: Vec<u16> = (1..=u16::MAX)
+            .filter(|&p| policy.class(p) == class)
+            .collect();
         if ports.is_empty() {
             "none".to_owned()
         } else {
@@ -469,7 +473,10 @@ mod tests {
     use super::*;
 
     fn list(key: &'static str, specs: &[&str]) -> Result<PortList, PortError> {
-        let specs: Vec<PortSpec> = specs.iter().map(|s| PortSpec::Text((*s).to_owned())).collect();
+        let specs: Vec<PortSpec> = specs
+            .iter()
+            .map(|s| PortSpec::Text((*s).to_owned()))
+            .collect();
         PortList::parse(key, &specs)
     }
 
@@ -478,7 +485,9 @@ mod tests {
         let l = list("public_ports", &["22", "8000-8002", "ssh"]).unwrap();
         assert_eq!(l.ports(), [22, 8000, 8001, 8002]);
         let ray = list("guarded_ports", &["ray"]).unwrap();
-        for port in [6379, 8265, 10001, 10002, 19999, 30000, 31000, 40000, 41000, 52365] {
+        for port in [
+            6379, 8265, 10001, 10002, 19999, 30000, 31000, 40000, 41000, 52365,
+        ] {
             assert!(ray.contains(port), "{port}");
         }
         assert!(!ray.contains(8000), "Serve's own ports are serve_ports");
@@ -491,12 +500,28 @@ mod tests {
         for (spec, want) in [
             ("0", "`public_ports`: \"0\" is not a port (1-65535)"),
             ("65536", "`public_ports`: \"65536\" is not a port (1-65535)"),
-            ("10-70000", "`public_ports`: \"10-70000\" is not a port (1-65535)"),
-            ("30-20", "`public_ports`: range \"30-20\" is out of order: write the lower port first"),
-            ("rayy", "`public_ports`: \"rayy\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, dhcp, serve, ray)"),
-            ("-5", "`public_ports`: \"-5\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, dhcp, serve, ray)"),
+            (
+                "10-70000",
+                "`public_ports`: \"10-70000\" is not a port (1-65535)",
+            ),
+            (
+                "30-20",
+                "`public_ports`: range \"30-20\" is out of order: write the lower port first",
+            ),
+            (
+                "rayy",
+                "`public_ports`: \"rayy\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, dhcp, serve, ray)",
+            ),
+            (
+                "-5",
+                "`public_ports`: \"-5\" is neither a port, a \"LO-HI\" range nor a preset (presets: ssh, dhcp, serve, ray)",
+            ),
         ] {
-            assert_eq!(list("public_ports", &[spec]).unwrap_err().to_string(), want, "{spec}");
+            assert_eq!(
+                list("public_ports", &[spec]).unwrap_err().to_string(),
+                want,
+                "{spec}"
+            );
         }
         let e = PortList::parse("serve_ports", &[PortSpec::Number(-1)]).unwrap_err();
         assert_eq!(e.to_string(), "`serve_ports`: -1 is not a port (1-65535)");
@@ -507,7 +532,9 @@ mod tests {
         let a = list("public_ports", &["22", "8000-8100"]).unwrap();
         let b = list("serve_ports", &["9000", "8050"]).unwrap();
         assert_eq!(
-            a.check_disjoint("public_ports", &b, "serve_ports").unwrap_err().to_string(),
+            a.check_disjoint("public_ports", &b, "serve_ports")
+                .unwrap_err()
+                .to_string(),
             "port 8050 is both in `public_ports` (\"8000-8100\") and in `serve_ports` (\"8050\"): a port is either public or protected; remove it from one list"
         );
     }
@@ -550,6 +577,9 @@ mod tests {
 
     #[test]
     fn ports_format_as_runs() {
-        assert_eq!(format_ports(&[22, 8000, 8001, 8002, 9000]), "22, 8000-8002, 9000");
+        assert_eq!(
+            format_ports(&[22, 8000, 8001, 8002, 9000]),
+            "22, 8000-8002, 9000"
+        );
     }
 }

@@ -25,8 +25,8 @@ use serve_guard::filter::{
     test_run::{TestRun, test_run},
 };
 use serve_guard_common::{
-    COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_ENTRIES, PORT_GUARDED, PORT_OPEN,
-    PORT_PROTECTED, PROGRAM_NAME, PortValue, Reason, counter_index, maps,
+    COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_ENTRIES, PORT_GUARDED, PORT_PROTECTED,
+    PROGRAM_NAME, PortTable, PortValue, Reason, counter_index, maps,
 };
 use std::{
     ffi::CString,
@@ -175,31 +175,30 @@ impl TestProgram {
     /// Writes `class` (`PORT_OPEN`, `PORT_PROTECTED`, `PORT_GUARDED` or any other byte) as the
     /// class of `port`. Every port starts open.
     pub fn set_port_class(&mut self, port: u16, class: PortValue) -> Result<()> {
-        let mut ports: Array<_, PortValue> =
+        let mut ports: Array<_, PortTable> =
             Array::try_from(self.ebpf.map_mut(maps::PORTS).context("ports map")?)?;
+        let mut table = Box::new(ports.get(&0, 0).context("reading the port table")?);
+        table.classes[usize::from(port)] = class;
         ports
-            .set(u32::from(port), &class, 0)
+            .set(0, table.as_ref(), 0)
             .with_context(|| format!("setting the class of port {port}"))?;
         Ok(())
     }
 
-    /// Writes the class of every port whose class in `table` (indexed by port) is not
-    /// `PORT_OPEN`, the value every port starts with.
+    /// Writes the whole port table: `table[port]` for the ports it has, `PORT_OPEN` beyond.
     pub fn set_port_classes(&mut self, table: &[PortValue]) -> Result<()> {
         anyhow::ensure!(
             table.len() <= PORT_ENTRIES as usize,
             "a port table of {} entries",
             table.len()
         );
-        let mut ports: Array<_, PortValue> =
+        let mut value = Box::new(PortTable::OPEN);
+        value.classes[..table.len()].copy_from_slice(table);
+        let mut ports: Array<_, PortTable> =
             Array::try_from(self.ebpf.map_mut(maps::PORTS).context("ports map")?)?;
-        for (port, class) in table.iter().enumerate() {
-            if *class != PORT_OPEN {
-                ports
-                    .set(port as u32, class, 0)
-                    .with_context(|| format!("setting the class of port {port}"))?;
-            }
-        }
+        ports
+            .set(0, value.as_ref(), 0)
+            .context("writing the port table")?;
         Ok(())
     }
 

@@ -3,9 +3,11 @@
 use super::allow::{self, AllowMaps};
 use super::{FilterError, error_chain};
 use crate::cidr::CidrList;
-use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use crate::ports::PortClass;
-use serve_guard_common::{Counter, FilterConfig, PORT_ENTRIES, PortValue, maps};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
+use serve_guard_common::{Counter, FilterConfig, PORT_ENTRIES, PortTable, maps};
+/// Index of the single element of the port map.
+const PORTS_INDEX: u32 = 0;
 /// Index of the single element of the config map.
 const CONFIG_INDEX: u32 = 0;
 /// No BPF_ANY/BPF_NOEXIST distinction needed: plain upserts.
@@ -13,7 +15,7 @@ const NO_FLAGS: u64 = 0;
 
 /// The program's maps, taken out of the loaded object.
 pub(crate) struct FilterMaps {
-    pub ports: Array<MapData, PortValue>,
+    pub ports: Array<MapData, PortTable>,
     pub allow: AllowMaps,
     /// The list the allow-list was last compiled from (exactly as given; the maps only keep
     /// the addresses it covers). `None` until this process applied one.
@@ -43,24 +45,18 @@ impl FilterMaps {
         })
     }
 
-    /// Writes the class of every port (`table[port]`), only where it differs. Each write is
-    /// atomic, so while the table is being written every port has either its old class or its
-    /// new one.
+    /// Writes the class of every port (`table[port]`) in one update. The kernel copies the
+    /// value over the old one in place, so while it does every port has either its old class
+    /// or its new one.
     pub fn set_ports(&mut self, table: &[PortClass]) -> Result<(), FilterError> {
         debug_assert_eq!(table.len(), PORT_ENTRIES as usize);
-        for (port, class) in (0..PORT_ENTRIES).zip(table) {
-            let want = class.map_value();
-            let have = self
-                .ports
-                .get(&port, NO_FLAGS)
-                .map_err(map_err(maps::PORTS, "read"))?;
-            if have != want {
-                self.ports
-                    .set(port, &want, NO_FLAGS)
-                    .map_err(map_err(maps::PORTS, "write"))?;
-            }
+        let mut value = Box::new(PortTable::OPEN);
+        for (slot, class) in value.classes.iter_mut().zip(table) {
+            *slot = class.map_value();
         }
-        Ok(())
+        self.ports
+            .set(PORTS_INDEX, value.as_ref(), NO_FLAGS)
+            .map_err(map_err(maps::PORTS, "write"))
     }
 
     pub fn set_config(&mut self, config: FilterConfig) -> Result<(), FilterError> {
@@ -77,14 +73,15 @@ impl FilterMaps {
 
     /// The class of every port as the map holds it (index = port).
     pub fn read_ports(&self) -> Result<Vec<PortClass>, FilterError> {
-        (0..PORT_ENTRIES)
-            .map(|port| {
-                self.ports
-                    .get(&port, NO_FLAGS)
-                    .map(PortClass::from_map_value)
-                    .map_err(map_err(maps::PORTS, "read"))
-            })
-            .collect()
+        let table = self
+            .ports
+            .get(&PORTS_INDEX, NO_FLAGS)
+            .map_err(map_err(maps::PORTS, "read"))?;
+        Ok(table
+            .classes
+            .iter()
+            .map(|&value| PortClass::from_map_value(value))
+            .collect())
     }
 
     /// The list the allow-lists were compiled from, checked against the addresses the maps
