@@ -1,7 +1,7 @@
 //! Frames the differential fuzzer (issue 7) found where the XDP program disagreed with
 //! docs/filter.md, one per cause, kept as named regression frames. Each runs through the real
-//! program (BPF_PROG_TEST_RUN) in the fuzzer's environment (`fuzz::scenario`: ports 1, 8000,
-//! 9000, 65535; allow-lists of several prefix lengths) and must get the verdict and the counter
+//! program (BPF_PROG_TEST_RUN) in the fuzzer's environment (`fuzz::scenario`, port layout 0:
+//! ports 1, 8000, 9000, 65535 strict; allow-lists of several prefix lengths) and must get the verdict and the counter
 //! the page gives; the model must agree too, so a frame here cannot go stale against the page.
 //!
 //! Found against main at c20b38f (before "XDP: judge exactly the bytes the kernel keeps"),
