@@ -5,7 +5,10 @@
 //! - [`topology`]: server + inside client + outside client on one bridge, IPv4 and IPv6.
 //! - [`wire_fuzz`]: the black-box fuzzer with the kernel as the oracle.
 //! - [`server`]: a tiny HTTP/1.1 server and a UDP echo server inside a namespace.
-//! - [`probe`]: TCP connect, HTTP GET and UDP probes from a namespace, bounded by timeouts.
+//! - [`probe`]: TCP connect, HTTP and UDP probes from a namespace, bounded by timeouts, and
+//!   request loops on a thread of their own.
+//! - [`sweep`]: every listening port of a node (from its socket table) probed from a client.
+//! - [`ray`]: real Ray Serve from the pinned venv: a Serve app, a whole Ray head node.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
 //! - [`rootfs`]: a fresh Debian root filesystem (cached debootstrap + overlay) for chroot tests.
 //! - [`rng`]: the seeded SplitMix64 generator of the fuzzers and the benchmark.
@@ -22,6 +25,7 @@ pub mod ray;
 pub mod rng;
 pub mod rootfs;
 pub mod server;
+pub mod sweep;
 pub mod topology;
 pub mod wire_fuzz;
 

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -169,6 +170,54 @@ impl Netns {
         }))
     }
 
+    /// The TCP sockets listening in this namespace (`ss -Hltnp` run inside it), with their
+    /// owners: the node's socket table as it is now.
+    pub fn listeners(&self) -> Result<Vec<Listener>> {
+        let out = self
+            .command("ss")
+            .arg("-Hltnp")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running `ss` (iproute2)")?;
+        if !out.status.success() {
+            bail!(
+                "`ss -Hltnp` in {} failed: {}",
+                self.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| Listener::parse_ss(l).with_context(|| format!("`ss -Hltnp` line {l:?}")))
+            .collect()
+    }
+
+    /// Every process whose network namespace is this one (what `ip netns pids` lists).
+    pub fn pids(&self) -> Result<Vec<libc::pid_t>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let ns = std::fs::metadata(self.path())
+            .with_context(|| format!("stat {}", self.path().display()))?;
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc")
+            .context("listing /proc")?
+            .flatten()
+        {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // A process that exits meanwhile (or a kernel thread) has no readable link: skipped.
+            if let Ok(net) = std::fs::metadata(entry.path().join("ns/net"))
+                && net.dev() == ns.dev()
+                && net.ino() == ns.ino()
+            {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
     /// True once no IPv6 address in the namespace is tentative (DAD is off in namespaces made
     /// here, so this holds at once; kept for interfaces moved in from elsewhere).
     pub fn ipv6_settled(&self) -> Result<bool> {
@@ -178,6 +227,69 @@ impl Netns {
                 .iter()
                 .all(|l| l["addr_info"].as_array().is_none_or(Vec::is_empty))
         }))
+    }
+}
+
+/// A listening TCP socket as `ss -Hltnp` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The bound address; `None` is ss's `*`: an IPv6 wildcard socket that takes IPv4 too.
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    /// The owner's name as the kernel keeps it (`comm`, at most 15 bytes: `ray::ServeRepli`).
+    pub process: Option<String>,
+}
+
+impl Listener {
+    /// One line of `ss -Hltnp`: `LISTEN 0 4096 [::ffff:198.18.0.1]:10001 *:* users:(("x",pid=1,fd=3))`.
+    pub fn parse_ss(line: &str) -> Result<Listener> {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(3).context("no local address")?;
+        let (host, port) = local.rsplit_once(':').context("no port")?;
+        let port = port.parse().context("bad port")?;
+        // `127.0.0.53%lo`, `[fe80::1]%eth0`: the scope is not part of the address.
+        let host = host.split('%').next().unwrap_or(host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = match host {
+            "*" => None,
+            other => Some(
+                other
+                    .parse()
+                    .with_context(|| format!("bad address {other:?}"))?,
+            ),
+        };
+        let process = line
+            .split_once("users:((\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(name, _)| name.to_owned());
+        Ok(Listener { ip, port, process })
+    }
+
+    /// Bound to a loopback address (127.0.0.0/8, ::1, or IPv4-mapped loopback): unreachable
+    /// from other hosts.
+    pub fn is_loopback(&self) -> bool {
+        match self.ip {
+            None => false,
+            Some(IpAddr::V4(a)) => a.is_loopback(),
+            Some(IpAddr::V6(a)) => {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+            }
+        }
+    }
+
+    /// Where another host reaches this socket, given the node's addresses: both for `*`, one
+    /// family for a wildcard or a node address of that family, none for any other address.
+    pub fn reachable_at(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> Vec<SocketAddr> {
+        let at4 = SocketAddr::new(v4.into(), self.port);
+        let at6 = SocketAddr::new(v6.into(), self.port);
+        let v4_match = |a: Ipv4Addr| a.is_unspecified() || a == v4;
+        match self.ip {
+            None => vec![at4, at6],
+            Some(IpAddr::V4(a)) if v4_match(a) => vec![at4],
+            Some(IpAddr::V6(a)) if a.to_ipv4_mapped().is_some_and(v4_match) => vec![at4],
+            Some(IpAddr::V6(a)) if a.is_unspecified() || a == v6 => vec![at6],
+            Some(_) => Vec::new(),
+        }
     }
 }
 
@@ -308,6 +420,79 @@ mod tests {
         assert_eq!(owner_pid("sgman12172", "sg"), None);
         assert_eq!(owner_pid("sg-test-12-3", "sg-test-"), Some(12));
         assert_eq!(owner_pid("other1-2", "sg"), None);
+    }
+
+    #[test]
+    fn ss_lines_parse_into_listeners() {
+        let v4 = Ipv4Addr::new(198, 18, 0, 1);
+        let v6: Ipv6Addr = "fd00:5e::1".parse().unwrap();
+        let l = |line: &str| Listener::parse_ss(line).unwrap();
+        let mapped =
+            l("LISTEN 0 4096 [::ffff:198.18.0.1]:10001 *:* users:((\"python3\",pid=23218,fd=16))");
+        assert_eq!(mapped.port, 10001);
+        assert_eq!(mapped.process.as_deref(), Some("python3"));
+        assert!(!mapped.is_loopback());
+        assert_eq!(
+            mapped.reachable_at(v4, v6),
+            [SocketAddr::new(v4.into(), 10001)]
+        );
+        let dual = l("LISTEN 0 4096 *:6379 *:* users:((\"gcs_server\",pid=1,fd=44))");
+        assert_eq!(dual.ip, None);
+        assert_eq!(dual.reachable_at(v4, v6).len(), 2);
+        let any4 =
+            l("LISTEN 0 2048 0.0.0.0:30000 0.0.0.0:* users:((\"ray::ServeRepli\",pid=2,fd=61))");
+        assert_eq!(any4.process.as_deref(), Some("ray::ServeRepli"));
+        assert_eq!(
+            any4.reachable_at(v4, v6),
+            [SocketAddr::new(v4.into(), 30000)]
+        );
+        let only6 = l("LISTEN 0 128 [::]:22 [::]:*");
+        assert_eq!(only6.process, None);
+        assert_eq!(only6.reachable_at(v4, v6), [SocketAddr::new(v6.into(), 22)]);
+        for lo in [
+            "LISTEN 0 128 127.0.0.1:52365 0.0.0.0:*",
+            "LISTEN 0 4096 [::ffff:127.0.0.1]:10001 *:*",
+            "LISTEN 0 4096 [::1]:9464 [::]:*",
+            "LISTEN 0 4096 127.0.0.53%lo:53 0.0.0.0:*",
+        ] {
+            assert!(l(lo).is_loopback(), "{lo}");
+        }
+        // Another address of some other interface: not reachable at the node's addresses.
+        assert!(
+            l("LISTEN 0 5 10.1.2.3:80 0.0.0.0:*")
+                .reachable_at(v4, v6)
+                .is_empty()
+        );
+        assert!(Listener::parse_ss("LISTEN 0 5").is_err());
+    }
+
+    #[test]
+    fn listeners_and_pids_are_the_namespaces_own() {
+        let ns = Netns::new("t").unwrap();
+        let listener = ns
+            .run(|| std::net::TcpListener::bind("0.0.0.0:0"))
+            .unwrap()
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = ns.listeners().unwrap();
+        assert!(
+            seen.iter()
+                .any(|l| l.port == port && l.ip == Some(Ipv4Addr::UNSPECIFIED.into())),
+            "{seen:?}"
+        );
+        // The listener's owner is this (test) process, whose namespace is the host's.
+        assert!(
+            !ns.pids()
+                .unwrap()
+                .contains(&(std::process::id() as libc::pid_t))
+        );
+        let mut child = ns.command("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        // setns happens in the child before exec: by the time spawn returns, it is inside.
+        assert!(ns.pids().unwrap().contains(&pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!ns.pids().unwrap().contains(&pid));
     }
 
     #[test]

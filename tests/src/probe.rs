@@ -87,6 +87,156 @@ pub fn udp_echo(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Result<(), P
         .map_err(|e| ProbeError::Connect(ConnectError::Namespace(e)))?
 }
 
+/// [`udp_echo`] from an unconnected socket in `ns` (see [`here::udp_echo_unconnected`]).
+pub fn udp_echo_unconnected(
+    ns: &Netns,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    ns.run(|| here::udp_echo_unconnected(addr, timeout))
+        .map_err(|e| ProbeError::Connect(ConnectError::Namespace(e)))?
+}
+
+/// [`here::http_send`] from `ns`.
+pub fn http_send(
+    ns: &Netns,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<HttpResponse, ProbeError> {
+    ns.run(|| here::http_send(addr, method, path, headers, body, timeout))
+        .map_err(|e| ProbeError::Connect(ConnectError::Namespace(e)))?
+}
+
+/// A probe loop on a thread of its own in a namespace, stopped by [`Background::finish`] (or by
+/// dropping it) between two rounds.
+pub struct Background<R> {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<io::Result<R>>>,
+}
+
+impl<R: Send + 'static> Background<R> {
+    /// Runs `f` on a thread in `ns`; `f` loops while [`Stop::wait`] says go on.
+    pub fn start(ns: &Netns, f: impl FnOnce(Stop) -> R + Send + 'static) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || f(Stop(rx)))?;
+        Ok(Background {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the loop after its current round and returns what it gathered.
+    pub fn finish(mut self) -> io::Result<R> {
+        self.stop.take();
+        let thread = self.thread.take().expect("joined only here and in drop");
+        match thread.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl<R> Drop for Background<R> {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The stop signal of a [`Background`] loop.
+pub struct Stop(std::sync::mpsc::Receiver<()>);
+
+impl Stop {
+    /// Waits `gap` (returning early when stopped); true if the loop should go on.
+    pub fn wait(&self, gap: Duration) -> bool {
+        matches!(
+            self.0.recv_timeout(gap),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+}
+
+/// What a [`RequestLoop`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct RequestReport {
+    pub sent: u64,
+    /// Requests whose response passed the check.
+    pub answered: u64,
+    /// The first failures (at most [`RequestLoop::KEPT_FAILURES`]), in order.
+    pub failures: Vec<String>,
+    pub failed: u64,
+    /// Answered requests by the label the check gave them (e.g. which replica answered).
+    pub labels: std::collections::BTreeMap<String, u64>,
+}
+
+/// One HTTP request after another from a namespace to one address, each checked, until
+/// finished: "every request answered" over a period.
+pub struct RequestLoop(Background<RequestReport>);
+
+impl RequestLoop {
+    pub const KEPT_FAILURES: usize = 20;
+
+    /// `GET path` with `headers` to `addr` from `ns` every `gap` (after the previous answer),
+    /// each bounded by `timeout`; `check` turns a response into a label or says why it is
+    /// wrong.
+    pub fn start(
+        ns: &Netns,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        gap: Duration,
+        timeout: Duration,
+        check: impl Fn(&HttpResponse) -> Result<String, String> + Send + 'static,
+    ) -> io::Result<Self> {
+        let path = path.to_owned();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        Background::start(ns, move |stop| {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let mut report = RequestReport::default();
+            loop {
+                report.sent += 1;
+                let verdict = here::http_request(addr, &path, &headers, timeout)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| check(&r));
+                match verdict {
+                    Ok(label) => {
+                        report.answered += 1;
+                        *report.labels.entry(label).or_default() += 1;
+                    }
+                    Err(why) => {
+                        report.failed += 1;
+                        if report.failures.len() < Self::KEPT_FAILURES {
+                            report
+                                .failures
+                                .push(format!("request {}: {why}", report.sent));
+                        }
+                    }
+                }
+                if !stop.wait(gap) {
+                    return report;
+                }
+            }
+        })
+        .map(RequestLoop)
+    }
+
+    pub fn finish(self) -> io::Result<RequestReport> {
+        self.0.finish()
+    }
+}
+
 /// The probes, run in the calling thread's namespace.
 pub mod here {
     use super::*;
@@ -108,6 +258,31 @@ pub mod here {
         connect(addr, timeout).map(drop)
     }
 
+    /// [`tcp_connect`] to every address at once (one thread each, in the calling thread's
+    /// namespace): the whole set takes about one `timeout`. Results in the order of `addrs`.
+    pub fn tcp_connect_all(
+        addrs: &[SocketAddr],
+        timeout: Duration,
+    ) -> Vec<Result<(), ConnectError>> {
+        // Threads inherit the namespace of the thread that creates them.
+        std::thread::scope(|s| {
+            let probes: Vec<_> = addrs
+                .iter()
+                .map(|&addr| s.spawn(move || tcp_connect(addr, timeout)))
+                .collect();
+            probes
+                .into_iter()
+                .map(|p| {
+                    p.join().unwrap_or_else(|_| {
+                        Err(ConnectError::Other(io::Error::other(
+                            "probe thread panicked",
+                        )))
+                    })
+                })
+                .collect()
+        })
+    }
+
     pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<u16, ProbeError> {
         http_request(addr, "/", &[], timeout).map(|r| r.status)
     }
@@ -119,6 +294,19 @@ pub mod here {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<HttpResponse, ProbeError> {
+        http_send(addr, "GET", path, headers, None, timeout)
+    }
+
+    /// `method path` with `Connection: close` and, if given, a body (with its
+    /// `Content-Length`); connect, write and read each bounded by `timeout`.
+    pub fn http_send(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<HttpResponse, ProbeError> {
         let mut conn = connect(addr, timeout)?;
         conn.set_read_timeout(Some(timeout))
             .map_err(ProbeError::Io)?;
@@ -128,12 +316,17 @@ pub mod here {
             SocketAddr::V4(a) => a.to_string(),
             SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
         };
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         for (name, value) in headers {
             req.push_str(&format!("{name}: {value}\r\n"));
         }
+        if let Some(body) = body {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         req.push_str("\r\n");
-        conn.write_all(req.as_bytes()).map_err(ProbeError::Io)?;
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body.unwrap_or_default());
+        conn.write_all(&req).map_err(ProbeError::Io)?;
         let mut raw = Vec::new();
         conn.take(MAX_RESPONSE)
             .read_to_end(&mut raw)
@@ -141,18 +334,53 @@ pub mod here {
         parse_response(&raw)
     }
 
+    /// A request/response over a connected UDP socket (as DNS and NTP clients use).
     pub fn udp_echo(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+        udp_exchange(addr, timeout, true)
+    }
+
+    /// The same exchange from an unconnected socket (`sendto`/`recvfrom`): a reply reaches it
+    /// only from `addr`, as for [`udp_echo`], but the socket takes datagrams from anyone.
+    pub fn udp_echo_unconnected(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+        udp_exchange(addr, timeout, false)
+    }
+
+    fn udp_exchange(
+        addr: SocketAddr,
+        timeout: Duration,
+        connected: bool,
+    ) -> Result<(), ProbeError> {
         let local: SocketAddr = match addr {
             SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
             SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
         };
         let sock = UdpSocket::bind(local).map_err(ProbeError::Io)?;
-        sock.connect(addr).map_err(ProbeError::Io)?;
         sock.set_read_timeout(Some(timeout))
             .map_err(ProbeError::Io)?;
-        sock.send(UDP_PAYLOAD).map_err(ProbeError::Io)?;
         let mut buf = [0u8; 64];
-        match sock.recv(&mut buf) {
+        let got = if connected {
+            sock.connect(addr).map_err(ProbeError::Io)?;
+            sock.send(UDP_PAYLOAD).map_err(ProbeError::Io)?;
+            sock.recv(&mut buf)
+        } else {
+            sock.send_to(UDP_PAYLOAD, addr).map_err(ProbeError::Io)?;
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) if from == addr => break Ok(n),
+                    // Not the peer's answer: keep waiting out the same deadline.
+                    Ok(_) => {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break Err(io::ErrorKind::TimedOut.into());
+                        }
+                        sock.set_read_timeout(Some(left)).map_err(ProbeError::Io)?;
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        match got {
             Ok(n) if &buf[..n] == UDP_PAYLOAD => Ok(()),
             Ok(_) => Err(ProbeError::BadResponse("UDP echo differs".into())),
             Err(e)
@@ -268,6 +496,33 @@ mod tests {
             .unwrap();
         }
         assert_eq!(udp.datagrams(9000), 2);
+    }
+
+    #[test]
+    fn a_body_goes_with_its_length_and_unconnected_udp_gets_its_echo() {
+        let topo = Topology::new().unwrap();
+        let http = HttpServer::start(&topo.server.ns, &[8000]).unwrap();
+        let _udp = UdpEchoServer::start(&topo.server.ns, &[9000]).unwrap();
+        for ip in Ip::BOTH {
+            let resp = http_send(
+                &topo.inside.ns,
+                topo.server.sock(ip, 8000),
+                "PUT",
+                "/x",
+                &[("Content-Type", "application/json")],
+                Some(b"{}"),
+                limits::PROBE_IO,
+            )
+            .unwrap();
+            assert_eq!(resp.status, 200);
+            udp_echo_unconnected(
+                &topo.inside.ns,
+                topo.server.sock(ip, 9000),
+                limits::PROBE_IO,
+            )
+            .unwrap();
+        }
+        assert_eq!(http.requests(8000), 2);
     }
 
     #[test]
