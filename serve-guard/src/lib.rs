@@ -17,9 +17,12 @@
 //! - `watch`: follows the CIDR file and the token file on disk (inotify).
 //! - `admin_http`: the accept loop shared by the control socket and metrics endpoints.
 //! - `metrics`: the Prometheus /metrics and /ready endpoint.
-//! - `token`, `proxy`: public mode, the cluster's tokens (the file, its source on the agent side)
-//!   and the token-checking reverse proxy.
-//! - `logging`: the tracing subscriber (RUST_LOG / --log-level).
+//! - `token`: public mode's token file, and its source that publishes each new set to the proxy.
+//! - `proxy_supervisor`: public mode's proxy run as an unprivileged process: binding its
+//!   listeners, starting, feeding and restarting it. The proxy itself (the request path, its
+//!   config section, `Token`/`TokenSet`, its metrics, the process's side of the socketpair, the
+//!   tracing subscriber both share) is the `serve_guard_proxy` crate, which imports nothing of
+//!   this one.
 //! - `cli`: one file per verb.
 //!
 //! Layers: a module imports (`crate::`) only from its own layer's neighbours named here or from
@@ -27,15 +30,12 @@
 //! 1. `cli`
 //! 2. `agent`
 //! 3. the agent's subsystems: `control` (which presents `filter`'s state), `metrics` (which asks
-//!    the agent through `control::agent_view`, the declared seam), `watch`, `proxy`
+//!    the agent through `control::agent_view`, the declared seam), `watch`, `proxy_supervisor`
 //! 4. `filter` (which updates the maps for `store` through `store::CidrSink`, the declared
 //!    seam), `token`
 //! 5. `config`, `store`
-//! 6. `node`, then `cidr`, `ports`, `logging`, `admin_http`, `serve_guard_common`
-//!
-//! Still to untangle (issue 18, with the proxy's own crate): `config::public` imports
-//! `proxy::path`, `proxy` and `token` import `metrics::proxy` (the proxy's metrics, below
-//! `metrics`' endpoint), and `control` takes `proxy::status::PublicStatus` for `status`.
+//! 6. `node`, then `cidr`, `ports`, `admin_http`, `serve_guard_common`
+//! 7. `serve_guard_proxy` (another crate, below all of these: any layer may use it)
 
 pub mod admin_http;
 pub mod agent;
@@ -44,11 +44,10 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod filter;
-pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod ports;
-pub mod proxy;
+pub mod proxy_supervisor;
 pub mod store;
 pub mod token;
 pub mod watch;

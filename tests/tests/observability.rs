@@ -10,7 +10,7 @@ use serve_guard_tests::probe;
 use serve_guard_tests::server::HttpServer;
 use serve_guard_tests::topology::{IFACE, SERVER_V4, Topology};
 use serve_guard_tests::{limits, wait_for};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -86,6 +86,50 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Whether the proxy closed `stream` (end of file or a reset) without sending anything.
+fn closed_by_proxy(stream: &mut TcpStream) -> Result<bool> {
+    stream.set_read_timeout(Some(limits::AGENT_READY))?;
+    let mut byte = [0u8; 1];
+    Ok(match stream.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    })
+}
+
+/// A GET with `authorization` on an open keep-alive connection; its status, once the head of
+/// the answer is read (the connection stays open for the next one).
+fn keep_alive_get(stream: &mut TcpStream, path: &str, authorization: &str) -> Result<u16> {
+    stream.set_read_timeout(Some(limits::AGENT_READY))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: serve\r\nAuthorization: {authorization}\r\n\r\n")
+            .as_bytes(),
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ensure!(
+            stream.read(&mut byte)? == 1,
+            "the proxy closed the connection"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("no Content-Length in the answer")?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    head.get(9..12)
+        .and_then(|code| code.parse().ok())
+        .context("no status line")
+}
+
 struct Public {
     topo: Topology,
     agent: Agent,
@@ -136,6 +180,16 @@ impl Public {
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<u16> {
         let addr = SocketAddr::from((SERVER_V4, PROXY_PORT));
         Ok(probe::http_request(&self.topo.outside.ns, addr, path, headers)?.status)
+    }
+
+    /// `MAX_CONNECTIONS` connections from the outside client to the proxy, nothing sent.
+    fn connect_all(&self) -> Result<Vec<TcpStream>> {
+        let proxy = SocketAddr::from((SERVER_V4, PROXY_PORT));
+        Ok(self.topo.outside.ns.run(|| {
+            (0..MAX_CONNECTIONS)
+                .map(|_| TcpStream::connect(proxy))
+                .collect::<std::io::Result<Vec<_>>>()
+        })??)
     }
 
     fn scrape(&self, accept: Option<&str>) -> Result<(String, String)> {
@@ -329,36 +383,95 @@ fn the_proxy_is_measured_logged_and_promtool_clean() -> Result<()> {
         "escape codes in a log file:\n{logs}"
     );
 
-    // Connections over max_connections: closed at accept, counted and logged.
-    let proxy = SocketAddr::from((SERVER_V4, PROXY_PORT));
-    let held: Vec<TcpStream> = s.topo.outside.ns.run(|| {
-        (0..MAX_CONNECTIONS)
-            .map(|_| TcpStream::connect(proxy))
-            .collect::<std::io::Result<Vec<_>>>()
-    })??;
+    // A full pool (issue 17's admission): a newcomer displaces the oldest connection that has
+    // not completed a request head, and is refused only when nobody can be displaced. The one
+    // outside client holds every place: its source's and its /24's limits are capped at
+    // `max_connections`, and the source's is checked first, so that is the limit named.
+    let limit = r#"limit="max_connections_per_source",family="ipv4",prefix_len="32""#;
+    let displaced = format!("serve_guard_proxy_displaced_connections_total{{{limit}}}");
+    let refused = format!("serve_guard_proxy_refused_connections_total{{{limit}}}");
+    let rejected = r#"serve_guard_proxy_rejected_connections_total{listener="http"}"#;
     let open = r#"serve_guard_proxy_open_connections{listener="http"}"#;
+    let before = s.scrape(None)?.1;
+    let (displaced_before, refused_before, rejected_before) = (
+        sample(&before, &displaced).context("no displaced series")?,
+        sample(&before, &refused).context("no refused series")?,
+        sample(&before, rejected).context("no rejected series")?,
+    );
+
+    // Two silent connections (fresh: no request head) fill the pool...
+    let mut held = s.connect_all()?;
     wait_for("the held connections to count", limits::AGENT_READY, || {
         Ok(sample(&s.scrape(None)?.1, open) == Some(MAX_CONNECTIONS as f64))
     })?;
-    let rejected = r#"serve_guard_proxy_rejected_connections_total{listener="http"}"#;
+    // ...and a newcomer is served, in the place of the oldest of them, which is closed.
+    ensure!(
+        s.get("/echo", &[])? == 401,
+        "a newcomer to a pool of fresh connections is not served"
+    );
+    ensure!(
+        closed_by_proxy(&mut held[0])?,
+        "the oldest fresh connection was not displaced"
+    );
+    wait_for("the displacement to count", limits::AGENT_READY, || {
+        Ok(sample(&s.scrape(None)?.1, &displaced) == Some(displaced_before + 1.0))
+    })?;
+    ensure!(
+        s.agent
+            .logs()
+            .lines()
+            .any(|l| l.contains("fresh connection displaced")
+                && l.contains("limit=\"max_connections_per_source\"")),
+        "no log line for the displaced connection"
+    );
+    drop(held);
+    wait_for("the pool to empty", limits::AGENT_READY, || {
+        Ok(sample(&s.scrape(None)?.1, open) == Some(0.0))
+    })?;
+
+    // Two connections that showed the token have earned their places: a newcomer is refused
+    // (closed at accept, unanswered), counted and logged. (Serve has been down since the 502
+    // above: the proxy checks the token, then answers 502 itself, keeping the connection.)
+    let mut earned = s.connect_all()?;
+    for conn in &mut earned {
+        ensure!(
+            keep_alive_get(conn, "/echo", &bearer)? == 502,
+            "an authenticated keep-alive request failed"
+        );
+    }
     wait_for(
-        "a connection over the limit to be rejected",
+        "a connection over the limit to be refused",
         limits::AGENT_READY,
         || {
             // Each try is one more connection over the limit, closed by the proxy at accept.
             // (It fails: the proxy closes it without an answer.)
             let _ = s.get("/echo", &[]);
-            Ok(sample(&s.scrape(None)?.1, rejected).is_some_and(|n| n >= 1.0))
+            let scrape = s.scrape(None)?.1;
+            Ok(
+                sample(&scrape, &refused).is_some_and(|n| n > refused_before)
+                    && sample(&scrape, rejected).is_some_and(|n| n > rejected_before),
+            )
         },
     )?;
+    ensure!(
+        sample(&s.scrape(None)?.1, &displaced) == Some(displaced_before + 1.0),
+        "a connection that showed the token was displaced"
+    );
     ensure!(
         s.agent
             .logs()
             .lines()
-            .any(|l| l.contains("connection refused") && l.contains("reason=\"max_connections\"")),
-        "no log line for the rejected connection"
+            .any(|l| l.contains("connection refused")
+                && l.contains("reason=\"max_connections_per_source\"")),
+        "no log line for the refused connection"
     );
-    drop(held);
+    for conn in &mut earned {
+        ensure!(
+            keep_alive_get(conn, "/echo", &bearer)? == 502,
+            "a connection that showed the token lost its place"
+        );
+    }
+    drop(earned);
     Ok(())
 }
 

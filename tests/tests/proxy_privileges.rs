@@ -161,6 +161,25 @@ fn the_proxy_process_has_no_privileges_and_restarts_with_the_current_tokens() ->
     let workers = proxy_processes(agent_pid)?;
     ensure!(workers.len() == 1, "proxy processes: {workers:?}");
     let worker = workers[0];
+    // What `ps`, `ps -f` and `ss -ltnp` show for the internet-facing listener: its own name,
+    // not `exe` (it is started through /proc/self/exe). The comm is argv[0] cut to the kernel's
+    // 15 bytes.
+    let comm = std::fs::read_to_string(format!("/proc/{worker}/comm"))?;
+    ensure!(
+        comm.trim_end() == "serve-guard-pro",
+        "the proxy process's comm is {comm:?}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{worker}/cmdline"))?;
+    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    ensure!(
+        argv0 == b"serve-guard-proxy",
+        "the proxy process's argv[0] is {:?}",
+        String::from_utf8_lossy(argv0)
+    );
+    println!(
+        "proxy  pid {worker}: comm {}, argv[0] serve-guard-proxy",
+        comm.trim_end()
+    );
     let status = std::fs::read_to_string(format!("/proc/{worker}/status"))?;
     let agent_status = std::fs::read_to_string(format!("/proc/{agent_pid}/status"))?;
     println!(

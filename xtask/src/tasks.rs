@@ -148,7 +148,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     // suite, in release so the latencies are the proxy's, not a debug build's.
     if args.iter().any(|a| a == "--many-sources") {
         let mut c = cargo(&tc);
-        c.args(["test", "--release", "--package", "serve-guard", "--test", "attacks"])
+        c.args(["test", "--release", "--package", "serve-guard-proxy", "--test", "attacks"])
             .args(["many_sources_long_run", "--", "--ignored", "--nocapture"]);
         return cmd::run(&mut c);
     }

@@ -5,10 +5,10 @@
 use super::{SharedFilter, SharedPorts};
 use crate::config::{Config, Mode};
 use crate::control::agent_view::{AgentView, Allowed, ViewFuture};
+use crate::control::public_status::PublicStatus;
 use crate::filter::{CounterSnapshot, FilterError, FilterStatus};
 use crate::node::listeners::Snapshot;
 use crate::node::{AuditError, Exposure, ListenerAudit, ScanError};
-use crate::proxy::status::PublicStatus;
 use crate::token::{TokenError, TokenSource};
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ impl AgentView for AgentHandle {
                 return None;
             }
             let public = self.config.public.clone().unwrap_or_default();
-            let Ok(status) = crate::proxy::status::public_status(&public).await;
+            let Ok(status) = crate::control::public_status::public_status(&public).await;
             Some(status)
         })
     }

@@ -72,11 +72,11 @@ pub enum AgentError {
     #[error(transparent)]
     Token(#[from] crate::token::TokenError),
     #[error(transparent)]
-    Proxy(#[from] crate::proxy::ProxyError),
+    Proxy(#[from] serve_guard_proxy::ProxyError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    ProxyProcess(#[from] crate::proxy::worker::SupervisorError),
+    ProxyProcess(#[from] crate::proxy_supervisor::SupervisorError),
 }
 
 /// The filter, shared by every task that reads or changes it.
@@ -325,7 +325,7 @@ async fn start_subsystems(
         // Token-checking reverse proxy, as an unprivileged process: its sockets are bound, its
         // TLS files read and the process started here, so a busy port, bad TLS files or
         // privileges that cannot be dropped stop the start.
-        let proxy = crate::proxy::worker::Supervisor::start(&public, tokens.subscribe()).await?;
+        let proxy = crate::proxy_supervisor::Supervisor::start(&public, tokens.subscribe()).await?;
         tls = proxy.tls();
         subsystems.spawn(
             "public proxy",

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use super::SharedFilter;
 use crate::config::{Config, Overrides};
 use crate::ports::PortPolicy;
-use crate::proxy::tls::{TlsFiles, TlsReload};
 use crate::store::Store;
 use crate::token::TokenSource;
+use serve_guard_proxy::tls::{TlsFiles, TlsReload};
 
 /// Where the config came from, to read its port rules again.
 #[derive(Debug, Clone)]

@@ -11,8 +11,8 @@ use super::output::{self, outln};
 use std::path::Path;
 
 use crate::config::{Config, Mode, Overrides};
-use crate::proxy::tls::TlsFiles;
 use crate::token::{TokenError, read_token_file};
+use serve_guard_proxy::tls::TlsFiles;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -103,7 +103,7 @@ pub async fn exec(config_path: &Path, args: Args) -> anyhow::Result<()> {
             )),
             Err(e) => return Err(e.into()),
         }
-        let account = crate::proxy::worker::privileges::Account::lookup(&public.proxy_user)?;
+        let account = crate::proxy_supervisor::account::lookup(&public.proxy_user)?;
         println!(
             "proxy_user {}: ok (uid {}, gid {}; the proxy process runs as it, without capabilities)",
             public.proxy_user, account.uid, account.gid

@@ -48,14 +48,14 @@ pub enum Command {
     Detach(detach::Args),
     /// The public-mode proxy process, started by the agent with its sockets (never by hand).
     #[command(name = "proxy-worker", hide = true)]
-    ProxyWorker(crate::proxy::worker::process::Args),
+    ProxyWorker(serve_guard_proxy::worker::Args),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any runtime thread exists: it drops privileges, which is per thread.
     let command = match cli.command {
-        Command::ProxyWorker(args) => return crate::proxy::worker::process::main(args),
+        Command::ProxyWorker(args) => return serve_guard_proxy::worker::main(args),
         command => command,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

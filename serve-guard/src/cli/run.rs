@@ -54,7 +54,7 @@ pub struct Args {
     pub log_level: Option<String>,
     /// `text` or `json` (one object a line). Overrides `log_format`.
     #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<crate::logging::LogFormat>,
+    pub log_format: Option<serve_guard_proxy::logging::LogFormat>,
 }
 
 impl Args {
@@ -83,7 +83,7 @@ pub async fn exec(config: &Path, args: Args) -> anyhow::Result<()> {
     // binary's one error line either way.
     let overrides = args.overrides();
     let loaded = Config::load(config, &overrides)?;
-    crate::logging::init(level.as_deref(), loaded.log_format)?;
+    serve_guard_proxy::logging::init(level.as_deref(), loaded.log_format)?;
     let source = crate::agent::ConfigSource {
         path: config.to_owned(),
         overrides,

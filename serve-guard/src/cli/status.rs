@@ -8,11 +8,11 @@
 use super::output::{self, Coded, Exit, outln};
 use crate::config::{Config, Mode, Overrides};
 use crate::control::client::{Client, ClientError};
+use crate::control::public_status::public_status_offline;
 use crate::control::{
     CidrSummary, FilterReport, FilterSource, PinnedFilter, PinnedInterface, StatusReport, routes,
 };
 use crate::filter::{LinkState, PinLayout, PortRun};
-use crate::proxy::status::public_status_offline;
 use crate::store::Store;
 use anyhow::Result;
 use std::path::Path;
@@ -270,9 +270,9 @@ mod tests {
     use super::*;
 
     use crate::control::RunningFilter;
+    use crate::control::public_status::PublicStatus;
     use crate::filter::{AttachMode, AttachedInterface};
     use crate::ports::{Guard, PortClass};
-    use crate::proxy::status::PublicStatus;
     use serde_json::json;
 
     #[test]
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn without_an_agent_there_are_no_docs_links_from_here() {
-        let status = public_status_offline(&crate::config::public::PublicConfig::default());
+        let status = public_status_offline(&serve_guard_proxy::config::PublicConfig::default());
         assert!(status.docs_links.is_empty());
         assert!(
             status

@@ -17,10 +17,12 @@ use std::path::Path;
 use hyper::Method;
 
 use super::output::{self, Coded, Exit, outln};
-use crate::config::{Config, Mode, Overrides, public::PublicConfig};
+use crate::config::{Config, Mode, Overrides};
 use crate::control::client::{Client, ClientError};
 use crate::control::{TokenReloaded, routes};
-use crate::token::{Token, TokenError, prune_file, read_token_file, rotate_file};
+use crate::token::{TokenError, prune_file, read_token_file, rotate_file};
+use serve_guard_proxy::config::PublicConfig;
+use serve_guard_proxy::token::Token;
 
 /// The control socket's answer when the agent has no token (private mode).
 const CONFLICT: u16 = 409;

@@ -10,11 +10,11 @@
 //!
 //! The config may carry public-mode settings, so it is never Debug-printed whole into logs.
 
-pub mod public;
-
 use crate::cidr::{CidrError, CidrList, Normalised};
 use crate::ports::{Guard, PortError, PortList, PortPolicy, PortSpec};
 use serde::Deserialize;
+// The `[public]` section is the proxy's own type: the proxy process gets it over the socketpair.
+use serve_guard_proxy::config::{PublicConfig, PublicConfigError};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -113,7 +113,7 @@ pub enum ConfigError {
     #[error("CIDR file {path}: {error}")]
     Cidr { path: PathBuf, error: CidrError },
     #[error(transparent)]
-    Public(#[from] public::PublicConfigError),
+    Public(#[from] PublicConfigError),
 }
 
 /// `private`: XDP keeps the Serve ports to the VPC. `public`: the token proxy fronts Serve.
@@ -209,7 +209,7 @@ impl std::str::FromStr for XdpModeSetting {
     }
 }
 
-pub use crate::logging::LogFormat;
+pub use serve_guard_proxy::logging::LogFormat;
 
 /// What the agent does with the filter when it stops (SIGINT/SIGTERM).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -295,7 +295,7 @@ struct FileConfig {
     /// Wide, so that an out-of-range figure gets our message, not a type error.
     max_cidrs: Option<i64>,
     metrics: Option<MetricsConfig>,
-    public: Option<public::PublicConfig>,
+    public: Option<PublicConfig>,
 }
 
 /// Command-line overrides for the scalar keys (`serve-guard run --mode ...`). A non-empty list
@@ -347,7 +347,7 @@ pub struct Config {
     pub max_cidrs: u32,
     pub metrics: MetricsConfig,
     /// The `[public]` table, if present (public mode uses its defaults when absent).
-    pub public: Option<public::PublicConfig>,
+    pub public: Option<PublicConfig>,
 }
 
 /// Debug without the `[public]` table, which may name secrets.
@@ -628,7 +628,7 @@ fn port_policy(
     serve: &[PortSpec],
     public: Option<Vec<PortSpec>>,
     guarded: Option<Vec<PortSpec>>,
-    proxy: Option<&public::PublicConfig>,
+    proxy: Option<&PublicConfig>,
 ) -> Result<PortPolicy, ConfigError> {
     const SERVE: &str = "serve_ports";
     const PUBLIC: &str = "public_ports";

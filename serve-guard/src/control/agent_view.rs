@@ -7,9 +7,9 @@
 //! (`super::api`).
 
 use crate::config::Mode;
+use crate::control::public_status::PublicStatus;
 use crate::filter::{CounterSnapshot, FilterError, FilterStatus};
 use crate::node::{AuditError, Exposure, ListenerAudit, ScanError};
-use crate::proxy::status::PublicStatus;
 use crate::token::TokenError;
 use std::future::Future;
 use std::net::IpAddr;

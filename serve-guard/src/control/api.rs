@@ -8,10 +8,10 @@
 //! their shape on the wire.
 
 use crate::config::Mode;
+use crate::control::public_status::PublicStatus;
 use crate::filter::{AttachMode, AttachedInterface, CounterSnapshot, FilterStatus, PortRun};
 use crate::node::{Exposure, ListenerAudit};
 use crate::ports::Guard;
-use crate::proxy::status::PublicStatus;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -17,12 +17,16 @@
 //! Errors are [`ErrorBody`] (`{"error": "..."}`) with a message that names the bad input.
 //!
 //! - `api`: the request and answer types, shared by the agent and the CLI;
+//! - `public_status`: the public-mode part of `status` (URL, token, API docs links), built by
+//!   the agent or, without one, by the CLI; `serve_routes` reads Serve's route table for it;
 //! - `agent_view`: what the server asks the running agent (a trait the agent implements);
 //! - `server`, `client`: the two ends of the socket.
 
 pub mod agent_view;
 pub mod api;
 pub mod client;
+pub mod public_status;
+pub mod serve_routes;
 pub mod server;
 
 pub use api::{

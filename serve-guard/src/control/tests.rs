@@ -6,12 +6,12 @@ use super::client::{Client, ClientError};
 use super::server::{ControlServer, ControlState};
 use super::*;
 use crate::config::Mode;
+use crate::control::public_status::PublicStatus;
 use crate::filter::{
     AttachMode, AttachedInterface, CounterEntry, CounterSnapshot, FilterError, FilterStatus,
     PortRun,
 };
 use crate::node::{AuditError, Exposure, ListenerAudit, ScanError};
-use crate::proxy::status::PublicStatus;
 use crate::store::{Listing, Outcome, Store};
 use crate::token::TokenError;
 use hyper::Method;

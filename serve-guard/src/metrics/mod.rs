@@ -3,7 +3,9 @@
 //! `GET /ready`: 200 once the filter is attached and its maps are filled, 503 before.
 //!
 //! - `agent`: the filter's counters, the CIDR list, readiness, attachment, build info;
-//! - `proxy`: the public-mode proxy's requests and connections, token reloads;
+//! - the public-mode proxy's requests and connections and the token reloads are
+//!   `serve_guard_proxy::metrics`: the proxy process sends its figures as snapshots, the agent
+//!   adds them up (its supervisor) and renders them here;
 //! - `process`: the standard `process_*` metrics;
 //! - `format`: content negotiation and the 0.0.4 text.
 //!
@@ -13,7 +15,6 @@
 pub mod agent;
 pub mod format;
 pub mod process;
-pub mod proxy;
 
 use crate::control::agent_view::AgentView;
 use crate::store::Store;
@@ -68,7 +69,7 @@ pub async fn render(state: &MetricsState) -> Result<String, std::fmt::Error> {
     let registry = root.sub_registry_with_prefix(PREFIX);
     agent::register(state, registry).await;
     if state.view.mode() == crate::config::Mode::Public {
-        proxy::agent_totals().register(registry);
+        serve_guard_proxy::metrics::agent_totals().register(registry);
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &root)?;
@@ -164,9 +165,9 @@ mod tests {
     use super::*;
     use crate::config::Mode;
     use crate::control::agent_view::{Allowed, ViewFuture};
+    use crate::control::public_status::PublicStatus;
     use crate::filter::{CounterEntry, CounterSnapshot, FilterError, FilterStatus};
     use crate::node::{AuditError, Exposure, ListenerAudit, ScanError};
-    use crate::proxy::status::PublicStatus;
     use crate::token::TokenError;
     use http_body_util::BodyExt as _;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

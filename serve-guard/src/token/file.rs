@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::{Token, TokenError, TokenSet};
+use super::TokenError;
 use crate::store::fsutil;
+use serve_guard_proxy::token::{Token, TokenSet};
 
 /// Modes a token file may have (see the module doc).
 pub const ACCEPTED_MODES: [u32; 4] = [0o400, 0o440, 0o600, 0o640];

@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::file::{create, read_token_file};
-use super::{TokenError, TokenSet};
+use serve_guard_proxy::token::{TokenReceiver, TokenSet};
 
-/// What the proxy holds: the current set, replaced as a whole on every change.
-pub type TokenReceiver = watch::Receiver<Arc<TokenSet>>;
+use super::TokenError;
+use super::file::{create, read_token_file};
 
 /// What a reload found, for the log (counts only, never tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +133,7 @@ impl TokenSource {
                 return Err(e);
             }
         };
-        crate::metrics::proxy::agent_totals().token_reloaded();
+        serve_guard_proxy::metrics::agent_totals().token_reloaded();
         let current = self.current();
         let change = TokenChange {
             tokens: next.len(),
