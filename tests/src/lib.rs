@@ -1,8 +1,10 @@
-//! Test harness: network-namespace topologies with Drop-guard cleanup, frame builders for the
-//! verdict tests, and a handle on a running agent process.
+//! Test harness: network-namespace topologies with Drop-guard cleanup, the frame builder of the
+//! verdict tests and both fuzzers, and a handle on a running agent process.
 //!
 //! - [`netns`]: namespaces with unique names, running code or commands inside one.
 //! - [`topology`]: server + inside client + outside client on one bridge, IPv4 and IPv6.
+//! - [`frames`]: the one frame builder, layer by layer (Ethernet and VLAN tags, IPv4, IPv6 and
+//!   extension headers, transports, checksums), for the verdict tables and both fuzzers.
 //! - [`wire_fuzz`]: the black-box fuzzer with the kernel as the oracle.
 //! - [`server`]: a tiny HTTP/1.1 server and a UDP echo server inside a namespace.
 //! - [`probe`]: TCP connect, HTTP and UDP probes from a namespace, bounded by timeouts, and
@@ -10,6 +12,7 @@
 //! - [`sweep`]: every listening port of a node (from its socket table) probed from a client.
 //! - [`ray`]: real Ray Serve from the pinned venv: a Serve app, a whole Ray head node.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
+//! - [`metrics`]: reading samples out of a Prometheus scrape.
 //! - [`rootfs`]: a fresh Debian root filesystem (cached debootstrap + overlay) for chroot tests.
 //! - [`rng`]: the seeded SplitMix64 generator of the fuzzers and the benchmark.
 //! - [`fuzz`]: the differential fuzzer of the XDP verdict (program against a reference model).
@@ -18,6 +21,7 @@ pub mod agent;
 pub mod browser;
 pub mod frames;
 pub mod fuzz;
+pub mod metrics;
 pub mod netns;
 pub mod probe;
 pub mod program;

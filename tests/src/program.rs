@@ -330,6 +330,7 @@ fn sweep_stale_pin_dirs() {
 /// Mounts bpffs on /sys/fs/bpf unless it already is (what `cargo xtask setup` does too).
 fn ensure_bpffs() -> Result<()> {
     let path = CString::new(BPFFS)?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct of integers.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and a statfs buffer that outlives the call.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {

@@ -8,6 +8,7 @@ use serve_guard::cidr::CidrList;
 use serve_guard_tests::{
     frames::Frame,
     program::{TestProgram, XDP_DROP, XDP_PASS},
+    rng::Rng,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -187,36 +188,24 @@ fn a_change_that_swaps_the_lengths_in_use_takes_effect_whole() {
     expect(&p, &cases_old);
 }
 
-/// splitmix64, for reproducible random lists.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 #[test]
 fn random_lists_match_a_linear_scan() {
     let mut p = program();
-    let mut rng = Rng(11);
+    // Reproducible random lists.
+    let mut rng = Rng::new(11);
     for _ in 0..4 {
         // Clustered in 10.0.0.0/12 and fd00::/20 so prefixes nest and overlap.
         let nets: Vec<IpNet> = (0..400)
             .map(|i| {
                 if i % 2 == 0 {
-                    let addr = Ipv4Addr::from(0x0a00_0000 | (rng.next() as u32 & 0x000f_ffff));
-                    IpNet::new(addr.into(), 12 + (rng.next() % 21) as u8)
+                    let addr = Ipv4Addr::from(0x0a00_0000 | (rng.next_u64() as u32 & 0x000f_ffff));
+                    IpNet::new(addr.into(), 12 + (rng.next_u64() % 21) as u8)
                         .unwrap()
                         .trunc()
                 } else {
-                    let low = u128::from(rng.next()) << 64 | u128::from(rng.next());
+                    let low = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
                     let addr = Ipv6Addr::from((0xfd00u128 << 112) | (low >> 20));
-                    IpNet::new(addr.into(), 20 + (rng.next() % 109) as u8)
+                    IpNet::new(addr.into(), 20 + (rng.next_u64() % 109) as u8)
                         .unwrap()
                         .trunc()
                 }

@@ -7,6 +7,7 @@ mod cidr_support;
 use anyhow::{Context as _, Result, ensure};
 use cidr_support::*;
 use serve_guard_tests::agent::{Agent, AgentConfig};
+use serve_guard_tests::metrics::sample;
 use serve_guard_tests::probe;
 use serve_guard_tests::server::HttpServer;
 use serve_guard_tests::topology::{IFACE, Ip, Topology, VPC_V4, VPC_V6};
@@ -82,17 +83,6 @@ impl Scene {
         ensure!(r.status == 200, "/metrics answered {}", r.status);
         Ok(r.body_text())
     }
-}
-
-/// Value of the sample `name` (exact series text, labels included) in a scrape.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 #[test]

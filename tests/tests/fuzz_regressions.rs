@@ -11,6 +11,7 @@ use serve_guard_common::{
     Family::{self, Ipv4, Ipv6},
     Reason::{self, AuditWouldDrop, DropUnparseable, PassAllowed},
 };
+use serve_guard_tests::frames::hex::from_hex;
 use serve_guard_tests::fuzz::{
     differential::Programs,
     model::{self, Action, Verdict},
@@ -156,22 +157,12 @@ const REGRESSIONS: &[Regression] = &[
     },
 ];
 
-fn bytes(hex: &str) -> Vec<u8> {
-    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    digits
-        .chunks(2)
-        .map(|pair| {
-            u8::from_str_radix(std::str::from_utf8(pair).expect("ascii"), 16).expect("hex digit")
-        })
-        .collect()
-}
-
 #[test]
 fn fuzz_regression_frames_get_the_verdict_of_docs_filter_md() {
     let programs = Programs::load().expect("load the XDP program");
     let mut failures = Vec::new();
     for r in REGRESSIONS {
-        let frame = bytes(r.frame);
+        let frame = from_hex(r.frame);
         let (action, reason, family) = r.expected;
         let expected = Verdict {
             action,

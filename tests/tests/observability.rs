@@ -6,6 +6,7 @@
 
 use anyhow::{Context as _, Result, ensure};
 use serve_guard_tests::agent::{Agent, AgentConfig};
+use serve_guard_tests::metrics::sample;
 use serve_guard_tests::probe;
 use serve_guard_tests::server::HttpServer;
 use serve_guard_tests::topology::{IFACE, SERVER_V4, Topology};
@@ -73,16 +74,6 @@ fn scraped(scrape: &str, name: &str) -> bool {
         !l.starts_with('#')
             && l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-    })
-}
-
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
     })
 }
 

@@ -1026,30 +1026,13 @@ fn test_run_reports_the_verdict_and_the_packet() {
 // the wave-1 bypass and its relatives: lengths that lie, first fragments that stop short of the
 // transport header, other port protocols.
 
-/// Sets an IPv6 frame's payload length field (network header at `l3`).
-fn set_payload_len(bytes: &mut [u8], l3: usize, len: u16) {
-    let at = l3 + wire::IPV6_PAYLOAD_LEN_OFFSET;
-    bytes[at..at + 2].copy_from_slice(&len.to_be_bytes());
-}
-
-/// Sets an IPv4 frame's total length and recomputes the header checksum (the kernel would
-/// drop a bad one, so a lie must be well-formed to be a real attack).
-fn set_total_len(bytes: &mut [u8], l3: usize, len: u16) {
-    const CHECKSUM_OFFSET: usize = 10;
-    let at = l3 + wire::IPV4_TOTAL_LEN_OFFSET;
-    bytes[at..at + 2].copy_from_slice(&len.to_be_bytes());
-    let ihl = usize::from(bytes[l3] & wire::IPV4_IHL_MASK) * wire::IPV4_IHL_WORD;
-    bytes[l3 + CHECKSUM_OFFSET..l3 + CHECKSUM_OFFSET + 2].fill(0);
-    let header = &bytes[l3..l3 + ihl];
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    bytes[l3 + CHECKSUM_OFFSET..l3 + CHECKSUM_OFFSET + 2]
-        .copy_from_slice(&(!(sum as u16)).to_be_bytes());
+/// `frame` with its IP header declaring `len` (IPv4: total length, IPv6: payload length); an
+/// IPv4 checksum stays correct (the kernel would drop a bad one, so a lie must be well-formed
+/// to be a real attack).
+fn declaring(frame: &Frame, len: usize) -> Vec<u8> {
+    let mut built = frame.built();
+    built.set_declared_len(len as u16);
+    built.frame
 }
 
 /// The wave-1 bypass, byte for byte as reported: a first fragment whose declared payload ends
@@ -1067,13 +1050,13 @@ fn fragment_bypass_first(src: Src, transport: fn(Frame) -> Frame) -> Vec<u8> {
             .ext(Ext::DestOpts { extra_units: 0 })
             .ext(Ext::DestOpts { extra_units: 0 }),
     );
-    let l3 = frame.layout().l3;
-    let declared = wire::IPV6_FRAG_HLEN + wire::IPV6_EXT_UNIT;
-    let mut bytes = frame.build();
-    bytes.truncate(l3 + wire::IPV6_HLEN + declared);
-    bytes.extend_from_slice(&NO_NEXT_HEADER_TRAILER);
-    set_payload_len(&mut bytes, l3, declared as u16);
-    bytes
+    let mut built = frame.built();
+    let declared_end =
+        built.layout.l3 + wire::IPV6_HLEN + wire::IPV6_FRAG_HLEN + wire::IPV6_EXT_UNIT;
+    built.declare_end(declared_end);
+    built.frame.truncate(declared_end);
+    built.frame.extend_from_slice(&NO_NEXT_HEADER_TRAILER);
+    built.frame
 }
 
 #[test]
@@ -1130,27 +1113,20 @@ fn declared_lengths_bound_every_read() {
 
         // IPv4 whose total length ends inside the TCP header: the port bytes exist in the
         // frame but the kernel trims them away.
-        let frame = v4(src).tcp(UNPROTECTED);
-        let l3 = frame.layout().l3;
-        let mut short = frame.build();
-        set_total_len(
-            &mut short,
-            l3,
-            (wire::IPV4_MIN_HLEN + wire::UDP_HLEN) as u16,
-        );
         cases.push(Case::new(
             format!("v4 {src:?} total length ends inside the TCP header"),
-            short,
+            declaring(
+                &v4(src).tcp(UNPROTECTED),
+                wire::IPV4_MIN_HLEN + wire::UDP_HLEN,
+            ),
             unknown_port(src),
             Ipv4,
         ));
         // Total length below the header, and beyond the frame.
         for (what, len) in [("below its IHL", 19), ("beyond the frame", 1500)] {
-            let mut lie = v4(src).udp(UNPROTECTED).build();
-            set_total_len(&mut lie, l3, len);
             cases.push(Case::new(
                 format!("v4 {src:?} total length {what}"),
-                lie,
+                declaring(&v4(src).udp(UNPROTECTED), len),
                 unknown_port(src),
                 Ipv4,
             ));
@@ -1158,23 +1134,20 @@ fn declared_lengths_bound_every_read() {
 
         // IPv6: payload length zero (jumbogram or empty), beyond the frame, and ending inside
         // an extension header whose real end is in the frame.
-        let frame = v6(src).udp(UNPROTECTED);
-        let l3 = frame.layout().l3;
         for (what, len) in [("zero", 0), ("beyond the frame", 1400)] {
-            let mut lie = frame.build();
-            set_payload_len(&mut lie, l3, len);
             cases.push(Case::new(
                 format!("v6 {src:?} payload length {what}"),
-                lie,
+                declaring(&v6(src).udp(UNPROTECTED), len),
                 unknown_port(src),
                 Ipv6,
             ));
         }
-        let mut inside_ext = v6(src)
-            .ext(Ext::DestOpts { extra_units: 1 })
-            .udp(UNPROTECTED)
-            .build();
-        set_payload_len(&mut inside_ext, l3, wire::IPV6_EXT_UNIT as u16);
+        let inside_ext = declaring(
+            &v6(src)
+                .ext(Ext::DestOpts { extra_units: 1 })
+                .udp(UNPROTECTED),
+            wire::IPV6_EXT_UNIT,
+        );
         cases.push(Case::new(
             format!("v6 {src:?} payload ends inside a destination-options header"),
             inside_ext,
@@ -1190,13 +1163,9 @@ fn first_fragments_must_hold_the_whole_transport_header() {
     let mut cases = Vec::new();
     for src in [Inside, Outside] {
         // 8 bytes of TCP in an IPv4 first fragment: the port is there, but not the header.
-        let frame = v4(src).ipv4_fragment(0, true).tcp(UNPROTECTED);
-        let l3 = frame.layout().l3;
-        let mut tiny = frame.build();
-        set_total_len(
-            &mut tiny,
-            l3,
-            (wire::IPV4_MIN_HLEN + wire::IPV6_FRAG_HLEN) as u16,
+        let tiny = declaring(
+            &v4(src).ipv4_fragment(0, true).tcp(UNPROTECTED),
+            wire::IPV4_MIN_HLEN + wire::IPV6_FRAG_HLEN,
         );
         cases.push(Case::new(
             format!("v4 {src:?} first fragment with 8 bytes of TCP"),
@@ -1205,9 +1174,10 @@ fn first_fragments_must_hold_the_whole_transport_header() {
             Ipv4,
         ));
         // The same 8 bytes of UDP are the whole UDP header: judged by its port.
-        let frame = v4(src).ipv4_fragment(0, true).udp(HTTP);
-        let mut udp = frame.build();
-        set_total_len(&mut udp, l3, (wire::IPV4_MIN_HLEN + wire::UDP_HLEN) as u16);
+        let udp = declaring(
+            &v4(src).ipv4_fragment(0, true).udp(HTTP),
+            wire::IPV4_MIN_HLEN + wire::UDP_HLEN,
+        );
         cases.push(Case::new(
             format!("v4 {src:?} first fragment with exactly the UDP header, udp/8000"),
             udp,
@@ -1215,15 +1185,15 @@ fn first_fragments_must_hold_the_whole_transport_header() {
             Ipv4,
         ));
         // An IPv6 first fragment cut inside the UDP header.
-        let frame = v6(src)
-            .ext(Ext::Fragment {
-                offset: 0,
-                more: true,
-            })
-            .udp(UNPROTECTED);
-        let l3 = frame.layout().l3;
-        let mut cut = frame.build();
-        set_payload_len(&mut cut, l3, (wire::IPV6_FRAG_HLEN + 4) as u16);
+        let cut = declaring(
+            &v6(src)
+                .ext(Ext::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .udp(UNPROTECTED),
+            wire::IPV6_FRAG_HLEN + 4,
+        );
         cases.push(Case::new(
             format!("v6 {src:?} first fragment cut inside the UDP header"),
             cut,

@@ -66,7 +66,7 @@ fn replay(config: &Config, index: u64) -> Result<bool> {
     let case = generate::generate(config.seed, index, 0, &mut ids);
     println!("{}", case.summary());
     for frame in &case.frames {
-        println!("{}", report::hex(frame));
+        println!("{}", serve_guard_tests::frames::hex::to_hex(frame));
     }
     let mut round = 0;
     let mut unattributed = Vec::new();

@@ -202,7 +202,7 @@ pub struct TargetStats {
 /// What a case from outside aims at, by port class (issue 16) and TCP flags.
 pub fn target(case: &Case) -> &'static str {
     use super::lab::{GUARDED_PORT, PROTECTED_PORTS, UNPROTECTED_PORT};
-    use super::packet::{TCP_ACK, TCP_SYN};
+    use crate::frames::tcp::{ACK as TCP_ACK, SYN as TCP_SYN};
     let syn = case.tcp_flags.map(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
     match (case.dst_port, syn) {
         (p, _) if PROTECTED_PORTS.contains(&p) => "strict",

@@ -6,8 +6,10 @@
 
 use super::case::{Case, CaseId, Generator, Origin, Transport, udp_payload};
 use super::lab::{self, GUARDED_EMPTY_PORT, GUARDED_PORT, PROTECTED_PORTS, UNPROTECTED_PORT};
-use super::packet::{self, Ext, Tag, V4Header};
 use super::shapes::{self, Piece};
+use crate::frames::ethernet::Tag;
+use crate::frames::ipv6::{self, Ext};
+use crate::frames::{FRAG_UNIT, ipv4, l4, tcp};
 use crate::rng::Rng;
 use crate::topology::{Ip, SERVER_V4, SERVER_V6};
 use serve_guard_common::wire::{self, proto};
@@ -58,6 +60,15 @@ impl Ids {
             .or_insert_with(|| u16::from(src.octets()[3]) << 8);
         *next = next.wrapping_add(1);
         *next
+    }
+
+    /// The identification of a whole packet from `src`: [`Ids::v4`], or 0 for IPv6 (whose
+    /// fixed header has none).
+    pub fn v4_of(&mut self, src: IpAddr) -> u16 {
+        match src {
+            IpAddr::V4(src) => self.v4(src),
+            IpAddr::V6(_) => 0,
+        }
     }
 
     pub fn v6(&mut self) -> u32 {
@@ -141,7 +152,7 @@ impl Draft {
                     filler,
                     zero_checksum,
                 },
-            ) => packet::udp(
+            ) => l4::udp_datagram(
                 src,
                 dst,
                 ports,
@@ -157,7 +168,7 @@ impl Draft {
                 },
             ) => {
                 let numbers = tcp_numbers(token, *flags, data.len(), ports.1);
-                packet::tcp_segment(src, dst, ports, numbers, *flags, options, data)
+                l4::tcp_segment(src, dst, ports, numbers, *flags, options, data)
             }
             _ => panic!("body does not match {transport:?}"),
         };
@@ -194,15 +205,14 @@ impl Draft {
 /// number is its `ack`; where no socket is, a segment without ACK gets a reset acknowledging
 /// `seq + SYN + FIN + data`.
 pub fn tcp_numbers(token: u32, flags: u8, data_len: usize, dst_port: u16) -> (u32, u32) {
-    if flags & packet::TCP_ACK != 0 {
+    if flags & tcp::ACK != 0 {
         return (token, token);
     }
     if dst_port != GUARDED_EMPTY_PORT {
         return (token, 0);
     }
-    let consumed = u32::from(flags & packet::TCP_SYN != 0)
-        + u32::from(flags & packet::TCP_FIN != 0)
-        + data_len as u32;
+    let consumed =
+        u32::from(flags & tcp::SYN != 0) + u32::from(flags & tcp::FIN != 0) + data_len as u32;
     (token.wrapping_add(1).wrapping_sub(consumed), 0)
 }
 
@@ -223,16 +233,16 @@ pub enum Body {
 /// TCP flags of the segments that are not a plain SYN: what reaches a listener without opening
 /// a connection (a guessed SYN cookie, an ACK scan, a reset, data), and the SYN variants.
 const OTHER_TCP_FLAGS: [u8; 10] = [
-    packet::TCP_ACK,
-    packet::TCP_SYN | packet::TCP_ACK,
-    packet::TCP_ACK | 0x08, // PSH
-    packet::TCP_FIN | packet::TCP_ACK,
-    packet::TCP_RST,
-    packet::TCP_RST | packet::TCP_ACK,
-    packet::TCP_FIN,
+    tcp::ACK,
+    tcp::SYN | tcp::ACK,
+    tcp::ACK | 0x08, // PSH
+    tcp::FIN | tcp::ACK,
+    tcp::RST,
+    tcp::RST | tcp::ACK,
+    tcp::FIN,
     0,
-    packet::TCP_SYN | packet::TCP_FIN,
-    packet::TCP_SYN | 0xc0, // ECE, CWR: ECN setup
+    tcp::SYN | tcp::FIN,
+    tcp::SYN | 0xc0, // ECE, CWR: ECN setup
 ];
 
 fn draft(rng: &mut Rng, ip: Ip, token: u32) -> Draft {
@@ -268,7 +278,7 @@ fn draft(rng: &mut Rng, ip: Ip, token: u32) -> Draft {
             },
             // Mostly a SYN (with Fast Open data a third of the time), else any other segment.
             flags: if rng.chance(2, 3) {
-                packet::TCP_SYN
+                tcp::SYN
             } else {
                 rng.pick(&OTHER_TCP_FLAGS)
             },
@@ -329,7 +339,7 @@ fn v4_packets(
     let IpAddr::V4(dst) = d.dst else {
         panic!("v4_packets to {}", d.dst)
     };
-    let header = V4Header {
+    let header = ipv4::Datagram {
         src,
         dst,
         id: ids.v4(src),
@@ -353,7 +363,7 @@ fn v4_packets(
                 shapes::ipv4_nops(rng)
             };
             Packet {
-                bytes: packet::ipv4(
+                bytes: ipv4::fragment(
                     &header,
                     &options,
                     p.start,
@@ -379,7 +389,7 @@ fn v6_packets(d: &Draft, chain: &V6Chain, fragments: Option<(u32, &[Piece])>) ->
     let (IpAddr::V6(src), IpAddr::V6(dst)) = (d.src, d.dst) else {
         panic!("v6_packets on {} -> {}", d.src, d.dst)
     };
-    let (first_f, mut fragmentable) = packet::link_chain(&chain.fragmentable, d.protocol());
+    let (first_f, mut fragmentable) = ipv6::link_chain(&chain.fragmentable, d.protocol());
     let Some((id, pieces)) = fragments else {
         let all: Vec<Ext> = chain
             .unfragmentable
@@ -387,17 +397,17 @@ fn v6_packets(d: &Draft, chain: &V6Chain, fragments: Option<(u32, &[Piece])>) ->
             .chain(&chain.fragmentable)
             .cloned()
             .collect();
-        let (first, mut payload) = packet::link_chain(&all, d.protocol());
+        let (first, mut payload) = ipv6::link_chain(&all, d.protocol());
         payload.extend_from_slice(&d.segment);
         return vec![Packet {
-            bytes: packet::ipv6(src, dst, first, &payload),
+            bytes: ipv6::packet(src, dst, first, &payload),
             first: true,
             chain_end: d.protocol(),
         }];
     };
     let mut other = fragmentable.clone();
     other.extend_from_slice(&d.other_segment);
-    let (first_u, unfragmentable) = packet::link_chain(&chain.unfragmentable, proto::FRAGMENT);
+    let (first_u, unfragmentable) = ipv6::link_chain(&chain.unfragmentable, proto::FRAGMENT);
     // Where each header of the fragmentable part starts, to know the chain's end in a piece.
     let mut starts = Vec::new();
     let mut at = 0;
@@ -411,7 +421,7 @@ fn v6_packets(d: &Draft, chain: &V6Chain, fragments: Option<(u32, &[Piece])>) ->
         .iter()
         .map(|p| {
             let mut payload = unfragmentable.clone();
-            payload.extend(packet::fragment_header(first_f, p.start, p.more(total), id));
+            payload.extend(ipv6::fragment_header(first_f, p.start, p.more(total), id));
             let source = if p.other { &other } else { &fragmentable };
             payload.extend_from_slice(&source[p.start..p.end]);
             // The next header the bytes of a first fragment leave pending at its end.
@@ -430,7 +440,7 @@ fn v6_packets(d: &Draft, chain: &V6Chain, fragments: Option<(u32, &[Piece])>) ->
                 .last()
                 .unwrap_or(first_f);
             Packet {
-                bytes: packet::ipv6(src, dst, first_u, &payload),
+                bytes: ipv6::packet(src, dst, first_u, &payload),
                 first: p.start == 0,
                 chain_end,
             }
@@ -511,13 +521,11 @@ fn v6_fragmented(
         // Inside the chain, before the last header starts (the shape): Linux accepts a
         // first fragment whose chain it cannot walk to the end. (Cut inside the last header,
         // its walk skips to the transport header and finds it missing: dropped.)
-        0 | 1 if last_start >= packet::FRAG_UNIT => {
-            Some(packet::FRAG_UNIT * rng.range(1, last_start / packet::FRAG_UNIT))
-        }
+        0 | 1 if last_start >= FRAG_UNIT => Some(FRAG_UNIT * rng.range(1, last_start / FRAG_UNIT)),
         // Just past the transport header: the smallest first fragment Linux accepts.
-        2 | 3 => Some(transport_end.next_multiple_of(packet::FRAG_UNIT)),
+        2 | 3 => Some(transport_end.next_multiple_of(FRAG_UNIT)),
         // Inside the transport header: Linux drops these (RFC 8200), and so must the filter.
-        4 => Some(chain_len + packet::FRAG_UNIT),
+        4 => Some(chain_len + FRAG_UNIT),
         _ => None,
     };
     let pieces = shapes::fragment_layout(rng, total, first_cut, desc);
@@ -575,8 +583,8 @@ fn srv6(rng: &mut Rng, d: &Draft, ids: &mut Ids, desc: &mut Vec<String>) -> Vec<
     packets
         .iter()
         .map(|p| {
-            let outer = packet::srv6_encap(outer_src, SERVER_V6, inner_next, &p.bytes);
-            packet::ethernet(&[], wire::ETH_P_IPV6, &outer)
+            let outer = ipv6::srv6_encap(outer_src, SERVER_V6, inner_next, &p.bytes);
+            lab::ethernet(&[], wire::ETH_P_IPV6, &outer)
         })
         .collect()
 }
@@ -586,7 +594,7 @@ fn frames(ethertype: u16, packets: &[Packet], tags: &[Vec<Tag>]) -> Vec<Vec<u8>>
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            packet::ethernet(
+            lab::ethernet(
                 tags.get(i).map_or(&[][..], Vec::as_slice),
                 ethertype,
                 &p.bytes,

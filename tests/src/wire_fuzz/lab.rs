@@ -25,8 +25,8 @@
 //! (SRv6) accepted on eth0.
 
 use super::case::Origin;
-use super::packet::{CLIENT_MAC, SERVER_MAC};
 use super::raw::{PacketSocket, set_int_option};
+use crate::frames::ethernet::{self, Macs, Tag, mac_text};
 use crate::netns::{Netns, XdpAttachMode};
 use crate::program::{TestProgram, XDP_PASS, load_verdict_program, pin_fd};
 use crate::topology::{
@@ -40,6 +40,21 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::process::Stdio;
+
+/// The server veth's MAC in both lanes (frames are byte-identical in both).
+pub const SERVER_MAC: [u8; 6] = [0x02, 0x5f, 0, 0, 0, 0x01];
+/// The client veth's MAC in both lanes: where the servers send their answers.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0x5f, 0, 0, 0, 0x02];
+/// Every case's frames go from the client to the server.
+const MACS: Macs = Macs {
+    dst: SERVER_MAC,
+    src: CLIENT_MAC,
+};
+
+/// An Ethernet frame from the client to the server carrying `packet` behind `tags`.
+pub fn ethernet(tags: &[Tag], ethertype: u16, packet: &[u8]) -> Vec<u8> {
+    ethernet::frame(&MACS, tags, ethertype, packet)
+}
 
 /// Strict ports (Serve's): nothing from outside.
 pub const PROTECTED_PORTS: [u16; 2] = SERVE_PORTS;
@@ -73,7 +88,7 @@ pub fn port_classes() -> Vec<serve_guard_common::PortValue> {
 /// without ACK (`tcp_flags` is `None` for UDP): every other segment or datagram is what a reply
 /// to one of the node's own connections looks like, and passes. The open port never.
 pub fn kept_out(port: u16, tcp_flags: Option<u8>) -> bool {
-    use super::packet::{TCP_ACK, TCP_SYN};
+    use crate::frames::tcp::{ACK as TCP_ACK, SYN as TCP_SYN};
     match port {
         UNPROTECTED_PORT => false,
         p if PROTECTED_PORTS.contains(&p) => true,
@@ -226,14 +241,14 @@ impl Lab {
                     "add",
                     iface,
                     "address",
-                    &mac(CLIENT_MAC),
+                    &mac_text(CLIENT_MAC),
                     "type",
                     "veth",
                     "peer",
                     "name",
                     IFACE,
                     "address",
-                    &mac(SERVER_MAC),
+                    &mac_text(SERVER_MAC),
                     "netns",
                     server.name(),
                 ])
@@ -283,14 +298,6 @@ impl Lab {
     }
 }
 
-fn mac(bytes: [u8; 6]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn configure_server(ns: &Netns) -> Result<()> {
     ns.ip(&[
         "addr",
@@ -334,7 +341,7 @@ fn configure_server(ns: &Netns) -> Result<()> {
                 batch.push_str(&format!(
                     "neigh replace {} lladdr {} dev {IFACE} nud permanent\n",
                     source(ip, origin, k),
-                    mac(CLIENT_MAC)
+                    mac_text(CLIENT_MAC)
                 ));
             }
         }

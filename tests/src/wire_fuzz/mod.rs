@@ -17,7 +17,8 @@
 //! get the kernel's answer as without the filter ([`lab::kept_out`]).
 //!
 //! - [`lab`]: the two lanes (namespaces, veths, XDP, listeners, sysctls).
-//! - [`generate`], [`shapes`], [`packet`], [`named`]: the cases and their frames.
+//! - [`generate`], [`shapes`], [`named`]: the cases, their frames written with
+//!   [`crate::frames`].
 //! - [`observe`]: sending, capturing, the barrier that ends a round.
 //! - [`campaign`], [`classify`], [`report`]: judging, counting and writing findings.
 //! - [`replies`]: the server's own connections, whose replies must get through guarded ports.
@@ -29,8 +30,16 @@ pub mod generate;
 pub mod lab;
 pub mod named;
 pub mod observe;
-pub mod packet;
 pub mod raw;
 pub mod replies;
 pub mod report;
 pub mod shapes;
+
+/// The frame writers under the names tests/tests/fuzz_wire.rs imports them by; they are
+/// [`crate::frames`]'s, framed from the lab's client to its server.
+pub mod packet {
+    pub use super::lab::ethernet;
+    pub use crate::frames::ipv4::{Datagram as V4Header, fragment as ipv4};
+    pub use crate::frames::ipv6::packet as ipv6;
+    pub use crate::frames::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN};
+}

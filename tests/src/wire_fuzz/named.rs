@@ -6,7 +6,8 @@
 use super::case::{Case, CaseId, Generator, Origin, Transport};
 use super::generate::{Body, Draft, Ids};
 use super::lab;
-use super::packet::{self, Ext};
+use crate::frames::ipv6::{self, Ext};
+use crate::frames::{ip_packet, tcp};
 use crate::topology::{Ip, SERVER_V6};
 use serve_guard_common::wire::{self, proto};
 use std::net::IpAddr;
@@ -15,8 +16,6 @@ use std::net::IpAddr;
 const ISSUE_SRC_PORT: u16 = 40_000;
 /// The issue's destination: the first protected port.
 const ISSUE_DST_PORT: u16 = super::lab::PROTECTED_PORTS[0];
-/// A destination-options header of 8 bytes: PadN with 4 zero bytes.
-const DSTOPTS_PADN4: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
 /// What the issue's first fragment carried past its declared payload: "no next header".
 const ISSUE_TRAILER: [u8; 2] = [proto::NONE, 0];
 /// The SRv6 cases' outer source is the origin's first address, the inner one its second: the
@@ -65,24 +64,22 @@ pub fn find(name: &str) -> Option<&'static Named> {
 /// end of the frame takes for a header saying "nothing follows".
 fn issue7(transport: Transport, origin: Origin, token: u32, ids: &mut Ids) -> Case {
     let d = plain_draft(Ip::V6, transport, origin, 0, token);
-    let exts = [DSTOPTS_PADN4, DSTOPTS_PADN4].map(|bytes| Ext {
-        kind: proto::DSTOPTS,
-        bytes: bytes.to_vec(),
-    });
-    let (first, mut fragmentable) = packet::link_chain(&exts, d.protocol());
+    // Two destination-options headers of 8 bytes: PadN with 4 zero bytes.
+    let exts = [0, 0].map(|units| Ext::padded(proto::DSTOPTS, units));
+    let (first, mut fragmentable) = ipv6::link_chain(&exts, d.protocol());
     fragmentable.extend_from_slice(&d.segment);
     let (std::net::IpAddr::V6(src), std::net::IpAddr::V6(dst)) = (d.src, d.dst) else {
         unreachable!("IPv6 draft")
     };
     let id = ids.v6();
     let cut = wire::IPV6_EXT_UNIT;
-    let mut f1 = packet::fragment_header(first, 0, true, id);
+    let mut f1 = ipv6::fragment_header(first, 0, true, id);
     f1.extend_from_slice(&fragmentable[..cut]);
-    let mut f1 = packet::ipv6(src, dst, proto::FRAGMENT, &f1);
+    let mut f1 = ipv6::packet(src, dst, proto::FRAGMENT, &f1);
     f1.extend_from_slice(&ISSUE_TRAILER);
-    let mut f2 = packet::fragment_header(first, cut, false, id);
+    let mut f2 = ipv6::fragment_header(first, cut, false, id);
     f2.extend_from_slice(&fragmentable[cut..]);
-    let f2 = packet::ipv6(src, dst, proto::FRAGMENT, &f2);
+    let f2 = ipv6::packet(src, dst, proto::FRAGMENT, &f2);
     let name = match transport {
         Transport::Udp => ALL[0].name,
         Transport::Tcp => ALL[1].name,
@@ -101,7 +98,7 @@ fn issue7(transport: Transport, origin: Origin, token: u32, ids: &mut Ids) -> Ca
         shape: "frag[0-8 +trailer 3b00, 8-end] exts[|frag|dst8/dst8]".into(),
         frames: [f1, f2]
             .iter()
-            .map(|p| packet::ethernet(&[], wire::ETH_P_IPV6, p))
+            .map(|p| lab::ethernet(&[], wire::ETH_P_IPV6, p))
             .collect(),
     }
 }
@@ -122,7 +119,7 @@ fn plain_draft(
         Transport::Tcp => Body::Tcp {
             options: Vec::new(),
             data: Vec::new(),
-            flags: packet::TCP_SYN,
+            flags: tcp::SYN,
         },
     };
     Draft::new(
@@ -137,7 +134,7 @@ fn plain_draft(
 }
 
 /// The SRv6 decapsulation bypass: a whole IP packet (`inner`) in SRv6 to the server, the last
-/// segment ([`packet::srv6_encap`]); native XDP sees only the outer packet. `at`: the case's
+/// segment ([`ipv6::srv6_encap`]); native XDP sees only the outer packet. `at`: the case's
 /// index in [`ALL`].
 fn srv6_decap(
     at: usize,
@@ -148,31 +145,15 @@ fn srv6_decap(
     ids: &mut Ids,
 ) -> Case {
     let d = plain_draft(inner, transport, origin, SRV6_INNER_SRC, token);
-    let (inner_next, inner_packet) = match (d.src, d.dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let header = packet::V4Header {
-                src,
-                dst,
-                id: ids.v4(src),
-                protocol: d.protocol(),
-                tos: 0,
-                dont_fragment: true,
-            };
-            (
-                proto::IPIP,
-                packet::ipv4(&header, &[], 0, false, &d.segment),
-            )
-        }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => (
-            proto::IPV6,
-            packet::ipv6(src, dst, d.protocol(), &d.segment),
-        ),
-        _ => unreachable!("one family per draft"),
+    let inner_next = match inner {
+        Ip::V4 => proto::IPIP,
+        Ip::V6 => proto::IPV6,
     };
+    let (_, inner_packet) = ip_packet(d.src, d.dst, ids.v4_of(d.src), d.protocol(), &d.segment);
     let IpAddr::V6(outer_src) = lab::source(Ip::V6, origin, SRV6_OUTER_SRC) else {
         unreachable!("IPv6 source")
     };
-    let outer = packet::srv6_encap(outer_src, SERVER_V6, inner_next, &inner_packet);
+    let outer = ipv6::srv6_encap(outer_src, SERVER_V6, inner_next, &inner_packet);
     Case {
         id: CaseId::Named(ALL[at].name),
         generator: Generator::Regression,
@@ -188,7 +169,7 @@ fn srv6_decap(
             "srv6 from {outer_src}: exts[srh type 4 segleft 0 segment server] then {}",
             inner.name()
         ),
-        frames: vec![packet::ethernet(&[], wire::ETH_P_IPV6, &outer)],
+        frames: vec![lab::ethernet(&[], wire::ETH_P_IPV6, &outer)],
     }
 }
 
@@ -220,7 +201,7 @@ mod tests {
         assert_eq!(p[wire::IPV6_NEXT_HEADER_OFFSET], proto::ROUTING);
         let srh = &p[wire::IPV6_HLEN..];
         // Next header IPv4, 2 units (one segment), type 4, segments left 0, last entry 0.
-        assert_eq!(&srh[..5], &[proto::IPIP, 2, packet::SRH_ROUTING_TYPE, 0, 0]);
+        assert_eq!(&srh[..5], &[proto::IPIP, 2, ipv6::SRH_ROUTING_TYPE, 0, 0]);
         assert_eq!(&srh[8..24], &SERVER_V6.octets());
         let inner = &srh[24..];
         assert_eq!(inner[0] >> 4, wire::IPV4_VERSION);

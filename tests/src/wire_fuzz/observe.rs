@@ -12,8 +12,8 @@
 //! SYN-ACK is. Nothing is judged by timing: a wait only bounds how long a barrier may take.
 
 use super::case::{Origin, Transport, token_of, udp_payload};
-use super::lab::{Lab, Lane, SENTINEL_PORT, allowed, source};
-use super::packet::{self, CLIENT_MAC};
+use super::lab::{self, CLIENT_MAC, Lab, Lane, SENTINEL_PORT, allowed, source};
+use crate::frames::{ip_packet, l4, tcp};
 use crate::topology::{Ip, SERVER_V4};
 use anyhow::{Context as _, Result, bail};
 use serve_guard_common::wire::{self, proto};
@@ -92,31 +92,12 @@ fn sentinels(round: u32) -> [Vec<u8>; 2] {
     let src = source(Ip::V4, Origin::Inside, 0);
     let dst = IpAddr::V4(SERVER_V4);
     let ports = (SENTINEL_SRC_PORT, SENTINEL_PORT);
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        unreachable!("IPv4 sentinel")
-    };
-    let header = |protocol| packet::V4Header {
-        src: s,
-        dst: d,
-        id: round as u16,
-        protocol,
-        tos: 0,
-        dont_fragment: true,
-    };
-    let udp = packet::udp(src, dst, ports, &udp_payload(round, &[]), false);
-    let syn = packet::tcp_syn(src, dst, ports, round, &[], &[]);
-    [
-        packet::ethernet(
-            &[],
-            wire::ETH_P_IPV4,
-            &packet::ipv4(&header(proto::UDP), &[], 0, false, &udp),
-        ),
-        packet::ethernet(
-            &[],
-            wire::ETH_P_IPV4,
-            &packet::ipv4(&header(proto::TCP), &[], 0, false, &syn),
-        ),
-    ]
+    let udp = l4::udp_datagram(src, dst, ports, &udp_payload(round, &[]), false);
+    let syn = l4::tcp_segment(src, dst, ports, (round, 0), tcp::SYN, &[], &[]);
+    [(proto::UDP, udp), (proto::TCP, syn)].map(|(protocol, segment)| {
+        let (ethertype, packet) = ip_packet(src, dst, round as u16, protocol, &segment);
+        lab::ethernet(&[], ethertype, &packet)
+    })
 }
 
 /// A captured frame's TCP answer (a SYN-ACK or a reset), if it is one: (server port, client
@@ -146,15 +127,15 @@ fn tcp_answer(frame: &[u8]) -> Option<(u16, IpAddr, u16, u32)> {
         _ => return None,
     };
     let flags = *tcp.get(TCP_FLAGS_OFFSET)?;
-    let syn_ack = flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN | packet::TCP_ACK;
-    if !syn_ack && flags & packet::TCP_RST == 0 {
+    let syn_ack = flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK;
+    if !syn_ack && flags & tcp::RST == 0 {
         return None;
     }
     let port = |at: usize| Some(u16::from_be_bytes(tcp.get(at..at + 2)?.try_into().ok()?));
     let word = |at: usize| Some(u32::from_be_bytes(tcp.get(at..at + 4)?.try_into().ok()?));
     // An answer with ACK acknowledges the token plus one; a reset without ACK carries the
     // case's acknowledgment number (the token) as its sequence number.
-    let token = if flags & packet::TCP_ACK != 0 {
+    let token = if flags & tcp::ACK != 0 {
         word(TCP_ACK_OFFSET)?.wrapping_sub(1)
     } else {
         word(TCP_SEQ_OFFSET)?

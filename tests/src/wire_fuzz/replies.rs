@@ -10,10 +10,12 @@
 //! through), so a reply is judged through the same parsing as an attack.
 
 use super::generate::Ids;
-use super::lab::{Lab, Lane, source};
+use super::lab::{self, CLIENT_MAC, Lab, Lane, source};
 use super::observe;
-use super::packet::{self, CLIENT_MAC, TCP_ACK, TCP_SYN, V4Header};
 use super::shapes;
+use crate::frames::ethernet::Tag;
+use crate::frames::tcp::{ACK as TCP_ACK, PSH as TCP_PSH, SYN as TCP_SYN};
+use crate::frames::{ip_packet, l4};
 use crate::rng::Rng;
 use crate::topology::{Ip, SERVER_V4, SERVER_V6};
 use anyhow::{Context as _, Result, bail};
@@ -31,7 +33,6 @@ const STRAY: u16 = 54;
 const PEER_INDEX: usize = super::lab::SOURCES_PER_ORIGIN - 1;
 /// Bounds on every wait (a lane that does not answer is broken, not slow).
 const WAIT: Duration = Duration::from_secs(5);
-const TCP_PSH: u8 = 0x08;
 /// What the outside host sends.
 const DATA: &[u8] = b"reply to the node's own connection";
 const ANSWER: &[u8] = b"answer";
@@ -116,7 +117,7 @@ fn lane_own_connections(lane: &Lane, ip: Ip, shape: Shape, ids: &mut Ids) -> Res
         wait_for(lane, |f| tcp_syn_from_server(f, peer, WEB))?,
     );
     let (tcp_port, server_isn) = syn;
-    let syn_ack = packet::tcp_segment(
+    let syn_ack = l4::tcp_segment(
         peer,
         server,
         (WEB, tcp_port),
@@ -125,14 +126,14 @@ fn lane_own_connections(lane: &Lane, ip: Ip, shape: Shape, ids: &mut Ids) -> Res
         &[2, 4, 0x05, 0xb4],
         &[],
     );
-    send(lane, ip, peer, server, proto::TCP, &syn_ack, &mut rng, ids)?;
+    send(lane, peer, server, proto::TCP, &syn_ack, &mut rng, ids)?;
     // The server's ACK completes the handshake; then the data.
     wait_for(lane, |f| {
         tcp_from_server(f, peer, WEB)
             .filter(|&(port, flags)| port == tcp_port && flags & TCP_SYN == 0)
             .map(|_| ())
     })?;
-    let data = packet::tcp_segment(
+    let data = l4::tcp_segment(
         peer,
         server,
         (WEB, tcp_port),
@@ -141,11 +142,11 @@ fn lane_own_connections(lane: &Lane, ip: Ip, shape: Shape, ids: &mut Ids) -> Res
         &[],
         DATA,
     );
-    send(lane, ip, peer, server, proto::TCP, &data, &mut rng, ids)?;
-    let stray = packet::udp(peer, server, (STRAY, query_port), STRAY_PAYLOAD, false);
-    send(lane, ip, peer, server, proto::UDP, &stray, &mut rng, ids)?;
-    let answer = packet::udp(peer, server, (DNS, query_port), ANSWER, false);
-    send(lane, ip, peer, server, proto::UDP, &answer, &mut rng, ids)?;
+    send(lane, peer, server, proto::TCP, &data, &mut rng, ids)?;
+    let stray = l4::udp_datagram(peer, server, (STRAY, query_port), STRAY_PAYLOAD, false);
+    send(lane, peer, server, proto::UDP, &stray, &mut rng, ids)?;
+    let answer = l4::udp_datagram(peer, server, (DNS, query_port), ANSWER, false);
+    send(lane, peer, server, proto::UDP, &answer, &mut rng, ids)?;
     match worker.join() {
         Ok(result) => result?,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -222,10 +223,8 @@ fn tcp_syn_from_server(frame: &[u8], peer: IpAddr, port: u16) -> Option<(u16, u3
 
 /// Sends `segment` from the outside host to the server: one plain packet, or laid out in one
 /// of the fuzzer's shapes.
-#[allow(clippy::too_many_arguments)]
 fn send(
     lane: &Lane,
-    ip: Ip,
     src: IpAddr,
     dst: IpAddr,
     protocol: u8,
@@ -240,42 +239,17 @@ fn send(
             shapes::priority_tags(rng, n)
         }
     };
-    observe::send(lane, &frame(ip, &tags, src, dst, protocol, segment, ids))
+    observe::send(lane, &frame(&tags, src, dst, protocol, segment, ids))
 }
 
 fn frame(
-    ip: Ip,
-    tags: &[packet::Tag],
+    tags: &[Tag],
     src: IpAddr,
     dst: IpAddr,
     protocol: u8,
     segment: &[u8],
     ids: &mut Ids,
 ) -> Vec<u8> {
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let header = V4Header {
-                src: s,
-                dst: d,
-                id: ids.v4(s),
-                protocol,
-                tos: 0,
-                dont_fragment: true,
-            };
-            packet::ethernet(
-                tags,
-                wire::ETH_P_IPV4,
-                &packet::ipv4(&header, &[], 0, false, segment),
-            )
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            debug_assert_eq!(ip, Ip::V6);
-            packet::ethernet(
-                tags,
-                wire::ETH_P_IPV6,
-                &packet::ipv6(s, d, protocol, segment),
-            )
-        }
-        _ => unreachable!("one family"),
-    }
+    let (ethertype, packet) = ip_packet(src, dst, ids.v4_of(src), protocol, segment);
+    lab::ethernet(tags, ethertype, &packet)
 }

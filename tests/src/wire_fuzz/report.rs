@@ -5,6 +5,7 @@
 use super::campaign::{Finding, Report};
 use super::case::CaseId;
 use super::lab::AttachMode;
+use crate::frames::hex::to_hex;
 use anyhow::{Context as _, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -127,13 +128,9 @@ pub fn finding_text(f: &Finding) -> String {
     }
     let _ = writeln!(out, "frames (hex, in sending order):");
     for frame in &f.case.frames {
-        let _ = writeln!(out, "{}", hex(frame));
+        let _ = writeln!(out, "{}", to_hex(frame));
     }
     out
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes every finding under `dir/<mode>/seed-<seed>/`, replacing an earlier run's; returns

@@ -3,28 +3,27 @@
 //! draws from the case's [`Rng`] and says what it chose in a short description, so a failing
 //! case can be read without decoding its hex.
 
-use super::packet::{self, Ext, FRAG_UNIT, Tag};
+use crate::frames::ethernet::Tag;
+use crate::frames::ipv4::{
+    self,
+    opt::{
+        self, END, NOP, RECORD_ROUTE, ROUTER_ALERT, RR_FIRST_POINTER, TIMESTAMP, TS_FIRST_POINTER,
+    },
+};
+use crate::frames::ipv6::{
+    self, Ext,
+    opt::{PAD1, PADN},
+};
+use crate::frames::{FRAG_UNIT, l4};
 use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
 
-/// The largest IPv4 options area (IHL 15).
-const IPV4_MAX_OPTIONS: usize = 40;
-const IPOPT_END: u8 = 0;
-const IPOPT_NOP: u8 = 1;
-const IPOPT_RECORD_ROUTE: u8 = 7;
-const IPOPT_TIMESTAMP: u8 = 68;
-const IPOPT_ROUTER_ALERT: u8 = 148;
 /// Options the kernel does not interpret and so accepts as they are: experimental and
 /// unassigned numbers, with and without the copied bit.
 const IPOPT_UNINTERPRETED: [u8; 4] = [0x1e, 0x5e, 0x9e, 0xde];
-/// First byte of an option's pointer field in record route / timestamp (RFC 791).
-const RR_FIRST_POINTER: u8 = 4;
-const TS_FIRST_POINTER: u8 = 5;
 
 /// IPv6 options whose two top bits say "skip if unknown" and that Linux does not interpret.
 const IPV6_OPT_SKIPPABLE: [u8; 4] = [0x1e, 0x3e, 0x11, 0x2a];
-const IPV6_OPT_PAD1: u8 = 0;
-const IPV6_OPT_PADN: u8 = 1;
 /// Linux drops a header with more than 7 consecutive padding bytes (RFC 4942) or more than
 /// `max_{hbh,dst}_opts_number` (8) real options; stay below both.
 const IPV6_MAX_PAD_RUN: usize = 7;
@@ -35,12 +34,10 @@ const ROUTING_TYPES: [u8; 4] = [0, 1, 253, 254];
 const MAX_EXT_UNITS: usize = 2;
 
 pub const PRIORITY_TAG_TPIDS: [u16; 2] = [wire::ETH_P_8021Q, wire::ETH_P_8021AD];
-/// The PCP field of a TCI (the top 3 bits); a priority tag's VLAN id is 0.
-const TCI_PCP_SHIFT: u16 = 13;
 
 /// Valid IPv4 options, padded with End-of-Options to a multiple of 4 bytes.
 pub fn ipv4_options(rng: &mut Rng, desc: &mut Vec<String>) -> Vec<u8> {
-    let budget = rng.range(1, IPV4_MAX_OPTIONS);
+    let budget = rng.range(1, ipv4::MAX_OPTIONS);
     let mut out = Vec::new();
     let mut names = Vec::new();
     // Linux refuses a header with two record-route, timestamp or router-alert options.
@@ -51,19 +48,17 @@ pub fn ipv4_options(rng: &mut Rng, desc: &mut Vec<String>) -> Vec<u8> {
             break;
         }
         let option: Vec<u8> = match rng.range(0, 5) {
-            0 => vec![IPOPT_NOP],
-            1 if room >= 4 && once(IPOPT_ROUTER_ALERT, &names) => {
-                vec![IPOPT_ROUTER_ALERT, 4, 0, 0]
-            }
-            2 if room >= 7 && once(IPOPT_RECORD_ROUTE, &names) => {
+            0 => vec![NOP],
+            1 if room >= 4 && once(ROUTER_ALERT, &names) => opt::ROUTER_ALERT_OPTION.to_vec(),
+            2 if room >= 7 && once(RECORD_ROUTE, &names) => {
                 let slots = rng.range(1, ((room - 3) / 4).min(3));
-                let mut o = vec![IPOPT_RECORD_ROUTE, (3 + 4 * slots) as u8, RR_FIRST_POINTER];
+                let mut o = vec![RECORD_ROUTE, (3 + 4 * slots) as u8, RR_FIRST_POINTER];
                 o.resize(3 + 4 * slots, 0);
                 o
             }
-            3 if room >= 8 && once(IPOPT_TIMESTAMP, &names) => {
+            3 if room >= 8 && once(TIMESTAMP, &names) => {
                 let slots = rng.range(1, ((room - 4) / 4).min(2));
-                let mut o = vec![IPOPT_TIMESTAMP, (4 + 4 * slots) as u8, TS_FIRST_POINTER, 0];
+                let mut o = vec![TIMESTAMP, (4 + 4 * slots) as u8, TS_FIRST_POINTER, 0];
                 o.resize(4 + 4 * slots, 0);
                 o
             }
@@ -73,26 +68,23 @@ pub fn ipv4_options(rng: &mut Rng, desc: &mut Vec<String>) -> Vec<u8> {
                 o.extend(rng.bytes(len - 2));
                 o
             }
-            _ => vec![IPOPT_NOP],
+            _ => vec![NOP],
         };
         names.push(option[0].to_string());
         out.extend(option);
     }
-    if rng.chance(1, 4) && out.len() < IPV4_MAX_OPTIONS {
-        out.push(IPOPT_END);
+    if rng.chance(1, 4) && out.len() < ipv4::MAX_OPTIONS {
+        out.push(END);
         names.push("eol".into());
     }
-    out.resize(
-        out.len().div_ceil(wire::IPV4_IHL_WORD) * wire::IPV4_IHL_WORD,
-        IPOPT_END,
-    );
+    ipv4::pad_options(&mut out);
     desc.push(format!("v4opts[{}]={}B", names.join(","), out.len()));
     out
 }
 
 /// Only NOPs: what a sender may put in a later fragment's header.
 pub fn ipv4_nops(rng: &mut Rng) -> Vec<u8> {
-    vec![IPOPT_NOP; wire::IPV4_IHL_WORD * rng.range(0, 2)]
+    vec![NOP; wire::IPV4_IHL_WORD * rng.range(0, 2)]
 }
 
 /// A hop-by-hop or destination options header with a valid option area.
@@ -143,9 +135,9 @@ pub fn options_header(rng: &mut Rng, kind: u8) -> Ext {
 /// `n` bytes of Pad1 / PadN (zero-filled, as RFC 4942 says receivers check).
 fn padding(n: usize) -> Vec<u8> {
     match n {
-        1 => vec![IPV6_OPT_PAD1],
+        1 => vec![PAD1],
         _ => {
-            let mut p = vec![IPV6_OPT_PADN, (n - 2) as u8];
+            let mut p = vec![PADN, (n - 2) as u8];
             p.resize(n, 0);
             p
         }
@@ -165,10 +157,7 @@ pub fn routing_header(rng: &mut Rng) -> Ext {
 
 /// An atomic fragment header (offset 0, no more fragments: RFC 6946).
 pub fn atomic_fragment(id: u32) -> Ext {
-    Ext {
-        kind: proto::FRAGMENT,
-        bytes: packet::fragment_header(0, 0, false, id),
-    }
+    Ext::fragment(0, false, id)
 }
 
 /// One extension header that may follow hop-by-hop anywhere in a chain. At most one
@@ -313,11 +302,13 @@ pub fn fragment_layout(
 /// `n` priority tags (VLAN id 0), each with a random TPID and priority.
 pub fn priority_tags(rng: &mut Rng, n: usize) -> Vec<Tag> {
     (0..n)
-        .map(|_| Tag {
-            tpid: rng.pick(&PRIORITY_TAG_TPIDS),
-            tci: (rng.range(0, 7) as u16) << TCI_PCP_SHIFT,
-        })
+        .map(|_| Tag::priority(rng.pick(&PRIORITY_TAG_TPIDS), rng.range(0, 7) as u8))
         .collect()
+}
+
+/// An 8-byte options header (PadN) whose next header is `next`.
+fn header_saying(next: u8) -> Vec<u8> {
+    ipv6::link_chain(&[Ext::padded(proto::DSTOPTS, 0)], next).1
 }
 
 /// Bytes after the end the IP header declares. `fake_next` is the chain's last next-header
@@ -327,23 +318,15 @@ pub fn priority_tags(rng: &mut Rng, n: usize) -> Vec<Tag> {
 pub fn trailer(rng: &mut Rng, fake_next: u8, unprotected: u16, desc: &mut Vec<String>) -> Vec<u8> {
     let (name, bytes) = match rng.range(0, 5) {
         0 => ("nonext2", vec![proto::NONE, 0]),
-        1 => {
-            let mut t = vec![proto::NONE, 0, IPV6_OPT_PADN, 4];
-            t.resize(wire::IPV6_EXT_UNIT, 0);
-            ("nonext8", t)
-        }
+        1 => ("nonext8", header_saying(proto::NONE)),
         2 => {
             // An options header saying UDP follows, then a UDP header to an unprotected port.
             let mut t = if matches!(fake_next, proto::DSTOPTS | proto::HOPOPTS | proto::ROUTING) {
-                let mut h = vec![proto::UDP, 0, IPV6_OPT_PADN, 4];
-                h.resize(wire::IPV6_EXT_UNIT, 0);
-                h
+                header_saying(proto::UDP)
             } else {
                 Vec::new()
             };
-            t.extend_from_slice(&rng.u16().to_be_bytes());
-            t.extend_from_slice(&unprotected.to_be_bytes());
-            t.extend_from_slice(&[0, 8, 0, 0]);
+            t.extend(l4::udp((rng.u16(), unprotected), &[]));
             ("fakeudp", t)
         }
         3 => {
@@ -364,7 +347,7 @@ mod tests {
     fn valid_tlv(area: &[u8]) -> bool {
         let (mut i, mut pad_run, mut count) = (0, 0, 0);
         while i < area.len() {
-            if area[i] == IPV6_OPT_PAD1 {
+            if area[i] == PAD1 {
                 pad_run += 1;
                 i += 1;
             } else {
@@ -375,7 +358,7 @@ mod tests {
                 if end > area.len() {
                     return false;
                 }
-                if area[i] == IPV6_OPT_PADN {
+                if area[i] == PADN {
                     pad_run += end - i;
                     if area[i + 2..end].iter().any(|&b| b != 0) {
                         return false;
@@ -427,7 +410,7 @@ mod tests {
         let mut rng = Rng::new(3);
         for _ in 0..2000 {
             let o = ipv4_options(&mut rng, &mut Vec::new());
-            assert!(o.len() <= IPV4_MAX_OPTIONS && o.len().is_multiple_of(4));
+            assert!(o.len() <= ipv4::MAX_OPTIONS && o.len().is_multiple_of(4));
         }
     }
 }

@@ -10,7 +10,10 @@
 use anyhow::{Context as _, Result, bail, ensure};
 use serve_guard_common::{Family, Reason};
 use serve_guard_tests::{
-    frames::Frame,
+    frames::{
+        Frame,
+        ethernet::{TEST_MACS, mac_text},
+    },
     program::{TestProgram, XDP_DROP, load_verdict_program, pin_fd},
 };
 use std::{
@@ -31,9 +34,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 pub const ROUNDS: usize = 9;
 /// trafgen's TX ring: 128 frames of 2 KiB.
 const TRAFGEN_RING: &str = "256KiB";
-/// MACs the frame builder writes (frames.rs): the receiver must own the destination.
-const TX_MAC: &str = "02:00:00:00:00:01";
-const RX_MAC: &str = "02:00:00:00:00:02";
 const RX_ADDR: &str = "198.18.100.1/24";
 const TX_ADDR: &str = "198.18.100.2/24";
 const NFT_TABLE: &str = "sgbench";
@@ -83,10 +83,12 @@ impl Topology {
         for ns in [&t.tx_ns, &t.rx_ns] {
             run(Command::new("ip").args(["netns", "add", ns]))?;
         }
-        // From here on Drop removes whatever exists.
+        // From here on Drop removes whatever exists. The veths own the MACs the frame builder
+        // writes: the receiver must own the destination.
+        let (tx_mac, rx_mac) = (mac_text(TEST_MACS.src), mac_text(TEST_MACS.dst));
         run(Command::new("ip").args([
-            "link", "add", &t.tx_dev, "address", TX_MAC, "netns", &t.tx_ns, "type", "veth", "peer",
-            "name", &t.rx_dev, "address", RX_MAC, "netns", &t.rx_ns,
+            "link", "add", &t.tx_dev, "address", &tx_mac, "netns", &t.tx_ns, "type", "veth",
+            "peer", "name", &t.rx_dev, "address", &rx_mac, "netns", &t.rx_ns,
         ]))?;
         for (ns, dev, addr) in [
             (&t.tx_ns, &t.tx_dev, TX_ADDR),
@@ -622,6 +624,7 @@ pub fn report(rows: &[Row], cidrs: usize) -> Result<(String, serde_json::Value)>
 
 /// User + system CPU time of every waited-for child process so far.
 fn children_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct of integers.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid rusage buffer that outlives the call.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };

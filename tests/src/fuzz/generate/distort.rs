@@ -2,10 +2,9 @@
 //! around) every header boundary, bytes flipped in valid frames, and noise behind a plausible
 //! EtherType.
 
-use super::{
-    headers::IPV4_MORE_FRAGMENTS,
-    packets::{self, Built, Fragmenting, IpVersion},
-};
+use super::packets::{self, Fragmenting};
+use crate::frames::ipv4::MORE_FRAGMENTS;
+use crate::frames::{Built, IpVersion};
 use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
 
@@ -61,26 +60,26 @@ pub fn length_lie(rng: &mut Rng) -> Vec<u8> {
         0 => built.declare_end(end + rng.range(1, MAX_OVERSTATEMENT)),
         1 | 2 => {
             // The real rest of the headers stays in the frame past the declared end.
-            let cut = cut_point(rng, &built, built.l3);
+            let cut = cut_point(rng, &built, built.layout.l3);
             built.declare_end(cut);
         }
         3 => {
             // Issue 7's shape: past the declared end, bytes that end the chain harmlessly to a
             // parser that reads them ("no next header", or a port that is not protected).
-            let cut = cut_point(rng, &built, built.l3);
+            let cut = cut_point(rng, &built, built.layout.l3);
             built.declare_end(cut);
             built.frame.truncate(cut);
             built.frame.extend(decoy(rng));
         }
         4 => match built.ip {
-            Some(IpVersion::V6) => built.declare_end(built.l3 + wire::IPV6_HLEN),
-            _ => built.declare_end(built.l3),
+            Some(IpVersion::V6) => built.declare_end(built.layout.l3 + wire::IPV6_HLEN),
+            _ => built.declare_end(built.layout.l3),
         },
         5 => {
             // The other length the IP header states: the IHL (any value), or a version that
             // does not match the EtherType.
             const NIBBLE: u8 = 0x0f;
-            let first = built.frame[built.l3];
+            let first = built.frame[built.layout.l3];
             let lie = rng.u8() & NIBBLE;
             built.set_first_byte(if rng.coin() {
                 (first & !NIBBLE) | lie
@@ -131,8 +130,7 @@ pub fn ipv4_fragment(rng: &mut Rng) -> Vec<u8> {
     {
         if !rng.one_in(3) {
             let field = wire::IPV4_FRAG_OFF_OFFSET;
-            built.frame[l3 + field..l3 + field + 2]
-                .copy_from_slice(&IPV4_MORE_FRAGMENTS.to_be_bytes());
+            built.frame[l3 + field..l3 + field + 2].copy_from_slice(&MORE_FRAGMENTS.to_be_bytes());
         }
         let cut = rng.range(l4, l4_end.max(l4) + 2).min(built.frame.len());
         built.declare_end(cut);

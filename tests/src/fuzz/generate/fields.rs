@@ -3,6 +3,7 @@
 //! with a port, without one, and the numbers a parser could confuse with either.
 
 use super::super::{model::PORT_PROTOCOLS, scenario};
+use crate::frames::ipv4::opt;
 use crate::rng::Rng;
 use serve_guard_common::wire::proto;
 
@@ -165,4 +166,36 @@ pub fn protocol(rng: &mut Rng) -> (u8, Option<usize>) {
             (number, min)
         }
     }
+}
+
+/// IPv4 options: real ones (NOP, End, Record Route, Timestamp, Router Alert) and raw bytes,
+/// `len` bytes (a multiple of 4, at most 40), lengths inside them not always true.
+pub fn ipv4_options(rng: &mut Rng, len: usize) -> Vec<u8> {
+    let mut o = Vec::with_capacity(len);
+    while o.len() < len {
+        let room = len - o.len();
+        match rng.below(5) {
+            0 => o.push(opt::NOP),
+            1 if room >= opt::ROUTER_ALERT_OPTION.len() => {
+                o.extend_from_slice(&opt::ROUTER_ALERT_OPTION)
+            }
+            2 if room >= 3 => {
+                // Record Route / Timestamp with room for some addresses.
+                let kind = if rng.coin() {
+                    opt::RECORD_ROUTE
+                } else {
+                    opt::TIMESTAMP
+                };
+                let opt_len = rng.range(3, room.min(usize::from(u8::MAX)));
+                o.push(kind);
+                o.push(opt_len as u8);
+                o.push(opt::RR_FIRST_POINTER);
+                o.extend(std::iter::repeat_n(0, opt_len - 3));
+            }
+            3 => o.push(opt::END),
+            _ => o.push(rng.u8()),
+        }
+    }
+    o.truncate(len);
+    o
 }

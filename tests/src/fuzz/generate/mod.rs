@@ -4,7 +4,6 @@
 
 mod distort;
 mod fields;
-mod headers;
 mod packets;
 
 use crate::rng::Rng;

@@ -2,77 +2,35 @@
 //! these and then lie, cut or flip.
 
 use super::super::{model::Socket, scenario};
-use super::{
-    fields,
-    headers::{self, Ext, IPV4_DONT_FRAGMENT, IPV4_MORE_FRAGMENTS, Ipv4, MAX_FRAGMENT_OFFSET, Tag},
-};
+use super::fields;
+use crate::frames::Built;
+use crate::frames::ethernet::{TEST_MACS, Tag, VID_MASK};
+use crate::frames::ipv4::{self, DONT_FRAGMENT, MAX_FRAGMENT_OFFSET, MORE_FRAGMENTS};
+use crate::frames::ipv6::{self, Ext};
+use crate::frames::l4;
 use crate::rng::Rng;
 use serve_guard_common::wire::{self, proto};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Most bytes of IPv4 options (IHL 15).
-const MAX_IPV4_OPTIONS: usize = 40;
+const MAX_IPV4_OPTIONS: usize = ipv4::MAX_OPTIONS;
 /// Chains reach past the program's limit of 8 extension headers.
 const MAX_CHAIN: usize = 10;
 /// EtherTypes that are neither IP nor a VLAN tag: ARP, LLDP, MPLS, PPPoE, and a TPID the
 /// program must not take for a tag (the old 802.1QinQ 0x9100).
 const NON_IP_ETHERTYPES: [u16; 5] = [wire::ETH_P_ARP, 0x88cc, 0x8847, 0x8864, 0x9100];
 
-/// A frame and where its headers start.
-#[derive(Clone, Debug)]
-pub struct Built {
-    pub frame: Vec<u8>,
-    /// Start of the network header.
-    pub l3: usize,
-    pub ip: Option<IpVersion>,
-    /// Where each header after the link layer starts (the IP header, every extension header,
-    /// the transport header, the payload): the cuts and lies aim at and around these.
-    pub boundaries: Vec<usize>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IpVersion {
-    V4,
-    V6,
-}
-
-impl Built {
-    /// Writes the IP header's length field so that it declares `end` as the packet's end.
-    pub fn declare_end(&mut self, end: usize) {
-        let Some(ip) = self.ip else { return };
-        let (field_at, len) = match ip {
-            IpVersion::V4 => (self.l3 + 2, end.saturating_sub(self.l3)),
-            IpVersion::V6 => (self.l3 + 4, end.saturating_sub(self.l3 + wire::IPV6_HLEN)),
-        };
-        if field_at + 2 <= self.frame.len() {
-            self.frame[field_at..field_at + 2].copy_from_slice(&(len as u16).to_be_bytes());
-        }
-        if ip == IpVersion::V4 && self.l3 + wire::IPV4_MIN_HLEN <= self.frame.len() {
-            refresh_ipv4_checksum(&mut self.frame[self.l3..]);
-        }
+/// A tag with `tpid`, a VID of zero (priority tag) or not, random priority and DEI bits.
+fn random_tag(rng: &mut Rng, tpid: u16) -> Tag {
+    let vid = if rng.coin() {
+        0
+    } else {
+        rng.range(1, usize::from(VID_MASK)) as u16
+    };
+    Tag {
+        tpid,
+        tci: (rng.u16() & !VID_MASK) | vid,
     }
-}
-
-impl Built {
-    /// Rewrites the IP header's first byte (version and, for IPv4, IHL).
-    pub fn set_first_byte(&mut self, value: u8) {
-        self.frame[self.l3] = value;
-        if self.ip == Some(IpVersion::V4) {
-            refresh_ipv4_checksum(&mut self.frame[self.l3..]);
-        }
-    }
-}
-
-/// The IPv4 header checksum recomputed over a header whose fields a generator changed: a
-/// checksum error must not be why the kernel would drop a frame the filter passes.
-fn refresh_ipv4_checksum(net: &mut [u8]) {
-    let hlen = usize::from(net[0] & wire::IPV4_IHL_MASK) * wire::IPV4_IHL_WORD;
-    if hlen < wire::IPV4_MIN_HLEN || hlen > net.len() {
-        return;
-    }
-    net[10..12].fill(0);
-    let sum = crate::frames::internet_checksum(&net[..hlen]);
-    net[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// Tags in front of the IP header: mostly none or a few, sometimes past the limit of 8.
@@ -89,7 +47,7 @@ pub fn tags(rng: &mut Rng, max: usize) -> Vec<Tag> {
             } else {
                 wire::ETH_P_8021AD
             };
-            Tag::random(rng, tpid)
+            random_tag(rng, tpid)
         })
         .collect()
 }
@@ -111,16 +69,8 @@ pub fn non_ip(rng: &mut Rng, tags: &[Tag]) -> Built {
     } else {
         rng.pick(&NON_IP_ETHERTYPES)
     };
-    let mut frame = headers::ethernet(tags, ethertype);
-    let l3 = frame.len();
     let body_len = rng.small(60);
-    frame.extend(rng.bytes(body_len));
-    Built {
-        frame,
-        l3,
-        ip: None,
-        boundaries: vec![l3],
-    }
+    Built::other(&TEST_MACS, tags, ethertype, &rng.bytes(body_len), 0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,36 +89,29 @@ pub fn ipv4(rng: &mut Rng, tags: &[Tag], fragmenting: Fragmenting) -> Built {
         rng.range(1, MAX_IPV4_OPTIONS / wire::IPV4_IHL_WORD) * wire::IPV4_IHL_WORD
     };
     let frag = match fragmenting {
-        Fragmenting::No if rng.coin() => IPV4_DONT_FRAGMENT,
+        Fragmenting::No if rng.coin() => DONT_FRAGMENT,
         Fragmenting::No => 0,
         Fragmenting::Yes => match rng.below(4) {
-            0 => IPV4_MORE_FRAGMENTS,
-            1 => IPV4_MORE_FRAGMENTS | fragment_offset(rng),
+            0 => MORE_FRAGMENTS,
+            1 => MORE_FRAGMENTS | fragment_offset(rng),
             2 => fragment_offset(rng),
-            _ => rng.u16() & !IPV4_DONT_FRAGMENT,
+            _ => rng.u16() & !DONT_FRAGMENT,
         },
     };
-    let header = Ipv4 {
-        src: fields::source_v4(rng),
-        dst: fields::destination_v4(rng),
-        protocol,
+    let header = ipv4::Header {
+        tos: rng.u8(), // DSCP/ECN: the filter must not care
+        id: rng.u16(),
         frag,
-        options: headers::ipv4_options(rng, options_len),
+        options: fields::ipv4_options(rng, options_len),
+        ..ipv4::Header::new(
+            fields::source_v4(rng).into(),
+            fields::destination_v4(rng).into(),
+            protocol,
+        )
     };
     let port = fields::port(rng);
-    let l4 = headers::transport(rng, protocol, min_len, port);
-    let total = (wire::IPV4_MIN_HLEN + options_len + l4.len()) as u16;
-    let mut frame = headers::ethernet(tags, wire::ETH_P_IPV4);
-    let l3 = frame.len();
-    frame.extend(header.bytes(rng, total));
-    let l4_at = frame.len();
-    frame.extend(&l4);
-    Built {
-        frame,
-        l3,
-        ip: Some(IpVersion::V4),
-        boundaries: vec![l3, l4_at, l4_at + min_len.unwrap_or(0)],
-    }
+    let l4 = transport(rng, protocol, min_len, port);
+    Built::ipv4(&TEST_MACS, tags, &header, &l4, min_len.unwrap_or(0))
 }
 
 /// A non-zero 13-bit offset, most often small.
@@ -186,32 +129,25 @@ pub fn ipv6(rng: &mut Rng, tags: &[Tag]) -> Built {
     let chain = chain(rng);
     let (protocol, min_len) = fields::protocol(rng);
     let port = fields::port(rng);
-    let mut payload = Vec::new();
-    let mut starts = Vec::with_capacity(chain.len() + 2);
-    for (i, ext) in chain.iter().enumerate() {
-        let next = chain.get(i + 1).map_or(protocol, |e| e.kind());
-        starts.push(payload.len());
-        payload.extend(ext.bytes(rng, next));
-    }
-    starts.push(payload.len());
-    payload.extend(headers::transport(rng, protocol, min_len, port));
-    let first = chain.first().map_or(protocol, |e| e.kind());
-    let mut frame = headers::ethernet(tags, wire::ETH_P_IPV6);
-    let l3 = frame.len();
+    let l4 = transport(rng, protocol, min_len, port);
     let (src, dst) = (fields::source_v6(rng), fields::destination_v6(rng));
-    frame.extend(headers::ipv6(rng, src, dst, first, payload.len() as u16));
-    let payload_at = frame.len();
-    frame.extend(&payload);
-    let mut boundaries = vec![l3];
-    boundaries.extend(starts.iter().map(|s| payload_at + s));
-    if let (Some(min), Some(l4)) = (min_len, boundaries.last().copied()) {
-        boundaries.push(l4 + min);
-    }
-    Built {
-        frame,
-        l3,
-        ip: Some(IpVersion::V6),
-        boundaries,
+    let header = v6_header(rng, src.into(), dst.into());
+    Built::ipv6(
+        &TEST_MACS,
+        tags,
+        &header,
+        &chain,
+        protocol,
+        &l4,
+        min_len.unwrap_or(0),
+    )
+}
+
+/// The fixed header with a random traffic class and flow label: the filter must not care.
+fn v6_header(rng: &mut Rng, src: Ipv6Addr, dst: Ipv6Addr) -> ipv6::Header {
+    ipv6::Header {
+        flow: rng.u32(),
+        ..ipv6::Header::new(src, dst)
     }
 }
 
@@ -236,26 +172,43 @@ fn ext(rng: &mut Rng) -> Ext {
     ];
     let units = ext_units(rng);
     match rng.below(12) {
-        0..=4 => Ext::Generic {
-            kind: rng.pick(&WALKED),
-            units,
-        },
-        5 | 6 => Ext::Ah { units },
+        0..=4 => {
+            let kind = rng.pick(&WALKED);
+            options_like(rng, kind, units)
+        }
+        5 | 6 => {
+            // SPI, sequence number and ICV: the filter must not care.
+            let mut ah = Ext::ah(units);
+            ah.bytes[2..].iter_mut().for_each(|b| *b = rng.u8());
+            ah
+        }
         7..=9 => {
             let offset = match rng.below(3) {
                 0 => fragment_offset(rng),
                 _ => 0,
             };
-            Ext::Fragment {
-                offset,
-                more: rng.coin(),
-            }
+            let mut fragment = Ext::fragment(offset, rng.coin(), rng.u32());
+            // The reserved byte and the two reserved bits above M: the filter must not care.
+            const RESERVED_BITS: u8 = 0b110;
+            fragment.bytes[1] = rng.u8();
+            fragment.bytes[3] |= rng.u8() & RESERVED_BITS;
+            fragment
         }
-        _ => Ext::Generic {
-            kind: rng.pick(&UNWALKED),
-            units,
-        },
+        _ => {
+            let kind = rng.pick(&UNWALKED);
+            options_like(rng, kind, units)
+        }
     }
+}
+
+/// A header of `kind` in the options layout: its option area one PadN, or (one in four) random
+/// bytes, which only a parser that reads options would stumble on.
+fn options_like(rng: &mut Rng, kind: u8, units: u8) -> Ext {
+    let mut ext = Ext::padded(kind, units);
+    if rng.one_in(4) {
+        ext.bytes[2..].iter_mut().for_each(|b| *b = rng.u8());
+    }
+    ext
 }
 
 /// An extension header's length byte: mostly 0-3 units, sometimes tens, rarely the largest.
@@ -290,8 +243,8 @@ pub fn aimed(rng: &mut Rng) -> Built {
         Some(peer) if rng.chance(2, 3) => peer,
         _ => {
             let ip: IpAddr = match dst.ip() {
-                IpAddr::V4(_) => std::net::Ipv4Addr::from(fields::source_v4(rng)).into(),
-                IpAddr::V6(_) => std::net::Ipv6Addr::from(fields::source_v6(rng)).into(),
+                IpAddr::V4(_) => Ipv4Addr::from(fields::source_v4(rng)).into(),
+                IpAddr::V6(_) => Ipv6Addr::from(fields::source_v6(rng)).into(),
             };
             SocketAddr::new(ip, rng.u16())
         }
@@ -316,7 +269,7 @@ pub fn aimed(rng: &mut Rng) -> Built {
         _ => rng.pick(&UNLOOKED_PROTOCOLS),
     };
     let min_len = wire::port_header_len(protocol).expect("a port protocol");
-    let mut l4 = headers::transport(rng, protocol, Some(min_len), dst.port());
+    let mut l4 = transport(rng, protocol, Some(min_len), dst.port());
     l4[wire::L4_SRC_PORT_OFFSET..wire::L4_SRC_PORT_OFFSET + 2]
         .copy_from_slice(&src.port().to_be_bytes());
     if protocol == proto::TCP {
@@ -331,30 +284,19 @@ pub fn aimed(rng: &mut Rng) -> Built {
                 0
             };
             let frag = match rng.below(8) {
-                0 => IPV4_MORE_FRAGMENTS,
+                0 => MORE_FRAGMENTS,
                 1 => fragment_offset(rng),
-                2..=4 => IPV4_DONT_FRAGMENT,
+                2..=4 => DONT_FRAGMENT,
                 _ => 0,
             };
-            let header = Ipv4 {
-                src: s.octets(),
-                dst: d.octets(),
-                protocol,
+            let header = ipv4::Header {
+                tos: rng.u8(),
+                id: rng.u16(),
                 frag,
-                options: headers::ipv4_options(rng, options_len),
+                options: fields::ipv4_options(rng, options_len),
+                ..ipv4::Header::new(s, d, protocol)
             };
-            let total = (wire::IPV4_MIN_HLEN + options_len + l4.len()) as u16;
-            let mut frame = headers::ethernet(&tags, wire::ETH_P_IPV4);
-            let l3 = frame.len();
-            frame.extend(header.bytes(rng, total));
-            let l4_at = frame.len();
-            frame.extend(&l4);
-            Built {
-                frame,
-                l3,
-                ip: Some(IpVersion::V4),
-                boundaries: vec![l3, l4_at, l4_at + min_len],
-            }
+            Built::ipv4(&TEST_MACS, &tags, &header, &l4, min_len)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let chain = if rng.one_in(4) {
@@ -362,32 +304,41 @@ pub fn aimed(rng: &mut Rng) -> Built {
             } else {
                 Vec::new()
             };
-            let mut payload = Vec::new();
-            for (i, ext) in chain.iter().enumerate() {
-                let next = chain.get(i + 1).map_or(protocol, |e| e.kind());
-                payload.extend(ext.bytes(rng, next));
-            }
-            let l4_in_payload = payload.len();
-            payload.extend(&l4);
-            let first = chain.first().map_or(protocol, |e| e.kind());
-            let mut frame = headers::ethernet(&tags, wire::ETH_P_IPV6);
-            let l3 = frame.len();
-            frame.extend(headers::ipv6(
-                rng,
-                s.octets(),
-                d.octets(),
-                first,
-                payload.len() as u16,
-            ));
-            let l4_at = frame.len() + l4_in_payload;
-            frame.extend(&payload);
-            Built {
-                frame,
-                l3,
-                ip: Some(IpVersion::V6),
-                boundaries: vec![l3, l4_at, l4_at + min_len],
-            }
+            let header = v6_header(rng, s, d);
+            Built::ipv6(&TEST_MACS, &tags, &header, &chain, protocol, &l4, min_len)
         }
         _ => unreachable!("source and destination of one family"),
     }
+}
+
+/// A transport header and payload for `protocol` to `port`: a port protocol's header is at
+/// least its minimum length and carries the port in bytes 2-3; any other protocol gets bytes
+/// that would look like a port to a parser that wrongly reads them. The rest is random: the
+/// filter must not care.
+fn transport(rng: &mut Rng, protocol: u8, min_len: Option<usize>, port: u16) -> Vec<u8> {
+    let header_len = match (protocol, min_len) {
+        (proto::TCP, Some(min)) => {
+            let extra_words = if rng.one_in(4) { rng.range(1, 10) } else { 0 };
+            min + extra_words * wire::IPV4_IHL_WORD
+        }
+        (_, Some(min)) => min,
+        (_, None) => rng.small(24).max(4),
+    };
+    let payload_len = rng.small(48);
+    let mut t = rng.bytes(header_len + payload_len);
+    t[wire::L4_DST_PORT_OFFSET..wire::L4_DST_PORT_OFFSET + 2].copy_from_slice(&port.to_be_bytes());
+    match protocol {
+        proto::TCP => {
+            t[l4::TCP_DATA_OFFSET] = l4::tcp_data_offset(header_len);
+            if rng.one_in(3) {
+                t[wire::TCP_FLAGS_OFFSET] = fields::tcp_flags(rng);
+            }
+        }
+        proto::UDP => {
+            let len = t.len() as u16;
+            t[l4::UDP_LENGTH_OFFSET..l4::UDP_LENGTH_OFFSET + 2].copy_from_slice(&len.to_be_bytes());
+        }
+        _ => {}
+    }
+    t
 }
