@@ -180,11 +180,29 @@ struct Current {
     revision: u64,
 }
 
+/// The list in force as readers see it: replaced whole after each commit, so `status`, the
+/// metrics and the exposure audit never wait behind a change (parsing and compiling a list of
+/// millions takes seconds).
+#[derive(Clone)]
+struct Published {
+    list: Arc<CidrList>,
+    revision: u64,
+}
+
+/// The list in force in numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub revision: u64,
+    pub ipv4: usize,
+    pub ipv6: usize,
+}
+
 /// The CIDR list, its file and its revision.
 pub struct Store {
     cidr_file: PathBuf,
     state_dir: PathBuf,
     current: Mutex<Current>,
+    published: std::sync::RwLock<Published>,
     sink: Mutex<Option<SharedSink>>,
     stats: ApplyStats,
     /// `allow_everyone` from the config: whether an edit of the file may bring in `0.0.0.0/0`.
@@ -221,6 +239,10 @@ impl Store {
         Ok(Store {
             cidr_file: cidr_file.to_owned(),
             state_dir: state_dir.to_owned(),
+            published: std::sync::RwLock::new(Published {
+                list: Arc::new(list.clone()),
+                revision,
+            }),
             current: Mutex::new(Current { list, revision }),
             sink: Mutex::new(None),
             stats: ApplyStats::default(),
@@ -274,27 +296,52 @@ impl Store {
 
     /// The list as last applied.
     pub fn list(&self) -> CidrList {
-        self.lock_current().list.clone()
+        self.published().list.as_ref().clone()
     }
 
     /// Whether the list as last applied holds `addr` ([`CidrList::allows`]), without copying
     /// the list (a scrape or `status` asks this of a few peers).
     pub fn allows(&self, addr: std::net::IpAddr) -> bool {
-        self.lock_current().list.allows(addr)
+        self.published().list.allows(addr)
     }
 
     pub fn revision(&self) -> u64 {
-        self.lock_current().revision
+        self.published().revision
+    }
+
+    /// The revision and the entries per family, without waiting for a change in progress.
+    pub fn summary(&self) -> Summary {
+        let published = self.published();
+        Summary {
+            revision: published.revision,
+            ipv4: published.list.v4().len(),
+            ipv6: published.list.v6().len(),
+        }
     }
 
     pub fn listing(&self) -> Listing {
-        let current = self.lock_current();
+        let published = self.published();
         Listing {
-            revision: current.revision,
-            ipv4: current.list.v4().len(),
-            ipv6: current.list.v6().len(),
-            cidrs: current.list.iter().collect(),
+            revision: published.revision,
+            ipv4: published.list.v4().len(),
+            ipv6: published.list.v6().len(),
+            cidrs: published.list.iter().collect(),
         }
+    }
+
+    fn published(&self) -> Published {
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes `current` what readers see.
+    fn publish(&self, current: &Current) {
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = Published {
+            list: Arc::new(current.list.clone()),
+            revision: current.revision,
+        };
     }
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Current> {
@@ -437,6 +484,7 @@ impl Store {
         if disk == current.list {
             if let Some(rev) = committed_elsewhere {
                 current.revision = rev;
+                self.publish(current);
             }
             return Ok(None);
         }
@@ -549,6 +597,7 @@ impl Store {
         }
         current.list = next;
         current.revision = revision;
+        self.publish(current);
         outcome.revision = revision;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

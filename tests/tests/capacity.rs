@@ -111,7 +111,9 @@ fn a_million_cidrs_per_family_filter_real_traffic() -> Result<()> {
         started.elapsed()
     );
 
+    let asked = Instant::now();
     let (_, v4, v6) = counts(&agent)?;
+    eprintln!("status --json answered in {:?}", asked.elapsed());
     ensure!(
         v4 == u64::from(MILLION) && v6 == u64::from(MILLION),
         "the agent does not hold the million-entry lists: {v4} IPv4, {v6} IPv6"

@@ -57,7 +57,7 @@ impl ControlServer {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+            .unwrap_or_else(|| Path::new("."));
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(super::SOCKET_DIR_MODE)
@@ -309,7 +309,7 @@ async fn status(state: &ControlState) -> Answer {
         Ok(audit) => (Some(audit), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let listing = state.store.listing();
+    let listing = state.store.summary();
     let now = SystemTime::now();
     let report = StatusReport {
         mode: state.view.mode(),

@@ -75,7 +75,7 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
         );
     }
 
-    let listing = state.store.listing();
+    let listing = state.store.summary();
     let cidrs = Family::<FamilyLabel, Gauge>::default();
     for (family, count) in [("ipv4", listing.ipv4), ("ipv6", listing.ipv6)] {
         cidrs
