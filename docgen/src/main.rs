@@ -6,6 +6,8 @@
 //! package` runs it and puts the files where Debian expects them. This is a separate crate because
 //! xtask must build on any stable without the eBPF toolchain that the serve-guard library needs.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context as _, Result, bail};
 use clap::CommandFactory as _;
 use clap_complete::Shell;

@@ -1,6 +1,7 @@
 //! Everything the XDP program and the agent must agree on: map names and sizes, the layout of
 //! map keys and values, counter ids and parser bounds. `#![no_std]` so the eBPF crate can use it.
 #![no_std]
+#![deny(unsafe_code)]
 
 /// Map names, as the eBPF object declares them and the agent looks them up (and pins them).
 /// BPF object names are limited to 15 characters.
@@ -329,13 +330,22 @@ pub const PORT_PROTECTED: PortValue = 1;
 /// connections pass. Any other value is read as [`PORT_PROTECTED`].
 pub const PORT_GUARDED: PortValue = 2;
 
+// aya reads and writes map values as raw bytes: `Pod` promises that every bit pattern of the
+// type's size is a valid value and that it has no padding. The only unsafe code of this crate.
 #[cfg(feature = "user")]
+#[allow(unsafe_code, reason = "aya::Pod is an unsafe trait")]
 mod pod {
-    // SAFETY: plain repr(C) structs of integers without padding.
+    // SAFETY: repr(C), one u32: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::FilterConfig {}
+    // SAFETY: repr(C), an array of u8: no padding, every bit pattern valid (an unknown class
+    // reads as strict).
     unsafe impl aya::Pod for super::PortTable {}
+    // SAFETY: repr(C), two u64: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: repr(C), an array of u32: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::trie::TrieNode {}
+    // SAFETY: repr(C), two u32: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::trie::TailV4 {}
+    // SAFETY: repr(C), two [u64; 2]: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::trie::TailV6 {}
 }

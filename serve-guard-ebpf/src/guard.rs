@@ -66,7 +66,7 @@ fn lookup(ctx: &XdpContext, addrs: &Addrs, ports: &Ports, table: Table) -> Optio
                 tuple.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes(dst);
                 tuple.__bindgen_anon_1.ipv4.sport = sport;
                 tuple.__bindgen_anon_1.ipv4.dport = dport;
-                core::mem::size_of_val(&tuple.__bindgen_anon_1.ipv4)
+                size_of_val(&tuple.__bindgen_anon_1.ipv4)
             }
         }
         Addrs::V6 { src, dst } => {
@@ -76,7 +76,7 @@ fn lookup(ctx: &XdpContext, addrs: &Addrs, ports: &Ports, table: Table) -> Optio
                 tuple.__bindgen_anon_1.ipv6.daddr = words(dst);
                 tuple.__bindgen_anon_1.ipv6.sport = sport;
                 tuple.__bindgen_anon_1.ipv6.dport = dport;
-                core::mem::size_of_val(&tuple.__bindgen_anon_1.ipv6)
+                size_of_val(&tuple.__bindgen_anon_1.ipv6)
             }
         }
     };

@@ -1,13 +1,20 @@
 //! serve-guard's XDP program: drops packets from sources outside the VPC allow-list to Ray
 //! Serve's ports (strict) and connection attempts to the rest of the node (guarded), fail
 //! closed. Maps and layouts: serve-guard-common.
-#![no_std]
-#![no_main]
+// no_std and no_main for the kernel only: on the host the crate builds as a placeholder binary,
+// so that `cargo clippy --workspace` and `cargo build --workspace` take it in (as aya's own
+// eBPF test programs do). The agent embeds the bpfel build.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![deny(unsafe_code)]
 
 mod allow;
+#[allow(unsafe_code, reason = "per-CPU counter slots through a raw pointer")]
 mod counters;
+#[allow(unsafe_code, reason = "the socket-lookup helpers and their C union")]
 mod guard;
 mod maps;
+#[allow(unsafe_code, reason = "packet reads the verifier bounds-checks")]
 mod parse;
 mod verdict;
 
@@ -52,12 +59,18 @@ pub fn serve_guard(ctx: XdpContext) -> u32 {
     action
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    panic!("the XDP program runs in the kernel: the agent embeds its bpfel-unknown-none build");
+}
+
+#[allow(unsafe_code, reason = "the license section the kernel reads")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

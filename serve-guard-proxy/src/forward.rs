@@ -17,11 +17,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::admission::ConnectionSlot;
 use super::pool::{self, Pool};
 use super::reply::Body;
 use super::revoke::{self, Grant};
-use super::server::ConnectionSlot;
 use crate::config::{Limits, Upstream};
+use crate::metrics::Outcome;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus the
 /// non-standard ones proxies still meet.
@@ -161,6 +162,18 @@ pub enum ForwardError {
     /// The token that admitted the request left the token file before the upstream answered.
     #[error("the request's token was revoked before the upstream answered")]
     Revoked,
+}
+
+impl ForwardError {
+    /// The outcome the metrics and the log give a request the proxy could not forward.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ForwardError::Timeout(_) => Outcome::GatewayTimeout,
+            // Answered 401: the token went while the request was on its way.
+            ForwardError::Revoked => Outcome::InvalidToken,
+            _ => Outcome::BadGateway,
+        }
+    }
 }
 
 /// One forwarding: where to, over what, and what the client connection looks like.

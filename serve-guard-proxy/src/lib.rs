@@ -32,8 +32,10 @@
 //!   supervisor.
 //! - `test_util` (feature `test-util`): the in-process harness of the proxy's tests.
 //!
-//! Layers, top down: the crate root (`Proxy`, `Handler`) and `worker` → `server`, `forward`,
-//! `revoke`, ... → `config`, `token`, `metrics` → `path`, `logging`. Nothing here imports the
+//! Layers, top down: the crate root (`Proxy`, `Handler`) and `worker` → `server` → `forward`
+//! (with `pool`, `revoke`) and `admission` (which holds each connection's `ConnectionSlot`) →
+//! `observe` → `config`, `token`, `metrics` → `path`, `logging`. No two modules import each
+//! other, directly or around a circle (`cargo test -p xtask` checks it). Nothing here imports the
 //! agent.
 
 // Unsafe code is an error everywhere but `worker::bootstrap`, which allows it for the few calls
@@ -108,10 +110,10 @@ enum Kind {
 }
 
 impl Kind {
-    fn metric(self) -> crate::metrics::Listener {
+    fn metric(self) -> metrics::Listener {
         match self {
-            Kind::Http => crate::metrics::Listener::Http,
-            Kind::Grpc => crate::metrics::Listener::Grpc,
+            Kind::Http => metrics::Listener::Http,
+            Kind::Grpc => metrics::Listener::Grpc,
         }
     }
 }
@@ -276,7 +278,7 @@ impl Handler {
         &self,
         req: &mut Request<Incoming>,
         info: ConnInfo,
-        slot: &server::ConnectionSlot,
+        slot: &admission::ConnectionSlot,
     ) -> Decision {
         // A reverse proxy is no tunnel to arbitrary hosts.
         if req.method() == Method::CONNECT {
@@ -355,7 +357,11 @@ impl Handler {
     }
 
     /// The token check on the `authorization` metadata; strips the token.
-    fn check_grpc(&self, req: &mut Request<Incoming>, slot: &server::ConnectionSlot) -> Decision {
+    fn check_grpc(
+        &self,
+        req: &mut Request<Incoming>,
+        slot: &admission::ConnectionSlot,
+    ) -> Decision {
         let tokens = self.tokens.borrow().clone();
         match auth::authenticate(req.headers_mut(), &tokens, Carriers::HeaderOnly) {
             Verdict::Allowed(_, token) => {
@@ -392,8 +398,8 @@ impl Handler {
         };
         let grant = route.credential.map(|credential| {
             let held = match route.websocket {
-                true => crate::metrics::Revoked::Tunnel,
-                false => crate::metrics::Revoked::Stream,
+                true => metrics::Revoked::Tunnel,
+                false => metrics::Revoked::Stream,
             };
             self.revocations.admit(credential, held)
         });
@@ -429,7 +435,7 @@ impl Handler {
                         grpc::status(grpc::STATUS_UNAVAILABLE, "upstream unreachable")
                     }
                 };
-                (resp, observe::forward_error_outcome(&e))
+                (resp, e.outcome())
             }
         }
     }
@@ -570,7 +576,7 @@ impl Proxy {
         let builder = Arc::new(limits::server_builder(limits));
         // One budget for both listeners: they share the process's file descriptors.
         let admission = admission::Admission::new(admission::AdmissionLimits::from_config(limits));
-        crate::metrics::global().set_ipv6_aggregate_prefix(limits.ipv6_aggregate_prefix);
+        metrics::global().set_ipv6_aggregate_prefix(limits.ipv6_aggregate_prefix);
         let timing = server::Timing {
             first_request: limits.header_read_timeout,
             idle: limits.idle_timeout,

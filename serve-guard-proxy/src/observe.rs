@@ -96,32 +96,23 @@ pub fn outcome<B>(resp: &http::Response<B>) -> Outcome {
     }
 }
 
-/// The outcome of a request the proxy could not forward.
-pub fn forward_error_outcome(error: &super::forward::ForwardError) -> Outcome {
-    use super::forward::ForwardError;
-    match error {
-        ForwardError::Timeout(_) => Outcome::GatewayTimeout,
-        // Answered 401: the token went while the request was on its way.
-        ForwardError::Revoked => Outcome::InvalidToken,
-        _ => Outcome::BadGateway,
-    }
-}
-
 /// A connection closed at accept or before its TLS handshake because an admission limit was
 /// full: counted, and logged like a refused request (rate-limited, with the client's address).
 pub fn connection_refused(
     listener: Listener,
     client: SocketAddr,
-    refused: &super::admission::Refused,
+    limit: metrics::Limit,
+    family: metrics::Family,
+    prefix_len: u8,
 ) {
     metrics::global().connection_rejected(listener);
     if let Some(suppressed) = refusal_limiter().admit(Instant::now()) {
         tracing::warn!(
             %client,
             listener = listener.as_str(),
-            reason = refused.limit.as_str(),
-            family = refused.family.as_str(),
-            prefix_len = refused.prefix_len,
+            reason = limit.as_str(),
+            family = family.as_str(),
+            prefix_len,
             suppressed_since_last = suppressed,
             "connection refused"
         );

@@ -32,7 +32,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::task::TaskTracker;
 
 use super::Handler;
-use super::admission::{Admission, Slot};
+use super::admission::{Admission, ConnectionSlot};
 use super::reply::Body;
 use super::tls::TlsFiles;
 
@@ -45,20 +45,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 /// After the idle timeout, a connection gets this long to close gracefully (HTTP/2 GOAWAY)
 /// before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// The connection's place under the connection limits, held until the connection and any
-/// tunnel upgraded from it end. Request handling marks it proven (a complete request head) and
-/// authenticated (the token), which admission reads when choosing whom to displace.
-#[derive(Clone)]
-pub struct ConnectionSlot(Arc<Slot>);
-
-impl std::ops::Deref for ConnectionSlot {
-    type Target = Slot;
-
-    fn deref(&self) -> &Slot {
-        &self.0
-    }
-}
 
 /// What a request handler knows about its connection.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +104,7 @@ pub async fn run(
         let slot = match admission.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refused) => {
-                super::observe::connection_refused(listener.handler.kind.metric(), peer, &refused);
+                refused.report(listener.handler.kind.metric(), peer);
                 drop(stream);
                 continue;
             }
@@ -133,7 +119,7 @@ pub async fn run(
             info,
             handler: listener.handler.clone(),
             builder: builder.clone(),
-            slot: ConnectionSlot(Arc::new(slot)),
+            slot: ConnectionSlot::new(slot),
             timing,
             shutdown: shutdown.clone(),
         };
@@ -221,7 +207,7 @@ impl Connection {
         let _place = match self.slot.begin_handshake() {
             Ok(place) => place,
             Err(refused) => {
-                super::observe::connection_refused(self.handler.kind.metric(), peer, &refused);
+                refused.report(self.handler.kind.metric(), peer);
                 return None;
             }
         };

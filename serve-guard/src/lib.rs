@@ -37,6 +37,8 @@
 //! 6. `node`, then `cidr`, `ports`, `admin_http`, `serve_guard_common`
 //! 7. `serve_guard_proxy` (another crate, below all of these: any layer may use it)
 
+#![deny(unsafe_code)]
+
 pub mod admin_http;
 pub mod agent;
 pub mod cidr;

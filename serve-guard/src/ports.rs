@@ -97,6 +97,10 @@ pub mod presets {
     use std::ops::RangeInclusive;
 
     /// SSH, the operator's way in.
+    #[allow(
+        clippy::single_range_in_vec_init,
+        reason = "a list of ranges that has one"
+    )]
     pub const SSH: &[RangeInclusive<u16>] = &[22..=22];
     /// DHCP and DHCPv6 clients. Lease renewals arrive at an unconnected socket from a server
     /// that is often outside the VPC's ranges (GCP's 169.254.169.254, Azure's 168.63.129.16):

@@ -12,6 +12,11 @@
 //! new connections wait in the kernel's backlog unanswered, and the next process starts with
 //! the token set in force at that moment, never an older one.
 
+#![allow(
+    unsafe_code,
+    reason = "the proxy process's start (pre_exec) and signals"
+)]
+
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 use std::time::Duration;
@@ -122,7 +127,7 @@ impl Supervisor {
     /// after a back-off that doubles per crash in a row.
     pub async fn run<F>(mut self, shutdown: F) -> Result<(), SupervisorError>
     where
-        F: std::future::Future<Output = ()> + Send,
+        F: Future<Output = ()> + Send,
     {
         tokio::pin!(shutdown);
         let mut backoff = RESTART_BACKOFF_MIN;
@@ -209,7 +214,7 @@ impl Supervisor {
         shutdown: &mut std::pin::Pin<&mut F>,
     ) -> Ended
     where
-        F: std::future::Future<Output = ()> + Send,
+        F: Future<Output = ()> + Send,
     {
         let Running {
             mut child,

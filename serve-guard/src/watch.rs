@@ -8,6 +8,8 @@
 //! store and the token source ignore a re-read that finds what they already have (our own writes
 //! included).
 
+#![allow(unsafe_code, reason = "registering inotify's fd with tokio")]
+
 use crate::store::Store;
 use crate::token::TokenSource;
 use inotify::{EventMask, Inotify, WatchMask};

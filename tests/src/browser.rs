@@ -81,7 +81,7 @@ pub struct Browser {
     driver_addr: SocketAddr,
     session: String,
     /// Fresh profile: an empty cookie jar, no state from any earlier run.
-    _profile: TempDir,
+    profile: TempDir,
     log_path: PathBuf,
     _log_dir: TempDir,
 }
@@ -119,7 +119,7 @@ impl Browser {
             driver,
             driver_addr,
             session: String::new(),
-            _profile: profile,
+            profile,
             log_path,
             _log_dir: log_dir,
         };
@@ -145,10 +145,7 @@ impl Browser {
 
     fn new_session(&self) -> Result<String, BrowserError> {
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| (*a).to_owned()).collect();
-        args.push(format!(
-            "--user-data-dir={}",
-            self._profile.path().display()
-        ));
+        args.push(format!("--user-data-dir={}", self.profile.path().display()));
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {

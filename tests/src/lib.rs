@@ -17,20 +17,35 @@
 //! - [`rng`]: the seeded SplitMix64 generator of the fuzzers and the benchmark.
 //! - [`fuzz`]: the differential fuzzer of the XDP verdict (program against a reference model).
 
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code, reason = "prctl(2) and kill(2) on the agent process")]
 pub mod agent;
 pub mod browser;
 pub mod frames;
+#[allow(
+    unsafe_code,
+    reason = "the scenario's sockets: socket(2), bind(2), connect(2), setsockopt(2)"
+)]
 pub mod fuzz;
 pub mod metrics;
+#[allow(unsafe_code, reason = "setns(2)")]
 pub mod netns;
 pub mod probe;
+#[allow(
+    unsafe_code,
+    reason = "bpf(2) and mount(2) for the test programs and bpffs"
+)]
 pub mod program;
+#[allow(unsafe_code, reason = "process groups: prctl(2), kill(2)")]
 pub mod ray;
 pub mod rng;
 pub mod rootfs;
+#[allow(unsafe_code, reason = "poll(2)")]
 pub mod server;
 pub mod sweep;
 pub mod topology;
+#[allow(unsafe_code, reason = "raw packet sockets, poll(2), signal masks")]
 pub mod wire_fuzz;
 
 use anyhow::{Result, bail};

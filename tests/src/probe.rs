@@ -534,7 +534,7 @@ mod tests {
         let mut nft = topo.server.ns.command("nft");
         let out = nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
         let mut child = out.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+        io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
         assert!(child.wait().unwrap().success());
         for ip in Ip::BOTH {
             let addr = topo.server.sock(ip, 8000);

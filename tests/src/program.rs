@@ -123,6 +123,7 @@ impl TestProgram {
             .load()
             .context("verifier rejected the XDP program")?;
         let allow = AllowMaps::take(&mut ebpf).context("allow-list maps")?;
+        #[allow(clippy::mem_forget, reason = "disarmed: the program keeps its pins")]
         std::mem::forget(guard);
         Ok(Self {
             ebpf,
@@ -389,7 +390,7 @@ struct ProgLoadAttr {
 }
 
 // No implicit padding: the kernel rejects non-zero bytes it does not know (EINVAL).
-const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
+const _: () = assert!(size_of::<ProgLoadAttr>() == 72);
 
 /// Loads the smallest XDP program there is, `r0 = XDP_PASS; exit`, straight from raw
 /// instructions: the floor every other measurement is compared with.
@@ -431,7 +432,7 @@ pub fn load_verdict_program(verdict: u32) -> io::Result<OwnedFd> {
             libc::SYS_bpf,
             BPF_PROG_LOAD,
             &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
+            size_of::<ProgLoadAttr>() as libc::c_uint,
         )
     };
     if fd < 0 {
@@ -449,7 +450,7 @@ struct ObjPinAttr {
     file_flags: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<ObjPinAttr>() == 16);
+const _: () = assert!(size_of::<ObjPinAttr>() == 16);
 
 /// Pins a BPF object (e.g. a program from [`load_verdict_program`]) at `path` on bpffs.
 pub fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
@@ -467,7 +468,7 @@ pub fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
             libc::SYS_bpf,
             BPF_OBJ_PIN,
             &attr as *const ObjPinAttr,
-            std::mem::size_of::<ObjPinAttr>() as libc::c_uint,
+            size_of::<ObjPinAttr>() as libc::c_uint,
         )
     };
     if rc < 0 {

@@ -532,7 +532,7 @@ threading.Event().wait()
             .collect::<Vec<_>>()
             .join("\n");
         ensure!(edited != original, "no public_ports line in {original}");
-        std::fs::write(&config, edited + "\n")?;
+        std::fs::write(&config, format!("{edited}\n"))?;
         agent.signal(libc::SIGHUP)?;
         serve_guard_tests::wait_for("the audit to follow the new rules", limits::CLI, || {
             let audit = status_audit(&agent)?;

@@ -62,7 +62,7 @@ fn status_field(status: &str, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn get_status(ns: &serve_guard_tests::netns::Netns, token: Option<&str>) -> Option<u16> {
+fn get_status(ns: &Netns, token: Option<&str>) -> Option<u16> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth
         .as_deref()
@@ -146,7 +146,7 @@ fn the_proxy_process_has_no_privileges_and_restarts_with_the_current_tokens() ->
     let dir = tempfile::Builder::new().prefix("sg-privs-").tempdir()?;
     let token_file = dir.path().join("token");
     let mut agent = Agent::start(&topo.server.ns, agent_config(public_table(&token_file)))?;
-    let outside = topo.outside.ns.clone();
+    let outside = topo.outside.ns;
     wait_for("the proxy to answer", PROXY_READY, || {
         Ok(get_status(&outside, None) == Some(401))
     })
@@ -303,7 +303,7 @@ fn a_renewed_certificate_reaches_the_proxy_process_on_sighup() -> Result<()> {
     public.insert("tls_cert".into(), cert.display().to_string().into());
     public.insert("tls_key".into(), key.display().to_string().into());
     let mut agent = Agent::start(&topo.server.ns, agent_config(public))?;
-    let outside = topo.outside.ns.clone();
+    let outside = topo.outside.ns;
     wait_for(
         "the TLS proxy to serve the first certificate",
         PROXY_READY,

@@ -284,12 +284,17 @@ fn port_rules_reload_live_and_a_bad_rule_changes_nothing() -> Result<()> {
     let outside = &topo.outside.ns;
     let reach = |port: u16| -> bool {
         Ip::BOTH.iter().all(|&ip| {
-            probe::tcp_connect(outside, topo.server.sock(ip, port), limits::DROPPED_CONNECT)
-                .is_ok()
+            probe::tcp_connect(outside, topo.server.sock(ip, port), limits::DROPPED_CONNECT).is_ok()
         })
     };
-    ensure!(reach(PUBLISHED), "the published port is closed from outside");
-    ensure!(!reach(LATER), "an unlisted port answers a source outside the VPC");
+    ensure!(
+        reach(PUBLISHED),
+        "the published port is closed from outside"
+    );
+    ensure!(
+        !reach(LATER),
+        "an unlisted port answers a source outside the VPC"
+    );
 
     // Publish the other port instead, live.
     let config = agent.files().config.clone();
@@ -307,7 +312,7 @@ fn port_rules_reload_live_and_a_bad_rule_changes_nothing() -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n");
         ensure!(edited != original, "no public_ports line in {original}");
-        std::fs::write(&config, edited + "\n")?;
+        std::fs::write(&config, format!("{edited}\n"))?;
         Ok(())
     };
     publish(&format!("[\"{LATER}\"]"))?;
@@ -325,7 +330,11 @@ fn port_rules_reload_live_and_a_bad_rule_changes_nothing() -> Result<()> {
     // A range out of order: `check` names it; SIGHUP refuses it and keeps the rules in force.
     publish("[\"9000-8000\"]")?;
     let out = agent.cli(&["check"])?;
-    expect_invalid(&out, "\"9000-8000\" is out of order", "check with a bad port rule")?;
+    expect_invalid(
+        &out,
+        "\"9000-8000\" is out of order",
+        "check with a bad port rule",
+    )?;
     agent.signal(libc::SIGHUP)?;
     wait_for("the refused rule to be logged", limits::CLI, || {
         Ok(agent.logs().contains("the port rules in force stay"))
@@ -335,7 +344,10 @@ fn port_rules_reload_live_and_a_bad_rule_changes_nothing() -> Result<()> {
         "the bad entry is not named:\n{}",
         agent.logs()
     );
-    ensure!(reach(LATER) && !reach(PUBLISHED), "a refused reload changed the ports");
+    ensure!(
+        reach(LATER) && !reach(PUBLISHED),
+        "a refused reload changed the ports"
+    );
     ensure!(agent.is_running(), "the agent stopped on a bad reload");
     Ok(())
 }

@@ -350,10 +350,8 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
     let n = notify.recv(&mut datagram).context("no READY=1")?;
     ensure!(&datagram[..n] == b"READY=1\n", "{:?}", &datagram[..n]);
     // SAFETY: kill(2) on the agent, a child of our strace child, which is still running.
-    ensure!(
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } == 0,
-        "SIGHUP failed"
-    );
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    ensure!(rc == 0, "SIGHUP failed");
     for want in ["RELOADING=1", "READY=1"] {
         let n = notify
             .recv(&mut datagram)
@@ -365,10 +363,8 @@ fn the_unit_syscall_filter_allows_every_call_the_agent_makes() -> Result<()> {
         );
     }
     // SAFETY: as above.
-    ensure!(
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
-        "SIGTERM failed"
-    );
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    ensure!(rc == 0, "SIGTERM failed");
     wait_for("the traced agent to stop", limits::AGENT_STOP, || {
         strace.exited()
     })?;

@@ -1715,7 +1715,7 @@ mod guarded {
                             PASS_REPLY,
                             family,
                         )],
-                    )
+                    );
                 })
                 .expect("entering the namespace");
         }

@@ -3,8 +3,12 @@
 //! xtask compiles on any stable toolchain; everything else is built with the toolchains pinned in
 //! the workspace Cargo.toml, which `setup` installs.
 
+#![forbid(unsafe_code)]
+
 mod cmd;
 mod install;
+#[cfg(test)]
+mod layers;
 mod package;
 mod setup;
 mod tasks;

@@ -25,9 +25,6 @@ use std::process::Command;
 
 const PACKAGE: &str = "serve-guard";
 const ARCH: &str = "amd64";
-/// The Rust target of the packaged binary: static, so it runs on glibc 2.17 userspaces as well
-/// as on musl ones.
-pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 const MAINTAINER: &str = "serve-guard maintainers <serve-guard@lists.invalid>";
 const UNIT_SOURCE: &str = "deploy/systemd/serve-guard.service";
 const EXAMPLE_SOURCE: &str = "deploy/serve-guard.example.toml";
@@ -74,8 +71,8 @@ pub fn run(args: &[String]) -> Result<()> {
 pub fn build(tc: &Toolchains) -> Result<PathBuf> {
     let workspace = toolchains::workspace_root();
     // target/debian holds packages only: the `ray up` recipe copies that folder to every node.
-    let out_dir = crate::tasks::target_dir().join("debian");
-    let work_dir = crate::tasks::target_dir().join("package");
+    let out_dir = toolchains::target_dir().join("debian");
+    let work_dir = toolchains::target_dir().join("package");
     let binary = static_binary(tc)?;
     let version = binary_version(&binary)?;
     let generated = work_dir.join("generated");
@@ -101,12 +98,12 @@ pub fn build(tc: &Toolchains) -> Result<PathBuf> {
 /// or a shared library: it would not run on an older userspace.
 fn static_binary(tc: &Toolchains) -> Result<PathBuf> {
     cmd::run(
-        crate::tasks::cargo(tc)
+        toolchains::cargo(tc)
             .args(["build", "--release", "--package", PACKAGE, "--target"])
-            .arg(STATIC_TARGET),
+            .arg(toolchains::STATIC_TARGET),
     )?;
-    let binary = crate::tasks::target_dir()
-        .join(STATIC_TARGET)
+    let binary = toolchains::target_dir()
+        .join(toolchains::STATIC_TARGET)
         .join("release")
         .join(PACKAGE);
     let headers = cmd::output(
@@ -135,7 +132,7 @@ fn binary_version(binary: &Path) -> Result<String> {
 
 fn generate_docs(tc: &Toolchains, out: &Path) -> Result<()> {
     cmd::run(
-        crate::tasks::cargo(tc)
+        toolchains::cargo(tc)
             .args(["run", "--quiet", "--package", "serve-guard-docgen", "--"])
             .arg(out),
     )

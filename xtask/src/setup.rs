@@ -76,7 +76,7 @@ pub fn run() -> Result<Toolchains> {
     step("eBPF toolchain", toolchain(&tc.ebpf, &["rust-src"]))?;
     step(
         "static target",
-        rust_target(&tc.stable, crate::package::STATIC_TARGET),
+        rust_target(&tc.stable, toolchains::STATIC_TARGET),
     )?;
     step("bpf-linker", bpf_linker(&tc))?;
     step("Debian packages", debian_packages())?;
@@ -251,10 +251,6 @@ fn bpffs() -> Result<Step> {
 }
 
 /// Path of the Python venv the public-mode tests run Ray Serve from.
-pub fn venv_dir() -> PathBuf {
-    toolchains::workspace_root().join("target").join("ray-venv")
-}
-
 /// A venv with the pinned `tests/python/requirements.txt`. A copy of the requirements inside the
 /// venv tells whether it is current.
 fn python_venv() -> Result<Step> {
@@ -263,7 +259,7 @@ fn python_venv() -> Result<Step> {
         return Ok(Step::Done);
     }
     let wanted = std::fs::read_to_string(&requirements)?;
-    let venv = venv_dir();
+    let venv = toolchains::venv_dir();
     let installed = venv.join("serve-guard-requirements.txt");
     if std::fs::read_to_string(&installed).is_ok_and(|have| have == wanted) {
         return Ok(Step::Done);

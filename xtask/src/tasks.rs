@@ -2,25 +2,10 @@
 
 use crate::cmd;
 use crate::setup;
-use crate::toolchains::{self, Toolchains};
+use crate::toolchains::{self, Toolchains, cargo, target_dir};
 use anyhow::{Context as _, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
-
-pub fn cargo(tc: &Toolchains) -> Command {
-    let mut c = Command::new("cargo");
-    c.arg(format!("+{}", tc.stable))
-        .current_dir(toolchains::workspace_root());
-    // The tests and the demo find the agent binary and the Ray venv through these.
-    c.env("SERVE_GUARD_RAY_VENV", setup::venv_dir());
-    c
-}
-
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| toolchains::workspace_root().join("target"))
-}
 
 fn agent_path(release: bool) -> PathBuf {
     target_dir()
@@ -148,8 +133,15 @@ pub fn bench(args: &[String]) -> Result<()> {
     // suite, in release so the latencies are the proxy's, not a debug build's.
     if args.iter().any(|a| a == "--many-sources") {
         let mut c = cargo(&tc);
-        c.args(["test", "--release", "--package", "serve-guard-proxy", "--test", "attacks"])
-            .args(["many_sources_long_run", "--", "--ignored", "--nocapture"]);
+        c.args([
+            "test",
+            "--release",
+            "--package",
+            "serve-guard-proxy",
+            "--test",
+            "attacks",
+        ])
+        .args(["many_sources_long_run", "--", "--ignored", "--nocapture"]);
         return cmd::run(&mut c);
     }
     let mut c = tests_binary(&tc, "bench", args);

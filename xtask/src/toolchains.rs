@@ -1,7 +1,10 @@
-//! The pinned toolchains, read from `[workspace.metadata.toolchains]` in the workspace Cargo.toml.
+//! The pinned toolchains, read from `[workspace.metadata.toolchains]` in the workspace Cargo.toml,
+//! and where the workspace keeps its outputs: what every task builds on (the bottom layer of
+//! xtask with `cmd`).
 
 use anyhow::{Context as _, Result, anyhow};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 pub struct Toolchains {
     /// Builds and tests everything but the eBPF crate.
@@ -16,6 +19,32 @@ pub fn workspace_root() -> PathBuf {
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
+
+/// Cargo's target directory (`CARGO_TARGET_DIR` or the workspace's `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The Python venv with Ray Serve that `setup` creates for the public-mode tests.
+pub fn venv_dir() -> PathBuf {
+    workspace_root().join("target").join("ray-venv")
+}
+
+/// `cargo` with the pinned stable, in the workspace.
+pub fn cargo(tc: &Toolchains) -> Command {
+    let mut c = Command::new("cargo");
+    c.arg(format!("+{}", tc.stable))
+        .current_dir(workspace_root());
+    // The tests and the demo find the agent binary and the Ray venv through these.
+    c.env("SERVE_GUARD_RAY_VENV", venv_dir());
+    c
+}
+
+/// The Rust target of the packaged binary: static, so it runs on glibc 2.17 userspaces as well
+/// as on musl ones.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 pub fn load() -> Result<Toolchains> {
     let manifest = workspace_root().join("Cargo.toml");

@@ -76,6 +76,19 @@ pub struct Refused {
     pub prefix_len: u8,
 }
 
+impl Refused {
+    /// Counts and logs the refused connection (see `observe::connection_refused`).
+    pub fn report(&self, listener: metrics::Listener, client: std::net::SocketAddr) {
+        super::observe::connection_refused(
+            listener,
+            client,
+            self.limit,
+            self.family,
+            self.prefix_len,
+        );
+    }
+}
+
 /// The limits admission applies, from `[public.limits]` and the CPUs.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
@@ -188,6 +201,26 @@ impl Admission {
             cancel,
             inner: self.0.clone(),
         })
+    }
+}
+
+/// The connection's place under the connection limits, held until the connection and any
+/// tunnel upgraded from it end. Request handling marks it proven (a complete request head) and
+/// authenticated (the token), which admission reads when choosing whom to displace.
+#[derive(Clone)]
+pub struct ConnectionSlot(Arc<Slot>);
+
+impl ConnectionSlot {
+    pub fn new(slot: Slot) -> ConnectionSlot {
+        ConnectionSlot(Arc::new(slot))
+    }
+}
+
+impl std::ops::Deref for ConnectionSlot {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.0
     }
 }
 

@@ -8,7 +8,10 @@
 //! could write through beyond what it names, so none of them can break memory safety whatever
 //! its arguments.
 
-#![allow(unsafe_code)]
+#![allow(
+    unsafe_code,
+    reason = "the worker's start: prctl, setgroups, setres[ug]id, capset, fds"
+)]
 
 use std::ffi::CStr;
 use std::io;

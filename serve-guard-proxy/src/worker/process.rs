@@ -179,12 +179,12 @@ async fn serve(
                 Ok(ToWorker::Tls(pem)) => match tls.as_ref().map(|t| t.replace(pem)) {
                     Some(Ok(_)) => tracing::debug!("proxy process: new TLS material"),
                     Some(Err(e)) => {
-                        tracing::error!("proxy process: {e}; the certificate in use stays")
+                        tracing::error!("proxy process: {e}; the certificate in use stays");
                     }
                     None => tracing::warn!("proxy process: TLS material without TLS; ignored"),
                 },
                 Ok(ToWorker::Start { .. }) => {
-                    tracing::warn!("proxy process: a second start message; ignored")
+                    tracing::warn!("proxy process: a second start message; ignored");
                 }
                 // The agent is gone (or broke the channel): stop serving with a stale set.
                 Err(e) => return e,

@@ -150,7 +150,7 @@ mod tests {
         drop(a);
         match recv::<_, ToWorker>(&mut b).await.unwrap() {
             ToWorker::Start { tokens, .. } => {
-                assert!(tokens.to_set().matches(token.expose().as_bytes()))
+                assert!(tokens.to_set().matches(token.expose().as_bytes()));
             }
             other => panic!("{other:?}"),
         }

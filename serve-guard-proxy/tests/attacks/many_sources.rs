@@ -188,7 +188,7 @@ fn raise_fd_limit() {
 /// spread), odd ones the /64s of the one /48.
 fn source(i: usize) -> IpAddr {
     let k = i / 2;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let (block, host) = (k % 64, 1 + k / 64);
         assert!(host < 255, "more IPv4 sources than the /18 holds");
         IpAddr::V4(Ipv4Addr::new(198, 18, 64 + block as u8, host as u8))

@@ -31,7 +31,7 @@ fn never_smuggled(up: &TestUpstream, what: &str) {
 async fn http1_cl_te_desync_never_smuggles_a_request() {
     let up = start_upstream().await;
     let proxy = start_proxy(&up.url(), |c, _| {
-        c.limits.header_read_timeout = std::time::Duration::from_secs(1);
+        c.limits.header_read_timeout = Duration::from_secs(1);
     })
     .await;
     let token = proxy.token();

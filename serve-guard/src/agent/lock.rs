@@ -2,6 +2,8 @@
 //! agent's whole life. The kernel drops it when the process dies however it dies, so a crashed
 //! agent never blocks the next one.
 
+#![allow(unsafe_code, reason = "flock(2) on the lock file")]
+
 use super::AgentError;
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};

@@ -118,7 +118,7 @@ pub async fn reload(inputs: &Reloadable) -> usize {
         let source = Arc::clone(tokens);
         match tokio::task::spawn_blocking(move || source.reload()).await {
             Ok(Ok(change)) => {
-                tracing::info!("SIGHUP: token file {}: {change}", tokens.path().display())
+                tracing::info!("SIGHUP: token file {}: {change}", tokens.path().display());
             }
             // The source logged the error and counted it.
             Ok(Err(_)) => failed += 1,
@@ -131,10 +131,10 @@ pub async fn reload(inputs: &Reloadable) -> usize {
     if let Some(tls) = &inputs.tls {
         match tls.reload() {
             Ok(TlsReload::Changed) => {
-                tracing::info!("SIGHUP: TLS certificate and key: new chain for new connections")
+                tracing::info!("SIGHUP: TLS certificate and key: new chain for new connections");
             }
             Ok(TlsReload::Unchanged) => {
-                tracing::info!("SIGHUP: TLS certificate and key: unchanged")
+                tracing::info!("SIGHUP: TLS certificate and key: unchanged");
             }
             Err(e) => {
                 tracing::error!("SIGHUP: {e}; the certificate in use stays");

@@ -92,7 +92,6 @@ pub fn line(args: fmt::Arguments<'_>) {
 
 /// `println!` through [`line`].
 macro_rules! outln {
-    () => { $crate::cli::output::line(format_args!("")) };
     ($($arg:tt)*) => { $crate::cli::output::line(format_args!($($arg)*)) };
 }
 pub(crate) use outln;

@@ -88,7 +88,7 @@ pub enum ConfigError {
     #[error("cannot list the network interfaces: {0}")]
     ListLinks(std::io::Error),
     #[error(transparent)]
-    Ports(#[from] crate::ports::PortError),
+    Ports(#[from] PortError),
     #[error(
         "[public] {key} = {addr}: its port is in `guarded_ports` ({entry}), so clients outside the VPC could never reach the proxy; remove it from guarded_ports"
     )]
@@ -565,6 +565,7 @@ pub fn read_cidr_file(path: &Path) -> Result<(CidrList, Vec<Normalised>), Config
 
 /// The interface's index in the calling thread's network namespace, if it exists there.
 /// (`/sys/class/net` may show another namespace's view, so ask the kernel directly.)
+#[allow(unsafe_code, reason = "if_nametoindex(3)")]
 pub fn interface_index(name: &str) -> Option<u32> {
     let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
@@ -938,7 +939,10 @@ mod tests {
             "`serve_ports` is empty: give at least one Ray Serve port to protect"
         );
         // A port listed twice (or inside a range too) is the same port.
-        let c = parse(&format!("{MINIMAL}serve_ports = [8000, \"7999-8001\", 8000]\n")).unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}serve_ports = [8000, \"7999-8001\", 8000]\n"
+        ))
+        .unwrap();
         assert_eq!(c.serve_ports, [7999, 8000, 8001]);
     }
 
@@ -960,7 +964,10 @@ mod tests {
         let c = parse(&format!("{MINIMAL}guard = \"ports\"\n")).unwrap();
         assert_eq!(c.ports.class(22), PortClass::Open);
         assert_eq!(c.ports.class(6379), PortClass::Open);
-        let c = parse(&format!("{MINIMAL}guard = \"ports\"\nguarded_ports = [\"ray\"]\n")).unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}guard = \"ports\"\nguarded_ports = [\"ray\"]\n"
+        ))
+        .unwrap();
         assert_eq!(c.ports.class(6379), PortClass::Guarded);
         assert_eq!(c.ports.class(30500), PortClass::Guarded);
         assert_eq!(c.ports.class(8000), PortClass::Strict);
@@ -1007,7 +1014,10 @@ mod tests {
     #[test]
     fn the_proxy_listeners_are_open_and_never_guarded() {
         let public = "mode = \"public\"\ninterfaces = [\"lo\"]\n";
-        let c = parse(&format!("{public}[public]\nlisten = \"0.0.0.0:8443\"\ngrpc_listen = \"0.0.0.0:9443\"\n")).unwrap();
+        let c = parse(&format!(
+            "{public}[public]\nlisten = \"0.0.0.0:8443\"\ngrpc_listen = \"0.0.0.0:9443\"\n"
+        ))
+        .unwrap();
         assert_eq!(c.ports.class(8443), PortClass::Open);
         assert_eq!(c.ports.class(9443), PortClass::Open);
         assert_eq!(c.ports.class(8444), PortClass::Guarded);
@@ -1030,7 +1040,10 @@ mod tests {
             ..Overrides::default()
         };
         let e = Config::from_toml(MINIMAL, Path::new("t"), &o).unwrap_err();
-        assert_eq!(e.to_string(), "`serve_ports`: 70000 is not a port (1-65535)");
+        assert_eq!(
+            e.to_string(),
+            "`serve_ports`: 70000 is not a port (1-65535)"
+        );
     }
 
     #[test]

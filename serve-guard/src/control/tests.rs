@@ -395,7 +395,7 @@ async fn status_stats_and_token_reload() {
     assert!(public.token_error.is_some_and(|e| e.contains("missing")));
     assert_eq!(
         status.exposures,
-        vec![crate::node::Exposure::RpFilterOff {
+        vec![Exposure::RpFilterOff {
             interface: "eth0".into()
         }]
     );
@@ -471,10 +471,7 @@ async fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
         started_at: SystemTime::now(),
     };
     let err = ControlServer::bind(&r.socket, state()).await.err().unwrap();
-    assert!(
-        matches!(err, super::server::ServerError::InUse { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, server::ServerError::InUse { .. }), "{err}");
 
     // A socket file nobody listens on (an agent killed with -9) is replaced.
     let stale = dir.0.join("stale.sock");

@@ -7,6 +7,11 @@
 //! Before a half is rewritten, [`grace_period`] waits until no program run that could have read
 //! the old root is still walking it (XDP runs inside an RCU read-side section).
 
+#![allow(
+    unsafe_code,
+    reason = "the allow-list maps written through a shared mmap; membarrier(2)"
+)]
+
 use super::trie::{self, Bases, Compiled, Corrupt, Prefix, TrieSource};
 use super::{FilterError, error_chain};
 use crate::cidr::CidrList;
@@ -40,8 +45,11 @@ struct Mapped<T> {
     _t: PhantomData<T>,
 }
 
-// SAFETY: the mapping is owned by this value; access goes through &self/&mut self.
+// SAFETY: the mapping is owned by this value (nothing else unmaps it) and holds plain `T: Copy`
+// values, so it may move to another thread.
 unsafe impl<T> Send for Mapped<T> {}
+// SAFETY: plain writes take `&mut self`; through `&self` there are only reads and atomic accesses
+// (`atomic`), so threads sharing it never race on the mapping from this process.
 unsafe impl<T> Sync for Mapped<T> {}
 
 impl<T: Copy> Mapped<T> {
@@ -124,7 +132,7 @@ impl<T: Copy> Mapped<T> {
                 self.ptr
                     .add((first as usize + i) * self.stride)
                     .cast::<T>()
-                    .write_volatile(*value)
+                    .write_volatile(*value);
             }
         }
         Ok(())

@@ -1,6 +1,8 @@
 //! Putting the program on an interface: adopt the pinned link (atomic program replacement) or
 //! attach a new link and pin it.
 
+#![allow(unsafe_code, reason = "bpf(2) BPF_OBJ_GET for a pinned link")]
+
 use super::pins::{PinLayout, PinnedLinkEntry};
 use super::{AttachMode, FilterError, error_chain};
 use crate::config::XdpModeSetting;
@@ -90,7 +92,7 @@ fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
             libc::SYS_bpf,
             BPF_OBJ_GET,
             &attr as *const ObjAttr,
-            std::mem::size_of::<ObjAttr>() as libc::c_uint,
+            size_of::<ObjAttr>() as libc::c_uint,
         )
     };
     if fd < 0 {
@@ -105,7 +107,7 @@ fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
 #[derive(Debug)]
 pub(crate) enum LinkHandle {
     Program,
-    Pinned(#[allow(dead_code)] PinnedLink),
+    Pinned(#[allow(dead_code, reason = "held for its drop: the pin keeps the link")] PinnedLink),
 }
 
 /// Puts `program` on one interface, without a gap: an existing pinned link on the same
@@ -279,7 +281,7 @@ fn attach_new(
 
 /// EBUSY/EEXIST from attaching: the interface already runs an XDP program we do not own.
 fn is_busy(error: &ProgramError) -> bool {
-    matches!(os_error(error), Some(libc::EBUSY) | Some(libc::EEXIST))
+    matches!(os_error(error), Some(libc::EBUSY | libc::EEXIST))
 }
 
 fn os_error(error: &ProgramError) -> Option<i32> {

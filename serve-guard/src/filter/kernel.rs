@@ -2,6 +2,8 @@
 //! an error naming the feature it lacks instead of a verifier dump or an EINVAL from deep inside
 //! the loader.
 
+#![allow(unsafe_code, reason = "uname(2)")]
+
 use std::fmt;
 
 /// A kernel release's version numbers, as `uname -r` starts ("5.10.0-32-amd64" is 5.10.0).
@@ -117,8 +119,9 @@ pub fn check_running() -> Result<KernelVersion, KernelError> {
 }
 
 fn running_release() -> Result<String, KernelError> {
-    // SAFETY: uname only writes into the struct it is given, which lives on this stack frame.
+    // SAFETY: an all-zero utsname is a valid value of this plain C struct of byte arrays.
     let mut names: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname only writes into the struct it is given, which lives on this stack frame.
     if unsafe { libc::uname(&mut names) } != 0 {
         return Err(KernelError::Read(
             std::io::Error::last_os_error().to_string(),

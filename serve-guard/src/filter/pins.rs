@@ -10,6 +10,8 @@
 //! A pinned link keeps the program on its interface after the agent exits (fail closed);
 //! removing the pin (with no process holding the link open) takes it off.
 
+#![allow(unsafe_code, reason = "statfs(2) to tell bpffs")]
+
 use super::{AttachMode, FilterError, LinkState};
 use serve_guard_common::maps;
 use std::collections::BTreeSet;
@@ -161,8 +163,9 @@ pub fn check_on_bpffs(path: &Path) -> Result<(), FilterError> {
     };
     let c_path =
         std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| not_bpffs())?;
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated and outlives the call.
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct of integers.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs fills the struct; the path is NUL-terminated and outlives the call.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
     if rc != 0 || stat.f_type as i64 != BPF_FS_MAGIC {
         return Err(not_bpffs());
@@ -289,7 +292,7 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Removed, FilterError> {
         names.sort_by_key(|n| maps::ALL.iter().position(|m| m == n).unwrap_or(usize::MAX));
         removed.maps = names;
     }
-    for dir in [layout.links_dir(), layout.maps_dir(), layout.root.clone()] {
+    for dir in [layout.links_dir(), layout.maps_dir(), layout.root] {
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -5,6 +5,11 @@
 //! [`TARGET`] instead: the operator asked for them with `program_log = true`, so they show at the
 //! default level and can be filtered apart (`RUST_LOG=serve_guard::xdp=off`).
 
+#![allow(
+    unsafe_code,
+    reason = "registering aya-log's ring-buffer fd with tokio"
+)]
+
 use super::{FilterError, error_chain};
 use aya_log::EbpfLogger;
 use tokio::io::Interest;

@@ -3,6 +3,8 @@
 //! and the benchmark use it; the kernel-reported `duration` is the stable per-packet cost on
 //! these VMs (the syscall's wall-clock time is not).
 
+#![allow(unsafe_code, reason = "bpf(2) BPF_PROG_TEST_RUN")]
+
 use std::{
     io,
     mem::size_of,

@@ -217,7 +217,7 @@ mod tests {
             };
             let listener = |port: u16, class: PortClass| Listener {
                 protocol: Protocol::Tcp,
-                local: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                local: SocketAddr::from(([0, 0, 0, 0], port)),
                 port,
                 owners: vec![dashboard.clone()],
                 what: None,
@@ -248,7 +248,7 @@ mod tests {
     }
 
     struct Fixture {
-        dir: std::path::PathBuf,
+        dir: PathBuf,
         state: MetricsState,
         ready: Arc<AtomicBool>,
     }

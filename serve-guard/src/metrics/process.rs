@@ -2,6 +2,8 @@
 //! `/proc/self` at each scrape: resident and virtual memory, CPU time, open and allowed file
 //! descriptors, start time.
 
+#![allow(unsafe_code, reason = "sysconf(3) and getrlimit(2)")]
+
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;

@@ -118,7 +118,7 @@ pub fn scan(covered: &[String]) -> Result<Vec<Exposure>, ScanError> {
 }
 
 /// [`scan`] with the namespace's links already listed (start-up lists them once).
-pub fn scan_links(links: &[netlink::Link], covered: &[String]) -> Result<Vec<Exposure>, ScanError> {
+pub fn scan_links(links: &[Link], covered: &[String]) -> Result<Vec<Exposure>, ScanError> {
     let routes = netlink::seg6local_routes().map_err(|error| ScanError {
         what: "IPv6 routes",
         error,

@@ -4,6 +4,8 @@
 //! not used because it shows the namespace it was mounted in, not ours. The dump loop and the
 //! attribute walk are shared with the socket dump over NETLINK_SOCK_DIAG (`super::sockets`).
 
+#![allow(unsafe_code, reason = "netlink sockets: socket(2), send(2), recv(2)")]
+
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 

@@ -281,7 +281,7 @@ fn short_cmdline(raw: &[u8]) -> String {
     let line = joined.split_whitespace().collect::<Vec<_>>().join(" ");
     match line.char_indices().nth(CMDLINE_MAX) {
         Some((cut, _)) => format!("{}...", &line[..cut]),
-        None => line.to_owned(),
+        None => line.clone(),
     }
 }
 
@@ -486,7 +486,7 @@ mod tests {
         assert!(!s.is_listener(), "a connected UDP socket is not a listener");
 
         assert!(parse_message(Protocol::Tcp, &v4[..INET_DIAG_MSG_LEN - 1]).is_none());
-        let mut unknown = v4.clone();
+        let mut unknown = v4;
         unknown[0] = 99;
         assert!(parse_message(Protocol::Tcp, &unknown).is_none());
     }

@@ -2,6 +2,8 @@
 //! up by the agent (and `check`), which passes the ids on the process's command line: the
 //! process itself reads no file, `/etc/passwd` included.
 
+#![allow(unsafe_code, reason = "getpwnam_r(3)")]
+
 use std::ffi::CString;
 
 use serve_guard_proxy::worker::privileges::Account;

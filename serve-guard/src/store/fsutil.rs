@@ -1,6 +1,8 @@
 //! File-system primitives the store relies on: atomic replacement, a private directory, and an
 //! exclusive lock with a deadline.
 
+#![allow(unsafe_code, reason = "flock(2) on the store lock")]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::fd::AsRawFd as _;

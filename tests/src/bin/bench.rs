@@ -17,9 +17,13 @@
 //! `--json FILE` (every figure and the method, machine readable), `--flood`, `--no-write`
 //! (print only; by default docs/BENCHMARKS.md is rewritten).
 
+#![deny(unsafe_code)]
+
 #[path = "bench/flood.rs"]
+#[allow(unsafe_code, reason = "getrusage(2)")]
 mod flood;
 #[path = "bench/proxy.rs"]
+#[allow(unsafe_code, reason = "sysconf(3), kill(2), CPU affinity")]
 mod proxy;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -362,14 +366,14 @@ fn options() -> Result<Options> {
                     .next()
                     .context("--rounds needs a value")?
                     .parse()
-                    .context("--rounds")?
+                    .context("--rounds")?;
             }
             "--repeat" => {
                 o.repeat = args
                     .next()
                     .context("--repeat needs a value")?
                     .parse()
-                    .context("--repeat")?
+                    .context("--repeat")?;
             }
             "--sizes" => {
                 let list = args.next().context("--sizes needs a value, e.g. 10,1000")?;
@@ -536,7 +540,7 @@ fn main() -> Result<()> {
     )?;
     print!("{report}");
     if let Some(path) = &opts.json {
-        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+        std::fs::write(path, format!("{}\n", serde_json::to_string_pretty(&json)?))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
@@ -600,7 +604,7 @@ fn report(scenarios: &[Scenario], opts: &Options) -> Result<String> {
             out,
             "| {} | {} | {} | {min}-{max} | {:.1} |",
             s.name,
-            s.cidrs.map_or("-".to_owned(), |n| n.to_string()),
+            s.cidrs.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             s.median(),
             f64::from(s.median()) / floor,
         )?;

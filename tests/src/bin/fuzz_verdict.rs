@@ -11,6 +11,8 @@
 //! - `--show N`: print (and write) the first N mismatches in full as they are found (default
 //!   10); the first of every class of mismatch is printed and written at the end in any case.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context as _, Result, bail};
 use serve_guard_common::Reason;
 use serve_guard_tests::fuzz::{

@@ -7,6 +7,8 @@
 //! `--xdp-mode skb` attaches the programs in generic (skb) mode instead of the driver.
 //! `--case I` replays case I of the seed alone and prints its frames and what each lane did.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{Context as _, Result, bail};
 use serve_guard_tests::wire_fuzz::{
     campaign::{self, Config},

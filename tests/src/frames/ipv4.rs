@@ -75,7 +75,7 @@ impl Header {
     pub fn bytes(&self, total_len: u16) -> Vec<u8> {
         let ihl = self
             .ihl
-            .unwrap_or((self.header_len() / wire::IPV4_IHL_WORD) as u8);
+            .unwrap_or_else(|| (self.header_len() / wire::IPV4_IHL_WORD) as u8);
         let mut h = Vec::with_capacity(self.header_len());
         h.push((wire::IPV4_VERSION << wire::IP_VERSION_SHIFT) | ihl);
         h.push(self.tos);

@@ -161,7 +161,7 @@ pub fn judge(case: &Case, runs: &[Outcome]) -> Verdict {
                 .iter()
                 .copied()
                 .find(|c| c.from_every_source())
-                .or(classes.first().copied());
+                .or_else(|| classes.first().copied());
             Verdict::OverBlock { class, expected }
         }
     }
@@ -306,7 +306,7 @@ impl Report {
             } => {
                 *s.over_blocks
                     .entry(class.map_or("none", Class::name))
-                    .or_default() += 1
+                    .or_default() += 1;
             }
             Verdict::OverBlock {
                 expected: false, ..

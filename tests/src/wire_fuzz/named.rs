@@ -15,7 +15,7 @@ use std::net::IpAddr;
 /// The source port the issue's frames used.
 const ISSUE_SRC_PORT: u16 = 40_000;
 /// The issue's destination: the first protected port.
-const ISSUE_DST_PORT: u16 = super::lab::PROTECTED_PORTS[0];
+const ISSUE_DST_PORT: u16 = lab::PROTECTED_PORTS[0];
 /// What the issue's first fragment carried past its declared payload: "no next header".
 const ISSUE_TRAILER: [u8; 2] = [proto::NONE, 0];
 /// The SRv6 cases' outer source is the origin's first address, the inner one its second: the
@@ -68,7 +68,7 @@ fn issue7(transport: Transport, origin: Origin, token: u32, ids: &mut Ids) -> Ca
     let exts = [0, 0].map(|units| Ext::padded(proto::DSTOPTS, units));
     let (first, mut fragmentable) = ipv6::link_chain(&exts, d.protocol());
     fragmentable.extend_from_slice(&d.segment);
-    let (std::net::IpAddr::V6(src), std::net::IpAddr::V6(dst)) = (d.src, d.dst) else {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (d.src, d.dst) else {
         unreachable!("IPv6 draft")
     };
     let id = ids.v6();

@@ -52,7 +52,7 @@ impl Delivery {
     /// A delivery to a port kept out from a source outside the allow-list, for a case with
     /// these TCP flags (`None`: UDP, or not known): what the filter promises never happens.
     pub fn is_bypass_for(&self, tcp_flags: Option<u8>) -> bool {
-        super::lab::kept_out(self.server_port, tcp_flags) && !allowed(self.peer)
+        lab::kept_out(self.server_port, tcp_flags) && !allowed(self.peer)
     }
 
     /// [`Self::is_bypass_for`] for a delivery of no known case.
@@ -67,7 +67,7 @@ pub fn send(lane: &Lane, frame: &[u8]) -> Result<()> {
     while Instant::now() < deadline {
         match lane.wire.send(frame) {
             Ok(()) => return Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN)) => {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) => {
                 std::thread::sleep(SEND_RETRY_WAIT);
             }
             Err(e) => {

@@ -32,7 +32,7 @@ pub fn set_int_option(
             level,
             name,
             &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -73,6 +73,7 @@ impl PacketSocket {
             libc::SO_RCVBUFFORCE,
             rcvbuf as libc::c_int,
         )?;
+        // SAFETY: sockaddr_ll is plain integers; all zeros is a valid (unspecified) address.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = protocol;
@@ -82,7 +83,7 @@ impl PacketSocket {
             libc::bind(
                 raw,
                 &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
         if rc != 0 {
@@ -96,6 +97,7 @@ impl PacketSocket {
 
     /// Sends one frame. `WouldBlock`/`ENOBUFS` mean the device's queue is full: retry later.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: sockaddr_ll is plain integers; all zeros is a valid (unspecified) address.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = self.ifindex;
@@ -109,7 +111,7 @@ impl PacketSocket {
                 frame.len(),
                 0,
                 &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
         if n < 0 {
@@ -154,7 +156,7 @@ impl PacketSocket {
             tp_packets: 0,
             tp_drops: 0,
         };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
         // SAFETY: stats and len are valid for the call.
         let rc = unsafe {
             libc::getsockopt(

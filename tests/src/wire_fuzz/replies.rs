@@ -30,7 +30,7 @@ const DNS: u16 = 53;
 /// Another port of the same host: no socket is connected to it.
 const STRAY: u16 = 54;
 /// The outside source the server talks to: the origin's last address.
-const PEER_INDEX: usize = super::lab::SOURCES_PER_ORIGIN - 1;
+const PEER_INDEX: usize = lab::SOURCES_PER_ORIGIN - 1;
 /// Bounds on every wait (a lane that does not answer is broken, not slow).
 const WAIT: Duration = Duration::from_secs(5);
 /// What the outside host sends.

@@ -1,7 +1,7 @@
 //! Helpers shared by the CIDR, control-socket and systemd tests: CLI calls that must succeed or
 //! fail, the listing as the CLI prints it, the allow-list as the attached program sees it, and
 //! probers that run in a client namespace until stopped.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::MapData;
@@ -195,7 +195,7 @@ impl Prober {
                         match outcome {
                             Ok(()) => tally.passed += 1,
                             Err(e) if tally.blocked.len() < DESCRIBED => {
-                                tally.blocked.push(format!("{addr}: {e}"))
+                                tally.blocked.push(format!("{addr}: {e}"));
                             }
                             Err(_) => {}
                         }

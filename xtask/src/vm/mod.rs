@@ -30,7 +30,7 @@ const KERNELS_DOC: &str = "docs/KERNELS.md";
 
 /// Cached images, kernels and per-run files.
 pub fn cache_dir() -> PathBuf {
-    crate::tasks::target_dir().join("vm")
+    crate::toolchains::target_dir().join("vm")
 }
 
 /// Memory the host needs free for one VM and the image build.
@@ -83,7 +83,7 @@ impl Options {
             match arg.as_str() {
                 "--kernel" => match args.next() {
                     Some(suite) if kernels::MATRIX.iter().any(|k| k.suite == suite) => {
-                        options.suites.push(suite.clone())
+                        options.suites.push(suite.clone());
                     }
                     other => bail!(
                         "--kernel takes one of {}, not {other:?}",

@@ -1,11 +1,22 @@
 //! Results per kernel and the kernel x check table (printed, and written to docs/KERNELS.md).
 
 use super::kernels::Kernel;
-use super::scenario::NotApplicable;
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// A check that does not apply to this build (shown as such, not as a pass).
+#[derive(Debug)]
+pub struct NotApplicable(pub String);
+
+impl std::fmt::Display for NotApplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotApplicable {}
 
 /// The checks, in the order they run: the table's columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

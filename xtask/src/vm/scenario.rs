@@ -8,7 +8,7 @@
 use super::image::Image;
 use super::kernels::Kernel;
 use super::qemu::{Netns, Vm};
-use super::report::{Check, KernelResult};
+use super::report::{Check, KernelResult, NotApplicable};
 use crate::cmd;
 use anyhow::{Context as _, Result, bail, ensure};
 use std::collections::BTreeMap;
@@ -453,18 +453,6 @@ fn count(v: &Values, key: &str) -> Result<u64> {
         .parse()
         .with_context(|| format!("{key} is not a number"))
 }
-
-/// A check that does not apply to this build (shown as such, not as a pass).
-#[derive(Debug)]
-pub struct NotApplicable(pub String);
-
-impl std::fmt::Display for NotApplicable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotApplicable {}
 
 /// The journal's lines that show the problem (errors, escapes), or its last lines.
 fn excerpt(journal: &str) -> String {

@@ -570,7 +570,7 @@ pub fn report(rows: &[Row], cidrs: usize) -> Result<(String, serde_json::Value)>
             0.0,
         ));
     }
-    for (name, values, null) in comparisons.iter_mut() {
+    for (name, values, null) in &mut comparisons {
         let (mean, ci) = super::mean_ci(values);
         let conclusive = (mean - ci > *null) || (mean + ci < *null);
         writeln!(

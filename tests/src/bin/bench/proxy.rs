@@ -211,19 +211,19 @@ fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
     unsafe {
         let mut old: libc::cpu_set_t = std::mem::zeroed();
         ensure!(
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) == 0,
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old) == 0,
             "sched_getaffinity: {}",
             std::io::Error::last_os_error()
         );
         let mut one: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut one);
         ensure!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0,
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) == 0,
             "sched_setaffinity to CPU {cpu}: {}",
             std::io::Error::last_os_error()
         );
         let result = f();
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &old);
         result
     }
 }

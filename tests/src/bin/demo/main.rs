@@ -6,6 +6,9 @@
 //!
 //! Usage: `demo [PART...]` with PART one of the names in [`PARTS`]; no argument runs them all.
 
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code, reason = "sigaction(2) for Ctrl-C")]
 mod interrupt;
 mod private;
 mod public;
@@ -70,8 +73,7 @@ fn run(args: Vec<String>) -> Result<bool> {
             })
             .collect::<Result<_>>()?
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         bail!("the demo creates network namespaces and loads an XDP program: run it as root");
     }
     interrupt::install()?;
@@ -80,4 +82,11 @@ fn run(args: Vec<String>) -> Result<bool> {
         all_good &= (part.run)()?;
     }
     Ok(all_good)
+}
+
+/// Whether this process runs as root.
+#[allow(unsafe_code, reason = "geteuid(2)")]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

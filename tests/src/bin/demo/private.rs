@@ -110,7 +110,7 @@ pub fn run() -> Result<bool> {
     println!(
         "  ready after {:.1} s: XDP program {} attached to {IFACE} ({} mode)\n",
         started.elapsed().as_secs_f64(),
-        attachment.map_or("?".into(), |a| a.prog_id.to_string()),
+        attachment.map_or_else(|| "?".into(), |a| a.prog_id.to_string()),
         attachment.map_or("?", |a| a.mode.name()),
     );
     interrupt::check()?;

@@ -177,7 +177,7 @@ pub fn ipv4_options(rng: &mut Rng, len: usize) -> Vec<u8> {
         match rng.below(5) {
             0 => o.push(opt::NOP),
             1 if room >= opt::ROUTER_ALERT_OPTION.len() => {
-                o.extend_from_slice(&opt::ROUTER_ALERT_OPTION)
+                o.extend_from_slice(&opt::ROUTER_ALERT_OPTION);
             }
             2 if room >= 3 => {
                 // Record Route / Timestamp with room for some addresses.
