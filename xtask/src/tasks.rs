@@ -96,8 +96,11 @@ pub fn test(args: &[String]) -> Result<()> {
     }
 }
 
-/// Whether the package test (tests/tests/package.rs) is among the selected tests: the .deb takes
-/// a release build for another target, which `--test <other>` should not wait for.
+/// The test binary of serve-guard-tests that holds the package test (tests/tests/system/).
+const PACKAGE_TEST_BINARY: &str = "system";
+
+/// Whether the package test (tests/tests/system/package.rs) is among the selected tests: the .deb
+/// takes a release build for another target, which `--test <other>` should not wait for.
 fn runs_package_test(args: &[String]) -> bool {
     let mut picked = args
         .iter()
@@ -106,7 +109,7 @@ fn runs_package_test(args: &[String]) -> bool {
         .map(|(_, name)| name.as_str())
         .chain(args.iter().filter_map(|a| a.strip_prefix("--test=")))
         .peekable();
-    picked.peek().is_none() || picked.any(|name| name == "package")
+    picked.peek().is_none() || picked.any(|name| name == PACKAGE_TEST_BINARY)
 }
 
 /// `cargo run --release` of the serve-guard-tests binary `bin` with `args`, to run.
@@ -226,12 +229,12 @@ mod tests {
     fn the_package_is_built_unless_other_tests_are_picked() {
         assert!(super::runs_package_test(&args("")));
         assert!(super::runs_package_test(&args("-- --nocapture")));
-        assert!(super::runs_package_test(&args("--test package")));
-        assert!(super::runs_package_test(&args("--test=package")));
+        assert!(super::runs_package_test(&args("--test system")));
+        assert!(super::runs_package_test(&args("--test=system")));
         assert!(super::runs_package_test(&args(
-            "--test systemd --test package"
+            "--test agent --test system"
         )));
-        assert!(!super::runs_package_test(&args("--test private_mode")));
-        assert!(!super::runs_package_test(&args("--test=systemd")));
+        assert!(!super::runs_package_test(&args("--test wire")));
+        assert!(!super::runs_package_test(&args("--test=agent")));
     }
 }

@@ -1,5 +1,5 @@
 //! The control socket end to end over a real Unix socket, with a real store on temp files and a
-//! stand-in for the agent's filter (the real filter is exercised by tests/tests/control.rs).
+//! stand-in for the agent's filter (the real filter is exercised by tests/tests/agent/control.rs).
 
 use super::agent_view::{AgentView, Allowed, ViewFuture};
 use super::client::{Client, ClientError};

@@ -1,6 +1,6 @@
 //! Store tests that need no kernel: revisions, atomic writes, all-or-nothing, concurrency. The
 //! maps are stood in for by a sink that records what it was given (the real maps are exercised by
-//! tests/tests/live_cidr.rs).
+//! tests/tests/filter/live_cidr.rs).
 
 use super::*;
 use std::os::unix::fs::PermissionsExt as _;

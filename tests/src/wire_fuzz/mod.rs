@@ -35,7 +35,7 @@ pub mod replies;
 pub mod report;
 pub mod shapes;
 
-/// The frame writers under the names tests/tests/fuzz_wire.rs imports them by; they are
+/// The frame writers under the names tests/tests/wire/fuzz_wire.rs imports them by; they are
 /// [`crate::frames`]'s, framed from the lab's client to its server.
 pub mod packet {
     pub use super::lab::ethernet;

@@ -1,6 +1,6 @@
 //! Public mode: the agent's token proxy in front of a Serve port, seen from a client outside the
 //! VPC. The upstream is the harness's small HTTP server on port 8000 standing in for Ray Serve,
-//! so this part runs in seconds; the public-mode tests (tests/tests/public_mode.rs) do the same
+//! so this part runs in seconds; the public-mode tests (tests/tests/ray/public_mode.rs) do the same
 //! against a real Ray Serve and a real browser.
 
 use crate::interrupt;

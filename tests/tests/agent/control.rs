@@ -2,10 +2,8 @@
 //! --unix-socket` speaks to it, the socket is root's only, a mode change is refused, the CLI shows
 //! the agent's view, and without an agent the CLI falls back to the file and the pinned maps.
 
-mod cidr_support;
-
+use super::cidr_support::*;
 use anyhow::{Context as _, Result, ensure};
-use cidr_support::*;
 use serve_guard_tests::agent::{Agent, AgentConfig};
 use serve_guard_tests::metrics::sample;
 use serve_guard_tests::probe;

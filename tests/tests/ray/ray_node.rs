@@ -403,6 +403,7 @@ type Phase = fn(&mut Node) -> Result<()>;
 
 #[test]
 fn a_ray_node_is_private_as_a_whole_and_public_only_through_the_proxy() {
+    let _ray = ray::exclusive();
     let start = Instant::now();
     let mut node = Node::setup().expect("setting up the namespaces and the agent");
     let phases: [(&str, Phase); 4] = [

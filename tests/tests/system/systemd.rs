@@ -5,10 +5,8 @@
 //! READY=1 notification, CIDR changes, a watched edit, status, stats, a scrape, a SIGHUP reload
 //! with RELOADING=1/READY=1, and SIGTERM with STOPPING=1).
 
-mod cidr_support;
-
+use super::cidr_support::*;
 use anyhow::{Context as _, Result, bail, ensure};
-use cidr_support::*;
 use serve_guard_tests::agent::{Agent, AgentConfig, agent_bin};
 use serve_guard_tests::netns::Netns;
 use serve_guard_tests::topology::{IFACE, Topology, VPC_V4, VPC_V6};

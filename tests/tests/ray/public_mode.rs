@@ -1320,8 +1320,10 @@ const AGENT_LOG_LEVEL: &str = "debug";
 
 #[test]
 fn public_mode_end_to_end() {
-    // SAFETY: set before this test starts any thread of its own; it is the only test in this
-    // binary, and the harness reads RUST_LOG when it launches an agent.
+    let _ray = ray::exclusive();
+    // SAFETY: set before this test starts any thread of its own, while the binary's only other
+    // test waits for `ray::exclusive` without reading the environment; the harness reads
+    // RUST_LOG when it launches an agent.
     unsafe { std::env::set_var("RUST_LOG", AGENT_LOG_LEVEL) };
     let mut suite = match Suite::setup() {
         Ok(s) => s,

@@ -1,13 +1,11 @@
 //! `max_cidrs` (issue 11): the allow-list maps are sized when the filter is created, up to 2^20
 //! CIDRs per family. A million-entry list per family filters real traffic on the real agent, and
 //! a pinned filter, whose maps cannot be resized, says so at start and keeps filtering. (A list
-//! over the capacity is refused and changes nothing: tests/tests/live_cidr.rs and the store's
+//! over the capacity is refused and changes nothing: tests/tests/filter/live_cidr.rs and the store's
 //! tests.)
 
-mod cidr_support;
-
+use super::cidr_support::*;
 use anyhow::{Context as _, Result, ensure};
-use cidr_support::*;
 use serve_guard_tests::agent::{Agent, AgentConfig};
 use serve_guard_tests::probe::{self, ConnectError};
 use serve_guard_tests::server::HttpServer;

@@ -2,10 +2,8 @@
 //! probers in client namespaces while the list changes, edits of the file by rename and by a
 //! ConfigMap-style symlink swap, bad input that must change nothing, concurrent changes.
 
-mod cidr_support;
-
+use super::cidr_support::*;
 use anyhow::{Result, ensure};
-use cidr_support::*;
 use serve_guard_common::{Family, Reason};
 use serve_guard_tests::agent::{Agent, AgentConfig};
 use serve_guard_tests::probe::{self, ConnectError};
