@@ -93,31 +93,48 @@ pub struct Upstream {
     host: http::HeaderValue,
 }
 
+/// Why a URL cannot be an upstream (`upstream`, `grpc_upstream`).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("`{text}` is not a URL: {source}")]
+    NotUrl {
+        text: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error(
+        "`{0}`: the upstream must be an http:// URL (Ray Serve on this node speaks plain HTTP)"
+    )]
+    NotHttp(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}`: credentials in the upstream URL are not supported")]
+    Credentials(String),
+    #[error("`{0}`: give only scheme, host and port (no path or query)")]
+    PathOrQuery(String),
+    #[error("`{0}`: the host cannot be a Host header")]
+    NotHostHeader(String),
+}
+
 impl Upstream {
-    pub fn parse(text: &str) -> Result<Upstream, String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    pub fn parse(text: &str) -> Result<Upstream, UpstreamError> {
+        let uri: Uri = text.parse().map_err(|source| UpstreamError::NotUrl {
+            text: text.to_owned(),
+            source,
+        })?;
         if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "`{text}`: the upstream must be an http:// URL (Ray Serve on this node speaks plain HTTP)"
-            ));
+            return Err(UpstreamError::NotHttp(text.to_owned()));
         }
         let Some(authority) = uri.authority() else {
-            return Err(format!("`{text}` has no host"));
+            return Err(UpstreamError::NoHost(text.to_owned()));
         };
         if authority.as_str().contains('@') {
-            return Err(format!(
-                "`{text}`: credentials in the upstream URL are not supported"
-            ));
+            return Err(UpstreamError::Credentials(text.to_owned()));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "`{text}`: give only scheme, host and port (no path or query)"
-            ));
+            return Err(UpstreamError::PathOrQuery(text.to_owned()));
         }
         let host = http::HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("`{text}`: the host cannot be a Host header"))?;
+            .map_err(|_| UpstreamError::NotHostHeader(text.to_owned()))?;
         Ok(Upstream { uri, host })
     }
 
@@ -171,22 +188,41 @@ impl<'de> Deserialize<'de> for Upstream {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExternalUrl(String);
 
+/// Why a URL cannot be the `external_url`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalUrlError {
+    #[error("`{text}` is not a URL: {source}")]
+    NotUrl {
+        text: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("`{0}` must start with http:// or https://")]
+    Scheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}` must not contain credentials")]
+    Credentials(String),
+    #[error("`{0}` must not have a query or fragment")]
+    QueryOrFragment(String),
+}
+
 impl ExternalUrl {
-    pub fn parse(text: &str) -> Result<ExternalUrl, String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    pub fn parse(text: &str) -> Result<ExternalUrl, ExternalUrlError> {
+        let uri: Uri = text.parse().map_err(|source| ExternalUrlError::NotUrl {
+            text: text.to_owned(),
+            source,
+        })?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(format!("`{text}` must start with http:// or https://"));
+            return Err(ExternalUrlError::Scheme(text.to_owned()));
         }
         let Some(authority) = uri.authority() else {
-            return Err(format!("`{text}` has no host"));
+            return Err(ExternalUrlError::NoHost(text.to_owned()));
         };
         if authority.as_str().contains('@') {
-            return Err(format!("`{text}` must not contain credentials"));
+            return Err(ExternalUrlError::Credentials(text.to_owned()));
         }
         if uri.query().is_some() || text.contains('#') {
-            return Err(format!("`{text}` must not have a query or fragment"));
+            return Err(ExternalUrlError::QueryOrFragment(text.to_owned()));
         }
         Ok(ExternalUrl(text.trim_end_matches('/').to_owned()))
     }
@@ -271,10 +307,13 @@ fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Erro
     parse_socket_addr(&text).map_err(serde::de::Error::custom)
 }
 
-fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| {
-        format!("`{text}` is not an address:port (e.g. \"0.0.0.0:8443\" or \"[::]:8443\")")
-    })
+/// A listen address that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not an address:port (e.g. \"0.0.0.0:8443\" or \"[::]:8443\")")]
+struct SocketAddrError(String);
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, SocketAddrError> {
+    text.parse().map_err(|_| SocketAddrError(text.to_owned()))
 }
 
 fn de_opt_upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Upstream>, D::Error> {

@@ -1,7 +1,8 @@
 //! The proxy's test harness (feature `test-util`), shared by this crate's integration tests and
 //! the agent's public-mode tests: a real local upstream (hyper) that records and echoes what it
 //! receives, streams on command and speaks WebSocket; an h2c gRPC-style upstream; the proxy
-//! itself, started in-process on 127.0.0.1; raw and hyper clients; log capture.
+//! itself, started in-process on 127.0.0.1; raw and hyper clients; log capture; self-signed
+//! certificates.
 //!
 //! The proxy under test gets its tokens on a channel, as in the proxy process: a fresh token of
 //! its own ([`start_proxy`], changed with [`TestProxy::publish`]), or the sets of a source the
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -90,6 +93,44 @@ pub fn temp_dir() -> tempfile::TempDir {
         .prefix(&format!("sg-proxy-{}-", std::process::id()))
         .tempdir()
         .expect("temp dir")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Self-signed TLS certificates.
+
+/// A certificate and its key as PEM files, from [`self_signed_cert`].
+pub struct TestCert {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM), mode 0600.
+    pub key: PathBuf,
+    /// The certificate, for a client's root store.
+    pub der: CertificateDer<'static>,
+}
+
+/// Writes a new self-signed certificate for `names` (host names or IP addresses) to
+/// `dir/cert.pem` and its key to `dir/key.pem` (mode 0600), replacing what is there: calling it
+/// again renews the certificate in place.
+pub fn self_signed_cert(dir: &Path, names: &[&str]) -> std::io::Result<TestCert> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    let generated = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem())?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&key)?;
+    // A file that was already there keeps its mode through open(2).
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(generated.signing_key.serialize_pem().as_bytes())?;
+    Ok(TestCert {
+        cert,
+        key,
+        der: generated.cert.der().clone(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,7 +545,7 @@ pub fn fresh_tokens() -> (watch::Sender<Arc<TokenSet>>, TokenReceiver) {
 /// 127.0.0.1:0) and may put files in the folder it gets.
 pub async fn start_proxy(
     upstream: &str,
-    tweak: impl FnOnce(&mut PublicConfig, &std::path::Path),
+    tweak: impl FnOnce(&mut PublicConfig, &Path),
 ) -> TestProxy {
     let (publisher, tokens) = fresh_tokens();
     let mut proxy = start_proxy_with_tokens(upstream, tweak, tokens).await;
@@ -516,7 +557,7 @@ pub async fn start_proxy(
 /// them, e.g. the agent's token source); otherwise as [`start_proxy`].
 pub async fn start_proxy_with_tokens(
     upstream: &str,
-    tweak: impl FnOnce(&mut PublicConfig, &std::path::Path),
+    tweak: impl FnOnce(&mut PublicConfig, &Path),
     tokens: TokenReceiver,
 ) -> TestProxy {
     log_buffer();

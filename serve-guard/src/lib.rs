@@ -14,7 +14,7 @@
 //!   (`control::agent_view`, a trait), server and client.
 //! - `node`: the node's links and routes, and the paths around the filter they open.
 //! - `store`: the CIDR file as the source of truth: revisions, atomic writes, live apply.
-//! - `watch`: follows the CIDR file and the token file on disk (inotify).
+//! - `follow`: follows the CIDR file and the token file on disk (inotify).
 //! - `admin_http`: the accept loop shared by the control socket and metrics endpoints.
 //! - `metrics`: the Prometheus /metrics and /ready endpoint.
 //! - `token`: public mode's token file, and its source that publishes each new set to the proxy.
@@ -30,7 +30,7 @@
 //! 1. `cli`
 //! 2. `agent`
 //! 3. the agent's subsystems: `control` (which presents `filter`'s state), `metrics` (which asks
-//!    the agent through `control::agent_view`, the declared seam), `watch`, `proxy_supervisor`
+//!    the agent through `control::agent_view`, the declared seam), `follow`, `proxy_supervisor`
 //! 4. `filter` (which updates the maps for `store` through `store::CidrSink`, the declared
 //!    seam), `token`
 //! 5. `config`, `store`
@@ -46,10 +46,10 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod filter;
+pub mod follow;
 pub mod metrics;
 pub mod node;
 pub mod ports;
 pub mod proxy_supervisor;
 pub mod store;
 pub mod token;
-pub mod watch;

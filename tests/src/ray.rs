@@ -1009,6 +1009,15 @@ fn output_bounded(
     out.map_err(|source| RayError::Spawn { what, source })
 }
 
+/// Held by a test for as long as it runs Ray: one Ray at a time in a test binary. Two heads share
+/// Ray's session folders under /tmp/ray, and each takes both CPUs while it starts.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static RAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding it has cleaned up by its Drop guards.
+    RAY.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1027,13 +1036,4 @@ mod tests {
         drop(server);
         assert!(!tree.any_alive(), "a server process survived the drop");
     }
-}
-
-/// Held by a test for as long as it runs Ray: one Ray at a time in a test binary. Two heads share
-/// Ray's session folders under /tmp/ray, and each takes both CPUs while it starts.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static RAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    // A test that panicked while holding it has cleaned up by its Drop guards.
-    RAY.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

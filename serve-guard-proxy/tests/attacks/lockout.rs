@@ -84,11 +84,9 @@ async fn stalled_connections_are_closed_and_valid_users_get_in() {
 async fn stalled_tls_handshakes_are_closed() {
     let up = start_upstream().await;
     let proxy = start_proxy(&up.url(), |c, dir| {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-        c.tls_cert = Some(dir.join("cert.pem"));
-        c.tls_key = Some(dir.join("key.pem"));
+        let cert = self_signed_cert(dir, &["localhost"]).unwrap();
+        c.tls_cert = Some(cert.cert);
+        c.tls_key = Some(cert.key);
         c.limits.header_read_timeout = SHORT;
     })
     .await;

@@ -518,13 +518,10 @@ impl Scene {
             let proxy = start_proxy(&upstream.url(), move |c, dir| {
                 c.listen = "[::]:0".parse().unwrap();
                 if with_tls {
-                    let cert =
-                        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-                    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-                    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-                    c.tls_cert = Some(dir.join("cert.pem"));
-                    c.tls_key = Some(dir.join("key.pem"));
-                    *root.lock().unwrap() = Some(cert.cert.der().clone());
+                    let cert = self_signed_cert(dir, &["localhost"]).unwrap();
+                    c.tls_cert = Some(cert.cert);
+                    c.tls_key = Some(cert.key);
+                    *root.lock().unwrap() = Some(cert.der);
                 }
                 tweak(c);
             })

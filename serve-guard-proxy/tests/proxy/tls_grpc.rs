@@ -13,19 +13,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// A self-signed certificate for `localhost`, written as PEM files into `dir`.
-fn write_cert(
-    dir: &std::path::Path,
-) -> (
-    std::path::PathBuf,
-    std::path::PathBuf,
-    CertificateDer<'static>,
-) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    (cert_path, key_path, cert.cert.der().clone())
+fn write_cert(dir: &std::path::Path) -> TestCert {
+    self_signed_cert(dir, &["localhost"]).unwrap()
 }
 
 fn connector(
@@ -48,10 +37,10 @@ fn connector(
 async fn tls_proxy(up: &TestUpstream) -> (TestProxy, CertificateDer<'static>) {
     let mut root = None;
     let proxy = start_proxy(&up.url(), |c, dir| {
-        let (cert, key, der) = write_cert(dir);
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-        root = Some(der);
+        let cert = write_cert(dir);
+        c.tls_cert = Some(cert.cert);
+        c.tls_key = Some(cert.key);
+        root = Some(cert.der);
     })
     .await;
     (proxy, root.unwrap())
@@ -225,7 +214,7 @@ async fn https_external_url_makes_the_cookie_secure_even_over_plain_http() {
 async fn bad_tls_files_are_clear_errors() {
     let up = start_upstream().await;
     let dir = temp_dir();
-    let (cert, key, _) = write_cert(dir.path());
+    let TestCert { cert, key, .. } = write_cert(dir.path());
     let (_publisher, tokens) = fresh_tokens();
     let base = serve_guard_proxy::config::PublicConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -260,7 +249,11 @@ async fn a_reload_serves_a_renewed_certificate_and_keeps_the_old_one_on_errors()
     use serve_guard_proxy::tls::TlsReload;
     let up = start_upstream().await;
     let dir = temp_dir();
-    let (cert, key, first) = write_cert(dir.path());
+    let TestCert {
+        cert,
+        key,
+        der: first,
+    } = write_cert(dir.path());
     let (_publisher, tokens) = fresh_tokens();
     let config = serve_guard_proxy::config::PublicConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -287,7 +280,7 @@ async fn a_reload_serves_a_renewed_certificate_and_keeps_the_old_one_on_errors()
     };
     assert!(handshake(first.clone()).await);
 
-    let (_, _, renewed) = write_cert(dir.path());
+    let renewed = write_cert(dir.path()).der;
     assert_eq!(tls.reload().unwrap(), TlsReload::Changed);
     assert!(handshake(renewed.clone()).await, "the renewed certificate");
     assert!(
@@ -399,10 +392,10 @@ async fn grpc_over_tls_uses_the_same_certificate_and_check() {
     let grpc_url = grpc_up.url();
     let mut root = None;
     let proxy = start_proxy(&http_up.url(), |c, dir| {
-        let (cert, key, der) = write_cert(dir);
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-        root = Some(der);
+        let cert = write_cert(dir);
+        c.tls_cert = Some(cert.cert);
+        c.tls_key = Some(cert.key);
+        root = Some(cert.der);
         c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
         c.grpc_upstream = Some(serve_guard_proxy::config::Upstream::parse(&grpc_url).unwrap());
     })

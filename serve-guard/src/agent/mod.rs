@@ -305,7 +305,7 @@ async fn start_subsystems(
         Mode::Private => None,
     };
     if let Some(tokens) = &tokens {
-        let watcher = crate::watch::Watcher::start_tokens(Arc::clone(tokens)).map_err(|e| {
+        let watcher = crate::follow::Watcher::start_tokens(Arc::clone(tokens)).map_err(|e| {
             AgentError::Subsystem {
                 name: "token watcher",
                 detail: e.to_string(),

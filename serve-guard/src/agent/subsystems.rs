@@ -5,10 +5,10 @@ use super::handle::AgentHandle;
 use super::{AgentContext, AgentError, Subsystems};
 use crate::control::agent_view::AgentView;
 use crate::control::server::{ControlServer, ControlState};
+use crate::follow::Watcher;
 use crate::metrics::{MetricsServer, MetricsState};
 use crate::store::{SharedSink, Store};
 use crate::token::TokenSource;
-use crate::watch::Watcher;
 use std::convert::Infallible;
 use std::sync::Arc;
 

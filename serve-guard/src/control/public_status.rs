@@ -103,22 +103,28 @@ pub fn docs_url(external_url: &str, route: &str, token: &str) -> String {
 pub async fn public_status(config: &PublicConfig) -> Result<PublicStatus, Infallible> {
     let table = serve_routes::fetch(&config.upstream, &config.limits)
         .await
-        .map_err(|e| e.to_string());
+        .map_err(NoRoutes::Fetch);
     Ok(build(config, table))
 }
 
 /// The public part of `status` without an agent: URL and token, no docs links (only the agent
 /// asks Serve for its routes, so that the answer does not depend on where the CLI runs).
 pub fn public_status_offline(config: &PublicConfig) -> PublicStatus {
-    build(
-        config,
-        Err("no agent is running (the agent asks Serve for its routes)".to_owned()),
-    )
+    build(config, Err(NoRoutes::NoAgent))
+}
+
+/// Why `status` has no docs links.
+#[derive(Debug, thiserror::Error)]
+enum NoRoutes {
+    #[error(transparent)]
+    Fetch(serve_routes::RoutesError),
+    #[error("no agent is running (the agent asks Serve for its routes)")]
+    NoAgent,
 }
 
 fn build(
     config: &PublicConfig,
-    table: Result<std::collections::BTreeMap<String, String>, String>,
+    table: Result<std::collections::BTreeMap<String, String>, NoRoutes>,
 ) -> PublicStatus {
     let user_service_url = config.external_url().as_str().to_owned();
     let (tokens, token_error) = match read_token_file(&config.token_file) {
@@ -141,7 +147,7 @@ fn build(
             };
             (links, None)
         }
-        Err(e) => (Vec::new(), Some(e)),
+        Err(e) => (Vec::new(), Some(e.to_string())),
     };
     PublicStatus {
         user_service_url,

@@ -237,7 +237,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 async fn an_edit_on_disk_ends_what_the_removed_token_opened(edit: Edit) {
     let up = start_upstream().await;
     let proxy = start_file_proxy(&up.url(), |_| {}).await;
-    let watcher = serve_guard::watch::Watcher::start_tokens(proxy.source.clone()).unwrap();
+    let watcher = serve_guard::follow::Watcher::start_tokens(proxy.source.clone()).unwrap();
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(watcher.run(async move {
         let _ = stopped.await;

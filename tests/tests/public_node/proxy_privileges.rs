@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
+use serve_guard_proxy::test_util::self_signed_cert;
 use serve_guard_tests::netns::Netns;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -90,15 +91,6 @@ fn agent_config(public: toml::Table) -> AgentConfig {
         .cidrs(&Topology::vpc_cidrs())
         .serve_ports(&[UPSTREAM_PORT, 9000])
         .set("public", public)
-}
-
-/// A self-signed certificate for the server's address; the key written 0600 (root's).
-fn write_cert(cert: &Path, key: &Path) -> Result<CertificateDer<'static>> {
-    let generated = rcgen::generate_simple_self_signed(vec![SERVER_V4.to_string()])?;
-    std::fs::write(cert, generated.cert.pem())?;
-    std::fs::write(key, generated.signing_key.serialize_pem())?;
-    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))?;
-    Ok(generated.cert.der().clone())
 }
 
 /// Whether a TLS handshake from `ns` succeeds when only `trusted` is trusted.
@@ -297,21 +289,22 @@ fn a_renewed_certificate_reaches_the_proxy_process_on_sighup() -> Result<()> {
     let topo = Topology::new()?;
     let _upstream = HttpServer::start(&topo.server.ns, &[UPSTREAM_PORT])?;
     let dir = tempfile::Builder::new().prefix("sg-privs-tls-").tempdir()?;
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let first = write_cert(&cert, &key)?;
+    // A self-signed certificate for the server's address; the key written 0600 (root's).
+    let server = SERVER_V4.to_string();
+    let first = self_signed_cert(dir.path(), &[&server])?;
     let mut public = public_table(&dir.path().join("token"));
-    public.insert("tls_cert".into(), cert.display().to_string().into());
-    public.insert("tls_key".into(), key.display().to_string().into());
+    public.insert("tls_cert".into(), first.cert.display().to_string().into());
+    public.insert("tls_key".into(), first.key.display().to_string().into());
     let mut agent = Agent::start(&topo.server.ns, agent_config(public))?;
     let outside = topo.outside.ns;
     wait_for(
         "the TLS proxy to serve the first certificate",
         PROXY_READY,
-        || handshake_trusting(&outside, &first),
+        || handshake_trusting(&outside, &first.der),
     )
     .with_context(|| agent.logs())?;
 
-    let renewed = write_cert(&cert, &key)?;
+    let renewed = self_signed_cert(dir.path(), &[&server])?.der;
     ensure!(
         !handshake_trusting(&outside, &renewed)?,
         "the renewed certificate is served before the reload"
@@ -322,7 +315,7 @@ fn a_renewed_certificate_reaches_the_proxy_process_on_sighup() -> Result<()> {
     })
     .with_context(|| agent.logs())?;
     ensure!(
-        !handshake_trusting(&outside, &first)?,
+        !handshake_trusting(&outside, &first.der)?,
         "the old certificate is still served"
     );
     ensure!(agent.is_running(), "the agent stopped");

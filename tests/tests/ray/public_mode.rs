@@ -15,8 +15,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 use serve_guard_common::{Family, Reason};
+use serve_guard_proxy::test_util::{TestCert, self_signed_cert};
 use serve_guard_tests::agent::{Agent, AgentConfig};
 use serve_guard_tests::browser::Browser;
 use serve_guard_tests::netns::Netns;
@@ -77,6 +79,8 @@ struct Suite {
     topo: Topology,
     /// Token file, TLS material, the wrong-token file for the gRPC client.
     dir: TempDir,
+    /// The certificate the TLS clients trust, once scenario 7 has made it.
+    tls_root: Option<CertificateDer<'static>>,
     /// Every token the suite has seen (scenario 9 looks for each in the logs).
     tokens_seen: Vec<String>,
 }
@@ -108,6 +112,7 @@ impl Suite {
             ray,
             topo,
             dir,
+            tls_root: None,
             tokens_seen: Vec::new(),
         };
         let cfg = suite.agent_config(None);
@@ -120,7 +125,7 @@ impl Suite {
     }
 
     /// Public mode on the server's interface; the outside client is not in the VPC list.
-    fn agent_config(&self, tls: Option<&TlsFiles>) -> AgentConfig {
+    fn agent_config(&self, tls: Option<&TestCert>) -> AgentConfig {
         let mut public = toml::Table::new();
         public.insert("listen".into(), format!("0.0.0.0:{PROXY_PORT}").into());
         public.insert("upstream".into(), self.ray.upstream_url().into());
@@ -209,11 +214,9 @@ impl Suite {
     }
 
     fn tls_client_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>> {
-        let ca = std::fs::read(self.dir.path().join("ca.pem")).context("reading the test CA")?;
+        let root = self.tls_root.clone().context("no test certificate yet")?;
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_certs(&ca)? {
-            roots.add(cert)?;
-        }
+        roots.add(root)?;
         let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -1003,13 +1006,10 @@ fn grpc(s: &mut Suite) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // 7. TLS: a test certificate; HTTPS over HTTP/1.1 and HTTP/2; the cookie carries Secure.
 // ---------------------------------------------------------------------------------------------
-struct TlsFiles {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
 fn tls(s: &mut Suite) -> Result<()> {
-    let files = make_test_cert(s.dir.path())?;
+    // A self-signed certificate for the server's address and [`TLS_NAME`].
+    let files = self_signed_cert(s.dir.path(), &[TLS_NAME, &SERVER_V4.to_string()])?;
+    s.tls_root = Some(files.der.clone());
     // The same node switches to a TLS listener: stop this agent, start one with tls_cert/key.
     if let Some(mut agent) = s.agent.take() {
         agent.stop()?;
@@ -1081,31 +1081,6 @@ fn tls(s: &mut Suite) -> Result<()> {
     Ok(())
 }
 
-/// A CA and a server certificate for the server's address and [`TLS_NAME`], as PEM files.
-fn make_test_cert(dir: &Path) -> Result<TlsFiles> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "serve-guard test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-    let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![TLS_NAME.to_owned(), SERVER_V4.to_string()])?
-        .signed_by(&key, &ca)?;
-    let files = TlsFiles {
-        cert: dir.join("server.pem"),
-        key: dir.join("server-key.pem"),
-    };
-    std::fs::write(dir.join("ca.pem"), ca.pem())?;
-    std::fs::write(&files.cert, leaf.pem())?;
-    write_private(&files.key, &key.serialize_pem())?;
-    Ok(files)
-}
-
 fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -1116,13 +1091,6 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .open(path)?;
     std::io::Write::write_all(&mut f, text.as_bytes())?;
     Ok(())
-}
-
-fn rustls_pki_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    use rustls::pki_types::pem::PemObject as _;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .context("parsing the CA PEM")
 }
 
 type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;

@@ -11,6 +11,7 @@
 //! gives their mean with a 95% confidence interval.
 
 use anyhow::{Context as _, Result, bail, ensure};
+use serve_guard_proxy::test_util::{TestCert, self_signed_cert};
 use serve_guard_tests::agent::{Agent, AgentConfig};
 use serve_guard_tests::topology::{IFACE, Topology};
 use std::fmt::Write as _;
@@ -359,24 +360,14 @@ pub fn compare() -> Result<Vec<Series>> {
     result
 }
 
-/// A self-signed certificate for 127.0.0.1, for both proxies.
-fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, generated.cert.pem())?;
-    std::fs::write(&key, generated.signing_key.serialize_pem())?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-    Ok((cert, key))
-}
-
 fn run_all(dir: &Path) -> Result<Vec<Series>> {
     let topo = Topology::new()?;
     let token_file: PathBuf = dir.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n"))?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
-    let (cert, key) = certificate(dir)?;
+    // A self-signed certificate for 127.0.0.1, for both proxies.
+    let TestCert { cert, key, .. } = self_signed_cert(dir, &["127.0.0.1"])?;
 
     let upstream = start_nginx(&topo, dir, "upstream", &upstream_server())?;
     let peer = start_nginx(&topo, dir, "peer", &nginx_peer_server(&cert, &key))?;
