@@ -171,6 +171,10 @@ impl PyServer {
             // Ray must not phone home or look for a cluster of the developer's.
             .env("RAY_USAGE_STATS_ENABLED", "0")
             .env_remove("RAY_ADDRESS")
+            // Explicit, as `ray start` has it by default: with the mode unset, `ray.init()`
+            // turns token auth on and writes ~/.ray/auth_token, and every later `ray start` on
+            // the machine then finds that token and locks its dashboard (401).
+            .env(RAY_AUTH_MODE, RAY_AUTH_DISABLED)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -841,8 +845,13 @@ fn head_env(cmd: &mut Command, haproxy_dir: &Path) {
         )
         .env("RAY_USAGE_STATS_ENABLED", "0")
         .env("PYTHONUNBUFFERED", "1")
+        .env(RAY_AUTH_MODE, RAY_AUTH_DISABLED)
         .env_remove("RAY_ADDRESS");
 }
+
+/// Ray's token authentication switch (Ray 2.52+), and the value this kit's Ray always runs with.
+const RAY_AUTH_MODE: &str = "RAY_AUTH_MODE";
+const RAY_AUTH_DISABLED: &str = "disabled";
 
 /// The last lines of a command's output, for an error.
 fn tail(text: &str) -> String {
