@@ -485,6 +485,18 @@ impl Agent {
         &self.files
     }
 
+    /// Sets the top-level `key` of the agent's config file to `value`, as an operator edits it
+    /// before `systemctl reload` (the running agent sees it on SIGHUP).
+    pub fn set_config(&self, key: &str, value: impl Into<toml::Value>) -> Result<()> {
+        let path = &self.files.config;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut table: toml::Table = toml::from_str(&text)?;
+        table.insert(key.into(), value.into());
+        fs::write(path, toml::to_string(&table)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
     pub fn netns(&self) -> &Netns {
         &self.ns
     }

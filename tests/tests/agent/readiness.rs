@@ -297,25 +297,11 @@ fn port_rules_reload_live_and_a_bad_rule_changes_nothing() -> Result<()> {
     );
 
     // Publish the other port instead, live.
-    let config = agent.files().config.clone();
-    let original = std::fs::read_to_string(&config)?;
-    let publish = |ports: &str| -> Result<()> {
-        let edited: String = original
-            .lines()
-            .map(|l| {
-                if l.starts_with("public_ports") {
-                    format!("public_ports = {ports}")
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        ensure!(edited != original, "no public_ports line in {original}");
-        std::fs::write(&config, format!("{edited}\n"))?;
-        Ok(())
+    let publish = |agent: &Agent, ports: &[&str]| -> Result<()> {
+        let ports: Vec<toml::Value> = ports.iter().map(|&p| p.into()).collect();
+        agent.set_config("public_ports", ports)
     };
-    publish(&format!("[\"{LATER}\"]"))?;
+    publish(&agent, &[&LATER.to_string()])?;
     agent.signal(libc::SIGHUP)?;
     wait_for("the new public port to open", limits::CLI, || {
         Ok(reach(LATER) && !reach(PUBLISHED))
@@ -328,7 +314,7 @@ fn port_rules_reload_live_and_a_bad_rule_changes_nothing() -> Result<()> {
     );
 
     // A range out of order: `check` names it; SIGHUP refuses it and keeps the rules in force.
-    publish("[\"9000-8000\"]")?;
+    publish(&agent, &["9000-8000"])?;
     let out = agent.cli(&["check"])?;
     expect_invalid(
         &out,

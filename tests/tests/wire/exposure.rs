@@ -518,21 +518,13 @@ threading.Event().wait()
 
         // The audit judges by the rules in force: publish the other port live (SIGHUP) and
         // `status` follows.
-        let config = agent.files().config.clone();
-        let original = std::fs::read_to_string(&config)?;
-        let edited: String = original
-            .lines()
-            .map(|l| {
-                if l.starts_with("public_ports") {
-                    format!("public_ports = [\"ssh\", \"{GUARDED_LISTENER}\"]")
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        ensure!(edited != original, "no public_ports line in {original}");
-        std::fs::write(&config, format!("{edited}\n"))?;
+        agent.set_config(
+            "public_ports",
+            vec![
+                toml::Value::from("ssh"),
+                GUARDED_LISTENER.to_string().into(),
+            ],
+        )?;
         agent.signal(libc::SIGHUP)?;
         serve_guard_tests::wait_for("the audit to follow the new rules", limits::CLI, || {
             let audit = status_audit(&agent)?;
