@@ -40,10 +40,14 @@ pub fn decide(ctx: &XdpContext, parsed: &Parsed) -> (Reason, Family) {
 /// strict.
 #[inline(always)]
 fn port_class(port: u16) -> PortValue {
-    PORTS
-        .get(0)
-        .map(|table| table.class(port))
-        .unwrap_or(serve_guard_common::PORT_PROTECTED)
+    // The port comes out of a byte swap, and verifiers before ~6.8 lose a value's bounds through
+    // one ("math between map_value pointer and register with unbounded min value"). Hidden from
+    // the optimiser, the comparison below stays in the program and bounds the index again.
+    let index = core::hint::black_box(usize::from(port));
+    match PORTS.get(0) {
+        Some(table) if index < table.classes.len() => table.classes[index],
+        _ => serve_guard_common::PORT_PROTECTED,
+    }
 }
 
 #[inline(always)]
