@@ -184,6 +184,31 @@ impl CidrList {
         Ok((Self::new(parsed.networks)?, parsed.warnings))
     }
 
+    /// [`Self::from_file_text`] for a file that may hold no CIDR at all: the CIDR file beside
+    /// the cloud's ranges (`[cloud]`), which adds only what the cloud cannot know.
+    pub fn from_file_text_maybe_empty(text: &str) -> Result<(Self, Vec<Normalised>), CidrError> {
+        let parsed = parse_file(text)?;
+        let list = Self::from_iter_unchecked(parsed.networks);
+        list.check_capacity(MAX_CIDRS_PER_FAMILY)?;
+        Ok((list, parsed.warnings))
+    }
+
+    fn from_iter_unchecked(networks: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut list = Self::default();
+        for net in networks {
+            list.insert(net);
+        }
+        list
+    }
+
+    /// Every network of both lists.
+    pub fn union(&self, other: &CidrList) -> CidrList {
+        CidrList {
+            v4: self.v4.union(&other.v4).copied().collect(),
+            v6: self.v6.union(&other.v6).copied().collect(),
+        }
+    }
+
     /// Inserts a (normalised) network; false if it was already there.
     pub fn insert(&mut self, net: IpNet) -> bool {
         match net.trunc() {

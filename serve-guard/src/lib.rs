@@ -42,6 +42,7 @@
 pub mod admin_http;
 pub mod agent;
 pub mod cidr;
+pub mod cloud;
 pub mod cli;
 pub mod config;
 pub mod control;

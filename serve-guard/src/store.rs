@@ -16,9 +16,11 @@
 //! The revision counts list changes. An edit that leaves the list as it was (a comment, our own
 //! write seen by the watcher, an `add` of a range already present) does not make a revision.
 
+pub mod cloud_state;
 pub mod fsutil;
 
 use crate::cidr::{self, CidrError, CidrList};
+use crate::config::cloud::Provider;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -90,6 +92,14 @@ pub enum StoreError {
         "{path}: {net} allows every source, which turns the filter off for its address family; set `allow_everyone = true` in the config if that is meant"
     )]
     EveryoneInFile { path: PathBuf, net: IpNet },
+    #[error("{path} is corrupt ({reason}); remove it and the next answer of the cloud rewrites it")]
+    CorruptCloudState { path: PathBuf, reason: String },
+    #[error(
+        "{provider}: the answer holds {net}, which allows every source; refused with the whole answer (set `allow_everyone = true` if that is meant), the last good list stays"
+    )]
+    EveryoneFromCloud { provider: Provider, net: IpNet },
+    #[error("{provider}: the answer holds no range; refused, the last good list stays")]
+    EmptyCloudAnswer { provider: Provider },
 }
 
 impl StoreError {
@@ -160,10 +170,67 @@ pub struct Outcome {
 /// The list and its revision, as `cidr list` shows them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Listing {
+    /// The revision of the CIDR file's list (the cloud's answers do not count revisions).
     pub revision: u64,
     pub ipv4: usize,
     pub ipv6: usize,
+    /// The list in force: the file's, and with `[cloud]` the cloud's too.
     pub cidrs: Vec<IpNet>,
+    /// With `[cloud]`: the entries that come from the CIDR file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<Vec<IpNet>>,
+    /// With `[cloud]`: what the cloud gave and how its refresh goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudListing>,
+}
+
+/// The cloud's part of the list and the state of its refresh.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CloudListing {
+    #[serde(flatten)]
+    pub status: CloudStatus,
+    /// The ranges of the last good answer (in force).
+    pub cidrs: Vec<IpNet>,
+}
+
+/// How the cloud's refresh goes: what `status`, `cidr list` and the metrics show.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CloudStatus {
+    /// The provider of the list in force (`None` until the cloud first answered on this node).
+    pub provider: Option<Provider>,
+    /// Unix seconds of the answer in force.
+    pub fetched_unix: Option<u64>,
+    /// Unix seconds of the last refresh, good or not.
+    pub last_attempt_unix: Option<u64>,
+    /// The last refresh's error; `None` once a refresh succeeds.
+    pub last_error: Option<String>,
+    /// Refreshes that failed or were refused since the agent started.
+    pub errors: u64,
+    /// Warnings of the last good answer (a fallback to the instance's subnet, for instance).
+    pub warnings: Vec<String>,
+    pub refresh_interval_secs: u64,
+}
+
+impl CloudStatus {
+    /// Seconds since the answer in force, at `now` (unix seconds).
+    pub fn age_secs(&self, now: u64) -> Option<u64> {
+        self.fetched_unix.map(|t| now.saturating_sub(t))
+    }
+}
+
+/// A cloud's answer, as the store applies it.
+#[derive(Debug, Clone)]
+pub struct CloudAnswer {
+    pub provider: Provider,
+    pub list: CidrList,
+    pub warnings: Vec<String>,
+}
+
+/// What applying a cloud answer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudOutcome {
+    pub added: Vec<IpNet>,
+    pub removed: Vec<IpNet>,
 }
 
 /// Counters for the metrics endpoint.
@@ -176,8 +243,25 @@ pub struct ApplyStats {
 }
 
 struct Current {
+    /// The CIDR file's list.
     list: CidrList,
     revision: u64,
+    /// The cloud's last good answer (`[cloud]` only).
+    cloud: Option<cloud_state::Recorded>,
+}
+
+impl Current {
+    /// What the maps hold: the file's list, and the cloud's.
+    fn effective(&self) -> CidrList {
+        effective(&self.list, self.cloud.as_ref())
+    }
+}
+
+fn effective(file: &CidrList, cloud: Option<&cloud_state::Recorded>) -> CidrList {
+    match cloud {
+        Some(cloud) => file.union(&cloud.list),
+        None => file.clone(),
+    }
 }
 
 /// The list in force as readers see it: replaced whole after each commit, so `status`, the
@@ -185,7 +269,11 @@ struct Current {
 /// millions takes seconds).
 #[derive(Clone)]
 struct Published {
+    /// The list in force (what the maps hold).
     list: Arc<CidrList>,
+    /// The file's part; the same `Arc` as `list` without `[cloud]`.
+    file: Arc<CidrList>,
+    cloud: Option<Arc<CidrList>>,
     revision: u64,
 }
 
@@ -195,6 +283,9 @@ pub struct Summary {
     pub revision: u64,
     pub ipv4: usize,
     pub ipv6: usize,
+    /// Entries from the CIDR file, and from the cloud (an entry in both counts in both).
+    pub from_file: usize,
+    pub from_cloud: usize,
 }
 
 /// The CIDR list, its file and its revision.
@@ -210,6 +301,9 @@ pub struct Store {
     /// The most CIDRs per family a list may have: what the filter's maps hold (or `max_cidrs`
     /// without an agent). A longer list is refused before anything is written.
     capacity: AtomicU32,
+    /// `[cloud]`: the file may be missing or empty, the cloud's answers join the list.
+    cloud: bool,
+    cloud_status: Mutex<CloudStatus>,
 }
 
 impl std::fmt::Debug for Store {
@@ -225,10 +319,21 @@ impl Store {
     /// Reads the CIDR file and the recorded revision. A list that differs from the recorded one
     /// (edited while no agent ran) gets the next revision. Creates `state_dir` (0700) if needed.
     pub fn open(cidr_file: &Path, state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(cidr_file, state_dir, false)
+    }
+
+    /// [`Store::open`]; with `cloud` (`[cloud]` in the config) the file may be missing or hold
+    /// no CIDR, and the cloud's last good answer (`cloud-cidrs` in `state_dir`) is in force.
+    pub fn open_with(cidr_file: &Path, state_dir: &Path, cloud: bool) -> Result<Self, StoreError> {
         fsutil::create_private_dir(state_dir).map_err(StoreError::io("create", state_dir))?;
         let _lock = fsutil::lock_exclusive(&state_dir.join(LOCK_FILE), LOCK_TIMEOUT)
             .map_err(|e| lock_error(e, &state_dir.join(LOCK_FILE)))?;
-        let list = read_list(cidr_file)?;
+        let list = read_list_with(cidr_file, cloud)?;
+        let recorded = if cloud {
+            cloud_state::read(state_dir)?
+        } else {
+            None
+        };
         let revision_path = state_dir.join(REVISION_FILE);
         let revision = match read_revision(&revision_path)? {
             None => FIRST_REVISION,
@@ -236,37 +341,58 @@ impl Store {
             Some((revision, _)) => revision + 1,
         };
         write_revision(&revision_path, revision, &list)?;
+        let status = CloudStatus {
+            provider: recorded.as_ref().map(|r| r.provider),
+            fetched_unix: recorded.as_ref().map(|r| r.fetched_unix),
+            ..CloudStatus::default()
+        };
+        let current = Current {
+            list,
+            revision,
+            cloud: recorded,
+        };
         Ok(Store {
             cidr_file: cidr_file.to_owned(),
             state_dir: state_dir.to_owned(),
-            published: std::sync::RwLock::new(Published {
-                list: Arc::new(list.clone()),
-                revision,
-            }),
-            current: Mutex::new(Current { list, revision }),
+            published: std::sync::RwLock::new(Published::of(&current)),
+            current: Mutex::new(current),
             sink: Mutex::new(None),
             stats: ApplyStats::default(),
             file_allows_everyone: AtomicBool::new(false),
             capacity: AtomicU32::new(serve_guard_common::trie::DEFAULT_CIDRS_PER_FAMILY),
+            cloud,
+            cloud_status: Mutex::new(status),
         })
     }
 
     /// The list and revision as they stand on disk, without taking the lock or writing anything
     /// (`cidr list` and `status` while no agent runs). A list edited since the last recorded
     /// revision shows as the revision it will get.
-    pub fn peek(cidr_file: &Path, state_dir: &Path) -> Result<Listing, StoreError> {
-        let list = read_list(cidr_file)?;
+    /// With `cloud`, the cloud's last good answer is part of the list, as the agent would
+    /// start with it.
+    pub fn peek(cidr_file: &Path, state_dir: &Path, cloud: bool) -> Result<Listing, StoreError> {
+        let list = read_list_with(cidr_file, cloud)?;
         let revision = match read_revision(&state_dir.join(REVISION_FILE))? {
             None => FIRST_REVISION,
             Some((revision, recorded)) if recorded == list => revision,
             Some((revision, _)) => revision + 1,
         };
-        Ok(Listing {
+        let recorded = if cloud {
+            cloud_state::read(state_dir)?
+        } else {
+            None
+        };
+        let current = Current {
+            list,
             revision,
-            ipv4: list.v4().len(),
-            ipv6: list.v6().len(),
-            cidrs: list.iter().collect(),
-        })
+            cloud: recorded,
+        };
+        let status = cloud.then(|| CloudStatus {
+            provider: current.cloud.as_ref().map(|r| r.provider),
+            fetched_unix: current.cloud.as_ref().map(|r| r.fetched_unix),
+            ..CloudStatus::default()
+        });
+        Ok(listing_of(&Published::of(&current), status))
     }
 
     /// From now on, every change also updates these maps. The agent calls this once the maps
@@ -312,21 +438,143 @@ impl Store {
     /// The revision and the entries per family, without waiting for a change in progress.
     pub fn summary(&self) -> Summary {
         let published = self.published();
+        let count = |l: &CidrList| l.v4().len() + l.v6().len();
         Summary {
             revision: published.revision,
             ipv4: published.list.v4().len(),
             ipv6: published.list.v6().len(),
+            from_file: count(&published.file),
+            from_cloud: published.cloud.as_deref().map_or(0, count),
         }
     }
 
     pub fn listing(&self) -> Listing {
-        let published = self.published();
-        Listing {
-            revision: published.revision,
-            ipv4: published.list.v4().len(),
-            ipv6: published.list.v6().len(),
-            cidrs: published.list.iter().collect(),
+        listing_of(&self.published(), self.cloud_status())
+    }
+
+    /// With `[cloud]`: the state of the cloud's refresh.
+    pub fn cloud_status(&self) -> Option<CloudStatus> {
+        self.cloud.then(|| {
+            self.cloud_status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
+
+    fn update_cloud_status(&self, f: impl FnOnce(&mut CloudStatus)) {
+        f(&mut self.cloud_status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Records a refresh that failed (the metadata service is down, slow, or answered garbage,
+    /// or the store refused the answer): counted and shown; the last good list stays.
+    pub fn record_cloud_error(&self, error: &str) {
+        self.update_cloud_status(|s| {
+            s.last_attempt_unix = Some(unix_now());
+            s.last_error = Some(error.to_owned());
+            s.errors += 1;
+        });
+    }
+
+    /// The refresh interval, as `status` shows it.
+    pub fn set_cloud_refresh_interval(&self, every: Duration) {
+        self.update_cloud_status(|s| s.refresh_interval_secs = every.as_secs());
+    }
+
+    /// Makes a cloud answer the cloud's part of the list: checked whole (an empty answer or one
+    /// that allows everyone without `allow_everyone` changes nothing), then maps (no gap: the
+    /// filter adds before it removes), then `cloud-cidrs` in the state dir, then readers.
+    pub fn apply_cloud(
+        &self,
+        answer: CloudAnswer,
+        allow_everyone: bool,
+    ) -> Result<CloudOutcome, StoreError> {
+        let result = self.apply_cloud_inner(answer, allow_everyone);
+        if let Err(e) = &result {
+            self.record_cloud_error(&e.to_string());
         }
+        result
+    }
+
+    fn apply_cloud_inner(
+        &self,
+        answer: CloudAnswer,
+        allow_everyone: bool,
+    ) -> Result<CloudOutcome, StoreError> {
+        let CloudAnswer {
+            provider,
+            list,
+            warnings,
+        } = answer;
+        if list.is_empty() {
+            return Err(StoreError::EmptyCloudAnswer { provider });
+        }
+        if !allow_everyone && let Some(net) = list.iter().find(|n| n.prefix_len() == 0) {
+            return Err(StoreError::EveryoneFromCloud { provider, net });
+        }
+        let mut current = self.lock_current();
+        let lock_path = self.state_dir.join(LOCK_FILE);
+        let _lock = fsutil::lock_exclusive(&lock_path, LOCK_TIMEOUT)
+            .map_err(|e| lock_error(e, &lock_path))?;
+        let now = unix_now();
+        let before = current.effective();
+        let recorded = cloud_state::Recorded {
+            provider,
+            fetched_unix: now,
+            list,
+        };
+        let after = effective(&current.list, Some(&recorded));
+        after.check_capacity(self.capacity.load(Ordering::Relaxed))?;
+        if after != before
+            && let Some(sink) = self.sink()
+        {
+            let mut maps = sink.blocking_lock();
+            if let Err(reason) = maps.load_cidrs(&after) {
+                self.stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+                let reason = reason.to_string();
+                return Err(match maps.load_cidrs(&before) {
+                    Ok(()) => StoreError::MapsRestored {
+                        reason,
+                        revision: current.revision,
+                    },
+                    Err(e) => StoreError::MapsInconsistent {
+                        reason,
+                        restore: format!("maps: {e}"),
+                        revision: current.revision,
+                        path: cloud_state::path(&self.state_dir),
+                    },
+                });
+            }
+        }
+        // The maps hold the answer. If it cannot be recorded, a restart uses the previous
+        // record until the next refresh: logged and counted, the change itself stands.
+        if let Err(e) = cloud_state::write(&self.state_dir, &recorded) {
+            self.stats.apply_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("{e}; a restart uses the previous answer until the next refresh");
+        }
+        let outcome = CloudOutcome {
+            added: after.iter().filter(|n| !before.contains(n)).collect(),
+            removed: before.iter().filter(|n| !after.contains(n)).collect(),
+        };
+        current.cloud = Some(recorded);
+        self.publish(&current);
+        self.update_cloud_status(|s| {
+            s.provider = Some(provider);
+            s.fetched_unix = Some(now);
+            s.last_attempt_unix = Some(now);
+            s.last_error = None;
+            s.warnings = warnings;
+        });
+        if !outcome.added.is_empty() || !outcome.removed.is_empty() {
+            self.stats.last_apply_unix.store(now, Ordering::Relaxed);
+            tracing::info!(
+                %provider,
+                added = ?outcome.added,
+                removed = ?outcome.removed,
+                "the cloud's ranges changed; the list in force follows"
+            );
+        }
+        Ok(outcome)
     }
 
     fn published(&self) -> Published {
@@ -338,10 +586,36 @@ impl Store {
 
     /// Makes `current` what readers see.
     fn publish(&self, current: &Current) {
-        *self.published.write().unwrap_or_else(|p| p.into_inner()) = Published {
-            list: Arc::new(current.list.clone()),
-            revision: current.revision,
-        };
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = Published::of(current);
+    }
+
+    /// The file's list from its text: with `[cloud]` it may hold no CIDR.
+    fn parse_file_text(
+        &self,
+        text: &str,
+    ) -> Result<(CidrList, Vec<cidr::Normalised>), CidrError> {
+        if self.cloud {
+            CidrList::from_file_text_maybe_empty(text)
+        } else {
+            CidrList::from_file_text(text)
+        }
+    }
+
+    /// The checks a list of the file passes (with `[cloud]` it may be empty).
+    fn validate_file_list(&self, list: &CidrList) -> Result<(), CidrError> {
+        if self.cloud {
+            list.check_capacity(serve_guard_common::trie::MAX_CIDRS_PER_FAMILY)
+        } else {
+            list.validate()
+        }
+    }
+
+    /// The file's text; with `[cloud]` a missing file reads as empty.
+    fn read_file_text(&self) -> Result<String, StoreError> {
+        match fsutil::read_to_string(&self.cidr_file) {
+            Err(e) if self.cloud && e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            other => other.map_err(StoreError::io("read", &self.cidr_file)),
+        }
     }
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Current> {
@@ -400,9 +674,8 @@ impl Store {
         // Catch up with the disk first: an edit the watcher has not applied yet, or a change
         // another process (the CLI while no agent ran) committed. A change never overwrites an
         // edit it has not seen, and `if_revision` is checked against the caught-up revision.
-        let on_disk = fsutil::read_to_string(&self.cidr_file)
-            .map_err(StoreError::io("read", &self.cidr_file))?;
-        let synced = match CidrList::from_file_text(&on_disk) {
+        let on_disk = self.read_file_text()?;
+        let synced = match self.parse_file_text(&on_disk) {
             Ok((list, warnings)) => self.sync(&mut current, list, &warnings)?,
             Err(error) if change == Change::Reload => {
                 return Err(StoreError::InvalidFile {
@@ -435,7 +708,7 @@ impl Store {
                 for net in parsed.networks {
                     next.insert(net);
                 }
-                next.validate()?;
+                self.validate_file_list(&next)?;
                 (next, parsed.warnings)
             }
             Change::Remove(args) => {
@@ -450,10 +723,10 @@ impl Store {
                     }
                     next.remove(net);
                 }
-                next.validate()?;
+                self.validate_file_list(&next)?;
                 (next, parsed.warnings)
             }
-            Change::Replace(text) => CidrList::from_file_text(text)?,
+            Change::Replace(text) => self.parse_file_text(text)?,
             Change::Reload => unreachable!("handled above"),
         };
         if !allow_everyone && let Some(net) = brings_in_everyone(&current.list, &next) {
@@ -540,7 +813,8 @@ impl Store {
         revision: u64,
         rewrite: Option<String>,
     ) -> Result<Outcome, StoreError> {
-        next.check_capacity(self.capacity.load(Ordering::Relaxed))?;
+        let next_effective = effective(&next, current.cloud.as_ref());
+        next_effective.check_capacity(self.capacity.load(Ordering::Relaxed))?;
         let sink = self.sink();
         let mut outcome = Outcome {
             revision,
@@ -560,12 +834,12 @@ impl Store {
 
         if let Some(sink) = &sink {
             let mut maps = sink.blocking_lock();
-            if let Err(reason) = maps.load_cidrs(&next) {
+            if let Err(reason) = maps.load_cidrs(&next_effective) {
                 self.stats.apply_errors.fetch_add(1, Ordering::Relaxed);
                 let reason = reason.to_string();
                 tracing::error!(%reason, "updating the XDP maps failed; restoring revision {}", current.revision);
                 let mut restore = Vec::new();
-                if let Err(e) = maps.load_cidrs(&current.list) {
+                if let Err(e) = maps.load_cidrs(&current.effective()) {
                     restore.push(format!("maps: {e}"));
                 }
                 if let Some(old) = &rewrite
@@ -599,10 +873,9 @@ impl Store {
         current.revision = revision;
         self.publish(current);
         outcome.revision = revision;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.stats.last_apply_unix.store(now, Ordering::Relaxed);
+        self.stats
+            .last_apply_unix
+            .store(unix_now(), Ordering::Relaxed);
         tracing::info!(
             revision,
             ipv4 = outcome.ipv4,
@@ -719,12 +992,24 @@ fn lock_error(e: io::Error, path: &Path) -> StoreError {
 
 /// Reads and validates a CIDR file.
 pub fn read_list(path: &Path) -> Result<CidrList, StoreError> {
-    let text = fsutil::read_to_string(path).map_err(StoreError::io("read", path))?;
-    let (list, warnings) =
-        CidrList::from_file_text(&text).map_err(|error| StoreError::InvalidFile {
-            path: path.to_owned(),
-            error,
-        })?;
+    read_list_with(path, false)
+}
+
+/// [`read_list`]; with `cloud`, a missing file or one without a CIDR is an empty list.
+fn read_list_with(path: &Path, cloud: bool) -> Result<CidrList, StoreError> {
+    let text = match fsutil::read_to_string(path) {
+        Err(e) if cloud && e.kind() == io::ErrorKind::NotFound => String::new(),
+        other => other.map_err(StoreError::io("read", path))?,
+    };
+    let parsed = if cloud {
+        CidrList::from_file_text_maybe_empty(&text)
+    } else {
+        CidrList::from_file_text(&text)
+    };
+    let (list, warnings) = parsed.map_err(|error| StoreError::InvalidFile {
+        path: path.to_owned(),
+        error,
+    })?;
     for w in warnings {
         tracing::warn!("{}: {w}", path.display());
     }
@@ -754,7 +1039,9 @@ fn read_revision(path: &Path) -> Result<Option<(u64, CidrList)>, StoreError> {
         .filter(|l| !l.starts_with(REVISION_PREFIX))
         .flat_map(|l| [l, "\n"])
         .collect();
-    let (list, _) = CidrList::from_file_text(&list_text).map_err(|e| corrupt(e.to_string()))?;
+    // With `[cloud]` the file's list may be empty.
+    let (list, _) =
+        CidrList::from_file_text_maybe_empty(&list_text).map_err(|e| corrupt(e.to_string()))?;
     Ok(Some((revision, list)))
 }
 
@@ -768,3 +1055,47 @@ fn write_revision(path: &Path, revision: u64, list: &CidrList) -> Result<(), Sto
 
 #[cfg(test)]
 mod tests;
+
+impl Published {
+    fn of(current: &Current) -> Published {
+        let file = Arc::new(current.list.clone());
+        match &current.cloud {
+            None => Published {
+                list: Arc::clone(&file),
+                file,
+                cloud: None,
+                revision: current.revision,
+            },
+            Some(cloud) => Published {
+                list: Arc::new(current.effective()),
+                file,
+                cloud: Some(Arc::new(cloud.list.clone())),
+                revision: current.revision,
+            },
+        }
+    }
+}
+
+fn listing_of(published: &Published, cloud: Option<CloudStatus>) -> Listing {
+    Listing {
+        revision: published.revision,
+        ipv4: published.list.v4().len(),
+        ipv6: published.list.v6().len(),
+        cidrs: published.list.iter().collect(),
+        file: cloud.as_ref().map(|_| published.file.iter().collect()),
+        cloud: cloud.map(|status| CloudListing {
+            status,
+            cidrs: published
+                .cloud
+                .as_deref()
+                .map(|l| l.iter().collect())
+                .unwrap_or_default(),
+        }),
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

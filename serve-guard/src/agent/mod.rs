@@ -16,6 +16,7 @@
 //! metrics in `subsystems`) are started in [`start_subsystems`]; each gets an [`AgentContext`].
 //! The control socket and the metrics endpoint see the agent through [`handle::AgentHandle`].
 
+mod cloud_refresh;
 pub mod handle;
 pub mod lock;
 pub mod notify;
@@ -191,8 +192,21 @@ pub async fn run(config: Config, source: ConfigSource) -> Result<(), AgentError>
     // SIGHUP's default action ends the process: handle it from the start.
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
 
-    let host = config.check_host()?;
+    let mut host = config.check_host()?;
     check_cidr_consent(&config, &host.cidrs)?;
+    if config.cloud.is_some() {
+        // The cloud's last good answer is in force from the first packet, even while the
+        // metadata service is down: a reboot during an outage keeps the VPC's clients.
+        if let Some(recorded) = crate::store::cloud_state::read(&config.state_dir)? {
+            host.cidrs = host.cidrs.union(&recorded.list);
+            host.cidrs
+                .check_capacity(config.max_cidrs)
+                .map_err(|error| ConfigError::Cidr {
+                    path: crate::store::cloud_state::path(&config.state_dir),
+                    error,
+                })?;
+        }
+    }
     for warning in &host.warnings {
         tracing::warn!("{}: {warning}", config.cidr_file.display());
     }

@@ -30,7 +30,9 @@ pub async fn start(
     let config = Arc::clone(&ctx.config);
     let store = {
         let config = Arc::clone(&config);
-        tokio::task::spawn_blocking(move || Store::open(&config.cidr_file, &config.state_dir))
+        tokio::task::spawn_blocking(move || {
+            Store::open_with(&config.cidr_file, &config.state_dir, config.cloud.is_some())
+        })
             .await
             .map_err(|e| failed("CIDR store", e))?
             .map_err(|e| failed("CIDR store", e))?
@@ -60,6 +62,18 @@ pub async fn start(
     );
     // An edit made between opening the store and starting the watch is picked up here.
     let _ = store.reload_from_disk().await;
+
+    if let Some(cloud) = &config.cloud {
+        subsystems.spawn(
+            "cloud refresh",
+            super::cloud_refresh::run(
+                Arc::clone(&store),
+                cloud.clone(),
+                config.allow_everyone,
+                ctx.shutdown.clone(),
+            ),
+        );
+    }
 
     let view: Arc<dyn AgentView> = Arc::new(AgentHandle {
         config: Arc::clone(&config),

@@ -1,6 +1,6 @@
-//! `serve-guard cidr list|add|remove|replace`: the VPC allow-list, through the running agent's
-//! control socket, or straight on the file (same validation, same atomic write, same lock) when
-//! no agent runs.
+//! `serve-guard cidr list|add|remove|replace|discover`: the VPC allow-list, through the running
+//! agent's control socket, or straight on the file (same validation, same atomic write, same
+//! lock) when no agent runs. `discover` asks the cloud and changes nothing.
 
 use super::output::{self, outln};
 use crate::config::{Config, Overrides};
@@ -71,6 +71,16 @@ enum Verb {
         #[command(flatten)]
         report: Report,
     },
+    /// Ask the cloud for the VPC's ranges and show how they differ from the list in force;
+    /// changes nothing. Works with no agent running and without `[cloud]` in the config.
+    Discover {
+        /// Ask this cloud (aws, gcp, azure) instead of `[cloud] provider` (default: detect).
+        #[arg(long, value_name = "PROVIDER")]
+        provider: Option<crate::config::cloud::Provider>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the whole list with a CIDR file (one CIDR per line, `#` comments; `-` = stdin).
     Replace {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -91,6 +101,9 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
     let client = Client::new(&config.control_socket);
     let (request, change, guard, source, report) = match args.verb {
         Verb::List { json } => return list(&config, &client, json).await,
+        Verb::Discover { provider, json } => {
+            return discover(&config, &client, provider, json).await;
+        }
         Verb::Add {
             cidrs,
             if_revision,
@@ -318,14 +331,20 @@ fn join(nets: &[ipnet::IpNet], all: bool) -> String {
     format!("{}: {text}", nets.len())
 }
 
+/// The list in force: the agent's, or the files' when no agent runs (`live` false).
+async fn in_force(config: &Config, client: &Client) -> Result<(Listing, bool)> {
+    match client.get::<Listing>(routes::CIDRS).await {
+        Ok(listing) => Ok((listing, true)),
+        Err(ClientError::NotRunning { .. }) => Ok((
+            Store::peek(&config.cidr_file, &config.state_dir, config.cloud.is_some())?,
+            false,
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn list(config: &Config, client: &Client, json: bool) -> Result<()> {
-    let (listing, live) = match client.get::<Listing>(routes::CIDRS).await {
-        Ok(listing) => (listing, true),
-        Err(ClientError::NotRunning { .. }) => {
-            (Store::peek(&config.cidr_file, &config.state_dir)?, false)
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (listing, live) = in_force(config, client).await?;
     if json {
         return output::json(&listing);
     }
@@ -340,8 +359,86 @@ async fn list(config: &Config, client: &Client, json: bool) -> Result<()> {
             " (from the file; no agent is running)"
         }
     );
+    let Some(cloud) = &listing.cloud else {
+        for net in &listing.cidrs {
+            outln!("{net}");
+        }
+        return Ok(());
+    };
+    outln!("{}", super::status::describe_cloud(&cloud.status, cloud.cidrs.len()));
+    let file: std::collections::BTreeSet<_> = listing.file.iter().flatten().collect();
+    let from_cloud: std::collections::BTreeSet<_> = cloud.cidrs.iter().collect();
+    let provider = cloud.status.provider.map_or("cloud", |p| p.name());
     for net in &listing.cidrs {
-        outln!("{net}");
+        let sources: Vec<&str> = [
+            file.contains(net).then_some("file"),
+            from_cloud.contains(net).then_some(provider),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        outln!("{net:<43} {}", sources.join(", "));
+    }
+    Ok(())
+}
+
+/// What `cidr discover --json` prints.
+#[derive(serde::Serialize)]
+struct DiscoverReport<'a> {
+    discovery: &'a crate::cloud::Discovery,
+    /// Ranges the cloud gives that the list in force lacks.
+    missing: Vec<ipnet::IpNet>,
+    /// The cloud's ranges in force that the cloud no longer gives.
+    gone: Vec<ipnet::IpNet>,
+    /// Whether `[cloud]` is on: only then does the agent apply what the cloud says.
+    cloud_enabled: bool,
+}
+
+async fn discover(
+    config: &Config,
+    client: &Client,
+    provider: Option<crate::config::cloud::Provider>,
+    json: bool,
+) -> Result<()> {
+    let cloud = config.cloud.clone().unwrap_or_default();
+    let discovery = crate::cloud::discover(&cloud, provider).await?;
+    let (listing, live) = in_force(config, client).await?;
+    let in_force: std::collections::BTreeSet<_> = listing.cidrs.iter().copied().collect();
+    let given = discovery.list();
+    let report = DiscoverReport {
+        discovery: &discovery,
+        missing: given.iter().filter(|n| !in_force.contains(n)).collect(),
+        gone: listing
+            .cloud
+            .iter()
+            .flat_map(|c| &c.cidrs)
+            .filter(|n| !given.contains(n))
+            .copied()
+            .collect(),
+        cloud_enabled: config.cloud.is_some(),
+    };
+    if json {
+        return output::json(&report);
+    }
+    outln!(
+        "{} says the VPC has {} range(s); the list in force ({}) has {} CIDR(s). Nothing was changed.",
+        discovery.provider,
+        discovery.ranges.len(),
+        if live { "the agent's" } else { "from the files; no agent is running" },
+        listing.cidrs.len()
+    );
+    for range in &discovery.ranges {
+        let mark = if in_force.contains(&range.net) { ' ' } else { '+' };
+        outln!("{mark} {:<43} {}", range.net.to_string(), range.origin);
+    }
+    for net in &report.gone {
+        outln!("- {net:<43} in force from an earlier answer, no longer given");
+    }
+    for warning in &discovery.warnings {
+        outln!("warning: {warning}");
+    }
+    if !report.cloud_enabled {
+        outln!("[cloud] is not in the config: the agent does not use these ranges (see docs/operations.md)");
     }
     Ok(())
 }

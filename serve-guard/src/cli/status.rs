@@ -53,7 +53,7 @@ pub async fn exec(config: &Path, args: Args) -> Result<()> {
 
 /// What can be known without the agent: the config, the CIDR file, the pins.
 fn offline(config: &Config) -> Result<StatusReport> {
-    let listing = Store::peek(&config.cidr_file, &config.state_dir)?;
+    let listing = Store::peek(&config.cidr_file, &config.state_dir, config.cloud.is_some())?;
     let public = match config.mode {
         Mode::Public => Some(public_status_offline(
             &config.public.clone().unwrap_or_default(),
@@ -81,6 +81,9 @@ fn offline(config: &Config) -> Result<StatusReport> {
             revision: listing.revision,
             ipv4: listing.ipv4,
             ipv6: listing.ipv6,
+            from_file: listing.file.as_ref().map_or(listing.cidrs.len(), Vec::len),
+            from_cloud: listing.cloud.as_ref().map_or(0, |c| c.cidrs.len()),
+            cloud: listing.cloud.map(|c| c.status),
         },
         filter: pinned_filter(config),
         public,
@@ -208,6 +211,9 @@ fn print_report(r: &StatusReport) {
         r.cidrs.ipv6,
         r.cidrs.file
     );
+    if let Some(cloud) = &r.cidrs.cloud {
+        outln!("cloud:       {}", describe_cloud(cloud, r.cidrs.from_cloud));
+    }
     outln!(
         "audit:       {}",
         if f.audit {
@@ -251,6 +257,34 @@ fn print_report(r: &StatusReport) {
             outln!("warning:     {warning}");
         }
     }
+}
+
+/// One line on the cloud's part of the list: provider, age of the answer in force, errors.
+pub(super) fn describe_cloud(cloud: &crate::store::CloudStatus, ranges: usize) -> String {
+    let now = crate::store::unix_now();
+    let mut out = match (cloud.provider, cloud.age_secs(now)) {
+        (Some(p), Some(age)) => format!("{p}: {ranges} range(s), answer {} old", uptime(age)),
+        _ => "no answer from the cloud yet".to_owned(),
+    };
+    if cloud.refresh_interval_secs > 0 {
+        out.push_str(&format!(", refreshed every {}", uptime(cloud.refresh_interval_secs)));
+    }
+    if let Some(error) = &cloud.last_error {
+        let ago = cloud
+            .last_attempt_unix
+            .map(|t| uptime(now.saturating_sub(t)))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "; the last refresh ({ago} ago) failed, the last good list stays: {error}"
+        ));
+    }
+    if cloud.errors > 0 {
+        out.push_str(&format!("; {} failed refresh(es) since start", cloud.errors));
+    }
+    for warning in &cloud.warnings {
+        out.push_str(&format!("; warning: {warning}"));
+    }
+    out
 }
 
 fn uptime(seconds: u64) -> String {

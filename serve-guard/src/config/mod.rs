@@ -10,6 +10,8 @@
 //!
 //! The config may carry public-mode settings, so it is never Debug-printed whole into logs.
 
+pub mod cloud;
+
 use crate::cidr::{CidrError, CidrList, Normalised};
 use crate::ports::{Guard, PortError, PortList, PortPolicy, PortSpec};
 use serde::Deserialize;
@@ -114,6 +116,8 @@ pub enum ConfigError {
     Cidr { path: PathBuf, error: CidrError },
     #[error(transparent)]
     Public(#[from] PublicConfigError),
+    #[error(transparent)]
+    Cloud(#[from] cloud::CloudConfigError),
 }
 
 /// `private`: XDP keeps the Serve ports to the VPC. `public`: the token proxy fronts Serve.
@@ -296,6 +300,7 @@ struct FileConfig {
     max_cidrs: Option<i64>,
     metrics: Option<MetricsConfig>,
     public: Option<PublicConfig>,
+    cloud: Option<cloud::CloudConfig>,
 }
 
 /// Command-line overrides for the scalar keys (`serve-guard run --mode ...`). A non-empty list
@@ -348,6 +353,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The `[public]` table, if present (public mode uses its defaults when absent).
     pub public: Option<PublicConfig>,
+    /// The `[cloud]` table: when present, the allow-list is the cloud's ranges and the file's.
+    pub cloud: Option<cloud::CloudConfig>,
 }
 
 /// Debug without the `[public]` table, which may name secrets.
@@ -371,6 +378,7 @@ impl fmt::Debug for Config {
             .field("max_cidrs", &self.max_cidrs)
             .field("metrics", &self.metrics)
             .field("public", &self.public.as_ref().map(|_| "<set>"))
+            .field("cloud", &self.cloud)
             .finish()
     }
 }
@@ -491,6 +499,13 @@ impl Config {
             max_cidrs: validate_max_cidrs(file.max_cidrs)?,
             metrics,
             public,
+            cloud: match file.cloud {
+                Some(cloud) => {
+                    cloud.validate()?;
+                    Some(cloud)
+                }
+                None => None,
+            },
         })
     }
 
@@ -534,9 +549,15 @@ impl Config {
         })
     }
 
-    /// Reads and validates the CIDR file.
+    /// Reads and validates the CIDR file. With `[cloud]`, a missing file is an empty list: the
+    /// cloud gives the VPC's ranges and the file only adds what the cloud cannot know.
     pub fn read_cidr_file(&self) -> Result<(CidrList, Vec<Normalised>), ConfigError> {
-        read_cidr_file(&self.cidr_file)
+        match read_cidr_file(&self.cidr_file) {
+            Err(ConfigError::MissingCidrFile { .. }) if self.cloud.is_some() => {
+                Ok((CidrList::default(), Vec::new()))
+            }
+            other => other,
+        }
     }
 }
 

@@ -74,6 +74,13 @@ pub struct CidrSummary {
     pub revision: u64,
     pub ipv4: usize,
     pub ipv6: usize,
+    /// With `[cloud]`: entries from the file and from the cloud, and the cloud's refresh.
+    #[serde(default)]
+    pub from_file: usize,
+    #[serde(default)]
+    pub from_cloud: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<crate::store::CloudStatus>,
 }
 
 /// Answer of `GET /v1/status`, and what `status` prints without an agent (then `agent` is `None`

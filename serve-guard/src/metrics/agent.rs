@@ -112,6 +112,10 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
         errors,
     );
 
+    if let Some(cloud) = state.store.cloud_status() {
+        register_cloud(registry, &cloud, &listing);
+    }
+
     let ready = Gauge::<i64>::default();
     ready.set(i64::from((state.ready)()));
     registry.register(
@@ -188,4 +192,60 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
             mode: state.view.mode().name().to_owned(),
         }),
     );
+}
+
+/// `[cloud]`: where the entries come from, how old the cloud's answer is, how its refresh goes.
+fn register_cloud(
+    registry: &mut Registry,
+    cloud: &crate::store::CloudStatus,
+    listing: &crate::store::Summary,
+) {
+    let gauge = |value: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+        g
+    };
+    let by_source = Family::<SourceLabel, Gauge>::default();
+    for (source, count) in [("file", listing.from_file), ("cloud", listing.from_cloud)] {
+        by_source
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "cidrs_by_source",
+        "Entries of the allow-list by where they come from (an entry in both counts in both)",
+        by_source,
+    );
+    let now = crate::store::unix_now();
+    registry.register(
+        "cloud_answer_timestamp_seconds",
+        "Unix time of the cloud's answer in force (0: the cloud never answered on this node)",
+        gauge(cloud.fetched_unix.unwrap_or(0)),
+    );
+    if let Some(age) = cloud.age_secs(now) {
+        registry.register(
+            "cloud_answer_age_seconds",
+            "Age of the cloud's answer in force: grows while refreshes fail",
+            gauge(age),
+        );
+    }
+    registry.register(
+        "cloud_refresh_ok",
+        "1 when the last refresh from the cloud succeeded, 0 when it failed (the last good list stays)",
+        gauge(u64::from(cloud.last_error.is_none() && cloud.fetched_unix.is_some())),
+    );
+    let errors = Counter::<u64>::default();
+    errors.inc_by(cloud.errors);
+    registry.register(
+        "cloud_refresh_errors",
+        "Refreshes from the cloud that failed or were refused since the agent started",
+        errors,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
 }
