@@ -70,6 +70,8 @@ pub struct AgentConfig {
     cidrs: Vec<String>,
     /// Extra environment of the agent process (e.g. `NOTIFY_SOCKET`).
     env: Vec<(String, String)>,
+    /// Extra environment of the agent and of its CLI verbs (e.g. `SSL_CERT_FILE`).
+    shared_env: Vec<(String, String)>,
 }
 
 impl AgentConfig {
@@ -98,6 +100,7 @@ impl AgentConfig {
             table,
             cidrs: Vec::new(),
             env: Vec::new(),
+            shared_env: Vec::new(),
         }
     }
 
@@ -154,6 +157,12 @@ impl AgentConfig {
     /// An environment variable of the agent process (not of the CLI verbs).
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// An environment variable of the agent process and of the CLI verbs run through it.
+    pub fn env_all(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.shared_env.push((key.to_owned(), value.into()));
         self
     }
 
@@ -323,6 +332,7 @@ impl Agent {
             // The log is read by tests and people, not a terminal.
             .env("NO_COLOR", "1")
             .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.cfg.shared_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -503,12 +513,19 @@ impl Agent {
 
     /// `serve-guard <args> -c <config>` in the agent's namespace, bounded by [`limits::CLI`].
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        run_cli(&self.ns, &self.bin, &self.files.config, args, None)
+        run_cli(&self.ns, &self.bin, &self.files.config, args, None, &self.cfg.shared_env)
     }
 
     /// Like [`Agent::cli`] with `stdin` fed to the command (e.g. `cidr replace -f -`).
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<Output> {
-        run_cli(&self.ns, &self.bin, &self.files.config, args, Some(stdin))
+        run_cli(
+            &self.ns,
+            &self.bin,
+            &self.files.config,
+            args,
+            Some(stdin),
+            &self.cfg.shared_env,
+        )
     }
 
     /// The counters as `serve-guard stats --json` reports them.
@@ -574,8 +591,10 @@ fn run_cli(
     config: &Path,
     args: &[&str],
     stdin: Option<&[u8]>,
+    env: &[(String, String)],
 ) -> Result<Output> {
     let mut cmd = ns.command(bin);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args(args)
         .arg("-c")
         .arg(config)

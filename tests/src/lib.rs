@@ -12,6 +12,7 @@
 //! - [`sweep`]: every listening port of a node (from its socket table) probed from a client.
 //! - [`ray`]: real Ray Serve from the pinned venv: a Serve app, a whole Ray head node.
 //! - [`agent`]: the `serve-guard` process under test with its own config, pins and state.
+//! - [`metadata`]: the clouds' metadata services and APIs (AWS, GCP, Azure) in a namespace.
 //! - [`metrics`]: reading samples out of a Prometheus scrape.
 //! - [`rootfs`]: a fresh Debian root filesystem (cached debootstrap + overlay) for chroot tests.
 //! - [`rng`]: the seeded SplitMix64 generator of the fuzzers and the benchmark.
@@ -28,6 +29,7 @@ pub mod frames;
     reason = "the scenario's sockets: socket(2), bind(2), connect(2), setsockopt(2)"
 )]
 pub mod fuzz;
+pub mod metadata;
 pub mod metrics;
 #[allow(unsafe_code, reason = "setns(2)")]
 pub mod netns;

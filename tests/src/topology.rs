@@ -120,7 +120,13 @@ impl Topology {
     /// A second server namespace on the bridge ([`SERVER2_V4`], [`SERVER2_V6`]): another node of
     /// the same cluster, reached by the same clients. Inside the VPC ranges, like the first.
     pub fn add_server(&self) -> Result<Host> {
-        let host = attach(&self.bridge, "s2", SERVER2_V4, SERVER2_V6)?;
+        self.add_client("s2", SERVER2_V4, SERVER2_V6)
+    }
+
+    /// Another client on the bridge, with addresses of the test's choosing (inside the
+    /// bridge's subnets, [`PREFIX_V4`] and [`PREFIX_V6`]).
+    pub fn add_client(&self, role: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<Host> {
+        let host = attach(&self.bridge, role, v4, v6)?;
         crate::wait_for("IPv6 addresses to settle", crate::limits::SETUP, || {
             host.ns.ipv6_settled()
         })?;

@@ -108,8 +108,9 @@ impl FilterMaps {
     /// Makes the allow-lists equal to `list` in one switch per family: every packet is judged by
     /// the whole old list or the whole new one, so a source in both lists is never dropped and
     /// a source in neither is never passed. If the new list does not fit, nothing changes.
+    /// An empty list is applied too: it passes no source (with `[cloud]`, a first start before
+    /// the cloud ever answered); the store refuses to empty the list by an edit.
     pub fn apply_cidrs(&mut self, list: &CidrList) -> Result<ApplyStats, FilterError> {
-        list.validate()?;
         list.check_capacity(self.allow.capacity())?;
         let old = match &self.applied {
             Some(old) => old.clone(),

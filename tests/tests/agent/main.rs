@@ -5,6 +5,7 @@
 #[path = "../cidr_support/mod.rs"]
 mod cidr_support;
 mod cli;
+mod cloud;
 mod control;
 mod lifecycle;
 mod observability;
