@@ -42,8 +42,8 @@
 pub mod admin_http;
 pub mod agent;
 pub mod cidr;
-pub mod cloud;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod control;
 pub mod filter;

@@ -590,10 +590,7 @@ impl Store {
     }
 
     /// The file's list from its text: with `[cloud]` it may hold no CIDR.
-    fn parse_file_text(
-        &self,
-        text: &str,
-    ) -> Result<(CidrList, Vec<cidr::Normalised>), CidrError> {
+    fn parse_file_text(&self, text: &str) -> Result<(CidrList, Vec<cidr::Normalised>), CidrError> {
         if self.cloud {
             CidrList::from_file_text_maybe_empty(text)
         } else {

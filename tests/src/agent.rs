@@ -513,7 +513,14 @@ impl Agent {
 
     /// `serve-guard <args> -c <config>` in the agent's namespace, bounded by [`limits::CLI`].
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        run_cli(&self.ns, &self.bin, &self.files.config, args, None, &self.cfg.shared_env)
+        run_cli(
+            &self.ns,
+            &self.bin,
+            &self.files.config,
+            args,
+            None,
+            &self.cfg.shared_env,
+        )
     }
 
     /// Like [`Agent::cli`] with `stdin` fed to the command (e.g. `cidr replace -f -`).

@@ -123,7 +123,8 @@ impl MetadataServer {
             ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
         }
         let dir = tempfile::tempdir()?;
-        let cert = serve_guard_proxy::test_util::self_signed_cert(dir.path(), &[&API_V4.to_string()])?;
+        let cert =
+            serve_guard_proxy::test_util::self_signed_cert(dir.path(), &[&API_V4.to_string()])?;
         let tls = tls_acceptor(&cert.cert, &cert.key)?;
         let state = Arc::new(Mutex::new(State {
             cloud,
@@ -244,10 +245,14 @@ async fn serve(
             let builder = hyper::server::conn::http1::Builder::new();
             if https {
                 if let Ok(stream) = tls.accept(stream).await {
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 }
             } else {
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             }
         });
     }
@@ -270,7 +275,11 @@ fn json(value: serde_json::Value) -> Answer {
 }
 
 async fn answer(state: &Shared, req: Request<hyper::body::Incoming>, https: bool) -> Answer {
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     let decoded = percent_decode(&target);
     let (failure, cloud) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,7 +287,9 @@ async fn answer(state: &Shared, req: Request<hyper::body::Incoming>, https: bool
         (s.failure, s.cloud.clone())
     };
     match failure {
-        Some(Failure::Error500) => return reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        Some(Failure::Error500) => {
+            return reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
         Some(Failure::Empty) => return reply(StatusCode::OK, ""),
         Some(Failure::Garbage) => return reply(StatusCode::OK, "<html>captive portal</html>"),
         Some(Failure::Throttled) => return reply(StatusCode::TOO_MANY_REQUESTS, "slow down"),
@@ -286,7 +297,12 @@ async fn answer(state: &Shared, req: Request<hyper::body::Incoming>, https: bool
         Some(Failure::Down) | None => {}
     }
     let headers = req.headers();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     if header("x-forwarded-for").is_some() {
         // All three refuse proxied requests (an SSRF defence).
         return reply(StatusCode::FORBIDDEN, "forwarded requests are refused");
@@ -316,7 +332,9 @@ fn aws(
         if method != Method::PUT {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "");
         }
-        return match header("x-aws-ec2-metadata-token-ttl-seconds").and_then(|t| t.parse::<u32>().ok()) {
+        return match header("x-aws-ec2-metadata-token-ttl-seconds")
+            .and_then(|t| t.parse::<u32>().ok())
+        {
             Some(1..=21600) => reply(StatusCode::OK, AWS_TOKEN),
             _ => reply(StatusCode::BAD_REQUEST, "missing or invalid TTL"),
         };
@@ -368,7 +386,10 @@ fn gcp_metadata(cloud: &Cloud, path: &str, header: &dyn Fn(&str) -> Option<Strin
         unreachable!()
     };
     if header("metadata-flavor").as_deref() != Some("Google") {
-        return google(reply(StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header."));
+        return google(reply(
+            StatusCode::FORBIDDEN,
+            "Missing Metadata-Flavor:Google header.",
+        ));
     }
     google(match path {
         "/computeMetadata/v1/instance/id" => reply(StatusCode::OK, "4520031799277581759"),
@@ -376,9 +397,9 @@ fn gcp_metadata(cloud: &Cloud, path: &str, header: &dyn Fn(&str) -> Option<Strin
             "ip": ip, "subnetmask": mask, "network": network, "ipAliases": [],
             "gateway": "198.18.0.1", "mac": "42:01:0a:80:00:02"
         }])),
-        "/computeMetadata/v1/instance/service-accounts/default/token" if *service_account => {
-            json(serde_json::json!({"access_token": GCP_TOKEN, "expires_in": 3599, "token_type": "Bearer"}))
-        }
+        "/computeMetadata/v1/instance/service-accounts/default/token" if *service_account => json(
+            serde_json::json!({"access_token": GCP_TOKEN, "expires_in": 3599, "token_type": "Bearer"}),
+        ),
         _ => reply(StatusCode::NOT_FOUND, "not found"),
     })
 }
@@ -399,7 +420,10 @@ fn gcp_api(
         unreachable!()
     };
     if header("authorization") != Some(format!("Bearer {GCP_TOKEN}")) {
-        return reply(StatusCode::UNAUTHORIZED, r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#);
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#,
+        );
     }
     let project = network.split('/').nth(1).unwrap_or_default();
     if path != format!("/compute/v1/projects/{project}/aggregated/subnetworks") {
@@ -463,14 +487,23 @@ fn azure_imds(
     query: &BTreeMap<String, String>,
     header: &dyn Fn(&str) -> Option<String>,
 ) -> Answer {
-    let Cloud::Azure { subnet, identity, .. } = cloud else {
+    let Cloud::Azure {
+        subnet, identity, ..
+    } = cloud
+    else {
         unreachable!()
     };
     if header("metadata").as_deref() != Some("true") {
-        return reply(StatusCode::BAD_REQUEST, r#"{"error":"Bad request. Required metadata header not specified"}"#);
+        return reply(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"Bad request. Required metadata header not specified"}"#,
+        );
     }
     if !query.contains_key("api-version") {
-        return reply(StatusCode::BAD_REQUEST, r#"{"error":"Bad request. api-version was not specified"}"#);
+        return reply(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"Bad request. api-version was not specified"}"#,
+        );
     }
     match path {
         "/metadata/instance" => json(serde_json::json!({
@@ -479,12 +512,19 @@ fn azure_imds(
         })),
         "/metadata/identity/oauth2/token" => {
             if !identity {
-                return reply(StatusCode::BAD_REQUEST, r#"{"error":"invalid_request","error_description":"Identity not found"}"#);
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+                );
             }
-            if query.get("resource").map(String::as_str) != Some(&format!("{}/", MetadataServer::api_endpoint())) {
+            if query.get("resource").map(String::as_str)
+                != Some(&format!("{}/", MetadataServer::api_endpoint()))
+            {
                 return reply(StatusCode::BAD_REQUEST, r#"{"error":"invalid_resource"}"#);
             }
-            json(serde_json::json!({"access_token": AZURE_TOKEN, "token_type": "Bearer", "expires_in": "86399"}))
+            json(
+                serde_json::json!({"access_token": AZURE_TOKEN, "token_type": "Bearer", "expires_in": "86399"}),
+            )
         }
         _ => reply(StatusCode::NOT_FOUND, ""),
     }
@@ -505,27 +545,48 @@ fn azure_arm(
         unreachable!()
     };
     if !query.contains_key("api-version") {
-        return reply(StatusCode::BAD_REQUEST, r#"{"error":{"code":"MissingApiVersionParameter"}}"#);
+        return reply(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":{"code":"MissingApiVersionParameter"}}"#,
+        );
     }
     if header("authorization") != Some(format!("Bearer {AZURE_TOKEN}")) {
-        return reply(StatusCode::UNAUTHORIZED, r#"{"error":{"code":"AuthenticationFailed"}}"#);
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":"AuthenticationFailed"}}"#,
+        );
     }
     if !may_read {
-        return reply(StatusCode::FORBIDDEN, r#"{"error":{"code":"AuthorizationFailed","message":"does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read'"}}"#);
+        return reply(
+            StatusCode::FORBIDDEN,
+            r#"{"error":{"code":"AuthorizationFailed","message":"does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read'"}}"#,
+        );
     }
     let group = format!("/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/{AZURE_GROUP}");
     let nic = format!("{group}/providers/Microsoft.Network/networkInterfaces/{AZURE_VM}-nic");
     let vnet = format!("{group}/providers/Microsoft.Network/virtualNetworks/ray-vnet");
     // Resource ids are case-insensitive in ARM.
     let path = path.to_ascii_lowercase();
-    if path == format!("{group}/providers/Microsoft.Compute/virtualMachines/{AZURE_VM}").to_ascii_lowercase() {
-        json(serde_json::json!({"properties": {"networkProfile": {"networkInterfaces": [{"id": nic}]}}}))
+    if path
+        == format!("{group}/providers/Microsoft.Compute/virtualMachines/{AZURE_VM}")
+            .to_ascii_lowercase()
+    {
+        json(
+            serde_json::json!({"properties": {"networkProfile": {"networkInterfaces": [{"id": nic}]}}}),
+        )
     } else if path == nic.to_ascii_lowercase() {
-        json(serde_json::json!({"properties": {"ipConfigurations": [{"properties": {"subnet": {"id": format!("{vnet}/subnets/default")}}}]}}))
+        json(
+            serde_json::json!({"properties": {"ipConfigurations": [{"properties": {"subnet": {"id": format!("{vnet}/subnets/default")}}}]}}),
+        )
     } else if path == vnet.to_ascii_lowercase() {
-        json(serde_json::json!({"properties": {"addressSpace": {"addressPrefixes": address_space}}}))
+        json(
+            serde_json::json!({"properties": {"addressSpace": {"addressPrefixes": address_space}}}),
+        )
     } else {
-        reply(StatusCode::NOT_FOUND, r#"{"error":{"code":"ResourceNotFound"}}"#)
+        reply(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"code":"ResourceNotFound"}}"#,
+        )
     }
 }
 

@@ -45,7 +45,9 @@ pub async fn run(
             }
             Err(e) => {
                 store.record_cloud_error(&e.to_string());
-                tracing::warn!("asking the cloud for the VPC's ranges failed, the last good list stays: {e}");
+                tracing::warn!(
+                    "asking the cloud for the VPC's ranges failed, the last good list stays: {e}"
+                );
             }
         }
     }

@@ -33,9 +33,9 @@ pub async fn start(
         tokio::task::spawn_blocking(move || {
             Store::open_with(&config.cidr_file, &config.state_dir, config.cloud.is_some())
         })
-            .await
-            .map_err(|e| failed("CIDR store", e))?
-            .map_err(|e| failed("CIDR store", e))?
+        .await
+        .map_err(|e| failed("CIDR store", e))?
+        .map_err(|e| failed("CIDR store", e))?
     };
     let store = Arc::new(store);
     store.set_file_allows_everyone(config.allow_everyone);

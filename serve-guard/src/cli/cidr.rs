@@ -365,7 +365,10 @@ async fn list(config: &Config, client: &Client, json: bool) -> Result<()> {
         }
         return Ok(());
     };
-    outln!("{}", super::status::describe_cloud(&cloud.status, cloud.cidrs.len()));
+    outln!(
+        "{}",
+        super::status::describe_cloud(&cloud.status, cloud.cidrs.len())
+    );
     let file: std::collections::BTreeSet<_> = listing.file.iter().flatten().collect();
     let from_cloud: std::collections::BTreeSet<_> = cloud.cidrs.iter().collect();
     let provider = cloud.status.provider.map_or("cloud", |p| p.name());
@@ -424,11 +427,19 @@ async fn discover(
         "{} says the VPC has {} range(s); the list in force ({}) has {} CIDR(s). Nothing was changed.",
         discovery.provider,
         discovery.ranges.len(),
-        if live { "the agent's" } else { "from the files; no agent is running" },
+        if live {
+            "the agent's"
+        } else {
+            "from the files; no agent is running"
+        },
         listing.cidrs.len()
     );
     for range in &discovery.ranges {
-        let mark = if in_force.contains(&range.net) { ' ' } else { '+' };
+        let mark = if in_force.contains(&range.net) {
+            ' '
+        } else {
+            '+'
+        };
         outln!("{mark} {:<43} {}", range.net.to_string(), range.origin);
     }
     for net in &report.gone {
@@ -438,7 +449,9 @@ async fn discover(
         outln!("warning: {warning}");
     }
     if !report.cloud_enabled {
-        outln!("[cloud] is not in the config: the agent does not use these ranges (see docs/operations.md)");
+        outln!(
+            "[cloud] is not in the config: the agent does not use these ranges (see docs/operations.md)"
+        );
     }
     Ok(())
 }

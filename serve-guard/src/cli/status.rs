@@ -267,7 +267,10 @@ pub(super) fn describe_cloud(cloud: &crate::store::CloudStatus, ranges: usize) -
         _ => "no answer from the cloud yet".to_owned(),
     };
     if cloud.refresh_interval_secs > 0 {
-        out.push_str(&format!(", refreshed every {}", uptime(cloud.refresh_interval_secs)));
+        out.push_str(&format!(
+            ", refreshed every {}",
+            uptime(cloud.refresh_interval_secs)
+        ));
     }
     if let Some(error) = &cloud.last_error {
         let ago = cloud
@@ -279,7 +282,10 @@ pub(super) fn describe_cloud(cloud: &crate::store::CloudStatus, ranges: usize) -
         ));
     }
     if cloud.errors > 0 {
-        out.push_str(&format!("; {} failed refresh(es) since start", cloud.errors));
+        out.push_str(&format!(
+            "; {} failed refresh(es) since start",
+            cloud.errors
+        ));
     }
     for warning in &cloud.warnings {
         out.push_str(&format!("; warning: {warning}"));

@@ -69,7 +69,10 @@ pub async fn discover(client: &Client) -> Result<Discovery, CloudError> {
                 reason: format!("`{}`", super::excerpt(mac)),
             });
         }
-        for (key, required) in [("vpc-ipv4-cidr-blocks", true), ("vpc-ipv6-cidr-blocks", false)] {
+        for (key, required) in [
+            ("vpc-ipv4-cidr-blocks", true),
+            ("vpc-ipv6-cidr-blocks", false),
+        ] {
             let url = url(&format!("meta-data/network/interfaces/macs/{mac}/{key}"));
             let answer = client
                 .get(&url, &headers)

@@ -144,7 +144,8 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
         "http://{METADATA_HOST}/metadata/identity/oauth2/token?api-version={IMDS_TOKEN_API}&resource={}",
         super::encode_component(&format!("{arm}/"))
     );
-    let token = match get_json::<Token>(P, client, &token_url, &[METADATA], "an access token").await {
+    let token = match get_json::<Token>(P, client, &token_url, &[METADATA], "an access token").await
+    {
         Ok(t) => t.access_token,
         // IMDS answers 400 "Identity not found" when the VM has no managed identity.
         Err(CloudError::Status {
@@ -239,7 +240,10 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
             };
         let name = vnet.rsplit('/').next().unwrap_or(vnet);
         for prefix in &got.properties.address_space.address_prefixes {
-            ranges.add(prefix, format_args!("address space of virtual network {name}"))?;
+            ranges.add(
+                prefix,
+                format_args!("address space of virtual network {name}"),
+            )?;
         }
     }
     Ok(ranges.finish(Vec::new()))

@@ -118,13 +118,17 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
     let mut ranges = Ranges::new(P);
     let mut networks = Vec::new();
     for (i, nic) in interfaces.iter().enumerate() {
-        let subnet = subnet_of(&nic.ip, &nic.subnetmask).ok_or_else(|| CloudError::InvalidEntry {
-            provider: P,
-            origin: format!("network-interfaces/{i} ip and subnetmask"),
-            entry: format!("{} {}", nic.ip, nic.subnetmask),
-            reason: "not an IPv4 address and a contiguous mask".into(),
-        })?;
-        ranges.add(&subnet, format_args!("the subnet of network-interfaces/{i}"))?;
+        let subnet =
+            subnet_of(&nic.ip, &nic.subnetmask).ok_or_else(|| CloudError::InvalidEntry {
+                provider: P,
+                origin: format!("network-interfaces/{i} ip and subnetmask"),
+                entry: format!("{} {}", nic.ip, nic.subnetmask),
+                reason: "not an IPv4 address and a contiguous mask".into(),
+            })?;
+        ranges.add(
+            &subnet,
+            format_args!("the subnet of network-interfaces/{i}"),
+        )?;
         for alias in &nic.ip_aliases {
             ranges.add(alias, format_args!("ip-aliases of network-interfaces/{i}"))?;
         }
@@ -151,12 +155,12 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
         }
         Err(e) => return Err(e),
     };
-    let api = Client::new(config.request_timeout).with_tls().map_err(|source| {
-        CloudError::Http {
+    let api = Client::new(config.request_timeout)
+        .with_tls()
+        .map_err(|source| CloudError::Http {
             provider: P,
             source,
-        }
-    })?;
+        })?;
     let bearer = format!("Bearer {token}");
     for (project, name) in &networks {
         let filter = encode_component(&format!("network eq \".*/networks/{name}\""));
@@ -214,7 +218,10 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
                         ranges.add(r, &at)?;
                     }
                     for s in &subnet.secondary_ip_ranges {
-                        ranges.add(&s.ip_cidr_range, format_args!("{at}, secondary range {}", s.range_name))?;
+                        ranges.add(
+                            &s.ip_cidr_range,
+                            format_args!("{at}, secondary range {}", s.range_name),
+                        )?;
                     }
                     for (kind, prefix) in [
                         ("internal IPv6", &subnet.internal_ipv6_prefix),
@@ -260,7 +267,10 @@ mod tests {
 
     #[test]
     fn subnet_from_address_and_mask() {
-        assert_eq!(subnet_of("10.128.0.2", "255.255.240.0").as_deref(), Some("10.128.0.0/20"));
+        assert_eq!(
+            subnet_of("10.128.0.2", "255.255.240.0").as_deref(),
+            Some("10.128.0.0/20")
+        );
         assert_eq!(subnet_of("10.128.0.2", "255.0.255.0"), None);
         assert_eq!(subnet_of("x", "255.0.0.0"), None);
         assert_eq!(

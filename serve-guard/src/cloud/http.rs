@@ -131,17 +131,16 @@ impl Client {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         // `[v6]` in a URL, a bare address to connect to.
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let stream = TcpStream::connect((bare, port))
-            .await
-            .map_err(|source| HttpError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
-        let mut request = http::Request::builder().method(method).uri(
-            uri.path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-        );
+        let stream =
+            TcpStream::connect((bare, port))
+                .await
+                .map_err(|source| HttpError::Connect {
+                    url: url.to_owned(),
+                    source,
+                })?;
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()).to_owned());
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
         request = request.header(http::header::HOST, authority);
         for (name, value) in headers {

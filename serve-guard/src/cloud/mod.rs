@@ -50,7 +50,9 @@ pub enum CloudError {
         expected: &'static str,
         reason: String,
     },
-    #[error("{provider}: `{entry}` ({origin}) is not a network range: {reason}; the whole answer is refused")]
+    #[error(
+        "{provider}: `{entry}` ({origin}) is not a network range: {reason}; the whole answer is refused"
+    )]
     InvalidEntry {
         provider: Provider,
         origin: String,
@@ -62,7 +64,10 @@ pub enum CloudError {
     #[error(
         "aws: the IMDSv2 token request (PUT {url}) got no answer: {source}. In a container, the answer needs one more hop than the instance's default hop limit of 1: run with the host's network (hostNetwork: true) or raise it (aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2)"
     )]
-    ImdsToken { url: String, source: http::HttpError },
+    ImdsToken {
+        url: String,
+        source: http::HttpError,
+    },
     #[error(
         "no cloud metadata service answered as AWS, GCP or Azure documents it ({0}); set [cloud] provider to the cloud this node runs in, or remove [cloud]"
     )]
@@ -160,7 +165,7 @@ pub async fn discover(
     config: &CloudConfig,
     provider: Option<Provider>,
 ) -> Result<Discovery, CloudError> {
-    let provider = match provider.or(config.provider.pinned()) {
+    let provider = match provider.or_else(|| config.provider.pinned()) {
         Some(p) => p,
         None => detect(config).await?,
     };
@@ -177,12 +182,20 @@ pub async fn discover(
 /// `Metadata: true`). Exactly one must answer.
 pub async fn detect(config: &CloudConfig) -> Result<Provider, CloudError> {
     let client = http::Client::new(config.request_timeout);
-    let (a, g, z) = tokio::join!(aws::probe(&client), gcp::probe(&client), azure::probe(&client));
-    let found: Vec<Provider> = [(Provider::Aws, &a), (Provider::Gcp, &g), (Provider::Azure, &z)]
-        .into_iter()
-        .filter(|(_, r)| r.is_ok())
-        .map(|(p, _)| p)
-        .collect();
+    let (a, g, z) = tokio::join!(
+        aws::probe(&client),
+        gcp::probe(&client),
+        azure::probe(&client)
+    );
+    let found: Vec<Provider> = [
+        (Provider::Aws, &a),
+        (Provider::Gcp, &g),
+        (Provider::Azure, &z),
+    ]
+    .into_iter()
+    .filter(|(_, r)| r.is_ok())
+    .map(|(p, _)| p)
+    .collect();
     match found.as_slice() {
         [one] => Ok(*one),
         [] => Err(CloudError::NotDetected(
@@ -275,7 +288,12 @@ fn encode_component(text: &str) -> String {
 
 /// A name the cloud gave that goes into a URL path: only what the cloud's naming rules allow,
 /// so a hostile answer cannot steer the request (and its token) elsewhere.
-fn path_safe(provider: Provider, url: &str, what: &'static str, name: &str) -> Result<(), CloudError> {
+fn path_safe(
+    provider: Provider,
+    url: &str,
+    what: &'static str,
+    name: &str,
+) -> Result<(), CloudError> {
     let ok = !name.is_empty()
         && name.len() <= 256
         && !name.contains("..")
@@ -304,19 +322,31 @@ mod tests {
         r.add("10.0.0.0/16", "x").unwrap();
         r.add("10.0.0.0/16", "y").unwrap();
         assert_eq!(r.ranges.len(), 1);
-        let e = r.add("10.0.0.1/16", "vpc-ipv4-cidr-blocks").unwrap_err().to_string();
+        let e = r
+            .add("10.0.0.1/16", "vpc-ipv4-cidr-blocks")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("10.0.0.1/16") && e.contains("host bits"), "{e}");
-        let e = r.add("<html>", "vpc-ipv4-cidr-blocks").unwrap_err().to_string();
+        let e = r
+            .add("<html>", "vpc-ipv4-cidr-blocks")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("<html>") && e.contains("whole answer"), "{e}");
     }
 
     #[test]
     fn components_are_encoded_and_names_checked() {
-        assert_eq!(encode_component("network eq \".*/n\""), "network%20eq%20%22.%2A%2Fn%22");
+        assert_eq!(
+            encode_component("network eq \".*/n\""),
+            "network%20eq%20%22.%2A%2Fn%22"
+        );
         assert_eq!(encode_component("test-project"), "test-project");
         assert!(path_safe(Provider::Gcp, "u", "a name", "my-vpc").is_ok());
         for bad in ["", "a/b", "..", "a?b", "a b", "a%2f"] {
-            assert!(path_safe(Provider::Gcp, "u", "a name", bad).is_err(), "{bad}");
+            assert!(
+                path_safe(Provider::Gcp, "u", "a name", bad).is_err(),
+                "{bad}"
+            );
         }
     }
 }

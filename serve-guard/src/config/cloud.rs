@@ -50,7 +50,9 @@ impl fmt::Display for ProviderSetting {
 }
 
 /// A cloud serve-guard knows how to ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Aws,
@@ -128,7 +130,9 @@ pub enum CloudConfigError {
         "[cloud] refresh_interval = {0:?}: must be at least {MIN_REFRESH:?} (the metadata services throttle)"
     )]
     RefreshTooShort(Duration),
-    #[error("[cloud] request_timeout = {0:?}: must be more than 0 and at most {MAX_REQUEST_TIMEOUT:?}")]
+    #[error(
+        "[cloud] request_timeout = {0:?}: must be more than 0 and at most {MAX_REQUEST_TIMEOUT:?}"
+    )]
     Timeout(Duration),
     #[error("[cloud] {key} = `{value}`: {reason}")]
     Endpoint {
@@ -216,7 +220,10 @@ mod tests {
             refresh_interval: Duration::from_millis(10),
             ..CloudConfig::default()
         };
-        assert!(matches!(c.validate(), Err(CloudConfigError::RefreshTooShort(_))));
+        assert!(matches!(
+            c.validate(),
+            Err(CloudConfigError::RefreshTooShort(_))
+        ));
         c.refresh_interval = DEFAULT_REFRESH;
         c.request_timeout = Duration::ZERO;
         assert!(matches!(c.validate(), Err(CloudConfigError::Timeout(_))));

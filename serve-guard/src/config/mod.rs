@@ -552,7 +552,7 @@ impl Config {
     /// Reads and validates the CIDR file. With `[cloud]`, a missing file is an empty list: the
     /// cloud gives the VPC's ranges and the file only adds what the cloud cannot know.
     pub fn read_cidr_file(&self) -> Result<(CidrList, Vec<Normalised>), ConfigError> {
-        match read_cidr_file(&self.cidr_file) {
+        match read_cidr_file_with(&self.cidr_file, self.cloud.is_some()) {
             Err(ConfigError::MissingCidrFile { .. }) if self.cloud.is_some() => {
                 Ok((CidrList::default(), Vec::new()))
             }
@@ -563,6 +563,14 @@ impl Config {
 
 /// Reads and validates a CIDR file (one CIDR per line, `#` comments).
 pub fn read_cidr_file(path: &Path) -> Result<(CidrList, Vec<Normalised>), ConfigError> {
+    read_cidr_file_with(path, false)
+}
+
+/// [`read_cidr_file`]; with `may_be_empty` (`[cloud]`) a file without a CIDR is an empty list.
+fn read_cidr_file_with(
+    path: &Path,
+    may_be_empty: bool,
+) -> Result<(CidrList, Vec<Normalised>), ConfigError> {
     let text = read_limited(path, crate::cidr::MAX_FILE_BYTES).map_err(|e| match e {
         LimitedReadError::Io(error) if error.kind() == std::io::ErrorKind::NotFound => {
             ConfigError::MissingCidrFile {
@@ -578,7 +586,12 @@ pub fn read_cidr_file(path: &Path) -> Result<(CidrList, Vec<Normalised>), Config
             max: crate::cidr::MAX_FILE_BYTES,
         },
     })?;
-    CidrList::from_file_text(&text).map_err(|error| ConfigError::Cidr {
+    let parsed = if may_be_empty {
+        CidrList::from_file_text_maybe_empty(&text)
+    } else {
+        CidrList::from_file_text(&text)
+    };
+    parsed.map_err(|error| ConfigError::Cidr {
         path: path.to_owned(),
         error,
     })
@@ -1168,6 +1181,40 @@ mod tests {
         let e = c.check_host().unwrap_err();
         assert!(matches!(e, ConfigError::MissingCidrFile { .. }), "{e}");
         assert!(e.to_string().contains("vpc-cidrs does not exist"), "{e}");
+    }
+
+    #[test]
+    fn cloud_table_parses_with_defaults_and_bounds() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[cloud]\nprovider = \"gcp\"\nrefresh_interval = \"30s\"\n"
+        ))
+        .unwrap();
+        let cloud = c.cloud.unwrap();
+        assert_eq!(cloud.provider, cloud::ProviderSetting::Gcp);
+        assert_eq!(cloud.refresh_interval, std::time::Duration::from_secs(30));
+        assert_eq!(
+            cloud.gcp_compute_endpoint,
+            cloud::DEFAULT_GCP_COMPUTE_ENDPOINT
+        );
+        assert!(parse(MINIMAL).unwrap().cloud.is_none());
+        for bad in [
+            "[cloud]\nrefresh_interval = \"10ms\"",
+            "[cloud]\nprovider = \"oracle\"",
+            "[cloud]\nazure_resource_manager_endpoint = \"http://management.azure.com\"",
+            "[cloud]\nregion = \"x\"",
+        ] {
+            assert!(parse(&format!("{MINIMAL}\n{bad}\n")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn with_the_cloud_the_cidr_file_may_be_missing_or_empty() {
+        let dir = TempDir::new("cloudcidr");
+        let mut c = config_with_cidrs(&dir, Some("# the cloud gives the VPC\n"), "lo");
+        c.cloud = Some(cloud::CloudConfig::default());
+        assert!(c.check_host().unwrap().cidrs.is_empty());
+        std::fs::remove_file(&c.cidr_file).unwrap();
+        assert!(c.check_host().unwrap().cidrs.is_empty());
     }
 
     #[test]

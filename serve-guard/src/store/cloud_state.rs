@@ -94,7 +94,11 @@ mod tests {
         };
         write(dir.path(), &recorded).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(recorded));
-        std::fs::write(path(dir.path()), "# provider mars\n# fetched 1\n10.0.0.0/8\n").unwrap();
+        std::fs::write(
+            path(dir.path()),
+            "# provider mars\n# fetched 1\n10.0.0.0/8\n",
+        )
+        .unwrap();
         let e = read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("mars"), "{e}");
     }

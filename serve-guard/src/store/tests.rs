@@ -501,3 +501,81 @@ fn an_edit_of_the_file_that_allows_everyone_needs_the_config_key() {
     assert!(check_file_consent(&other.cidr_file(), &other.state_dir(), &list, false).is_err());
     check_file_consent(&other.cidr_file(), &other.state_dir(), &list, true).unwrap();
 }
+
+fn cloud_answer(cidrs: &[&str]) -> CloudAnswer {
+    CloudAnswer {
+        provider: Provider::Aws,
+        list: cidrs.iter().fold(CidrList::default(), |mut l, c| {
+            l.insert(c.parse().unwrap());
+            l
+        }),
+        warnings: Vec::new(),
+    }
+}
+
+#[test]
+fn the_cloud_joins_the_file_and_survives_a_restart() {
+    let dir = TempDir::new();
+    // With [cloud], the CIDR file may be missing: the cloud gives the VPC's ranges.
+    let store = Arc::new(Store::open_with(&dir.cidr_file(), &dir.state_dir(), true).unwrap());
+    assert!(store.list().is_empty());
+    let sink = attach(&store);
+    store
+        .apply_cloud(cloud_answer(&["10.0.0.0/16", "fd00::/56"]), false)
+        .unwrap();
+    assert_eq!(nets(&store.list()), ["10.0.0.0/16", "fd00::/56"]);
+    // A file edit goes into the maps with the cloud's part; the file holds only its own.
+    store
+        .apply_blocking(add(&["192.168.0.0/24"]), None)
+        .unwrap();
+    assert_eq!(
+        nets(sink.blocking_lock().loads.last().unwrap()),
+        ["10.0.0.0/16", "192.168.0.0/24", "fd00::/56"]
+    );
+    assert!(!dir.read().contains("10.0.0.0/16"));
+    let listing = store.listing();
+    assert_eq!(listing.file, Some(vec!["192.168.0.0/24".parse().unwrap()]));
+    assert_eq!(listing.cloud.as_ref().unwrap().cidrs.len(), 2);
+    assert_eq!(store.summary().from_cloud, 2);
+
+    // Empty, or allowing everyone: refused whole, counted, the list stays.
+    let before = store.list();
+    let e = store.apply_cloud(cloud_answer(&[]), false).unwrap_err();
+    assert!(matches!(e, StoreError::EmptyCloudAnswer { .. }), "{e}");
+    let e = store
+        .apply_cloud(cloud_answer(&["10.0.0.0/16", "0.0.0.0/0"]), false)
+        .unwrap_err();
+    assert!(e.to_string().contains("0.0.0.0/0"), "{e}");
+    assert_eq!(store.list(), before);
+    assert_eq!(store.cloud_status().unwrap().errors, 2);
+
+    // A shrinking answer applies; the file's entries stay.
+    let outcome = store
+        .apply_cloud(cloud_answer(&["10.0.0.0/16"]), false)
+        .unwrap();
+    assert_eq!(outcome.removed, vec!["fd00::/56".parse::<IpNet>().unwrap()]);
+    assert_eq!(nets(&store.list()), ["10.0.0.0/16", "192.168.0.0/24"]);
+    let status = store.cloud_status().unwrap();
+    assert!(status.last_error.is_none() && status.provider == Some(Provider::Aws));
+
+    // A restart (the cloud not answering) starts from the persisted answer.
+    drop(store);
+    let store = Store::open_with(&dir.cidr_file(), &dir.state_dir(), true).unwrap();
+    assert_eq!(nets(&store.list()), ["10.0.0.0/16", "192.168.0.0/24"]);
+    // Without [cloud], the same state dir gives the file's list only.
+    let store = Store::open(&dir.cidr_file(), &dir.state_dir()).unwrap();
+    assert_eq!(nets(&store.list()), ["192.168.0.0/24"]);
+}
+
+#[test]
+fn with_the_cloud_the_file_may_be_emptied() {
+    let dir = TempDir::new();
+    dir.write("10.0.0.0/8\n");
+    let store = Store::open_with(&dir.cidr_file(), &dir.state_dir(), true).unwrap();
+    store.apply_blocking(remove(&["10.0.0.0/8"]), None).unwrap();
+    assert!(store.list().is_empty());
+    // Without [cloud] the last entry stays (the file would cut every source off).
+    dir.write("10.0.0.0/8\n");
+    let store = dir.open();
+    assert!(store.apply_blocking(remove(&["10.0.0.0/8"]), None).is_err());
+}

@@ -72,12 +72,19 @@ impl Scene {
                 self.dir.path().join("vpc-cidrs").display().to_string(),
             )
             .set("cloud", cloud)
-            .env_all("SSL_CERT_FILE", self.metadata.ca_file().display().to_string())
+            .env_all(
+                "SSL_CERT_FILE",
+                self.metadata.ca_file().display().to_string(),
+            )
     }
 
     fn reaches(&self, client: &Host, ip: Ip) -> bool {
-        probe::tcp_connect(&client.ns, self.topo.server.sock(ip, SERVE), limits::DROPPED_CONNECT)
-            .is_ok()
+        probe::tcp_connect(
+            &client.ns,
+            self.topo.server.sock(ip, SERVE),
+            limits::DROPPED_CONNECT,
+        )
+        .is_ok()
     }
 
     /// Waits until exactly the `(client, family)` pairs in `allowed` reach Serve's port.
@@ -113,7 +120,11 @@ fn aws(v4: &[&str], v6: &[&str]) -> Cloud {
 
 fn status_json(agent: &Agent) -> Result<serde_json::Value> {
     let out = agent.cli(&["status", "--json"])?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -133,7 +144,10 @@ fn aws_ranges_guard_a_node_without_a_cidr_file_and_follow_the_vpc() -> Result<()
     let scene = Scene::new(aws(&[PRIMARY], &[]))?;
     let agent = Agent::start(&scene.topo.server.ns, scene.config("auto"))?;
     let (topo, extra) = (&scene.topo, &scene.extra);
-    scene.wait_for_reach("the VPC's primary range to be in force", &[(&topo.inside, Ip::V4)])?;
+    scene.wait_for_reach(
+        "the VPC's primary range to be in force",
+        &[(&topo.inside, Ip::V4)],
+    )?;
 
     // The VPC gains a secondary IPv4 range and an IPv6 range: in force within one refresh,
     // with no gap for the inside client meanwhile.
@@ -144,21 +158,39 @@ fn aws_ranges_guard_a_node_without_a_cidr_file_and_follow_the_vpc() -> Result<()
         &[],
         Duration::from_millis(20),
         limits::PROBE_IO,
-        |r| if r.status == 200 { Ok("ok".into()) } else { Err(format!("status {}", r.status)) },
+        |r| {
+            if r.status == 200 {
+                Ok("ok".into())
+            } else {
+                Err(format!("status {}", r.status))
+            }
+        },
     )?;
-    scene.metadata.update(|c| *c = aws(&[PRIMARY, SECONDARY], &[V6]));
+    scene
+        .metadata
+        .update(|c| *c = aws(&[PRIMARY, SECONDARY], &[V6]));
     scene.wait_for_reach(
         "the secondary and IPv6 ranges to be in force",
-        &[(&topo.inside, Ip::V4), (&topo.inside, Ip::V6), (extra, Ip::V4)],
+        &[
+            (&topo.inside, Ip::V4),
+            (&topo.inside, Ip::V6),
+            (extra, Ip::V4),
+        ],
     )?;
     let report = prober.finish()?;
-    ensure!(report.failed == 0 && report.answered > 0, "a gap: {report:?}");
+    ensure!(
+        report.failed == 0 && report.answered > 0,
+        "a gap: {report:?}"
+    );
 
     // Each entry's source, the answer's age, the counts by source.
     let out = agent.cli(&["cidr", "list"])?;
     let listed = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        listed.contains("aws: 3 range(s)") && listed.lines().any(|l| l.starts_with(SECONDARY) && l.ends_with("aws")),
+        listed.contains("aws: 3 range(s)")
+            && listed
+                .lines()
+                .any(|l| l.starts_with(SECONDARY) && l.ends_with("aws")),
         "{listed}"
     );
     let scrape = scrape(&scene)?;
@@ -170,13 +202,26 @@ fn aws_ranges_guard_a_node_without_a_cidr_file_and_follow_the_vpc() -> Result<()
 
     // The file adds what the cloud cannot know (a peering); its entries are the file's.
     let out = agent.cli(&["cidr", "add", "198.18.0.200/32"])?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     scene.wait_for_reach(
         "the file's entry beside the cloud's",
-        &[(&topo.inside, Ip::V4), (&topo.inside, Ip::V6), (extra, Ip::V4), (&topo.outside, Ip::V4)],
+        &[
+            (&topo.inside, Ip::V4),
+            (&topo.inside, Ip::V6),
+            (extra, Ip::V4),
+            (&topo.outside, Ip::V4),
+        ],
     )?;
-    let json: serde_json::Value = serde_json::from_slice(&agent.cli(&["cidr", "list", "--json"])?.stdout)?;
-    ensure!(json["file"] == serde_json::json!(["198.18.0.200/32"]), "{json}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["cidr", "list", "--json"])?.stdout)?;
+    ensure!(
+        json["file"] == serde_json::json!(["198.18.0.200/32"]),
+        "{json}"
+    );
     agent.cli(&["cidr", "remove", "198.18.0.200/32"])?;
 
     // A range goes away in the cloud: the answer shrinks the list.
@@ -188,8 +233,12 @@ fn aws_ranges_guard_a_node_without_a_cidr_file_and_follow_the_vpc() -> Result<()
 
     // An answer that allows everyone is refused whole and named; the list stays.
     let before = cloud_errors(&agent)?;
-    scene.metadata.update(|c| *c = aws(&[PRIMARY, "0.0.0.0/0"], &[V6]));
-    wait_for("the refusal to be counted", ONE_REFRESH, || Ok(cloud_errors(&agent)? > before))?;
+    scene
+        .metadata
+        .update(|c| *c = aws(&[PRIMARY, "0.0.0.0/0"], &[V6]));
+    wait_for("the refusal to be counted", ONE_REFRESH, || {
+        Ok(cloud_errors(&agent)? > before)
+    })?;
     let status = status_json(&agent)?;
     ensure!(
         status["cidrs"]["cloud"]["last_error"]
@@ -197,17 +246,17 @@ fn aws_ranges_guard_a_node_without_a_cidr_file_and_follow_the_vpc() -> Result<()
             .is_some_and(|e| e.contains("0.0.0.0/0") && e.contains("allows every source")),
         "{status}"
     );
-    ensure!(!scene.reaches(&topo.outside, Ip::V4), "the outside client got in");
+    ensure!(
+        !scene.reaches(&topo.outside, Ip::V4),
+        "the outside client got in"
+    );
     Ok(())
 }
 
 #[test]
 fn outages_change_nothing_and_a_restart_uses_the_persisted_list() -> Result<()> {
     let scene = Scene::new(aws(&[PRIMARY, SECONDARY], &[]))?;
-    let mut agent = Agent::start(
-        &scene.topo.server.ns,
-        scene.config("aws").on_stop("detach"),
-    )?;
+    let mut agent = Agent::start(&scene.topo.server.ns, scene.config("aws").on_stop("detach"))?;
     let (topo, extra) = (&scene.topo, &scene.extra);
     let in_force = [(&topo.inside, Ip::V4), (extra, Ip::V4)];
     scene.wait_for_reach("the VPC's ranges to be in force", &in_force)?;
@@ -229,7 +278,9 @@ fn outages_change_nothing_and_a_restart_uses_the_persisted_list() -> Result<()> 
         let out = agent.cli(&["status"])?;
         let text = String::from_utf8_lossy(&out.stdout);
         ensure!(
-            text.contains("answer") && text.contains("old") && text.contains("failed, the last good list stays"),
+            text.contains("answer")
+                && text.contains("old")
+                && text.contains("failed, the last good list stays"),
             "{failure:?}: {text}"
         );
     }
@@ -245,12 +296,22 @@ fn outages_change_nothing_and_a_restart_uses_the_persisted_list() -> Result<()> 
     // persisted answer is in force as soon as the agent is ready.
     scene.metadata.fail(Some(Failure::Down));
     agent.stop()?;
-    ensure!(topo.server.ns.xdp_program(IFACE)?.is_none(), "on_stop = detach left the filter");
+    ensure!(
+        topo.server.ns.xdp_program(IFACE)?.is_none(),
+        "on_stop = detach left the filter"
+    );
     agent.restart()?;
     for (host, ip) in in_force {
-        ensure!(scene.reaches(host, ip), "{} lost at restart", host.ns.name());
+        ensure!(
+            scene.reaches(host, ip),
+            "{} lost at restart",
+            host.ns.name()
+        );
     }
-    ensure!(!scene.reaches(&topo.outside, Ip::V4), "the outside client got in");
+    ensure!(
+        !scene.reaches(&topo.outside, Ip::V4),
+        "the outside client got in"
+    );
     Ok(())
 }
 
@@ -299,18 +360,29 @@ fn gcp_lists_the_vpc_through_the_compute_api_once_permitted() -> Result<()> {
     scene.metadata.update(|c| *c = gcp(true));
     scene.wait_for_reach(
         "the VPC's subnets from the Compute API",
-        &[(&topo.inside, Ip::V4), (&topo.inside, Ip::V6), (extra, Ip::V4)],
+        &[
+            (&topo.inside, Ip::V4),
+            (&topo.inside, Ip::V6),
+            (extra, Ip::V4),
+        ],
     )?;
     let log = scene.metadata.log();
     ensure!(
-        log.iter().any(|l| l.contains("aggregated/subnetworks?filter=network eq \".*/networks/ray-vpc\"&pageToken=page-1")),
+        log.iter().any(|l| l.contains(
+            "aggregated/subnetworks?filter=network eq \".*/networks/ray-vpc\"&pageToken=page-1"
+        )),
         "the second page was not asked for: {log:#?}"
     );
-    let json: serde_json::Value = serde_json::from_slice(&agent.cli(&["cidr", "list", "--json"])?.stdout)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["cidr", "list", "--json"])?.stdout)?;
     ensure!(
         json["cloud"]["provider"] == "gcp"
-            && json["cloud"]["cidrs"].as_array().is_some_and(|c| c.len() == 4)
-            && json["cloud"]["warnings"].as_array().is_some_and(Vec::is_empty),
+            && json["cloud"]["cidrs"]
+                .as_array()
+                .is_some_and(|c| c.len() == 4)
+            && json["cloud"]["warnings"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
         "{json}"
     );
     Ok(())
@@ -332,19 +404,32 @@ fn azure_reads_the_address_space_once_an_identity_has_the_role() -> Result<()> {
     let (topo, extra) = (&scene.topo, &scene.extra);
     scene.wait_for_reach("the interface's subnet", &[(&topo.inside, Ip::V4)])?;
     let status = String::from_utf8_lossy(&agent.cli(&["status"])?.stdout).into_owned();
-    ensure!(status.contains("managed identity") && status.contains("Identity not found"), "{status}");
+    ensure!(
+        status.contains("managed identity") && status.contains("Identity not found"),
+        "{status}"
+    );
 
     // An identity without the role: still the subnet, and the refusal named.
     scene.metadata.update(|c| *c = azure(true, false));
     wait_for("the missing role to be named", ONE_REFRESH, || {
-        Ok(String::from_utf8_lossy(&agent.cli(&["status"])?.stdout).contains("AuthorizationFailed"))
+        Ok(
+            String::from_utf8_lossy(&agent.cli(&["status"])?.stdout)
+                .contains("AuthorizationFailed"),
+        )
     })?;
-    ensure!(!scene.reaches(extra, Ip::V4), "the address space came without the role");
+    ensure!(
+        !scene.reaches(extra, Ip::V4),
+        "the address space came without the role"
+    );
 
     scene.metadata.update(|c| *c = azure(true, true));
     scene.wait_for_reach(
         "the virtual network's address space",
-        &[(&topo.inside, Ip::V4), (&topo.inside, Ip::V6), (extra, Ip::V4)],
+        &[
+            (&topo.inside, Ip::V4),
+            (&topo.inside, Ip::V6),
+            (extra, Ip::V4),
+        ],
     )?;
     let log = scene.metadata.log();
     // Azure's requests (detection also asked the other clouds' paths once).
@@ -371,17 +456,28 @@ fn discover_shows_the_cloud_and_the_difference_and_changes_nothing() -> Result<(
     let files_before = std::fs::read_dir(agent.files().dir())?.count();
     let out = agent.cli(&["cidr", "discover"])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(
         text.contains("aws says the VPC has 3 range(s)")
             && text.lines().any(|l| l.starts_with(&format!("  {PRIMARY}")))
-            && text.lines().any(|l| l.starts_with(&format!("+ {SECONDARY}")) && l.contains("vpc-ipv4-cidr-blocks of 0e:49:61:0f:c3:11"))
+            && text
+                .lines()
+                .any(|l| l.starts_with(&format!("+ {SECONDARY}"))
+                    && l.contains("vpc-ipv4-cidr-blocks of 0e:49:61:0f:c3:11"))
             && text.lines().any(|l| l.starts_with(&format!("+ {V6}")))
             && text.contains("[cloud] is not in the config"),
         "{text}"
     );
-    let json: serde_json::Value = serde_json::from_slice(&agent.cli(&["cidr", "discover", "--json"])?.stdout)?;
-    ensure!(json["missing"] == serde_json::json!([SECONDARY, V6]), "{json}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["cidr", "discover", "--json"])?.stdout)?;
+    ensure!(
+        json["missing"] == serde_json::json!([SECONDARY, V6]),
+        "{json}"
+    );
     ensure!(
         std::fs::read_dir(agent.files().dir())?.count() == files_before
             && !agent.files().state_dir.join("cloud-cidrs").exists(),
@@ -391,6 +487,9 @@ fn discover_shows_the_cloud_and_the_difference_and_changes_nothing() -> Result<(
     scene.metadata.update(|c| *c = aws(&["10.0.0.1/16"], &[]));
     let out = agent.cli(&["cidr", "discover"])?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success() && err.contains("10.0.0.1/16") && err.contains("host bits"), "{err}");
+    ensure!(
+        !out.status.success() && err.contains("10.0.0.1/16") && err.contains("host bits"),
+        "{err}"
+    );
     Ok(())
 }
