@@ -296,38 +296,54 @@ async fn answer(state: &Shared, req: Request<hyper::body::Incoming>, https: bool
         Some(Failure::Slow(d)) => tokio::time::sleep(d).await,
         Some(Failure::Down) | None => {}
     }
-    let headers = req.headers();
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+    let asked = Asked {
+        method: req.method().clone(),
+        path: decoded
+            .split_once('?')
+            .map_or(decoded.as_str(), |(p, _)| p)
+            .to_owned(),
+        query: decoded
+            .split_once('?')
+            .map(|(_, q)| parse_query(q))
+            .unwrap_or_default(),
+        headers: req.headers().clone(),
     };
-    if header("x-forwarded-for").is_some() {
+    if asked.header("x-forwarded-for").is_some() {
         // All three refuse proxied requests (an SSRF defence).
         return reply(StatusCode::FORBIDDEN, "forwarded requests are refused");
     }
-    let (path, query) = match decoded.split_once('?') {
-        Some((p, q)) => (p.to_owned(), parse_query(q)),
-        None => (decoded.clone(), BTreeMap::new()),
-    };
-    let method = req.method().clone();
     match (&cloud, https) {
-        (Cloud::Aws { interfaces }, false) => aws(interfaces, &method, &path, &header),
-        (Cloud::Gcp { .. }, false) => gcp_metadata(&cloud, &path, &header),
-        (Cloud::Gcp { .. }, true) => gcp_api(&cloud, &path, &query, &header),
-        (Cloud::Azure { .. }, false) => azure_imds(&cloud, &path, &query, &header),
-        (Cloud::Azure { .. }, true) => azure_arm(&cloud, &path, &query, &header),
+        (Cloud::Aws { interfaces }, false) => aws(interfaces, &asked),
+        (Cloud::Gcp { .. }, false) => gcp_metadata(&cloud, &asked),
+        (Cloud::Gcp { .. }, true) => gcp_api(&cloud, &asked),
+        (Cloud::Azure { .. }, false) => azure_imds(&cloud, &asked),
+        (Cloud::Azure { .. }, true) => azure_arm(&cloud, &asked),
         (Cloud::Aws { .. }, true) => reply(StatusCode::NOT_FOUND, "no API here"),
     }
 }
 
-fn aws(
-    interfaces: &[AwsInterface],
-    method: &Method,
-    path: &str,
-    header: &dyn Fn(&str) -> Option<String>,
-) -> Answer {
+/// A request as the handlers read it.
+struct Asked {
+    method: Method,
+    /// Percent-decoded, without the query.
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: http::HeaderMap,
+}
+
+impl Asked {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+fn aws(interfaces: &[AwsInterface], asked: &Asked) -> Answer {
+    let (method, path, header) = (&asked.method, asked.path.as_str(), |n: &str| {
+        asked.header(n)
+    });
     if path == "/latest/api/token" {
         if method != Method::PUT {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "");
@@ -374,7 +390,8 @@ fn google(answer: Answer) -> Answer {
     Response::from_parts(parts, body)
 }
 
-fn gcp_metadata(cloud: &Cloud, path: &str, header: &dyn Fn(&str) -> Option<String>) -> Answer {
+fn gcp_metadata(cloud: &Cloud, asked: &Asked) -> Answer {
+    let (path, header) = (asked.path.as_str(), |n: &str| asked.header(n));
     let Cloud::Gcp {
         ip,
         mask,
@@ -404,12 +421,8 @@ fn gcp_metadata(cloud: &Cloud, path: &str, header: &dyn Fn(&str) -> Option<Strin
     })
 }
 
-fn gcp_api(
-    cloud: &Cloud,
-    path: &str,
-    query: &BTreeMap<String, String>,
-    header: &dyn Fn(&str) -> Option<String>,
-) -> Answer {
+fn gcp_api(cloud: &Cloud, asked: &Asked) -> Answer {
+    let (path, query, header) = (asked.path.as_str(), &asked.query, |n: &str| asked.header(n));
     let Cloud::Gcp {
         network,
         may_list,
@@ -481,12 +494,8 @@ fn gcp_api(
     json(body)
 }
 
-fn azure_imds(
-    cloud: &Cloud,
-    path: &str,
-    query: &BTreeMap<String, String>,
-    header: &dyn Fn(&str) -> Option<String>,
-) -> Answer {
+fn azure_imds(cloud: &Cloud, asked: &Asked) -> Answer {
+    let (path, query, header) = (asked.path.as_str(), &asked.query, |n: &str| asked.header(n));
     let Cloud::Azure {
         subnet, identity, ..
     } = cloud
@@ -530,12 +539,8 @@ fn azure_imds(
     }
 }
 
-fn azure_arm(
-    cloud: &Cloud,
-    path: &str,
-    query: &BTreeMap<String, String>,
-    header: &dyn Fn(&str) -> Option<String>,
-) -> Answer {
+fn azure_arm(cloud: &Cloud, asked: &Asked) -> Answer {
+    let (path, query, header) = (asked.path.as_str(), &asked.query, |n: &str| asked.header(n));
     let Cloud::Azure {
         may_read,
         address_space,

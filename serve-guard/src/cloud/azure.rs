@@ -8,7 +8,7 @@
 //! in force, with a warning; any other failure fails the refresh.
 
 use super::http::Client;
-use super::{CloudError, Discovery, METADATA_HOST, Ranges, get_json, path_safe};
+use super::{Api, CloudError, Discovery, METADATA_HOST, Ranges, Refused, get_json, path_safe};
 use crate::config::cloud::{CloudConfig, Provider};
 use serde::Deserialize;
 
@@ -159,14 +159,7 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
         }
         Err(e) => return Err(e),
     };
-    let api = Client::new(config.request_timeout)
-        .with_tls()
-        .map_err(|source| CloudError::Http {
-            provider: P,
-            source,
-        })?;
-    let bearer = format!("Bearer {token}");
-    let auth = [("Authorization", bearer.as_str())];
+    let api = Api::new(P, config.request_timeout, &token)?;
     let compute = &instance.compute;
     for (what, name) in [
         ("a subscription id", &compute.subscription_id),
@@ -184,29 +177,17 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
         compute.subscription_id, compute.resource_group_name, compute.name
     );
     let vm_url = read(&vm_id, COMPUTE_API)?;
-    let vm: Resource<VmProperties> =
-        match get_json(P, &api, &vm_url, &auth, "a virtual machine").await {
-            Ok(vm) => vm,
-            Err(CloudError::Status {
-                status: s @ (401 | 403),
-                detail,
-                ..
-            }) => return Ok(refused(ranges, s, &detail)),
-            Err(e) => return Err(e),
-        };
+    let vm: Resource<VmProperties> = match api.get(&vm_url, "a virtual machine").await? {
+        Ok(v) => v,
+        Err(why) => return Ok(refused(ranges, &why)),
+    };
     let mut vnets: Vec<String> = Vec::new();
     for nic in &vm.properties.network_profile.network_interfaces {
         let nic_url = read(&nic.id, NETWORK_API)?;
-        let nic: Resource<NicProperties> =
-            match get_json(P, &api, &nic_url, &auth, "a network interface").await {
-                Ok(n) => n,
-                Err(CloudError::Status {
-                    status: s @ (401 | 403),
-                    detail,
-                    ..
-                }) => return Ok(refused(ranges, s, &detail)),
-                Err(e) => return Err(e),
-            };
+        let nic: Resource<NicProperties> = match api.get(&nic_url, "a network interface").await? {
+            Ok(v) => v,
+            Err(why) => return Ok(refused(ranges, &why)),
+        };
         for config in &nic.properties.ip_configurations {
             let Some(subnet) = &config.properties.subnet else {
                 continue;
@@ -228,16 +209,10 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
     }
     for vnet in &vnets {
         let vnet_url = read(vnet, NETWORK_API)?;
-        let got: Resource<VnetProperties> =
-            match get_json(P, &api, &vnet_url, &auth, "a virtual network").await {
-                Ok(v) => v,
-                Err(CloudError::Status {
-                    status: s @ (401 | 403),
-                    detail,
-                    ..
-                }) => return Ok(refused(ranges, s, &detail)),
-                Err(e) => return Err(e),
-            };
+        let got: Resource<VnetProperties> = match api.get(&vnet_url, "a virtual network").await? {
+            Ok(v) => v,
+            Err(why) => return Ok(refused(ranges, &why)),
+        };
         let name = vnet.rsplit('/').next().unwrap_or(vnet);
         for prefix in &got.properties.address_space.address_prefixes {
             ranges.add(
@@ -250,9 +225,9 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
 }
 
 /// The subnets, and why the address space is missing.
-fn refused(ranges: Ranges, status: u16, detail: &str) -> Discovery {
+fn refused(ranges: Ranges, why: &Refused) -> Discovery {
     ranges.finish(vec![format!(
-        "azure: Resource Manager refused to read the VM's network ({status}: {detail}); only the interfaces' subnets are in force: give the VM's managed identity the Reader role on its resource group (Microsoft.Compute/virtualMachines/read, Microsoft.Network/networkInterfaces/read, Microsoft.Network/virtualNetworks/read), or list the other ranges in the CIDR file"
+        "azure: Resource Manager refused to read the VM's network ({why}); only the interfaces' subnets are in force: give the VM's managed identity the Reader role on its resource group (Microsoft.Compute/virtualMachines/read, Microsoft.Network/networkInterfaces/read, Microsoft.Network/virtualNetworks/read), or list the other ranges in the CIDR file"
     )])
 }
 

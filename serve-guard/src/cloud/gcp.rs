@@ -10,7 +10,7 @@
 
 use super::http::Client;
 use super::{
-    CloudError, Discovery, MAX_PAGES, METADATA_HOST, Ranges, encode_component, get_json, path_safe,
+    Api, CloudError, Discovery, MAX_PAGES, METADATA_HOST, Ranges, encode_component, path_safe,
 };
 use crate::config::cloud::{CloudConfig, Provider};
 use serde::Deserialize;
@@ -155,13 +155,7 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
         }
         Err(e) => return Err(e),
     };
-    let api = Client::new(config.request_timeout)
-        .with_tls()
-        .map_err(|source| CloudError::Http {
-            provider: P,
-            source,
-        })?;
-    let bearer = format!("Bearer {token}");
+    let api = Api::new(P, config.request_timeout, &token)?;
     for (project, name) in &networks {
         let filter = encode_component(&format!("network eq \".*/networks/{name}\""));
         let base = format!(
@@ -182,26 +176,16 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
                 None => base.clone(),
                 Some(t) => format!("{base}&pageToken={}", encode_component(t)),
             };
-            let listed: AggregatedPage = match get_json(
-                P,
-                &api,
-                &url,
-                &[("Authorization", &bearer)],
-                "a subnetworks.aggregatedList page",
-            )
-            .await
+            let listed: AggregatedPage = match api
+                .get(&url, "a subnetworks.aggregatedList page")
+                .await?
             {
-                Ok(l) => l,
-                Err(CloudError::Status {
-                    status: status @ (401 | 403),
-                    detail,
-                    ..
-                }) => {
+                Ok(page) => page,
+                Err(refused) => {
                     return Ok(ranges.finish(vec![format!(
-                        "gcp: the Compute API refused to list the subnetworks of project {project} ({status}: {detail}); only the instance's own subnets are in force: grant the instance's service account roles/compute.networkViewer (compute.subnetworks.list) on that project, or list the other ranges in the CIDR file"
-                    )]));
+                            "gcp: the Compute API refused to list the subnetworks of project {project} ({refused}); only the instance's own subnets are in force: grant the instance's service account roles/compute.networkViewer (compute.subnetworks.list) on that project, or list the other ranges in the CIDR file"
+                        )]));
                 }
-                Err(e) => return Err(e),
             };
             for (scope, scoped) in &listed.items {
                 for subnet in &scoped.subnetworks {

@@ -211,6 +211,60 @@ pub async fn detect(config: &CloudConfig) -> Result<Provider, CloudError> {
     }
 }
 
+/// A cloud API (GCP's Compute API, Azure Resource Manager), called with the instance's token.
+struct Api {
+    provider: Provider,
+    client: http::Client,
+    authorization: String,
+}
+
+/// The API refused the instance's identity (401, 403): the caller falls back to what the
+/// metadata gave, with a warning that says so.
+struct Refused {
+    status: u16,
+    detail: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.detail)
+    }
+}
+
+impl Api {
+    fn new(
+        provider: Provider,
+        timeout: std::time::Duration,
+        token: &str,
+    ) -> Result<Self, CloudError> {
+        let client = http::Client::new(timeout)
+            .with_tls()
+            .map_err(|source| CloudError::Http { provider, source })?;
+        Ok(Api {
+            provider,
+            client,
+            authorization: format!("Bearer {token}"),
+        })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        expected: &'static str,
+    ) -> Result<Result<T, Refused>, CloudError> {
+        let auth = [("Authorization", self.authorization.as_str())];
+        match get_json(self.provider, &self.client, url, &auth, expected).await {
+            Ok(value) => Ok(Ok(value)),
+            Err(CloudError::Status {
+                status: status @ (401 | 403),
+                detail,
+                ..
+            }) => Ok(Err(Refused { status, detail })),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// `GET url` as JSON, mapping the statuses every provider shares.
 async fn get_json<T: serde::de::DeserializeOwned>(
     provider: Provider,
