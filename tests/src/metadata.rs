@@ -52,7 +52,14 @@ pub enum Failure {
     Throttled,
     /// The answer comes after this long (longer than the agent's `request_timeout`).
     Slow(Duration),
+    /// 302 to another host (a hijacked or misconfigured endpoint): never to be followed.
+    Redirect,
+    /// 200 with a body larger than any answer the client reads (9 MiB).
+    Huge,
 }
+
+/// Bigger than the agent's 8 MiB cap on an answer.
+const HUGE_BODY: usize = 9 << 20;
 
 #[derive(Debug, Clone)]
 pub struct AwsInterface {
@@ -294,6 +301,14 @@ async fn answer(state: &Shared, req: Request<hyper::body::Incoming>, https: bool
         Some(Failure::Garbage) => return reply(StatusCode::OK, "<html>captive portal</html>"),
         Some(Failure::Throttled) => return reply(StatusCode::TOO_MANY_REQUESTS, "slow down"),
         Some(Failure::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Failure::Redirect) => {
+            return Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", "http://198.18.0.200/latest/meta-data/")
+                .body(Full::new(Bytes::new()))
+                .expect("a response");
+        }
+        Some(Failure::Huge) => return reply(StatusCode::OK, vec![b'1'; HUGE_BODY]),
         Some(Failure::Down) | None => {}
     }
     let asked = Asked {

@@ -456,9 +456,12 @@ fn filter_api_applies_lists_and_ports_to_the_live_maps() -> Result<()> {
         Ok(drops(&filter)? >= drops_before + 3)
     })?;
 
-    // An empty list is refused and changes nothing.
-    let err = filter.apply_cidrs(&CidrList::default()).unwrap_err();
-    assert!(err.to_string().contains("would be empty"), "{err}");
+    // An empty list passes no source (a `[cloud]` node before the cloud first answered; edits
+    // cannot empty the list, the store refuses them), and the list comes back whole.
+    let stats = filter.apply_cidrs(&CidrList::default())?;
+    assert_eq!((stats.v4, stats.v6), (0, 0));
+    assert!(filter.cidrs()?.is_empty());
+    filter.apply_cidrs(&original)?;
     assert_eq!(filter.cidrs()?, original);
 
     // A restart with fewer ports clears the ones no longer configured; the link is adopted.
