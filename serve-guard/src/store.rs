@@ -15,6 +15,10 @@
 //!
 //! The revision counts list changes. An edit that leaves the list as it was (a comment, our own
 //! write seen by the watcher, an `add` of a range already present) does not make a revision.
+//!
+//! With `[cloud]` the maps hold the union of the file's list and the cloud's last good answer
+//! ([`Store::apply_cloud`], recorded in [`cloud_state`] for the next start). The two parts stay
+//! apart: the file keeps only its own entries, and the cloud's answers do not count revisions.
 
 pub mod cloud_state;
 pub mod fsutil;
