@@ -126,6 +126,50 @@ fn pinned_filter(config: &Config) -> FilterReport {
     }
 }
 
+/// Where serve-guard runs in a libxdp dispatcher, and who sees packets before it.
+fn describe_slot(interface: &str, slot: &crate::filter::dispatcher::Slot) -> String {
+    let program = |p: &crate::filter::libxdp::ProgramEntry| {
+        format!(
+            "{} (id {}, priority {}, chain goes on after {})",
+            p.name,
+            p.id,
+            p.run_prio,
+            p.chain_call.join("/")
+        )
+    };
+    let before = if slot.before.is_empty() {
+        "serve-guard runs first".to_owned()
+    } else {
+        format!(
+            "before serve-guard: {} (they see every packet first)",
+            slot.before
+                .iter()
+                .map(program)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let after = if slot.after.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; after it: {}",
+            slot.after
+                .iter()
+                .map(program)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "{interface}: libxdp dispatcher {} slot, program {} priority {}, chain goes on after {}; {before}{after}",
+        slot.dispatcher_id,
+        slot.program_id,
+        slot.run_prio,
+        slot.chain_call.join("/")
+    )
+}
+
 /// The port classes in one line: the strict and the open ports, and the class of the rest.
 fn describe_ports(runs: &[PortRun]) -> String {
     use crate::ports::{PortClass, format_range};
@@ -203,6 +247,13 @@ fn print_report(r: &StatusReport) {
             interfaces.join(", ")
         }
     );
+    if let FilterSource::Agent(running) = &f.source {
+        for interface in &running.interfaces {
+            if let Some(slot) = &interface.slot {
+                outln!("dispatcher:  {}", describe_slot(&interface.name, slot));
+            }
+        }
+    }
     outln!("ports:       {}", describe_ports(&f.port_classes));
     outln!(
         "CIDRs:       revision {}: {} IPv4 and {} IPv6 ({})",
@@ -376,6 +427,7 @@ mod tests {
                 mode: AttachMode::Driver,
                 link_id: 7,
                 adopted: true,
+                slot: None,
             }],
             program_log: false,
             program_id: 42,

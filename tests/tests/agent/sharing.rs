@@ -1,0 +1,128 @@
+//! Issue 20: serve-guard beside other XDP programs through libxdp's dispatcher (protocol v2),
+//! against Debian's xdp-tools on veths: xdp-filter (its own rule: UDP to [`FILTER_PORT`] dropped)
+//! and serve-guard in either order, each keeping its job, `xdp-loader status` listing both.
+
+use anyhow::Result;
+use serve_guard_common::{Family, Reason};
+use serve_guard_tests::agent::{Agent, AgentConfig};
+use serve_guard_tests::probe;
+use serve_guard_tests::server::UdpEchoServer;
+use serve_guard_tests::topology::{Host, IFACE, Topology};
+use serve_guard_tests::xdp_tools::{self, UnloadAll, XdpFilter};
+use serve_guard_tests::{limits, wait_for};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Ray Serve's port in these tests (strict: outside sources dropped by serve-guard).
+const SERVE_PORT: u16 = 8000;
+/// xdp-filter's rule: UDP to this port is dropped, from everyone.
+const FILTER_PORT: u16 = 7777;
+/// An answered echo comes back in well under this; an unanswered one is dropped.
+const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn config() -> AgentConfig {
+    AgentConfig::private(&[IFACE])
+        .serve_ports(&[SERVE_PORT])
+        .public_ports(&[&FILTER_PORT.to_string()])
+        .cidrs(&Topology::vpc_cidrs())
+        .set("xdp_attach", "dispatcher")
+}
+
+fn echoed(client: &Host, server: &Host, port: u16) -> bool {
+    let to = SocketAddr::new(server.v4.into(), port);
+    probe::udp_echo(&client.ns, to, ECHO_TIMEOUT).is_ok()
+}
+
+/// Both programs' verdicts: serve-guard drops the outside client on the Serve port and serves the
+/// inside one; xdp-filter's rule drops UDP to its port even from the inside client (serve-guard
+/// passes it on, the chain goes on to xdp-filter).
+fn assert_both_verdicts(topo: &Topology, agent: &Agent) -> Result<()> {
+    let dropped_before = agent
+        .counters()?
+        .packets(Reason::DropOutsideVpc, Family::Ipv4);
+    assert!(
+        echoed(&topo.inside, &topo.server, SERVE_PORT),
+        "inside client not served on the Serve port"
+    );
+    assert!(
+        !echoed(&topo.outside, &topo.server, SERVE_PORT),
+        "outside client served on the Serve port"
+    );
+    wait_for("serve-guard's drop counted", limits::AGENT_READY, || {
+        Ok(agent
+            .counters()?
+            .packets(Reason::DropOutsideVpc, Family::Ipv4)
+            > dropped_before)
+    })?;
+    assert!(
+        !echoed(&topo.inside, &topo.server, FILTER_PORT),
+        "xdp-filter's rule (UDP {FILTER_PORT}) not in force"
+    );
+    Ok(())
+}
+
+fn assert_status_lists_both(topo: &Topology) -> Result<()> {
+    let status = xdp_tools::loader_status(&topo.server.ns, IFACE)?;
+    assert!(status.contains("serve_guard"), "{status}");
+    assert!(status.contains("xdpfilt"), "{status}");
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    XdpFilterFirst,
+    ServeGuardFirst,
+}
+
+fn both_orders(order: Order) -> Result<()> {
+    let topo = Topology::new()?;
+    let _unload = UnloadAll {
+        ns: topo.server.ns.clone(),
+        iface: IFACE.to_owned(),
+    };
+    let _echo = UdpEchoServer::start(&topo.server.ns, &[SERVE_PORT, FILTER_PORT])?;
+    // Before either program: both ports answer.
+    assert!(echoed(&topo.inside, &topo.server, FILTER_PORT));
+
+    let mut filter = XdpFilter::new(&topo.server.ns, IFACE);
+    filter.load()?;
+    if !filter.in_dispatcher()? {
+        eprintln!(
+            "SKIPPED: this kernel refuses extension (freplace) programs (libxdp loaded xdp-filter \
+             without a dispatcher); the VM matrix runs this check on Debian's kernels"
+        );
+        return Ok(());
+    }
+    let agent = match order {
+        Order::XdpFilterFirst => {
+            filter.deny_udp_port(FILTER_PORT)?;
+            Agent::start(&topo.server.ns, config())?
+        }
+        Order::ServeGuardFirst => {
+            filter.unload()?;
+            let agent = Agent::start(&topo.server.ns, config())?;
+            filter.load()?;
+            filter.deny_udp_port(FILTER_PORT)?;
+            agent
+        }
+    };
+    assert_status_lists_both(&topo)?;
+    assert_both_verdicts(&topo, &agent)?;
+
+    // `status` says where serve-guard runs and what runs before it.
+    let out = agent.cli(&["status"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("dispatcher"), "{text}");
+    assert!(text.contains("runs first"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn xdp_filter_first_then_serve_guard_both_filter() -> Result<()> {
+    both_orders(Order::XdpFilterFirst)
+}
+
+#[test]
+fn serve_guard_first_then_xdp_filter_both_filter() -> Result<()> {
+    both_orders(Order::ServeGuardFirst)
+}
