@@ -72,6 +72,23 @@ pub fn slot(ifindex: u32, map_id: u32) -> Option<Slot> {
     })
 }
 
+/// Refuses, before anything is loaded, an interface that runs a program outside the protocol
+/// (a lone XDP program, another tool's BPF link): joining would mean replacing it.
+pub(crate) fn check_interfaces(interfaces: &[(String, u32)]) -> Result<(), FilterError> {
+    for (name, ifindex) in interfaces {
+        if let OnInterface::Foreign { name: program, id } =
+            Multiprog::read(*ifindex).map_err(|e| lib_error(name, e))?
+        {
+            return Err(FilterError::ForeignProgram {
+                interface: name.clone(),
+                program,
+                id,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn lib_error(interface: &str, error: libxdp::XdpLibError) -> FilterError {
     FilterError::Dispatcher {
         interface: interface.to_owned(),

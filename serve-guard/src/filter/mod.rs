@@ -268,7 +268,18 @@ impl Filter {
         // the dispatcher's slot from there.
         let mut extension = match config.xdp_attach {
             XdpAttach::Link => None,
-            XdpAttach::Dispatcher => Some(load_extension(&mut ebpf, &layout, config)?),
+            XdpAttach::Dispatcher => {
+                // Our own earlier link is adopted below; anything else outside the protocol is
+                // refused before the extension is even loaded.
+                let bare: Vec<(String, u32)> = host
+                    .interfaces
+                    .iter()
+                    .filter(|(name, _)| matches!(layout.find_link(name), Ok(None)))
+                    .cloned()
+                    .collect();
+                dispatcher::check_interfaces(&bare)?;
+                Some(load_extension(&mut ebpf, &layout, config)?)
+            }
         };
         let map_id = dispatcher::our_map_id(&layout);
 

@@ -19,6 +19,8 @@ const SERVE_PORT: u16 = 8000;
 const FILTER_PORT: u16 = 7777;
 /// An answered echo comes back in well under this; an unanswered one is dropped.
 const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
+/// An XDP program from Debian's xdp-tools, loaded alone in the refusal test.
+const XDP_PASS_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
 
 fn config() -> AgentConfig {
     AgentConfig::private(&[IFACE])
@@ -125,4 +127,42 @@ fn xdp_filter_first_then_serve_guard_both_filter() -> Result<()> {
 #[test]
 fn serve_guard_first_then_xdp_filter_both_filter() -> Result<()> {
     both_orders(Order::ServeGuardFirst)
+}
+
+/// A program that does not speak the protocol (here xdp-filter's program loaded alone, as libxdp does with
+/// LIBXDP_SKIP_DISPATCHER=1) is never replaced: the agent refuses, naming it, attaches nothing,
+/// and the program keeps the interface.
+#[test]
+fn a_program_outside_the_protocol_is_refused_by_name() -> Result<()> {
+    let topo = Topology::new()?;
+    let _unload = UnloadAll {
+        ns: topo.server.ns.clone(),
+        iface: IFACE.to_owned(),
+    };
+    let out = topo
+        .server
+        .ns
+        .command("xdp-loader")
+        .args(["load", "-m", "native", IFACE, XDP_PASS_OBJECT])
+        .env("LIBXDP_SKIP_DISPATCHER", "1")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "xdp-loader load: {out:?}");
+    let program = topo.server.ns.xdp_program(IFACE)?;
+    assert!(program.is_some());
+
+    let mut agent = Agent::new(&topo.server.ns, config())?;
+    let status = agent.run_to_exit(&[])?;
+    let logs = agent.run_logs();
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&format!(
+            "interface {IFACE} runs XDP program `xdpfilt_alw_all` (id {})",
+            program.unwrap_or_default()
+        )),
+        "{logs}"
+    );
+    assert!(logs.contains("does not use a libxdp dispatcher"), "{logs}");
+    assert_eq!(topo.server.ns.xdp_program(IFACE)?, program, "replaced");
+    assert!(!agent.files().pin_dir.exists(), "{logs}");
+    Ok(())
 }
