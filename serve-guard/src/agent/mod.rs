@@ -432,7 +432,9 @@ fn summary(config: &Config, status: &FilterStatus) -> String {
                 "{} ({}, {})",
                 i.name,
                 i.mode,
-                if i.slot.is_some() {
+                if i.slot.is_some() && i.adopted {
+                    "libxdp dispatcher, slot adopted"
+                } else if i.slot.is_some() {
                     "libxdp dispatcher"
                 } else if i.adopted {
                     "adopted"

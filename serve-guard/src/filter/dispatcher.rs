@@ -90,9 +90,17 @@ pub(crate) fn check_interfaces(interfaces: &[(String, u32)]) -> Result<(), Filte
 }
 
 fn lib_error(interface: &str, error: libxdp::XdpLibError) -> FilterError {
+    let mut detail = error.to_string();
+    if error.errno() == Some(libc::EPERM) {
+        // libxdp opens the programs of a dispatcher by id; BPF_PROG_GET_FD_BY_ID needs it.
+        detail.push_str(
+            " (libxdp needs CAP_SYS_ADMIN to open the programs on an interface: add it to the \
+             unit with a drop-in, see docs/operations.md)",
+        );
+    }
     FilterError::Dispatcher {
         interface: interface.to_owned(),
-        detail: error.to_string(),
+        detail,
     }
 }
 
@@ -181,6 +189,8 @@ pub(crate) fn join(
     };
     let program_id = program.id();
     drop(program);
+    // A serve-guard program was there: this start took over its slot (as a link is adopted).
+    let adopted = old.iter().any(|&id| id != program_id);
     for id in old.into_iter().filter(|&id| id != program_id) {
         match libxdp::detach_id(ifindex, id) {
             Ok(()) => tracing::debug!(
@@ -200,7 +210,7 @@ pub(crate) fn join(
         ifindex,
         mode,
         link_id: 0,
-        adopted: false,
+        adopted,
         slot,
     })
 }

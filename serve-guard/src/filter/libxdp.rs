@@ -9,8 +9,11 @@
 
 #![allow(unsafe_code, reason = "FFI to libxdp")]
 
+#[cfg(not(target_env = "musl"))]
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd as _, BorrowedFd};
+#[cfg(not(target_env = "musl"))]
+use std::os::fd::AsRawFd as _;
+use std::os::fd::BorrowedFd;
 
 /// The XDP action values (`enum xdp_action`).
 pub const XDP_ABORTED: u32 = 0;
@@ -163,6 +166,7 @@ fn quiet() {
     });
 }
 
+#[cfg(not(target_env = "musl"))]
 fn call_error(call: &'static str, code: i64) -> XdpLibError {
     XdpLibError::Call {
         call,

@@ -215,8 +215,10 @@ share-start)
     xdp-filter load -m native "$IFACE" || fail "xdp-filter load failed"
     xdp-filter port "$FILTER_PORT" -m dst -p udp >/dev/null || fail "xdp-filter port failed"
     mkdir -p "/etc/systemd/system/$UNIT.service.d"
-    printf '[Service]\nExecStart=\nExecStart=%s run -c %s\n' "$LIBXDP_BIN" "$CONFIG" \
-        >"/etc/systemd/system/$UNIT.service.d/libxdp.conf"
+    # libxdp opens the programs on the interface by id (BPF_PROG_GET_FD_BY_ID), which the
+    # kernel allows with CAP_SYS_ADMIN only (docs/operations.md).
+    printf '[Service]\nExecStart=\nExecStart=%s run -c %s\nCapabilityBoundingSet=CAP_SYS_ADMIN\nAmbientCapabilities=CAP_SYS_ADMIN\n' \
+        "$LIBXDP_BIN" "$CONFIG" >"/etc/systemd/system/$UNIT.service.d/libxdp.conf"
     grep -q '^xdp_attach' "$CONFIG" || sed -i '1i xdp_attach = "dispatcher"' "$CONFIG"
     systemctl daemon-reload
     systemctl start "$UNIT" || fail "start failed: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
