@@ -218,11 +218,17 @@ pub(crate) fn join(
 /// Takes every serve-guard program of this `pin_dir` (map `map_id`) out of the dispatcher of
 /// every interface of this network namespace; returns the interfaces.
 pub fn leave_all(map_id: u32) -> Result<Vec<String>, FilterError> {
+    leave_except(map_id, &[])
+}
+
+/// [`leave_all`] but for the interfaces in `keep` (ifindexes): a start takes the filter out of
+/// the dispatchers of interfaces no longer in `interfaces`.
+pub(crate) fn leave_except(map_id: u32, keep: &[u32]) -> Result<Vec<String>, FilterError> {
     let mut left = Vec::new();
     if !libxdp::available() {
         return Ok(left);
     }
-    for (ifindex, name) in interfaces() {
+    for (ifindex, name) in interfaces().into_iter().filter(|(i, _)| !keep.contains(i)) {
         let Ok(OnInterface::Dispatcher(mp)) = Multiprog::read(ifindex) else {
             continue;
         };

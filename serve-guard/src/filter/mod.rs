@@ -338,6 +338,15 @@ impl Filter {
                 links.push(handle);
             }
             remove_unconfigured_links(&layout, &host.interfaces)?;
+            if let (Some(_), Some(map_id)) = (&extension_fd, map_id) {
+                let keep: Vec<u32> = host.interfaces.iter().map(|(_, i)| *i).collect();
+                for name in dispatcher::leave_except(map_id, &keep)? {
+                    tracing::info!(
+                        interface = %name,
+                        "took the filter out of the dispatcher of {name} (no longer in `interfaces`)"
+                    );
+                }
+            }
             std::fs::rename(&next_pin, layout.program()).map_err(|e| FilterError::Pin {
                 path: layout.program(),
                 detail: e.to_string(),

@@ -166,3 +166,117 @@ fn a_program_outside_the_protocol_is_refused_by_name() -> Result<()> {
     assert!(!agent.files().pin_dir.exists(), "{logs}");
     Ok(())
 }
+
+/// What a UDP prober saw through dispatcher swaps.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    sent: u64,
+    answered: u64,
+}
+
+/// One echo after another from `client` to the Serve port until stopped.
+fn prober(client: &Host, server: &Host, timeout: Duration) -> Result<probe::Background<Tally>> {
+    let to = SocketAddr::new(server.v4.into(), SERVE_PORT);
+    Ok(probe::Background::start(&client.ns, move |stop| {
+        let mut tally = Tally::default();
+        loop {
+            tally.sent += 1;
+            tally.answered += u64::from(probe::here::udp_echo(to, timeout).is_ok());
+            if !stop.wait(Duration::ZERO) {
+                return tally;
+            }
+        }
+    })?)
+}
+
+/// A topology with echo servers and xdp-filter loaded; `None` when this kernel cannot run a
+/// dispatcher (the test then has nothing to check here).
+fn shared_setup() -> Result<Option<(Topology, UdpEchoServer, UnloadAll, XdpFilter)>> {
+    let topo = Topology::new()?;
+    let unload = UnloadAll {
+        ns: topo.server.ns.clone(),
+        iface: IFACE.to_owned(),
+    };
+    let echo = UdpEchoServer::start(&topo.server.ns, &[SERVE_PORT, FILTER_PORT])?;
+    let mut filter = XdpFilter::new(&topo.server.ns, IFACE);
+    filter.load()?;
+    if !filter.in_dispatcher()? {
+        eprintln!(
+            "SKIPPED: this kernel refuses extension (freplace) programs; the VM matrix runs \
+             this check on Debian's kernels"
+        );
+        return Ok(None);
+    }
+    filter.deny_udp_port(FILTER_PORT)?;
+    Ok(Some((topo, echo, unload, filter)))
+}
+
+/// xdp-filter leaves and joins again while probers run: serve-guard's verdicts never lapse (no
+/// inside echo lost, no outside one answered); then `detach` takes serve-guard out and leaves
+/// xdp-filter's rule in force.
+#[test]
+fn removing_either_program_leaves_the_other_working_without_a_gap() -> Result<()> {
+    let Some((topo, _echo, _unload, mut filter)) = shared_setup()? else {
+        return Ok(());
+    };
+    let mut agent = Agent::start(&topo.server.ns, config())?;
+    let inside = prober(&topo.inside, &topo.server, limits::PROBE_IO)?;
+    let outside = prober(&topo.outside, &topo.server, ECHO_TIMEOUT)?;
+
+    filter.unload()?;
+    assert!(echoed(&topo.inside, &topo.server, FILTER_PORT), "rule gone");
+    filter.load()?;
+    filter.deny_udp_port(FILTER_PORT)?;
+    assert_status_lists_both(&topo)?;
+    assert_both_verdicts(&topo, &agent)?;
+
+    let (inside, outside) = (inside.finish()?, outside.finish()?);
+    assert!(inside.sent > 0 && outside.sent > 0);
+    assert_eq!(inside.answered, inside.sent, "inside lost: {inside:?}");
+    assert_eq!(outside.answered, 0, "outside answered: {outside:?}");
+
+    assert!(agent.stop()?.success(), "{}", agent.run_logs());
+    let out = agent.cli(&["detach"])?;
+    assert!(out.status.success(), "{out:?}");
+    let status = xdp_tools::loader_status(&topo.server.ns, IFACE)?;
+    assert!(!status.contains("serve_guard"), "{status}");
+    assert!(status.contains("xdpfilt"), "{status}");
+    assert!(
+        echoed(&topo.outside, &topo.server, SERVE_PORT),
+        "still filtered"
+    );
+    assert!(
+        !echoed(&topo.inside, &topo.server, FILTER_PORT),
+        "rule lost"
+    );
+    Ok(())
+}
+
+/// `kill -9` of the agent, then xdp-filter joins while it is gone: libxdp's pins keep
+/// serve-guard's slot through the swap; the restarted agent takes its slot over (one serve-guard
+/// program in the dispatcher afterwards).
+#[test]
+fn kill_9_while_another_program_joins() -> Result<()> {
+    let Some((topo, _echo, _unload, mut filter)) = shared_setup()? else {
+        return Ok(());
+    };
+    filter.unload()?;
+    let mut agent = Agent::start(&topo.server.ns, config())?;
+    let inside = prober(&topo.inside, &topo.server, limits::PROBE_IO)?;
+    let outside = prober(&topo.outside, &topo.server, ECHO_TIMEOUT)?;
+
+    agent.kill9()?;
+    filter.load()?;
+    filter.deny_udp_port(FILTER_PORT)?;
+    assert_status_lists_both(&topo)?;
+    agent.restart()?;
+    assert_both_verdicts(&topo, &agent)?;
+    let status = xdp_tools::loader_status(&topo.server.ns, IFACE)?;
+    assert_eq!(status.matches("serve_guard").count(), 1, "{status}");
+    assert!(agent.logs().contains("slot adopted"), "{}", agent.logs());
+
+    let (inside, outside) = (inside.finish()?, outside.finish()?);
+    assert_eq!(inside.answered, inside.sent, "inside lost: {inside:?}");
+    assert_eq!(outside.answered, 0, "outside answered: {outside:?}");
+    Ok(())
+}

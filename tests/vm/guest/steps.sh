@@ -243,7 +243,7 @@ share-kill9-join)
     share_state
     ;;
 share-status)
-    "$LIBXDP_BIN" status -c "$CONFIG" | grep '^dispatcher:' | tr ' ' '_' | sed 's/^/status_line=/'
+    "$LIBXDP_BIN" status -c "$CONFIG" | grep '^dispatcher:' | tr ' ' '~' | sed 's/^/status_line=/'
     ;;
 share-detach)
     # `detach` takes serve-guard's program out; xdp-filter stays with its rule.

@@ -433,7 +433,7 @@ impl Scenario<'_> {
         );
         let both = self.matrix_beside(true, true)?;
         let status = self.step("share-status")?;
-        let status = get(&status, "status_line")?.replace('_', " ");
+        let status = get(&status, "status_line")?.replace('~', " ");
 
         let pairs = client_pairs(PROTECTED_PORTS[0]);
         let stream = self.spawn_probe("stream", pairs.iter().map(String::as_str))?;
