@@ -236,7 +236,7 @@ impl XdpAttach {
 /// The default run priority in a dispatcher: libxdp runs lower values first and gives programs
 /// without one 50, so serve-guard runs before them. A filter that runs after a program that
 /// passes or redirects packets on its own protects nothing.
-pub const DEFAULT_XDP_PRIORITY: u32 = 0;
+pub const DEFAULT_XDP_PRIORITY: u32 = serve_guard_common::run_config::DEFAULT_PRIORITY as u32;
 
 pub use serve_guard_proxy::logging::LogFormat;
 

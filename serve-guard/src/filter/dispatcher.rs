@@ -128,11 +128,18 @@ pub(crate) fn join(
             (using_map(&ids, map_id), Some(mp.mode()))
         }
     };
+    // libxdp reads the run priority and the chain-call actions of a program it did not load
+    // from the program's BTF (`.xdp_run_config`, written into the object before it is loaded:
+    // see `run_config`); it refuses to set them on a loaded program.
     let mut program = Program::from_fd(ext).map_err(|e| lib_error(name, e))?;
-    program
-        .set_run_prio(run_prio)
-        .and_then(|()| program.set_chain_call(libxdp::XDP_PASS, true))
-        .map_err(|e| lib_error(name, e))?;
+    let entry = program.entry();
+    if entry.run_prio != run_prio {
+        tracing::warn!(
+            interface = name,
+            "libxdp sees run priority {} for serve-guard, not xdp_priority = {run_prio}",
+            entry.run_prio
+        );
+    }
 
     // A dispatcher already there keeps its mode: replacing it in another mode is refused by the
     // kernel, and detaching it first would open a gap for every program on it.

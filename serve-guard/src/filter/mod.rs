@@ -16,6 +16,7 @@ pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod program_log;
+pub mod run_config;
 pub mod test_run;
 pub mod trie;
 
@@ -534,7 +535,14 @@ fn load_extension(
         .fd()
         .and_then(|fd| fd.try_clone().map_err(Into::into))
         .map_err(|e| load_err(&e))?;
+    // libxdp reads the run priority from the program's BTF (see run_config.rs).
+    let object = run_config::with_priority(object::OBJECT, config.xdp_priority).map_err(|e| {
+        FilterError::Load {
+            detail: e.to_string(),
+        }
+    })?;
     let mut ext = load_with(
+        &object,
         layout,
         config.program_log,
         config.max_cidrs,
@@ -567,10 +575,11 @@ fn filter_config(config: &Config) -> FilterConfig {
 }
 
 fn load(layout: &PinLayout, program_log: bool, max_cidrs: u32) -> Result<Ebpf, FilterError> {
-    load_with(layout, program_log, max_cidrs, None)
+    load_with(object::OBJECT, layout, program_log, max_cidrs, None)
 }
 
 fn load_with(
+    object: &[u8],
     layout: &PinLayout,
     program_log: bool,
     max_cidrs: u32,
@@ -594,7 +603,7 @@ fn load_with(
     if !program_log {
         loader.override_global(program_log::LEVEL_GLOBAL, &program_log::LEVEL_OFF, false);
     }
-    loader.load(object::OBJECT).map_err(|e| match e {
+    loader.load(object).map_err(|e| match e {
         aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
             name,
             property: "max_entries",
