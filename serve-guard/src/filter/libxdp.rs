@@ -467,8 +467,19 @@ mod unavailable {
         pub fn attach(&mut self, _: u32, _: Mode) -> Result<(), XdpLibError> {
             Err(XdpLibError::Unavailable)
         }
+        pub fn detach(&mut self, _: u32) -> Result<(), XdpLibError> {
+            Err(XdpLibError::Unavailable)
+        }
         pub fn id(&self) -> u32 {
             0
+        }
+        pub fn entry(&self) -> ProgramEntry {
+            ProgramEntry {
+                name: String::new(),
+                id: 0,
+                run_prio: 0,
+                chain_call: Vec::new(),
+            }
         }
     }
     impl Multiprog {
