@@ -458,7 +458,7 @@ impl Scenario<'_> {
         let v = self.step("share-detach")?;
         listed(&v, "no", "yes")?;
         Ok(format!(
-            "both orders: {both}; xdp-filter left: {}; joined during kill -9: {}; detach left xdp-filter; {status}",
+            "xdp-filter first: {both}; xdp-filter left: {}; joined after serve-guard during a kill -9: {}; detach left xdp-filter; {status}",
             stream_summary(&leave_counts),
             stream_summary(&join_counts)
         ))
