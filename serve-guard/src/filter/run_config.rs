@@ -23,7 +23,7 @@ pub fn with_priority(object: &[u8], priority: u32) -> Result<Vec<u8>, RunConfigE
 /// The run priority the object's BTF says.
 pub fn priority(object: &[u8]) -> Result<u32, RunConfigError> {
     let at = priority_offset(object)?;
-    Ok(read_u32(object, at)?)
+    read_u32(object, at)
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
