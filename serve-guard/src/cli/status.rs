@@ -110,8 +110,21 @@ fn pinned_filter(config: &Config) -> FilterReport {
                 link_id: state.map(|s| s.link_id),
                 program_id: state.map(|s| s.program_id),
                 attached: state.is_some_and(|s| s.ifindex != 0),
+                slot: None,
             }
         })
+        .chain(
+            crate::filter::dispatcher::slots(&layout, &config.interfaces)
+                .into_iter()
+                .map(|(name, slot)| PinnedInterface {
+                    name,
+                    mode: slot.mode,
+                    link_id: None,
+                    program_id: Some(slot.program_id),
+                    attached: true,
+                    slot: Some(slot),
+                }),
+        )
         .collect();
     FilterReport {
         ports: config.serve_ports.clone(),
@@ -247,12 +260,20 @@ fn print_report(r: &StatusReport) {
             interfaces.join(", ")
         }
     );
-    if let FilterSource::Agent(running) = &f.source {
-        for interface in &running.interfaces {
-            if let Some(slot) = &interface.slot {
-                outln!("dispatcher:  {}", describe_slot(&interface.name, slot));
-            }
-        }
+    let slots: Vec<(&str, &crate::filter::dispatcher::Slot)> = match &f.source {
+        FilterSource::Agent(running) => running
+            .interfaces
+            .iter()
+            .filter_map(|i| Some((i.name.as_str(), i.slot.as_ref()?)))
+            .collect(),
+        FilterSource::Pins(pins) => pins
+            .interfaces
+            .iter()
+            .filter_map(|i| Some((i.name.as_str(), i.slot.as_ref()?)))
+            .collect(),
+    };
+    for (name, slot) in slots {
+        outln!("dispatcher:  {}", describe_slot(name, slot));
     }
     outln!("ports:       {}", describe_ports(&f.port_classes));
     outln!(
@@ -450,6 +471,7 @@ mod tests {
                     link_id: Some(7),
                     program_id: Some(42),
                     attached: true,
+                    slot: None,
                 },
                 PinnedInterface {
                     name: "eth1".into(),
@@ -457,6 +479,7 @@ mod tests {
                     link_id: None,
                     program_id: None,
                     attached: false,
+                    slot: None,
                 },
             ],
         }));
@@ -486,6 +509,7 @@ mod tests {
                 link_id: None,
                 program_id: None,
                 attached: false,
+                slot: None,
             }],
         }));
         assert_eq!(

@@ -27,6 +27,8 @@ pub struct Slot {
     pub after: Vec<ProgramEntry>,
     /// Actions of ours after which the chain goes on.
     pub chain_call: Vec<String>,
+    /// The dispatcher's XDP mode.
+    pub mode: AttachMode,
 }
 
 /// The kernel id of our config map: what every serve-guard program of this `pin_dir` uses.
@@ -69,7 +71,31 @@ pub fn slot(ifindex: u32, map_id: u32) -> Option<Slot> {
         before: programs[..at].to_vec(),
         after: programs[at + 1..].to_vec(),
         chain_call: me.chain_call.clone(),
+        mode: match mp.mode() {
+            Mode::Skb => AttachMode::Skb,
+            _ => AttachMode::Driver,
+        },
     })
+}
+
+/// Our slots on the named interfaces, read from the kernel (for `status` without an agent).
+pub fn slots(layout: &PinLayout, interfaces: &[String]) -> Vec<(String, Slot)> {
+    let Some(map_id) = our_map_id(layout) else {
+        return Vec::new();
+    };
+    interfaces
+        .iter()
+        .filter_map(|name| {
+            let c = std::ffi::CString::new(name.as_str()).ok()?;
+            #[allow(unsafe_code, reason = "if_nametoindex(3)")]
+            // SAFETY: a NUL-terminated name that outlives the call.
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            (ifindex != 0)
+                .then(|| slot(ifindex, map_id))
+                .flatten()
+                .map(|s| (name.clone(), s))
+        })
+        .collect()
 }
 
 /// Refuses, before anything is loaded, an interface that runs a program outside the protocol

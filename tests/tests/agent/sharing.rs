@@ -236,6 +236,10 @@ fn removing_either_program_leaves_the_other_working_without_a_gap() -> Result<()
     assert_eq!(outside.answered, 0, "outside answered: {outside:?}");
 
     assert!(agent.stop()?.success(), "{}", agent.run_logs());
+    // Without the agent, `status` reads the slot from the kernel.
+    let out = agent.cli(&["status"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("dispatcher:"), "{text}");
     let out = agent.cli(&["detach"])?;
     assert!(out.status.success(), "{out:?}");
     let status = xdp_tools::loader_status(&topo.server.ns, IFACE)?;

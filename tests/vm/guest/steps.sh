@@ -248,6 +248,9 @@ share-status)
 share-detach)
     # `detach` takes serve-guard's program out; xdp-filter stays with its rule.
     systemctl stop "$UNIT" || fail "systemctl stop failed"
+    # Without the agent, `status` reads the slot from the kernel (it exits 3: not running).
+    offline=$("$LIBXDP_BIN" status -c "$CONFIG" 2>/dev/null || true)
+    echo "offline_status=$(grep -q '^dispatcher:' <<<"$offline" && echo yes || echo no)"
     "$LIBXDP_BIN" detach -c "$CONFIG" >/dev/null || fail "detach failed"
     share_state
     xdp-filter unload "$IFACE" >/dev/null || true

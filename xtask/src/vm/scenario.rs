@@ -456,9 +456,13 @@ impl Scenario<'_> {
         self.matrix_beside(true, true)?;
 
         let v = self.step("share-detach")?;
+        ensure!(
+            get(&v, "offline_status")? == "yes",
+            "`status` without the agent shows no dispatcher slot"
+        );
         listed(&v, "no", "yes")?;
         Ok(format!(
-            "xdp-filter first: {both}; xdp-filter left: {}; joined after serve-guard during a kill -9: {}; detach left xdp-filter; {status}",
+            "xdp-filter first: {both}; xdp-filter left: {}; joined after serve-guard during a kill -9: {}; `status` without the agent shows the slot; detach left xdp-filter; {status}",
             stream_summary(&leave_counts),
             stream_summary(&join_counts)
         ))
