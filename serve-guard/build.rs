@@ -5,6 +5,11 @@ use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
+    // libxdp manages the shared XDP dispatcher (filter/libxdp.rs). The static musl package
+    // cannot load a shared library and goes without it.
+    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("musl") {
+        println!("cargo:rustc-link-lib=dylib=xdp");
+    }
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -35,6 +35,21 @@ pub mod maps {
     pub const RETIRED: [&str; 4] = ["SG_ALLOW_V4", "SG_ALLOW_V6", "SG_COUNTERS", "SG_PORTS"];
 }
 
+/// libxdp's run configuration of the program (xdp-tools' lib/libxdp/protocol.org, "Processing
+/// program metadata"): a struct in the object's BTF that libxdp reads when it takes the loaded
+/// program into a dispatcher. Each field is a pointer to an array whose length is the value.
+pub mod run_config {
+    /// The BTF data section libxdp looks in.
+    pub const SECTION: &str = ".xdp_run_config";
+    /// The variable: the program's function name after an underscore.
+    pub const VAR: &str = "_serve_guard";
+    /// The field holding the run priority (lower runs first).
+    pub const PRIORITY_FIELD: &str = "priority";
+    /// The priority compiled in; the agent writes `xdp_priority` over it before loading. 0 runs
+    /// before everything that does not ask for 0 too (libxdp's default is 50, xdp-filter's 10).
+    pub const DEFAULT_PRIORITY: usize = 0;
+}
+
 /// Name of the XDP program (the function in the eBPF crate).
 pub const PROGRAM_NAME: &str = "serve_guard";
 

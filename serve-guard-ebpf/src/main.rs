@@ -74,3 +74,33 @@ fn main() {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// libxdp's run configuration (see `serve_guard_common::run_config`): run priority, and the chain
+/// goes on after XDP_PASS only (what the filter drops, no program after it sees). Only its BTF
+/// matters: libxdp reads the array lengths; the pointers are never followed.
+#[repr(C)]
+#[allow(
+    non_snake_case,
+    reason = "libxdp matches the field names with the XDP action names"
+)]
+pub struct XdpRunConfig {
+    priority: *const [u32; serve_guard_common::run_config::DEFAULT_PRIORITY],
+    XDP_PASS: *const [u32; 1],
+}
+
+#[allow(unsafe_code, reason = "a constant of null pointers, never read")]
+// SAFETY: the value is never read or written at run time; it exists for its BTF.
+unsafe impl Sync for XdpRunConfig {}
+
+#[allow(unsafe_code, reason = "the section libxdp reads")]
+#[allow(
+    non_upper_case_globals,
+    reason = "libxdp looks the variable up as `_<program name>`"
+)]
+#[unsafe(link_section = ".xdp_run_config")]
+#[unsafe(no_mangle)]
+#[used]
+static _serve_guard: XdpRunConfig = XdpRunConfig {
+    priority: core::ptr::null(),
+    XDP_PASS: core::ptr::null(),
+};

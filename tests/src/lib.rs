@@ -49,6 +49,7 @@ pub mod sweep;
 pub mod topology;
 #[allow(unsafe_code, reason = "raw packet sockets, poll(2), signal masks")]
 pub mod wire_fuzz;
+pub mod xdp_tools;
 
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};

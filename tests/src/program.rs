@@ -154,6 +154,31 @@ impl TestProgram {
         Ok(path)
     }
 
+    /// A second instance of the program as an extension (BPF_PROG_TYPE_EXT) on this instance's
+    /// pinned maps, targeting this instance's main function, as the agent loads it for a libxdp
+    /// dispatcher slot (`xdp_attach = "dispatcher"`).
+    pub fn load_extension(&self) -> Result<Ebpf> {
+        let xdp: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .context("program missing")?
+            .try_into()?;
+        let target = xdp.fd()?.try_clone()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&self.pin_dir)
+            .extension(PROGRAM_NAME)
+            .load(OBJECT)
+            .context("loading the embedded eBPF object as an extension")?;
+        let program: &mut aya::programs::Extension = ebpf
+            .program_mut(PROGRAM_NAME)
+            .with_context(|| format!("program {PROGRAM_NAME} not in the object"))?
+            .try_into()?;
+        program
+            .load(target, PROGRAM_NAME)
+            .context("loading the extension (the kernel may refuse extension programs)")?;
+        Ok(ebpf)
+    }
+
     pub fn fd(&self) -> Result<BorrowedFd<'_>> {
         let program: &Xdp = self
             .ebpf

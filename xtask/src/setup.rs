@@ -30,6 +30,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "lintian",         // package: the .deb is checked
     "man-db",          // package: the generated man pages render cleanly
     "debootstrap",     // package: a fresh Debian 11 root filesystem to install the .deb into
+    "xdp-tools", // xdp-loader, xdp-filter: the libxdp programs serve-guard shares the NIC with
+    "libxdp-dev", // the agent links libxdp (dispatcher protocol v2) in glibc builds
 ];
 
 /// Where bpf-linker finds the eBPF nightly's own libLLVM (see ../shared/FACTS.md): a folder whose

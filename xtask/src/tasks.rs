@@ -216,7 +216,9 @@ pub fn test_vm(args: &[String]) -> Result<()> {
     let prepared = crate::vm::prepare(&options)?;
     // The .deb users install: the static release binary and the packaged unit.
     let deb = crate::package::build(&tc)?;
-    crate::vm::run(&options, &prepared, &deb)
+    // The glibc build with libxdp for the sharing check (issue 20): the static binary has none.
+    let libxdp_agent = build_agent(&tc, false)?;
+    crate::vm::run(&options, &prepared, &deb, &libxdp_agent)
 }
 
 #[cfg(test)]

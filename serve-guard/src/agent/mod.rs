@@ -432,7 +432,15 @@ fn summary(config: &Config, status: &FilterStatus) -> String {
                 "{} ({}, {})",
                 i.name,
                 i.mode,
-                if i.adopted { "adopted" } else { "new" }
+                if i.slot.is_some() && i.adopted {
+                    "libxdp dispatcher, slot adopted"
+                } else if i.slot.is_some() {
+                    "libxdp dispatcher"
+                } else if i.adopted {
+                    "adopted"
+                } else {
+                    "new"
+                }
             )
         })
         .collect::<Vec<_>>()

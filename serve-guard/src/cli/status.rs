@@ -110,8 +110,21 @@ fn pinned_filter(config: &Config) -> FilterReport {
                 link_id: state.map(|s| s.link_id),
                 program_id: state.map(|s| s.program_id),
                 attached: state.is_some_and(|s| s.ifindex != 0),
+                slot: None,
             }
         })
+        .chain(
+            crate::filter::dispatcher::slots(&layout, &config.interfaces)
+                .into_iter()
+                .map(|(name, slot)| PinnedInterface {
+                    name,
+                    mode: slot.mode,
+                    link_id: None,
+                    program_id: Some(slot.program_id),
+                    attached: true,
+                    slot: Some(slot),
+                }),
+        )
         .collect();
     FilterReport {
         ports: config.serve_ports.clone(),
@@ -124,6 +137,50 @@ fn pinned_filter(config: &Config) -> FilterReport {
             interfaces,
         }),
     }
+}
+
+/// Where serve-guard runs in a libxdp dispatcher, and who sees packets before it.
+fn describe_slot(interface: &str, slot: &crate::filter::dispatcher::Slot) -> String {
+    let program = |p: &crate::filter::libxdp::ProgramEntry| {
+        format!(
+            "{} (id {}, priority {}, chain goes on after {})",
+            p.name,
+            p.id,
+            p.run_prio,
+            p.chain_call.join("/")
+        )
+    };
+    let before = if slot.before.is_empty() {
+        "serve-guard runs first".to_owned()
+    } else {
+        format!(
+            "before serve-guard: {} (they see every packet first)",
+            slot.before
+                .iter()
+                .map(program)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let after = if slot.after.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; after it: {}",
+            slot.after
+                .iter()
+                .map(program)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "{interface}: libxdp dispatcher {} slot, program {} priority {}, chain goes on after {}; {before}{after}",
+        slot.dispatcher_id,
+        slot.program_id,
+        slot.run_prio,
+        slot.chain_call.join("/")
+    )
 }
 
 /// The port classes in one line: the strict and the open ports, and the class of the rest.
@@ -203,6 +260,21 @@ fn print_report(r: &StatusReport) {
             interfaces.join(", ")
         }
     );
+    let slots: Vec<(&str, &crate::filter::dispatcher::Slot)> = match &f.source {
+        FilterSource::Agent(running) => running
+            .interfaces
+            .iter()
+            .filter_map(|i| Some((i.name.as_str(), i.slot.as_ref()?)))
+            .collect(),
+        FilterSource::Pins(pins) => pins
+            .interfaces
+            .iter()
+            .filter_map(|i| Some((i.name.as_str(), i.slot.as_ref()?)))
+            .collect(),
+    };
+    for (name, slot) in slots {
+        outln!("dispatcher:  {}", describe_slot(name, slot));
+    }
     outln!("ports:       {}", describe_ports(&f.port_classes));
     outln!(
         "CIDRs:       revision {}: {} IPv4 and {} IPv6 ({})",
@@ -376,6 +448,7 @@ mod tests {
                 mode: AttachMode::Driver,
                 link_id: 7,
                 adopted: true,
+                slot: None,
             }],
             program_log: false,
             program_id: 42,
@@ -398,6 +471,7 @@ mod tests {
                     link_id: Some(7),
                     program_id: Some(42),
                     attached: true,
+                    slot: None,
                 },
                 PinnedInterface {
                     name: "eth1".into(),
@@ -405,6 +479,7 @@ mod tests {
                     link_id: None,
                     program_id: None,
                     attached: false,
+                    slot: None,
                 },
             ],
         }));
@@ -434,6 +509,7 @@ mod tests {
                 link_id: None,
                 program_id: None,
                 attached: false,
+                slot: None,
             }],
         }));
         assert_eq!(

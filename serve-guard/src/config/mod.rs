@@ -213,6 +213,31 @@ impl std::str::FromStr for XdpModeSetting {
     }
 }
 
+/// How the program goes onto an interface: its own BPF link (the interface is serve-guard's
+/// alone), or a slot of a libxdp dispatcher (protocol v2) shared with xdp-filter, xdp-loader and
+/// any other libxdp program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttach {
+    #[default]
+    Link,
+    Dispatcher,
+}
+
+impl XdpAttach {
+    pub const fn name(self) -> &'static str {
+        match self {
+            XdpAttach::Link => "link",
+            XdpAttach::Dispatcher => "dispatcher",
+        }
+    }
+}
+
+/// The default run priority in a dispatcher: libxdp runs lower values first and gives programs
+/// without one 50, so serve-guard runs before them. A filter that runs after a program that
+/// passes or redirects packets on its own protects nothing.
+pub const DEFAULT_XDP_PRIORITY: u32 = serve_guard_common::run_config::DEFAULT_PRIORITY as u32;
+
 pub use serve_guard_proxy::logging::LogFormat;
 
 /// What the agent does with the filter when it stops (SIGINT/SIGTERM).
@@ -288,6 +313,8 @@ struct FileConfig {
     guarded_ports: Option<Vec<PortSpec>>,
     cidr_file: Option<PathBuf>,
     xdp_mode: Option<XdpModeSetting>,
+    xdp_attach: Option<XdpAttach>,
+    xdp_priority: Option<u32>,
     audit: Option<bool>,
     program_log: Option<bool>,
     pin_dir: Option<PathBuf>,
@@ -335,6 +362,10 @@ pub struct Config {
     pub ports: PortPolicy,
     pub cidr_file: PathBuf,
     pub xdp_mode: XdpModeSetting,
+    /// Own BPF link, or a slot in a libxdp dispatcher.
+    pub xdp_attach: XdpAttach,
+    /// Run priority in a dispatcher (lower runs first).
+    pub xdp_priority: u32,
     pub audit: bool,
     /// Debug logging from the XDP program through aya-log (costly per packet; off by default).
     pub program_log: bool,
@@ -367,6 +398,8 @@ impl fmt::Debug for Config {
             .field("ports", &self.ports)
             .field("cidr_file", &self.cidr_file)
             .field("xdp_mode", &self.xdp_mode)
+            .field("xdp_attach", &self.xdp_attach)
+            .field("xdp_priority", &self.xdp_priority)
             .field("audit", &self.audit)
             .field("program_log", &self.program_log)
             .field("pin_dir", &self.pin_dir)
@@ -478,6 +511,8 @@ impl Config {
                 "cidr_file",
             )?,
             xdp_mode: o.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            xdp_attach: file.xdp_attach.unwrap_or_default(),
+            xdp_priority: file.xdp_priority.unwrap_or(DEFAULT_XDP_PRIORITY),
             audit: o.audit.or(file.audit).unwrap_or(false),
             program_log: o.program_log.or(file.program_log).unwrap_or(false),
             pin_dir: path(o.pin_dir, file.pin_dir, defaults::PIN_DIR, "pin_dir")?,

@@ -169,6 +169,9 @@ pub struct PinnedInterface {
     pub program_id: Option<u32>,
     /// False once the interface went away (the link is defunct) or the link could not be read.
     pub attached: bool,
+    /// In a libxdp dispatcher instead of a link of its own (`link_id` is then null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<crate::filter::dispatcher::Slot>,
 }
 
 impl FilterReport {

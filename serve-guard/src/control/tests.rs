@@ -67,6 +67,7 @@ impl AgentView for FakeView {
                     mode: AttachMode::Driver,
                     link_id: 7,
                     adopted: false,
+                    slot: None,
                 }],
                 ports: vec![8000],
                 guard: crate::ports::Guard::Node,

@@ -24,6 +24,9 @@ pub struct AttachedInterface {
     pub link_id: u32,
     /// True when an existing pinned link was adopted (its program replaced in place).
     pub adopted: bool,
+    /// Our place in a libxdp dispatcher (`xdp_attach = "dispatcher"`); `link_id` is 0 then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<super::dispatcher::Slot>,
 }
 
 /// What the kernel says about a pinned link (from /proc/self/fdinfo of a link fd).
@@ -205,6 +208,7 @@ fn adopt(
             mode: entry.mode,
             link_id: state.link_id,
             adopted: true,
+            slot: None,
         },
         LinkHandle::Program,
     ))
@@ -254,6 +258,7 @@ fn attach_new(
                         mode,
                         link_id: state.link_id,
                         adopted: false,
+                        slot: None,
                     },
                     LinkHandle::Pinned(pinned),
                 ));

@@ -38,6 +38,10 @@ pub const REQUIRED_FEATURES: &[(KernelVersion, &str)] = &[
         KernelVersion::new(5, 9),
         "XDP attachment through BPF links (BPF_LINK_CREATE), which the agent pins so that the filter outlives it",
     ),
+    (
+        KernelVersion::new(5, 10),
+        "re-attaching freplace extensions to a second target, which libxdp's multi-program dispatcher needs to swap dispatchers with serve-guard in a slot (xdp_attach = \"dispatcher\")",
+    ),
 ];
 
 /// The oldest supported kernel: the release of the newest required feature.
@@ -172,14 +176,14 @@ mod tests {
 
     #[test]
     fn the_minimum_is_the_newest_feature() {
-        assert_eq!(MINIMUM, KernelVersion::new(5, 9));
+        assert_eq!(MINIMUM, KernelVersion::new(5, 10));
         assert!(REQUIRED_FEATURES.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
     fn supported_kernels_pass() {
         for release in [
-            "5.9.0",
+            "5.10.0",
             "5.10.0-32-amd64",
             "6.1.0-50-amd64",
             "6.12.95+deb12-amd64",
@@ -196,11 +200,17 @@ mod tests {
             text.contains("kernel 5.4.0-216-generic is too old"),
             "{text}"
         );
-        assert!(text.contains("Linux 5.9 or later"), "{text}");
+        assert!(text.contains("Linux 5.10 or later"), "{text}");
+        assert!(text.contains("freplace"), "{text}");
         assert!(text.contains("BPF links"), "{text}");
         assert!(text.contains("CAP_BPF"), "{text}");
         assert!(!text.contains("LPM"), "{text}");
 
+        let text = check_release("5.9.16").unwrap_err().to_string();
+        assert!(
+            text.contains("dispatcher") && !text.contains("BPF links"),
+            "{text}"
+        );
         let text = check_release("5.8.18").unwrap_err().to_string();
         assert!(
             text.contains("BPF links") && !text.contains("CAP_BPF"),

@@ -9,11 +9,14 @@
 pub mod allow;
 pub mod attach;
 pub mod counters;
+pub mod dispatcher;
 pub mod kernel;
+pub mod libxdp;
 pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod program_log;
+pub mod run_config;
 pub mod test_run;
 pub mod trie;
 
@@ -24,10 +27,10 @@ pub use pins::{PinLayout, Removed, remove_pins};
 pub use program_log::ProgramLog;
 
 use crate::cidr::{CidrError, CidrList};
-use crate::config::{Config, HostCheck};
+use crate::config::{Config, HostCheck, XdpAttach};
 use crate::ports::{Guard, PortClass, PortPolicy};
 use attach::LinkHandle;
-use aya::programs::Xdp;
+use aya::programs::{Extension, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use maps::FilterMaps;
 use serve_guard_common::trie::Capacity;
@@ -87,6 +90,20 @@ pub enum FilterError {
         "interface {interface} has another XDP program attached: remove it (`ip link set dev {interface} xdp off`) or leave this interface out of `interfaces`"
     )]
     AnotherProgram { interface: String },
+    #[error(
+        "interface {interface} runs XDP program `{program}` (id {id}), which does not use a libxdp dispatcher: serve-guard does not replace another program. Load it through libxdp (xdp-loader) to share the interface, or remove it (`ip link set dev {interface} xdp off`), or leave this interface out of `interfaces`"
+    )]
+    ForeignProgram {
+        interface: String,
+        program: String,
+        id: u32,
+    },
+    #[error(
+        "this kernel refuses extension (freplace) programs, which libxdp's dispatcher is made of: {detail}. No libxdp program can share an interface here (xdp-filter and xdp-loader fall back to a lone program too); set xdp_attach = \"link\""
+    )]
+    ExtensionsRefused { detail: String },
+    #[error("cannot put the filter into the XDP dispatcher of {interface}: {detail}")]
+    Dispatcher { interface: String, detail: String },
     #[error("cannot attach the XDP program to {interface} in {} mode: {detail}", mode.name())]
     Attach {
         interface: String,
@@ -185,6 +202,10 @@ pub struct Filter {
     program_log: Option<ProgramLog>,
     /// Keeps the program loaded for the lifetime of the filter.
     _ebpf: Ebpf,
+    /// The extension instance in dispatcher slots (libxdp's pins keep it there after us).
+    _extension: Option<Ebpf>,
+    /// Our config map's kernel id: how our programs in a dispatcher are recognised.
+    map_id: Option<u32>,
     /// Nothing was pinned before this start (see [`Filter::undo_start`]).
     fresh: bool,
 }
@@ -242,10 +263,43 @@ impl Filter {
         maps.set_config(filter_config(config))?;
         let applied = maps.apply_cidrs(&host.cidrs)?;
 
+        // In a dispatcher the filter runs as an extension (BPF_PROG_TYPE_EXT) of a slot. The
+        // kernel checks an extension against a target's BTF when it is loaded: the XDP instance's
+        // own main function has the slots' signature, and libxdp re-attaches the extension to
+        // the dispatcher's slot from there.
+        let mut extension = match config.xdp_attach {
+            XdpAttach::Link => None,
+            XdpAttach::Dispatcher => {
+                // Our own earlier link is adopted below; anything else outside the protocol is
+                // refused before the extension is even loaded.
+                let bare: Vec<(String, u32)> = host
+                    .interfaces
+                    .iter()
+                    .filter(|(name, _)| matches!(layout.find_link(name), Ok(None)))
+                    .cloned()
+                    .collect();
+                dispatcher::check_interfaces(&bare)?;
+                Some(load_extension(&mut ebpf, &layout, config)?)
+            }
+        };
+        let map_id = dispatcher::our_map_id(&layout);
+
         let program_log = if config.program_log {
-            Some(ProgramLog::init(&mut ebpf)?)
+            // The log comes from the instance that runs on the interfaces.
+            Some(ProgramLog::init(extension.as_mut().unwrap_or(&mut ebpf))?)
         } else {
             None
+        };
+        let extension_fd = match extension.as_mut() {
+            Some(ext) => Some(
+                extension_program(ext)?
+                    .fd()
+                    .and_then(|fd| fd.try_clone().map_err(Into::into))
+                    .map_err(|e| FilterError::Load {
+                        detail: error_chain(&e),
+                    })?,
+            ),
+            None => None,
         };
         let program = xdp_program(&mut ebpf)?;
 
@@ -256,12 +310,44 @@ impl Filter {
         let mut links = Vec::new();
         let attached = (|| {
             for (name, ifindex) in &host.interfaces {
+                if let (Some(ext), Some(map_id)) = (&extension_fd, map_id)
+                    && layout.find_link(name)?.is_none()
+                {
+                    use std::os::fd::AsFd as _;
+                    interfaces.push(dispatcher::join(
+                        ext.as_fd(),
+                        name,
+                        *ifindex,
+                        config.xdp_mode,
+                        config.xdp_priority,
+                        map_id,
+                    )?);
+                    continue;
+                }
+                if extension_fd.is_some() {
+                    // Moving from the link to a dispatcher means taking the link off first: a
+                    // gap. The interface keeps its link until the filter is detached.
+                    tracing::warn!(
+                        interface = %name,
+                        "{name} keeps the BPF link of an earlier start (xdp_attach = \"link\"); it \
+                         joins a dispatcher after `serve-guard detach` and a new start"
+                    );
+                }
                 let (attached, handle) =
                     attach::attach_interface(program, &layout, name, *ifindex, config.xdp_mode)?;
                 interfaces.push(attached);
                 links.push(handle);
             }
             remove_unconfigured_links(&layout, &host.interfaces)?;
+            if let (Some(_), Some(map_id)) = (&extension_fd, map_id) {
+                let keep: Vec<u32> = host.interfaces.iter().map(|(_, i)| *i).collect();
+                for name in dispatcher::leave_except(map_id, &keep)? {
+                    tracing::info!(
+                        interface = %name,
+                        "took the filter out of the dispatcher of {name} (no longer in `interfaces`)"
+                    );
+                }
+            }
             std::fs::rename(&next_pin, layout.program()).map_err(|e| FilterError::Pin {
                 path: layout.program(),
                 detail: e.to_string(),
@@ -269,6 +355,7 @@ impl Filter {
         })();
         if let Err(error) = attached {
             undo_new_links(&layout, &interfaces);
+            drop(extension);
             let _ = std::fs::remove_file(&next_pin);
             return Err(error);
         }
@@ -293,6 +380,8 @@ impl Filter {
             _links: links,
             program_log,
             _ebpf: ebpf,
+            _extension: extension,
+            map_id,
             fresh: false,
         })
     }
@@ -366,8 +455,15 @@ impl Filter {
         self.maps.read_config()
     }
 
+    /// What the filter does; a dispatcher slot is read again (programs join and leave).
     pub fn status(&self) -> FilterStatus {
-        self.status.clone()
+        let mut status = self.status.clone();
+        if let Some(map_id) = self.map_id {
+            for interface in status.interfaces.iter_mut().filter(|i| i.slot.is_some()) {
+                interface.slot = dispatcher::slot(interface.ifindex, map_id);
+            }
+        }
+        status
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -410,6 +506,63 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, FilterError> {
         })
 }
 
+fn extension_program(ebpf: &mut Ebpf) -> Result<&mut Extension, FilterError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(FilterError::MissingProgram(PROGRAM_NAME))?
+        .try_into()
+        .map_err(|e| FilterError::Load {
+            detail: error_chain(&e),
+        })
+}
+
+/// A second instance of the program, loaded as an extension whose target is the XDP instance's
+/// main function; it shares the pinned maps (filled already).
+fn load_extension(
+    xdp: &mut Ebpf,
+    layout: &PinLayout,
+    config: &Config,
+) -> Result<Ebpf, FilterError> {
+    if !libxdp::available() {
+        return Err(FilterError::Dispatcher {
+            interface: config.interfaces.join(", "),
+            detail: libxdp::XdpLibError::Unavailable.to_string(),
+        });
+    }
+    let load_err = |e: &dyn std::error::Error| FilterError::Load {
+        detail: format!("as a dispatcher extension: {}", error_chain(e)),
+    };
+    let target = xdp_program(xdp)?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .map_err(|e| load_err(&e))?;
+    // libxdp reads the run priority from the program's BTF (see run_config.rs).
+    let object = run_config::with_priority(object::OBJECT, config.xdp_priority).map_err(|e| {
+        FilterError::Load {
+            detail: e.to_string(),
+        }
+    })?;
+    let mut ext = load_with(
+        &object,
+        layout,
+        config.program_log,
+        config.max_cidrs,
+        Some(PROGRAM_NAME),
+    )?;
+    extension_program(&mut ext)?
+        .load(target, PROGRAM_NAME)
+        .map_err(|e| {
+            let detail = error_chain(&e);
+            // Refused before verification: the kernel allows no extension programs at all
+            // (seen under kernel lockdown); libxdp's own check fails the same way.
+            if detail.contains("(os error 1)") {
+                FilterError::ExtensionsRefused { detail }
+            } else {
+                load_err(&e)
+            }
+        })?;
+    Ok(ext)
+}
+
 fn filter_config(config: &Config) -> FilterConfig {
     let mut flags = 0;
     if config.audit {
@@ -422,8 +575,21 @@ fn filter_config(config: &Config) -> FilterConfig {
 }
 
 fn load(layout: &PinLayout, program_log: bool, max_cidrs: u32) -> Result<Ebpf, FilterError> {
+    load_with(object::OBJECT, layout, program_log, max_cidrs, None)
+}
+
+fn load_with(
+    object: &[u8],
+    layout: &PinLayout,
+    program_log: bool,
+    max_cidrs: u32,
+    extension: Option<&str>,
+) -> Result<Ebpf, FilterError> {
     use serve_guard_common::maps;
     let mut loader = EbpfLoader::new();
+    if let Some(name) = extension {
+        loader.extension(name);
+    }
     for name in maps::ALL {
         loader.map_pin_path(name, layout.map(name));
     }
@@ -437,7 +603,7 @@ fn load(layout: &PinLayout, program_log: bool, max_cidrs: u32) -> Result<Ebpf, F
     if !program_log {
         loader.override_global(program_log::LEVEL_GLOBAL, &program_log::LEVEL_OFF, false);
     }
-    loader.load(object::OBJECT).map_err(|e| match e {
+    loader.load(object).map_err(|e| match e {
         aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
             name,
             property: "max_entries",
@@ -480,6 +646,12 @@ fn pin_program_next(program: &mut Xdp, layout: &PinLayout) -> Result<PathBuf, Fi
 /// interfaces as they were. Adopted links keep the new program (it is complete: maps filled).
 fn undo_new_links(layout: &PinLayout, attached: &[AttachedInterface]) {
     for interface in attached.iter().filter(|i| !i.adopted) {
+        if let Some(slot) = &interface.slot {
+            if let Err(e) = dispatcher::leave(&interface.name, interface.ifindex, slot.program_id) {
+                tracing::warn!("cannot leave the dispatcher after a failed start: {e}");
+            }
+            continue;
+        }
         let path = layout.link(&interface.name, interface.mode);
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!("cannot remove {} after a failed start: {e}", path.display());

@@ -178,6 +178,8 @@ pub fn check_on_bpffs(path: &Path) -> Result<(), FilterError> {
 pub struct Removed {
     /// Interfaces whose link was unpinned (the program left them).
     pub links: Vec<String>,
+    /// Interfaces whose libxdp dispatcher had a serve-guard program (taken out; the others stay).
+    pub dispatchers: Vec<String>,
     pub program: bool,
     pub maps: Vec<String>,
     /// Files under `pin_dir` that are not ours and were left alone.
@@ -192,7 +194,10 @@ pub struct Removed {
 
 impl Removed {
     pub fn is_empty(&self) -> bool {
-        self.links.is_empty() && !self.program && self.maps.is_empty()
+        self.links.is_empty()
+            && self.dispatchers.is_empty()
+            && !self.program
+            && self.maps.is_empty()
     }
 
     /// Waits until the kernel has released every unpinned link, i.e. the program has left the
@@ -235,6 +240,12 @@ impl std::fmt::Display for Removed {
             if !self.links.is_empty() {
                 parts.push(format!("XDP links on {}", self.links.join(", ")));
             }
+            if !self.dispatchers.is_empty() {
+                parts.push(format!(
+                    "the program from the XDP dispatcher of {} (the other programs stay)",
+                    self.dispatchers.join(", ")
+                ));
+            }
             if self.program {
                 parts.push("the program".to_owned());
             }
@@ -266,6 +277,10 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Removed, FilterError> {
     let mut removed = Removed::default();
     if !layout.exists() {
         return Ok(removed);
+    }
+    // Out of every dispatcher first, while the maps that identify our programs are pinned.
+    if let Some(map_id) = super::dispatcher::our_map_id(&layout) {
+        removed.dispatchers = super::dispatcher::leave_all(map_id)?;
     }
     for link in layout.links()? {
         // The id is only needed to wait for the release; a defunct link may not report one.

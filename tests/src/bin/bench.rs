@@ -19,6 +19,8 @@
 
 #![deny(unsafe_code)]
 
+#[path = "bench/dispatcher.rs"]
+mod dispatcher;
 #[path = "bench/flood.rs"]
 #[allow(unsafe_code, reason = "getrusage(2)")]
 mod flood;
@@ -290,19 +292,27 @@ fn mean_ci(v: &[f64]) -> (f64, f64) {
 }
 
 /// The protected-port cases measured at every list size.
-const PROTECTED_CASES: [&str; 4] = [
+pub(crate) const PROTECTED_CASES: [&str; 4] = [
     "filter: protected port, v4 allowed",
     "filter: protected port, v4 denied",
     "filter: protected port, v6 allowed",
     "filter: protected port, v6 denied",
 ];
 
+/// The dispatcher-path cases, measured at the smallest size beside the direct ones.
+pub(crate) const DISPATCHER_CASES: [&str; 2] = [
+    "filter through libxdp's dispatcher: protected port, v4 allowed",
+    "filter through libxdp's dispatcher: protected port, v4 denied",
+];
+
 enum Target<'a> {
     Floor(&'a OwnedFd),
+    /// libxdp's dispatcher with the filter in its first slot.
+    Dispatcher(&'a OwnedFd),
     Filter(&'a TestProgram),
 }
 
-struct Scenario<'a> {
+pub(crate) struct Scenario<'a> {
     name: &'static str,
     cidrs: Option<usize>,
     target: Target<'a>,
@@ -314,7 +324,7 @@ struct Scenario<'a> {
 impl Scenario<'_> {
     fn run(&mut self, repeat: u32) -> Result<()> {
         let fd = match &self.target {
-            Target::Floor(fd) => fd.as_fd(),
+            Target::Floor(fd) | Target::Dispatcher(fd) => fd.as_fd(),
             Target::Filter(program) => program.fd()?,
         };
         let run =
@@ -438,6 +448,13 @@ fn main() -> Result<()> {
         programs[0].1.guard_port(port)?;
     }
 
+    // The dispatcher path at the smallest size (issue 20): libxdp's dispatcher, on a veth of a
+    // namespace of its own, runs the filter as an extension in its first slot.
+    let dispatcher = dispatcher::Dispatched::new(&programs[0].1);
+    if let Err(e) = &dispatcher {
+        eprintln!("dispatcher path: not measured: {e:#}");
+    }
+
     let v4_out = Frame::ipv4(OUTSIDE_V4, SERVER_V4);
     let v4_in = Frame::ipv4(INSIDE_V4, SERVER_V4);
     let v6_out = Frame::ipv6(OUTSIDE_V6, SERVER_V6);
@@ -487,6 +504,22 @@ fn main() -> Result<()> {
         }
     }
 
+    if let Ok(d) = &dispatcher {
+        for (name, frame, verdict) in [
+            (DISPATCHER_CASES[0], v4_in.tcp(HTTP), XDP_PASS),
+            (DISPATCHER_CASES[1], v4_out.clone().tcp(HTTP), XDP_DROP),
+        ] {
+            scenarios.push(Scenario {
+                name,
+                cidrs: Some(programs[0].0),
+                target: Target::Dispatcher(&d.fd),
+                frame: frame.build(),
+                verdict,
+                samples: Vec::new(),
+            });
+        }
+    }
+
     // In the namespace that holds the guarded ports' sockets: the lookups search the calling
     // thread's (the other scenarios look nothing up).
     guarded.ns.run(|| -> Result<()> {
@@ -501,6 +534,11 @@ fn main() -> Result<()> {
     drop(guarded);
 
     let mut report = report(&scenarios, &opts)?;
+    report.push_str(&dispatcher::report(
+        &scenarios,
+        opts.sizes[0],
+        dispatcher.as_ref().err(),
+    )?);
     let mut json = json(&scenarios, &opts);
     drop(scenarios);
     if opts.proxy {
@@ -572,7 +610,7 @@ fn min_max(s: &Scenario) -> (u32, u32) {
 }
 
 /// Median of `case` at `cidrs`, if measured.
-fn median_of(scenarios: &[Scenario], case: &str, cidrs: usize) -> Option<u32> {
+pub(crate) fn median_of(scenarios: &[Scenario], case: &str, cidrs: usize) -> Option<u32> {
     scenarios
         .iter()
         .find(|s| s.name == case && s.cidrs == Some(cidrs))

@@ -10,4 +10,5 @@ mod control;
 mod lifecycle;
 mod observability;
 mod readiness;
+mod sharing;
 mod startup;

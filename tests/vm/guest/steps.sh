@@ -7,6 +7,12 @@ UNIT=serve-guard
 IFACE=eth0
 READY_URL=127.0.0.1:9464
 PIN_DIR=/sys/fs/bpf/serve-guard
+CONFIG=/etc/serve-guard/serve-guard.toml
+# The agent built against glibc with libxdp (the package's static binary has no libxdp).
+LIBXDP_BIN=/usr/local/lib/sg-vm/serve-guard-libxdp
+# xdp-filter's own rule in the sharing check: UDP to the public port (open in serve-guard's
+# policy) dropped, so a drop there can only be xdp-filter's.
+FILTER_PORT=22
 # Bounds, in tenths of a second (TCG is slow: a start takes seconds).
 WAIT_READY=900
 WAIT_RESTART=900
@@ -52,6 +58,16 @@ xdp_state() {
 }
 
 main_pid() { systemctl show -P MainPID "$UNIT"; }
+
+# What `xdp-loader status` lists on $IFACE: a dispatcher, serve-guard's and xdp-filter's programs.
+share_state() {
+    local status
+    status=$(xdp-loader status "$IFACE" 2>&1 || true)
+    echo "dispatcher=$(grep -q xdp_dispatcher <<<"$status" && echo yes || echo no)"
+    echo "listed_sg=$(grep -q serve_guard <<<"$status" && echo yes || echo no)"
+    echo "listed_filter=$(grep -q xdpfilt <<<"$status" && echo yes || echo no)"
+    xdp_state
+}
 
 case ${1:-} in
 info)
@@ -192,6 +208,55 @@ detach)
     serve-guard detach || fail "serve-guard detach failed"
     xdp_state
     if [ -d "$PIN_DIR" ]; then echo "pins=$(ls "$PIN_DIR" | wc -l)"; else echo "pins=0"; fi
+    ;;
+share-start)
+    # Issue 20: xdp-filter (libxdp) first with a rule of its own, then serve-guard joins its
+    # dispatcher under systemd. The detach step left the interface bare and the unit stopped.
+    xdp-filter load -m native "$IFACE" || fail "xdp-filter load failed"
+    xdp-filter port "$FILTER_PORT" -m dst -p udp >/dev/null || fail "xdp-filter port failed"
+    mkdir -p "/etc/systemd/system/$UNIT.service.d"
+    # libxdp opens the programs on the interface by id (BPF_PROG_GET_FD_BY_ID), which the
+    # kernel allows with CAP_SYS_ADMIN only (docs/operations.md).
+    printf '[Service]\nExecStart=\nExecStart=%s run -c %s\nCapabilityBoundingSet=CAP_SYS_ADMIN\nAmbientCapabilities=CAP_SYS_ADMIN\n' \
+        "$LIBXDP_BIN" "$CONFIG" >"/etc/systemd/system/$UNIT.service.d/libxdp.conf"
+    grep -q '^xdp_attach' "$CONFIG" || sed -i '1i xdp_attach = "dispatcher"' "$CONFIG"
+    systemctl daemon-reload
+    systemctl start "$UNIT" || fail "start failed: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    wait_for "$WAIT_READY" ready || fail "not ready: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    share_state
+    ;;
+share-leave)
+    # xdp-filter leaves while the host's stream runs: serve-guard stays, alone in a dispatcher.
+    xdp-filter unload "$IFACE" >/dev/null || fail "xdp-filter unload failed"
+    share_state
+    ;;
+share-kill9-join)
+    # The agent is killed and xdp-filter joins while it is gone; systemd restarts it, and it
+    # adopts its slot (a new copy in, the old one out).
+    old=$(main_pid)
+    [ "$old" -gt 0 ] || fail "the unit has no main process"
+    kill -9 "$old"
+    xdp-filter load -m native "$IFACE" || fail "xdp-filter load failed"
+    xdp-filter port "$FILTER_PORT" -m dst -p udp >/dev/null || fail "xdp-filter port failed"
+    restarted() { local p; p=$(main_pid); [ "$p" -gt 0 ] && [ "$p" != "$old" ] && ready; }
+    wait_for "$WAIT_RESTART" restarted || fail "not restarted and ready: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    share_state
+    ;;
+share-status)
+    "$LIBXDP_BIN" status -c "$CONFIG" | grep '^dispatcher:' | tr ' ' '~' | sed 's/^/status_line=/'
+    ;;
+share-detach)
+    # `detach` takes serve-guard's program out; xdp-filter stays with its rule.
+    systemctl stop "$UNIT" || fail "systemctl stop failed"
+    # Without the agent, `status` reads the slot from the kernel (it exits 3: not running).
+    offline=$("$LIBXDP_BIN" status -c "$CONFIG" 2>/dev/null || true)
+    echo "offline_status=$(grep -q '^dispatcher:' <<<"$offline" && echo yes || echo no)"
+    "$LIBXDP_BIN" detach -c "$CONFIG" >/dev/null || fail "detach failed"
+    share_state
+    xdp-filter unload "$IFACE" >/dev/null || true
+    rm -f "/etc/systemd/system/$UNIT.service.d/libxdp.conf"
+    sed -i '/^xdp_attach/d' "$CONFIG"
+    systemctl daemon-reload
     ;;
 journal)
     # Every boot's lines of the unit (the journal is persistent): errors, and ANSI escapes.

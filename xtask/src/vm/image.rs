@@ -23,6 +23,8 @@ const GUEST_PACKAGES: &[&str] = &[
     "procps",
     "python3",
     "initramfs-tools",
+    // Issue 20: libxdp's tools (and libxdp1 for the agent's glibc build) to share eth0 with.
+    "xdp-tools",
 ];
 
 /// Module folders no test VM loads from; left out to keep the image small.
@@ -85,6 +87,8 @@ const PRE_PACKAGE_FILES: &[&str] = &[
 const GUEST_UNITS: &[&str] = &["systemd-networkd", "sg-ctl", "sg-servers"];
 
 /// Marks a finished debootstrap.
+/// The agent's glibc build, linked with libxdp, for the sharing check (steps.sh's LIBXDP_BIN).
+const LIBXDP_AGENT: &str = "usr/local/lib/sg-vm/serve-guard-libxdp";
 const ROOTFS_STAMP: &str = ".sg-rootfs-complete";
 /// Free room in the image on top of its content, in MiB.
 const IMAGE_SLACK_MIB: u64 = 512;
@@ -116,8 +120,12 @@ pub fn system(cache: &Path, kernels: &[Kernel]) -> Result<System> {
 }
 
 /// Installs the package `deb` and the test's files, and makes the disk image.
-pub fn build(cache: &Path, system: &System, deb: &Path) -> Result<Image> {
+pub fn build(cache: &Path, system: &System, deb: &Path, libxdp_agent: &Path) -> Result<Image> {
     install_project(&system.rootfs, deb)?;
+    let dest = system.rootfs.join(LIBXDP_AGENT);
+    std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+    std::fs::copy(libxdp_agent, &dest)
+        .with_context(|| format!("copying {} into the guest's root", libxdp_agent.display()))?;
     let raw = cache.join("disk.img");
     make_image(&system.rootfs, &raw)?;
     Ok(Image { raw })

@@ -123,10 +123,10 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
 
 /// Installs the package `deb` into the image and boots every selected kernel, one after the
 /// other (TCG is CPU-bound); fails if any check failed.
-pub fn run(options: &Options, prepared: &Prepared, deb: &Path) -> Result<()> {
+pub fn run(options: &Options, prepared: &Prepared, deb: &Path, libxdp_agent: &Path) -> Result<()> {
     let started = Instant::now();
     let cache = cache_dir();
-    let image = image::build(&cache, &prepared.system, deb)?;
+    let image = image::build(&cache, &prepared.system, deb, libxdp_agent)?;
     if options.build_only {
         eprintln!("test-vm: image {}", image.raw.display());
         return Ok(());

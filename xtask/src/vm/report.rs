@@ -30,11 +30,12 @@ pub enum Check {
     Stop,
     Reboot,
     Detach,
+    Share,
     Journal,
 }
 
 impl Check {
-    pub const ALL: [Check; 10] = [
+    pub const ALL: [Check; 11] = [
         Check::Boot,
         Check::Start,
         Check::Filter,
@@ -44,6 +45,7 @@ impl Check {
         Check::Stop,
         Check::Reboot,
         Check::Detach,
+        Check::Share,
         Check::Journal,
     ];
 
@@ -58,6 +60,7 @@ impl Check {
             Check::Stop => "stop",
             Check::Reboot => "reboot",
             Check::Detach => "detach",
+            Check::Share => "libxdp sharing",
             Check::Journal => "journal",
         }
     }
@@ -84,6 +87,9 @@ impl Check {
                 "a reboot probed from the host throughout: no outside connection to 8000 or 8080 ever, inside ones do"
             }
             Check::Detach => "`serve-guard detach`: no program, no pins, everything passes",
+            Check::Share => {
+                "xdp-filter (its rule: UDP 22 dropped) then serve-guard in one libxdp dispatcher, both verdicts; xdp-filter leaves and joins again during a kill -9, probed throughout; detach leaves xdp-filter"
+            }
             Check::Journal => "the unit's journal over both boots: no error, no ANSI escape",
         }
     }

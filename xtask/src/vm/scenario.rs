@@ -168,6 +168,7 @@ pub fn run(kernel: &Kernel, image: &Image, index: usize) -> KernelResult {
         result.record(Check::Stop, s.stop());
         result.record(Check::Reboot, s.reboot());
         result.record(Check::Detach, s.detach());
+        result.record(Check::Share, s.share());
     }
     result.record(Check::Journal, s.journal());
     if result.failed() {
@@ -219,11 +220,18 @@ impl Scenario<'_> {
     }
 
     fn matrix(&mut self, filtering: bool) -> Result<String> {
+        self.matrix_beside(filtering, false)
+    }
+
+    /// The matrix; with `xdp_filter`, xdp-filter's rule (UDP to the public port dropped, see
+    /// steps.sh) holds beside serve-guard's verdicts.
+    fn matrix_beside(&mut self, filtering: bool, xdp_filter: bool) -> Result<String> {
         let mut probes = Vec::new();
         for client in CLIENTS {
             for proto in ["tcp", "udp"] {
                 for port in PROTECTED_PORTS.iter().chain([&GUARDED_PORT, &PUBLIC_PORT]) {
-                    let pass = !filtering || client.inside || *port == PUBLIC_PORT;
+                    let pass = (!filtering || client.inside || *port == PUBLIC_PORT)
+                        && !(xdp_filter && proto == "udp" && *port == PUBLIC_PORT);
                     let name = format!("{}-{proto}-{port}", client.label);
                     let spec = format!(
                         "{name},{proto},{},{},{port}",
@@ -401,6 +409,63 @@ impl Scenario<'_> {
         ensure!(get(&v, "pins")? == "0", "pins left: {v:?}");
         self.matrix(false)?;
         Ok("removed, everything passes".into())
+    }
+
+    /// Issue 20 under systemd: xdp-filter with its own rule, then serve-guard (the glibc build
+    /// with libxdp) joins its dispatcher; both verdicts hold. xdp-filter leaves while a stream
+    /// runs (no gap for serve-guard), then joins again while the agent is killed (-9) and
+    /// restarted; `detach` takes out serve-guard only.
+    fn share(&mut self) -> Result<String> {
+        let listed = |v: &Values, sg: &str, filter: &str| -> Result<()> {
+            ensure!(
+                get(v, "dispatcher")? == "yes"
+                    && get(v, "listed_sg")? == sg
+                    && get(v, "listed_filter")? == filter,
+                "xdp-loader status: {v:?} (expected serve_guard {sg}, xdp-filter {filter})"
+            );
+            Ok(())
+        };
+        let v = self.step("share-start")?;
+        listed(&v, "yes", "yes")?;
+        ensure!(
+            get(&v, "xdp_mode")? == "driver",
+            "not in driver mode: {v:?}"
+        );
+        let both = self.matrix_beside(true, true)?;
+        let status = self.step("share-status")?;
+        let status = get(&status, "status_line")?.replace('~', " ");
+
+        let pairs = client_pairs(PROTECTED_PORTS[0]);
+        let stream = self.spawn_probe("stream", pairs.iter().map(String::as_str))?;
+        std::thread::sleep(LEAD_IN);
+        let left = self.step("share-leave");
+        std::thread::sleep(LEAD_IN);
+        let leave_counts = values(&finish_probe(stream)?);
+        listed(&left?, "yes", "no")?;
+        check_stream(&leave_counts).map_err(|e| anyhow::anyhow!("while xdp-filter left: {e}"))?;
+        self.matrix_beside(true, false)?;
+
+        let stream = self.spawn_probe("stream", pairs.iter().map(String::as_str))?;
+        std::thread::sleep(LEAD_IN);
+        let joined = self.step("share-kill9-join");
+        std::thread::sleep(LEAD_IN);
+        let join_counts = values(&finish_probe(stream)?);
+        listed(&joined?, "yes", "yes")?;
+        check_stream(&join_counts)
+            .map_err(|e| anyhow::anyhow!("while xdp-filter joined during a kill -9: {e}"))?;
+        self.matrix_beside(true, true)?;
+
+        let v = self.step("share-detach")?;
+        ensure!(
+            get(&v, "offline_status")? == "yes",
+            "`status` without the agent shows no dispatcher slot"
+        );
+        listed(&v, "no", "yes")?;
+        Ok(format!(
+            "xdp-filter first: {both}; xdp-filter left: {}; joined after serve-guard during a kill -9: {}; `status` without the agent shows the slot; detach left xdp-filter; {status}",
+            stream_summary(&leave_counts),
+            stream_summary(&join_counts)
+        ))
     }
 
     /// The unit's journal over both boots: no error, no ANSI escape. The whole journal goes to
