@@ -87,7 +87,7 @@ pub enum FilterError {
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
     #[error(
-        "interface {interface} has another XDP program attached: remove it (`ip link set dev {interface} xdp off`) or leave this interface out of `interfaces`"
+        "interface {interface} has another XDP program attached: if it is a libxdp program (xdp-loader, xdp-filter; `xdp-loader status {interface}` lists a dispatcher), set xdp_attach = \"dispatcher\" to run beside it; otherwise remove it (`ip link set dev {interface} xdp off`) or leave this interface out of `interfaces`"
     )]
     AnotherProgram { interface: String },
     #[error(
