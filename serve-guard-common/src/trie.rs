@@ -1,6 +1,7 @@
 //! Layout of the allow-list: one compiled trie per address family, walked by the XDP program with
-//! array lookups only (no hash, no LPM trie), so a lookup costs at most one step per nibble of
-//! the address whatever the number of CIDRs.
+//! array lookups only (no hash, no LPM trie): at most one step per nibble of the address
+//! whatever the number of CIDRs, as many as the list splits the address's range (more for a
+//! list that fills the space around it densely; measured in docs/lookup.md).
 //!
 //! - A *slot* (`u32`) stands for a range of addresses (an aligned prefix): [`SLOT_EMPTY`] (no
 //!   address of the range is allowed), [`SLOT_FULL`] (every address is), a *tail* (exactly the

@@ -1,6 +1,8 @@
 //! The allow-list lookup: a walk of the family's compiled trie (`serve_guard_common::trie`),
 //! at most one node per nibble of the address, each an inlined array lookup. Its cost depends on
-//! how deep the address's range is split, not on how many CIDRs are listed.
+//! how deep the address's range is split, which grows as the list fills the space around the
+//! address more densely (docs/lookup.md), and, under many sources, on how many of those nodes
+//! are still in cache.
 
 use serve_guard_common::trie::{
     ROOT_V4, ROOT_V6, Slot, V4_LEVELS, V6_LEVELS, nibble_v4, nibble_v6,

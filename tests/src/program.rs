@@ -251,6 +251,17 @@ impl TestProgram {
         Ok(())
     }
 
+    /// How many map elements the program reads to judge a packet from `src` (the depth of its
+    /// allow-list lookup), from the maps as they are now.
+    pub fn lookup_reads(&self, src: IpAddr) -> usize {
+        self.allow.lookup(src).1
+    }
+
+    /// Whether the maps, walked as the program walks them, allow `src`.
+    pub fn lookup_allows(&self, src: IpAddr) -> bool {
+        self.allow.lookup(src).0
+    }
+
     /// The addresses the maps allow now, as the fewest CIDRs.
     pub fn allowed_now(&self) -> Result<CidrList> {
         Ok(self.allow.allowed()?)

@@ -22,6 +22,7 @@ use serve_guard_common::trie::{
     HALVES, ROOT_ENTRIES, ROOT_V4, ROOT_V6, Slot, TailV4, TailV6, TrieNode, V4_BITS, V6_BITS,
 };
 use std::marker::PhantomData;
+use std::net::IpAddr;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -372,6 +373,27 @@ impl AllowMaps {
 
     fn root(&self, index: u32) -> u32 {
         self.roots.atomic(index).load(Ordering::Acquire)
+    }
+
+    /// Whether the program, walking the maps as they are now, allows `src`, and how many map
+    /// elements it reads to say so (the depth of the lookup: what the bench reports).
+    pub fn lookup(&self, src: IpAddr) -> (bool, usize) {
+        match src {
+            IpAddr::V4(a) => {
+                let root = self.root(ROOT_V4);
+                let bits = u128::from(u32::from(a)) << 96;
+                trie::lookup(root, bits, self.v4.width, &Source { family: &self.v4 })
+            }
+            IpAddr::V6(a) => {
+                let root = self.root(ROOT_V6);
+                trie::lookup(
+                    root,
+                    u128::from(a),
+                    self.v6.width,
+                    &Source { family: &self.v6 },
+                )
+            }
+        }
     }
 
     /// The addresses the program allows now, as the fewest CIDRs per family (overlapping or

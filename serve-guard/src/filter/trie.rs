@@ -196,6 +196,36 @@ fn walk(
     Ok(())
 }
 
+/// The program's walk on the host: whether the trie starting at `root` allows `addr`
+/// (left-aligned, `width` bits wide), and how many map elements the program reads to say so
+/// (the root slot, each node, the tail). A corrupt trie (an index past its map, nodes deeper
+/// than the address) denies, as the program does.
+pub fn lookup(root: u32, addr: u128, width: u8, source: &impl TrieSource) -> (bool, usize) {
+    let mut slot = root;
+    let mut reads = 1;
+    for level in 0..=u32::from(width) / STRIDE {
+        match Slot::decode(slot) {
+            Slot::Empty => return (false, reads),
+            Slot::Full => return (true, reads),
+            Slot::Tail(index) => {
+                let allowed = source
+                    .tail(index)
+                    .is_some_and(|tail| addr & mask(tail.len) == tail.bits);
+                return (allowed, reads + 1);
+            }
+            Slot::Node(_) if level == u32::from(width) / STRIDE => return (false, reads),
+            Slot::Node(index) => {
+                reads += 1;
+                match source.node(index) {
+                    Some(node) => slot = node.slots[nibble(addr, level)],
+                    None => return (false, reads),
+                }
+            }
+        }
+    }
+    (false, reads)
+}
+
 /// The addresses `prefixes` cover, as the fewest prefixes, sorted.
 pub fn union(prefixes: &[Prefix]) -> Vec<Prefix> {
     merged(&disjoint(prefixes))

@@ -27,20 +27,44 @@ use std::{
 /// strict in layout 0, the one the named regressions are judged in.
 pub const PROTECTED_PORTS: [u16; 4] = [1, 8000, 9000, u16::MAX];
 
-/// Several prefix lengths, nested and adjacent, all in the test ranges.
-pub const ALLOW_V4: [&str; 5] = [
+/// Several prefix lengths, nested and adjacent, all in the test ranges, with ends on the edges
+/// of the trie's 4-bit strides (issue 21). IPv4: lengths on a stride (/24, /20, /28, /32) and
+/// between (/23, /25, /27, /31), one contained in another, host routes on both sides of a /24
+/// boundary (nodes down to the last nibble), the test range's last addresses.
+pub const ALLOW_V4: [&str; 15] = [
     "198.18.0.0/24",
     "198.18.64.0/18",
     "198.19.0.128/25",
     "198.19.16.0/20",
     "198.19.200.7/32",
+    "198.18.2.0/23",
+    "198.18.4.0/23",
+    "198.18.4.128/25",
+    "198.18.6.0/25",
+    "198.18.6.192/27",
+    "198.18.6.255/32",
+    "198.18.7.0/31",
+    "198.18.8.255/32",
+    "198.18.9.0/32",
+    "198.19.255.254/31",
 ];
-pub const ALLOW_V6: [&str; 5] = [
+/// IPv6: shorter than a stride boundary (/12), on one (/24, /28) and between (/25, /26) splitting
+/// a node's nibble, a contained /48, /128 tails on both sides of a /24 boundary, and several
+/// prefixes in one /24 (nodes down to the /64 and /80 levels).
+pub const ALLOW_V6: [&str; 13] = [
     "fd00:1::/64",
     "fd00:2:3::/48",
     "fd00:4::5/128",
     "fd10::/16",
     "fd00:6:7:8:9::/80",
+    "fd20::/12",
+    "fd30:1200::/24",
+    "fd30:1300::/25",
+    "fd30:1380::/26",
+    "fd30:1400::/28",
+    "fd30:1400:1::/48",
+    "fd30:15ff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+    "fd30:1600::/128",
 ];
 
 /// Port tables the fuzzer judges frames in; each frame draws one.

@@ -333,3 +333,92 @@ fn no_gap_while_the_list_switches_under_traffic() {
         "the source in one list was never judged"
     );
 }
+
+/// Prefixes of every length, both families, each in a region of its own (first byte = length)
+/// and ending on the region's last address, with a host route just before it: the two share
+/// their first length - 1 bits, so the trie splits down to the prefix's own stride. Every
+/// prefix's and host route's ends, the addresses next to them, and the edges of every
+/// stride-aligned range around them, against a linear scan, through the real program.
+#[test]
+fn every_prefix_length_at_the_edges_of_every_stride() {
+    use serve_guard_common::trie::STRIDE;
+    let mut p = program();
+    // Addresses as left-aligned u128 values, so one loop serves both families.
+    let bits = |a: IpAddr| match a {
+        IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32u32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    };
+    let addr = |x: u128, width: u32| match width {
+        32 => IpAddr::V4(((x >> 96) as u32).into()),
+        _ => IpAddr::V6(x.into()),
+    };
+    let mut nets: Vec<IpNet> = Vec::new();
+    for width in [32u32, 128] {
+        let unit = 1u128 << (128 - width);
+        for len in 8..=width as u8 {
+            // The region's last address: its first byte is `len`, every other bit set.
+            let end = (u128::from(len) << 120) | (u128::MAX >> 8);
+            let net = IpNet::new(addr(end, width), len).unwrap().trunc();
+            let host = bits(net.network()).0.wrapping_sub(unit);
+            nets.push(net);
+            nets.push(IpNet::new(addr(host, width), width as u8).unwrap());
+        }
+    }
+    let mut allowed = CidrList::default();
+    for net in &nets {
+        allowed.insert(*net);
+    }
+    p.set_allowed(allowed).unwrap();
+    let mut probes: Vec<IpAddr> = Vec::new();
+    for net in &nets {
+        let ((f, width), (l, _)) = (bits(net.network()), bits(net.broadcast()));
+        let unit = 1u128 << (128 - width);
+        for a in [f, l, f.wrapping_sub(unit), l.wrapping_add(unit)] {
+            let mut around = vec![a];
+            for at in (STRIDE..width).step_by(STRIDE as usize) {
+                let span = 1u128 << (128 - at);
+                let start = a & !(span - 1);
+                around.extend([start, start.wrapping_sub(unit), start.wrapping_add(span)]);
+            }
+            probes.extend(around.into_iter().map(|x| addr(x, width)));
+        }
+    }
+    probes.sort_unstable();
+    probes.dedup();
+    let wrong: Vec<String> = probes
+        .iter()
+        .filter(|addr| {
+            let expected = nets.iter().any(|n| n.contains(*addr));
+            passes(&p, &addr.to_string()) != expected
+        })
+        .map(|addr| format!("{addr}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} probes judged wrong: {:?}",
+        wrong.len(),
+        probes.len(),
+        &wrong[..wrong.len().min(20)]
+    );
+    // Lengths below /8 cover regions above: alone, each with a host route.
+    for len in 0..8u8 {
+        let (v4, v6) = (format!("128.0.0.0/{len}"), format!("8000::/{len}"));
+        p.set_allowed(list(&[v4.as_str(), "0.0.0.1/32", v6.as_str(), "::1/128"]))
+            .unwrap();
+        expect(
+            &p,
+            &[
+                ("128.0.0.0", true),
+                ("255.255.255.255", len <= 1),
+                ("127.255.255.255", len == 0),
+                ("0.0.0.1", true),
+                ("0.0.0.2", len == 0),
+                ("8000::", true),
+                ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", len <= 1),
+                ("7fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", len == 0),
+                ("::1", true),
+                ("::2", len == 0),
+            ],
+        );
+    }
+}

@@ -24,23 +24,13 @@ impl Memory {
         }
     }
 
-    /// The XDP program's walk, on a left-aligned address of `width` bits.
+    /// The XDP program's walk ([`lookup`], the bench's copy of it), on a left-aligned address
+    /// of `width` bits; it never reads more than the root, one node per nibble and a tail.
     fn allows(&self, addr: u128, width: u8) -> bool {
-        let mut slot = self.compiled.root;
-        for level in 0..=(u32::from(width) / STRIDE) {
-            match Slot::decode(slot) {
-                Slot::Empty => return false,
-                Slot::Full => return true,
-                Slot::Tail(i) => {
-                    let t = self.tail(i).expect("tail index");
-                    return addr & mask(t.len) == t.bits;
-                }
-                Slot::Node(i) => {
-                    slot = self.node(i).expect("node index").slots[nibble(addr, level)];
-                }
-            }
-        }
-        panic!("walk deeper than the address");
+        let (allowed, reads) = lookup(self.compiled.root, addr, width, self);
+        let most = 2 + usize::from(width) / STRIDE as usize;
+        assert!(reads <= most, "{reads} reads for {addr:#x}, at most {most}");
+        allowed
     }
 }
 
@@ -101,7 +91,32 @@ fn probes(prefixes: &[Prefix], width: u8, rng: &mut Rng) -> Vec<u128> {
             last.wrapping_add(unit),
         ]);
     }
+    out.extend(stride_edges(prefixes, width));
     out.extend((0..200).map(|_| rng.wide() & mask(width)));
+    out
+}
+
+/// For each end of each prefix (and the addresses just outside it): the first address of every
+/// stride-aligned range around it and the address just past that range, where a walk moves
+/// from one node slot to the next.
+fn stride_edges(prefixes: &[Prefix], width: u8) -> Vec<u128> {
+    let unit = 1u128 << (128 - u32::from(width));
+    let mut out = Vec::new();
+    for p in prefixes {
+        let last = p.bits | !mask(p.len) & mask(width);
+        for a in [
+            p.bits,
+            last,
+            p.bits.wrapping_sub(unit),
+            last.wrapping_add(unit),
+        ] {
+            for at in (STRIDE..u32::from(width)).step_by(STRIDE as usize) {
+                let span = 1u128 << (128 - at);
+                let start = a & !(span - 1);
+                out.extend([start, start.wrapping_sub(unit), start.wrapping_add(span)]);
+            }
+        }
+    }
     out
 }
 
@@ -202,6 +217,26 @@ fn prefix_lengths_between_strides_cover_the_right_children() {
             &[v6(0xfd00 << 112, len), v6(u128::MAX, len), v6(0, 128)],
             128,
         );
+    }
+}
+
+/// Every prefix length, both families, each ending on the last address of a stride-aligned
+/// range, with a host route just before it (sharing its first len - 1 bits, so the
+/// trie splits down to the prefix's own stride): probed at every stride edge around both.
+#[test]
+fn every_prefix_length_at_the_edges_of_every_stride() {
+    for (width, region_bits) in [(32u8, 8u32), (128, 8)] {
+        for len in 1..=width {
+            // The prefix of length `len` that ends where the region (first byte = len) ends.
+            let region = u128::from(len) << (128 - region_bits);
+            let end = region | (mask(width) & !mask(region_bits as u8));
+            let p = Prefix::new(end, len);
+            let host = Prefix::new(
+                p.bits.wrapping_sub(1u128 << (128 - u32::from(width))),
+                width,
+            );
+            check(&[p, host], width);
+        }
     }
 }
 

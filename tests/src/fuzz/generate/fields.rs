@@ -5,6 +5,7 @@
 use super::super::{model::PORT_PROTOCOLS, scenario};
 use crate::frames::ipv4::opt;
 use crate::rng::Rng;
+use serve_guard_common::trie::STRIDE;
 use serve_guard_common::wire::proto;
 
 /// The server: the destination of most frames (the filter does not read it).
@@ -77,7 +78,8 @@ pub fn destination_v6(rng: &mut Rng) -> [u8; 16] {
 }
 
 /// Just outside or just inside the boundary of the prefix `base/len` of a `bits`-bit family:
-/// the last bit of the prefix flipped, or the addresses right before and after it.
+/// the last bit of the prefix flipped, the addresses right before and after it, or the edges of
+/// the trie's strides around it.
 fn edge(rng: &mut Rng, base: u128, len: u32, bits: u32) -> u128 {
     let all = if bits == 128 {
         u128::MAX
@@ -85,9 +87,22 @@ fn edge(rng: &mut Rng, base: u128, len: u32, bits: u32) -> u128 {
         (1u128 << bits) - 1
     };
     let size = 1u128.checked_shl(bits - len).unwrap_or(0);
-    let out = match rng.below(3) {
+    // The edges of the trie's strides around the prefix (issue 21): the address just before or
+    // just past a nibble-aligned range holding it, where the walk moves to the next slot.
+    let stride_edge = |rng: &mut Rng| {
+        let at = STRIDE * (1 + rng.below((bits / STRIDE - 1) as usize) as u32);
+        let span = 1u128 << (bits - at);
+        let start = base & !(span - 1);
+        if rng.coin() {
+            start.wrapping_sub(1)
+        } else {
+            start.wrapping_add(span)
+        }
+    };
+    let out = match rng.below(5) {
         0 if len > 0 => base ^ (1u128 << (bits - len)),
         1 => base.wrapping_sub(1),
+        2 | 3 => stride_edge(rng),
         _ => base.wrapping_add(size),
     };
     out & all
