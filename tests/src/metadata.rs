@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,7 +132,8 @@ impl MetadataServer {
         let dir = tempfile::tempdir()?;
         let cert =
             serve_guard_proxy::test_util::self_signed_cert(dir.path(), &[&API_V4.to_string()])?;
-        let tls = tls_acceptor(&cert.cert, &cert.key)?;
+        // The proxy's own acceptor: the same PEM reading and TLS settings as public mode.
+        let tls = serve_guard_proxy::tls::acceptor(&cert.cert, &cert.key)?;
         let state = Arc::new(Mutex::new(State {
             cloud,
             failure: None,
@@ -209,20 +210,6 @@ impl Drop for MetadataServer {
             let _ = thread.join();
         }
     }
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn serve(
