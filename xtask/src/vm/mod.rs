@@ -70,6 +70,10 @@ pub struct Options {
     pub suites: Vec<String>,
     /// Build the image and stop.
     pub build_only: bool,
+    /// Suites that run the libxdp sharing check (all when empty). It costs about a minute per
+    /// kernel under TCG, so `cargo xtask test` runs it on the oldest kernel only, the one the
+    /// protocol's minimum (5.10) is about; `cargo xtask test-vm` runs it everywhere.
+    pub share_on: Vec<String>,
 }
 
 impl Options {
@@ -77,30 +81,44 @@ impl Options {
         let mut options = Options {
             suites: Vec::new(),
             build_only: false,
+            share_on: Vec::new(),
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
-                "--kernel" => match args.next() {
-                    Some(suite) if kernels::MATRIX.iter().any(|k| k.suite == suite) => {
-                        options.suites.push(suite.clone());
+                flag @ ("--kernel" | "--share-on") => {
+                    let suite = match args.next() {
+                        Some(suite) if kernels::MATRIX.iter().any(|k| k.suite == suite) => {
+                            suite.clone()
+                        }
+                        other => bail!(
+                            "{flag} takes one of {}, not {other:?}",
+                            kernels::MATRIX
+                                .iter()
+                                .map(|k| k.suite)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                    match flag {
+                        "--kernel" => options.suites.push(suite),
+                        _ => options.share_on.push(suite),
                     }
-                    other => bail!(
-                        "--kernel takes one of {}, not {other:?}",
-                        kernels::MATRIX
-                            .iter()
-                            .map(|k| k.suite)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                },
+                }
                 "--build-only" => options.build_only = true,
                 other => {
-                    bail!("test-vm: unknown argument `{other}` (--kernel SUITE, --build-only)")
+                    bail!(
+                        "test-vm: unknown argument `{other}` (--kernel SUITE, --share-on SUITE, --build-only)"
+                    )
                 }
             }
         }
         Ok(options)
+    }
+
+    /// Whether the libxdp sharing check runs on `suite`.
+    pub fn shares_on(&self, suite: &str) -> bool {
+        self.share_on.is_empty() || self.share_on.iter().any(|s| s == suite)
     }
 }
 
@@ -137,7 +155,7 @@ pub fn run(options: &Options, prepared: &Prepared, deb: &Path, libxdp_agent: &Pa
         .enumerate()
         .map(|(i, kernel)| {
             eprintln!("test-vm: booting {} ({})", kernel.label, kernel.version);
-            scenario::run(kernel, &image, i)
+            scenario::run(kernel, &image, i, options.shares_on(kernel.suite))
         })
         .collect();
     let total = started.elapsed();
@@ -149,7 +167,7 @@ pub fn run(options: &Options, prepared: &Prepared, deb: &Path, libxdp_agent: &Pa
     // The doc records the whole matrix only: a partial run would misreport the others.
     if options.suites.is_empty() {
         let doc = crate::toolchains::workspace_root().join(KERNELS_DOC);
-        report::write_doc(&doc, &results, total)?;
+        report::write_doc(&doc, &results, total, &options.share_on)?;
         eprintln!("test-vm: wrote {}", doc.display());
     }
     let failed = results.iter().filter(|r| r.failed()).count();
@@ -181,13 +199,18 @@ mod tests {
         let o = parse("--kernel bullseye --kernel trixie --build-only").unwrap();
         assert_eq!(o.suites, ["bullseye", "trixie"]);
         assert!(o.build_only);
+        assert!(o.shares_on("trixie"));
         assert!(parse("").unwrap().suites.is_empty());
+        let o = parse("--share-on bullseye").unwrap();
+        assert!(o.shares_on("bullseye") && !o.shares_on("trixie"));
     }
 
     #[test]
     fn refuses_an_unknown_suite_or_argument_naming_it() {
         let e = parse("--kernel buster").unwrap_err().to_string();
         assert!(e.contains("\"buster\"") && e.contains("bullseye"), "{e}");
+        let e = parse("--share-on").unwrap_err().to_string();
+        assert!(e.contains("--share-on takes") && e.contains("None"), "{e}");
         let e = parse("--fast").unwrap_err().to_string();
         assert!(e.contains("`--fast`"), "{e}");
     }

@@ -216,7 +216,13 @@ pub fn failures(results: &[KernelResult]) -> String {
 }
 
 /// docs/KERNELS.md: the table, what each check means, and the run's figures.
-pub fn write_doc(path: &Path, results: &[KernelResult], total: Duration) -> Result<()> {
+/// `share_on`: the suites the sharing check was limited to (all when empty).
+pub fn write_doc(
+    path: &Path,
+    results: &[KernelResult],
+    total: Duration,
+    share_on: &[String],
+) -> Result<()> {
     let mut doc = String::from(
         "# Kernels tested\n\n\
          Written by `cargo xtask test-vm` (also run by `cargo xtask test`): each Debian kernel boots \
@@ -238,6 +244,15 @@ pub fn write_doc(path: &Path, results: &[KernelResult], total: Duration) -> Resu
          whole run, both boots included.\n",
         total.as_secs_f64()
     );
+    if !share_on.is_empty() {
+        let _ = writeln!(
+            doc,
+            "– : not run. `cargo xtask test` (CI) runs the libxdp sharing check on {} only, to \
+             keep CI's time (it costs about a minute per kernel under TCG); `cargo xtask test-vm` \
+             runs it on every kernel.\n",
+            share_on.join(", ")
+        );
+    }
     doc.push_str("| check | what it proves |\n|---|---|\n");
     for c in Check::ALL {
         let _ = writeln!(doc, "| {} | {} |", c.name(), c.meaning());

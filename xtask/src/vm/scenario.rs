@@ -115,7 +115,8 @@ const JOURNAL_EXCERPT_LINES: usize = 12;
 const POLL: Duration = Duration::from_millis(50);
 
 /// Boots `kernel` and runs every check; never fails itself: failures are results.
-pub fn run(kernel: &Kernel, image: &Image, index: usize) -> KernelResult {
+/// `share`: whether the libxdp sharing check runs (left out, its cell reads –).
+pub fn run(kernel: &Kernel, image: &Image, index: usize, share: bool) -> KernelResult {
     let started = Instant::now();
     let mut result = KernelResult::new(kernel);
     let dir = super::cache_dir().join("runs").join(kernel.suite);
@@ -168,7 +169,9 @@ pub fn run(kernel: &Kernel, image: &Image, index: usize) -> KernelResult {
         result.record(Check::Stop, s.stop());
         result.record(Check::Reboot, s.reboot());
         result.record(Check::Detach, s.detach());
-        result.record(Check::Share, s.share());
+        if share {
+            result.record(Check::Share, s.share());
+        }
     }
     result.record(Check::Journal, s.journal());
     if result.failed() {
