@@ -53,6 +53,16 @@ pub mod run_config {
 /// Name of the XDP program (the function in the eBPF crate).
 pub const PROGRAM_NAME: &str = "serve_guard";
 
+/// Name of the same filter as a TC classifier, for interfaces whose XDP hook another program
+/// holds outside libxdp's protocol (the TC ingress fallback).
+pub const TC_PROGRAM_NAME: &str = "serve_guard_tc";
+
+/// Bytes the TC program asks the kernel to make readable before parsing (bpf_skb_pull_data), at
+/// most the packet's length: every header the walk reads in any real packet (Ethernet, tags,
+/// IPv6 with a handful of extension headers, the transport header). Headers beyond it read as cut
+/// short, so their port is unknown and only an allowed source passes (fail closed).
+pub const TC_PULL_LEN: u32 = 512;
+
 /// Entries of the port array: one per possible TCP/UDP port.
 pub const PORT_ENTRIES: u32 = 1 << 16;
 

@@ -8,7 +8,6 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple},
     helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
-    programs::XdpContext,
 };
 use serve_guard_common::{
     Reason,
@@ -19,7 +18,7 @@ use crate::parse::{Addrs, Ports};
 
 /// The verdict for a packet from outside the allow-list to a guarded port.
 #[inline(always)]
-pub fn judge(ctx: &XdpContext, addrs: &Addrs, ports: &Ports) -> Reason {
+pub fn judge<C: EbpfContext>(ctx: &C, addrs: &Addrs, ports: &Ports) -> Reason {
     match ports.protocol {
         // A SYN without ACK opens a connection (with Fast Open data or not): refused before
         // any lookup, so a SYN flood costs no more than the allow-list walk.
@@ -53,7 +52,7 @@ enum Table {
 /// `None` when it would reach none (the kernel answers with a reset or an ICMP error, or
 /// forwards it to another namespace).
 #[inline(always)]
-fn lookup(ctx: &XdpContext, addrs: &Addrs, ports: &Ports, table: Table) -> Option<u32> {
+fn lookup<C: EbpfContext>(ctx: &C, addrs: &Addrs, ports: &Ports, table: Table) -> Option<u32> {
     // SAFETY: an all-zero bpf_sock_tuple is valid (plain integers in a union).
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let sport = u16::from_ne_bytes(ports.src);

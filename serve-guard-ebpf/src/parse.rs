@@ -10,31 +10,35 @@
 //! with header lengths taken from the packet are bounded by the fixed loop counts, so the
 //! verifier can always prove them below its packet-offset limit.
 
-use aya_ebpf::programs::XdpContext;
 use serve_guard_common::{
     Family, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
     wire::{self, proto},
 };
 
-/// The packet bytes the program may read: `[start, end)`.
+/// The packet bytes the program may read, `[start, end)`, and the packet's whole length, which
+/// is larger at TC when the kernel holds the rest of the packet outside the linear part.
 pub struct Frame {
     start: usize,
     end: usize,
+    len: usize,
 }
 
 impl Frame {
+    /// `data`, `data_end`: the context's readable bytes; `len`: the packet's length.
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
+    pub fn new(data: usize, data_end: usize, len: usize) -> Self {
         Self {
-            start: ctx.data(),
-            end: ctx.data_end(),
+            start: data,
+            end: data_end,
+            len,
         }
     }
 
-    /// Length of the frame in bytes (what the byte counters add).
+    /// Length of the packet in bytes (what the byte counters add, and what an IP header's
+    /// declared length is held against).
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.end - self.start
+        self.len
     }
 
     /// `N` bytes at `offset`, or `None` if the frame ends before them.

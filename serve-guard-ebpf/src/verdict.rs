@@ -1,6 +1,6 @@
 //! The decision table (fail closed): what a parsed packet gets, before audit mode.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::EbpfContext;
 use serve_guard_common::{Family, PORT_GUARDED, PORT_OPEN, PortValue, Reason};
 
 use crate::{
@@ -10,7 +10,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, parsed: &Parsed) -> (Reason, Family) {
+pub fn decide<C: EbpfContext>(ctx: &C, parsed: &Parsed) -> (Reason, Family) {
     match parsed {
         // No source known, so none is trusted.
         Parsed::Unparseable(family) => (Reason::DropUnparseable, *family),

@@ -11,13 +11,25 @@ use std::sync::{Mutex, MutexGuard};
 /// (/sys/fs/bpf/xdp-filter): tests that load it take turns.
 static XDP_FILTER: Mutex<()> = Mutex::new(());
 
+/// xdp-loader takes a machine-wide lock file and fails ("Unable to read PID from lockfile")
+/// instead of waiting when another one holds it: the tests' calls take turns.
+static TOOLS: Mutex<()> = Mutex::new(());
+
 /// Runs an xdp-tools command in `ns`, failing with its output.
 pub fn run(ns: &Netns, tool: &str, args: &[&str]) -> Result<String> {
-    let out = ns
-        .command(tool)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {tool}"))?;
+    run_with_env(ns, tool, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_with_env(ns: &Netns, tool: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let out = {
+        let _turn = TOOLS.lock().unwrap_or_else(|e| e.into_inner());
+        ns.command(tool)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .with_context(|| format!("running {tool}"))?
+    };
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -31,6 +43,18 @@ pub fn run(ns: &Netns, tool: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(text)
+}
+
+/// Loads `object` alone on `iface` in native mode, as libxdp does with LIBXDP_SKIP_DISPATCHER=1:
+/// a program that does not speak the dispatcher protocol.
+pub fn load_alone(ns: &Netns, iface: &str, object: &str) -> Result<()> {
+    run_with_env(
+        ns,
+        "xdp-loader",
+        &["load", "-m", "native", iface, object],
+        &[("LIBXDP_SKIP_DISPATCHER", "1")],
+    )
+    .map(drop)
 }
 
 /// `xdp-loader status <iface>`.

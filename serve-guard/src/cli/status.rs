@@ -103,7 +103,7 @@ fn pinned_filter(config: &Config) -> FilterReport {
         .unwrap_or_default()
         .into_iter()
         .map(|link| {
-            let state = LinkState::read(&link.path).ok();
+            let state = LinkState::of_entry(&link).ok();
             PinnedInterface {
                 name: link.interface,
                 mode: link.mode,
@@ -246,10 +246,16 @@ fn print_report(r: &StatusReport) {
         .interfaces()
         .into_iter()
         .map(|(name, mode, gone)| {
-            format!(
-                "{name} ({mode} XDP{})",
-                if gone { ", interface gone" } else { "" }
-            )
+            let gone = if gone { ", interface gone" } else { "" };
+            if mode.is_xdp() {
+                return format!("{name} ({mode} XDP{gone})");
+            }
+            let holder = crate::filter::tc::XdpHolder::of(crate::filter::tc::ifindex(name))
+                .map_or_else(
+                    || "the XDP hook is free again: a restart moves the filter there".to_owned(),
+                    |h| format!("XDP is held by {h}, outside libxdp's protocol"),
+                );
+            format!("{name} (TC ingress, {mode}: {holder}{gone})")
         })
         .collect();
     outln!(
@@ -449,6 +455,7 @@ mod tests {
                 link_id: 7,
                 adopted: true,
                 slot: None,
+                xdp_held_by: None,
             }],
             program_log: false,
             program_id: 42,

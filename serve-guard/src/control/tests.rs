@@ -68,6 +68,7 @@ impl AgentView for FakeView {
                     link_id: 7,
                     adopted: false,
                     slot: None,
+                    xdp_held_by: None,
                 }],
                 ports: vec![8000],
                 guard: crate::ports::Guard::Node,

@@ -27,6 +27,9 @@ pub struct AttachedInterface {
     /// Our place in a libxdp dispatcher (`xdp_attach = "dispatcher"`); `link_id` is 0 then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<super::dispatcher::Slot>,
+    /// At TC ingress (`mode` tcx or clsact): the program that holds the XDP hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_held_by: Option<super::tc::XdpHolder>,
 }
 
 /// What the kernel says about a pinned link (from /proc/self/fdinfo of a link fd).
@@ -39,8 +42,9 @@ pub struct LinkState {
 }
 
 impl LinkState {
-    /// Reads the state of the XDP link pinned at `path`.
-    pub fn read(path: &Path) -> Result<LinkState, FilterError> {
+    /// Reads the state of the link pinned at `path`, of kernel link type `link_type` ("xdp",
+    /// "tcx").
+    pub fn read(path: &Path, link_type: &str) -> Result<LinkState, FilterError> {
         let bad = |reason: String| FilterError::LinkInfo {
             path: path.to_owned(),
             reason,
@@ -54,8 +58,10 @@ impl LinkState {
                 .map(str::trim)
         };
         match field("link_type") {
-            Some("xdp") => {}
-            other => return Err(bad(format!("not an XDP link (link_type {other:?})"))),
+            Some(t) if t == link_type => {}
+            other => {
+                return Err(bad(format!("not a {link_type} link (link_type {other:?})")));
+            }
         }
         let number = |key: &str| {
             field(key)
@@ -66,6 +72,28 @@ impl LinkState {
             link_id: number("link_id")?,
             program_id: number("prog_id")?,
             ifindex: number("ifindex")?,
+        })
+    }
+}
+
+impl LinkState {
+    /// The state of one of our attachments: a pinned link's, or for a clsact filter (no link)
+    /// the recorded program's id and the interface's index (0 when it is gone, taking its
+    /// filters with it).
+    pub fn of_entry(entry: &PinnedLinkEntry) -> Result<LinkState, FilterError> {
+        if let Some(link_type) = entry.mode.link_type() {
+            return LinkState::read(&entry.path, link_type);
+        }
+        let program = aya::programs::ProgramInfo::from_pin(&entry.path).map_err(|e| {
+            FilterError::LinkInfo {
+                path: entry.path.clone(),
+                reason: error_chain(&e),
+            }
+        })?;
+        Ok(LinkState {
+            link_id: 0,
+            program_id: program.id(),
+            ifindex: super::tc::ifindex(&entry.interface),
         })
     }
 }
@@ -123,7 +151,7 @@ pub(crate) fn attach_interface(
     ifindex: u32,
     setting: XdpModeSetting,
 ) -> Result<(AttachedInterface, LinkHandle), FilterError> {
-    if let Some(entry) = pins.find_link(name)? {
+    if let Some(entry) = pins.find_link(name)?.filter(|e| e.mode.is_xdp()) {
         match usable_link(&entry, ifindex) {
             Ok(state) => return adopt(program, entry, ifindex, setting, state),
             Err(reason) => {
@@ -153,7 +181,7 @@ enum StaleLink {
 
 /// The pinned link still runs on this very interface (not on a deleted one of the same name).
 fn usable_link(entry: &PinnedLinkEntry, ifindex: u32) -> Result<LinkState, StaleLink> {
-    let state = LinkState::read(&entry.path)?;
+    let state = LinkState::read(&entry.path, "xdp")?;
     if state.ifindex != ifindex {
         return Err(StaleLink::Moved {
             bound: state.ifindex,
@@ -209,6 +237,7 @@ fn adopt(
             link_id: state.link_id,
             adopted: true,
             slot: None,
+            xdp_held_by: None,
         },
         LinkHandle::Program,
     ))
@@ -250,7 +279,7 @@ fn attach_new(
                     path: path.clone(),
                     detail: error_chain(&e),
                 })?;
-                let state = LinkState::read(&path)?;
+                let state = LinkState::read(&path, "xdp")?;
                 return Ok((
                     AttachedInterface {
                         name: name.to_owned(),
@@ -259,6 +288,7 @@ fn attach_new(
                         link_id: state.link_id,
                         adopted: false,
                         slot: None,
+                        xdp_held_by: None,
                     },
                     LinkHandle::Pinned(pinned),
                 ));
@@ -266,6 +296,7 @@ fn attach_new(
             Err(e) if is_busy(&e) => {
                 return Err(FilterError::AnotherProgram {
                     interface: name.to_owned(),
+                    holder: "unknown".to_owned(),
                 });
             }
             Err(e) if mode == AttachMode::Driver && os_error(&e) == Some(libc::EOPNOTSUPP) => {
@@ -300,7 +331,8 @@ impl AttachMode {
     fn to_aya(self) -> XdpMode {
         match self {
             AttachMode::Driver => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
+            // Only XDP modes are tried here.
+            AttachMode::Skb | AttachMode::Tcx | AttachMode::Clsact => XdpMode::Skb,
         }
     }
 }

@@ -98,21 +98,21 @@ pub fn slots(layout: &PinLayout, interfaces: &[String]) -> Vec<(String, Slot)> {
         .collect()
 }
 
-/// Refuses, before anything is loaded, an interface that runs a program outside the protocol
-/// (a lone XDP program, another tool's BPF link): joining would mean replacing it.
-pub(crate) fn check_interfaces(interfaces: &[(String, u32)]) -> Result<(), FilterError> {
+/// The interfaces among `interfaces` that run a program outside the protocol (a lone XDP
+/// program, another tool's BPF link), found before anything is loaded: joining would mean
+/// replacing it.
+pub(crate) fn foreign_programs(
+    interfaces: &[(String, u32)],
+) -> Result<Vec<(String, super::tc::XdpHolder)>, FilterError> {
+    let mut foreign = Vec::new();
     for (name, ifindex) in interfaces {
         if let OnInterface::Foreign { name: program, id } =
             Multiprog::read(*ifindex).map_err(|e| lib_error(name, e))?
         {
-            return Err(FilterError::ForeignProgram {
-                interface: name.clone(),
-                program,
-                id,
-            });
+            foreign.push((name.clone(), super::tc::XdpHolder { program, id }));
         }
     }
-    Ok(())
+    Ok(foreign)
 }
 
 fn lib_error(interface: &str, error: libxdp::XdpLibError) -> FilterError {
@@ -196,7 +196,8 @@ pub(crate) fn join(
     for &mode in &candidates {
         let lib_mode = match mode {
             AttachMode::Driver => Mode::Native,
-            AttachMode::Skb => Mode::Skb,
+            // The candidates are XDP modes only.
+            AttachMode::Skb | AttachMode::Tcx | AttachMode::Clsact => Mode::Skb,
         };
         match program.attach(ifindex, lib_mode) {
             Ok(()) => {
@@ -245,6 +246,7 @@ pub(crate) fn join(
         link_id: 0,
         adopted,
         slot,
+        xdp_held_by: None,
     })
 }
 

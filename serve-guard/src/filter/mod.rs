@@ -17,6 +17,7 @@ pub mod object;
 pub mod pins;
 pub mod program_log;
 pub mod run_config;
+pub mod tc;
 pub mod test_run;
 pub mod trie;
 
@@ -27,14 +28,14 @@ pub use pins::{PinLayout, Removed, remove_pins};
 pub use program_log::ProgramLog;
 
 use crate::cidr::{CidrError, CidrList};
-use crate::config::{Config, HostCheck, XdpAttach};
+use crate::config::{Config, HostCheck, XdpAttach, XdpModeSetting};
 use crate::ports::{Guard, PortClass, PortPolicy};
 use attach::LinkHandle;
-use aya::programs::{Extension, Xdp};
+use aya::programs::{Extension, ProgramError, SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use maps::FilterMaps;
 use serve_guard_common::trie::Capacity;
-use serve_guard_common::{FilterConfig, PROGRAM_NAME};
+use serve_guard_common::{FilterConfig, PROGRAM_NAME, TC_PROGRAM_NAME};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,11 +88,11 @@ pub enum FilterError {
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
     #[error(
-        "interface {interface} has another XDP program attached: if it is a libxdp program (xdp-loader, xdp-filter; `xdp-loader status {interface}` lists a dispatcher), set xdp_attach = \"dispatcher\" to run beside it; otherwise remove it (`ip link set dev {interface} xdp off`) or leave this interface out of `interfaces`"
+        "interface {interface} has another XDP program attached ({holder}) and xdp_mode = \"driver\" forbids the TC ingress fallback: if it is a libxdp program (xdp-loader, xdp-filter; `xdp-loader status {interface}` lists a dispatcher), set xdp_attach = \"dispatcher\" to run beside it; set xdp_mode = \"auto\" to filter at TC ingress; or remove it (`ip link set dev {interface} xdp off`) or leave this interface out of `interfaces`"
     )]
-    AnotherProgram { interface: String },
+    AnotherProgram { interface: String, holder: String },
     #[error(
-        "interface {interface} runs XDP program `{program}` (id {id}), which does not use a libxdp dispatcher: serve-guard does not replace another program. Load it through libxdp (xdp-loader) to share the interface, or remove it (`ip link set dev {interface} xdp off`), or leave this interface out of `interfaces`"
+        "interface {interface} runs XDP program `{program}` (id {id}), which does not use a libxdp dispatcher: serve-guard does not replace another program, and xdp_mode = \"driver\" forbids the TC ingress fallback. Set xdp_mode = \"auto\" to filter at TC ingress beside it, load it through libxdp (xdp-loader) to share the interface, remove it (`ip link set dev {interface} xdp off`), or leave this interface out of `interfaces`"
     )]
     ForeignProgram {
         interface: String,
@@ -114,6 +115,12 @@ pub enum FilterError {
         "cannot attach to {interface} through a BPF link (Linux >= 5.9 is required to pin XDP programs)"
     )]
     NoLinkSupport { interface: String },
+    #[error("cannot put the filter at TC ingress of {interface} ({}): {detail}", mode.name())]
+    TcAttach {
+        interface: String,
+        mode: AttachMode,
+        detail: String,
+    },
     #[error("cannot replace the program on the pinned link of {interface}: {detail}")]
     Replace { interface: String, detail: String },
     #[error("cannot read the pinned link {path}: {reason}")]
@@ -137,6 +144,10 @@ pub enum AttachMode {
     Driver,
     /// Generic XDP, after the kernel built an skb.
     Skb,
+    /// TC ingress through a tcx link (Linux 6.6): the fallback when another program holds XDP.
+    Tcx,
+    /// TC ingress as a clsact filter (before tcx): the same fallback on older kernels.
+    Clsact,
 }
 
 impl AttachMode {
@@ -144,6 +155,28 @@ impl AttachMode {
         match self {
             AttachMode::Driver => "driver",
             AttachMode::Skb => "skb",
+            AttachMode::Tcx => "tcx",
+            AttachMode::Clsact => "clsact",
+        }
+    }
+
+    /// At the XDP hook (else at TC ingress).
+    pub const fn is_xdp(self) -> bool {
+        matches!(self, AttachMode::Driver | AttachMode::Skb)
+    }
+
+    /// The hook, as `status` and the metrics name it.
+    pub const fn hook(self) -> &'static str {
+        if self.is_xdp() { "xdp" } else { "tc" }
+    }
+
+    /// The kernel's type of the pinned link (`link_type` in its fdinfo); none for clsact, whose
+    /// filter is no BPF link.
+    pub const fn link_type(self) -> Option<&'static str> {
+        match self {
+            AttachMode::Driver | AttachMode::Skb => Some("xdp"),
+            AttachMode::Tcx => Some("tcx"),
+            AttachMode::Clsact => None,
         }
     }
 }
@@ -215,12 +248,12 @@ impl Filter {
     /// every interface existed and the CIDR list was valid a moment ago.
     pub fn start(config: &Config, host: &HostCheck) -> Result<Filter, FilterError> {
         // Before anything is created: an old kernel gets a reason, not a verifier log.
-        kernel::check_running()?;
+        let tc_mode = tc::mode_for(kernel::check_running()?);
         let layout = PinLayout::new(&config.pin_dir);
         pins::check_on_bpffs(layout.root())?;
         // Nothing pinned yet: a failed start removes everything it created.
         let fresh = !layout.exists();
-        let started = Self::start_pinned(config, host, layout).map(|mut filter| {
+        let started = Self::start_pinned(config, host, layout, tc_mode).map(|mut filter| {
             filter.fresh = fresh;
             filter
         });
@@ -237,6 +270,7 @@ impl Filter {
         config: &Config,
         host: &HostCheck,
         layout: PinLayout,
+        tc_mode: AttachMode,
     ) -> Result<Filter, FilterError> {
         layout.create_dirs()?;
 
@@ -267,19 +301,37 @@ impl Filter {
         // kernel checks an extension against a target's BTF when it is loaded: the XDP instance's
         // own main function has the slots' signature, and libxdp re-attaches the extension to
         // the dispatcher's slot from there.
+        // Interfaces whose XDP hook a program outside libxdp's protocol holds: filtered at TC
+        // ingress instead (never by replacing it), unless xdp_mode = "driver" forbids that.
+        let mut xdp_held: Vec<(String, tc::XdpHolder)> = Vec::new();
         let mut extension = match config.xdp_attach {
             XdpAttach::Link => None,
             XdpAttach::Dispatcher => {
                 // Our own earlier link is adopted below; anything else outside the protocol is
-                // refused before the extension is even loaded.
+                // found before the extension is even loaded.
                 let bare: Vec<(String, u32)> = host
                     .interfaces
                     .iter()
                     .filter(|(name, _)| matches!(layout.find_link(name), Ok(None)))
                     .cloned()
                     .collect();
-                dispatcher::check_interfaces(&bare)?;
-                Some(load_extension(&mut ebpf, &layout, config)?)
+                for (interface, holder) in dispatcher::foreign_programs(&bare)? {
+                    if config.xdp_mode == XdpModeSetting::Driver {
+                        return Err(FilterError::ForeignProgram {
+                            interface,
+                            program: holder.program,
+                            id: holder.id,
+                        });
+                    }
+                    xdp_held.push((interface, holder));
+                }
+                let joining = host
+                    .interfaces
+                    .iter()
+                    .any(|(name, _)| xdp_held.iter().all(|(held, _)| held != name));
+                joining
+                    .then(|| load_extension(&mut ebpf, &layout, config))
+                    .transpose()?
             }
         };
         let map_id = dispatcher::our_map_id(&layout);
@@ -301,7 +353,7 @@ impl Filter {
             ),
             None => None,
         };
-        let program = xdp_program(&mut ebpf)?;
+        let (program, tc_program) = programs(&mut ebpf)?;
 
         // From here on a failure takes back what this start added: new links and the new
         // program pin. Adopted links keep the new program, which is complete (maps filled).
@@ -310,7 +362,12 @@ impl Filter {
         let mut links = Vec::new();
         let attached = (|| {
             for (name, ifindex) in &host.interfaces {
-                if let (Some(ext), Some(map_id)) = (&extension_fd, map_id)
+                let mut holder = xdp_held
+                    .iter()
+                    .find(|(held, _)| held == name)
+                    .map(|(_, h)| h.clone());
+                if holder.is_none()
+                    && let (Some(ext), Some(map_id)) = (&extension_fd, map_id)
                     && layout.find_link(name)?.is_none()
                 {
                     use std::os::fd::AsFd as _;
@@ -324,21 +381,77 @@ impl Filter {
                     )?);
                     continue;
                 }
-                if extension_fd.is_some() {
-                    // Moving from the link to a dispatcher means taking the link off first: a
-                    // gap. The interface keeps its link until the filter is detached.
-                    tracing::warn!(
-                        interface = %name,
-                        "{name} keeps the BPF link of an earlier start (xdp_attach = \"link\"); it \
-                         joins a dispatcher after `serve-guard detach` and a new start"
-                    );
+                if holder.is_none() {
+                    if extension_fd.is_some() {
+                        // Moving from the link to a dispatcher means taking the link off first:
+                        // a gap. The interface keeps its link until the filter is detached.
+                        tracing::warn!(
+                            interface = %name,
+                            "{name} keeps the BPF link of an earlier start (xdp_attach = \"link\"); it \
+                             joins a dispatcher after `serve-guard detach` and a new start"
+                        );
+                    }
+                    match attach::attach_interface(
+                        program,
+                        &layout,
+                        name,
+                        *ifindex,
+                        config.xdp_mode,
+                    ) {
+                        Ok((attached, handle)) => {
+                            interfaces.push(attached);
+                            links.push(handle);
+                            continue;
+                        }
+                        Err(FilterError::AnotherProgram { interface, .. }) => {
+                            let found =
+                                tc::XdpHolder::of(*ifindex).unwrap_or_else(|| tc::XdpHolder {
+                                    program: "?".to_owned(),
+                                    id: 0,
+                                });
+                            if config.xdp_mode == XdpModeSetting::Driver {
+                                return Err(FilterError::AnotherProgram {
+                                    interface,
+                                    holder: format!("program {found}"),
+                                });
+                            }
+                            holder = Some(found);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let holder = holder.expect("set on every path that reaches here");
+                tracing::warn!(
+                    interface = %name,
+                    hook = "tc",
+                    "{name}: XDP program {holder} holds the XDP hook outside libxdp's protocol; \
+                     filtering at TC ingress ({}) instead, with the same verdicts, on what it \
+                     passes up the stack. Load it through libxdp (xdp_attach = \"dispatcher\") \
+                     to filter at XDP beside it",
+                    tc_mode.name()
+                );
+                if tc_program.fd().is_err() {
+                    tc_program.load().map_err(|e| FilterError::Load {
+                        detail: format!("as a TC classifier: {}", error_chain(&e)),
+                    })?;
                 }
                 let (attached, handle) =
-                    attach::attach_interface(program, &layout, name, *ifindex, config.xdp_mode)?;
+                    tc::attach_interface(tc_program, &layout, name, *ifindex, tc_mode, holder)?;
                 interfaces.push(attached);
                 links.push(handle);
             }
             remove_unconfigured_links(&layout, &host.interfaces)?;
+            // Back at XDP where the other program left: the TC attachment goes, after XDP is in.
+            for attached in interfaces.iter().filter(|i| i.mode.is_xdp()) {
+                if let Some(entry) = layout.find_tc(&attached.name)? {
+                    pins::remove_link(&entry)?;
+                    tracing::info!(
+                        interface = %attached.name,
+                        "{}: the XDP hook is free again; filtering there, the TC ingress filter is removed",
+                        attached.name
+                    );
+                }
+            }
             if let (Some(_), Some(map_id)) = (&extension_fd, map_id) {
                 let keep: Vec<u32> = host.interfaces.iter().map(|(_, i)| *i).collect();
                 for name in dispatcher::leave_except(map_id, &keep)? {
@@ -497,6 +610,30 @@ impl crate::store::CidrSink for Filter {
     }
 }
 
+/// The XDP program and its TC twin (loaded only when an interface needs it), borrowed together.
+fn programs(ebpf: &mut Ebpf) -> Result<(&mut Xdp, &mut SchedClassifier), FilterError> {
+    let mut xdp = None;
+    let mut tc = None;
+    for (name, program) in ebpf.programs_mut() {
+        if name == PROGRAM_NAME {
+            xdp = Some(program);
+        } else if name == TC_PROGRAM_NAME {
+            tc = Some(program);
+        }
+    }
+    let convert = |e: ProgramError| FilterError::Load {
+        detail: error_chain(&e),
+    };
+    Ok((
+        xdp.ok_or(FilterError::MissingProgram(PROGRAM_NAME))?
+            .try_into()
+            .map_err(convert)?,
+        tc.ok_or(FilterError::MissingProgram(TC_PROGRAM_NAME))?
+            .try_into()
+            .map_err(convert)?,
+    ))
+}
+
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, FilterError> {
     ebpf.program_mut(PROGRAM_NAME)
         .ok_or(FilterError::MissingProgram(PROGRAM_NAME))?
@@ -652,9 +789,16 @@ fn undo_new_links(layout: &PinLayout, attached: &[AttachedInterface]) {
             }
             continue;
         }
-        let path = layout.link(&interface.name, interface.mode);
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!("cannot remove {} after a failed start: {e}", path.display());
+        let entry = pins::PinnedLinkEntry {
+            interface: interface.name.clone(),
+            mode: interface.mode,
+            path: layout.link(&interface.name, interface.mode),
+        };
+        if let Err(e) = pins::remove_link(&entry) {
+            tracing::warn!(
+                "cannot remove {} after a failed start: {e}",
+                entry.path.display()
+            );
         }
     }
 }
@@ -669,10 +813,7 @@ fn remove_unconfigured_links(
         if configured.iter().any(|(name, _)| *name == link.interface) {
             continue;
         }
-        std::fs::remove_file(&link.path).map_err(|error| FilterError::Unpin {
-            path: link.path.clone(),
-            error,
-        })?;
+        pins::remove_link(&link)?;
         tracing::info!(
             interface = %link.interface,
             "removed the filter from {} (no longer in `interfaces`)",

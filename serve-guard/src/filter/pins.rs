@@ -127,9 +127,20 @@ impl PinLayout {
         Ok(links)
     }
 
-    /// The pinned link of one interface, if any.
+    /// The pinned link of one interface at the XDP hook, if any.
     pub fn find_link(&self, interface: &str) -> Result<Option<PinnedLinkEntry>, FilterError> {
-        Ok(self.links()?.into_iter().find(|l| l.interface == interface))
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|l| l.interface == interface && l.mode.is_xdp()))
+    }
+
+    /// Our attachment of one interface at TC ingress (tcx link or clsact record), if any.
+    pub fn find_tc(&self, interface: &str) -> Result<Option<PinnedLinkEntry>, FilterError> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|l| l.interface == interface && !l.mode.is_xdp()))
     }
 
     /// True when anything of ours is pinned.
@@ -143,6 +154,8 @@ fn parse_link_name(name: &str) -> Option<(&str, AttachMode)> {
     let mode = match mode {
         "driver" => AttachMode::Driver,
         "skb" => AttachMode::Skb,
+        "tcx" => AttachMode::Tcx,
+        "clsact" => AttachMode::Clsact,
         _ => return None,
     };
     (!interface.is_empty()).then_some((interface, mode))
@@ -238,7 +251,7 @@ impl std::fmt::Display for Removed {
         } else {
             let mut parts = Vec::new();
             if !self.links.is_empty() {
-                parts.push(format!("XDP links on {}", self.links.join(", ")));
+                parts.push(format!("links on {}", self.links.join(", ")));
             }
             if !self.dispatchers.is_empty() {
                 parts.push(format!(
@@ -284,12 +297,14 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Removed, FilterError> {
     }
     for link in layout.links()? {
         // The id is only needed to wait for the release; a defunct link may not report one.
-        if let Ok(state) = LinkState::read(&link.path) {
+        if let Some(link_type) = link.mode.link_type()
+            && let Ok(state) = LinkState::read(&link.path, link_type)
+        {
             removed
                 .link_ids
                 .push((link.interface.clone(), state.link_id));
         }
-        remove_file(&link.path)?;
+        remove_link(&link)?;
         removed.links.push(link.interface);
     }
     for path in [layout.program_next(), layout.program()] {
@@ -322,6 +337,15 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Removed, FilterError> {
         }
     }
     Ok(removed)
+}
+
+/// Takes one of our attachments off its interface: removing a link's pin lets the link go (once
+/// no process holds it); a clsact filter is deleted, then its record.
+pub(crate) fn remove_link(link: &PinnedLinkEntry) -> Result<(), FilterError> {
+    if link.mode == AttachMode::Clsact {
+        super::tc::remove_clsact(&link.interface)?;
+    }
+    remove_file(&link.path)
 }
 
 /// Removes the pins of maps an earlier version used and this one does not read (their layout

@@ -24,8 +24,12 @@ struct FamilyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct InterfaceLabel {
+struct AttachLabels {
     interface: String,
+    /// `xdp` or `tc`.
+    hook: String,
+    /// driver, skb, tcx, clsact.
+    mode: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,19 +138,21 @@ pub async fn register(state: &MetricsState, registry: &mut Registry) {
         );
     }
 
-    let attached = Family::<InterfaceLabel, Gauge>::default();
+    let attached = Family::<AttachLabels, Gauge>::default();
     for link in PinLayout::new(&state.pin_dir).links().unwrap_or_default() {
         // A link whose interface went away, or that `bpftool link detach` cut, reads ifindex 0.
-        let on = LinkState::read(&link.path).is_ok_and(|s| s.ifindex != 0);
+        let on = LinkState::of_entry(&link).is_ok_and(|s| s.ifindex != 0);
         attached
-            .get_or_create(&InterfaceLabel {
+            .get_or_create(&AttachLabels {
                 interface: link.interface.clone(),
+                hook: link.mode.hook().to_owned(),
+                mode: link.mode.name().to_owned(),
             })
             .set(i64::from(on));
     }
     registry.register(
         "filter_attached",
-        "1 while the filter's pinned XDP link is attached to the interface, 0 once it is not",
+        "1 while the filter's pinned attachment is on the interface, 0 once it is not; hook xdp, or tc where another program holds XDP outside libxdp's protocol (mode tcx or clsact)",
         attached,
     );
 

@@ -196,6 +196,7 @@ mod tests {
             hw_type: netlink::ARPHRD_ETHER,
             up,
             kind: kind.map(str::to_owned),
+            xdp_program: None,
         }
     }
 

@@ -33,6 +33,8 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_PROG_ID: u16 = 4;
 const IFF_UP: u32 = 0x1;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -54,6 +56,8 @@ pub struct Link {
     pub up: bool,
     /// `IFLA_INFO_KIND` ("vxlan", "ipip", "veth", ...); `None` for plain hardware NICs.
     pub kind: Option<String>,
+    /// Id of the XDP program on the device (a lone program or a libxdp dispatcher), if any.
+    pub xdp_program: Option<u32>,
 }
 
 /// ARPHRD_ETHER: frames start with an Ethernet header, which is what the program parses.
@@ -97,6 +101,7 @@ pub fn links() -> io::Result<Vec<Link>> {
             hw_type,
             up: flags & IFF_UP != 0,
             kind: None,
+            xdp_program: None,
         };
         for (attr, value) in attributes(&body[IFINFOMSG_LEN..]) {
             match attr {
@@ -105,6 +110,12 @@ pub fn links() -> io::Result<Vec<Link>> {
                     link.kind = attributes(value)
                         .find(|(a, _)| *a == IFLA_INFO_KIND)
                         .map(|(_, v)| c_string(v));
+                }
+                IFLA_XDP => {
+                    link.xdp_program = attributes(value)
+                        .find(|(a, _)| *a == IFLA_XDP_PROG_ID)
+                        .and_then(|(_, v)| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)))
+                        .filter(|id| *id != 0);
                 }
                 _ => {}
             }

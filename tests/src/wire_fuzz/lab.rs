@@ -136,6 +136,7 @@ const fn ip_keyword(mode: AttachMode) -> &'static str {
     match mode {
         AttachMode::Driver => "xdpdrv",
         AttachMode::Skb => "xdpgeneric",
+        AttachMode::Tcx | AttachMode::Clsact => panic!("the lab attaches XDP modes only"),
     }
 }
 
@@ -264,6 +265,7 @@ impl Lab {
             let wanted = match mode {
                 AttachMode::Driver => XdpAttachMode::Driver,
                 AttachMode::Skb => XdpAttachMode::Skb,
+                AttachMode::Tcx | AttachMode::Clsact => bail!("the lab attaches XDP modes only"),
             };
             if attached != Some(wanted) {
                 bail!(

@@ -73,7 +73,7 @@ fn layout(agent: &Agent) -> PinLayout {
 
 /// The pinned link on the server's interface.
 fn link(agent: &Agent, mode: AttachMode) -> Result<LinkState> {
-    Ok(LinkState::read(&layout(agent).link(IFACE, mode))?)
+    Ok(LinkState::read(&layout(agent).link(IFACE, mode), "xdp")?)
 }
 
 /// The id of the XDP program on `iface` in `ns`, as the program ids in [`LinkState`].

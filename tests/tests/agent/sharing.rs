@@ -1,12 +1,14 @@
 //! Issue 20: serve-guard beside other XDP programs through libxdp's dispatcher (protocol v2),
 //! against Debian's xdp-tools on veths: xdp-filter (its own rule: UDP to [`FILTER_PORT`] dropped)
-//! and serve-guard in either order, each keeping its job, `xdp-loader status` listing both.
+//! and serve-guard in either order, each keeping its job, `xdp-loader status` listing both; and
+//! beside a program outside the protocol, the TC ingress fallback.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serve_guard_common::{Family, Reason};
 use serve_guard_tests::agent::{Agent, AgentConfig};
+use serve_guard_tests::metrics::sample;
 use serve_guard_tests::probe;
-use serve_guard_tests::server::UdpEchoServer;
+use serve_guard_tests::server::{HttpServer, UdpEchoServer};
 use serve_guard_tests::topology::{Host, IFACE, Topology};
 use serve_guard_tests::xdp_tools::{self, UnloadAll, XdpFilter};
 use serve_guard_tests::{limits, wait_for};
@@ -19,7 +21,11 @@ const SERVE_PORT: u16 = 8000;
 const FILTER_PORT: u16 = 7777;
 /// An answered echo comes back in well under this; an unanswered one is dropped.
 const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
-/// An XDP program from Debian's xdp-tools, loaded alone in the refusal test.
+/// A TCP port in no list: guarded (`guard = "node"`), outside connections refused.
+const GUARDED_PORT: u16 = 8080;
+/// The agent's metrics listener in the server's namespace.
+const METRICS: &str = "127.0.0.1:9464";
+/// An XDP program from Debian's xdp-tools, loaded alone (outside the protocol).
 const XDP_PASS_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o";
 
 fn config() -> AgentConfig {
@@ -129,42 +135,207 @@ fn serve_guard_first_then_xdp_filter_both_filter() -> Result<()> {
     both_orders(Order::ServeGuardFirst)
 }
 
-/// A program that does not speak the protocol (here xdp-filter's program loaded alone, as libxdp does with
-/// LIBXDP_SKIP_DISPATCHER=1) is never replaced: the agent refuses, naming it, attaches nothing,
-/// and the program keeps the interface.
+/// Loads xdp-filter's allow-all program alone on the server's interface, as libxdp does with
+/// LIBXDP_SKIP_DISPATCHER=1: a program that does not speak the protocol. Returns its id.
+fn load_lone_program(topo: &Topology) -> Result<u64> {
+    xdp_tools::load_alone(&topo.server.ns, IFACE, XDP_PASS_OBJECT)?;
+    topo.server
+        .ns
+        .xdp_program(IFACE)?
+        .context("no XDP program after xdp-loader load")
+}
+
+/// A program that does not speak the protocol is never replaced; with xdp_mode = "driver" (no TC
+/// fallback) the agent refuses, naming it, in either attach mode, and attaches nothing.
 #[test]
-fn a_program_outside_the_protocol_is_refused_by_name() -> Result<()> {
+fn a_program_outside_the_protocol_is_refused_by_name_in_driver_mode() -> Result<()> {
     let topo = Topology::new()?;
     let _unload = UnloadAll {
         ns: topo.server.ns.clone(),
         iface: IFACE.to_owned(),
     };
+    let program = load_lone_program(&topo)?;
+    for attach in ["dispatcher", "link"] {
+        let mut agent = Agent::new(
+            &topo.server.ns,
+            config().set("xdp_attach", attach).xdp_mode("driver"),
+        )?;
+        let status = agent.run_to_exit(&[])?;
+        let logs = agent.run_logs();
+        assert!(!status.success(), "{logs}");
+        let named = match attach {
+            "dispatcher" => {
+                format!("interface {IFACE} runs XDP program `xdpfilt_alw_all` (id {program})")
+            }
+            _ => format!("program `xdpfilt_alw_all` (id {program})"),
+        };
+        assert!(logs.contains(&named), "{attach}: {logs}");
+        assert!(logs.contains("forbids the TC ingress fallback"), "{logs}");
+        assert_eq!(
+            topo.server.ns.xdp_program(IFACE)?,
+            Some(program),
+            "replaced"
+        );
+        assert!(!agent.files().pin_dir.exists(), "{logs}");
+    }
+    Ok(())
+}
+
+/// What the TC fallback must hold, probed from both clients: the Serve port (strict) and a
+/// guarded TCP port from outside are closed, the public port open, the inside client served.
+fn assert_tc_verdicts(topo: &Topology, agent: &Agent) -> Result<()> {
+    // From the pins (`stats`): the program on the interface's XDP hook is not ours.
+    let before = agent.stats_cli()?;
+    assert!(
+        echoed(&topo.inside, &topo.server, SERVE_PORT),
+        "inside not served"
+    );
+    assert!(
+        !echoed(&topo.outside, &topo.server, SERVE_PORT),
+        "outside served"
+    );
+    assert!(
+        echoed(&topo.outside, &topo.server, FILTER_PORT),
+        "public port closed"
+    );
+    let guarded = SocketAddr::new(topo.server.v4.into(), GUARDED_PORT);
+    assert!(
+        probe::tcp_connect(&topo.outside.ns, guarded, ECHO_TIMEOUT).is_err(),
+        "outside connected to a guarded port"
+    );
+    probe::tcp_connect(&topo.inside.ns, guarded, limits::PROBE_IO)
+        .map_err(|e| anyhow::anyhow!("inside cannot connect to the guarded port: {e:?}"))?;
+    wait_for(
+        "the TC program's drops counted",
+        limits::AGENT_READY,
+        || {
+            let since = agent.stats_cli()?.since(&before);
+            Ok(since.packets(Reason::DropOutsideVpc, Family::Ipv4) > 0
+                && since.packets(Reason::DropGuarded, Family::Ipv4) > 0)
+        },
+    )
+}
+
+/// The TC ingress fallback: beside a lone XDP program the filter runs at TC ingress with the same
+/// verdicts (strict, guarded through the socket lookup, public), says so in the log, `status` and
+/// the metrics; a kill -9 and a restart adopt the TC attachment (tcx: the pinned link; clsact: the
+/// filter at its priority and handle) while probers run (no inside echo lost, no outside one
+/// answered); once the program leaves, a restart moves the filter to XDP and takes the TC one
+/// off, still without a gap; `detach` removes it.
+fn tc_fallback(hook: &str) -> Result<()> {
+    let topo = Topology::new()?;
+    let _unload = UnloadAll {
+        ns: topo.server.ns.clone(),
+        iface: IFACE.to_owned(),
+    };
+    let _echo = UdpEchoServer::start(&topo.server.ns, &[SERVE_PORT, FILTER_PORT])?;
+    let _http = HttpServer::start(&topo.server.ns, &[GUARDED_PORT])?;
+    let program = load_lone_program(&topo)?;
+    let mut cfg = config().set("xdp_attach", "link").metrics_listen(METRICS);
+    if hook == "clsact" {
+        cfg = cfg.env("SERVE_GUARD_TC_HOOK", "clsact");
+    }
+    let mut agent = Agent::start(&topo.server.ns, cfg)?;
+    let logs = agent.logs();
+    assert!(
+        logs.contains(&format!(
+            "XDP program `xdpfilt_alw_all` (id {program}) holds the XDP hook"
+        )) && logs.contains(&format!("filtering at TC ingress ({hook})")),
+        "{logs}"
+    );
+    assert_eq!(
+        topo.server.ns.xdp_program(IFACE)?,
+        Some(program),
+        "replaced"
+    );
+    let pinned = format!("@{hook}");
+    let pins = agent.files().pins()?;
+    assert!(pins.iter().any(|p| p.ends_with(&pinned)), "{pins:?}");
+    assert_tc_verdicts(&topo, &agent)?;
+
+    let out = agent.cli(&["status"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "{IFACE} (TC ingress, {hook}: XDP is held by `xdpfilt_alw_all` (id {program})"
+        )),
+        "{text}"
+    );
+    let scrape =
+        probe::http_request(&topo.server.ns, METRICS.parse()?, "/metrics", &[])?.body_text();
+    let series =
+        format!("serve_guard_filter_attached{{interface=\"{IFACE}\",hook=\"tc\",mode=\"{hook}\"}}");
+    assert_eq!(sample(&scrape, &series), Some(1.0), "{scrape}");
+
+    // kill -9 and restart under probes: the TC attachment keeps filtering and is adopted.
+    let inside = prober(&topo.inside, &topo.server, limits::PROBE_IO)?;
+    let outside = prober(&topo.outside, &topo.server, ECHO_TIMEOUT)?;
+    agent.kill9()?;
+    agent.restart()?;
+    assert_tc_verdicts(&topo, &agent)?;
+    // The lone program leaves; the next start moves the filter to XDP, then takes TC off.
     let out = topo
         .server
         .ns
-        .command("xdp-loader")
-        .args(["load", "-m", "native", IFACE, XDP_PASS_OBJECT])
-        .env("LIBXDP_SKIP_DISPATCHER", "1")
+        .command("ip")
+        .args(["link", "set", "dev", IFACE, "xdp", "off"])
         .output()?;
-    anyhow::ensure!(out.status.success(), "xdp-loader load: {out:?}");
-    let program = topo.server.ns.xdp_program(IFACE)?;
-    assert!(program.is_some());
-
-    let mut agent = Agent::new(&topo.server.ns, config())?;
-    let status = agent.run_to_exit(&[])?;
-    let logs = agent.run_logs();
-    assert!(!status.success(), "{logs}");
+    anyhow::ensure!(out.status.success(), "ip link set xdp off: {out:?}");
+    agent.stop()?;
+    agent.restart()?;
+    let (inside, outside) = (inside.finish()?, outside.finish()?);
+    assert!(inside.sent > 0 && outside.sent > 0);
+    assert_eq!(inside.answered, inside.sent, "inside lost: {inside:?}");
+    assert_eq!(outside.answered, 0, "outside answered: {outside:?}");
     assert!(
-        logs.contains(&format!(
-            "interface {IFACE} runs XDP program `xdpfilt_alw_all` (id {})",
-            program.unwrap_or_default()
-        )),
-        "{logs}"
+        agent.logs().contains("the TC ingress filter is removed"),
+        "{}",
+        agent.logs()
     );
-    assert!(logs.contains("does not use a libxdp dispatcher"), "{logs}");
-    assert_eq!(topo.server.ns.xdp_program(IFACE)?, program, "replaced");
-    assert!(!agent.files().pin_dir.exists(), "{logs}");
+    let pins = agent.files().pins()?;
+    assert!(!pins.iter().any(|p| p.ends_with(&pinned)), "{pins:?}");
+    assert!(
+        tc_filters(&topo)?.is_empty(),
+        "a TC program is left on {IFACE}"
+    );
+    assert!(topo.server.ns.xdp_program(IFACE)?.is_some(), "not at XDP");
+    assert_tc_verdicts(&topo, &agent)?;
+
+    assert!(agent.stop()?.success(), "{}", agent.run_logs());
+    let out = agent.cli(&["detach"])?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        echoed(&topo.outside, &topo.server, SERVE_PORT),
+        "still filtered"
+    );
     Ok(())
+}
+
+/// What runs at TC ingress of the server's interface, as bpftool lists it (tcx and clsact).
+fn tc_filters(topo: &Topology) -> Result<Vec<String>> {
+    let out = topo
+        .server
+        .ns
+        .command("bpftool")
+        .args(["net", "show", "dev", IFACE])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "bpftool net show: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("serve_guard_tc"))
+        .map(str::to_owned)
+        .collect())
+}
+
+#[test]
+fn beside_a_lone_xdp_program_the_filter_runs_at_tc_ingress_tcx() -> Result<()> {
+    tc_fallback("tcx")
+}
+
+/// The path kernels before 6.6 take, forced on this one.
+#[test]
+fn beside_a_lone_xdp_program_the_filter_runs_at_tc_ingress_clsact() -> Result<()> {
+    tc_fallback("clsact")
 }
 
 /// What a UDP prober saw through dispatcher swaps.
