@@ -127,7 +127,7 @@ impl MetadataServer {
     /// Adds the well-known addresses to `ns`'s loopback and serves `cloud` there.
     pub fn start(ns: &Netns, cloud: Cloud) -> Result<Self> {
         for addr in [METADATA_V4, API_V4] {
-            ns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+            ns.add_loopback_address(&format!("{addr}/32"))?;
         }
         let dir = tempfile::tempdir()?;
         let cert =

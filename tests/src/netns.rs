@@ -134,6 +134,17 @@ impl Netns {
         run_ip(&full)
     }
 
+    /// Adds `cidr` to the namespace's `lo`, usable at once: an IPv6 address without `nodad` stays
+    /// tentative until a work item clears it, and binding it before then fails (EADDRNOTAVAIL)
+    /// on a loaded machine.
+    pub fn add_loopback_address(&self, cidr: &str) -> Result<()> {
+        let mut args = vec!["addr", "add", cidr, "dev", "lo"];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        self.ip(&args)
+    }
+
     /// `ip -n <ns> -j <args>` parsed as JSON.
     pub fn ip_json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let mut full = vec!["-n", self.name(), "-j"];

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
-    programs::Xdp,
+    programs::{SchedClassifier, Xdp},
 };
 use ipnet::IpNet;
 use serve_guard::cidr::CidrList;
@@ -26,7 +26,7 @@ use serve_guard::filter::{
 };
 use serve_guard_common::{
     COUNTER_ENTRIES, Counter, Family, FilterConfig, PORT_ENTRIES, PORT_GUARDED, PORT_PROTECTED,
-    PROGRAM_NAME, PortTable, PortValue, Reason, counter_index, maps,
+    PROGRAM_NAME, PortTable, PortValue, Reason, TC_PROGRAM_NAME, counter_index, maps,
 };
 use std::{
     ffi::CString,
@@ -47,6 +47,75 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// XDP verdicts as BPF_PROG_TEST_RUN reports them (uapi `enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+/// The TC program's verdicts as BPF_PROG_TEST_RUN reports them: TC_ACT_SHOT, and TC_ACT_UNSPEC
+/// (-1: the next program runs) as the u32 the kernel writes back.
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// Which of the object's two programs an instance runs: the XDP program, or the same filter as
+/// a TC classifier (the agent's fallback beside an XDP program outside libxdp's protocol).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    #[default]
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+
+    /// Whether BPF_PROG_TEST_RUN runs `frame` through this hook's program. For an skb the kernel
+    /// refuses (EINVAL) a frame whose EtherType is IPv4 or IPv6 but which is shorter than that
+    /// fixed header: such packets reach TC ingress on a real interface, but no test run can show
+    /// what the program does with them (the XDP run covers the same parse).
+    pub fn test_run_accepts(self, frame: &[u8]) -> bool {
+        const ETH_HLEN: usize = 14;
+        const IPV4_HLEN: usize = 20;
+        const IPV6_HLEN: usize = 40;
+        if self == Hook::Xdp {
+            return true;
+        }
+        let l3 = frame.len().saturating_sub(ETH_HLEN);
+        match frame.get(12..ETH_HLEN) {
+            Some([0x08, 0x00]) => l3 >= IPV4_HLEN,
+            Some([0x86, 0xdd]) => l3 >= IPV6_HLEN,
+            _ => true,
+        }
+    }
+
+    /// The return value that passes a packet at this hook.
+    pub fn pass(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_PASS,
+            Hook::Tc => TC_ACT_UNSPEC,
+        }
+    }
+
+    /// The return value that drops a packet at this hook.
+    pub fn drop(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_DROP,
+            Hook::Tc => TC_ACT_SHOT,
+        }
+    }
+}
+
+impl std::str::FromStr for Hook {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Hook::ALL
+            .into_iter()
+            .find(|h| h.name() == s)
+            .ok_or_else(|| format!("no hook {s:?} (known: xdp, tc)"))
+    }
+}
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
@@ -77,6 +146,7 @@ impl Counters {
 /// One loaded instance of the program with its own maps.
 pub struct TestProgram {
     ebpf: Ebpf,
+    hook: Hook,
     allow: AllowMaps,
     /// What `allow` added so far: each change recompiles the whole list, as the agent does.
     allowed: CidrList,
@@ -92,6 +162,12 @@ impl TestProgram {
     /// [`Self::load`] with allow-list maps sized for `cidrs` per family, as `max_cidrs` sizes
     /// the agent's.
     pub fn load_with_capacity(cidrs: u32) -> Result<Self> {
+        Self::load_hook(cidrs, Hook::Xdp)
+    }
+
+    /// [`Self::load_with_capacity`] running the program of `hook` (the TC classifier runs on
+    /// the same maps, so everything else stays as it is).
+    pub fn load_hook(cidrs: u32, hook: Hook) -> Result<Self> {
         use serve_guard_common::maps;
         let capacity = serve_guard_common::trie::Capacity::for_cidrs(cidrs);
         ensure_bpffs()?;
@@ -122,11 +198,19 @@ impl TestProgram {
         program
             .load()
             .context("verifier rejected the XDP program")?;
+        if hook == Hook::Tc {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM_NAME)
+                .with_context(|| format!("program {TC_PROGRAM_NAME} not in the object"))?
+                .try_into()?;
+            program.load().context("verifier rejected the TC program")?;
+        }
         let allow = AllowMaps::take(&mut ebpf).context("allow-list maps")?;
         #[allow(clippy::mem_forget, reason = "disarmed: the program keeps its pins")]
         std::mem::forget(guard);
         Ok(Self {
             ebpf,
+            hook,
             allow,
             allowed: CidrList::default(),
             pin_dir,
@@ -179,13 +263,31 @@ impl TestProgram {
         Ok(ebpf)
     }
 
+    /// The hook whose program [`Self::run`] runs.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// The program of this instance's hook.
     pub fn fd(&self) -> Result<BorrowedFd<'_>> {
-        let program: &Xdp = self
-            .ebpf
-            .program(PROGRAM_NAME)
-            .context("program missing")?
-            .try_into()?;
-        Ok(program.fd()?.as_fd())
+        Ok(match self.hook {
+            Hook::Xdp => {
+                let program: &Xdp = self
+                    .ebpf
+                    .program(PROGRAM_NAME)
+                    .context("program missing")?
+                    .try_into()?;
+                program.fd()?.as_fd()
+            }
+            Hook::Tc => {
+                let program: &SchedClassifier = self
+                    .ebpf
+                    .program(TC_PROGRAM_NAME)
+                    .context("program missing")?
+                    .try_into()?;
+                program.fd()?.as_fd()
+            }
+        })
     }
 
     /// Makes `port` strict (`PORT_PROTECTED`).

@@ -257,7 +257,7 @@ impl GuardedNode {
             format!("{SERVER_V6}/128"),
             format!("{OUTSIDE_V6}/128"),
         ] {
-            ns.ip(&["addr", "add", &cidr, "dev", "lo"])?;
+            ns.add_loopback_address(&cidr)?;
         }
         let (own_ports, sockets) = ns.run(|| -> Result<_> {
             let mut listeners = Vec::new();

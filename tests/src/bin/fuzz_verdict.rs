@@ -6,6 +6,8 @@
 //! Options:
 //! - `--frames N` (default 10,000,000), `--seed S` (default 1; `random` draws one from the
 //!   clock and prints it), `--start I` (first frame index), `--only GENERATOR`.
+//! - `--hook xdp|tc|both` (default both): the XDP program, its TC twin (the fallback beside a
+//!   foreign XDP program), or each in turn on the same frames.
 //! - `--replay I`: judge frame I alone and print it (with `--seed`, `--only` of the run).
 //! - `--out DIR`: where mismatching frames are written (default `<target>/fuzz`).
 //! - `--show N`: print (and write) the first N mismatches in full as they are found (default
@@ -19,6 +21,7 @@ use serve_guard_tests::fuzz::{
     differential::{self, Mismatch, Options, Programs, Report},
     generate::Generator,
 };
+use serve_guard_tests::program::Hook;
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -31,6 +34,8 @@ const DEFAULT_SHOW: u64 = 10;
 
 struct Args {
     options: Options,
+    /// The programs run, in turn, on the same frames.
+    hooks: Vec<Hook>,
     replay: Option<u64>,
     out: PathBuf,
     show: u64,
@@ -44,6 +49,7 @@ fn parse_args() -> Result<Args> {
             frames: DEFAULT_FRAMES,
             only: None,
         },
+        hooks: Hook::ALL.to_vec(),
         replay: None,
         out: default_out_dir(),
         show: DEFAULT_SHOW,
@@ -71,12 +77,19 @@ fn parse_args() -> Result<Args> {
                     )
                 })?);
             }
+            "--hook" => {
+                let v = value()?;
+                args.hooks = match v.as_str() {
+                    "both" => Hook::ALL.to_vec(),
+                    one => vec![one.parse().map_err(anyhow::Error::msg)?],
+                };
+            }
             "--replay" => args.replay = Some(number(&arg, &value()?)?),
             "--out" => args.out = PathBuf::from(value()?),
             "--show" => args.show = number(&arg, &value()?)?,
             other => bail!(
                 "unknown argument {other:?} (known: --frames N, --seed S|random, --start I, \
-                 --only GENERATOR, --replay I, --out DIR, --show N)"
+                 --only GENERATOR, --hook xdp|tc|both, --replay I, --out DIR, --show N)"
             ),
         }
     }
@@ -101,7 +114,12 @@ fn default_out_dir() -> PathBuf {
 
 fn write_mismatch(dir: &Path, m: &Mismatch) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("verdict-{}-{}.txt", m.seed, m.index));
+    let path = dir.join(format!(
+        "verdict-{}-{}-{}.txt",
+        m.observed.hook.name(),
+        m.seed,
+        m.index
+    ));
     std::fs::write(&path, m.describe()).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
@@ -117,10 +135,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// True when the program and the model agreed on every frame.
+/// True when the programs and the model agreed on every frame.
 fn run() -> Result<bool> {
     let args = parse_args()?;
-    let programs = Programs::load()?;
+    let mut agreed = true;
+    for &hook in &args.hooks {
+        agreed &= run_hook(&args, hook)?;
+    }
+    Ok(agreed)
+}
+
+/// True when the program of `hook` and the model agreed on every frame.
+fn run_hook(args: &Args, hook: Hook) -> Result<bool> {
+    let programs = Programs::load(hook)?;
     if let Some(index) = args.replay {
         return match differential::judge_one(&programs, args.options, index)? {
             None => {
@@ -136,7 +163,8 @@ fn run() -> Result<bool> {
     }
     let o = args.options;
     println!(
-        "fuzz_verdict: seed {} frames {}..{}{}",
+        "fuzz_verdict: {} program, seed {} frames {}..{}{}",
+        hook.name(),
         o.seed,
         o.start,
         o.start + o.frames,
@@ -200,5 +228,12 @@ fn print_report(report: &Report) {
         report.mismatches(),
         report.classes.len()
     );
+    if report.not_runnable > 0 {
+        println!(
+            "{} frames not run: the kernel's skb test run refuses an IP EtherType shorter than \
+             its fixed header",
+            report.not_runnable
+        );
+    }
     print!("{}", report.describe_classes());
 }

@@ -19,7 +19,7 @@ use super::{
     model::{self, Action, Verdict},
     scenario,
 };
-use crate::program::{Counters, TestProgram, XDP_DROP, XDP_PASS};
+use crate::program::{Counters, Hook, TestProgram};
 use anyhow::{Context as _, Result};
 use serve_guard::filter::test_run::test_run;
 use serve_guard_common::{Counter, Family, Reason};
@@ -49,6 +49,8 @@ pub struct Options {
 /// class of mismatch.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Observed {
+    /// The hook whose program ran: it gives the return value its meaning.
+    pub hook: Hook,
     pub retval: u32,
     pub moved: Vec<(Reason, Family, u64)>,
     /// Every counter that moved counted the frame's length per packet.
@@ -59,7 +61,7 @@ impl Observed {
     /// The program did what the model says: the right return value, and exactly one counter
     /// moved, by one packet of the frame's length.
     pub fn agrees(&self, expected: &Verdict) -> bool {
-        self.retval == xdp_action(expected.action)
+        self.retval == retval(self.hook, expected.action)
             && self.moved == [(expected.reason, expected.family, 1)]
             && self.bytes_counted
     }
@@ -68,11 +70,11 @@ impl Observed {
 impl std::fmt::Display for Observed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let action = match self.retval {
-            XDP_PASS => "Pass".to_owned(),
-            XDP_DROP => "Drop".to_owned(),
+            r if r == self.hook.pass() => "Pass".to_owned(),
+            r if r == self.hook.drop() => "Drop".to_owned(),
             other => format!("retval {other}"),
         };
-        write!(f, "{action}")?;
+        write!(f, "{} {action}", self.hook.name())?;
         match &self.moved[..] {
             [(reason, family, 1)] => write!(f, " {}/{}", reason.name(), family.name())?,
             moved => {
@@ -141,6 +143,9 @@ pub struct GeneratorStats {
 #[derive(Debug, Default)]
 pub struct Report {
     pub frames: u64,
+    /// Frames the kernel's test run refuses at this hook (see [`Hook::test_run_accepts`]): not
+    /// run, not counted in `frames`.
+    pub not_runnable: u64,
     pub per_generator: BTreeMap<Generator, GeneratorStats>,
     /// Mismatches grouped by class, with how many and the first of each.
     pub classes: BTreeMap<(Verdict, Observed), (u64, Mismatch)>,
@@ -180,24 +185,34 @@ impl Report {
 /// The program once per port table and audit setting, each with the scenario's maps, and the
 /// namespace (with its sockets) the frames are run in.
 pub struct Programs {
+    hook: Hook,
     /// Indexed by layout, then by audit.
     programs: Vec<[TestProgram; 2]>,
     sockets: scenario::Sockets,
 }
 
 impl Programs {
-    pub fn load() -> Result<Self> {
+    /// The program of `hook` (XDP, or the same filter as a TC classifier).
+    pub fn load(hook: Hook) -> Result<Self> {
         let mut programs = Vec::new();
         for layout in 0..scenario::LAYOUTS {
             programs.push([
-                scenario::program_in(layout, false)
+                scenario::program_in(layout, false, hook)
                     .with_context(|| format!("loading the program (layout {layout}, enforcing)"))?,
-                scenario::program_in(layout, true)
+                scenario::program_in(layout, true, hook)
                     .with_context(|| format!("loading the program (layout {layout}, audit)"))?,
             ]);
         }
         let sockets = scenario::Sockets::create().context("the fuzzer's namespace")?;
-        Ok(Self { programs, sockets })
+        Ok(Self {
+            hook,
+            programs,
+            sockets,
+        })
+    }
+
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
     fn get(&self, layout: usize, audit: bool) -> &TestProgram {
@@ -236,6 +251,7 @@ impl Programs {
             }
         }
         Ok(Observed {
+            hook: self.hook,
             retval: run.retval,
             moved,
             bytes_counted,
@@ -290,8 +306,13 @@ fn run_here(
         let before = programs.all_counters()?;
         let mut tally: Vec<[Tally; 2]> = vec![Default::default(); scenario::LAYOUTS];
         let mut retval_wrong = false;
+        let not_runnable_before = report.not_runnable;
         for index in batch_start..batch_end {
             let sample = generate::sample(options.seed, index, options.only);
+            if !programs.hook.test_run_accepts(&sample.frame) {
+                report.not_runnable += 1;
+                continue;
+            }
             let expected = model::verdict(
                 &sample.frame,
                 &policies[sample.layout][usize::from(sample.audit)],
@@ -299,7 +320,7 @@ fn run_here(
             let program = programs.get(sample.layout, sample.audit);
             let run = test_run(program.fd()?, &sample.frame, 1)
                 .with_context(|| format!("BPF_PROG_TEST_RUN, frame {index}"))?;
-            retval_wrong |= run.retval != xdp_action(expected.action);
+            retval_wrong |= run.retval != retval(programs.hook, expected.action);
             let slot = &mut tally[sample.layout][usize::from(sample.audit)]
                 [expected.reason as usize][expected.family as usize];
             slot.packets += 1;
@@ -335,7 +356,7 @@ fn run_here(
                     .0 += 1;
             }
         }
-        report.frames += batch_end - batch_start;
+        report.frames += batch_end - batch_start - (report.not_runnable - not_runnable_before);
         batch_start = batch_end;
     }
     report.elapsed = started.elapsed();
@@ -364,6 +385,9 @@ fn replay(
     for index in indices {
         if check == Check::Quick {
             let sample = generate::sample(options.seed, index, options.only);
+            if !programs.hook.test_run_accepts(&sample.frame) {
+                continue;
+            }
             let expected = model::verdict(
                 &sample.frame,
                 &policies[sample.layout][usize::from(sample.audit)],
@@ -376,7 +400,8 @@ fn replay(
                 after.packets.wrapping_sub(before.packets),
                 after.bytes.wrapping_sub(before.bytes),
             );
-            if run.retval == xdp_action(expected.action) && moved == (1, sample.frame.len() as u64)
+            if run.retval == retval(programs.hook, expected.action)
+                && moved == (1, sample.frame.len() as u64)
             {
                 continue;
             }
@@ -400,6 +425,9 @@ fn judge_here(
     index: u64,
 ) -> Result<Option<Mismatch>> {
     let sample = generate::sample(options.seed, index, options.only);
+    if !programs.hook.test_run_accepts(&sample.frame) {
+        return Ok(None);
+    }
     let expected = model::verdict(
         &sample.frame,
         &policies[sample.layout][usize::from(sample.audit)],
@@ -425,9 +453,10 @@ fn tally_matches(before: &Counters, after: &Counters, tally: &Tally) -> bool {
     })
 }
 
-pub fn xdp_action(action: Action) -> u32 {
+/// The return value the program of `hook` gives for `action`.
+pub fn retval(hook: Hook, action: Action) -> u32 {
     match action {
-        Action::Pass => XDP_PASS,
-        Action::Drop => XDP_DROP,
+        Action::Pass => hook.pass(),
+        Action::Drop => hook.drop(),
     }
 }

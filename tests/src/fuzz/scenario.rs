@@ -12,7 +12,7 @@
 
 use super::model::{Policy, PortTable, Socket, SocketKind, class};
 use crate::netns::Netns;
-use crate::program::TestProgram;
+use crate::program::{Hook, TestProgram};
 use crate::rng::Rng;
 use anyhow::{Context as _, Result};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -286,8 +286,9 @@ pub fn policy(audit: bool) -> Policy {
 }
 
 /// The real program loaded with layout `layout`'s environment.
-pub fn program_in(layout: usize, audit: bool) -> Result<TestProgram> {
-    let mut program = TestProgram::load()?;
+pub fn program_in(layout: usize, audit: bool, hook: Hook) -> Result<TestProgram> {
+    let mut program =
+        TestProgram::load_hook(serve_guard_common::trie::DEFAULT_CIDRS_PER_FAMILY, hook)?;
     program
         .set_port_classes(ports(layout).values())
         .with_context(|| format!("port classes of layout {layout}"))?;
@@ -304,7 +305,7 @@ pub fn program_in(layout: usize, audit: bool) -> Result<TestProgram> {
 
 /// The real program loaded with layout 0's environment.
 pub fn program(audit: bool) -> Result<TestProgram> {
-    program_in(0, audit)
+    program_in(0, audit, Hook::Xdp)
 }
 
 /// The fuzzer's namespace with [`SOCKETS`] open in it. Frames must be run from a thread inside
@@ -326,11 +327,7 @@ impl Sockets {
             (HOST_V6.to_string(), 128),
             (PEER_V6.to_string(), 128),
         ] {
-            let extra: &[&str] = if len == 128 { &["nodad"] } else { &[] };
-            let cidr = format!("{addr}/{len}");
-            let mut args = vec!["addr", "add", cidr.as_str(), "dev", "lo"];
-            args.extend_from_slice(extra);
-            ns.ip(&args)?;
+            ns.add_loopback_address(&format!("{addr}/{len}"))?;
         }
         let (tcp, streams, udp) = ns.run(open_sockets)??;
         Ok(Self {

@@ -17,6 +17,7 @@ use serve_guard_tests::fuzz::{
     model::{self, Action, Verdict},
     scenario,
 };
+use serve_guard_tests::program::Hook;
 
 struct Regression {
     name: &'static str,
@@ -159,9 +160,26 @@ const REGRESSIONS: &[Regression] = &[
 
 #[test]
 fn fuzz_regression_frames_get_the_verdict_of_docs_filter_md() {
-    let programs = Programs::load().expect("load the XDP program");
     let mut failures = Vec::new();
+    // The XDP program and its TC twin (the fallback beside a foreign XDP program).
+    for hook in Hook::ALL {
+        regression_frames(hook, &mut failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} regression frames x hooks failed:\n{}",
+        failures.len(),
+        REGRESSIONS.len() * Hook::ALL.len(),
+        failures.join("\n")
+    );
+}
+
+fn regression_frames(hook: Hook, failures: &mut Vec<String>) {
+    let programs = Programs::load(hook).expect("load the program");
     for r in REGRESSIONS {
+        if !hook.test_run_accepts(&from_hex(r.frame)) {
+            continue;
+        }
         let frame = from_hex(r.frame);
         let (action, reason, family) = r.expected;
         let expected = Verdict {
@@ -186,11 +204,4 @@ fn fuzz_regression_frames_get_the_verdict_of_docs_filter_md() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} regression frames failed:\n{}",
-        failures.len(),
-        REGRESSIONS.len(),
-        failures.join("\n")
-    );
 }

@@ -8,6 +8,7 @@ use serve_guard_tests::fuzz::{
     differential::{self, Options, Programs},
     generate::Generator,
 };
+use serve_guard_tests::program::Hook;
 
 /// Another seed than the 10M run's default, so the slice is not a prefix of it.
 const SEED: u64 = 0x5e7e_f022_0007;
@@ -15,7 +16,18 @@ const FRAMES: u64 = 300_000;
 
 #[test]
 fn fixed_seed_slice_program_agrees_with_model() {
-    let programs = Programs::load().expect("load the XDP program");
+    slice(Hook::Xdp);
+}
+
+/// The same slice through the TC classifier (the fallback beside a foreign XDP program): the
+/// same parse and decision on an skb.
+#[test]
+fn fixed_seed_slice_tc_program_agrees_with_model() {
+    slice(Hook::Tc);
+}
+
+fn slice(hook: Hook) {
+    let programs = Programs::load(hook).expect("load the program");
     let options = Options {
         seed: SEED,
         start: 0,
@@ -23,7 +35,12 @@ fn fixed_seed_slice_program_agrees_with_model() {
         only: None,
     };
     let report = differential::run(&programs, options, |_| {}).expect("run the slice");
-    assert_eq!(report.frames, FRAMES);
+    assert_eq!(report.frames + report.not_runnable, FRAMES);
+    // Only the TC test run refuses frames, and only a small share (IP headers cut short).
+    match hook {
+        Hook::Xdp => assert_eq!(report.not_runnable, 0),
+        Hook::Tc => assert!(report.not_runnable < FRAMES / 20, "{}", report.not_runnable),
+    }
 
     // The slice only means something if it reached every generator and every verdict.
     for generator in Generator::ALL {
@@ -44,9 +61,10 @@ fn fixed_seed_slice_program_agrees_with_model() {
 
     assert!(
         report.classes.is_empty(),
-        "{} of {FRAMES} frames mismatch (reproduce: cargo xtask fuzz verdict --seed {SEED} \
-         --replay INDEX):\n{}",
+        "{} of {FRAMES} frames mismatch (reproduce: cargo xtask fuzz verdict --hook {} --seed \
+         {SEED} --replay INDEX):\n{}",
         report.mismatches(),
+        hook.name(),
         report.describe_classes()
     );
 }
@@ -64,7 +82,7 @@ fn directed_frames_at_the_namespace_sockets_take_both_lookup_outcomes() {
     use serve_guard_tests::fuzz::{model, scenario::*};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    let programs = Programs::load().expect("load the XDP program");
+    let programs = Programs::load(Hook::Xdp).expect("load the XDP program");
     let policy = differential::policies().swap_remove(0)[0].clone();
     let families: [(IpAddr, IpAddr, IpAddr, IpAddr, Family); 2] = [
         (

@@ -1343,8 +1343,7 @@ mod guarded {
                 (RESOLVER_V4.to_string(), "32"),
                 (RESOLVER_V6.to_string(), "128"),
             ] {
-                let cidr = format!("{addr}/{len}");
-                ns.ip(&["addr", "add", &cidr, "dev", "lo"])
+                ns.add_loopback_address(&format!("{addr}/{len}"))
                     .expect("address");
             }
             let (own_tcp, own_udp, keep) = ns
