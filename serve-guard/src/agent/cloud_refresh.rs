@@ -20,6 +20,8 @@ pub async fn run(
     store.set_cloud_refresh_interval(config.refresh_interval);
     let mut provider = config.provider.pinned();
     let mut warned: Vec<String> = Vec::new();
+    // Built once: the CA bundle is not read again at every refresh.
+    let api = cloud::ApiClient::new(config.request_timeout);
     let mut ticker = tokio::time::interval(config.refresh_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,7 +31,7 @@ pub async fn run(
         }
         let asked = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            asked = cloud::discover(&config, provider) => asked,
+            asked = cloud::discover(&config, provider, &api) => asked,
         };
         match asked {
             Ok(discovery) => {

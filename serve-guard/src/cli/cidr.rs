@@ -404,7 +404,8 @@ async fn discover(
     json: bool,
 ) -> Result<()> {
     let cloud = config.cloud.clone().unwrap_or_default();
-    let discovery = crate::cloud::discover(&cloud, provider).await?;
+    let api = crate::cloud::ApiClient::new(cloud.request_timeout);
+    let discovery = crate::cloud::discover(&cloud, provider, &api).await?;
     let (listing, live) = in_force(config, client).await?;
     let in_force: std::collections::BTreeSet<_> = listing.cidrs.iter().copied().collect();
     let given = discovery.list();

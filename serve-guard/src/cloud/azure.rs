@@ -123,7 +123,11 @@ pub async fn probe(client: &Client) -> Result<(), CloudError> {
         .map(drop)
 }
 
-pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery, CloudError> {
+pub async fn discover(
+    client: &Client,
+    config: &CloudConfig,
+    api: &super::ApiClient,
+) -> Result<Discovery, CloudError> {
     let url = instance_url();
     let instance: Instance =
         get_json(P, client, &url, &[METADATA], "Azure's instance metadata").await?;
@@ -159,7 +163,7 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
         }
         Err(e) => return Err(e),
     };
-    let api = Api::new(P, config.request_timeout, &token)?;
+    let api = Api::new(P, api, &token)?;
     let compute = &instance.compute;
     for (what, name) in [
         ("a subscription id", &compute.subscription_id),

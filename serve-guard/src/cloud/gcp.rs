@@ -108,7 +108,11 @@ struct SecondaryRange {
     ip_cidr_range: String,
 }
 
-pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery, CloudError> {
+pub async fn discover(
+    client: &Client,
+    config: &CloudConfig,
+    api: &super::ApiClient,
+) -> Result<Discovery, CloudError> {
     let interfaces_url = url("instance/network-interfaces/?recursive=true");
     let interfaces: Vec<Interface> =
         metadata_json(client, &interfaces_url, "a list of network interfaces").await?;
@@ -155,7 +159,7 @@ pub async fn discover(client: &Client, config: &CloudConfig) -> Result<Discovery
         }
         Err(e) => return Err(e),
     };
-    let api = Api::new(P, config.request_timeout, &token)?;
+    let api = Api::new(P, api, &token)?;
     for (project, name) in &networks {
         let filter = encode_component(&format!("network eq \".*/networks/{name}\""));
         let base = format!(

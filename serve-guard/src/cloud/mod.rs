@@ -160,10 +160,41 @@ impl Ranges {
     }
 }
 
-/// Asks the cloud: the pinned one, or the one that [`detect`] finds.
+/// The https client of the cloud APIs (GCP's Compute API, Azure Resource Manager): the CA
+/// bundle is read at the first call that needs it and kept, so a refresh a minute does not read
+/// and parse it again. A failed read is not kept: the next refresh tries again.
+pub struct ApiClient {
+    timeout: std::time::Duration,
+    built: std::sync::Mutex<Option<http::Client>>,
+}
+
+impl ApiClient {
+    pub fn new(timeout: std::time::Duration) -> Self {
+        ApiClient {
+            timeout,
+            built: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn get(&self, provider: Provider) -> Result<http::Client, CloudError> {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = built.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = http::Client::new(self.timeout)
+            .with_tls()
+            .map_err(|source| CloudError::Http { provider, source })?;
+        *built = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// Asks the cloud: the pinned one, or the one that [`detect`] finds. `api` is kept by the
+/// caller across refreshes.
 pub async fn discover(
     config: &CloudConfig,
     provider: Option<Provider>,
+    api: &ApiClient,
 ) -> Result<Discovery, CloudError> {
     let provider = match provider.or_else(|| config.provider.pinned()) {
         Some(p) => p,
@@ -172,8 +203,8 @@ pub async fn discover(
     let client = http::Client::new(config.request_timeout);
     match provider {
         Provider::Aws => aws::discover(&client).await,
-        Provider::Gcp => gcp::discover(&client, config).await,
-        Provider::Azure => azure::discover(&client, config).await,
+        Provider::Gcp => gcp::discover(&client, config, api).await,
+        Provider::Azure => azure::discover(&client, config, api).await,
     }
 }
 
@@ -232,14 +263,8 @@ impl fmt::Display for Refused {
 }
 
 impl Api {
-    fn new(
-        provider: Provider,
-        timeout: std::time::Duration,
-        token: &str,
-    ) -> Result<Self, CloudError> {
-        let client = http::Client::new(timeout)
-            .with_tls()
-            .map_err(|source| CloudError::Http { provider, source })?;
+    fn new(provider: Provider, api: &ApiClient, token: &str) -> Result<Self, CloudError> {
+        let client = api.get(provider)?;
         Ok(Api {
             provider,
             client,

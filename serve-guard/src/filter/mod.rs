@@ -334,7 +334,11 @@ impl Filter {
                     .transpose()?
             }
         };
-        let map_id = dispatcher::our_map_id(&layout);
+        // Only dispatcher slots are recognised by it (link mode never looks for them).
+        let map_id = match config.xdp_attach {
+            XdpAttach::Dispatcher => dispatcher::our_map_id(&layout),
+            XdpAttach::Link => None,
+        };
 
         let program_log = if config.program_log {
             // The log comes from the instance that runs on the interfaces.
