@@ -297,13 +297,13 @@ impl Filter {
         maps.set_config(filter_config(config))?;
         let applied = maps.apply_cidrs(&host.cidrs)?;
 
+        // Interfaces whose XDP hook a program outside libxdp's protocol holds: filtered at TC
+        // ingress instead (never by replacing it), unless xdp_mode = "driver" forbids that.
+        let mut xdp_held: Vec<(String, tc::XdpHolder)> = Vec::new();
         // In a dispatcher the filter runs as an extension (BPF_PROG_TYPE_EXT) of a slot. The
         // kernel checks an extension against a target's BTF when it is loaded: the XDP instance's
         // own main function has the slots' signature, and libxdp re-attaches the extension to
         // the dispatcher's slot from there.
-        // Interfaces whose XDP hook a program outside libxdp's protocol holds: filtered at TC
-        // ingress instead (never by replacing it), unless xdp_mode = "driver" forbids that.
-        let mut xdp_held: Vec<(String, tc::XdpHolder)> = Vec::new();
         let mut extension = match config.xdp_attach {
             XdpAttach::Link => None,
             XdpAttach::Dispatcher => {
@@ -428,10 +428,10 @@ impl Filter {
                 tracing::warn!(
                     interface = %name,
                     hook = "tc",
-                    "{name}: XDP program {holder} holds the XDP hook outside libxdp's protocol; \
-                     filtering at TC ingress ({}) instead, with the same verdicts, on what it \
-                     passes up the stack. Load it through libxdp (xdp_attach = \"dispatcher\") \
-                     to filter at XDP beside it",
+                    "{name}: the XDP hook is held by program {holder}, which serve-guard does \
+                     not replace; filtering at TC ingress ({}) instead, with the same verdicts, \
+                     on what that program passes up the stack. To filter at XDP beside it, load \
+                     it through libxdp and set xdp_attach = \"dispatcher\"",
                     tc_mode.name()
                 );
                 if tc_program.fd().is_err() {

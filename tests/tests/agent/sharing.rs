@@ -239,7 +239,7 @@ fn tc_fallback(hook: &str) -> Result<()> {
     let logs = agent.logs();
     assert!(
         logs.contains(&format!(
-            "XDP program `xdpfilt_alw_all` (id {program}) holds the XDP hook"
+            "the XDP hook is held by program `xdpfilt_alw_all` (id {program})"
         )) && logs.contains(&format!("filtering at TC ingress ({hook})")),
         "{logs}"
     );
