@@ -48,6 +48,7 @@ pub mod config;
 pub mod control;
 pub mod filter;
 pub mod follow;
+pub mod http_exchange;
 pub mod metrics;
 pub mod node;
 pub mod ports;

@@ -2,9 +2,10 @@
 //! headers, body), a bounded body, and no redirect followed (a metadata service or an API that
 //! redirects is not what it claims to be, and the token must not travel on).
 
+use crate::http_exchange::ExchangeError;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -179,38 +180,26 @@ async fn exchange<T>(
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let http = |source| HttpError::Http {
-        url: url.to_owned(),
-        source,
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let answer = crate::http_exchange::exchange(io, request, MAX_BODY)
         .await
-        .map_err(http)?;
-    // The connection task ends with the exchange (the sender is dropped with this function).
-    let conn = tokio::spawn(conn);
-    let answer = sender.send_request(request).await.map_err(http)?;
-    let (parts, body) = answer.into_parts();
-    if parts.status.is_redirection() {
-        conn.abort();
-        return Err(HttpError::Redirect {
-            url: url.to_owned(),
-            status: parts.status,
-        });
-    }
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast::<hyper::Error>() {
-            Ok(e) => http(*e),
-            Err(_) => HttpError::TooLarge {
+        .map_err(|e| match e {
+            ExchangeError::Http(source) => HttpError::Http {
+                url: url.to_owned(),
+                source,
+            },
+            ExchangeError::TooLarge => HttpError::TooLarge {
                 url: url.to_owned(),
             },
-        })?
-        .to_bytes();
-    conn.abort();
+        })?;
+    if answer.parts.status.is_redirection() {
+        return Err(HttpError::Redirect {
+            url: url.to_owned(),
+            status: answer.parts.status,
+        });
+    }
     Ok(Response {
-        status: parts.status,
-        headers: parts.headers,
-        body,
+        status: answer.parts.status,
+        headers: answer.parts.headers,
+        body: answer.body,
     })
 }

@@ -1,8 +1,9 @@
 //! The control socket's client, used by the CLI verbs.
 
 use super::ErrorBody;
+use crate::http_exchange::{ExchangeError, exchange};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -109,18 +110,6 @@ impl Client {
                 });
             }
         };
-        let http = |source| ClientError::Http {
-            path: self.path.clone(),
-            source,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        let driver = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("control client connection: {e}");
-            }
-        });
         let mut req = Request::builder()
             .method(method)
             .uri(route)
@@ -131,22 +120,18 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("method, route and headers are valid");
-        let resp = sender.send_request(req).await.map_err(http)?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), super::MAX_RESPONSE_BYTES)
-            .collect()
+        let answer = exchange(TokioIo::new(stream), req, super::MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| match e.downcast::<hyper::Error>() {
-                Ok(source) => ClientError::Http {
+            .map_err(|e| match e {
+                ExchangeError::Http(source) => ClientError::Http {
                     path: self.path.clone(),
-                    source: *source,
+                    source,
                 },
-                Err(_) => ClientError::TooLarge {
+                ExchangeError::TooLarge => ClientError::TooLarge {
                     path: self.path.clone(),
                 },
-            })?
-            .to_bytes();
-        driver.abort();
+            })?;
+        let (status, bytes) = (answer.parts.status, answer.body);
         if status != StatusCode::OK {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.error)
