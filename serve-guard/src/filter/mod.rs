@@ -410,7 +410,7 @@ impl Filter {
                         Err(FilterError::AnotherProgram { interface, .. }) => {
                             let found =
                                 tc::XdpHolder::of(*ifindex).unwrap_or_else(|| tc::XdpHolder {
-                                    program: "?".to_owned(),
+                                    program: String::new(),
                                     id: 0,
                                 });
                             if config.xdp_mode == XdpModeSetting::Driver {

@@ -32,19 +32,26 @@ const CLSACT_HANDLE: u32 = 0x5347;
 /// Who holds the interface's XDP hook (`status`, the log, the metrics).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XdpHolder {
+    /// Empty when this process may not read it (see [`XdpHolder::of`]).
     pub program: String,
     pub id: u32,
 }
 
 impl std::fmt::Display for XdpHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}` (id {})", self.program, self.id)
+        if self.program.is_empty() {
+            // Reading another program's name by id takes CAP_SYS_ADMIN, which the unit lacks.
+            write!(f, "id {}", self.id)
+        } else {
+            write!(f, "`{}` (id {})", self.program, self.id)
+        }
     }
 }
 
 impl XdpHolder {
-    /// The XDP program on `ifindex` now, named from the kernel's program info; `None` when the
-    /// hook is free again.
+    /// The XDP program on `ifindex` now, named from the kernel's program info (unnamed without
+    /// CAP_SYS_ADMIN: the id comes from rtnetlink, the name needs the program opened by id);
+    /// `None` when the hook is free again.
     pub fn of(ifindex: u32) -> Option<XdpHolder> {
         let links = crate::node::netlink::links().ok()?;
         let id = links.iter().find(|l| l.index == ifindex)?.xdp_program?;
@@ -52,7 +59,7 @@ impl XdpHolder {
             .filter_map(Result::ok)
             .find(|p| p.id() == id)
             .and_then(|p| p.name_as_str().map(str::to_owned))
-            .unwrap_or_else(|| "?".to_owned());
+            .unwrap_or_default();
         Some(XdpHolder { program, id })
     }
 }
