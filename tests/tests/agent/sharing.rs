@@ -4,6 +4,7 @@
 //! beside a program outside the protocol, the TC ingress fallback.
 
 use anyhow::{Context as _, Result};
+use serve_guard::filter::LinkState;
 use serve_guard_common::{Family, Reason};
 use serve_guard_tests::agent::{Agent, AgentConfig};
 use serve_guard_tests::metrics::sample;
@@ -251,6 +252,11 @@ fn tc_fallback(hook: &str) -> Result<()> {
     let pinned = format!("@{hook}");
     let pins = agent.files().pins()?;
     assert!(pins.iter().any(|p| p.ends_with(&pinned)), "{pins:?}");
+    let ours = TcAttachment::of(&topo, &agent, hook)?;
+    assert!(
+        ours.present()?,
+        "{hook}: not at TC ingress as the kernel lists it"
+    );
     assert_tc_verdicts(&topo, &agent)?;
 
     let out = agent.cli(&["status"])?;
@@ -294,10 +300,9 @@ fn tc_fallback(hook: &str) -> Result<()> {
     );
     let pins = agent.files().pins()?;
     assert!(!pins.iter().any(|p| p.ends_with(&pinned)), "{pins:?}");
-    assert!(
-        tc_filters(&topo)?.is_empty(),
-        "a TC program is left on {IFACE}"
-    );
+    wait_for("the TC attachment to go", limits::AGENT_READY, || {
+        Ok(!ours.present()?)
+    })?;
     assert!(topo.server.ns.xdp_program(IFACE)?.is_some(), "not at XDP");
     assert_tc_verdicts(&topo, &agent)?;
 
@@ -311,20 +316,42 @@ fn tc_fallback(hook: &str) -> Result<()> {
     Ok(())
 }
 
-/// What runs at TC ingress of the server's interface, as bpftool lists it (tcx and clsact).
-fn tc_filters(topo: &Topology) -> Result<Vec<String>> {
-    let out = topo
-        .server
-        .ns
-        .command("bpftool")
-        .args(["net", "show", "dev", IFACE])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "bpftool net show: {out:?}");
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("serve_guard_tc"))
-        .map(str::to_owned)
-        .collect())
+/// Our program at TC ingress of the server's interface, as the kernel lists it.
+enum TcAttachment<'t> {
+    /// The tcx link, by id (links are not listed per interface by the tools here).
+    Tcx(u32),
+    /// The clsact filter, in `tc filter show`.
+    Clsact(&'t Topology),
+}
+
+impl<'t> TcAttachment<'t> {
+    fn of(topo: &'t Topology, agent: &Agent, hook: &str) -> Result<Self> {
+        Ok(match hook {
+            "tcx" => {
+                let pin = agent.files().pin_dir.join(format!("links/{IFACE}@tcx"));
+                TcAttachment::Tcx(LinkState::read(&pin, "tcx")?.link_id)
+            }
+            _ => TcAttachment::Clsact(topo),
+        })
+    }
+
+    fn present(&self) -> Result<bool> {
+        match self {
+            TcAttachment::Tcx(id) => Ok(aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .any(|l| l.id() == *id)),
+            TcAttachment::Clsact(topo) => {
+                let out = topo
+                    .server
+                    .ns
+                    .command("tc")
+                    .args(["filter", "show", "dev", IFACE, "ingress"])
+                    .output()?;
+                anyhow::ensure!(out.status.success(), "tc filter show: {out:?}");
+                Ok(String::from_utf8_lossy(&out.stdout).contains("serve_guard_tc"))
+            }
+        }
+    }
 }
 
 #[test]
