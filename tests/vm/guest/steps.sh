@@ -13,6 +13,9 @@ LIBXDP_BIN=/usr/local/lib/sg-vm/serve-guard-libxdp
 # xdp-filter's own rule in the sharing check: UDP to the public port (open in serve-guard's
 # policy) dropped, so a drop there can only be xdp-filter's.
 FILTER_PORT=22
+# A program outside libxdp's protocol for the TC fallback check: xdp-filter's allow-all program,
+# loaded alone.
+LONE_OBJECT=/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o
 # Bounds, in tenths of a second (TCG is slow: a start takes seconds).
 WAIT_READY=900
 WAIT_RESTART=900
@@ -66,6 +69,22 @@ share_state() {
     echo "dispatcher=$(grep -q xdp_dispatcher <<<"$status" && echo yes || echo no)"
     echo "listed_sg=$(grep -q serve_guard <<<"$status" && echo yes || echo no)"
     echo "listed_filter=$(grep -q xdpfilt <<<"$status" && echo yes || echo no)"
+    xdp_state
+}
+
+# Where serve-guard's TC program runs on $IFACE ("tcx", "clsact" or "none"), the program on the XDP
+# hook, and `status`'s interfaces line. tc(8) lists clsact filters; a tcx link is found by its pin
+# (the image has no bpftool, and iproute2 here lists no tcx links).
+tc_state() {
+    if tc filter show dev "$IFACE" ingress 2>/dev/null | grep -q serve_guard_tc; then
+        echo "tc_hook=clsact"
+    elif [ -e "$PIN_DIR/links/$IFACE@tcx" ]; then
+        echo "tc_hook=tcx"
+    else
+        echo "tc_hook=none"
+    fi
+    echo "xdp_holder=$(xdp-loader status "$IFACE" 2>/dev/null | grep -q xdpfilt && echo lone || echo none)"
+    serve-guard status -c "$CONFIG" 2>/dev/null | grep '^interfaces:' | tr ' ' '~' | sed 's/^/status_line=/' || true
     xdp_state
 }
 
@@ -257,6 +276,33 @@ share-detach)
     rm -f "/etc/systemd/system/$UNIT.service.d/libxdp.conf"
     sed -i '/^xdp_attach/d' "$CONFIG"
     systemctl daemon-reload
+    ;;
+tc-start)
+    # Issue 20: a lone XDP program holds eth0 (no dispatcher); the packaged agent filters at TC
+    # ingress beside it (clsact before Linux 6.6, tcx after). The unit is stopped, eth0 bare.
+    LIBXDP_SKIP_DISPATCHER=1 xdp-loader load -m native "$IFACE" "$LONE_OBJECT" ||
+        fail "xdp-loader load failed"
+    # The image's config asks for driver mode, which forbids the fallback (a refusal).
+    sed -i 's/^xdp_mode = .*/xdp_mode = "auto"/' "$CONFIG"
+    systemctl start "$UNIT" || fail "start failed: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    wait_for "$WAIT_READY" ready || fail "not ready: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    tc_state
+    ;;
+tc-kill9)
+    # kill -9 while the host's stream runs: the TC filter stays, the restart adopts it.
+    old=$(main_pid)
+    [ "$old" -gt 0 ] || fail "the unit has no main process"
+    kill -9 "$old"
+    restarted() { local p; p=$(main_pid); [ "$p" -gt 0 ] && [ "$p" != "$old" ] && ready; }
+    wait_for "$WAIT_RESTART" restarted || fail "not restarted and ready: $(journalctl -u "$UNIT" -b --no-pager -n 20 -o cat)"
+    tc_state
+    ;;
+tc-detach)
+    systemctl stop "$UNIT" || fail "systemctl stop failed"
+    serve-guard detach >/dev/null || fail "detach failed"
+    tc_state
+    xdp-loader unload --all "$IFACE" >/dev/null 2>&1 || ip link set dev "$IFACE" xdp off
+    sed -i 's/^xdp_mode = .*/xdp_mode = "driver"/' "$CONFIG"
     ;;
 journal)
     # Every boot's lines of the unit (the journal is persistent): errors, and ANSI escapes.

@@ -70,9 +70,10 @@ pub struct Options {
     pub suites: Vec<String>,
     /// Build the image and stop.
     pub build_only: bool,
-    /// Suites that run the libxdp sharing check (all when empty). It costs about a minute per
-    /// kernel under TCG, so `cargo xtask test` runs it on the oldest kernel only, the one the
-    /// protocol's minimum (5.10) is about; `cargo xtask test-vm` runs it everywhere.
+    /// Suites that run the checks of sharing the interface (libxdp dispatcher, TC fallback; all
+    /// suites when empty). They cost about a minute per kernel under TCG, so `cargo xtask test`
+    /// runs them on the oldest kernel only, the one the protocol's minimum (5.10) and the clsact
+    /// path are about; `cargo xtask test-vm` runs them everywhere.
     pub share_on: Vec<String>,
 }
 

@@ -31,11 +31,12 @@ pub enum Check {
     Reboot,
     Detach,
     Share,
+    TcFallback,
     Journal,
 }
 
 impl Check {
-    pub const ALL: [Check; 11] = [
+    pub const ALL: [Check; 12] = [
         Check::Boot,
         Check::Start,
         Check::Filter,
@@ -46,6 +47,7 @@ impl Check {
         Check::Reboot,
         Check::Detach,
         Check::Share,
+        Check::TcFallback,
         Check::Journal,
     ];
 
@@ -61,6 +63,7 @@ impl Check {
             Check::Reboot => "reboot",
             Check::Detach => "detach",
             Check::Share => "libxdp sharing",
+            Check::TcFallback => "TC fallback",
             Check::Journal => "journal",
         }
     }
@@ -89,6 +92,9 @@ impl Check {
             Check::Detach => "`serve-guard detach`: no program, no pins, everything passes",
             Check::Share => {
                 "xdp-filter (its rule: UDP 22 dropped) then serve-guard in one libxdp dispatcher, both verdicts; xdp-filter leaves and joins again during a kill -9, probed throughout; detach leaves xdp-filter"
+            }
+            Check::TcFallback => {
+                "a lone XDP program (xdp-filter's allow-all, no dispatcher) on eth0: the packaged agent filters at TC ingress beside it (clsact before 6.6, tcx after), the whole client matrix; kill -9 under a datagram stream, the restart adopts it; detach removes it"
             }
             Check::Journal => "the unit's journal over both boots: no error, no ANSI escape",
         }
@@ -247,9 +253,9 @@ pub fn write_doc(
     if !share_on.is_empty() {
         let _ = writeln!(
             doc,
-            "– : not run. `cargo xtask test` (CI) runs the libxdp sharing check on {} only, to \
-             keep CI's time (it costs about a minute per kernel under TCG); `cargo xtask test-vm` \
-             runs it on every kernel.\n",
+            "– : not run. `cargo xtask test` (CI) runs the libxdp sharing and TC fallback checks \
+             on {} only, to keep CI's time (they cost about a minute per kernel under TCG); \
+             `cargo xtask test-vm` runs them on every kernel.\n",
             share_on.join(", ")
         );
     }

@@ -115,7 +115,8 @@ const JOURNAL_EXCERPT_LINES: usize = 12;
 const POLL: Duration = Duration::from_millis(50);
 
 /// Boots `kernel` and runs every check; never fails itself: failures are results.
-/// `share`: whether the libxdp sharing check runs (left out, its cell reads –).
+/// `share`: whether the sharing checks run (libxdp dispatcher, TC fallback; left out, their cells
+/// read –).
 pub fn run(kernel: &Kernel, image: &Image, index: usize, share: bool) -> KernelResult {
     let started = Instant::now();
     let mut result = KernelResult::new(kernel);
@@ -171,6 +172,7 @@ pub fn run(kernel: &Kernel, image: &Image, index: usize, share: bool) -> KernelR
         result.record(Check::Detach, s.detach());
         if share {
             result.record(Check::Share, s.share());
+            result.record(Check::TcFallback, s.tc_fallback(&kernel.version));
         }
     }
     result.record(Check::Journal, s.journal());
@@ -471,6 +473,49 @@ impl Scenario<'_> {
         ))
     }
 
+    /// Issue 20's fallback under systemd with the package's static agent: a lone XDP program
+    /// holds eth0; serve-guard filters at TC ingress (clsact before 6.6, tcx after) with the whole
+    /// client matrix's verdicts, survives a kill -9 under a stream (the restart adopts the
+    /// filter), and `detach` removes it.
+    fn tc_fallback(&mut self, kernel: &str) -> Result<String> {
+        let want = if kernel_at_least(kernel, 6, 6) {
+            "tcx"
+        } else {
+            "clsact"
+        };
+        let placed = |v: &Values| -> Result<()> {
+            ensure!(
+                get(v, "tc_hook")? == want && get(v, "xdp_holder")? == "lone",
+                "expected serve_guard_tc at {want} beside the lone XDP program: {v:?}"
+            );
+            Ok(())
+        };
+        let v = self.step("tc-start")?;
+        placed(&v)?;
+        let status = get(&v, "status_line")?.replace('~', " ");
+        ensure!(
+            status.contains(&format!("TC ingress, {want}")),
+            "`status`: {status}"
+        );
+        let matrix = self.matrix_beside(true, false)?;
+
+        let pairs = client_pairs(PROTECTED_PORTS[0]);
+        let stream = self.spawn_probe("stream", pairs.iter().map(String::as_str))?;
+        std::thread::sleep(LEAD_IN);
+        let killed = self.step("tc-kill9");
+        std::thread::sleep(LEAD_IN);
+        let counts = values(&finish_probe(stream)?);
+        placed(&killed?)?;
+        check_stream(&counts).map_err(|e| anyhow::anyhow!("during a kill -9: {e}"))?;
+
+        let v = self.step("tc-detach")?;
+        ensure!(get(&v, "tc_hook")? == "none", "left at TC ingress: {v:?}");
+        Ok(format!(
+            "{want}: {matrix}; kill -9: {}; detach removed it; {status}",
+            stream_summary(&counts)
+        ))
+    }
+
     /// The unit's journal over both boots: no error, no ANSI escape. The whole journal goes to
     /// the run's folder.
     fn journal(&mut self) -> Result<String> {
@@ -539,6 +584,15 @@ fn excerpt(journal: &str) -> String {
 }
 
 /// Every client against `port` on the guest, for the stream and boot probes.
+/// Whether the release `version` (`uname -r`, e.g. 5.10.0-32-amd64) is at least major.minor.
+fn kernel_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
 fn client_pairs(port: u16) -> Vec<String> {
     CLIENTS.iter().map(|c| c.pair(port)).collect()
 }
