@@ -11,28 +11,47 @@ pub mod maps {
     /// took 12 s under emulation, and as long to read back).
     pub const PORTS: &str = "SG_PORT_CLASS";
     /// `Array<u32>` of [`crate::trie::ROOT_ENTRIES`]: the root slot of each family's allow-list
-    /// trie, indexed by [`crate::trie::ROOT_V4`] / [`crate::trie::ROOT_V6`].
-    pub const ROOTS: &str = "SG_ROOTS";
-    /// `Array<TrieNode>`: the IPv4 allow-list trie's nodes (two halves, see [`crate::trie`]).
-    pub const NODES_V4: &str = "SG_NODES_V4";
-    /// `Array<TrieNode>`: the IPv6 allow-list trie's nodes.
-    pub const NODES_V6: &str = "SG_NODES_V6";
-    /// `Array<TailV4>`: single-prefix leaves of the IPv4 trie.
-    pub const TAILS_V4: &str = "SG_TAILS_V4";
-    /// `Array<TailV6>`: single-prefix leaves of the IPv6 trie.
-    pub const TAILS_V6: &str = "SG_TAILS_V6";
+    /// (the directory half in use), indexed by [`crate::trie::ROOT_V4`] / [`crate::trie::ROOT_V6`].
+    /// (The nibble trie's root slots were `SG_ROOTS`: every allow-list map has a new name, so a
+    /// pinned map of the old layout is never read as one of these, and while a start replaces
+    /// the old program the new agent never writes a half that program still walks.)
+    pub const ROOTS: &str = "SG_ROOT16";
+    /// `Array<DirBlock>`: the IPv4 directory, one slot per /16 (two halves, see
+    /// [`crate::trie`]).
+    pub const DIR_V4: &str = "SG_DIR16_V4";
+    /// `Array<DirBlock>`: the IPv6 directory, one slot per /16.
+    pub const DIR_V6: &str = "SG_DIR16_V6";
+    /// `Array<NodeV4>`: the IPv4 nodes below the directory.
+    pub const NODES_V4: &str = "SG_NODE8_V4";
+    /// `Array<NodeV6>`: the IPv6 nodes below the directory.
+    pub const NODES_V6: &str = "SG_NODE4_V6";
+    /// `Array<TailV4>`: single-prefix leaves of the IPv4 structure.
+    pub const TAILS_V4: &str = "SG_TAIL16_V4";
+    /// `Array<TailV6>`: single-prefix leaves of the IPv6 structure.
+    pub const TAILS_V6: &str = "SG_TAIL16_V6";
     /// `Array<FilterConfig>` with one element.
     pub const CONFIG: &str = "SG_CONFIG";
     /// `PerCpuArray<Counter>` indexed by [`crate::counter_index`]. (Renamed from `SG_COUNTERS`
     /// when the guarded-port reasons were added: a pinned map keeps its size.)
     pub const COUNTERS: &str = "SG_VERDICTS";
     /// Every map, for pinning and for `detach`.
-    pub const ALL: [&str; 8] = [
-        PORTS, ROOTS, NODES_V4, NODES_V6, TAILS_V4, TAILS_V6, CONFIG, COUNTERS,
+    pub const ALL: [&str; 10] = [
+        PORTS, ROOTS, DIR_V4, DIR_V6, NODES_V4, NODES_V6, TAILS_V4, TAILS_V6, CONFIG, COUNTERS,
     ];
     /// Maps of earlier versions, with a layout this version does not read. A start replaces
     /// the program that used them, then removes their pins (see the agent's `filter::pins`).
-    pub const RETIRED: [&str; 4] = ["SG_ALLOW_V4", "SG_ALLOW_V6", "SG_COUNTERS", "SG_PORTS"];
+    pub const RETIRED: [&str; 9] = [
+        "SG_ALLOW_V4",
+        "SG_ALLOW_V6",
+        "SG_COUNTERS",
+        "SG_PORTS",
+        // The nibble trie's (issue 21 replaced it with the /16 directory with strides below).
+        "SG_ROOTS",
+        "SG_NODES_V4",
+        "SG_NODES_V6",
+        "SG_TAILS_V4",
+        "SG_TAILS_V6",
+    ];
 }
 
 /// libxdp's run configuration of the program (xdp-tools' lib/libxdp/protocol.org, "Processing
@@ -368,7 +387,7 @@ mod pod {
     // SAFETY: repr(C), two u64: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: repr(C), an array of u32: no padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::trie::TrieNode {}
+    unsafe impl<const F: usize> aya::Pod for super::trie::Slots<F> {}
     // SAFETY: repr(C), two u32: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::trie::TailV4 {}
     // SAFETY: repr(C), two [u64; 2]: no padding, every bit pattern valid.

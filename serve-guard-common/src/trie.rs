@@ -1,28 +1,49 @@
-//! Layout of the allow-list: one compiled trie per address family, walked by the XDP program with
-//! array lookups only (no hash, no LPM trie): at most one step per nibble of the address
-//! whatever the number of CIDRs, as many as the list splits the address's range (more for a
-//! list that fills the space around it densely; measured in docs/lookup.md).
+//! Layout of the allow-list: per address family a directory on the address's first
+//! [`DIR_BITS`] bits, then a leaf-pushed trie of fixed strides below it, walked by the XDP
+//! program with array lookups only (no hash, no LPM trie). A lookup reads the family's root
+//! slot, one directory slot, at most one node per stride below the directory (IPv4: 2, at /24
+//! and /32; IPv6: [`V6_LEVELS`]) and maybe a tail; how many nodes depends on how densely the
+//! list fills the space around the address (docs/lookup.md).
 //!
 //! - A *slot* (`u32`) stands for a range of addresses (an aligned prefix): [`SLOT_EMPTY`] (no
 //!   address of the range is allowed), [`SLOT_FULL`] (every address is), a *tail* (exactly the
 //!   addresses of one listed prefix inside the range are; [`TAIL_TAG`] | index into the tails
 //!   map), or a *node* ([`NODE_BASE`] + index into the nodes map).
-//! - A node splits its range on the next [`STRIDE`] bits of the address into [`FANOUT`] slots.
-//!   The root slot of each family covers the whole address space (`0/0`) and lives in the roots
-//!   map. Slots are leaf-pushed: the walk stops at the first slot that is not a node, so it never
-//!   needs to remember a shorter match (a listed range covers every address below it).
-//! - The nodes and tails maps have two halves. A list change is compiled into the half the live
-//!   root does not use, then the root slot is switched with one aligned 32-bit store: every
-//!   packet walks either the whole old trie or the whole new one. Before a half is rewritten the
-//!   agent waits for an RCU grace period, after which no program run can still be walking it.
+//! - The directory has [`DIR_SLOTS`] slots, one per /16, stored as [`DIR_BLOCKS`] blocks of
+//!   [`DIR_BLOCK_SLOTS`] so that the array's elements are not padded to 8 bytes each (256 KiB a
+//!   half: small enough to stay in cache under a flood from many sources). A node splits its
+//!   range on the next stride of the address ([`V4_STRIDE`], [`V6_STRIDE`] bits). Slots are
+//!   leaf-pushed: the walk stops at the first slot that is not a node, so it never needs to
+//!   remember a shorter match (a listed range covers every address below it).
+//! - The root slot of a family (roots map) is [`SLOT_EMPTY`] (no list) or a node slot whose
+//!   index is the directory half in use. The directories, nodes and tails maps have two halves.
+//!   A list change is compiled into the halves the live root does not use, then the root slot is
+//!   switched with one aligned 32-bit store: every packet walks either the whole old structure or
+//!   the whole new one. Before a half is rewritten the agent waits for an RCU grace period, after
+//!   which no program run can still be walking it.
 //! - All-zero maps mean an empty allow-list: fail closed.
 
-/// Address bits consumed per node.
-pub const STRIDE: u32 = 4;
+/// Address bits the directory consumes: one slot per /16.
+pub const DIR_BITS: u32 = 16;
+/// Slots of one directory (one half).
+pub const DIR_SLOTS: usize = 1 << DIR_BITS;
+/// Slots per directory block (one array element); a power of two.
+pub const DIR_BLOCK_SLOTS: usize = 256;
+/// Blocks of one directory half.
+pub const DIR_BLOCKS: u32 = (DIR_SLOTS / DIR_BLOCK_SLOTS) as u32;
+/// Address bits of a directory index that select the slot inside its block.
+pub const DIR_BLOCK_BITS: u32 = DIR_BLOCK_SLOTS.trailing_zeros();
+
+/// Address bits consumed per IPv4 node below the directory: /16 -> /24 -> /32.
+pub const V4_STRIDE: u32 = 8;
+/// Address bits consumed per IPv6 node below the directory: nibbles, as the trie before the
+/// directory had. IPv6 lists are sparse in the 112 bits below a /16: 256-slot nodes would be
+/// mostly empty (1 KiB each; the benchmark's random list of 65,536 needs 17,587 of them, 17 MiB a
+/// half, against 23,646 nibble nodes of 64 bytes, 1.5 MiB), for 2-3 fewer reads.
+pub const V6_STRIDE: u32 = 4;
 /// Slots per node.
-pub const FANOUT: usize = 1 << STRIDE;
-/// Mask of one stride of address bits.
-pub const STRIDE_MASK: u32 = (FANOUT as u32) - 1;
+pub const V4_FANOUT: usize = 1 << V4_STRIDE;
+pub const V6_FANOUT: usize = 1 << V6_STRIDE;
 
 pub const SLOT_EMPTY: u32 = 0;
 pub const SLOT_FULL: u32 = 1;
@@ -36,15 +57,20 @@ pub const ROOT_V4: u32 = 0;
 pub const ROOT_V6: u32 = 1;
 pub const ROOT_ENTRIES: u32 = 2;
 
-/// Address widths, and the most nodes a walk can visit (one per stride).
+/// Address widths, and the most nodes a walk can visit below the directory (one per stride).
 pub const V4_BITS: u32 = 32;
 pub const V6_BITS: u32 = 128;
-pub const V4_LEVELS: usize = (V4_BITS / STRIDE) as usize;
-pub const V6_LEVELS: usize = (V6_BITS / STRIDE) as usize;
+pub const V4_LEVELS: usize = ((V4_BITS - DIR_BITS) / V4_STRIDE) as usize;
+pub const V6_LEVELS: usize = ((V6_BITS - DIR_BITS) / V6_STRIDE) as usize;
+// Strides tile the address below the directory, and none straddles IPv6's two 64-bit words.
+const _: () = assert!((V4_BITS - DIR_BITS).is_multiple_of(V4_STRIDE));
+const _: () = assert!((V6_BITS - DIR_BITS).is_multiple_of(V6_STRIDE));
+const _: () = assert!((u64::BITS - DIR_BITS).is_multiple_of(V6_STRIDE));
+const _: () = assert!(DIR_SLOTS.is_multiple_of(DIR_BLOCK_SLOTS));
 
 /// The CIDRs per family the maps are built for unless configured otherwise (`max_cidrs`).
 pub const DEFAULT_CIDRS_PER_FAMILY: u32 = 1 << 16;
-/// The most `max_cidrs` may be: 2^20 per family (about 272 MiB of maps).
+/// The most `max_cidrs` may be: 2^20 per family.
 pub const MAX_CIDRS_PER_FAMILY: u32 = 1 << 20;
 /// The fewest `max_cidrs` may be (and a multiple of it, so both halves stay aligned).
 pub const MIN_CIDRS_PER_FAMILY: u32 = 1 << 4;
@@ -52,11 +78,19 @@ pub const MIN_CIDRS_PER_FAMILY: u32 = 1 << 4;
 /// Entries of each map: two halves.
 pub const HALVES: u32 = 2;
 
+/// Nodes every half has whatever `max_cidrs`: a short list still needs about one IPv4 node per
+/// /16 it puts two prefixes in, and one per /24 below that.
+pub const MIN_NODES_PER_HALF: u32 = 2 * MIN_CIDRS_PER_FAMILY;
+/// The most IPv4 nodes one directory can point to: one per /16.
+pub const V4_DIR_NODES: u32 = DIR_SLOTS as u32;
+
 /// How many entries each allow-list map has, for a capacity of `cidrs` per family. Tails: one
-/// per listed prefix at most, so `cidrs` per half. Nodes: a node exists only where at least two
-/// listed prefixes share a range, so random lists of `cidrs` prefixes need a fraction of one per
-/// prefix; the compiler reports a full map when a list needs more (long shared prefixes, e.g.
-/// many /128s in one /64).
+/// per listed prefix at most, so `cidrs` per half. Nodes exist only where at least two listed
+/// prefixes share a range: IPv4 one per 4 CIDRs, at most one per /16 at the /16 level (the
+/// benchmark's random /16-/28 lists need one per 5.2 at 65,536 and one per 55 at 1,048,576, where
+/// the /16s are full), IPv6 one per CIDR as the nibble trie had (one per 2.8 at both sizes);
+/// measured by the compiler's test `random_lists_stay_within_the_node_budget`. The compiler
+/// reports a full map when a list needs more (many long prefixes, pairs in their own /24s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     pub tails_per_half: u32,
@@ -66,9 +100,14 @@ pub struct Capacity {
 
 impl Capacity {
     pub const fn for_cidrs(cidrs: u32) -> Capacity {
+        let v4 = if cidrs / 4 < V4_DIR_NODES {
+            cidrs / 4
+        } else {
+            V4_DIR_NODES
+        };
         Capacity {
             tails_per_half: cidrs,
-            nodes_per_half_v4: cidrs / 2,
+            nodes_per_half_v4: v4 + MIN_NODES_PER_HALF,
             nodes_per_half_v6: cidrs,
         }
     }
@@ -84,6 +123,16 @@ impl Capacity {
     pub const fn tails_entries(self) -> u32 {
         HALVES * self.tails_per_half
     }
+
+    /// Bytes of locked kernel memory the allow-list maps take, both families, both halves.
+    pub const fn bytes(self) -> u64 {
+        let dirs = 2 * DIR_ENTRIES as u64 * size_of::<DirBlock>() as u64;
+        let nodes = self.nodes_v4_entries() as u64 * size_of::<NodeV4>() as u64
+            + self.nodes_v6_entries() as u64 * size_of::<NodeV6>() as u64;
+        let tails =
+            self.tails_entries() as u64 * (size_of::<TailV4>() as u64 + size_of::<TailV6>() as u64);
+        dirs + nodes + tails
+    }
 }
 
 /// The sizes the eBPF object declares (the loader overrides them with the configured ones).
@@ -91,23 +140,40 @@ pub const DEFAULT_CAPACITY: Capacity = Capacity::for_cidrs(DEFAULT_CIDRS_PER_FAM
 pub const NODES_V4_ENTRIES: u32 = DEFAULT_CAPACITY.nodes_v4_entries();
 pub const NODES_V6_ENTRIES: u32 = DEFAULT_CAPACITY.nodes_v6_entries();
 pub const TAILS_ENTRIES: u32 = DEFAULT_CAPACITY.tails_entries();
+pub const DIR_ENTRIES: u32 = HALVES * DIR_BLOCKS;
 
 // Every node and tail index of both halves, at the largest capacity, must fit its slot encoding.
-const LARGEST: Capacity = Capacity::for_cidrs(MAX_CIDRS_PER_FAMILY);
-const _: () = assert!(NODE_BASE as u64 + LARGEST.nodes_v6_entries() as u64 <= TAIL_TAG as u64);
-const _: () = assert!(NODE_BASE as u64 + LARGEST.nodes_v4_entries() as u64 <= TAIL_TAG as u64);
-const _: () = assert!((LARGEST.tails_entries() as u64) < TAIL_TAG as u64);
+pub const LARGEST_CAPACITY: Capacity = Capacity::for_cidrs(MAX_CIDRS_PER_FAMILY);
+const _: () =
+    assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v4_entries() as u64 <= TAIL_TAG as u64);
+const _: () =
+    assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v6_entries() as u64 <= TAIL_TAG as u64);
+const _: () = assert!((LARGEST_CAPACITY.tails_entries() as u64) < TAIL_TAG as u64);
+// A root's node index is a directory half.
+const _: () = assert!(NODE_BASE as u64 + (HALVES as u64) < TAIL_TAG as u64);
 
-/// `BPF_F_MMAPABLE`: the agent writes the maps through a shared mapping (a whole trie is a
+/// `BPF_F_MMAPABLE`: the agent writes the maps through a shared mapping (a whole structure is a
 /// memcpy, not one syscall per node).
 pub const MAP_FLAGS: u32 = 1 << 10;
 
-/// One node: the slots of its [`FANOUT`] sub-ranges, in address order.
+/// `F` slots in address order: a node (`F` = its fanout) or a directory block.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TrieNode {
-    pub slots: [u32; FANOUT],
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slots<const F: usize> {
+    pub slots: [u32; F],
 }
+
+impl<const F: usize> Default for Slots<F> {
+    fn default() -> Self {
+        Self {
+            slots: [SLOT_EMPTY; F],
+        }
+    }
+}
+
+pub type DirBlock = Slots<DIR_BLOCK_SLOTS>;
+pub type NodeV4 = Slots<V4_FANOUT>;
+pub type NodeV6 = Slots<V6_FANOUT>;
 
 /// The one listed IPv4 prefix of a range: an address `a` is inside iff `a & mask == prefix`
 /// (host-order values of the network-order address).
@@ -160,21 +226,54 @@ impl Slot {
     }
 }
 
-/// The nibble of `addr` (host-order value of a `bits`-wide address) that selects the slot at
-/// `level` (0 = the root node's).
+/// The directory element and the slot inside it for a directory index (the address's first
+/// [`DIR_BITS`] bits) in directory `half`.
 #[inline(always)]
-pub const fn nibble_v4(addr: u32, level: usize) -> usize {
-    ((addr >> (V4_BITS - STRIDE * (level as u32 + 1))) & STRIDE_MASK) as usize
+pub const fn dir_position(half: u32, index: u32) -> (u32, usize) {
+    (
+        half * DIR_BLOCKS + (index >> DIR_BLOCK_BITS),
+        (index as usize) & (DIR_BLOCK_SLOTS - 1),
+    )
+}
+
+/// The directory index of an IPv4 address (host-order value).
+#[inline(always)]
+pub const fn dir_index_v4(addr: u32) -> u32 {
+    addr >> (V4_BITS - DIR_BITS)
+}
+
+/// The directory index of an IPv6 address, as (high, low) 64-bit halves.
+#[inline(always)]
+pub const fn dir_index_v6(addr: [u64; 2]) -> u32 {
+    (addr[0] >> (u64::BITS - DIR_BITS)) as u32
+}
+
+/// The slot of `addr` in a node at `level` (1 = the nodes the directory points to).
+#[inline(always)]
+pub const fn slot_v4(addr: u32, level: usize) -> usize {
+    let end = DIR_BITS + V4_STRIDE * level as u32;
+    ((addr >> (V4_BITS - end)) as usize) & (V4_FANOUT - 1)
 }
 
 /// Same for IPv6, the address as (high, low) 64-bit halves.
 #[inline(always)]
-pub const fn nibble_v6(addr: [u64; 2], level: usize) -> usize {
-    const HALF_LEVELS: usize = V6_LEVELS / 2;
-    let (word, level) = if level < HALF_LEVELS {
-        (addr[0], level)
+pub const fn slot_v6(addr: [u64; 2], level: usize) -> usize {
+    let end = DIR_BITS + V6_STRIDE * level as u32;
+    let (word, end) = if end <= u64::BITS {
+        (addr[0], end)
     } else {
-        (addr[1], level - HALF_LEVELS)
+        (addr[1], end - u64::BITS)
     };
-    ((word >> (u64::BITS - STRIDE * (level as u32 + 1))) & STRIDE_MASK as u64) as usize
+    ((word >> (u64::BITS - end)) as usize) & (V6_FANOUT - 1)
+}
+
+/// The prefix lengths where a walk of a `bits`-wide address moves on to its next level: /16
+/// (into the directory), then every stride below it. Where tests look for off-by-one errors.
+pub fn level_boundaries(bits: u32) -> impl Iterator<Item = u32> {
+    let stride = if bits == V4_BITS {
+        V4_STRIDE
+    } else {
+        V6_STRIDE
+    };
+    (DIR_BITS..bits).step_by(stride as usize)
 }

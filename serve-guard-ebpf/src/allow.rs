@@ -1,14 +1,15 @@
-//! The allow-list lookup: a walk of the family's compiled trie (`serve_guard_common::trie`),
-//! at most one node per nibble of the address, each an inlined array lookup. Its cost depends on
-//! how deep the address's range is split, which grows as the list fills the space around the
-//! address more densely (docs/lookup.md), and, under many sources, on how many of those nodes
-//! are still in cache.
+//! The allow-list lookup (layout in `serve_guard_common::trie`): the family's root slot, one
+//! slot of its /16 directory, then at most one node per stride below it (IPv4: the /24 and /32
+//! nodes), each an inlined array lookup, and maybe a tail. Its cost depends on how many nodes the
+//! list puts on the address's path and, under many sources, on how many of them are still in
+//! cache; the directory (256 KiB) is small enough to stay there (docs/lookup.md).
 
 use serve_guard_common::trie::{
-    ROOT_V4, ROOT_V6, Slot, V4_LEVELS, V6_LEVELS, nibble_v4, nibble_v6,
+    HALVES, ROOT_V4, ROOT_V6, Slot, V4_LEVELS, V6_LEVELS, dir_index_v4, dir_index_v6, dir_position,
+    slot_v4, slot_v6,
 };
 
-use crate::maps::{NODES_V4, NODES_V6, ROOTS, TAILS_V4, TAILS_V6};
+use crate::maps::{DIR_V4, DIR_V6, NODES_V4, NODES_V6, ROOTS, TAILS_V4, TAILS_V6};
 
 /// What one level of the walk found.
 enum Step {
@@ -32,16 +33,35 @@ macro_rules! walk {
     };
 }
 
-// The literal level lists below must cover 0..=LEVELS.
-const _: () = assert!(V4_LEVELS == 8 && V6_LEVELS == 32);
+// The literal level lists below must cover 1..=LEVELS + 1.
+const _: () = assert!(V4_LEVELS == 2 && V6_LEVELS == 28);
+
+/// The directory slot for `index` in the half the root slot names; `None` (deny) for no list
+/// or a root that names no directory.
+#[inline(always)]
+fn directory(family: u32, index: u32) -> Option<u32> {
+    // A missing root reads as empty: fail closed.
+    let root = ROOTS.get(family).copied().unwrap_or_default();
+    let Slot::Node(half) = Slot::decode(root) else {
+        return None;
+    };
+    if half >= HALVES {
+        return None;
+    }
+    let (block, slot) = dir_position(half, index);
+    let map = if family == ROOT_V4 { &DIR_V4 } else { &DIR_V6 };
+    map.get(block).map(|block| block.slots[slot])
+}
 
 /// Whether `addr` (network order) is inside a listed IPv4 CIDR.
 #[inline(always)]
 pub fn allowed_v4(addr: [u8; 4]) -> bool {
     let addr = u32::from_be_bytes(addr);
-    let mut slot = root(ROOT_V4);
+    let Some(mut slot) = directory(ROOT_V4, dir_index_v4(addr)) else {
+        return false;
+    };
     // One more round than levels: the last one reads the slot the deepest node gave.
-    walk!(step_v4, slot, addr, [0 1 2 3 4 5 6 7 8]);
+    walk!(step_v4, slot, addr, [1 2 3]);
     let _ = slot;
     false
 }
@@ -56,11 +76,11 @@ fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
                 .get(index)
                 .is_some_and(|tail| addr & tail.mask == tail.prefix),
         ),
-        // The compiler never nests nodes deeper than the address has nibbles; a corrupt trie
-        // that does is treated as empty.
-        Slot::Node(_) if level == V4_LEVELS => Step::Done(false),
+        // The compiler never nests nodes deeper than the address has strides; a corrupt
+        // structure that does is treated as empty.
+        Slot::Node(_) if level > V4_LEVELS => Step::Done(false),
         Slot::Node(index) => match NODES_V4.get(index) {
-            Some(node) => Step::Next(node.slots[nibble_v4(addr, level)]),
+            Some(node) => Step::Next(node.slots[slot_v4(addr, level)]),
             None => Step::Done(false),
         },
     }
@@ -71,9 +91,11 @@ fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
 pub fn allowed_v6(addr: [u8; 16]) -> bool {
     let addr = u128::from_be_bytes(addr);
     let addr = [(addr >> 64) as u64, addr as u64];
-    let mut slot = root(ROOT_V6);
+    let Some(mut slot) = directory(ROOT_V6, dir_index_v6(addr)) else {
+        return false;
+    };
     walk!(step_v6, slot, addr, [
-        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32
+        1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29
     ]);
     let _ = slot;
     false
@@ -87,16 +109,10 @@ fn step_v6(slot: u32, addr: [u64; 2], level: usize) -> Step {
         Slot::Tail(index) => Step::Done(TAILS_V6.get(index).is_some_and(|tail| {
             addr[0] & tail.mask[0] == tail.prefix[0] && addr[1] & tail.mask[1] == tail.prefix[1]
         })),
-        Slot::Node(_) if level == V6_LEVELS => Step::Done(false),
+        Slot::Node(_) if level > V6_LEVELS => Step::Done(false),
         Slot::Node(index) => match NODES_V6.get(index) {
-            Some(node) => Step::Next(node.slots[nibble_v6(addr, level)]),
+            Some(node) => Step::Next(node.slots[slot_v6(addr, level)]),
             None => Step::Done(false),
         },
     }
-}
-
-/// A missing root reads as empty: fail closed.
-#[inline(always)]
-fn root(family: u32) -> u32 {
-    ROOTS.get(family).copied().unwrap_or_default()
 }

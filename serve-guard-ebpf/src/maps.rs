@@ -9,8 +9,8 @@ use aya_ebpf::{
 use serve_guard_common::{
     COUNTER_ENTRIES, Counter, FilterConfig, PortTable, maps,
     trie::{
-        MAP_FLAGS, NODES_V4_ENTRIES, NODES_V6_ENTRIES, ROOT_ENTRIES, TAILS_ENTRIES, TailV4, TailV6,
-        TrieNode,
+        DIR_ENTRIES, DirBlock, MAP_FLAGS, NODES_V4_ENTRIES, NODES_V6_ENTRIES, NodeV4, NodeV6,
+        ROOT_ENTRIES, TAILS_ENTRIES, TailV4, TailV6,
     },
 };
 
@@ -32,11 +32,13 @@ const fn same_name(a: &str, b: &str) -> bool {
 }
 
 const _: () = assert!(same_name(maps::PORTS, "SG_PORT_CLASS"));
-const _: () = assert!(same_name(maps::ROOTS, "SG_ROOTS"));
-const _: () = assert!(same_name(maps::NODES_V4, "SG_NODES_V4"));
-const _: () = assert!(same_name(maps::NODES_V6, "SG_NODES_V6"));
-const _: () = assert!(same_name(maps::TAILS_V4, "SG_TAILS_V4"));
-const _: () = assert!(same_name(maps::TAILS_V6, "SG_TAILS_V6"));
+const _: () = assert!(same_name(maps::ROOTS, "SG_ROOT16"));
+const _: () = assert!(same_name(maps::DIR_V4, "SG_DIR16_V4"));
+const _: () = assert!(same_name(maps::DIR_V6, "SG_DIR16_V6"));
+const _: () = assert!(same_name(maps::NODES_V4, "SG_NODE8_V4"));
+const _: () = assert!(same_name(maps::NODES_V6, "SG_NODE4_V6"));
+const _: () = assert!(same_name(maps::TAILS_V4, "SG_TAIL16_V4"));
+const _: () = assert!(same_name(maps::TAILS_V6, "SG_TAIL16_V6"));
 const _: () = assert!(same_name(maps::CONFIG, "SG_CONFIG"));
 const _: () = assert!(same_name(maps::COUNTERS, "SG_VERDICTS"));
 
@@ -45,21 +47,28 @@ const _: () = assert!(same_name(maps::COUNTERS, "SG_VERDICTS"));
 #[map(name = "SG_PORT_CLASS")]
 pub static PORTS: Array<PortTable> = Array::pinned(1, 0);
 
-/// The allow-lists: compiled tries (layout and update protocol in `serve_guard_common::trie`).
-/// Arrays only, so every lookup is inlined by the verifier into a bounds check and an add.
-#[map(name = "SG_ROOTS")]
+/// The allow-lists: per family a /16 directory, nodes and tails (layout and update protocol in
+/// `serve_guard_common::trie`). Arrays only, so every lookup is inlined by the verifier into a
+/// bounds check and an add.
+#[map(name = "SG_ROOT16")]
 pub static ROOTS: Array<u32> = Array::pinned(ROOT_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_NODES_V4")]
-pub static NODES_V4: Array<TrieNode> = Array::pinned(NODES_V4_ENTRIES, MAP_FLAGS);
+#[map(name = "SG_DIR16_V4")]
+pub static DIR_V4: Array<DirBlock> = Array::pinned(DIR_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_NODES_V6")]
-pub static NODES_V6: Array<TrieNode> = Array::pinned(NODES_V6_ENTRIES, MAP_FLAGS);
+#[map(name = "SG_DIR16_V6")]
+pub static DIR_V6: Array<DirBlock> = Array::pinned(DIR_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_TAILS_V4")]
+#[map(name = "SG_NODE8_V4")]
+pub static NODES_V4: Array<NodeV4> = Array::pinned(NODES_V4_ENTRIES, MAP_FLAGS);
+
+#[map(name = "SG_NODE4_V6")]
+pub static NODES_V6: Array<NodeV6> = Array::pinned(NODES_V6_ENTRIES, MAP_FLAGS);
+
+#[map(name = "SG_TAIL16_V4")]
 pub static TAILS_V4: Array<TailV4> = Array::pinned(TAILS_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_TAILS_V6")]
+#[map(name = "SG_TAIL16_V6")]
 pub static TAILS_V6: Array<TailV6> = Array::pinned(TAILS_ENTRIES, MAP_FLAGS);
 
 /// One `FilterConfig` at index 0.

@@ -1,5 +1,6 @@
-//! The allow-list maps (roots, nodes, tails; layout in `serve_guard_common::trie`) and the one
-//! way they change: compile the whole new list into the half the live trie does not use, then
+//! The allow-list maps (roots, directories, nodes, tails; layout in `serve_guard_common::trie`)
+//! and the one way they change: compile the whole new list into the half the live one does not
+//! use, then
 //! switch the family's root slot with a single 32-bit store. A packet reads the root once, so it
 //! is judged entirely by the old list or entirely by the new one: a source in both lists is never
 //! dropped, a source in neither is never passed, and there is no moment with a partial list.
@@ -12,14 +13,15 @@
     reason = "the allow-list maps written through a shared mmap; membarrier(2)"
 )]
 
-use super::trie::{self, Bases, Compiled, Corrupt, Prefix, TrieSource};
+use super::trie::{self, Bases, Compiled, Corrupt, Prefix, Shape, TrieSource};
 use super::{FilterError, error_chain};
 use crate::cidr::CidrList;
 use aya::maps::{Map, MapData};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serve_guard_common::maps;
 use serve_guard_common::trie::{
-    HALVES, ROOT_ENTRIES, ROOT_V4, ROOT_V6, Slot, TailV4, TailV6, TrieNode, V4_BITS, V6_BITS,
+    DIR_BLOCK_SLOTS, DIR_BLOCKS, DirBlock, HALVES, ROOT_ENTRIES, ROOT_V4, ROOT_V6, Slot, Slots,
+    TailV4, TailV6, V4_FANOUT, V6_FANOUT, dir_position,
 };
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -168,11 +170,12 @@ fn page_size() -> usize {
 
 /// One family's maps. Their halves are half of what the maps hold: the sizes the maps were
 /// created with (`max_cidrs` when they were), whatever the config says now.
-struct Family<Tail> {
-    nodes: Mapped<TrieNode>,
+struct Family<const F: usize, Tail> {
+    dir: Mapped<DirBlock>,
+    nodes: Mapped<Slots<F>>,
     tails: Mapped<Tail>,
     root: u32,
-    width: u8,
+    shape: Shape,
     nodes_per_half: u32,
     tails_per_half: u32,
 }
@@ -214,13 +217,21 @@ impl TailFormat for TailV6 {
     }
 }
 
-struct Source<'a, Tail> {
-    family: &'a Family<Tail>,
+struct Source<'a, const F: usize, Tail> {
+    family: &'a Family<F, Tail>,
 }
 
-impl<Tail: TailFormat> TrieSource for Source<'_, Tail> {
-    fn node(&self, index: u32) -> Option<TrieNode> {
-        self.family.nodes.get(index)
+impl<const F: usize, Tail: TailFormat> TrieSource for Source<'_, F, Tail> {
+    fn dir_slot(&self, half: u32, index: usize) -> Option<u32> {
+        if half >= HALVES {
+            return None;
+        }
+        let (block, slot) = dir_position(half, index as u32);
+        self.family.dir.get(block).map(|b| b.slots[slot])
+    }
+
+    fn node_slot(&self, node: u32, index: usize) -> Option<u32> {
+        self.family.nodes.get(node).map(|n| n.slots[index])
     }
 
     fn tail(&self, index: u32) -> Option<Prefix> {
@@ -228,27 +239,38 @@ impl<Tail: TailFormat> TrieSource for Source<'_, Tail> {
     }
 }
 
-impl<Tail: TailFormat> Family<Tail> {
-    /// The half the live trie uses, if it uses the maps at all.
-    fn live_half(&self, root: u32) -> Option<u32> {
+impl<const F: usize, Tail: TailFormat> Family<F, Tail> {
+    /// The half the live list uses, if it uses the maps at all.
+    fn live_half(root: u32) -> Option<u32> {
         match Slot::decode(root) {
-            Slot::Empty | Slot::Full => None,
-            Slot::Node(index) => Some(index / self.nodes_per_half),
-            Slot::Tail(index) => Some(index / self.tails_per_half),
+            Slot::Node(half) => Some(half),
+            Slot::Empty | Slot::Full | Slot::Tail(_) => None,
         }
     }
 
     /// Compiles `prefixes` into the half not in use; returns the root slot to switch to.
     fn write_spare(&mut self, live_root: u32, prefixes: &[Prefix]) -> Result<u32, FilterError> {
-        let spare = match self.live_half(live_root) {
+        let spare = match Self::live_half(live_root) {
             Some(0) => 1,
             _ => 0,
         };
         let bases = Bases {
+            half: spare,
             node: spare * self.nodes_per_half,
             tail: spare * self.tails_per_half,
         };
-        let Compiled { root, nodes, tails } = trie::compile(prefixes, bases);
+        let Compiled {
+            root,
+            dir,
+            nodes,
+            tails,
+        } = trie::compile(prefixes, self.shape, bases);
+        let nodes: Vec<Slots<F>> = nodes
+            .as_chunks::<F>()
+            .0
+            .iter()
+            .map(|&slots| Slots { slots })
+            .collect();
         if nodes.len() > self.nodes_per_half as usize {
             return Err(FilterError::MapFull {
                 name: self.nodes.name,
@@ -259,6 +281,13 @@ impl<Tail: TailFormat> Family<Tail> {
                 name: self.tails.name,
             });
         }
+        let blocks: Vec<DirBlock> = dir
+            .as_chunks::<DIR_BLOCK_SLOTS>()
+            .0
+            .iter()
+            .map(|&slots| Slots { slots })
+            .collect();
+        self.dir.write(spare * DIR_BLOCKS, &blocks)?;
         self.nodes.write(bases.node, &nodes)?;
         let tails: Vec<Tail> = tails.into_iter().map(Tail::encode).collect();
         self.tails.write(bases.tail, &tails)?;
@@ -266,15 +295,26 @@ impl<Tail: TailFormat> Family<Tail> {
     }
 
     fn allowed(&self, root: u32) -> Result<Vec<Prefix>, Corrupt> {
-        trie::allowed_set(root, self.width, &Source { family: self })
+        trie::allowed_set(root, self.shape, &Source { family: self })
+    }
+
+    fn lookup(&self, root: u32, addr: u128) -> (bool, usize) {
+        trie::lookup(root, addr, self.shape, &Source { family: self })
     }
 
     fn new(
-        nodes: Mapped<TrieNode>,
+        dir: Mapped<DirBlock>,
+        nodes: Mapped<Slots<F>>,
         tails: Mapped<Tail>,
         root: u32,
-        width: u32,
+        shape: Shape,
     ) -> Result<Self, FilterError> {
+        if dir.entries != HALVES * DIR_BLOCKS {
+            return Err(FilterError::IncompatibleMap {
+                name: dir.name.to_owned(),
+                detail: format!("{} entries, expected {}", dir.entries, HALVES * DIR_BLOCKS),
+            });
+        }
         for (name, entries) in [(nodes.name, nodes.entries), (tails.name, tails.entries)] {
             if entries < HALVES || entries % HALVES != 0 {
                 return Err(FilterError::IncompatibleMap {
@@ -286,10 +326,11 @@ impl<Tail: TailFormat> Family<Tail> {
         Ok(Family {
             nodes_per_half: nodes.entries / HALVES,
             tails_per_half: tails.entries / HALVES,
+            dir,
             nodes,
             tails,
             root,
-            width: width as u8,
+            shape,
         })
     }
 }
@@ -297,12 +338,12 @@ impl<Tail: TailFormat> Family<Tail> {
 /// The allow-list maps of one loaded (or adopted) program.
 pub struct AllowMaps {
     roots: Mapped<u32>,
-    v4: Family<TailV4>,
-    v6: Family<TailV6>,
+    v4: Family<V4_FANOUT, TailV4>,
+    v6: Family<V6_FANOUT, TailV6>,
 }
 
 impl AllowMaps {
-    /// Maps the five allow-list maps; `writable` for the agent, read-only for inspection.
+    /// Maps the seven allow-list maps; `writable` for the agent, read-only for inspection.
     pub fn from_maps(
         mut take: impl FnMut(&'static str) -> Result<MapData, FilterError>,
         writable: bool,
@@ -317,16 +358,18 @@ impl AllowMaps {
         Ok(Self {
             roots,
             v4: Family::new(
+                Mapped::new(maps::DIR_V4, take(maps::DIR_V4)?, writable)?,
                 Mapped::new(maps::NODES_V4, take(maps::NODES_V4)?, writable)?,
                 Mapped::new(maps::TAILS_V4, take(maps::TAILS_V4)?, writable)?,
                 ROOT_V4,
-                V4_BITS,
+                Shape::V4,
             )?,
             v6: Family::new(
+                Mapped::new(maps::DIR_V6, take(maps::DIR_V6)?, writable)?,
                 Mapped::new(maps::NODES_V6, take(maps::NODES_V6)?, writable)?,
                 Mapped::new(maps::TAILS_V6, take(maps::TAILS_V6)?, writable)?,
                 ROOT_V6,
-                V6_BITS,
+                Shape::V6,
             )?,
         })
     }
@@ -379,20 +422,10 @@ impl AllowMaps {
     /// elements it reads to say so (the depth of the lookup: what the bench reports).
     pub fn lookup(&self, src: IpAddr) -> (bool, usize) {
         match src {
-            IpAddr::V4(a) => {
-                let root = self.root(ROOT_V4);
-                let bits = u128::from(u32::from(a)) << 96;
-                trie::lookup(root, bits, self.v4.width, &Source { family: &self.v4 })
-            }
-            IpAddr::V6(a) => {
-                let root = self.root(ROOT_V6);
-                trie::lookup(
-                    root,
-                    u128::from(a),
-                    self.v6.width,
-                    &Source { family: &self.v6 },
-                )
-            }
+            IpAddr::V4(a) => self
+                .v4
+                .lookup(self.root(ROOT_V4), u128::from(u32::from(a)) << 96),
+            IpAddr::V6(a) => self.v6.lookup(self.root(ROOT_V6), u128::from(a)),
         }
     }
 

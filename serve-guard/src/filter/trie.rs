@@ -1,10 +1,11 @@
-//! Compiling an allow-list into the trie the XDP program walks (layout in
-//! `serve_guard_common::trie`), and reading a trie back as the set of addresses it allows.
+//! Compiling an allow-list into the directory and trie the XDP program walks (layout in
+//! `serve_guard_common::trie`), and reading them back as the set of addresses they allow.
 //!
 //! Addresses are handled as `u128` left-aligned (an IPv4 address in the top 32 bits), so one
-//! compiler serves both families; only the tails' format differs.
+//! compiler serves both families; a [`Shape`] says the family's width and stride, and only the
+//! tails' format differs.
 
-use serve_guard_common::trie::{FANOUT, STRIDE, STRIDE_MASK, Slot, TrieNode};
+use serve_guard_common::trie::{DIR_BITS, DIR_SLOTS, Slot, V4_BITS, V4_STRIDE, V6_BITS, V6_STRIDE};
 
 /// A prefix as the compiler sees it: left-aligned address bits, host bits clear, and its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -24,11 +25,6 @@ impl Prefix {
     fn contains(&self, other: &Prefix) -> bool {
         self.len <= other.len && other.bits & mask(self.len) == self.bits
     }
-
-    /// The `STRIDE` bits of the address at `level`.
-    fn nibble(&self, level: u32) -> usize {
-        nibble(self.bits, level)
-    }
 }
 
 /// Mask of the first `len` bits of a left-aligned address.
@@ -39,31 +35,91 @@ pub fn mask(len: u8) -> u128 {
     }
 }
 
-fn nibble(bits: u128, level: u32) -> usize {
-    ((bits >> (u128::BITS - STRIDE * (level + 1))) & u128::from(STRIDE_MASK)) as usize
+/// A family's address width and the stride of its nodes below the directory. Level 0 is the
+/// directory (the whole space, split on the first [`DIR_BITS`] bits); a node at level `k >= 1`
+/// splits a range of `DIR_BITS + (k - 1) * stride` fixed bits on the next `stride`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub width: u8,
+    pub stride: u32,
 }
 
-/// A compiled trie for one half of the maps: slots already carry the half's global indices.
+impl Shape {
+    pub const V4: Shape = Shape {
+        width: V4_BITS as u8,
+        stride: V4_STRIDE,
+    };
+    pub const V6: Shape = Shape {
+        width: V6_BITS as u8,
+        stride: V6_STRIDE,
+    };
+
+    /// Slots per node.
+    pub fn fanout(self) -> usize {
+        1 << self.stride
+    }
+
+    /// Node levels below the directory.
+    pub fn levels(self) -> u32 {
+        (u32::from(self.width) - DIR_BITS) / self.stride
+    }
+
+    /// Fixed bits of a child range of the node (or directory) at `level`.
+    fn child_len(self, level: u32) -> u32 {
+        DIR_BITS + level * self.stride
+    }
+
+    /// The slot of the left-aligned `bits` in the node (or directory) at `level`.
+    fn index(self, bits: u128, level: u32) -> usize {
+        let end = self.child_len(level);
+        let width = if level == 0 { DIR_BITS } else { self.stride };
+        ((bits >> (u128::BITS - end)) & ((1u128 << width) - 1)) as usize
+    }
+
+    /// The first address of child `n` of the range `bits` at `level`.
+    fn child_bits(self, bits: u128, level: u32, n: usize) -> u128 {
+        bits | ((n as u128) << (u128::BITS - self.child_len(level)))
+    }
+}
+
+/// A compiled allow-list for one half of the maps: slots already carry the half's global
+/// indices. `dir` is empty for an empty list (the root slot then says so: nothing is read).
 #[derive(Debug, Default)]
 pub struct Compiled {
     pub root: u32,
-    pub nodes: Vec<TrieNode>,
+    pub dir: Vec<u32>,
+    /// The nodes' slots, `fanout` a node, in node order.
+    pub nodes: Vec<u32>,
     pub tails: Vec<Prefix>,
 }
 
-/// Where the compiled trie goes: the index of its first node and first tail in the maps.
+/// Where the compiled list goes: the directory half, and the index of its first node and first
+/// tail in the maps.
 #[derive(Clone, Copy, Debug)]
 pub struct Bases {
+    pub half: u32,
     pub node: u32,
     pub tail: u32,
 }
 
 /// Compiles `prefixes` (any order, overlaps allowed: an address is allowed iff some prefix
-/// contains it) into nodes and tails numbered from `bases`.
-pub fn compile(prefixes: &[Prefix], bases: Bases) -> Compiled {
+/// contains it) into a directory, nodes and tails numbered from `bases`.
+pub fn compile(prefixes: &[Prefix], shape: Shape, bases: Bases) -> Compiled {
     let disjoint = disjoint(prefixes);
     let mut out = Compiled::default();
-    out.root = build(&disjoint, 0, bases, &mut out);
+    if disjoint.is_empty() {
+        out.root = Slot::Empty.encode();
+        return out;
+    }
+    let mut builder = Builder {
+        shape,
+        bases,
+        out: &mut out,
+    };
+    let dir = builder.split(&disjoint, 0);
+    debug_assert_eq!(dir.len(), DIR_SLOTS);
+    out.dir = dir;
+    out.root = Slot::Node(bases.half).encode();
     out
 }
 
@@ -82,98 +138,134 @@ fn disjoint(prefixes: &[Prefix]) -> Vec<Prefix> {
     out
 }
 
-/// The slot for the range at `level` (its first `STRIDE * level` bits fixed) that holds exactly
-/// `prefixes` (disjoint, sorted, all inside the range).
-fn build(prefixes: &[Prefix], level: u32, bases: Bases, out: &mut Compiled) -> u32 {
-    match prefixes {
-        [] => Slot::Empty.encode(),
-        // Disjoint prefixes: one that covers the range is alone in it.
-        [p] if u32::from(p.len) <= STRIDE * level => Slot::Full.encode(),
-        [p] => {
-            let index = bases.tail + out.tails.len() as u32;
-            out.tails.push(*p);
-            Slot::Tail(index).encode()
-        }
-        _ => {
-            // Two disjoint prefixes in one range: the range is wider than one address, so
-            // `level` is below the number of levels and the node's nibble exists.
-            let local = out.nodes.len();
-            out.nodes.push(TrieNode::default());
-            let mut slots = [Slot::Empty.encode(); FANOUT];
-            let child_len = STRIDE * (level + 1);
-            let mut rest = prefixes;
-            for (n, slot) in slots.iter_mut().enumerate() {
-                // A prefix shorter than the child ranges covers several of them: all full.
-                if let Some(p) = rest.first()
-                    && u32::from(p.len) < child_len
-                    && covers_nibble(p, level, n)
-                {
-                    *slot = Slot::Full.encode();
-                    if is_last_nibble_of(p, level, n) {
-                        rest = &rest[1..];
-                    }
-                    continue;
-                }
-                let here = rest.partition_point(|p| p.nibble(level) == n);
-                *slot = build(&rest[..here], level + 1, bases, out);
-                rest = &rest[here..];
+struct Builder<'a> {
+    shape: Shape,
+    bases: Bases,
+    out: &'a mut Compiled,
+}
+
+impl Builder<'_> {
+    /// The slot for a child range of `level` (its first `child_len(level)` bits fixed) that
+    /// holds exactly `prefixes` (disjoint, sorted, all inside the range).
+    fn slot(&mut self, prefixes: &[Prefix], level: u32) -> u32 {
+        match prefixes {
+            [] => Slot::Empty.encode(),
+            // Disjoint prefixes: one that covers the range is alone in it.
+            [p] if u32::from(p.len) <= self.shape.child_len(level) => Slot::Full.encode(),
+            [p] => {
+                let index = self.bases.tail + self.out.tails.len() as u32;
+                self.out.tails.push(*p);
+                Slot::Tail(index).encode()
             }
-            out.nodes[local] = TrieNode { slots };
-            Slot::Node(bases.node + local as u32).encode()
+            _ => {
+                // Two disjoint prefixes in one range: the range is wider than one address, so
+                // the node's level exists.
+                let fanout = self.shape.fanout();
+                let local = self.out.nodes.len() / fanout;
+                self.out.nodes.resize(self.out.nodes.len() + fanout, 0);
+                let slots = self.split(prefixes, level + 1);
+                self.out.nodes[local * fanout..(local + 1) * fanout].copy_from_slice(&slots);
+                Slot::Node(self.bases.node + local as u32).encode()
+            }
         }
+    }
+
+    /// The slots of the node (or directory) at `level` over a range holding exactly
+    /// `prefixes` (disjoint, sorted, at least two, all inside it).
+    fn split(&mut self, prefixes: &[Prefix], level: u32) -> Vec<u32> {
+        let shape = self.shape;
+        let fanout = if level == 0 {
+            DIR_SLOTS
+        } else {
+            shape.fanout()
+        };
+        let child_len = shape.child_len(level);
+        let mut slots = vec![Slot::Empty.encode(); fanout];
+        let mut rest = prefixes;
+        let mut n = 0;
+        while n < fanout {
+            let Some(p) = rest.first() else { break };
+            let first = shape.index(p.bits, level);
+            if first > n {
+                // Empty children up to the next prefix.
+                n = first;
+                continue;
+            }
+            if u32::from(p.len) < child_len {
+                // A prefix shorter than the child ranges covers several of them: all full.
+                let span = 1usize << (child_len - u32::from(p.len));
+                slots[first..first + span].fill(Slot::Full.encode());
+                n = first + span;
+                rest = &rest[1..];
+                continue;
+            }
+            let here = rest.partition_point(|p| shape.index(p.bits, level) == n);
+            slots[n] = self.slot(&rest[..here], level);
+            rest = &rest[here..];
+            n += 1;
+        }
+        slots
     }
 }
 
-/// Whether a prefix shorter than the child ranges of `level` covers child `n`.
-fn covers_nibble(p: &Prefix, level: u32, n: usize) -> bool {
-    let span = 1usize << (STRIDE * (level + 1) - u32::from(p.len));
-    let first = p.nibble(level);
-    (first..first + span).contains(&n)
-}
-
-fn is_last_nibble_of(p: &Prefix, level: u32, n: usize) -> bool {
-    let span = 1usize << (STRIDE * (level + 1) - u32::from(p.len));
-    n == p.nibble(level) + span - 1
-}
-
-/// Read access to a trie in the maps, for [`allowed_set`].
+/// Read access to a compiled list in the maps, for [`allowed_set`] and [`lookup`].
 pub trait TrieSource {
-    /// The node at a global index, `None` past the map.
-    fn node(&self, index: u32) -> Option<TrieNode>;
+    /// Slot `index` of directory `half`, `None` past the map.
+    fn dir_slot(&self, half: u32, index: usize) -> Option<u32>;
+    /// Slot `index` of the node at a global index, `None` past the map.
+    fn node_slot(&self, node: u32, index: usize) -> Option<u32>;
     /// The prefix of the tail at a global index, `None` past the map.
     fn tail(&self, index: u32) -> Option<Prefix>;
 }
 
-/// A trie that cannot be read back: an index past its map, or nodes deeper than the address.
+/// A structure that cannot be read back: an index past its map, or nodes deeper than the
+/// address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("corrupt allow-list trie: {0}")]
+#[error("corrupt allow-list: {0}")]
 pub struct Corrupt(pub String);
 
-/// Every prefix the trie starting at `root` allows, disjoint and sorted: the set of allowed
-/// addresses, whatever list it was compiled from. `width` is the address width in bits.
-pub fn allowed_set(root: u32, width: u8, source: &impl TrieSource) -> Result<Vec<Prefix>, Corrupt> {
+/// Every prefix the structure starting at `root` allows, disjoint and sorted: the set of
+/// allowed addresses, whatever list it was compiled from.
+pub fn allowed_set(
+    root: u32,
+    shape: Shape,
+    source: &impl TrieSource,
+) -> Result<Vec<Prefix>, Corrupt> {
     let mut out = Vec::new();
-    walk(root, 0, 0, width, source, &mut out)?;
+    match Slot::decode(root) {
+        Slot::Empty => {}
+        Slot::Node(half) => {
+            for n in 0..DIR_SLOTS {
+                let slot = source
+                    .dir_slot(half, n)
+                    .ok_or_else(|| Corrupt(format!("directory {half} is past the map")))?;
+                walk(slot, shape.child_bits(0, 0, n), 0, shape, source, &mut out)?;
+            }
+        }
+        other => return Err(Corrupt(format!("root slot {other:?} is not a directory"))),
+    }
     out.sort_unstable();
     Ok(out)
 }
 
+/// Collects what the child slot `slot` of `level`, for the range `bits`, allows.
 fn walk(
     slot: u32,
     bits: u128,
     level: u32,
-    width: u8,
+    shape: Shape,
     source: &impl TrieSource,
     out: &mut Vec<Prefix>,
 ) -> Result<(), Corrupt> {
+    let len = shape.child_len(level);
     match Slot::decode(slot) {
         Slot::Empty => {}
-        Slot::Full => out.push(Prefix::new(bits, (STRIDE * level) as u8)),
+        Slot::Full => out.push(Prefix::new(bits, len as u8)),
         Slot::Tail(index) => {
             let tail = source
                 .tail(index)
                 .ok_or_else(|| Corrupt(format!("tail {index} is past the map")))?;
-            if tail.len > width || tail.bits & mask(STRIDE as u8 * level as u8) != bits {
+            if tail.len > shape.width || tail.bits & mask(len as u8) != bits {
                 return Err(Corrupt(format!(
                     "tail {index} lies outside the range that points to it"
                 )));
@@ -181,29 +273,35 @@ fn walk(
             out.push(tail);
         }
         Slot::Node(index) => {
-            if STRIDE * level >= u32::from(width) {
+            if level >= shape.levels() {
                 return Err(Corrupt(format!("node {index} is deeper than the address")));
             }
-            let node = source
-                .node(index)
-                .ok_or_else(|| Corrupt(format!("node {index} is past the map")))?;
-            for (n, &child) in node.slots.iter().enumerate() {
-                let child_bits = bits | ((n as u128) << (u128::BITS - STRIDE * (level + 1)));
-                walk(child, child_bits, level + 1, width, source, out)?;
+            for n in 0..shape.fanout() {
+                let child = source
+                    .node_slot(index, n)
+                    .ok_or_else(|| Corrupt(format!("node {index} is past the map")))?;
+                let child_bits = shape.child_bits(bits, level + 1, n);
+                walk(child, child_bits, level + 1, shape, source, out)?;
             }
         }
     }
     Ok(())
 }
 
-/// The program's walk on the host: whether the trie starting at `root` allows `addr`
-/// (left-aligned, `width` bits wide), and how many map elements the program reads to say so
-/// (the root slot, each node, the tail). A corrupt trie (an index past its map, nodes deeper
-/// than the address) denies, as the program does.
-pub fn lookup(root: u32, addr: u128, width: u8, source: &impl TrieSource) -> (bool, usize) {
-    let mut slot = root;
+/// The program's walk on the host: whether the structure starting at `root` allows `addr`
+/// (left-aligned), and how many map elements the program reads to say so (the root slot, the
+/// directory block, each node, the tail). A corrupt structure (an index past its map, nodes
+/// deeper than the address) denies, as the program does.
+pub fn lookup(root: u32, addr: u128, shape: Shape, source: &impl TrieSource) -> (bool, usize) {
     let mut reads = 1;
-    for level in 0..=u32::from(width) / STRIDE {
+    let Slot::Node(half) = Slot::decode(root) else {
+        return (false, reads);
+    };
+    reads += 1;
+    let Some(mut slot) = source.dir_slot(half, shape.index(addr, 0)) else {
+        return (false, reads);
+    };
+    for level in 1..=shape.levels() + 1 {
         match Slot::decode(slot) {
             Slot::Empty => return (false, reads),
             Slot::Full => return (true, reads),
@@ -213,11 +311,11 @@ pub fn lookup(root: u32, addr: u128, width: u8, source: &impl TrieSource) -> (bo
                     .is_some_and(|tail| addr & mask(tail.len) == tail.bits);
                 return (allowed, reads + 1);
             }
-            Slot::Node(_) if level == u32::from(width) / STRIDE => return (false, reads),
+            Slot::Node(_) if level > shape.levels() => return (false, reads),
             Slot::Node(index) => {
                 reads += 1;
-                match source.node(index) {
-                    Some(node) => slot = node.slots[nibble(addr, level)],
+                match source.node_slot(index, shape.index(addr, level)) {
+                    Some(next) => slot = next,
                     None => return (false, reads),
                 }
             }

@@ -28,9 +28,10 @@ use std::{
 pub const PROTECTED_PORTS: [u16; 4] = [1, 8000, 9000, u16::MAX];
 
 /// Several prefix lengths, nested and adjacent, all in the test ranges, with ends on the edges
-/// of the trie's 4-bit strides (issue 21). IPv4: lengths on a stride (/24, /20, /28, /32) and
-/// between (/23, /25, /27, /31), one contained in another, host routes on both sides of a /24
-/// boundary (nodes down to the last nibble), the test range's last addresses.
+/// of the lookup's levels (issue 21: the /16 directory, then 8-bit IPv4 and 4-bit IPv6 strides).
+/// IPv4: lengths on a level (/24, /32) and between (/20, /28, /23, /25, /27, /31), one contained
+/// in another, host routes on both sides of a /24 boundary (nodes down to the /32 level), both
+/// /16s of the test range with their first and last addresses in the list.
 pub const ALLOW_V4: [&str; 15] = [
     "198.18.0.0/24",
     "198.18.64.0/18",
@@ -48,8 +49,8 @@ pub const ALLOW_V4: [&str; 15] = [
     "198.18.9.0/32",
     "198.19.255.254/31",
 ];
-/// IPv6: shorter than a stride boundary (/12), on one (/24, /28) and between (/25, /26) splitting
-/// a node's nibble, a contained /48, /128 tails on both sides of a /24 boundary, and several
+/// IPv6: shorter than the directory (/12, 16 of its slots), on it (/16), on a stride (/24, /28)
+/// and between (/25, /26) splitting a node's nibble, a contained /48, /128 tails on both sides of a /24 boundary, and several
 /// prefixes in one /24 (nodes down to the /64 and /80 levels).
 pub const ALLOW_V6: [&str; 13] = [
     "fd00:1::/64",

@@ -336,12 +336,12 @@ fn no_gap_while_the_list_switches_under_traffic() {
 
 /// Prefixes of every length, both families, each in a region of its own (first byte = length)
 /// and ending on the region's last address, with a host route just before it: the two share
-/// their first length - 1 bits, so the trie splits down to the prefix's own stride. Every
+/// their first length - 1 bits, so the lookup splits down to the prefix's own stride. Every
 /// prefix's and host route's ends, the addresses next to them, and the edges of every
-/// stride-aligned range around them, against a linear scan, through the real program.
+/// /16- and stride-aligned range around them (/16, /24 for IPv4; /16, /20, ... /124 for IPv6), against a linear scan, through the real program.
 #[test]
 fn every_prefix_length_at_the_edges_of_every_stride() {
-    use serve_guard_common::trie::STRIDE;
+    use serve_guard_common::trie::level_boundaries;
     let mut p = program();
     // Addresses as left-aligned u128 values, so one loop serves both families.
     let bits = |a: IpAddr| match a {
@@ -375,7 +375,7 @@ fn every_prefix_length_at_the_edges_of_every_stride() {
         let unit = 1u128 << (128 - width);
         for a in [f, l, f.wrapping_sub(unit), l.wrapping_add(unit)] {
             let mut around = vec![a];
-            for at in (STRIDE..width).step_by(STRIDE as usize) {
+            for at in level_boundaries(width) {
                 let span = 1u128 << (128 - at);
                 let start = a & !(span - 1);
                 around.extend([start, start.wrapping_sub(unit), start.wrapping_add(span)]);

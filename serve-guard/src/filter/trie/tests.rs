@@ -1,43 +1,64 @@
 use super::*;
-use serve_guard_common::trie::DEFAULT_CAPACITY;
+use serve_guard_common::trie::{DEFAULT_CAPACITY, LARGEST_CAPACITY};
 
 const TAILS_PER_HALF: u32 = DEFAULT_CAPACITY.tails_per_half;
-const NODES_PER_HALF_V6: u32 = DEFAULT_CAPACITY.nodes_per_half_v6;
+const NODES_PER_HALF: u32 = DEFAULT_CAPACITY.nodes_per_half_v6;
 use std::collections::BTreeMap;
 
-/// The compiled trie in memory, as the maps would hold it.
+/// The compiled structure in memory, as the maps would hold it.
 struct Memory {
+    shape: Shape,
     bases: Bases,
     compiled: Compiled,
 }
 
+fn shape(width: u8) -> Shape {
+    if width == 32 { Shape::V4 } else { Shape::V6 }
+}
+
 impl Memory {
-    fn compile(prefixes: &[Prefix]) -> Self {
+    fn compile(prefixes: &[Prefix], width: u8) -> Self {
         // Use the second half, so global and local indices differ.
         let bases = Bases {
-            node: NODES_PER_HALF_V6,
+            half: 1,
+            node: NODES_PER_HALF,
             tail: TAILS_PER_HALF,
         };
+        let shape = shape(width);
         Self {
+            shape,
             bases,
-            compiled: compile(prefixes, bases),
+            compiled: compile(prefixes, shape, bases),
         }
     }
 
-    /// The XDP program's walk ([`lookup`], the bench's copy of it), on a left-aligned address
-    /// of `width` bits; it never reads more than the root, one node per nibble and a tail.
-    fn allows(&self, addr: u128, width: u8) -> bool {
-        let (allowed, reads) = lookup(self.compiled.root, addr, width, self);
-        let most = 2 + usize::from(width) / STRIDE as usize;
+    /// The XDP program's walk ([`lookup`], the bench's copy of it), on a left-aligned address;
+    /// it never reads more than the root, the directory, one node per stride and a tail.
+    fn allows(&self, addr: u128) -> bool {
+        let (allowed, reads) = lookup(self.compiled.root, addr, self.shape, self);
+        let most = 3 + self.shape.levels() as usize;
         assert!(reads <= most, "{reads} reads for {addr:#x}, at most {most}");
         allowed
+    }
+
+    fn allowed_set(&self) -> Vec<Prefix> {
+        allowed_set(self.compiled.root, self.shape, self).unwrap()
     }
 }
 
 impl TrieSource for Memory {
-    fn node(&self, index: u32) -> Option<TrieNode> {
-        let local = index.checked_sub(self.bases.node)?;
-        self.compiled.nodes.get(local as usize).copied()
+    fn dir_slot(&self, half: u32, index: usize) -> Option<u32> {
+        (half == self.bases.half)
+            .then(|| self.compiled.dir.get(index).copied())
+            .flatten()
+    }
+
+    fn node_slot(&self, node: u32, index: usize) -> Option<u32> {
+        let local = node.checked_sub(self.bases.node)? as usize;
+        self.compiled
+            .nodes
+            .get(local * self.shape.fanout() + index)
+            .copied()
     }
 
     fn tail(&self, index: u32) -> Option<Prefix> {
@@ -96,9 +117,15 @@ fn probes(prefixes: &[Prefix], width: u8, rng: &mut Rng) -> Vec<u128> {
     out
 }
 
+/// The prefix lengths where a walk moves from the directory or a node to the next level: /16,
+/// then every stride below it.
+fn stride_boundaries(width: u8) -> impl Iterator<Item = u32> {
+    serve_guard_common::trie::level_boundaries(u32::from(width))
+}
+
 /// For each end of each prefix (and the addresses just outside it): the first address of every
 /// stride-aligned range around it and the address just past that range, where a walk moves
-/// from one node slot to the next.
+/// from one directory or node slot to the next.
 fn stride_edges(prefixes: &[Prefix], width: u8) -> Vec<u128> {
     let unit = 1u128 << (128 - u32::from(width));
     let mut out = Vec::new();
@@ -110,7 +137,7 @@ fn stride_edges(prefixes: &[Prefix], width: u8) -> Vec<u128> {
             p.bits.wrapping_sub(unit),
             last.wrapping_add(unit),
         ] {
-            for at in (STRIDE..u32::from(width)).step_by(STRIDE as usize) {
+            for at in stride_boundaries(width) {
                 let span = 1u128 << (128 - at);
                 let start = a & !(span - 1);
                 out.extend([start, start.wrapping_sub(unit), start.wrapping_add(span)]);
@@ -121,55 +148,97 @@ fn stride_edges(prefixes: &[Prefix], width: u8) -> Vec<u128> {
 }
 
 fn check(prefixes: &[Prefix], width: u8) {
-    let memory = Memory::compile(prefixes);
+    let memory = Memory::compile(prefixes, width);
     let mut rng = Rng(7);
     for addr in probes(prefixes, width, &mut rng) {
         let addr = addr & mask(width);
         assert_eq!(
-            memory.allows(addr, width),
+            memory.allows(addr),
             brute(prefixes, addr),
             "address {addr:#x} with {prefixes:?}"
         );
     }
     // Read back: the same set of addresses.
-    let set = allowed_set(memory.compiled.root, width, &memory).unwrap();
+    let set = memory.allowed_set();
     assert_eq!(merged(&set), merged(&disjoint(prefixes)), "{prefixes:?}");
 }
 
 #[test]
 fn empty_list_allows_nothing() {
-    let memory = Memory::compile(&[]);
-    assert_eq!(memory.compiled.root, SLOT_EMPTY_RAW);
-    assert!(!memory.allows(v4_addr([198, 18, 0, 1]), 32));
-    assert!(
-        allowed_set(memory.compiled.root, 32, &memory)
-            .unwrap()
-            .is_empty()
-    );
+    for width in [32, 128] {
+        let memory = Memory::compile(&[], width);
+        assert_eq!(memory.compiled.root, SLOT_EMPTY_RAW);
+        assert!(memory.compiled.dir.is_empty());
+        assert!(!memory.allows(v4_addr([198, 18, 0, 1])));
+        assert!(memory.allowed_set().is_empty());
+    }
 }
 
 const SLOT_EMPTY_RAW: u32 = serve_guard_common::trie::SLOT_EMPTY;
 
 #[test]
-fn slash_zero_allows_everything_without_a_node() {
+fn slash_zero_fills_the_directory_without_a_node() {
     for width in [32, 128] {
-        let memory = Memory::compile(&[Prefix::new(0, 0)]);
-        assert_eq!(Slot::decode(memory.compiled.root), Slot::Full);
+        let memory = Memory::compile(&[Prefix::new(0, 0)], width);
+        assert_eq!(Slot::decode(memory.compiled.root), Slot::Node(1));
         assert!(memory.compiled.nodes.is_empty());
-        assert!(memory.allows(0, width));
-        assert!(memory.allows(mask(width), width));
+        assert!(
+            memory
+                .compiled
+                .dir
+                .iter()
+                .all(|&s| Slot::decode(s) == Slot::Full)
+        );
+        assert!(memory.allows(0));
+        assert!(memory.allows(mask(width)));
+        assert_eq!(memory.allowed_set().len(), DIR_SLOTS);
     }
 }
 
 #[test]
 fn a_single_prefix_is_one_tail_and_host_routes_work() {
     let host = v4([198, 18, 0, 10], 32);
-    let memory = Memory::compile(&[host]);
-    assert!(matches!(Slot::decode(memory.compiled.root), Slot::Tail(_)));
-    assert!(memory.allows(v4_addr([198, 18, 0, 10]), 32));
-    assert!(!memory.allows(v4_addr([198, 18, 0, 11]), 32));
+    let memory = Memory::compile(&[host], 32);
+    assert!(memory.compiled.nodes.is_empty());
+    let index = (198 << 8) | 18;
+    assert!(matches!(
+        Slot::decode(memory.compiled.dir[index]),
+        Slot::Tail(_)
+    ));
+    assert!(memory.allows(v4_addr([198, 18, 0, 10])));
+    assert!(!memory.allows(v4_addr([198, 18, 0, 11])));
     check(&[host], 32);
     check(&[v6(0xfd00_0001 << 96 | 0x10, 128)], 128);
+}
+
+/// IPv4 reads at most the root, the directory, the /24 and /32 nodes and a tail, whatever the
+/// list: three host routes one apart need both nodes.
+#[test]
+fn ipv4_walks_at_most_two_nodes() {
+    let list = [
+        v4([198, 18, 0, 10], 32),
+        v4([198, 18, 0, 11], 32),
+        v4([198, 18, 1, 0], 25),
+    ];
+    let memory = Memory::compile(&list, 32);
+    assert_eq!(memory.compiled.nodes.len(), 2 * Shape::V4.fanout());
+    let (allowed, reads) = lookup(
+        memory.compiled.root,
+        v4_addr([198, 18, 0, 11]),
+        Shape::V4,
+        &memory,
+    );
+    assert!(allowed);
+    assert_eq!(reads, 4);
+    let (allowed, reads) = lookup(
+        memory.compiled.root,
+        v4_addr([198, 18, 1, 1]),
+        Shape::V4,
+        &memory,
+    );
+    assert!(allowed);
+    assert_eq!(reads, 4, "root, directory, /24 node, tail");
+    check(&list, 32);
 }
 
 #[test]
@@ -195,14 +264,11 @@ fn overlapping_prefixes_are_the_union() {
         v4([172, 16, 0, 0], 12),
     ];
     check(&list, 32);
-    let memory = Memory::compile(&list);
-    // Contained prefixes add nothing: three ranges, no node below 10/8.
-    assert_eq!(
-        allowed_set(memory.compiled.root, 32, &memory)
-            .unwrap()
-            .len(),
-        3
-    );
+    let memory = Memory::compile(&list, 32);
+    // Contained prefixes add nothing: 10/8 and 172.16/12 fill 256 and 16 directory slots,
+    // 192.168/16 one.
+    assert_eq!(memory.allowed_set().len(), 256 + 16 + 1);
+    assert!(memory.compiled.nodes.is_empty());
 }
 
 #[test]
@@ -222,7 +288,8 @@ fn prefix_lengths_between_strides_cover_the_right_children() {
 
 /// Every prefix length, both families, each ending on the last address of a stride-aligned
 /// range, with a host route just before it (sharing its first len - 1 bits, so the
-/// trie splits down to the prefix's own stride): probed at every stride edge around both.
+/// structure splits down to the prefix's own stride): probed at every stride edge around both
+/// (/16 and /24 for IPv4; /16, /24, ... /120 for IPv6).
 #[test]
 fn every_prefix_length_at_the_edges_of_every_stride() {
     for (width, region_bits) in [(32u8, 8u32), (128, 8)] {
@@ -274,33 +341,45 @@ fn a_list_swapping_prefix_lengths_compiles_independently() {
     check(&new, 32);
 }
 
+/// The benchmark's shape: random /16-/28 (v4) and /32-/64 in fd00::/8 (v6) at the default and
+/// at the largest capacity. Prints what the nodes take, for docs/lookup.md.
 #[test]
 fn random_lists_stay_within_the_node_budget() {
-    // The benchmark's shape at full capacity: random /16-/28 (v4) and /32-/64 in fd00::/8 (v6).
-    let mut rng = Rng(3);
-    let mut by_len: BTreeMap<u8, usize> = BTreeMap::new();
-    let v4_list: Vec<Prefix> = (0..TAILS_PER_HALF)
-        .map(|_| {
-            let len = 16 + (rng.next() % 13) as u8;
-            *by_len.entry(len).or_default() += 1;
-            Prefix::new(u128::from(rng.next() as u32) << 96, len)
-        })
-        .collect();
-    let v6_list: Vec<Prefix> = (0..TAILS_PER_HALF)
-        .map(|_| {
-            let len = 32 + (rng.next() % 33) as u8;
-            Prefix::new((0xfdu128 << 120) | (rng.wide() >> 8), len)
-        })
-        .collect();
-    let v4 = compile(&v4_list, Bases { node: 0, tail: 0 });
-    let v6 = compile(&v6_list, Bases { node: 0, tail: 0 });
-    eprintln!(
-        "nodes: v4 {} (tails {}), v6 {} (tails {})",
-        v4.nodes.len(),
-        v4.tails.len(),
-        v6.nodes.len(),
-        v6.tails.len()
-    );
-    assert!(v4.nodes.len() <= DEFAULT_CAPACITY.nodes_per_half_v4 as usize);
-    assert!(v6.nodes.len() <= NODES_PER_HALF_V6 as usize);
+    for capacity in [DEFAULT_CAPACITY, LARGEST_CAPACITY] {
+        let mut rng = Rng(3);
+        let mut by_len: BTreeMap<u8, usize> = BTreeMap::new();
+        let cidrs = capacity.tails_per_half;
+        let v4_list: Vec<Prefix> = (0..cidrs)
+            .map(|_| {
+                let len = 16 + (rng.next() % 13) as u8;
+                *by_len.entry(len).or_default() += 1;
+                Prefix::new(u128::from(rng.next() as u32) << 96, len)
+            })
+            .collect();
+        let v6_list: Vec<Prefix> = (0..cidrs)
+            .map(|_| {
+                let len = 32 + (rng.next() % 33) as u8;
+                Prefix::new((0xfdu128 << 120) | (rng.wide() >> 8), len)
+            })
+            .collect();
+        let bases = Bases {
+            half: 0,
+            node: 0,
+            tail: 0,
+        };
+        let v4 = compile(&v4_list, Shape::V4, bases);
+        let v6 = compile(&v6_list, Shape::V6, bases);
+        let v4_nodes = v4.nodes.len() / Shape::V4.fanout();
+        let v6_nodes = v6.nodes.len() / Shape::V6.fanout();
+        eprintln!(
+            "{cidrs} CIDRs: nodes v4 {v4_nodes} (tails {}), v6 {v6_nodes} (tails {}); \
+             budget v4 {} a half, maps {} MiB",
+            v4.tails.len(),
+            v6.tails.len(),
+            capacity.nodes_per_half_v4,
+            capacity.bytes() >> 20
+        );
+        assert!(v4_nodes <= capacity.nodes_per_half_v4 as usize);
+        assert!(v6_nodes <= capacity.nodes_per_half_v6 as usize);
+    }
 }

@@ -5,7 +5,7 @@
 use super::super::{model::PORT_PROTOCOLS, scenario};
 use crate::frames::ipv4::opt;
 use crate::rng::Rng;
-use serve_guard_common::trie::STRIDE;
+use serve_guard_common::trie::level_boundaries;
 use serve_guard_common::wire::proto;
 
 /// The server: the destination of most frames (the filter does not read it).
@@ -87,10 +87,11 @@ fn edge(rng: &mut Rng, base: u128, len: u32, bits: u32) -> u128 {
         (1u128 << bits) - 1
     };
     let size = 1u128.checked_shl(bits - len).unwrap_or(0);
-    // The edges of the trie's strides around the prefix (issue 21): the address just before or
-    // just past a nibble-aligned range holding it, where the walk moves to the next slot.
+    // The edges of the lookup's levels around the prefix (issue 21): the address just before or
+    // just past a /16- or stride-aligned range holding it, where the walk moves to the next slot.
+    let boundaries: Vec<u32> = level_boundaries(bits).collect();
     let stride_edge = |rng: &mut Rng| {
-        let at = STRIDE * (1 + rng.below((bits / STRIDE - 1) as usize) as u32);
+        let at = boundaries[rng.below(boundaries.len())];
         let span = 1u128 << (bits - at);
         let start = base & !(span - 1);
         if rng.coin() {
