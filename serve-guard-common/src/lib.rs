@@ -15,10 +15,10 @@ pub mod maps {
     /// (The nibble trie's root slots were `SG_ROOTS`: every allow-list map has a new name, so a
     /// pinned map of the old layout is never read as one of these, and while a start replaces
     /// the old program the new agent never writes a half that program still walks.)
-    pub const ROOTS: &str = "SG_ROOT16";
-    /// `Array<DirBlock>`: the IPv4 directory, one slot per /16 (two halves, see
+    pub const ROOTS: &str = "SG_DIR_ROOT";
+    /// `Array<DirBlock>`: the IPv4 directory, one slot per /8 (two halves, see
     /// [`crate::trie`]).
-    pub const DIR_V4: &str = "SG_DIR16_V4";
+    pub const DIR_V4: &str = "SG_DIR8_V4";
     /// `Array<DirBlock>`: the IPv6 directory, one slot per /16.
     pub const DIR_V6: &str = "SG_DIR16_V6";
     /// `Array<NodeV4>`: the IPv4 nodes below the directory.
@@ -45,7 +45,7 @@ pub mod maps {
         "SG_ALLOW_V6",
         "SG_COUNTERS",
         "SG_PORTS",
-        // The nibble trie's (issue 21 replaced it with the /16 directory with strides below).
+        // The nibble trie's (issue 21 replaced it with a directory and wider strides).
         "SG_ROOTS",
         "SG_NODES_V4",
         "SG_NODES_V6",

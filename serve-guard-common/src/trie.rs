@@ -1,20 +1,21 @@
-//! Layout of the allow-list: per address family a directory on the address's first
-//! [`DIR_BITS`] bits, then a leaf-pushed trie of fixed strides below it, walked by the XDP
-//! program with array lookups only (no hash, no LPM trie). A lookup reads the family's root
-//! slot, one directory slot, at most one node per stride below the directory (IPv4: 2, at /24
-//! and /32; IPv6: [`V6_LEVELS`]) and maybe a tail; how many nodes depends on how densely the
-//! list fills the space around the address (docs/lookup.md).
+//! Layout of the allow-list: per address family a directory on the address's first bits (IPv4:
+//! /8, IPv6: /16), then a leaf-pushed trie of fixed strides below it (IPv4: 8 bits, to /16, /24
+//! and /32; IPv6: 4), walked by the XDP program with array lookups only (no hash, no LPM trie).
+//! A lookup reads the family's root slot, one directory slot, at most one node per stride below
+//! the directory ([`V4_LEVELS`], [`V6_LEVELS`]) and maybe a tail; how many nodes depends on how
+//! densely the list fills the space around the address (docs/lookup.md).
 //!
 //! - A *slot* (`u32`) stands for a range of addresses (an aligned prefix): [`SLOT_EMPTY`] (no
 //!   address of the range is allowed), [`SLOT_FULL`] (every address is), a *tail* (exactly the
 //!   addresses of one listed prefix inside the range are; [`TAIL_TAG`] | index into the tails
 //!   map), or a *node* ([`NODE_BASE`] + index into the nodes map).
-//! - The directory has [`DIR_SLOTS`] slots, one per /16, stored as [`DIR_BLOCKS`] blocks of
-//!   [`DIR_BLOCK_SLOTS`] so that the array's elements are not padded to 8 bytes each (256 KiB a
-//!   half: small enough to stay in cache under a flood from many sources). A node splits its
-//!   range on the next stride of the address ([`V4_STRIDE`], [`V6_STRIDE`] bits). Slots are
-//!   leaf-pushed: the walk stops at the first slot that is not a node, so it never needs to
-//!   remember a shorter match (a listed range covers every address below it).
+//! - A directory is stored as blocks of [`DIR_BLOCK_SLOTS`] (array elements are padded to 8
+//!   bytes: one `u32` each would double it). IPv4's is 1 KiB a half: a /16 directory (256 KiB)
+//!   was measured and missed the caches and the TLB for denied sources spread over the whole
+//!   space at short lists (docs/lookup.md). IPv6's is 256 KiB a half: its lists and the sources
+//!   that matter sit in few /16s. A node splits its range on the next stride of the address.
+//!   Slots are leaf-pushed: the walk stops at the first slot that is not a node, so it never
+//!   needs to remember a shorter match (a listed range covers every address below it).
 //! - The root slot of a family (roots map) is [`SLOT_EMPTY`] (no list) or a node slot whose
 //!   index is the directory half in use. The directories, nodes and tails maps have two halves.
 //!   A list change is compiled into the halves the live root does not use, then the root slot is
@@ -23,18 +24,21 @@
 //!   which no program run can still be walking it.
 //! - All-zero maps mean an empty allow-list: fail closed.
 
-/// Address bits the directory consumes: one slot per /16.
-pub const DIR_BITS: u32 = 16;
+/// Address bits each family's directory consumes.
+pub const V4_DIR_BITS: u32 = 8;
+pub const V6_DIR_BITS: u32 = 16;
 /// Slots of one directory (one half).
-pub const DIR_SLOTS: usize = 1 << DIR_BITS;
+pub const V4_DIR_SLOTS: usize = 1 << V4_DIR_BITS;
+pub const V6_DIR_SLOTS: usize = 1 << V6_DIR_BITS;
 /// Slots per directory block (one array element); a power of two.
 pub const DIR_BLOCK_SLOTS: usize = 256;
-/// Blocks of one directory half.
-pub const DIR_BLOCKS: u32 = (DIR_SLOTS / DIR_BLOCK_SLOTS) as u32;
 /// Address bits of a directory index that select the slot inside its block.
 pub const DIR_BLOCK_BITS: u32 = DIR_BLOCK_SLOTS.trailing_zeros();
+/// Blocks of one directory half.
+pub const V4_DIR_BLOCKS: u32 = (V4_DIR_SLOTS / DIR_BLOCK_SLOTS) as u32;
+pub const V6_DIR_BLOCKS: u32 = (V6_DIR_SLOTS / DIR_BLOCK_SLOTS) as u32;
 
-/// Address bits consumed per IPv4 node below the directory: /16 -> /24 -> /32.
+/// Address bits consumed per IPv4 node below the directory: /8 -> /16 -> /24 -> /32.
 pub const V4_STRIDE: u32 = 8;
 /// Address bits consumed per IPv6 node below the directory: nibbles, as the trie before the
 /// directory had. IPv6 lists are sparse in the 112 bits below a /16: 256-slot nodes would be
@@ -60,13 +64,14 @@ pub const ROOT_ENTRIES: u32 = 2;
 /// Address widths, and the most nodes a walk can visit below the directory (one per stride).
 pub const V4_BITS: u32 = 32;
 pub const V6_BITS: u32 = 128;
-pub const V4_LEVELS: usize = ((V4_BITS - DIR_BITS) / V4_STRIDE) as usize;
-pub const V6_LEVELS: usize = ((V6_BITS - DIR_BITS) / V6_STRIDE) as usize;
+pub const V4_LEVELS: usize = ((V4_BITS - V4_DIR_BITS) / V4_STRIDE) as usize;
+pub const V6_LEVELS: usize = ((V6_BITS - V6_DIR_BITS) / V6_STRIDE) as usize;
 // Strides tile the address below the directory, and none straddles IPv6's two 64-bit words.
-const _: () = assert!((V4_BITS - DIR_BITS).is_multiple_of(V4_STRIDE));
-const _: () = assert!((V6_BITS - DIR_BITS).is_multiple_of(V6_STRIDE));
-const _: () = assert!((u64::BITS - DIR_BITS).is_multiple_of(V6_STRIDE));
-const _: () = assert!(DIR_SLOTS.is_multiple_of(DIR_BLOCK_SLOTS));
+const _: () = assert!((V4_BITS - V4_DIR_BITS).is_multiple_of(V4_STRIDE));
+const _: () = assert!((V6_BITS - V6_DIR_BITS).is_multiple_of(V6_STRIDE));
+const _: () = assert!((u64::BITS - V6_DIR_BITS).is_multiple_of(V6_STRIDE));
+const _: () = assert!(V4_DIR_SLOTS.is_multiple_of(DIR_BLOCK_SLOTS));
+const _: () = assert!(V6_DIR_SLOTS.is_multiple_of(DIR_BLOCK_SLOTS));
 
 /// The CIDRs per family the maps are built for unless configured otherwise (`max_cidrs`).
 pub const DEFAULT_CIDRS_PER_FAMILY: u32 = 1 << 16;
@@ -78,17 +83,18 @@ pub const MIN_CIDRS_PER_FAMILY: u32 = 1 << 4;
 /// Entries of each map: two halves.
 pub const HALVES: u32 = 2;
 
-/// Nodes every half has whatever `max_cidrs`: a short list still needs about one IPv4 node per
-/// /16 it puts two prefixes in, and one per /24 below that.
-pub const MIN_NODES_PER_HALF: u32 = 2 * MIN_CIDRS_PER_FAMILY;
-/// The most IPv4 nodes one directory can point to: one per /16.
-pub const V4_DIR_NODES: u32 = DIR_SLOTS as u32;
+/// Nodes every half has whatever `max_cidrs`: a short IPv4 list still needs up to one node per
+/// /8, /16 and /24 it puts two prefixes in.
+pub const MIN_NODES_PER_HALF: u32 = 3 * MIN_CIDRS_PER_FAMILY;
+/// Where the IPv4 node budget stops growing with `max_cidrs`: one node per /16 (long lists fill
+/// whole /16s, and a full range needs no node).
+pub const V4_NODES_CAP: u32 = 1 << 16;
 
 /// How many entries each allow-list map has, for a capacity of `cidrs` per family. Tails: one
 /// per listed prefix at most, so `cidrs` per half. Nodes exist only where at least two listed
-/// prefixes share a range: IPv4 one per 4 CIDRs, at most one per /16 at the /16 level (the
-/// benchmark's random /16-/28 lists need one per 5.2 at 65,536 and one per 55 at 1,048,576, where
-/// the /16s are full), IPv6 one per CIDR as the nibble trie had (one per 2.8 at both sizes);
+/// prefixes share a range: IPv4 one per 4 CIDRs up to [`V4_NODES_CAP`] (the benchmark's random
+/// /16-/28 lists need one per 5.2 at 65,536 and one per 55 at 1,048,576, where the /16s are
+/// full), IPv6 one per CIDR as the nibble trie had (one per 2.8 at both sizes);
 /// measured by the compiler's test `random_lists_stay_within_the_node_budget`. The compiler
 /// reports a full map when a list needs more (many long prefixes, pairs in their own /24s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,10 +106,10 @@ pub struct Capacity {
 
 impl Capacity {
     pub const fn for_cidrs(cidrs: u32) -> Capacity {
-        let v4 = if cidrs / 4 < V4_DIR_NODES {
+        let v4 = if cidrs / 4 < V4_NODES_CAP {
             cidrs / 4
         } else {
-            V4_DIR_NODES
+            V4_NODES_CAP
         };
         Capacity {
             tails_per_half: cidrs,
@@ -126,7 +132,7 @@ impl Capacity {
 
     /// Bytes of locked kernel memory the allow-list maps take, both families, both halves.
     pub const fn bytes(self) -> u64 {
-        let dirs = 2 * DIR_ENTRIES as u64 * size_of::<DirBlock>() as u64;
+        let dirs = (DIR_V4_ENTRIES + DIR_V6_ENTRIES) as u64 * size_of::<DirBlock>() as u64;
         let nodes = self.nodes_v4_entries() as u64 * size_of::<NodeV4>() as u64
             + self.nodes_v6_entries() as u64 * size_of::<NodeV6>() as u64;
         let tails =
@@ -140,7 +146,8 @@ pub const DEFAULT_CAPACITY: Capacity = Capacity::for_cidrs(DEFAULT_CIDRS_PER_FAM
 pub const NODES_V4_ENTRIES: u32 = DEFAULT_CAPACITY.nodes_v4_entries();
 pub const NODES_V6_ENTRIES: u32 = DEFAULT_CAPACITY.nodes_v6_entries();
 pub const TAILS_ENTRIES: u32 = DEFAULT_CAPACITY.tails_entries();
-pub const DIR_ENTRIES: u32 = HALVES * DIR_BLOCKS;
+pub const DIR_V4_ENTRIES: u32 = HALVES * V4_DIR_BLOCKS;
+pub const DIR_V6_ENTRIES: u32 = HALVES * V6_DIR_BLOCKS;
 
 // Every node and tail index of both halves, at the largest capacity, must fit its slot encoding.
 pub const LARGEST_CAPACITY: Capacity = Capacity::for_cidrs(MAX_CIDRS_PER_FAMILY);
@@ -227,11 +234,11 @@ impl Slot {
 }
 
 /// The directory element and the slot inside it for a directory index (the address's first
-/// [`DIR_BITS`] bits) in directory `half`.
+/// directory bits) in directory `half` of a family whose directory has `blocks` blocks a half.
 #[inline(always)]
-pub const fn dir_position(half: u32, index: u32) -> (u32, usize) {
+pub const fn dir_position(half: u32, index: u32, blocks: u32) -> (u32, usize) {
     (
-        half * DIR_BLOCKS + (index >> DIR_BLOCK_BITS),
+        half * blocks + (index >> DIR_BLOCK_BITS),
         (index as usize) & (DIR_BLOCK_SLOTS - 1),
     )
 }
@@ -239,26 +246,26 @@ pub const fn dir_position(half: u32, index: u32) -> (u32, usize) {
 /// The directory index of an IPv4 address (host-order value).
 #[inline(always)]
 pub const fn dir_index_v4(addr: u32) -> u32 {
-    addr >> (V4_BITS - DIR_BITS)
+    addr >> (V4_BITS - V4_DIR_BITS)
 }
 
 /// The directory index of an IPv6 address, as (high, low) 64-bit halves.
 #[inline(always)]
 pub const fn dir_index_v6(addr: [u64; 2]) -> u32 {
-    (addr[0] >> (u64::BITS - DIR_BITS)) as u32
+    (addr[0] >> (u64::BITS - V6_DIR_BITS)) as u32
 }
 
 /// The slot of `addr` in a node at `level` (1 = the nodes the directory points to).
 #[inline(always)]
 pub const fn slot_v4(addr: u32, level: usize) -> usize {
-    let end = DIR_BITS + V4_STRIDE * level as u32;
+    let end = V4_DIR_BITS + V4_STRIDE * level as u32;
     ((addr >> (V4_BITS - end)) as usize) & (V4_FANOUT - 1)
 }
 
 /// Same for IPv6, the address as (high, low) 64-bit halves.
 #[inline(always)]
 pub const fn slot_v6(addr: [u64; 2], level: usize) -> usize {
-    let end = DIR_BITS + V6_STRIDE * level as u32;
+    let end = V6_DIR_BITS + V6_STRIDE * level as u32;
     let (word, end) = if end <= u64::BITS {
         (addr[0], end)
     } else {
@@ -267,13 +274,13 @@ pub const fn slot_v6(addr: [u64; 2], level: usize) -> usize {
     ((word >> (u64::BITS - end)) as usize) & (V6_FANOUT - 1)
 }
 
-/// The prefix lengths where a walk of a `bits`-wide address moves on to its next level: /16
-/// (into the directory), then every stride below it. Where tests look for off-by-one errors.
+/// The prefix lengths where a walk of a `bits`-wide address moves on to its next level: the
+/// directory's, then every stride below it. Where tests look for off-by-one errors.
 pub fn level_boundaries(bits: u32) -> impl Iterator<Item = u32> {
-    let stride = if bits == V4_BITS {
-        V4_STRIDE
+    let (dir, stride) = if bits == V4_BITS {
+        (V4_DIR_BITS, V4_STRIDE)
     } else {
-        V6_STRIDE
+        (V6_DIR_BITS, V6_STRIDE)
     };
-    (DIR_BITS..bits).step_by(stride as usize)
+    (dir..bits).step_by(stride as usize)
 }

@@ -1,13 +1,15 @@
 //! The allow-list lookup (layout in `serve_guard_common::trie`): the family's root slot, one
-//! slot of its /16 directory, then at most one node per stride below it (IPv4: the /24 and /32
-//! nodes), each an inlined array lookup, and maybe a tail. Its cost depends on how many nodes the
-//! list puts on the address's path and, under many sources, on how many of them are still in
-//! cache; the directory (256 KiB) is small enough to stay there (docs/lookup.md).
+//! slot of its directory (IPv4: /8, IPv6: /16), then at most one node per stride below it (IPv4:
+//! the /16, /24 and /32 nodes), each an inlined array lookup, and maybe a tail. Its cost depends
+//! on how many nodes the list puts on the address's path and, under many sources, on how many of
+//! them are still in cache (docs/lookup.md).
 
 use serve_guard_common::trie::{
-    HALVES, ROOT_V4, ROOT_V6, Slot, V4_LEVELS, V6_LEVELS, dir_index_v4, dir_index_v6, dir_position,
-    slot_v4, slot_v6,
+    DirBlock, HALVES, ROOT_V4, ROOT_V6, Slot, V4_DIR_BLOCKS, V4_LEVELS, V6_DIR_BLOCKS, V6_LEVELS,
+    dir_index_v4, dir_index_v6, dir_position, slot_v4, slot_v6,
 };
+
+use aya_ebpf::maps::Array;
 
 use crate::maps::{DIR_V4, DIR_V6, NODES_V4, NODES_V6, ROOTS, TAILS_V4, TAILS_V6};
 
@@ -34,12 +36,12 @@ macro_rules! walk {
 }
 
 // The literal level lists below must cover 1..=LEVELS + 1.
-const _: () = assert!(V4_LEVELS == 2 && V6_LEVELS == 28);
+const _: () = assert!(V4_LEVELS == 3 && V6_LEVELS == 28);
 
 /// The directory slot for `index` in the half the root slot names; `None` (deny) for no list
 /// or a root that names no directory.
 #[inline(always)]
-fn directory(family: u32, index: u32) -> Option<u32> {
+fn directory(family: u32, map: &Array<DirBlock>, blocks: u32, index: u32) -> Option<u32> {
     // A missing root reads as empty: fail closed.
     let root = ROOTS.get(family).copied().unwrap_or_default();
     let Slot::Node(half) = Slot::decode(root) else {
@@ -48,8 +50,7 @@ fn directory(family: u32, index: u32) -> Option<u32> {
     if half >= HALVES {
         return None;
     }
-    let (block, slot) = dir_position(half, index);
-    let map = if family == ROOT_V4 { &DIR_V4 } else { &DIR_V6 };
+    let (block, slot) = dir_position(half, index, blocks);
     map.get(block).map(|block| block.slots[slot])
 }
 
@@ -57,11 +58,11 @@ fn directory(family: u32, index: u32) -> Option<u32> {
 #[inline(always)]
 pub fn allowed_v4(addr: [u8; 4]) -> bool {
     let addr = u32::from_be_bytes(addr);
-    let Some(mut slot) = directory(ROOT_V4, dir_index_v4(addr)) else {
+    let Some(mut slot) = directory(ROOT_V4, &DIR_V4, V4_DIR_BLOCKS, dir_index_v4(addr)) else {
         return false;
     };
     // One more round than levels: the last one reads the slot the deepest node gave.
-    walk!(step_v4, slot, addr, [1 2 3]);
+    walk!(step_v4, slot, addr, [1 2 3 4]);
     let _ = slot;
     false
 }
@@ -91,7 +92,7 @@ fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
 pub fn allowed_v6(addr: [u8; 16]) -> bool {
     let addr = u128::from_be_bytes(addr);
     let addr = [(addr >> 64) as u64, addr as u64];
-    let Some(mut slot) = directory(ROOT_V6, dir_index_v6(addr)) else {
+    let Some(mut slot) = directory(ROOT_V6, &DIR_V6, V6_DIR_BLOCKS, dir_index_v6(addr)) else {
         return false;
     };
     walk!(step_v6, slot, addr, [

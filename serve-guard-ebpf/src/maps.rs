@@ -9,8 +9,8 @@ use aya_ebpf::{
 use serve_guard_common::{
     COUNTER_ENTRIES, Counter, FilterConfig, PortTable, maps,
     trie::{
-        DIR_ENTRIES, DirBlock, MAP_FLAGS, NODES_V4_ENTRIES, NODES_V6_ENTRIES, NodeV4, NodeV6,
-        ROOT_ENTRIES, TAILS_ENTRIES, TailV4, TailV6,
+        DIR_V4_ENTRIES, DIR_V6_ENTRIES, DirBlock, MAP_FLAGS, NODES_V4_ENTRIES, NODES_V6_ENTRIES,
+        NodeV4, NodeV6, ROOT_ENTRIES, TAILS_ENTRIES, TailV4, TailV6,
     },
 };
 
@@ -32,8 +32,8 @@ const fn same_name(a: &str, b: &str) -> bool {
 }
 
 const _: () = assert!(same_name(maps::PORTS, "SG_PORT_CLASS"));
-const _: () = assert!(same_name(maps::ROOTS, "SG_ROOT16"));
-const _: () = assert!(same_name(maps::DIR_V4, "SG_DIR16_V4"));
+const _: () = assert!(same_name(maps::ROOTS, "SG_DIR_ROOT"));
+const _: () = assert!(same_name(maps::DIR_V4, "SG_DIR8_V4"));
 const _: () = assert!(same_name(maps::DIR_V6, "SG_DIR16_V6"));
 const _: () = assert!(same_name(maps::NODES_V4, "SG_NODE8_V4"));
 const _: () = assert!(same_name(maps::NODES_V6, "SG_NODE4_V6"));
@@ -47,17 +47,17 @@ const _: () = assert!(same_name(maps::COUNTERS, "SG_VERDICTS"));
 #[map(name = "SG_PORT_CLASS")]
 pub static PORTS: Array<PortTable> = Array::pinned(1, 0);
 
-/// The allow-lists: per family a /16 directory, nodes and tails (layout and update protocol in
+/// The allow-lists: per family a directory, nodes and tails (layout and update protocol in
 /// `serve_guard_common::trie`). Arrays only, so every lookup is inlined by the verifier into a
 /// bounds check and an add.
-#[map(name = "SG_ROOT16")]
+#[map(name = "SG_DIR_ROOT")]
 pub static ROOTS: Array<u32> = Array::pinned(ROOT_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_DIR16_V4")]
-pub static DIR_V4: Array<DirBlock> = Array::pinned(DIR_ENTRIES, MAP_FLAGS);
+#[map(name = "SG_DIR8_V4")]
+pub static DIR_V4: Array<DirBlock> = Array::pinned(DIR_V4_ENTRIES, MAP_FLAGS);
 
 #[map(name = "SG_DIR16_V6")]
-pub static DIR_V6: Array<DirBlock> = Array::pinned(DIR_ENTRIES, MAP_FLAGS);
+pub static DIR_V6: Array<DirBlock> = Array::pinned(DIR_V6_ENTRIES, MAP_FLAGS);
 
 #[map(name = "SG_NODE8_V4")]
 pub static NODES_V4: Array<NodeV4> = Array::pinned(NODES_V4_ENTRIES, MAP_FLAGS);

@@ -20,8 +20,8 @@ use aya::maps::{Map, MapData};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serve_guard_common::maps;
 use serve_guard_common::trie::{
-    DIR_BLOCK_SLOTS, DIR_BLOCKS, DirBlock, HALVES, ROOT_ENTRIES, ROOT_V4, ROOT_V6, Slot, Slots,
-    TailV4, TailV6, V4_FANOUT, V6_FANOUT, dir_position,
+    DIR_BLOCK_SLOTS, DirBlock, HALVES, ROOT_ENTRIES, ROOT_V4, ROOT_V6, Slot, Slots, TailV4, TailV6,
+    V4_FANOUT, V6_FANOUT, dir_position,
 };
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -226,7 +226,7 @@ impl<const F: usize, Tail: TailFormat> TrieSource for Source<'_, F, Tail> {
         if half >= HALVES {
             return None;
         }
-        let (block, slot) = dir_position(half, index as u32);
+        let (block, slot) = dir_position(half, index as u32, self.family.dir_blocks());
         self.family.dir.get(block).map(|b| b.slots[slot])
     }
 
@@ -287,7 +287,7 @@ impl<const F: usize, Tail: TailFormat> Family<F, Tail> {
             .iter()
             .map(|&slots| Slots { slots })
             .collect();
-        self.dir.write(spare * DIR_BLOCKS, &blocks)?;
+        self.dir.write(spare * self.dir_blocks(), &blocks)?;
         self.nodes.write(bases.node, &nodes)?;
         let tails: Vec<Tail> = tails.into_iter().map(Tail::encode).collect();
         self.tails.write(bases.tail, &tails)?;
@@ -296,6 +296,11 @@ impl<const F: usize, Tail: TailFormat> Family<F, Tail> {
 
     fn allowed(&self, root: u32) -> Result<Vec<Prefix>, Corrupt> {
         trie::allowed_set(root, self.shape, &Source { family: self })
+    }
+
+    /// Blocks of one directory half.
+    fn dir_blocks(&self) -> u32 {
+        (self.shape.dir_slots() / DIR_BLOCK_SLOTS) as u32
     }
 
     fn lookup(&self, root: u32, addr: u128) -> (bool, usize) {
@@ -309,10 +314,11 @@ impl<const F: usize, Tail: TailFormat> Family<F, Tail> {
         root: u32,
         shape: Shape,
     ) -> Result<Self, FilterError> {
-        if dir.entries != HALVES * DIR_BLOCKS {
+        let dir_entries = HALVES * (shape.dir_slots() / DIR_BLOCK_SLOTS) as u32;
+        if dir.entries != dir_entries {
             return Err(FilterError::IncompatibleMap {
                 name: dir.name.to_owned(),
-                detail: format!("{} entries, expected {}", dir.entries, HALVES * DIR_BLOCKS),
+                detail: format!("{} entries, expected {dir_entries}", dir.entries),
             });
         }
         for (name, entries) in [(nodes.name, nodes.entries), (tails.name, tails.entries)] {

@@ -5,7 +5,9 @@
 //! compiler serves both families; a [`Shape`] says the family's width and stride, and only the
 //! tails' format differs.
 
-use serve_guard_common::trie::{DIR_BITS, DIR_SLOTS, Slot, V4_BITS, V4_STRIDE, V6_BITS, V6_STRIDE};
+use serve_guard_common::trie::{
+    Slot, V4_BITS, V4_DIR_BITS, V4_STRIDE, V6_BITS, V6_DIR_BITS, V6_STRIDE,
+};
 
 /// A prefix as the compiler sees it: left-aligned address bits, host bits clear, and its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -35,22 +37,25 @@ pub fn mask(len: u8) -> u128 {
     }
 }
 
-/// A family's address width and the stride of its nodes below the directory. Level 0 is the
-/// directory (the whole space, split on the first [`DIR_BITS`] bits); a node at level `k >= 1`
-/// splits a range of `DIR_BITS + (k - 1) * stride` fixed bits on the next `stride`.
+/// A family's address width, the bits its directory takes and the stride of its nodes below
+/// it. Level 0 is the directory (the whole space, split on the first `dir_bits` bits); a node at
+/// level `k >= 1` splits a range of `dir_bits + (k - 1) * stride` fixed bits on the next `stride`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
     pub width: u8,
+    pub dir_bits: u32,
     pub stride: u32,
 }
 
 impl Shape {
     pub const V4: Shape = Shape {
         width: V4_BITS as u8,
+        dir_bits: V4_DIR_BITS,
         stride: V4_STRIDE,
     };
     pub const V6: Shape = Shape {
         width: V6_BITS as u8,
+        dir_bits: V6_DIR_BITS,
         stride: V6_STRIDE,
     };
 
@@ -59,20 +64,29 @@ impl Shape {
         1 << self.stride
     }
 
+    /// Slots of the directory.
+    pub fn dir_slots(self) -> usize {
+        1 << self.dir_bits
+    }
+
     /// Node levels below the directory.
     pub fn levels(self) -> u32 {
-        (u32::from(self.width) - DIR_BITS) / self.stride
+        (u32::from(self.width) - self.dir_bits) / self.stride
     }
 
     /// Fixed bits of a child range of the node (or directory) at `level`.
     fn child_len(self, level: u32) -> u32 {
-        DIR_BITS + level * self.stride
+        self.dir_bits + level * self.stride
     }
 
     /// The slot of the left-aligned `bits` in the node (or directory) at `level`.
     fn index(self, bits: u128, level: u32) -> usize {
         let end = self.child_len(level);
-        let width = if level == 0 { DIR_BITS } else { self.stride };
+        let width = if level == 0 {
+            self.dir_bits
+        } else {
+            self.stride
+        };
         ((bits >> (u128::BITS - end)) & ((1u128 << width) - 1)) as usize
     }
 
@@ -117,7 +131,7 @@ pub fn compile(prefixes: &[Prefix], shape: Shape, bases: Bases) -> Compiled {
         out: &mut out,
     };
     let dir = builder.split(&disjoint, 0);
-    debug_assert_eq!(dir.len(), DIR_SLOTS);
+    debug_assert_eq!(dir.len(), shape.dir_slots());
     out.dir = dir;
     out.root = Slot::Node(bases.half).encode();
     out
@@ -175,7 +189,7 @@ impl Builder<'_> {
     fn split(&mut self, prefixes: &[Prefix], level: u32) -> Vec<u32> {
         let shape = self.shape;
         let fanout = if level == 0 {
-            DIR_SLOTS
+            shape.dir_slots()
         } else {
             shape.fanout()
         };
@@ -235,7 +249,7 @@ pub fn allowed_set(
     match Slot::decode(root) {
         Slot::Empty => {}
         Slot::Node(half) => {
-            for n in 0..DIR_SLOTS {
+            for n in 0..shape.dir_slots() {
                 let slot = source
                     .dir_slot(half, n)
                     .ok_or_else(|| Corrupt(format!("directory {half} is past the map")))?;

@@ -88,7 +88,7 @@ fn edge(rng: &mut Rng, base: u128, len: u32, bits: u32) -> u128 {
     };
     let size = 1u128.checked_shl(bits - len).unwrap_or(0);
     // The edges of the lookup's levels around the prefix (issue 21): the address just before or
-    // just past a /16- or stride-aligned range holding it, where the walk moves to the next slot.
+    // just past a directory- or stride-aligned range holding it, where the walk moves to the next slot.
     let boundaries: Vec<u32> = level_boundaries(bits).collect();
     let stride_edge = |rng: &mut Rng| {
         let at = boundaries[rng.below(boundaries.len())];
