@@ -22,7 +22,7 @@ pub mod maps {
     /// `Array<DirBlock>`: the IPv6 directory, one slot per /16.
     pub const DIR_V6: &str = "SG_DIR16_V6";
     /// `Array<NodeV4>`: the IPv4 nodes below the directory.
-    pub const NODES_V4: &str = "SG_NODE8_V4";
+    pub const NODES_V4: &str = "SG_NODE4_V4";
     /// `Array<NodeV6>`: the IPv6 nodes below the directory.
     pub const NODES_V6: &str = "SG_NODE4_V6";
     /// `Array<TailV4>`: single-prefix leaves of the IPv4 structure.

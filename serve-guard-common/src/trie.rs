@@ -1,8 +1,8 @@
 //! Layout of the allow-list: per address family a directory on the address's first bits (IPv4:
-//! /8, IPv6: /16), then a leaf-pushed trie of fixed strides below it (IPv4: 8 bits, to /16, /24
-//! and /32; IPv6: 4), walked by the XDP program with array lookups only (no hash, no LPM trie).
-//! A lookup reads the family's root slot, one directory slot, at most one node per stride below
-//! the directory ([`V4_LEVELS`], [`V6_LEVELS`]) and maybe a tail; how many nodes depends on how
+//! /8, IPv6: /16), then a leaf-pushed trie of 4-bit strides below it, walked by the XDP program
+//! with array lookups only (no hash, no LPM trie). A lookup reads the family's root slot, one
+//! directory slot, at most one node per stride below the directory ([`V4_LEVELS`],
+//! [`V6_LEVELS`]) and maybe a tail: one or two reads fewer than the nibble trie from the root; how many nodes depends on how
 //! densely the list fills the space around the address (docs/lookup.md).
 //!
 //! - A *slot* (`u32`) stands for a range of addresses (an aligned prefix): [`SLOT_EMPTY`] (no
@@ -38,8 +38,12 @@ pub const DIR_BLOCK_BITS: u32 = DIR_BLOCK_SLOTS.trailing_zeros();
 pub const V4_DIR_BLOCKS: u32 = (V4_DIR_SLOTS / DIR_BLOCK_SLOTS) as u32;
 pub const V6_DIR_BLOCKS: u32 = (V6_DIR_SLOTS / DIR_BLOCK_SLOTS) as u32;
 
-/// Address bits consumed per IPv4 node below the directory: /8 -> /16 -> /24 -> /32.
-pub const V4_STRIDE: u32 = 8;
+/// Address bits consumed per IPv4 node below the directory: nibbles, as the trie before the
+/// directory had. 8-bit strides (/8 -> /16 -> /24 -> /32, one read fewer or two) were measured:
+/// their 1 KiB nodes spread a list over 4-16 times the memory of 64-byte nibble nodes, and under
+/// sources rotating over 1,000-60,000 CIDRs that cost more in cache and TLB misses (107-111 ns
+/// against the trie's 100 at 1,000) than the reads they save (docs/lookup.md).
+pub const V4_STRIDE: u32 = 4;
 /// Address bits consumed per IPv6 node below the directory: nibbles, as the trie before the
 /// directory had. IPv6 lists are sparse in the 112 bits below a /16: 256-slot nodes would be
 /// mostly empty (1 KiB each; the benchmark's random list of 65,536 needs 17,587 of them, 17 MiB a
@@ -83,18 +87,10 @@ pub const MIN_CIDRS_PER_FAMILY: u32 = 1 << 4;
 /// Entries of each map: two halves.
 pub const HALVES: u32 = 2;
 
-/// Nodes every half has whatever `max_cidrs`: a short IPv4 list still needs up to one node per
-/// /8, /16 and /24 it puts two prefixes in.
-pub const MIN_NODES_PER_HALF: u32 = 3 * MIN_CIDRS_PER_FAMILY;
-/// Where the IPv4 node budget stops growing with `max_cidrs`: one node per /16 (long lists fill
-/// whole /16s, and a full range needs no node).
-pub const V4_NODES_CAP: u32 = 1 << 16;
-
 /// How many entries each allow-list map has, for a capacity of `cidrs` per family. Tails: one
 /// per listed prefix at most, so `cidrs` per half. Nodes exist only where at least two listed
-/// prefixes share a range: IPv4 one per 4 CIDRs up to [`V4_NODES_CAP`] (the benchmark's random
-/// /16-/28 lists need one per 5.2 at 65,536 and one per 55 at 1,048,576, where the /16s are
-/// full), IPv6 one per CIDR as the nibble trie had (one per 2.8 at both sizes);
+/// prefixes share a range: as the nibble trie had, IPv4 one per 2 CIDRs, IPv6 one per CIDR (the
+/// benchmark's random lists need one per 2.8 CIDRs of either family at 65,536 and 1,048,576);
 /// measured by the compiler's test `random_lists_stay_within_the_node_budget`. The compiler
 /// reports a full map when a list needs more (many long prefixes, pairs in their own /24s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,14 +102,9 @@ pub struct Capacity {
 
 impl Capacity {
     pub const fn for_cidrs(cidrs: u32) -> Capacity {
-        let v4 = if cidrs / 4 < V4_NODES_CAP {
-            cidrs / 4
-        } else {
-            V4_NODES_CAP
-        };
         Capacity {
             tails_per_half: cidrs,
-            nodes_per_half_v4: v4 + MIN_NODES_PER_HALF,
+            nodes_per_half_v4: cidrs / 2,
             nodes_per_half_v6: cidrs,
         }
     }

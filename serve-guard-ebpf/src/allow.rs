@@ -1,6 +1,6 @@
 //! The allow-list lookup (layout in `serve_guard_common::trie`): the family's root slot, one
-//! slot of its directory (IPv4: /8, IPv6: /16), then at most one node per stride below it (IPv4:
-//! the /16, /24 and /32 nodes), each an inlined array lookup, and maybe a tail. Its cost depends
+//! slot of its directory (IPv4: /8, IPv6: /16), then at most one node per nibble below it, each
+//! an inlined array lookup, and maybe a tail. Its cost depends
 //! on how many nodes the list puts on the address's path and, under many sources, on how many of
 //! them are still in cache (docs/lookup.md).
 
@@ -36,7 +36,7 @@ macro_rules! walk {
 }
 
 // The literal level lists below must cover 1..=LEVELS + 1.
-const _: () = assert!(V4_LEVELS == 3 && V6_LEVELS == 28);
+const _: () = assert!(V4_LEVELS == 6 && V6_LEVELS == 28);
 
 /// The directory slot for `index` in the half the root slot names; `None` (deny) for no list
 /// or a root that names no directory.
@@ -62,7 +62,7 @@ pub fn allowed_v4(addr: [u8; 4]) -> bool {
         return false;
     };
     // One more round than levels: the last one reads the slot the deepest node gave.
-    walk!(step_v4, slot, addr, [1 2 3 4]);
+    walk!(step_v4, slot, addr, [1 2 3 4 5 6 7]);
     let _ = slot;
     false
 }

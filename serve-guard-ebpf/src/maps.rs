@@ -35,7 +35,7 @@ const _: () = assert!(same_name(maps::PORTS, "SG_PORT_CLASS"));
 const _: () = assert!(same_name(maps::ROOTS, "SG_DIR_ROOT"));
 const _: () = assert!(same_name(maps::DIR_V4, "SG_DIR8_V4"));
 const _: () = assert!(same_name(maps::DIR_V6, "SG_DIR16_V6"));
-const _: () = assert!(same_name(maps::NODES_V4, "SG_NODE8_V4"));
+const _: () = assert!(same_name(maps::NODES_V4, "SG_NODE4_V4"));
 const _: () = assert!(same_name(maps::NODES_V6, "SG_NODE4_V6"));
 const _: () = assert!(same_name(maps::TAILS_V4, "SG_TAIL16_V4"));
 const _: () = assert!(same_name(maps::TAILS_V6, "SG_TAIL16_V6"));
@@ -59,7 +59,7 @@ pub static DIR_V4: Array<DirBlock> = Array::pinned(DIR_V4_ENTRIES, MAP_FLAGS);
 #[map(name = "SG_DIR16_V6")]
 pub static DIR_V6: Array<DirBlock> = Array::pinned(DIR_V6_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_NODE8_V4")]
+#[map(name = "SG_NODE4_V4")]
 pub static NODES_V4: Array<NodeV4> = Array::pinned(NODES_V4_ENTRIES, MAP_FLAGS);
 
 #[map(name = "SG_NODE4_V6")]

@@ -945,7 +945,7 @@ fn method(opts: &Options) -> Vec<String> {
             "CIDR lists: per family the VPC ({}/{}, {}/{}) plus random prefixes from a fixed \
              seed (IPv4 /{}-/{} anywhere, IPv6 /{}-/{} in fd00::/8), none covering the denied \
              source, compiled into the allow-list structure the agent writes (per family a \
-             directory (IPv4 /8, IPv6 /16), then 8-bit IPv4 and 4-bit IPv6 strides, array lookups only, see \
+             directory (IPv4 /8, IPv6 /16), then 4-bit strides, array lookups only, see \
              serve-guard-common/src/trie.rs). `map reads` is the number of map elements the \
              lookup reads (the root slot, the directory block, then one node per stride until a \
              slot that is not a node, then a tail if that slot is one), from the host's \

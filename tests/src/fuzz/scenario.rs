@@ -28,9 +28,8 @@ use std::{
 pub const PROTECTED_PORTS: [u16; 4] = [1, 8000, 9000, u16::MAX];
 
 /// Several prefix lengths, nested and adjacent, all in the test ranges, with ends on the edges
-/// of the lookup's levels (issue 21: a /8 directory and 8-bit strides for IPv4, a /16 directory
-/// and 4-bit strides for IPv6). IPv4: lengths on a level (/24, /32) and between (/20, /28, /23,
-/// /25, /27, /31), one contained in another, host routes on both sides of a /24 boundary (nodes
+/// of the lookup's levels (issue 21: a /8 directory for IPv4, a /16 one for IPv6, then 4-bit
+/// strides). IPv4: lengths on a level (/24, /20, /28, /32) and between (/23, /25, /27, /31), one contained in another, host routes on both sides of a /24 boundary (nodes
 /// down to the /32 level), both /16s of the test range with their first and last addresses.
 pub const ALLOW_V4: [&str; 15] = [
     "198.18.0.0/24",

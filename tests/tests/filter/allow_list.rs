@@ -338,7 +338,7 @@ fn no_gap_while_the_list_switches_under_traffic() {
 /// and ending on the region's last address, with a host route just before it: the two share
 /// their first length - 1 bits, so the lookup splits down to the prefix's own stride. Every
 /// prefix's and host route's ends, the addresses next to them, and the edges of every
-/// directory- and stride-aligned range around them (/8, /16, /24 for IPv4; /16, /20, ... /124 for IPv6), against a linear scan, through the real program.
+/// directory- and stride-aligned range around them (/8, /12, ... /28 for IPv4; /16, /20, ... /124 for IPv6), against a linear scan, through the real program.
 #[test]
 fn every_prefix_length_at_the_edges_of_every_stride() {
     use serve_guard_common::trie::level_boundaries;
