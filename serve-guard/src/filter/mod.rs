@@ -92,6 +92,10 @@ pub enum FilterError {
     )]
     AnotherProgram { interface: String, holder: String },
     #[error(
+        "interface {interface} has another XDP program attached: serve-guard's own filter (program id {id}) from another pin_dir, i.e. another agent. Run one agent per node (stop the other and `serve-guard detach -c <its config>`), or leave this interface out of `interfaces`"
+    )]
+    AnotherServeGuard { interface: String, id: u32 },
+    #[error(
         "interface {interface} runs XDP program `{program}` (id {id}), which does not use a libxdp dispatcher: serve-guard does not replace another program, and xdp_mode = \"driver\" forbids the TC ingress fallback. Set xdp_mode = \"auto\" to filter at TC ingress beside it, load it through libxdp (xdp-loader) to share the interface, remove it (`ip link set dev {interface} xdp off`), or leave this interface out of `interfaces`"
     )]
     ForeignProgram {
@@ -413,6 +417,14 @@ impl Filter {
                                     program: String::new(),
                                     id: 0,
                                 });
+                            // Another agent's filter (another pin_dir): two agents on one
+                            // interface is a mistake to point out, not to work around.
+                            if found.program == PROGRAM_NAME {
+                                return Err(FilterError::AnotherServeGuard {
+                                    interface,
+                                    id: found.id,
+                                });
+                            }
                             if config.xdp_mode == XdpModeSetting::Driver {
                                 return Err(FilterError::AnotherProgram {
                                     interface,

@@ -243,7 +243,7 @@ fn detach_removes_every_pin_and_the_program() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains(&format!("removed XDP links on {IFACE}"))
+        stdout.contains(&format!("removed links on {IFACE}"))
             && stdout.contains("the program")
             && stdout.contains(maps::NODES_V4),
         "{stdout}"
@@ -522,8 +522,9 @@ fn xdp_mode_auto_falls_back_to_skb_and_driver_refuses() -> Result<()> {
     Ok(())
 }
 
-/// An interface that already runs another XDP program is refused by name; the second agent's
-/// (fresh) pin folder is cleaned up and the first program stays.
+/// An interface that another agent's filter holds (another pin_dir) is refused, saying so, not
+/// filtered a second time at TC; the second agent's (fresh) pin folder is cleaned up and the
+/// first program stays.
 #[test]
 fn an_interface_with_another_xdp_program_is_refused() -> Result<()> {
     let topo = Topology::new()?;
@@ -538,7 +539,9 @@ fn an_interface_with_another_xdp_program_is_refused() -> Result<()> {
     assert!(!status.success(), "{logs}");
     assert!(
         logs.contains(&format!(
-            "interface {IFACE} has another XDP program attached"
+            "interface {IFACE} has another XDP program attached: serve-guard's own filter \
+             (program id {})",
+            program.unwrap_or_default()
         )),
         "{logs}"
     );
