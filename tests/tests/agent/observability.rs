@@ -262,7 +262,10 @@ fn the_proxy_is_measured_logged_and_promtool_clean() -> Result<()> {
             r#"serve_guard_proxy_request_duration_seconds_count{listener="http"}"#,
             4.0,
         ),
-        (r#"serve_guard_filter_attached{interface="eth0"}"#, 1.0),
+        (
+            r#"serve_guard_filter_attached{interface="eth0",hook="xdp",mode="driver"}"#,
+            1.0,
+        ),
         ("serve_guard_token_reload_errors_total", 0.0),
     ] {
         ensure!(
