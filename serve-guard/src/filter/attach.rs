@@ -151,7 +151,7 @@ pub(crate) fn attach_interface(
     ifindex: u32,
     setting: XdpModeSetting,
 ) -> Result<(AttachedInterface, LinkHandle), FilterError> {
-    if let Some(entry) = pins.find_link(name)?.filter(|e| e.mode.is_xdp()) {
+    if let Some(entry) = pins.find_link(name)? {
         match usable_link(&entry, ifindex) {
             Ok(state) => return adopt(program, entry, ifindex, setting, state),
             Err(reason) => {
