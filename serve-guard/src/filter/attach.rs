@@ -274,12 +274,7 @@ fn attach_new(
                 let fd_link = FdLink::try_from(link).map_err(|_| FilterError::NoLinkSupport {
                     interface: name.to_owned(),
                 })?;
-                let path = pins.link(name, mode);
-                let pinned = fd_link.pin(&path).map_err(|e| FilterError::Pin {
-                    path: path.clone(),
-                    detail: error_chain(&e),
-                })?;
-                let state = LinkState::read(&path, "xdp")?;
+                let (state, pinned) = pin_new_link(fd_link, pins, name, mode)?;
                 return Ok((
                     AttachedInterface {
                         name: name.to_owned(),
@@ -313,6 +308,24 @@ fn attach_new(
         mode: *candidates.last().expect("at least one candidate mode"),
         detail: last_error.unwrap_or_default(),
     })
+}
+
+/// Pins a link this start created as `links/<name>@<mode>` and reads back its kernel state.
+pub(crate) fn pin_new_link(
+    link: FdLink,
+    pins: &PinLayout,
+    name: &str,
+    mode: AttachMode,
+) -> Result<(LinkState, PinnedLink), FilterError> {
+    let path = pins.link(name, mode);
+    let pinned = link.pin(&path).map_err(|e| FilterError::Pin {
+        path: path.clone(),
+        detail: error_chain(&e),
+    })?;
+    let link_type = mode
+        .link_type()
+        .expect("a mode attached through a BPF link");
+    Ok((LinkState::read(&path, link_type)?, pinned))
 }
 
 /// EBUSY/EEXIST from attaching: the interface already runs an XDP program we do not own.

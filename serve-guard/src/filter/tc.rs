@@ -129,12 +129,7 @@ pub(crate) fn attach_interface(
                     .map_err(|e| error(error_chain(&e)))?;
                 let link = program.take_link(id).map_err(|e| error(error_chain(&e)))?;
                 let fd_link = FdLink::try_from(link).map_err(|e| error(error_chain(&e)))?;
-                let path = pins.link(name, mode);
-                let pinned = fd_link.pin(&path).map_err(|e| FilterError::Pin {
-                    path: path.clone(),
-                    detail: error_chain(&e),
-                })?;
-                let state = LinkState::read(&path, "tcx")?;
+                let (state, pinned) = super::attach::pin_new_link(fd_link, pins, name, mode)?;
                 (state.link_id, false, LinkHandle::Pinned(pinned))
             }
         },
