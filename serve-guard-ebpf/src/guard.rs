@@ -14,26 +14,62 @@ use serve_guard_common::{
     wire::{TCP_FLAG_ACK, TCP_FLAG_SYN, proto, sock_state},
 };
 
-use crate::parse::{Addrs, Ports};
+use crate::parse::{Addrs, Frame, Ip, Ports};
 
-/// The verdict for a packet from outside the allow-list to a guarded port.
+/// What a guarded port's verdict needs from the packet beyond its source and destination port:
+/// the socket lookup's key and TCP's flags.
+pub struct Key {
+    addrs: Addrs,
+    protocol: u8,
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    /// TCP's flags byte; 0 for the other protocols.
+    tcp_flags: u8,
+}
+
+impl Key {
+    /// Read before the allow-list walk, so that no packet offset is still needed during it: the
+    /// verifier would otherwise tell apart (and not prune) walks that differ only in how deep
+    /// the headers were. `None` only for a frame cut short, which `parse` has already ruled out.
+    #[inline(always)]
+    pub fn read(frame: &Frame, ip: &Ip, ports: &Ports) -> Option<Key> {
+        let tcp_flags = if ports.protocol == proto::TCP {
+            ports.tcp_flags(frame)?
+        } else {
+            0
+        };
+        Some(Key {
+            addrs: ip.addrs(frame)?,
+            protocol: ports.protocol,
+            src_port: ports.src(frame)?,
+            dst_port: ports.dst,
+            tcp_flags,
+        })
+    }
+}
+
+/// The verdict for a packet from outside the allow-list to a guarded port; nothing is known of
+/// a packet whose key could not be read, and nothing passes.
 #[inline(always)]
-pub fn judge<C: EbpfContext>(ctx: &C, addrs: &Addrs, ports: &Ports) -> Reason {
-    match ports.protocol {
+pub fn judge<C: EbpfContext>(ctx: &C, key: Option<&Key>) -> Reason {
+    let Some(key) = key else {
+        return Reason::DropGuarded;
+    };
+    match key.protocol {
         // A SYN without ACK opens a connection (with Fast Open data or not): refused before
         // any lookup, so a SYN flood costs no more than the allow-list walk.
-        proto::TCP if ports.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN => {
+        proto::TCP if key.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN => {
             Reason::DropGuarded
         }
         // Anything else reaching a listener is an attempt to complete a handshake without a
         // SYN (a guessed SYN cookie) or a scan; the node's own connections are never listeners.
-        proto::TCP => match lookup(ctx, addrs, ports, Table::Tcp) {
+        proto::TCP => match lookup(ctx, key, Table::Tcp) {
             Some(sock_state::LISTEN) => Reason::DropGuarded,
             _ => Reason::PassReply,
         },
         // A connected socket only ever matches its own peer; an unconnected one would take a
         // datagram from anyone.
-        proto::UDP => match lookup(ctx, addrs, ports, Table::Udp) {
+        proto::UDP => match lookup(ctx, key, Table::Udp) {
             Some(sock_state::ESTABLISHED) | None => Reason::PassReply,
             Some(_) => Reason::DropGuarded,
         },
@@ -52,12 +88,12 @@ enum Table {
 /// `None` when it would reach none (the kernel answers with a reset or an ICMP error, or
 /// forwards it to another namespace).
 #[inline(always)]
-fn lookup<C: EbpfContext>(ctx: &C, addrs: &Addrs, ports: &Ports, table: Table) -> Option<u32> {
+fn lookup<C: EbpfContext>(ctx: &C, key: &Key, table: Table) -> Option<u32> {
     // SAFETY: an all-zero bpf_sock_tuple is valid (plain integers in a union).
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let sport = u16::from_ne_bytes(ports.src);
-    let dport = u16::from_ne_bytes(ports.dst);
-    let size = match *addrs {
+    let sport = u16::from_ne_bytes(key.src_port);
+    let dport = u16::from_ne_bytes(key.dst_port);
+    let size = match key.addrs {
         Addrs::V4 { src, dst } => {
             // SAFETY: writing the union's ipv4 member, then passing its size.
             unsafe {

@@ -79,7 +79,7 @@ pub fn serve_guard_tc(ctx: TcContext) -> i32 {
 /// Parses, decides, counts and logs one packet; true when it is to be dropped.
 #[inline(always)]
 fn filter<C: EbpfContext>(ctx: &C, frame: &Frame) -> bool {
-    let (reason, family) = verdict::decide(ctx, &parse::parse(frame));
+    let (reason, family) = verdict::decide(ctx, frame, &parse::parse(frame));
     // Fast path: most traffic is not for Serve; it costs neither the config read nor a log.
     if reason == Reason::PassUnprotected {
         counters::count(reason, family, frame.len());

@@ -64,8 +64,22 @@ impl Frame {
     }
 }
 
-/// The packet's addresses, in network order: the source is the allow-list key; both are the
-/// socket lookup's key on guarded ports.
+/// An IP packet's source (network order, the allow-list key) and where its header starts. The
+/// destination is read only when a guarded port needs it: every byte read up front costs on
+/// every packet, most of which need neither (docs/lookup.md).
+#[derive(Clone, Copy)]
+pub enum Ip {
+    V4 {
+        l3: usize,
+        src: [u8; wire::IPV4_ADDR_LEN],
+    },
+    V6 {
+        l3: usize,
+        src: [u8; wire::IPV6_ADDR_LEN],
+    },
+}
+
+/// The packet's addresses, in network order: the socket lookup's key on guarded ports.
 #[derive(Clone, Copy)]
 pub enum Addrs {
     V4 {
@@ -78,32 +92,60 @@ pub enum Addrs {
     },
 }
 
-impl Addrs {
+impl Ip {
     #[inline(always)]
     pub fn family(&self) -> Family {
         match self {
-            Addrs::V4 { .. } => Family::Ipv4,
-            Addrs::V6 { .. } => Family::Ipv6,
+            Ip::V4 { .. } => Family::Ipv4,
+            Ip::V6 { .. } => Family::Ipv6,
         }
+    }
+
+    /// Both addresses; `None` only for a frame cut short, which `parse` has already ruled out.
+    #[inline(always)]
+    pub fn addrs(&self, frame: &Frame) -> Option<Addrs> {
+        Some(match *self {
+            Ip::V4 { l3, src } => Addrs::V4 {
+                src,
+                dst: frame.bytes(l3 + wire::IPV4_DST_OFFSET)?,
+            },
+            Ip::V6 { l3, src } => Addrs::V6 {
+                src,
+                dst: frame.bytes(l3 + wire::IPV6_DST_OFFSET)?,
+            },
+        })
     }
 }
 
-/// The transport header fields the verdict needs, as the packet has them.
+/// A port protocol's header: its destination port, read by `parse`, and where the rest is. The
+/// whole minimum header lies inside the packet's declared length (`transport_header` checked),
+/// so the fields read later are bytes the kernel keeps.
 #[derive(Clone, Copy)]
 pub struct Ports {
     /// The IP protocol number (TCP, UDP, DCCP, SCTP, UDP-Lite).
     pub protocol: u8,
-    /// Source and destination port in network order (the lookup's key).
-    pub src: [u8; 2],
+    /// Destination port in network order.
     pub dst: [u8; 2],
-    /// TCP's flags byte; 0 for the other protocols.
-    pub tcp_flags: u8,
+    /// Frame offset of the transport header.
+    l4: usize,
 }
 
 impl Ports {
     #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         u16::from_be_bytes(self.dst)
+    }
+
+    /// The source port in network order (the socket lookup's key).
+    #[inline(always)]
+    pub fn src(&self, frame: &Frame) -> Option<[u8; 2]> {
+        frame.bytes(self.l4 + wire::L4_SRC_PORT_OFFSET)
+    }
+
+    /// TCP's flags byte (only meaningful when `protocol` is TCP).
+    #[inline(always)]
+    pub fn tcp_flags(&self, frame: &Frame) -> Option<u8> {
+        frame.u8_at(self.l4 + wire::TCP_FLAGS_OFFSET)
     }
 }
 
@@ -128,7 +170,7 @@ pub enum Parsed {
     /// A well-formed link-layer frame that is not IPv4/IPv6 (ARP, LLDP, ...).
     NotIp,
     Ip {
-        addrs: Addrs,
+        ip: Ip,
         transport: Transport,
     },
 }
@@ -217,28 +259,24 @@ fn ipv4(frame: &Frame, l3: usize) -> Parsed {
     if frame.bytes::<1>(l3 + wire::IPV4_MIN_HLEN - 1).is_none() {
         return Parsed::Unparseable(Family::Ipv4);
     }
-    let (Some(src), Some(dst)) = (
-        frame.bytes::<{ wire::IPV4_ADDR_LEN }>(l3 + wire::IPV4_SRC_OFFSET),
-        frame.bytes::<{ wire::IPV4_ADDR_LEN }>(l3 + wire::IPV4_DST_OFFSET),
-    ) else {
+    let Some(src) = frame.bytes(l3 + wire::IPV4_SRC_OFFSET) else {
         return Parsed::Unparseable(Family::Ipv4);
     };
     Parsed::Ip {
-        addrs: Addrs::V4 { src, dst },
+        ip: Ip::V4 { l3, src },
         transport: ipv4_transport(frame, l3),
     }
 }
 
 #[inline(always)]
 fn ipv4_transport(frame: &Frame, l3: usize) -> Transport {
-    let (Some(version_ihl), Some(total_len), Some(frag), Some(protocol)) = (
-        frame.u8_at(l3),
-        frame.be16_at(l3 + wire::IPV4_TOTAL_LEN_OFFSET),
-        frame.be16_at(l3 + wire::IPV4_FRAG_OFF_OFFSET),
-        frame.u8_at(l3 + wire::IPV4_PROTO_OFFSET),
-    ) else {
-        return Transport::Unknown;
-    };
+    // Inside the fixed header `ipv4` found whole, so no read fails; the defaults keep each value
+    // defined on every path (LLVM would otherwise compute with a register holding anything,
+    // which the verifier refuses when it holds a pointer). Version 0 is refused below.
+    let version_ihl = frame.u8_at(l3).unwrap_or(0);
+    let total_len = frame.be16_at(l3 + wire::IPV4_TOTAL_LEN_OFFSET).unwrap_or(0);
+    let frag = frame.be16_at(l3 + wire::IPV4_FRAG_OFF_OFFSET).unwrap_or(0);
+    let protocol = frame.u8_at(l3 + wire::IPV4_PROTO_OFFSET).unwrap_or(0);
     let ihl = version_ihl & wire::IPV4_IHL_MASK;
     // The kernel drops these before any socket sees them; we cannot find the port either.
     if version_ihl >> wire::IP_VERSION_SHIFT != wire::IPV4_VERSION || ihl < wire::IPV4_MIN_IHL {
@@ -270,27 +308,10 @@ fn transport_header(packet: &Packet, protocol: u8, l4: usize) -> Transport {
     if !packet.holds(l4, min_len) {
         return Transport::Unknown;
     }
-    let (Some(src), Some(dst)) = (
-        packet.bytes::<2>(l4 + wire::L4_SRC_PORT_OFFSET),
-        packet.bytes::<2>(l4 + wire::L4_DST_PORT_OFFSET),
-    ) else {
-        return Transport::Unknown;
-    };
-    // Inside TCP's minimum header, which the packet holds (checked above).
-    let tcp_flags = if protocol == proto::TCP {
-        match packet.bytes::<1>(l4 + wire::TCP_FLAGS_OFFSET) {
-            Some([flags]) => flags,
-            None => return Transport::Unknown,
-        }
-    } else {
-        0
-    };
-    Transport::Port(Ports {
-        protocol,
-        src,
-        dst,
-        tcp_flags,
-    })
+    match packet.bytes::<2>(l4 + wire::L4_DST_PORT_OFFSET) {
+        Some(dst) => Transport::Port(Ports { protocol, dst, l4 }),
+        None => Transport::Unknown,
+    }
 }
 
 #[inline(always)]
@@ -299,14 +320,11 @@ fn ipv6(frame: &Frame, l3: usize) -> Parsed {
     if frame.bytes::<1>(l3 + wire::IPV6_HLEN - 1).is_none() {
         return Parsed::Unparseable(Family::Ipv6);
     }
-    let (Some(src), Some(dst)) = (
-        frame.bytes::<{ wire::IPV6_ADDR_LEN }>(l3 + wire::IPV6_SRC_OFFSET),
-        frame.bytes::<{ wire::IPV6_ADDR_LEN }>(l3 + wire::IPV6_DST_OFFSET),
-    ) else {
+    let Some(src) = frame.bytes(l3 + wire::IPV6_SRC_OFFSET) else {
         return Parsed::Unparseable(Family::Ipv6);
     };
     Parsed::Ip {
-        addrs: Addrs::V6 { src, dst },
+        ip: Ip::V6 { l3, src },
         transport: ipv6_transport(frame, l3),
     }
 }

@@ -6,29 +6,36 @@ use serve_guard_common::{Family, PORT_GUARDED, PORT_OPEN, PortValue, Reason};
 use crate::{
     allow, guard,
     maps::PORTS,
-    parse::{Addrs, Parsed, Transport},
+    parse::{Frame, Ip, Parsed, Transport},
 };
 
 #[inline(always)]
-pub fn decide<C: EbpfContext>(ctx: &C, parsed: &Parsed) -> (Reason, Family) {
+pub fn decide<C: EbpfContext>(ctx: &C, frame: &Frame, parsed: &Parsed) -> (Reason, Family) {
     match parsed {
         // No source known, so none is trusted.
         Parsed::Unparseable(family) => (Reason::DropUnparseable, *family),
         Parsed::NotIp => (Reason::PassUnprotected, Family::Other),
-        Parsed::Ip { addrs, transport } => {
-            let family = addrs.family();
+        Parsed::Ip { ip, transport } => {
+            let family = ip.family();
             let reason = match *transport {
                 Transport::Unprotected => Reason::PassUnprotected,
                 Transport::Port(ports) => match port_class(ports.dst_port()) {
                     // The cheap path: an open port costs no allow-list lookup.
                     PORT_OPEN => Reason::PassUnprotected,
-                    _ if is_allowed(addrs) => Reason::PassAllowed,
-                    PORT_GUARDED => guard::judge(ctx, addrs, &ports),
+                    PORT_GUARDED => {
+                        let key = guard::Key::read(frame, ip, &ports);
+                        if is_allowed(ip) {
+                            Reason::PassAllowed
+                        } else {
+                            guard::judge(ctx, key.as_ref())
+                        }
+                    }
+                    _ if is_allowed(ip) => Reason::PassAllowed,
                     // Strict, or a value this program does not know: nothing from outside.
                     _ => Reason::DropOutsideVpc,
                 },
                 // Cannot tell the port: only an allowed source may pass.
-                Transport::Unknown if is_allowed(addrs) => Reason::PassAllowed,
+                Transport::Unknown if is_allowed(ip) => Reason::PassAllowed,
                 Transport::Unknown => Reason::DropUnparseable,
             };
             (reason, family)
@@ -51,10 +58,10 @@ fn port_class(port: u16) -> PortValue {
 }
 
 #[inline(always)]
-fn is_allowed(addrs: &Addrs) -> bool {
-    match *addrs {
-        Addrs::V4 { src, .. } => allow::allowed_v4(src),
-        Addrs::V6 { src, .. } => allow::allowed_v6(src),
+fn is_allowed(ip: &Ip) -> bool {
+    match *ip {
+        Ip::V4 { src, .. } => allow::allowed_v4(src),
+        Ip::V6 { src, .. } => allow::allowed_v6(src),
     }
 }
 
