@@ -15,6 +15,7 @@ pub mod libxdp;
 pub mod maps;
 pub mod object;
 pub mod pins;
+mod place;
 pub mod program_log;
 pub mod run_config;
 pub mod tc;
@@ -369,92 +370,19 @@ impl Filter {
         let mut interfaces = Vec::new();
         let mut links = Vec::new();
         let attached = (|| {
+            let mut placement = place::Placement {
+                config,
+                layout: &layout,
+                program,
+                tc_program,
+                tc_mode,
+                dispatcher: extension_fd.as_ref().zip(map_id),
+                xdp_held: &xdp_held,
+            };
             for (name, ifindex) in &host.interfaces {
-                let mut holder = xdp_held
-                    .iter()
-                    .find(|(held, _)| held == name)
-                    .map(|(_, h)| h.clone());
-                if holder.is_none()
-                    && let (Some(ext), Some(map_id)) = (&extension_fd, map_id)
-                    && layout.find_link(name)?.is_none()
-                {
-                    use std::os::fd::AsFd as _;
-                    interfaces.push(dispatcher::join(
-                        ext.as_fd(),
-                        name,
-                        *ifindex,
-                        config.xdp_mode,
-                        config.xdp_priority,
-                        map_id,
-                    )?);
-                    continue;
-                }
-                if holder.is_none() {
-                    if extension_fd.is_some() {
-                        // Moving from the link to a dispatcher means taking the link off first:
-                        // a gap. The interface keeps its link until the filter is detached.
-                        tracing::warn!(
-                            interface = %name,
-                            "{name} keeps the BPF link of an earlier start (xdp_attach = \"link\"); it \
-                             joins a dispatcher after `serve-guard detach` and a new start"
-                        );
-                    }
-                    match attach::attach_interface(
-                        program,
-                        &layout,
-                        name,
-                        *ifindex,
-                        config.xdp_mode,
-                    ) {
-                        Ok((attached, handle)) => {
-                            interfaces.push(attached);
-                            links.push(handle);
-                            continue;
-                        }
-                        Err(FilterError::AnotherProgram { interface, .. }) => {
-                            let found =
-                                tc::XdpHolder::of(*ifindex).unwrap_or_else(|| tc::XdpHolder {
-                                    program: String::new(),
-                                    id: 0,
-                                });
-                            // Another agent's filter (another pin_dir): two agents on one
-                            // interface is a mistake to point out, not to work around.
-                            if found.program == PROGRAM_NAME {
-                                return Err(FilterError::AnotherServeGuard {
-                                    interface,
-                                    id: found.id,
-                                });
-                            }
-                            if config.xdp_mode == XdpModeSetting::Driver {
-                                return Err(FilterError::AnotherProgram {
-                                    interface,
-                                    holder: format!("program {found}"),
-                                });
-                            }
-                            holder = Some(found);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                let holder = holder.expect("set on every path that reaches here");
-                tracing::warn!(
-                    interface = %name,
-                    hook = "tc",
-                    "{name}: the XDP hook is held by program {holder}, which serve-guard does \
-                     not replace; filtering at TC ingress ({}) instead, with the same verdicts, \
-                     on what that program passes up the stack. To filter at XDP beside it, load \
-                     it through libxdp and set xdp_attach = \"dispatcher\"",
-                    tc_mode.name()
-                );
-                if tc_program.fd().is_err() {
-                    tc_program.load().map_err(|e| FilterError::Load {
-                        detail: format!("as a TC classifier: {}", error_chain(&e)),
-                    })?;
-                }
-                let (attached, handle) =
-                    tc::attach_interface(tc_program, &layout, name, *ifindex, tc_mode, holder)?;
+                let (attached, handle) = placement.attach(name, *ifindex)?;
                 interfaces.push(attached);
-                links.push(handle);
+                links.extend(handle);
             }
             remove_unconfigured_links(&layout, &host.interfaces)?;
             // Back at XDP where the other program left: the TC attachment goes, after XDP is in.
