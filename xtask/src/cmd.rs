@@ -1,11 +1,38 @@
 //! Running child processes with a readable trace and errors that name the command.
 
 use anyhow::{Context as _, Result, bail};
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// Runs `cmd`, inheriting stdio; fails with the command line if it exits non-zero.
+thread_local! {
+    /// Where this thread's commands write instead of the terminal (see [`logged`]).
+    static LOG: RefCell<Option<File>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the trace and the output of every command it runs written to a new file
+/// `log` instead of the terminal: for work done in a thread beside another command's output.
+pub fn logged<T>(log: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    LOG.with(|l| *l.borrow_mut() = Some(file));
+    let out = f();
+    LOG.with(|l| *l.borrow_mut() = None);
+    out.with_context(|| format!("(its commands' output: {})", log.display()))
+}
+
+/// Runs `cmd`, inheriting stdio (or writing to this thread's log); fails with the command line
+/// if it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("+ {}", display(cmd));
+    let log = LOG.with(|l| l.borrow().as_ref().map(File::try_clone).transpose())?;
+    match log {
+        Some(mut log) => {
+            writeln!(log, "+ {}", display(cmd))?;
+            cmd.stdout(log.try_clone()?).stderr(log);
+        }
+        None => eprintln!("+ {}", display(cmd)),
+    }
     let status = cmd
         .status()
         .with_context(|| format!("starting `{}`", display(cmd)))?;

@@ -81,19 +81,50 @@ pub fn test(args: &[String]) -> Result<()> {
     if runs_package_test(args) {
         c.env("SERVE_GUARD_DEB", crate::package::build(&tc)?);
     }
-    cmd::run(&mut c)?;
-    // The kernel matrix belongs to the whole suite, not to a run picked with arguments.
-    if !args.is_empty() {
-        eprintln!("test-vm: not run (test arguments given; `cargo xtask test-vm` runs it)");
-        return Ok(());
-    }
-    match crate::vm::cannot_boot() {
-        Some(reason) => {
-            eprintln!("test-vm: SKIPPED: this host cannot boot the test VMs: {reason}");
-            Ok(())
+    // The kernel matrix belongs to the whole suite, not to a run picked with arguments. The
+    // sharing check runs on the oldest kernel only: a minute per kernel under TCG.
+    let matrix = match (args.is_empty(), crate::vm::cannot_boot()) {
+        (false, _) => {
+            eprintln!("test-vm: not run (test arguments given; `cargo xtask test-vm` runs it)");
+            None
         }
-        // The sharing check on the oldest kernel only: a minute per kernel under TCG.
-        None => test_vm(&["--share-on".into(), SHARE_SUITE.into()]),
+        (true, Some(reason)) => {
+            eprintln!("test-vm: SKIPPED: this host cannot boot the test VMs: {reason}");
+            None
+        }
+        (true, None) => Some(crate::vm::Options::parse(&[
+            "--share-on".into(),
+            SHARE_SUITE.into(),
+        ])?),
+    };
+    // The kernels and the guest system do not depend on the project: they are fetched and
+    // built (network and disk, mostly) while the tests run.
+    let preparing = matrix.as_ref().map(|options| {
+        let suites = options.suites.clone();
+        std::thread::spawn(move || {
+            let log = crate::vm::cache_dir().join("prepare.log");
+            std::fs::create_dir_all(crate::vm::cache_dir())?;
+            let started = std::time::Instant::now();
+            let prepared = cmd::logged(&log, || crate::vm::prepare(&suites))?;
+            eprintln!(
+                "test-vm: kernels and guest system prepared beside the tests in {:.0} s ({})",
+                started.elapsed().as_secs_f64(),
+                log.display()
+            );
+            Ok::<_, anyhow::Error>(prepared)
+        })
+    });
+    // Waits for the preparation even when the tests failed: its commands must not outlive us.
+    let tested = cmd::run(&mut c);
+    let prepared = preparing.map(|thread| {
+        thread
+            .join()
+            .unwrap_or_else(|_| bail!("preparing the VMs panicked"))
+    });
+    tested?;
+    match (matrix, prepared) {
+        (Some(options), Some(prepared)) => run_vm(&tc, &options, &prepared?),
+        _ => Ok(()),
     }
 }
 
@@ -218,12 +249,21 @@ pub fn install(args: &[String]) -> Result<()> {
 pub fn test_vm(args: &[String]) -> Result<()> {
     let options = crate::vm::Options::parse(args)?;
     let tc = setup::run()?;
-    let prepared = crate::vm::prepare(&options)?;
+    let prepared = crate::vm::prepare(&options.suites)?;
+    run_vm(&tc, &options, &prepared)
+}
+
+/// The VM matrix on prepared kernels and guest system.
+fn run_vm(
+    tc: &Toolchains,
+    options: &crate::vm::Options,
+    prepared: &crate::vm::Prepared,
+) -> Result<()> {
     // The .deb users install: the static release binary and the packaged unit.
-    let deb = crate::package::build(&tc)?;
+    let deb = crate::package::build(tc)?;
     // The glibc build with libxdp for the sharing check (issue 20): the static binary has none.
-    let libxdp_agent = build_agent(&tc, false)?;
-    crate::vm::run(&options, &prepared, &deb, &libxdp_agent)
+    let libxdp_agent = build_agent(tc, false)?;
+    crate::vm::run(options, prepared, &deb, &libxdp_agent)
 }
 
 #[cfg(test)]

@@ -129,11 +129,12 @@ pub struct Prepared {
     system: image::System,
 }
 
-pub fn prepare(options: &Options) -> Result<Prepared> {
+/// The kernels of `suites` (all of [`kernels::MATRIX`] when empty) and the guest system.
+pub fn prepare(suites: &[String]) -> Result<Prepared> {
     let cache = cache_dir();
     let specs: Vec<&kernels::KernelSpec> = kernels::MATRIX
         .iter()
-        .filter(|k| options.suites.is_empty() || options.suites.iter().any(|s| s == k.suite))
+        .filter(|k| suites.is_empty() || suites.iter().any(|s| s == k.suite))
         .collect();
     let kernels = kernels::fetch(&cache, &specs)?;
     let system = image::system(&cache, &kernels)?;
