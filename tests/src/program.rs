@@ -501,13 +501,41 @@ struct BpfInsn {
     imm: i32,
 }
 
-/// `enum bpf_cmd` BPF_PROG_LOAD and BPF_OBJ_PIN, `enum bpf_prog_type` BPF_PROG_TYPE_XDP.
+impl BpfInsn {
+    const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
+        Self {
+            code,
+            regs: dst | src << 4,
+            off,
+            imm,
+        }
+    }
+}
+
+/// `enum bpf_cmd`, `enum bpf_prog_type`, `enum bpf_map_type` values used here.
+const BPF_MAP_CREATE: libc::c_int = 0;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_OBJ_PIN: libc::c_int = 6;
 const BPF_PROG_TYPE_XDP: u32 = 6;
-/// BPF_ALU64 | BPF_MOV | BPF_K and BPF_JMP | BPF_EXIT.
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// Opcodes (class | operation | source, uapi/linux/bpf_common.h and bpf.h).
 const BPF_MOV64_IMM: u8 = 0xb7;
+const BPF_MOV64_REG: u8 = 0xbf;
+const BPF_ADD64_IMM: u8 = 0x07;
+const BPF_AND64_IMM: u8 = 0x57;
+const BPF_OR64_IMM: u8 = 0x47;
+const BPF_TO_BE: u8 = 0xdc;
+const BPF_LDX_W: u8 = 0x61;
+const BPF_LDX_DW: u8 = 0x79;
+const BPF_STX_W: u8 = 0x63;
+const BPF_LD_IMM64: u8 = 0x18;
+const BPF_JGT_REG: u8 = 0x2d;
+const BPF_JEQ_IMM: u8 = 0x15;
+const BPF_CALL: u8 = 0x85;
 const BPF_EXIT: u8 = 0x95;
+/// `src_reg` of BPF_LD_IMM64 when the immediate is a map's file descriptor.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 
 /// The prefix of `union bpf_attr` BPF_PROG_LOAD needs, up to `expected_attach_type`.
 #[repr(C, align(8))]
@@ -539,38 +567,110 @@ pub fn load_pass_program() -> io::Result<OwnedFd> {
 /// `r0 = verdict; exit`: an XDP program that returns `verdict` for every packet.
 pub fn load_verdict_program(verdict: u32) -> io::Result<OwnedFd> {
     let insns = [
-        BpfInsn {
-            code: BPF_MOV64_IMM,
-            regs: 0, // dst r0
-            off: 0,
-            imm: verdict as i32,
-        },
-        BpfInsn {
-            code: BPF_EXIT,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
+        BpfInsn::new(BPF_MOV64_IMM, 0, 0, 0, verdict as i32),
+        BpfInsn::new(BPF_EXIT, 0, 0, 0, 0),
     ];
+    load_xdp(&insns, b"sg_verdict")
+}
+
+/// An XDP program making one read per packet from an array map of `entries` elements of
+/// `value_size` bytes, at an index taken from the IPv4 source address, and the map. The cost of
+/// that one read under many sources is what the memory charges any lookup structure of that
+/// size (`cargo xtask bench`, issue 21).
+pub struct MemoryProbe {
+    pub program: OwnedFd,
+    /// Held for the program's lifetime (the program holds its own reference too).
+    _map: OwnedFd,
+}
+
+impl MemoryProbe {
+    /// `entries` is a power of two; frames without a whole IPv4 source pass without a read.
+    pub fn load(entries: u32, value_size: u32) -> io::Result<MemoryProbe> {
+        assert!(entries.is_power_of_two(), "the index is the source masked");
+        let map = create_array(value_size, entries)?;
+        // Ethernet, then the IPv4 source at 12 bytes into the IP header.
+        const SRC: i16 = 14 + 12;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&map);
+        let insns = [
+            BpfInsn::new(BPF_LDX_W, 6, 1, 0, 0),     // r6 = ctx->data
+            BpfInsn::new(BPF_LDX_W, 7, 1, 4, 0),     // r7 = ctx->data_end
+            BpfInsn::new(BPF_MOV64_REG, 2, 6, 0, 0), // r2 = r6
+            BpfInsn::new(BPF_ADD64_IMM, 2, 0, 0, i32::from(SRC) + 4),
+            BpfInsn::new(BPF_JGT_REG, 2, 7, 14, 0), // past the end: pass without a read
+            BpfInsn::new(BPF_LDX_W, 3, 6, SRC, 0),  // r3 = the source
+            BpfInsn::new(BPF_TO_BE, 3, 0, 0, 32),   // in host order: the low bits vary most
+            BpfInsn::new(BPF_AND64_IMM, 3, 0, 0, (entries - 1) as i32),
+            BpfInsn::new(BPF_STX_W, 10, 3, -4, 0), // the key on the stack
+            BpfInsn::new(BPF_MOV64_REG, 2, 10, 0, 0),
+            BpfInsn::new(BPF_ADD64_IMM, 2, 0, 0, -4),
+            BpfInsn::new(BPF_LD_IMM64, 1, BPF_PSEUDO_MAP_FD, 0, fd),
+            BpfInsn::new(0, 0, 0, 0, 0),
+            BpfInsn::new(BPF_CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
+            BpfInsn::new(BPF_JEQ_IMM, 0, 0, 4, 0), // (never: the index is in range)
+            BpfInsn::new(BPF_LDX_DW, 0, 0, 0, 0),  // the read
+            // The verdict depends on the value read, so the run cannot end before the read.
+            BpfInsn::new(BPF_AND64_IMM, 0, 0, 0, 0),
+            BpfInsn::new(BPF_OR64_IMM, 0, 0, 0, XDP_PASS as i32),
+            BpfInsn::new(BPF_EXIT, 0, 0, 0, 0),
+            BpfInsn::new(BPF_MOV64_IMM, 0, 0, 0, XDP_PASS as i32),
+            BpfInsn::new(BPF_EXIT, 0, 0, 0, 0),
+        ];
+        Ok(MemoryProbe {
+            program: load_xdp(&insns, b"sg_memory_probe")?,
+            _map: map,
+        })
+    }
+}
+
+/// The prefix of `union bpf_attr` BPF_MAP_CREATE needs.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// A BPF_MAP_TYPE_ARRAY of `entries` zeroed values of `value_size` bytes.
+fn create_array(value_size: u32, entries: u32) -> io::Result<OwnedFd> {
+    let attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries: entries,
+        ..Default::default()
+    };
+    bpf_fd(BPF_MAP_CREATE, &attr)
+}
+
+/// Loads `insns` as an XDP program named `name` (at most 15 bytes).
+fn load_xdp(insns: &[BpfInsn], name: &[u8]) -> io::Result<OwnedFd> {
     let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..10].copy_from_slice(b"sg_verdict");
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len()].copy_from_slice(name);
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        prog_name: name,
+        prog_name,
         ..Default::default()
     };
-    // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_LOAD; the instruction array and the
-    // license string outlive the call.
+    bpf_fd(BPF_PROG_LOAD, &attr)
+}
+
+/// bpf(2) for a command that returns a new file descriptor.
+fn bpf_fd<A>(cmd: libc::c_int, attr: &A) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a valid bpf_attr prefix for `cmd` (the callers' types), and whatever it
+    // points to (instructions, strings) outlives the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            size_of::<ProgLoadAttr>() as libc::c_uint,
+            cmd,
+            attr as *const A,
+            size_of::<A>() as libc::c_uint,
         )
     };
     if fd < 0 {

@@ -4,7 +4,9 @@
 //! run (`duration`), which is stable on these nested VMs where the syscall's wall-clock time is
 //! not. Every scenario is measured once per round, rounds interleave the scenarios (rotating the
 //! start) so drift hits all of them alike, and the table reports the median over rounds.
-//! The floor is a real two-instruction XDP_PASS program loaded in the same run.
+//! The floor is a real two-instruction XDP_PASS program loaded in the same run. Beside the
+//! rotating cases, programs making one read per packet in arrays of 4 KiB to 256 MiB show what
+//! the memory itself charges a read under many sources (bench/memory.rs).
 //!
 //! With `--proxy`, the agent's token proxy is compared with nginx doing the same bearer check
 //! (bench/proxy.rs). With `--flood`, a bounded veth SYN flood compares the program with an
@@ -24,6 +26,8 @@ mod dispatcher;
 #[path = "bench/flood.rs"]
 #[allow(unsafe_code, reason = "getrusage(2)")]
 mod flood;
+#[path = "bench/memory.rs"]
+mod memory;
 #[path = "bench/proxy.rs"]
 #[allow(unsafe_code, reason = "sysconf(3), kill(2), CPU affinity")]
 mod proxy;
@@ -396,6 +400,8 @@ pub(crate) const DISPATCHER_CASES: [&str; 2] = [
 
 enum Target<'a> {
     Floor(&'a OwnedFd),
+    /// A program of the bench's own (bench/memory.rs).
+    Raw(&'a OwnedFd),
     /// libxdp's dispatcher with the filter in its first slot.
     Dispatcher(&'a OwnedFd),
     Filter(&'a TestProgram),
@@ -438,7 +444,7 @@ impl<'a> Scenario<'a> {
 
     fn run(&mut self, repeat: u32) -> Result<()> {
         let fd = match &self.target {
-            Target::Floor(fd) | Target::Dispatcher(fd) => fd.as_fd(),
+            Target::Floor(fd) | Target::Raw(fd) | Target::Dispatcher(fd) => fd.as_fd(),
             Target::Filter(program) => program.fd()?,
         };
         // Rotating: one run per frame, each timed by the kernel (`duration` of a single run),
@@ -573,6 +579,7 @@ fn main() -> Result<()> {
         );
         programs.push((size, program, v4, v6));
     }
+    let probes = memory::probes()?;
     let guarded = GuardedNode::new().context("the guarded-port namespace")?;
     for port in [GUARDED_LISTENER, GUARDED_NOTHING]
         .into_iter()
@@ -628,6 +635,7 @@ fn main() -> Result<()> {
         .map(|i| frame_from(IpAddr::V4((u32::from(OUTSIDE_V4) + i).into())))
         .collect();
     scenarios.push(rotating_floor);
+    scenarios.extend(memory::scenarios(&probes));
     for (cidrs, program, v4, v6) in &programs {
         let single = [
             (PROTECTED_CASES[0], INSIDE_V4.into(), XDP_PASS),
@@ -704,6 +712,7 @@ fn main() -> Result<()> {
     drop(guarded);
 
     let mut report = report(&scenarios, &opts)?;
+    report.push_str(&memory::report(&scenarios)?);
     report.push_str(&dispatcher::report(
         &scenarios,
         opts.sizes[0],
