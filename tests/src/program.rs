@@ -270,7 +270,12 @@ impl TestProgram {
 
     /// The program of this instance's hook.
     pub fn fd(&self) -> Result<BorrowedFd<'_>> {
-        Ok(match self.hook {
+        self.fd_of(self.hook)
+    }
+
+    /// The program of `hook` (the TC classifier is loaded only by an instance of that hook).
+    pub fn fd_of(&self, hook: Hook) -> Result<BorrowedFd<'_>> {
+        Ok(match hook {
             Hook::Xdp => {
                 let program: &Xdp = self
                     .ebpf
@@ -516,6 +521,7 @@ impl BpfInsn {
 const BPF_MAP_CREATE: libc::c_int = 0;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_OBJ_PIN: libc::c_int = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 /// Opcodes (class | operation | source, uapi/linux/bpf_common.h and bpf.h).
@@ -566,11 +572,23 @@ pub fn load_pass_program() -> io::Result<OwnedFd> {
 
 /// `r0 = verdict; exit`: an XDP program that returns `verdict` for every packet.
 pub fn load_verdict_program(verdict: u32) -> io::Result<OwnedFd> {
-    let insns = [
+    load_program(BPF_PROG_TYPE_XDP, &verdict_insns(verdict), b"sg_verdict")
+}
+
+/// The same as a TC classifier (`TC_ACT_UNSPEC` passes): the floor of the TC hook.
+pub fn load_tc_verdict_program(verdict: u32) -> io::Result<OwnedFd> {
+    load_program(
+        BPF_PROG_TYPE_SCHED_CLS,
+        &verdict_insns(verdict),
+        b"sg_tc_verdict",
+    )
+}
+
+fn verdict_insns(verdict: u32) -> [BpfInsn; 2] {
+    [
         BpfInsn::new(BPF_MOV64_IMM, 0, 0, 0, verdict as i32),
         BpfInsn::new(BPF_EXIT, 0, 0, 0, 0),
-    ];
-    load_xdp(&insns, b"sg_verdict")
+    ]
 }
 
 /// An XDP program making one read per packet from an array map of `entries` elements of
@@ -616,7 +634,7 @@ impl MemoryProbe {
             BpfInsn::new(BPF_EXIT, 0, 0, 0, 0),
         ];
         Ok(MemoryProbe {
-            program: load_xdp(&insns, b"sg_memory_probe")?,
+            program: load_program(BPF_PROG_TYPE_XDP, &insns, b"sg_memory_probe")?,
             _map: map,
         })
     }
@@ -645,13 +663,13 @@ fn create_array(value_size: u32, entries: u32) -> io::Result<OwnedFd> {
     bpf_fd(BPF_MAP_CREATE, &attr)
 }
 
-/// Loads `insns` as an XDP program named `name` (at most 15 bytes).
-fn load_xdp(insns: &[BpfInsn], name: &[u8]) -> io::Result<OwnedFd> {
+/// Loads `insns` as a program of `prog_type` named `name` (at most 15 bytes).
+fn load_program(prog_type: u32, insns: &[BpfInsn], name: &[u8]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut prog_name = [0u8; 16];
     prog_name[..name.len()].copy_from_slice(name);
     let attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
+        prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,

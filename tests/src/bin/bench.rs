@@ -6,7 +6,9 @@
 //! start) so drift hits all of them alike, and the table reports the median over rounds.
 //! The floor is a real two-instruction XDP_PASS program loaded in the same run. Beside the
 //! rotating cases, programs making one read per packet in arrays of 4 KiB to 256 MiB show what
-//! the memory itself charges a read under many sources (bench/memory.rs).
+//! the memory itself charges a read under many sources (bench/memory.rs), and at the smallest
+//! list the filter also runs as the TC classifier it is beside another XDP program, against an
+//! empty classifier (bench/tc.rs).
 //!
 //! With `--proxy`, the agent's token proxy is compared with nginx doing the same bearer check
 //! (bench/proxy.rs). With `--flood`, a bounded veth SYN flood compares the program with an
@@ -31,6 +33,8 @@ mod memory;
 #[path = "bench/proxy.rs"]
 #[allow(unsafe_code, reason = "sysconf(3), kill(2), CPU affinity")]
 mod proxy;
+#[path = "bench/tc.rs"]
+mod tc;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serve_guard::filter::test_run::test_run;
@@ -38,7 +42,10 @@ use serve_guard_tests::{
     frames::{Frame, tcp},
     fuzz::scenario::connect_from,
     netns::Netns,
-    program::{TestProgram, XDP_DROP, XDP_PASS, load_pass_program},
+    program::{
+        Hook, TC_ACT_SHOT, TC_ACT_UNSPEC, TestProgram, XDP_DROP, XDP_PASS, load_pass_program,
+        load_tc_verdict_program,
+    },
     rng::Rng,
 };
 use std::{
@@ -152,12 +159,14 @@ fn cidr_lists(n: usize, rng: &mut Rng) -> (Cidrs, Cidrs) {
 }
 
 /// A program with the protected ports and `cidrs` CIDRs per family, and its lists.
-fn loaded_program(cidrs: usize, rng: &mut Rng) -> Result<(TestProgram, Cidrs, Cidrs)> {
+/// The filter holding `cidrs` random CIDRs per family; with `hook` TC, its classifier is loaded
+/// too (on the same maps).
+fn loaded_program(cidrs: usize, hook: Hook, rng: &mut Rng) -> Result<(TestProgram, Cidrs, Cidrs)> {
     // Maps sized like an agent's with `max_cidrs` just large enough (and never below the default).
     let capacity = u32::try_from(cidrs)?
         .next_multiple_of(serve_guard_common::trie::MIN_CIDRS_PER_FAMILY)
         .max(serve_guard_common::trie::DEFAULT_CIDRS_PER_FAMILY);
-    let mut program = TestProgram::load_with_capacity(capacity)?;
+    let mut program = TestProgram::load_hook(capacity, hook)?;
     for port in [HTTP, GRPC] {
         program.protect_port(port)?;
     }
@@ -402,6 +411,9 @@ enum Target<'a> {
     Floor(&'a OwnedFd),
     /// A program of the bench's own (bench/memory.rs).
     Raw(&'a OwnedFd),
+    /// The empty TC classifier, and the filter's classifier (bench/tc.rs).
+    TcFloor(&'a OwnedFd),
+    FilterTc(&'a TestProgram),
     /// libxdp's dispatcher with the filter in its first slot.
     Dispatcher(&'a OwnedFd),
     Filter(&'a TestProgram),
@@ -444,8 +456,11 @@ impl<'a> Scenario<'a> {
 
     fn run(&mut self, repeat: u32) -> Result<()> {
         let fd = match &self.target {
-            Target::Floor(fd) | Target::Raw(fd) | Target::Dispatcher(fd) => fd.as_fd(),
-            Target::Filter(program) => program.fd()?,
+            Target::Floor(fd) | Target::Raw(fd) | Target::TcFloor(fd) | Target::Dispatcher(fd) => {
+                fd.as_fd()
+            }
+            Target::Filter(program) => program.fd_of(Hook::Xdp)?,
+            Target::FilterTc(program) => program.fd_of(Hook::Tc)?,
         };
         // Rotating: one run per frame, each timed by the kernel (`duration` of a single run),
         // the round's figure their mean.
@@ -563,9 +578,13 @@ fn main() -> Result<()> {
     let floor = load_pass_program().context("loading the XDP_PASS floor program")?;
     let mut rng = Rng::new(SEED);
     let mut programs = Vec::new();
-    for &size in &opts.sizes {
+    let tc_floor =
+        load_tc_verdict_program(TC_ACT_UNSPEC).context("loading the TC floor program")?;
+    for (i, &size) in opts.sizes.iter().enumerate() {
         let loaded = Instant::now();
-        let (program, v4, v6) = loaded_program(size, &mut rng)?;
+        // The TC cases run at the smallest size only.
+        let hook = if i == 0 { Hook::Tc } else { Hook::Xdp };
+        let (program, v4, v6) = loaded_program(size, hook, &mut rng)?;
         eprintln!(
             "{size} CIDRs per family: compiled and loaded in {:.2} s",
             loaded.elapsed().as_secs_f64()
@@ -636,6 +655,34 @@ fn main() -> Result<()> {
         .collect();
     scenarios.push(rotating_floor);
     scenarios.extend(memory::scenarios(&probes));
+    scenarios.push(Scenario::new(
+        tc::TC_FLOOR,
+        None,
+        Target::TcFloor(&tc_floor),
+        v4_out.clone().tcp(HTTP).build(),
+        TC_ACT_UNSPEC,
+    ));
+    scenarios.push(Scenario::new(
+        tc::UNPROTECTED,
+        Some(programs[0].0),
+        Target::FilterTc(&programs[0].1),
+        v4_out.clone().tcp(UNPROTECTED).build(),
+        TC_ACT_UNSPEC,
+    ));
+    for (name, src, verdict) in [
+        (tc::PROTECTED[0], INSIDE_V4.into(), TC_ACT_UNSPEC),
+        (tc::PROTECTED[1], OUTSIDE_V4.into(), TC_ACT_SHOT),
+        (tc::PROTECTED[2], INSIDE_V6.into(), TC_ACT_UNSPEC),
+        (tc::PROTECTED[3], OUTSIDE_V6.into(), TC_ACT_SHOT),
+    ] {
+        scenarios.push(Scenario::new(
+            name,
+            Some(programs[0].0),
+            Target::FilterTc(&programs[0].1),
+            frame_from(src),
+            verdict,
+        ));
+    }
     for (cidrs, program, v4, v6) in &programs {
         let single = [
             (PROTECTED_CASES[0], INSIDE_V4.into(), XDP_PASS),
@@ -713,6 +760,7 @@ fn main() -> Result<()> {
 
     let mut report = report(&scenarios, &opts)?;
     report.push_str(&memory::report(&scenarios)?);
+    report.push_str(&tc::report(&scenarios, opts.sizes[0])?);
     report.push_str(&dispatcher::report(
         &scenarios,
         opts.sizes[0],
@@ -806,7 +854,13 @@ pub(crate) fn median_of(scenarios: &[Scenario], case: &str, cidrs: usize) -> Opt
 
 /// The floor a scenario is compared with: the rotating one for rotating scenarios.
 fn floor_of<'s, 'a>(scenarios: &'s [Scenario<'a>], s: &Scenario) -> &'s Scenario<'a> {
-    let name = if s.rotating() { ROTATING_FLOOR } else { FLOOR };
+    let name = if tc::is_tc(&s.target) {
+        tc::TC_FLOOR
+    } else if s.rotating() {
+        ROTATING_FLOOR
+    } else {
+        FLOOR
+    };
     find(scenarios, name, None).expect("both floors are measured")
 }
 
