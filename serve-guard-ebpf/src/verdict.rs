@@ -23,6 +23,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, frame: &Frame, parsed: &Parsed) -> (Reaso
                     // The cheap path: an open port costs no allow-list lookup.
                     PORT_OPEN => Reason::PassUnprotected,
                     PORT_GUARDED => {
+                        // Read before the walk, not after it (`Key::read` says why).
                         let key = guard::Key::read(frame, ip, &ports);
                         if is_allowed(ip) {
                             Reason::PassAllowed
