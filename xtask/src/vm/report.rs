@@ -231,7 +231,8 @@ pub fn write_doc(
 ) -> Result<()> {
     let mut doc = String::from(
         "# Kernels tested\n\n\
-         Written by `cargo xtask test-vm` (also run by `cargo xtask test`): each Debian kernel boots \
+         Written by `cargo xtask test-vm` (`cargo xtask test`, CI, boots Debian 11, 12 and 13 and \
+         leaves this file as it is): each Debian kernel boots \
          under QEMU (TCG) with a virtio-net NIC, a Debian 12 userspace with systemd as PID 1 and \
          serve-guard's .deb (`cargo xtask package`) installed with dpkg and the default port policy \
          (`guard = \"node\"`); the host side of the NIC's tap \
