@@ -217,6 +217,18 @@ fn near_or_anywhere(net: (IpAddr, u8), rng: &mut Rng) -> IpAddr {
     }
 }
 
+/// [`ROTATING_SOURCES`] distinct IPv6 sources from anywhere in the global unicast space
+/// (2000::/3), as an internet-wide flood sends them, outside the list (whose random prefixes
+/// are in fd00::/8): they fall in directory slots all over the family's directory.
+fn global_v6_sources(program: &TestProgram, rng: &mut Rng) -> Result<Vec<IpAddr>> {
+    const GLOBAL_UNICAST: u128 = 0x2000 << 112;
+    const GLOBAL_BITS: u32 = 3;
+    distinct_sources(program, false, rng, |rng| {
+        let random = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+        IpAddr::V6((GLOBAL_UNICAST | (random >> GLOBAL_BITS)).into())
+    })
+}
+
 /// [`ROTATING_SOURCES`] distinct sources spread over `list` (allowed) or next to its prefixes and
 /// anywhere else outside it (denied), as the program's tables judge them (each run's verdict
 /// is checked against the kernel's).
@@ -226,18 +238,31 @@ fn rotating_sources(
     program: &TestProgram,
     rng: &mut Rng,
 ) -> Result<Vec<IpAddr>> {
+    distinct_sources(program, allowed, rng, |rng| {
+        let net = list[rng.below(list.len())];
+        if allowed {
+            inside(net, rng)
+        } else {
+            near_or_anywhere(net, rng)
+        }
+    })
+}
+
+/// [`ROTATING_SOURCES`] distinct sources from `draw` that the program allows (or denies), in a
+/// bounded number of draws.
+fn distinct_sources(
+    program: &TestProgram,
+    allowed: bool,
+    rng: &mut Rng,
+    mut draw: impl FnMut(&mut Rng) -> IpAddr,
+) -> Result<Vec<IpAddr>> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(ROTATING_SOURCES);
     for _ in 0..ROTATING_SOURCES * MAX_DRAWS_PER_SOURCE {
         if out.len() == ROTATING_SOURCES {
             break;
         }
-        let net = list[rng.below(list.len())];
-        let src = if allowed {
-            inside(net, rng)
-        } else {
-            near_or_anywhere(net, rng)
-        };
+        let src = draw(rng);
         if program.lookup_allows(src) == allowed && seen.insert(src) {
             out.push(src);
         }
@@ -391,11 +416,12 @@ pub(crate) const PROTECTED_CASES: [&str; 4] = [
     "filter: protected port, v6 denied",
 ];
 /// The same, each round's frames from [`ROTATING_SOURCES`] distinct sources.
-const ROTATING_CASES: [&str; 4] = [
+const ROTATING_CASES: [&str; 5] = [
     "filter: protected port, v4 allowed, rotating sources",
     "filter: protected port, v4 denied, rotating sources",
     "filter: protected port, v6 allowed, rotating sources",
     "filter: protected port, v6 denied, rotating sources",
+    "filter: protected port, v6 denied, rotating sources from all of 2000::/3",
 ];
 const FLOOR: &str = "empty XDP_PASS program (floor)";
 const ROTATING_FLOOR: &str =
@@ -708,8 +734,23 @@ fn main() -> Result<()> {
             (ROTATING_CASES[2], v6, true),
             (ROTATING_CASES[3], v6, false),
         ];
-        for (name, list, allowed) in rotating {
-            let sources = rotating_sources(list, allowed, program, &mut rng)?;
+        let global = (
+            ROTATING_CASES[4],
+            global_v6_sources(program, &mut rng)?,
+            false,
+        );
+        let rotating = rotating
+            .into_iter()
+            .map(|(name, list, allowed)| {
+                Ok((
+                    name,
+                    rotating_sources(list, allowed, program, &mut rng)?,
+                    allowed,
+                ))
+            })
+            .chain(std::iter::once(Ok(global)))
+            .collect::<Result<Vec<_>>>()?;
+        for (name, sources, allowed) in rotating {
             let verdict = if allowed { XDP_PASS } else { XDP_DROP };
             let mut scenario = Scenario::new(
                 name,
@@ -984,7 +1025,8 @@ fn method(opts: &Options) -> Vec<String> {
             "Rotating sources (issue 21): per case and list size, {ROTATING_SOURCES} frames from \
              as many distinct sources (allowed: a random address in a random listed prefix; \
              denied: the addresses just past a random listed prefix or anywhere in the family's \
-             space, IPv6 in fd00::/8, kept when outside the list), each run once per round \
+             space, IPv6 in fd00::/8, kept when outside the list; and the IPv6 case from all of \
+             2000::/3, as an internet-wide flood sends them), each run once per round \
              (`repeat` = 1: the kernel's `duration` of that one run), the round's figure their \
              mean. Their floor is the empty program run the same way over {ROTATING_SOURCES} \
              frames, so the timer's own cost for a single run is in both."
