@@ -98,14 +98,11 @@ pub fn test(args: &[String]) -> Result<()> {
             eprintln!("test-vm: SKIPPED: this host cannot boot the test VMs: {reason}");
             None
         }
-        (true, None) => {
-            let mut slice: Vec<String> = Vec::new();
-            for suite in CI_SUITES {
-                slice.extend(["--kernel".into(), suite.into()]);
-            }
-            slice.extend(["--share-on".into(), SHARE_SUITE.into()]);
-            Some(crate::vm::Options::parse(&slice)?)
-        }
+        (true, None) => Some(crate::vm::Options {
+            suites: CI_SUITES.map(String::from).to_vec(),
+            build_only: false,
+            share_on: vec![SHARE_SUITE.into()],
+        }),
     };
     if matrix.is_some() {
         // Compiled first, so that the VM preparation below overlaps the tests' run, which
@@ -291,6 +288,15 @@ fn run_vm(
 mod tests {
     fn args(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn ci_names_suites_of_the_matrix() {
+        let mut line: Vec<String> = Vec::new();
+        for suite in super::CI_SUITES.iter().chain([&super::SHARE_SUITE]) {
+            line.extend(["--kernel".into(), (*suite).into()]);
+        }
+        assert!(crate::vm::Options::parse(&line).is_ok(), "{line:?}");
     }
 
     #[test]
