@@ -12,23 +12,23 @@ pub mod maps {
     pub const PORTS: &str = "SG_PORT_CLASS";
     /// `Array<u32>` of [`crate::trie::ROOT_ENTRIES`]: the root slot of each family's allow-list
     /// (the directory half in use), indexed by [`crate::trie::ROOT_V4`] / [`crate::trie::ROOT_V6`].
-    /// (The nibble trie's root slots were `SG_ROOTS`: every allow-list map has a new name, so a
-    /// pinned map of the old layout is never read as one of these, and while a start replaces
-    /// the old program the new agent never writes a half that program still walks.)
-    pub const ROOTS: &str = "SG_DIR_ROOT";
+    /// (Every allow-list map is renamed whenever the layout changes, last when group slots came
+    /// in: a pinned map of an old layout is never read as one of these, and while a start
+    /// replaces the old program the new agent never writes a half that program still walks.)
+    pub const ROOTS: &str = "SG_LC_ROOT";
     /// `Array<DirBlock>`: the IPv4 directory, one slot per /8 (two halves, see
     /// [`crate::trie`]).
-    pub const DIR_V4: &str = "SG_DIR8_V4";
+    pub const DIR_V4: &str = "SG_LC_DIR_V4";
     /// `Array<DirBlock>`: the IPv6 directory, one slot per /16.
-    pub const DIR_V6: &str = "SG_DIR16_V6";
+    pub const DIR_V6: &str = "SG_LC_DIR_V6";
     /// `Array<NodeV4>`: the IPv4 nodes below the directory.
-    pub const NODES_V4: &str = "SG_NODE4_V4";
+    pub const NODES_V4: &str = "SG_LC_NODE_V4";
     /// `Array<NodeV6>`: the IPv6 nodes below the directory.
-    pub const NODES_V6: &str = "SG_NODE4_V6";
+    pub const NODES_V6: &str = "SG_LC_NODE_V6";
     /// `Array<TailV4>`: single-prefix leaves of the IPv4 structure.
-    pub const TAILS_V4: &str = "SG_TAIL16_V4";
+    pub const TAILS_V4: &str = "SG_LC_TAIL_V4";
     /// `Array<TailV6>`: single-prefix leaves of the IPv6 structure.
-    pub const TAILS_V6: &str = "SG_TAIL16_V6";
+    pub const TAILS_V6: &str = "SG_LC_TAIL_V6";
     /// `Array<FilterConfig>` with one element.
     pub const CONFIG: &str = "SG_CONFIG";
     /// `PerCpuArray<Counter>` indexed by [`crate::counter_index`]. (Renamed from `SG_COUNTERS`
@@ -40,7 +40,7 @@ pub mod maps {
     ];
     /// Maps of earlier versions, with a layout this version does not read. A start replaces
     /// the program that used them, then removes their pins (see the agent's `filter::pins`).
-    pub const RETIRED: [&str; 9] = [
+    pub const RETIRED: [&str; 16] = [
         "SG_ALLOW_V4",
         "SG_ALLOW_V6",
         "SG_COUNTERS",
@@ -51,6 +51,15 @@ pub mod maps {
         "SG_NODES_V6",
         "SG_TAILS_V4",
         "SG_TAILS_V6",
+        // The directory's before group slots (an old program reads a group as a node past its
+        // map and denies).
+        "SG_DIR_ROOT",
+        "SG_DIR8_V4",
+        "SG_DIR16_V6",
+        "SG_NODE4_V4",
+        "SG_NODE4_V6",
+        "SG_TAIL16_V4",
+        "SG_TAIL16_V6",
     ];
 }
 

@@ -8,7 +8,14 @@
 //! - A *slot* (`u32`) stands for a range of addresses (an aligned prefix): [`SLOT_EMPTY`] (no
 //!   address of the range is allowed), [`SLOT_FULL`] (every address is), a *tail* (exactly the
 //!   addresses of one listed prefix inside the range are; [`TAIL_TAG`] | index into the tails
-//!   map), or a *node* ([`NODE_BASE`] + index into the nodes map).
+//!   map), a *node* ([`NODE_BASE`] + index into the nodes map), or a *group* ([`GROUP_TAG`] |
+//!   index of the first of 16 consecutive nodes).
+//! - A group is level compression where the list is dense: it stands for a node that is not
+//!   stored, whose children are all nodes, stored in order from the group's index. The walk
+//!   takes the child from the next stride of the address instead of reading it from the node,
+//!   then reads that child's slot on the stride after: two strides for one read. The compiler
+//!   makes one only where at least [`GROUP_MIN_NODES`] of the 16 children are nodes anyway, so
+//!   a list never needs more nodes than without groups.
 //! - A directory is stored as blocks of [`DIR_BLOCK_SLOTS`] (array elements are padded to 8
 //!   bytes: one `u32` each would double it). IPv4's is 1 KiB a half: a /16 directory (256 KiB)
 //!   was measured and missed the caches and the TLB for denied sources spread over the whole
@@ -59,6 +66,13 @@ pub const SLOT_FULL: u32 = 1;
 pub const NODE_BASE: u32 = 2;
 /// High bit set: the rest of the slot indexes the tails map.
 pub const TAIL_TAG: u32 = 1 << 31;
+/// Next bit set (and not the high one): the rest of the slot is the index of a group's first
+/// node. A program of the layout before groups reads one as a node past its map, and denies.
+pub const GROUP_TAG: u32 = 1 << 30;
+/// The fewest of a node's children that must be nodes for the compiler to store them as a
+/// group instead: a group stores all 16 children, so with 15 it takes as many nodes as the
+/// node it replaces and its children did, with 16 one fewer.
+pub const GROUP_MIN_NODES: usize = 15;
 
 /// Index of each family's root slot in the roots map.
 pub const ROOT_V4: u32 = 0;
@@ -143,9 +157,12 @@ pub const DIR_V6_ENTRIES: u32 = HALVES * V6_DIR_BLOCKS;
 // Every node and tail index of both halves, at the largest capacity, must fit its slot encoding.
 pub const LARGEST_CAPACITY: Capacity = Capacity::for_cidrs(MAX_CIDRS_PER_FAMILY);
 const _: () =
-    assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v4_entries() as u64 <= TAIL_TAG as u64);
+    assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v4_entries() as u64 <= GROUP_TAG as u64);
 const _: () =
-    assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v6_entries() as u64 <= TAIL_TAG as u64);
+    assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v6_entries() as u64 <= GROUP_TAG as u64);
+// The threshold counts children of one node, in either family.
+const _: () = assert!(GROUP_MIN_NODES >= 1 && GROUP_MIN_NODES <= V4_FANOUT);
+const _: () = assert!(GROUP_MIN_NODES <= V6_FANOUT);
 const _: () = assert!((LARGEST_CAPACITY.tails_entries() as u64) < TAIL_TAG as u64);
 // A root's node index is a directory half.
 const _: () = assert!(NODE_BASE as u64 + (HALVES as u64) < TAIL_TAG as u64);
@@ -197,6 +214,8 @@ pub enum Slot {
     Full,
     Node(u32),
     Tail(u32),
+    /// The index of the first of a group's nodes.
+    Group(u32),
 }
 
 impl Slot {
@@ -208,6 +227,8 @@ impl Slot {
             Slot::Full
         } else if raw & TAIL_TAG != 0 {
             Slot::Tail(raw & !TAIL_TAG)
+        } else if raw & GROUP_TAG != 0 {
+            Slot::Group(raw & !GROUP_TAG)
         } else {
             Slot::Node(raw - NODE_BASE)
         }
@@ -220,6 +241,7 @@ impl Slot {
             Slot::Full => SLOT_FULL,
             Slot::Node(index) => NODE_BASE + index,
             Slot::Tail(index) => TAIL_TAG | index,
+            Slot::Group(index) => GROUP_TAG | index,
         }
     }
 }

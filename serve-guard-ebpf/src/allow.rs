@@ -1,8 +1,8 @@
 //! The allow-list lookup (layout in `serve_guard_common::trie`): the family's root slot, one
-//! slot of its directory (IPv4: /8, IPv6: /16), then at most one node per nibble below it, each
-//! an inlined array lookup, and maybe a tail. Its cost depends
-//! on how many nodes the list puts on the address's path and, under many sources, on how many of
-//! them are still in cache (docs/lookup.md).
+//! slot of its directory (IPv4: /8, IPv6: /16), then at most one node per nibble below it (one
+//! per two where the list is dense: groups), each an inlined array lookup, and maybe a tail.
+//! Its cost depends on how many nodes the list puts on the address's path and, under many
+//! sources, on how many of them are still in cache (docs/lookup.md).
 
 use serve_guard_common::trie::{
     DirBlock, HALVES, ROOT_V4, ROOT_V6, Slot, V4_DIR_BLOCKS, V4_LEVELS, V6_DIR_BLOCKS, V6_LEVELS,
@@ -19,19 +19,33 @@ enum Step {
     Done(bool),
     /// The slot to decode at the next level.
     Next(u32),
+    /// The slot to decode at the level after the next (a group took two strides).
+    Skip(u32),
 }
 
 /// Writes the walk out level by level, `$step` with each level as a constant. Kernels before
 /// ~6.3 reject a loop whose last instruction falls through to its head ("back-edge"), which is
 /// what LLVM makes of a `for` over the levels; straight-line code loads everywhere from 5.10 on.
+/// A group jumps forward over one level, which keeps every level's stride a constant: the
+/// verifier sees each level at most twice (reached or skipped), not once per path.
 macro_rules! walk {
     ($step:ident, $slot:ident, $addr:ident, [$($level:literal)*]) => {
+        let mut skip = false;
         $(
-            match $step($slot, $addr, $level) {
-                Step::Done(allowed) => return allowed,
-                Step::Next(next) => $slot = next,
+            if skip {
+                skip = false;
+            } else {
+                match $step($slot, $addr, $level) {
+                    Step::Done(allowed) => return allowed,
+                    Step::Next(next) => $slot = next,
+                    Step::Skip(next) => {
+                        $slot = next;
+                        skip = true;
+                    }
+                }
             }
         )*
+        let _ = skip;
     };
 }
 
@@ -84,6 +98,12 @@ fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
             Some(node) => Step::Next(node.slots[slot_v4(addr, level)]),
             None => Step::Done(false),
         },
+        // A group's children are nodes of the level below: none below the deepest.
+        Slot::Group(_) if level >= V4_LEVELS => Step::Done(false),
+        Slot::Group(first) => match NODES_V4.get(first + slot_v4(addr, level) as u32) {
+            Some(node) => Step::Skip(node.slots[slot_v4(addr, level + 1)]),
+            None => Step::Done(false),
+        },
     }
 }
 
@@ -113,6 +133,11 @@ fn step_v6(slot: u32, addr: [u64; 2], level: usize) -> Step {
         Slot::Node(_) if level > V6_LEVELS => Step::Done(false),
         Slot::Node(index) => match NODES_V6.get(index) {
             Some(node) => Step::Next(node.slots[slot_v6(addr, level)]),
+            None => Step::Done(false),
+        },
+        Slot::Group(_) if level >= V6_LEVELS => Step::Done(false),
+        Slot::Group(first) => match NODES_V6.get(first + slot_v6(addr, level) as u32) {
+            Some(node) => Step::Skip(node.slots[slot_v6(addr, level + 1)]),
             None => Step::Done(false),
         },
     }

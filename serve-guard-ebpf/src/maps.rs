@@ -32,13 +32,13 @@ const fn same_name(a: &str, b: &str) -> bool {
 }
 
 const _: () = assert!(same_name(maps::PORTS, "SG_PORT_CLASS"));
-const _: () = assert!(same_name(maps::ROOTS, "SG_DIR_ROOT"));
-const _: () = assert!(same_name(maps::DIR_V4, "SG_DIR8_V4"));
-const _: () = assert!(same_name(maps::DIR_V6, "SG_DIR16_V6"));
-const _: () = assert!(same_name(maps::NODES_V4, "SG_NODE4_V4"));
-const _: () = assert!(same_name(maps::NODES_V6, "SG_NODE4_V6"));
-const _: () = assert!(same_name(maps::TAILS_V4, "SG_TAIL16_V4"));
-const _: () = assert!(same_name(maps::TAILS_V6, "SG_TAIL16_V6"));
+const _: () = assert!(same_name(maps::ROOTS, "SG_LC_ROOT"));
+const _: () = assert!(same_name(maps::DIR_V4, "SG_LC_DIR_V4"));
+const _: () = assert!(same_name(maps::DIR_V6, "SG_LC_DIR_V6"));
+const _: () = assert!(same_name(maps::NODES_V4, "SG_LC_NODE_V4"));
+const _: () = assert!(same_name(maps::NODES_V6, "SG_LC_NODE_V6"));
+const _: () = assert!(same_name(maps::TAILS_V4, "SG_LC_TAIL_V4"));
+const _: () = assert!(same_name(maps::TAILS_V6, "SG_LC_TAIL_V6"));
 const _: () = assert!(same_name(maps::CONFIG, "SG_CONFIG"));
 const _: () = assert!(same_name(maps::COUNTERS, "SG_VERDICTS"));
 
@@ -50,25 +50,25 @@ pub static PORTS: Array<PortTable> = Array::pinned(1, 0);
 /// The allow-lists: per family a directory, nodes and tails (layout and update protocol in
 /// `serve_guard_common::trie`). Arrays only, so every lookup is inlined by the verifier into a
 /// bounds check and an add.
-#[map(name = "SG_DIR_ROOT")]
+#[map(name = "SG_LC_ROOT")]
 pub static ROOTS: Array<u32> = Array::pinned(ROOT_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_DIR8_V4")]
+#[map(name = "SG_LC_DIR_V4")]
 pub static DIR_V4: Array<DirBlock> = Array::pinned(DIR_V4_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_DIR16_V6")]
+#[map(name = "SG_LC_DIR_V6")]
 pub static DIR_V6: Array<DirBlock> = Array::pinned(DIR_V6_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_NODE4_V4")]
+#[map(name = "SG_LC_NODE_V4")]
 pub static NODES_V4: Array<NodeV4> = Array::pinned(NODES_V4_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_NODE4_V6")]
+#[map(name = "SG_LC_NODE_V6")]
 pub static NODES_V6: Array<NodeV6> = Array::pinned(NODES_V6_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_TAIL16_V4")]
+#[map(name = "SG_LC_TAIL_V4")]
 pub static TAILS_V4: Array<TailV4> = Array::pinned(TAILS_ENTRIES, MAP_FLAGS);
 
-#[map(name = "SG_TAIL16_V6")]
+#[map(name = "SG_LC_TAIL_V6")]
 pub static TAILS_V6: Array<TailV6> = Array::pinned(TAILS_ENTRIES, MAP_FLAGS);
 
 /// One `FilterConfig` at index 0.

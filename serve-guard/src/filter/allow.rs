@@ -244,7 +244,7 @@ impl<const F: usize, Tail: TailFormat> Family<F, Tail> {
     fn live_half(root: u32) -> Option<u32> {
         match Slot::decode(root) {
             Slot::Node(half) => Some(half),
-            Slot::Empty | Slot::Full | Slot::Tail(_) => None,
+            Slot::Empty | Slot::Full | Slot::Tail(_) | Slot::Group(_) => None,
         }
     }
 

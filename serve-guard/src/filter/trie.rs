@@ -6,7 +6,7 @@
 //! tails' format differs.
 
 use serve_guard_common::trie::{
-    Slot, V4_BITS, V4_DIR_BITS, V4_STRIDE, V6_BITS, V6_DIR_BITS, V6_STRIDE,
+    GROUP_MIN_NODES, Slot, V4_BITS, V4_DIR_BITS, V4_STRIDE, V6_BITS, V6_DIR_BITS, V6_STRIDE,
 };
 
 /// A prefix as the compiler sees it: left-aligned address bits, host bits clear, and its length.
@@ -119,6 +119,17 @@ pub struct Bases {
 /// Compiles `prefixes` (any order, overlaps allowed: an address is allowed iff some prefix
 /// contains it) into a directory, nodes and tails numbered from `bases`.
 pub fn compile(prefixes: &[Prefix], shape: Shape, bases: Bases) -> Compiled {
+    compile_grouping(prefixes, shape, bases, GROUP_MIN_NODES)
+}
+
+/// [`compile`], making a group of a node with at least `group_min_nodes` node children (more
+/// than the fanout: no groups, the structure before them, which tests compare with).
+fn compile_grouping(
+    prefixes: &[Prefix],
+    shape: Shape,
+    bases: Bases,
+    group_min_nodes: usize,
+) -> Compiled {
     let disjoint = disjoint(prefixes);
     let mut out = Compiled::default();
     if disjoint.is_empty() {
@@ -128,6 +139,7 @@ pub fn compile(prefixes: &[Prefix], shape: Shape, bases: Bases) -> Compiled {
     let mut builder = Builder {
         shape,
         bases,
+        group_min_nodes,
         out: &mut out,
     };
     let dir = builder.split(&disjoint, 0);
@@ -155,6 +167,7 @@ fn disjoint(prefixes: &[Prefix]) -> Vec<Prefix> {
 struct Builder<'a> {
     shape: Shape,
     bases: Bases,
+    group_min_nodes: usize,
     out: &'a mut Compiled,
 }
 
@@ -174,51 +187,82 @@ impl Builder<'_> {
             _ => {
                 // Two disjoint prefixes in one range: the range is wider than one address, so
                 // the node's level exists.
-                let fanout = self.shape.fanout();
-                let local = self.out.nodes.len() / fanout;
-                self.out.nodes.resize(self.out.nodes.len() + fanout, 0);
-                let slots = self.split(prefixes, level + 1);
-                self.out.nodes[local * fanout..(local + 1) * fanout].copy_from_slice(&slots);
-                Slot::Node(self.bases.node + local as u32).encode()
+                let children = self.shape.children(prefixes, level + 1);
+                let nodes = children.iter().filter(|c| c.len() >= 2).count();
+                // Children that are nodes sit at level + 2, so that level exists.
+                if nodes >= self.group_min_nodes {
+                    let first = self.reserve(children.len());
+                    for (n, child) in children.iter().enumerate() {
+                        let slots = self.split(child, level + 2);
+                        self.place(first + n, &slots);
+                    }
+                    Slot::Group(self.bases.node + first as u32).encode()
+                } else {
+                    let local = self.reserve(1);
+                    let slots: Vec<u32> = children
+                        .iter()
+                        .map(|child| self.slot(child, level + 1))
+                        .collect();
+                    self.place(local, &slots);
+                    Slot::Node(self.bases.node + local as u32).encode()
+                }
             }
         }
     }
 
     /// The slots of the node (or directory) at `level` over a range holding exactly
-    /// `prefixes` (disjoint, sorted, at least two, all inside it).
+    /// `prefixes` (disjoint, sorted, all inside it).
     fn split(&mut self, prefixes: &[Prefix], level: u32) -> Vec<u32> {
-        let shape = self.shape;
+        self.shape
+            .children(prefixes, level)
+            .iter()
+            .map(|child| self.slot(child, level))
+            .collect()
+    }
+
+    /// Appends `count` consecutive empty nodes; returns the first one's local index. Nodes are
+    /// numbered before their children are compiled, so a parent precedes its children.
+    fn reserve(&mut self, count: usize) -> usize {
+        let fanout = self.shape.fanout();
+        let first = self.out.nodes.len() / fanout;
+        self.out
+            .nodes
+            .resize(self.out.nodes.len() + count * fanout, Slot::Empty.encode());
+        first
+    }
+
+    fn place(&mut self, local: usize, slots: &[u32]) {
+        let fanout = self.shape.fanout();
+        self.out.nodes[local * fanout..(local + 1) * fanout].copy_from_slice(slots);
+    }
+}
+
+impl Shape {
+    /// The prefixes inside each child range of the node (or directory) at `level`, from a
+    /// range holding exactly `prefixes` (disjoint, sorted): one slice per child, in order. A
+    /// prefix that covers several children is in each of their slices, alone.
+    fn children(self, prefixes: &[Prefix], level: u32) -> Vec<&[Prefix]> {
         let fanout = if level == 0 {
-            shape.dir_slots()
+            self.dir_slots()
         } else {
-            shape.fanout()
+            self.fanout()
         };
-        let child_len = shape.child_len(level);
-        let mut slots = vec![Slot::Empty.encode(); fanout];
+        let child_len = self.child_len(level);
+        let mut children: Vec<&[Prefix]> = vec![&[]; fanout];
         let mut rest = prefixes;
-        let mut n = 0;
-        while n < fanout {
-            let Some(p) = rest.first() else { break };
-            let first = shape.index(p.bits, level);
-            if first > n {
-                // Empty children up to the next prefix.
-                n = first;
-                continue;
-            }
+        while let Some(p) = rest.first() {
+            let first = self.index(p.bits, level);
             if u32::from(p.len) < child_len {
-                // A prefix shorter than the child ranges covers several of them: all full.
                 let span = 1usize << (child_len - u32::from(p.len));
-                slots[first..first + span].fill(Slot::Full.encode());
-                n = first + span;
+                children[first..first + span].fill(&rest[..1]);
                 rest = &rest[1..];
                 continue;
             }
-            let here = rest.partition_point(|p| shape.index(p.bits, level) == n);
-            slots[n] = self.slot(&rest[..here], level);
+            let here = rest.partition_point(|p| self.index(p.bits, level) == first);
+            children[first] = &rest[..here];
             rest = &rest[here..];
-            n += 1;
         }
-        slots
+        children
     }
 }
 
@@ -290,14 +334,45 @@ fn walk(
             if level >= shape.levels() {
                 return Err(Corrupt(format!("node {index} is deeper than the address")));
             }
+            walk_node(index, bits, level + 1, shape, source, out)?;
+        }
+        Slot::Group(first) => {
+            if level + 1 >= shape.levels() {
+                return Err(Corrupt(format!("group {first} is deeper than the address")));
+            }
             for n in 0..shape.fanout() {
-                let child = source
-                    .node_slot(index, n)
-                    .ok_or_else(|| Corrupt(format!("node {index} is past the map")))?;
+                let node = first
+                    .checked_add(n as u32)
+                    .ok_or_else(|| Corrupt(format!("group {first} is past the map")))?;
                 let child_bits = shape.child_bits(bits, level + 1, n);
-                walk(child, child_bits, level + 1, shape, source, out)?;
+                walk_node(node, child_bits, level + 2, shape, source, out)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Collects what the node `index` at `level`, over the range `bits`, allows.
+fn walk_node(
+    index: u32,
+    bits: u128,
+    level: u32,
+    shape: Shape,
+    source: &impl TrieSource,
+    out: &mut Vec<Prefix>,
+) -> Result<(), Corrupt> {
+    for n in 0..shape.fanout() {
+        let child = source
+            .node_slot(index, n)
+            .ok_or_else(|| Corrupt(format!("node {index} is past the map")))?;
+        walk(
+            child,
+            shape.child_bits(bits, level, n),
+            level,
+            shape,
+            source,
+            out,
+        )?;
     }
     Ok(())
 }
@@ -305,7 +380,8 @@ fn walk(
 /// The program's walk on the host: whether the structure starting at `root` allows `addr`
 /// (left-aligned), and how many map elements the program reads to say so (the root slot, the
 /// directory block, each node, the tail). A corrupt structure (an index past its map, nodes
-/// deeper than the address) denies, as the program does.
+/// deeper than the address) denies, as the program does; `level` is the program's unrolled
+/// level, a group moving it on by two.
 pub fn lookup(root: u32, addr: u128, shape: Shape, source: &impl TrieSource) -> (bool, usize) {
     let mut reads = 1;
     let Slot::Node(half) = Slot::decode(root) else {
@@ -315,7 +391,8 @@ pub fn lookup(root: u32, addr: u128, shape: Shape, source: &impl TrieSource) -> 
     let Some(mut slot) = source.dir_slot(half, shape.index(addr, 0)) else {
         return (false, reads);
     };
-    for level in 1..=shape.levels() + 1 {
+    let mut level = 1;
+    while level <= shape.levels() + 1 {
         match Slot::decode(slot) {
             Slot::Empty => return (false, reads),
             Slot::Full => return (true, reads),
@@ -332,6 +409,17 @@ pub fn lookup(root: u32, addr: u128, shape: Shape, source: &impl TrieSource) -> 
                     Some(next) => slot = next,
                     None => return (false, reads),
                 }
+                level += 1;
+            }
+            Slot::Group(_) if level >= shape.levels() => return (false, reads),
+            Slot::Group(first) => {
+                reads += 1;
+                let node = first.checked_add(shape.index(addr, level) as u32);
+                match node.and_then(|node| source.node_slot(node, shape.index(addr, level + 1))) {
+                    Some(next) => slot = next,
+                    None => return (false, reads),
+                }
+                level += 2;
             }
         }
     }

@@ -29,7 +29,7 @@ pub const PROTECTED_PORTS: [u16; 4] = [1, 8000, 9000, u16::MAX];
 
 /// Several prefix lengths, nested and adjacent, all in the test ranges, with ends on the edges
 /// of the lookup's levels (issue 21: a /8 directory for IPv4, a /16 one for IPv6, then 4-bit
-/// strides). IPv4: lengths on a level (/24, /20, /28, /32) and between (/23, /25, /27, /31), one contained in another, host routes on both sides of a /24 boundary (nodes
+/// strides; the lists judged also hold the dense clusters of `dense_v4` and `dense_v6`). IPv4: lengths on a level (/24, /20, /28, /32) and between (/23, /25, /27, /31), one contained in another, host routes on both sides of a /24 boundary (nodes
 /// down to the /32 level), both /16s of the test range with their first and last addresses.
 pub const ALLOW_V4: [&str; 15] = [
     "198.18.0.0/24",
@@ -168,8 +168,67 @@ pub fn interesting_ports() -> &'static [u16] {
 }
 
 /// Parsed once: the generators draw sources from them for every frame.
-static PARSED_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| parse(&ALLOW_V4));
-static PARSED_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| parse(&ALLOW_V6));
+static PARSED_V4: LazyLock<Vec<Ipv4Net>> = LazyLock::new(|| {
+    let mut list = parse(&ALLOW_V4);
+    list.extend(dense_v4());
+    list
+});
+static PARSED_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| {
+    let mut list = parse(&ALLOW_V6);
+    list.extend(dense_v6());
+    list
+});
+
+/// Clusters dense enough that the lookup stores nodes as groups (level compression, at least
+/// 15 of a node's 16 children nodes; docs/lookup.md), each with one child that is not a node:
+/// - in 198.18.16.0/24, two host routes in each /28 but one (a single route): a group on the
+///   last two strides;
+/// - in 198.19.0.0/16, a /26 and a /27 in each /20 beside the named ones, whose 198.19.16.0/20
+///   is a child the list covers whole: a group of /20s, above nodes of /24s.
+fn dense_v4() -> Vec<Ipv4Net> {
+    let hosts = (0..16u8).flat_map(|n| {
+        let count = if n == 6 { 1 } else { 2 };
+        [0u8, 13]
+            .into_iter()
+            .take(count)
+            .map(move |host| net_v4([198, 18, 16, n << 4 | host], 32))
+    });
+    let wide = (0..16u8).filter(|&n| n != 1).flat_map(|n| {
+        [
+            net_v4([198, 19, n << 4 | 3, 64], 26),
+            net_v4([198, 19, n << 4 | 9, 0], 27),
+        ]
+    });
+    hosts.chain(wide).collect()
+}
+
+/// The same in IPv6: two /128s in each /124 of fd00:7::/120 but one (a single /128), and two
+/// prefixes in each /36 of fd00:8::/32 but one (a single /48).
+fn dense_v6() -> Vec<Ipv6Net> {
+    let hosts = (0..16u16).flat_map(|n| {
+        let count = if n == 9 { 1 } else { 2 };
+        [0u16, 7]
+            .into_iter()
+            .take(count)
+            .map(move |host| net_v6([0xfd00, 7, 0, 0, 0, 0, 0, n << 4 | host], 128))
+    });
+    let wide = (0..16u16).flat_map(|n| {
+        let count = if n == 11 { 1 } else { 2 };
+        [(0x0001u16, 48u8), (0x0800, 52)]
+            .into_iter()
+            .take(count)
+            .map(move |(low, len)| net_v6([0xfd00, 8, n << 12 | low, 0, 0, 0, 0, 0], len))
+    });
+    hosts.chain(wide).collect()
+}
+
+fn net_v4(addr: [u8; 4], len: u8) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::from(addr), len).expect("length within 32")
+}
+
+fn net_v6(segments: [u16; 8], len: u8) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::from(segments), len).expect("length within 128")
+}
 
 fn parse<T: std::str::FromStr>(cidrs: &[&str]) -> Vec<T> {
     cidrs

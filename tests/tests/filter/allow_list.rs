@@ -250,6 +250,78 @@ fn random_lists_match_a_linear_scan() {
     }
 }
 
+/// Lists packed densely into one /16 (IPv4) and one /112 (IPv6), so that most nodes have node
+/// children on every side and are stored as groups (docs/lookup.md): each prefix's ends, the
+/// addresses next to them and the stride edges around them, against a linear scan.
+#[test]
+fn dense_lists_read_through_groups_match_a_linear_scan() {
+    use serve_guard_common::trie::level_boundaries;
+    let mut p = program();
+    let mut rng = Rng::new(23);
+    for _ in 0..3 {
+        let nets: Vec<IpNet> = (0..1200)
+            .map(|i| {
+                let host = rng.next_u64();
+                if i % 2 == 0 {
+                    let addr = Ipv4Addr::from(0x0a07_0000 | (host as u32 & 0xffff));
+                    IpNet::new(addr.into(), 32 - (rng.next_u64() % 7) as u8)
+                        .unwrap()
+                        .trunc()
+                } else {
+                    let addr = Ipv6Addr::from((0xfd00_0009u128 << 96) | u128::from(host as u16));
+                    IpNet::new(addr.into(), 128 - (rng.next_u64() % 7) as u8)
+                        .unwrap()
+                        .trunc()
+                }
+            })
+            .collect();
+        let mut allowed = CidrList::default();
+        for net in &nets {
+            allowed.insert(*net);
+        }
+        p.set_allowed(allowed).unwrap();
+        let mut probes: Vec<IpAddr> = Vec::new();
+        for net in &nets {
+            let width = if net.addr().is_ipv4() { 32 } else { 128 };
+            let wide = |a: IpAddr| match a {
+                IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+                IpAddr::V6(a) => u128::from(a),
+            };
+            let back = |x: u128| match width {
+                32 => IpAddr::V4(((x >> 96) as u32).into()),
+                _ => IpAddr::V6(x.into()),
+            };
+            let unit = 1u128 << (128 - width);
+            let (f, l) = (wide(net.network()), wide(net.broadcast()));
+            for a in [f, l, f.wrapping_sub(unit), l.wrapping_add(unit)] {
+                probes.push(back(a));
+                for at in level_boundaries(width) {
+                    let span = 1u128 << (128 - at);
+                    let start = a & !(span - 1);
+                    probes.extend([start, start.wrapping_sub(unit)].map(back));
+                }
+            }
+        }
+        probes.sort_unstable();
+        probes.dedup();
+        let wrong: Vec<String> = probes
+            .iter()
+            .filter(|addr| {
+                let expected = nets.iter().any(|n| n.contains(*addr));
+                passes(&p, &addr.to_string()) != expected || p.lookup_allows(**addr) != expected
+            })
+            .map(|addr| format!("{addr}"))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{} of {} probes judged wrong: {:?}",
+            wrong.len(),
+            probes.len(),
+            &wrong[..wrong.len().min(20)]
+        );
+    }
+}
+
 /// While the list switches back and forth between two lists with different lengths in use, a
 /// thread runs the program on another CPU: a source in both lists is never dropped, one in
 /// neither is never passed, and sources in only one list see both verdicts (the switches

@@ -307,6 +307,127 @@ fn every_prefix_length_at_the_edges_of_every_stride() {
     }
 }
 
+/// Slots of a compiled list (directory and nodes) that are groups.
+fn groups(compiled: &Compiled) -> usize {
+    compiled
+        .dir
+        .iter()
+        .chain(&compiled.nodes)
+        .filter(|&&s| matches!(Slot::decode(s), Slot::Group(_)))
+        .count()
+}
+
+/// Two host routes in each of the first `children` /12s of 198.0.0.0/8: the /8's node has that
+/// many node children.
+fn two_in_each_slash12(children: u8) -> Vec<Prefix> {
+    (0..children)
+        .flat_map(|n| [v4([198, n << 4, 0, 1], 32), v4([198, n << 4, 0, 2], 32)])
+        .collect()
+}
+
+/// A node with 15 or 16 node children is stored as a group: its slot (here the directory's)
+/// names the first of 16 consecutive nodes, and the walk reads one node for the two strides.
+/// With 14 it stays a node.
+#[test]
+fn dense_nodes_become_groups_read_once_for_two_strides() {
+    for (children, grouped) in [(16, true), (15, true), (14, false)] {
+        let list = two_in_each_slash12(children);
+        let memory = Memory::compile(&list, 32);
+        let slot = Slot::decode(memory.compiled.dir[198]);
+        assert_eq!(
+            matches!(slot, Slot::Group(_)),
+            grouped,
+            "{children}: {slot:?}"
+        );
+        let (allowed, reads) = lookup(
+            memory.compiled.root,
+            v4_addr([198, 16, 0, 2]),
+            Shape::V4,
+            &memory,
+        );
+        assert!(allowed);
+        // Root, directory, then /16 and /20 ... /32 below the /12: the group saves the /8's node.
+        assert_eq!(reads, if grouped { 7 } else { 8 }, "{children}");
+        check(&list, 32);
+    }
+}
+
+/// A group never takes more nodes than the node and children it replaces: 16 children that
+/// are nodes save the group's own node, 15 take as many.
+#[test]
+fn groups_never_take_more_nodes() {
+    for children in [14, 15, 16] {
+        let list = two_in_each_slash12(children);
+        let bases = Bases {
+            half: 0,
+            node: 0,
+            tail: 0,
+        };
+        let grouped = compile(&list, Shape::V4, bases).nodes.len();
+        let plain = compile_grouping(&list, Shape::V4, bases, usize::MAX)
+            .nodes
+            .len();
+        let fanout = Shape::V4.fanout();
+        let saved = match children {
+            16 => 1,
+            _ => 0,
+        };
+        assert_eq!(grouped / fanout + saved, plain / fanout, "{children}");
+    }
+}
+
+/// Groups at the deepest level they can be (their children the last nodes, on the address's
+/// last stride), in both families, with the stride edges around every prefix probed.
+#[test]
+fn groups_down_to_the_last_stride() {
+    // 198.18.0.0/24: two /32s in each of its 16 /28s.
+    let v4_list: Vec<Prefix> = (0..16u8)
+        .flat_map(|n| {
+            [
+                v4([198, 18, 0, n << 4], 32),
+                v4([198, 18, 0, (n << 4) | 15], 32),
+            ]
+        })
+        .collect();
+    let memory = Memory::compile(&v4_list, 32);
+    assert_eq!(groups(&memory.compiled), 1);
+    check(&v4_list, 32);
+    let net = 0xfd00_0000_0000_0000_0000_0000_0000_0000u128;
+    let v6_list: Vec<Prefix> = (0..16u128)
+        .flat_map(|n| [v6(net | n << 4, 128), v6(net | n << 4 | 9, 128)])
+        .collect();
+    let memory = Memory::compile(&v6_list, 128);
+    assert_eq!(groups(&memory.compiled), 1);
+    check(&v6_list, 128);
+}
+
+/// Random lists packed into a few small ranges, so that nodes are dense and groups nest:
+/// every address probed agrees with a linear scan, and the set reads back.
+#[test]
+fn random_dense_lists_match_a_linear_scan() {
+    let mut rng = Rng(11);
+    let mut seen = 0;
+    for round in 0..16 {
+        let width = if round % 2 == 0 { 32u8 } else { 128 };
+        // A region of 2^span addresses at a random place, holding prefixes of at most
+        // 2^host addresses: short enough that none covers much of the region.
+        let span = 10 + (rng.next() % 11) as u32;
+        let host = (rng.next() % u64::from(span - 7)) as u32;
+        let base = rng.wide() & mask(width) & !((1u128 << (128 - u32::from(width) + span)) - 1);
+        let n = 300 + (rng.next() % 400) as usize;
+        let list: Vec<Prefix> = (0..n)
+            .map(|_| {
+                let len = u32::from(width) - (rng.next() % u64::from(host + 1)) as u32;
+                let offset = (rng.wide() >> (128 - span)) << (128 - u32::from(width));
+                Prefix::new(base | offset, len as u8)
+            })
+            .collect();
+        seen += groups(&Memory::compile(&list, width).compiled);
+        check(&list, width);
+    }
+    assert!(seen >= 16, "{seen} groups in 16 lists");
+}
+
 #[test]
 fn random_lists_match_a_linear_scan() {
     let mut rng = Rng(42);
@@ -372,10 +493,12 @@ fn random_lists_stay_within_the_node_budget() {
         let v4_nodes = v4.nodes.len() / Shape::V4.fanout();
         let v6_nodes = v6.nodes.len() / Shape::V6.fanout();
         eprintln!(
-            "{cidrs} CIDRs: nodes v4 {v4_nodes} (tails {}), v6 {v6_nodes} (tails {}); \
-             budget v4 {} a half, maps {} MiB",
+            "{cidrs} CIDRs: nodes v4 {v4_nodes} (tails {}, groups {}), v6 {v6_nodes} (tails {}, \
+             groups {}); budget v4 {} a half, maps {} MiB",
             v4.tails.len(),
+            groups(&v4),
             v6.tails.len(),
+            groups(&v6),
             capacity.nodes_per_half_v4,
             capacity.bytes() >> 20
         );
