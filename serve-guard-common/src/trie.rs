@@ -8,14 +8,15 @@
 //! - A *slot* (`u32`) stands for a range of addresses (an aligned prefix): [`SLOT_EMPTY`] (no
 //!   address of the range is allowed), [`SLOT_FULL`] (every address is), a *tail* (exactly the
 //!   addresses of one listed prefix inside the range are; [`TAIL_TAG`] | index into the tails
-//!   map), a *node* ([`NODE_BASE`] + index into the nodes map), or a *group* ([`GROUP_TAG`] |
-//!   index of the first of 16 consecutive nodes).
-//! - A group is level compression where the list is dense: it stands for a node that is not
-//!   stored, whose children are all nodes, stored in order from the group's index. The walk
-//!   takes the child from the next stride of the address instead of reading it from the node,
-//!   then reads that child's slot on the stride after: two strides for one read. The compiler
-//!   makes one only where at least [`GROUP_MIN_NODES`] of the 16 children are nodes anyway, so
-//!   a list never needs more nodes than without groups.
+//!   map), a *node* ([`NODE_BASE`] + index into the nodes map), or a *group* ([`GROUP_TAG`],
+//!   [`GROUP_DEEP`] for depth 2, | index of the group's first node).
+//! - A group is level compression where the list is dense: it stands for one level of nodes
+//!   (depth 1: a node) or two (depth 2: a node and its 16 children) that are not stored; the
+//!   nodes below them are, all 16 or 256 of them, in address order from the group's index. The
+//!   walk takes the node from the next one or two strides of the address instead of reading
+//!   it, then reads that node's slot on the stride after: two or three strides for one read.
+//!   The compiler makes groups where the list fills the range densely (docs/lookup.md), and
+//!   only those that take no more nodes than they replace when the list is near its budget.
 //! - A directory is stored as blocks of [`DIR_BLOCK_SLOTS`] (array elements are padded to 8
 //!   bytes: one `u32` each would double it). IPv4's is 1 KiB a half: a /16 directory (256 KiB)
 //!   was measured and missed the caches and the TLB for denied sources spread over the whole
@@ -66,13 +67,14 @@ pub const SLOT_FULL: u32 = 1;
 pub const NODE_BASE: u32 = 2;
 /// High bit set: the rest of the slot indexes the tails map.
 pub const TAIL_TAG: u32 = 1 << 31;
-/// Next bit set (and not the high one): the rest of the slot is the index of a group's first
-/// node. A program of the layout before groups reads one as a node past its map, and denies.
+/// Next bit set (and not the high one): a group; the rest of the slot but [`GROUP_DEEP`] is the
+/// index of its first node. A program of the layout before groups reads one as a node past its
+/// map, and denies.
 pub const GROUP_TAG: u32 = 1 << 30;
-/// The fewest of a node's children that must be nodes for the compiler to store them as a
-/// group instead: a group stores all 16 children, so with 15 it takes as many nodes as the
-/// node it replaces and its children did, with 16 one fewer.
-pub const GROUP_MIN_NODES: usize = 15;
+/// In a group slot: depth 2 (two levels not stored, 256 nodes) instead of 1 (16 nodes).
+pub const GROUP_DEEP: u32 = 1 << 29;
+/// The most levels one group stands for.
+pub const GROUP_MAX_DEPTH: u32 = 2;
 
 /// Index of each family's root slot in the roots map.
 pub const ROOT_V4: u32 = 0;
@@ -160,9 +162,13 @@ const _: () =
     assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v4_entries() as u64 <= GROUP_TAG as u64);
 const _: () =
     assert!(NODE_BASE as u64 + LARGEST_CAPACITY.nodes_v6_entries() as u64 <= GROUP_TAG as u64);
-// The threshold counts children of one node, in either family.
-const _: () = assert!(GROUP_MIN_NODES >= 1 && GROUP_MIN_NODES <= V4_FANOUT);
-const _: () = assert!(GROUP_MIN_NODES <= V6_FANOUT);
+// A group's first node index and the last one it names fit below the depth bit.
+const _: () = assert!(
+    LARGEST_CAPACITY.nodes_v6_entries() as u64 + (1 << (2 * V6_STRIDE)) < GROUP_DEEP as u64
+);
+const _: () = assert!(
+    LARGEST_CAPACITY.nodes_v4_entries() as u64 + (1 << (2 * V4_STRIDE)) < GROUP_DEEP as u64
+);
 const _: () = assert!((LARGEST_CAPACITY.tails_entries() as u64) < TAIL_TAG as u64);
 // A root's node index is a directory half.
 const _: () = assert!(NODE_BASE as u64 + (HALVES as u64) < TAIL_TAG as u64);
@@ -214,8 +220,12 @@ pub enum Slot {
     Full,
     Node(u32),
     Tail(u32),
-    /// The index of the first of a group's nodes.
-    Group(u32),
+    /// The index of the first of a group's nodes, and the levels of nodes it stands for (1 or
+    /// [`GROUP_MAX_DEPTH`]).
+    Group {
+        first: u32,
+        depth: u32,
+    },
 }
 
 impl Slot {
@@ -228,7 +238,10 @@ impl Slot {
         } else if raw & TAIL_TAG != 0 {
             Slot::Tail(raw & !TAIL_TAG)
         } else if raw & GROUP_TAG != 0 {
-            Slot::Group(raw & !GROUP_TAG)
+            Slot::Group {
+                first: raw & !(GROUP_TAG | GROUP_DEEP),
+                depth: if raw & GROUP_DEEP != 0 { 2 } else { 1 },
+            }
         } else {
             Slot::Node(raw - NODE_BASE)
         }
@@ -241,7 +254,15 @@ impl Slot {
             Slot::Full => SLOT_FULL,
             Slot::Node(index) => NODE_BASE + index,
             Slot::Tail(index) => TAIL_TAG | index,
-            Slot::Group(index) => GROUP_TAG | index,
+            Slot::Group { first, depth } => {
+                GROUP_TAG
+                    | if depth >= GROUP_MAX_DEPTH {
+                        GROUP_DEEP
+                    } else {
+                        0
+                    }
+                    | first
+            }
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The allow-list lookup (layout in `serve_guard_common::trie`): the family's root slot, one
 //! slot of its directory (IPv4: /8, IPv6: /16), then at most one node per nibble below it (one
-//! per two where the list is dense: groups), each an inlined array lookup, and maybe a tail.
+//! per two or three where the list is dense: groups), each an inlined array lookup, and maybe a
+//! tail.
 //! Its cost depends on how many nodes the list puts on the address's path and, under many
 //! sources, on how many of them are still in cache (docs/lookup.md).
 
 use serve_guard_common::trie::{
-    DirBlock, HALVES, ROOT_V4, ROOT_V6, Slot, V4_DIR_BLOCKS, V4_LEVELS, V6_DIR_BLOCKS, V6_LEVELS,
-    dir_index_v4, dir_index_v6, dir_position, slot_v4, slot_v6,
+    DirBlock, HALVES, ROOT_V4, ROOT_V6, Slot, V4_DIR_BLOCKS, V4_LEVELS, V4_STRIDE, V6_DIR_BLOCKS,
+    V6_LEVELS, V6_STRIDE, dir_index_v4, dir_index_v6, dir_position, slot_v4, slot_v6,
 };
 
 use aya_ebpf::maps::Array;
@@ -19,28 +20,29 @@ enum Step {
     Done(bool),
     /// The slot to decode at the next level.
     Next(u32),
-    /// The slot to decode at the level after the next (a group took two strides).
-    Skip(u32),
+    /// The slot to decode after skipping this many levels (a group's depth).
+    Skip(u32, u32),
 }
 
 /// Writes the walk out level by level, `$step` with each level as a constant. Kernels before
 /// ~6.3 reject a loop whose last instruction falls through to its head ("back-edge"), which is
 /// what LLVM makes of a `for` over the levels; straight-line code loads everywhere from 5.10 on.
-/// A group jumps forward over one level, which keeps every level's stride a constant: the
-/// verifier sees each level at most twice (reached or skipped), not once per path.
+/// A group jumps forward over one or two levels, which keeps every level's stride a constant:
+/// the verifier sees each level at most three times (reached, or skipped with one or two left),
+/// not once per path.
 macro_rules! walk {
     ($step:ident, $slot:ident, $addr:ident, [$($level:literal)*]) => {
-        let mut skip = false;
+        let mut skip = 0u32;
         $(
-            if skip {
-                skip = false;
+            if skip > 0 {
+                skip -= 1;
             } else {
                 match $step($slot, $addr, $level) {
                     Step::Done(allowed) => return allowed,
                     Step::Next(next) => $slot = next,
-                    Step::Skip(next) => {
+                    Step::Skip(levels, next) => {
                         $slot = next;
-                        skip = true;
+                        skip = levels;
                     }
                 }
             }
@@ -98,12 +100,23 @@ fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
             Some(node) => Step::Next(node.slots[slot_v4(addr, level)]),
             None => Step::Done(false),
         },
-        // A group's children are nodes of the level below: none below the deepest.
-        Slot::Group(_) if level >= V4_LEVELS => Step::Done(false),
-        Slot::Group(first) => match NODES_V4.get(first + slot_v4(addr, level) as u32) {
-            Some(node) => Step::Skip(node.slots[slot_v4(addr, level + 1)]),
-            None => Step::Done(false),
-        },
+        // The node a group names, from the strides it stands for, and that node's slot on the
+        // stride after; none below the deepest level. `level` is a constant: the depths that
+        // fit are decided when the walk is compiled.
+        Slot::Group { first, depth } => {
+            let (offset, next) = if depth == 1 && level < V4_LEVELS {
+                (slot_v4(addr, level), slot_v4(addr, level + 1))
+            } else if depth == 2 && level + 1 < V4_LEVELS {
+                let offset = slot_v4(addr, level) << V4_STRIDE | slot_v4(addr, level + 1);
+                (offset, slot_v4(addr, level + 2))
+            } else {
+                return Step::Done(false);
+            };
+            match NODES_V4.get(first + offset as u32) {
+                Some(node) => Step::Skip(depth, node.slots[next]),
+                None => Step::Done(false),
+            }
+        }
     }
 }
 
@@ -135,10 +148,19 @@ fn step_v6(slot: u32, addr: [u64; 2], level: usize) -> Step {
             Some(node) => Step::Next(node.slots[slot_v6(addr, level)]),
             None => Step::Done(false),
         },
-        Slot::Group(_) if level >= V6_LEVELS => Step::Done(false),
-        Slot::Group(first) => match NODES_V6.get(first + slot_v6(addr, level) as u32) {
-            Some(node) => Step::Skip(node.slots[slot_v6(addr, level + 1)]),
-            None => Step::Done(false),
-        },
+        Slot::Group { first, depth } => {
+            let (offset, next) = if depth == 1 && level < V6_LEVELS {
+                (slot_v6(addr, level), slot_v6(addr, level + 1))
+            } else if depth == 2 && level + 1 < V6_LEVELS {
+                let offset = slot_v6(addr, level) << V6_STRIDE | slot_v6(addr, level + 1);
+                (offset, slot_v6(addr, level + 2))
+            } else {
+                return Step::Done(false);
+            };
+            match NODES_V6.get(first + offset as u32) {
+                Some(node) => Step::Skip(depth, node.slots[next]),
+                None => Step::Done(false),
+            }
+        }
     }
 }

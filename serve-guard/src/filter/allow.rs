@@ -244,7 +244,7 @@ impl<const F: usize, Tail: TailFormat> Family<F, Tail> {
     fn live_half(root: u32) -> Option<u32> {
         match Slot::decode(root) {
             Slot::Node(half) => Some(half),
-            Slot::Empty | Slot::Full | Slot::Tail(_) | Slot::Group(_) => None,
+            Slot::Empty | Slot::Full | Slot::Tail(_) | Slot::Group { .. } => None,
         }
     }
 
@@ -259,12 +259,15 @@ impl<const F: usize, Tail: TailFormat> Family<F, Tail> {
             node: spare * self.nodes_per_half,
             tail: spare * self.tails_per_half,
         };
-        let Compiled {
-            root,
-            dir,
-            nodes,
-            tails,
-        } = trie::compile(prefixes, self.shape, bases);
+        let (
+            Compiled {
+                root,
+                dir,
+                nodes,
+                tails,
+            },
+            _,
+        ) = trie::compile_within(prefixes, self.shape, bases, self.nodes_per_half as usize);
         let nodes: Vec<Slots<F>> = nodes
             .as_chunks::<F>()
             .0

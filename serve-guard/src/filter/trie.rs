@@ -6,7 +6,7 @@
 //! tails' format differs.
 
 use serve_guard_common::trie::{
-    GROUP_MIN_NODES, Slot, V4_BITS, V4_DIR_BITS, V4_STRIDE, V6_BITS, V6_DIR_BITS, V6_STRIDE,
+    GROUP_MAX_DEPTH, Slot, V4_BITS, V4_DIR_BITS, V4_STRIDE, V6_BITS, V6_DIR_BITS, V6_STRIDE,
 };
 
 /// A prefix as the compiler sees it: left-aligned address bits, host bits clear, and its length.
@@ -116,20 +116,34 @@ pub struct Bases {
     pub tail: u32,
 }
 
-/// Compiles `prefixes` (any order, overlaps allowed: an address is allowed iff some prefix
-/// contains it) into a directory, nodes and tails numbered from `bases`.
-pub fn compile(prefixes: &[Prefix], shape: Shape, bases: Bases) -> Compiled {
-    compile_grouping(prefixes, shape, bases, GROUP_MIN_NODES)
+/// Where the compiler stores nodes as groups (level compression, `serve_guard_common::trie`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grouping {
+    /// Never: the structure before groups, which tests compare with.
+    Never,
+    /// Only where a group takes no more nodes than the node(s) it replaces with their children:
+    /// a list never needs more nodes than without groups.
+    Free,
+    /// Also a depth-2 group where at least a quarter of its 256 nodes would be nodes anyway
+    /// (the top of a list of hundreds of thousands, whose ranges the list covers whole or in
+    /// part): at most four times the nodes there, for one read fewer on every address below.
+    Dense,
 }
 
-/// [`compile`], making a group of a node with at least `group_min_nodes` node children (more
-/// than the fanout: no groups, the structure before them, which tests compare with).
-fn compile_grouping(
-    prefixes: &[Prefix],
-    shape: Shape,
-    bases: Bases,
-    group_min_nodes: usize,
-) -> Compiled {
+impl Grouping {
+    /// Whether a group of `depth` storing `nodes` nodes may replace `replaced` nodes.
+    fn allows(self, depth: u32, replaced: usize, nodes: usize) -> bool {
+        match self {
+            Grouping::Never => false,
+            Grouping::Dense if depth == GROUP_MAX_DEPTH => replaced * 4 >= nodes,
+            Grouping::Free | Grouping::Dense => replaced >= nodes,
+        }
+    }
+}
+
+/// Compiles `prefixes` (any order, overlaps allowed: an address is allowed iff some prefix
+/// contains it) into a directory, nodes and tails numbered from `bases`.
+pub fn compile(prefixes: &[Prefix], shape: Shape, bases: Bases, grouping: Grouping) -> Compiled {
     let disjoint = disjoint(prefixes);
     let mut out = Compiled::default();
     if disjoint.is_empty() {
@@ -139,7 +153,7 @@ fn compile_grouping(
     let mut builder = Builder {
         shape,
         bases,
-        group_min_nodes,
+        grouping,
         out: &mut out,
     };
     let dir = builder.split(&disjoint, 0);
@@ -147,6 +161,25 @@ fn compile_grouping(
     out.dir = dir;
     out.root = Slot::Node(bases.half).encode();
     out
+}
+
+/// [`compile`] for maps of `node_budget` nodes a half: dense groups where the budget has room
+/// for them, else only free ones, which fit wherever the list without groups fits. The caller
+/// still checks the result against the budget (a list may not fit at all).
+pub fn compile_within(
+    prefixes: &[Prefix],
+    shape: Shape,
+    bases: Bases,
+    node_budget: usize,
+) -> (Compiled, Grouping) {
+    let dense = compile(prefixes, shape, bases, Grouping::Dense);
+    if dense.nodes.len() / shape.fanout() <= node_budget {
+        return (dense, Grouping::Dense);
+    }
+    (
+        compile(prefixes, shape, bases, Grouping::Free),
+        Grouping::Free,
+    )
 }
 
 /// Sorted, without prefixes another one contains: what remains is pairwise disjoint.
@@ -167,7 +200,7 @@ fn disjoint(prefixes: &[Prefix]) -> Vec<Prefix> {
 struct Builder<'a> {
     shape: Shape,
     bases: Bases,
-    group_min_nodes: usize,
+    grouping: Grouping,
     out: &'a mut Compiled,
 }
 
@@ -188,26 +221,49 @@ impl Builder<'_> {
                 // Two disjoint prefixes in one range: the range is wider than one address, so
                 // the node's level exists.
                 let children = self.shape.children(prefixes, level + 1);
-                let nodes = children.iter().filter(|c| c.len() >= 2).count();
-                // Children that are nodes sit at level + 2, so that level exists.
-                if nodes >= self.group_min_nodes {
-                    let first = self.reserve(children.len());
-                    for (n, child) in children.iter().enumerate() {
-                        let slots = self.split(child, level + 2);
-                        self.place(first + n, &slots);
-                    }
-                    Slot::Group(self.bases.node + first as u32).encode()
-                } else {
-                    let local = self.reserve(1);
-                    let slots: Vec<u32> = children
+                // The node, and its children that are nodes.
+                let replaced = 1 + children.iter().filter(|c| c.len() >= 2).count();
+                let levels = self.shape.levels();
+                if level + GROUP_MAX_DEPTH < levels {
+                    let grandchildren: Vec<&[Prefix]> = children
                         .iter()
-                        .map(|child| self.slot(child, level + 1))
+                        .flat_map(|child| self.shape.children(child, level + 2))
                         .collect();
-                    self.place(local, &slots);
-                    Slot::Node(self.bases.node + local as u32).encode()
+                    let replaced = replaced + grandchildren.iter().filter(|c| c.len() >= 2).count();
+                    if self
+                        .grouping
+                        .allows(GROUP_MAX_DEPTH, replaced, grandchildren.len())
+                    {
+                        return self.group(&grandchildren, level, GROUP_MAX_DEPTH);
+                    }
                 }
+                if level + 1 < levels && self.grouping.allows(1, replaced, children.len()) {
+                    return self.group(&children, level, 1);
+                }
+                let local = self.reserve(1);
+                let slots: Vec<u32> = children
+                    .iter()
+                    .map(|child| self.slot(child, level + 1))
+                    .collect();
+                self.place(local, &slots);
+                Slot::Node(self.bases.node + local as u32).encode()
             }
         }
+    }
+
+    /// A group standing for the `depth` levels below a child range of `level`: one node per
+    /// range of `ranges` (the ranges `depth` strides below, in address order).
+    fn group(&mut self, ranges: &[&[Prefix]], level: u32, depth: u32) -> u32 {
+        let first = self.reserve(ranges.len());
+        for (n, range) in ranges.iter().enumerate() {
+            let slots = self.split(range, level + depth + 1);
+            self.place(first + n, &slots);
+        }
+        Slot::Group {
+            first: self.bases.node + first as u32,
+            depth,
+        }
+        .encode()
     }
 
     /// The slots of the node (or directory) at `level` over a range holding exactly
@@ -248,6 +304,19 @@ impl Shape {
             self.fanout()
         };
         let child_len = self.child_len(level);
+        // A prefix that covers the whole range (inside a group: a child it covered with its
+        // neighbours) covers every child.
+        let range_len = child_len
+            - if level == 0 {
+                self.dir_bits
+            } else {
+                self.stride
+            };
+        if let [p] = prefixes
+            && u32::from(p.len) <= range_len
+        {
+            return vec![prefixes; fanout];
+        }
         let mut children: Vec<&[Prefix]> = vec![&[]; fanout];
         let mut rest = prefixes;
         while let Some(p) = rest.first() {
@@ -336,16 +405,21 @@ fn walk(
             }
             walk_node(index, bits, level + 1, shape, source, out)?;
         }
-        Slot::Group(first) => {
-            if level + 1 >= shape.levels() {
+        Slot::Group { first, depth } => {
+            if level + depth >= shape.levels() {
                 return Err(Corrupt(format!("group {first} is deeper than the address")));
             }
-            for n in 0..shape.fanout() {
+            let stride = shape.stride;
+            for n in 0..1usize << (stride * depth) {
                 let node = first
                     .checked_add(n as u32)
                     .ok_or_else(|| Corrupt(format!("group {first} is past the map")))?;
-                let child_bits = shape.child_bits(bits, level + 1, n);
-                walk_node(node, child_bits, level + 2, shape, source, out)?;
+                // The node's range: the group's range, then one stride of `n` per level.
+                let range = (0..depth).fold(bits, |range, i| {
+                    let digit = (n >> (stride * (depth - 1 - i))) & (shape.fanout() - 1);
+                    shape.child_bits(range, level + 1 + i, digit)
+                });
+                walk_node(node, range, level + depth + 1, shape, source, out)?;
             }
         }
     }
@@ -411,15 +485,21 @@ pub fn lookup(root: u32, addr: u128, shape: Shape, source: &impl TrieSource) -> 
                 }
                 level += 1;
             }
-            Slot::Group(_) if level >= shape.levels() => return (false, reads),
-            Slot::Group(first) => {
+            Slot::Group { depth, .. } if level + depth > shape.levels() => return (false, reads),
+            Slot::Group { first, depth } => {
                 reads += 1;
-                let node = first.checked_add(shape.index(addr, level) as u32);
-                match node.and_then(|node| source.node_slot(node, shape.index(addr, level + 1))) {
+                let offset = (level..level + depth).fold(0, |offset, l| {
+                    offset << shape.stride | shape.index(addr, l) as u32
+                });
+                let index = shape.index(addr, level + depth);
+                match first
+                    .checked_add(offset)
+                    .and_then(|node| source.node_slot(node, index))
+                {
                     Some(next) => slot = next,
                     None => return (false, reads),
                 }
-                level += 2;
+                level += depth + 1;
             }
         }
     }

@@ -28,7 +28,7 @@ impl Memory {
         Self {
             shape,
             bases,
-            compiled: compile(prefixes, shape, bases),
+            compiled: compile(prefixes, shape, bases, Grouping::Dense),
         }
     }
 
@@ -313,7 +313,7 @@ fn groups(compiled: &Compiled) -> usize {
         .dir
         .iter()
         .chain(&compiled.nodes)
-        .filter(|&&s| matches!(Slot::decode(s), Slot::Group(_)))
+        .filter(|&&s| matches!(Slot::decode(s), Slot::Group { .. }))
         .count()
 }
 
@@ -326,7 +326,7 @@ fn two_in_each_slash12(children: u8) -> Vec<Prefix> {
 }
 
 /// A node with 15 or 16 node children is stored as a group: its slot (here the directory's)
-/// names the first of 16 consecutive nodes, and the walk reads one node for the two strides.
+/// names the first of 16 consecutive nodes, and the walk reads one node for two strides.
 /// With 14 it stays a node.
 #[test]
 fn dense_nodes_become_groups_read_once_for_two_strides() {
@@ -334,11 +334,12 @@ fn dense_nodes_become_groups_read_once_for_two_strides() {
         let list = two_in_each_slash12(children);
         let memory = Memory::compile(&list, 32);
         let slot = Slot::decode(memory.compiled.dir[198]);
-        assert_eq!(
-            matches!(slot, Slot::Group(_)),
-            grouped,
-            "{children}: {slot:?}"
-        );
+        let expected = grouped.then_some(1);
+        let depth = match slot {
+            Slot::Group { depth, .. } => Some(depth),
+            _ => None,
+        };
+        assert_eq!(depth, expected, "{children}: {slot:?}");
         let (allowed, reads) = lookup(
             memory.compiled.root,
             v4_addr([198, 16, 0, 2]),
@@ -352,28 +353,81 @@ fn dense_nodes_become_groups_read_once_for_two_strides() {
     }
 }
 
-/// A group never takes more nodes than the node and children it replaces: 16 children that
-/// are nodes save the group's own node, 15 take as many.
+/// Free groups never take more nodes than the node(s) and children they replace: 16 children
+/// that are nodes save the group's own node, 15 take as many; without groups, as many.
 #[test]
-fn groups_never_take_more_nodes() {
+fn free_groups_never_take_more_nodes() {
+    let bases = Bases {
+        half: 0,
+        node: 0,
+        tail: 0,
+    };
+    let nodes = |list: &[Prefix], grouping| compile(list, Shape::V4, bases, grouping).nodes.len();
     for children in [14, 15, 16] {
         let list = two_in_each_slash12(children);
-        let bases = Bases {
-            half: 0,
-            node: 0,
-            tail: 0,
-        };
-        let grouped = compile(&list, Shape::V4, bases).nodes.len();
-        let plain = compile_grouping(&list, Shape::V4, bases, usize::MAX)
-            .nodes
-            .len();
+        let saved = if children == 16 { 1 } else { 0 };
         let fanout = Shape::V4.fanout();
-        let saved = match children {
-            16 => 1,
-            _ => 0,
-        };
-        assert_eq!(grouped / fanout + saved, plain / fanout, "{children}");
+        assert_eq!(
+            nodes(&list, Grouping::Free) / fanout + saved,
+            nodes(&list, Grouping::Never) / fanout,
+            "{children}"
+        );
     }
+    let mut rng = Rng(5);
+    for _ in 0..8 {
+        let list = random_v4(&mut rng, 20_000);
+        assert!(nodes(&list, Grouping::Free) <= nodes(&list, Grouping::Never));
+    }
+}
+
+/// Random IPv4 /16-/28 anywhere, as the benchmark's lists.
+fn random_v4(rng: &mut Rng, n: usize) -> Vec<Prefix> {
+    (0..n)
+        .map(|_| {
+            let len = 16 + (rng.next() % 13) as u8;
+            Prefix::new(u128::from(rng.next() as u32) << 96, len)
+        })
+        .collect()
+}
+
+/// Two prefixes in each /24 of 198.18.0.0/16, but the /16's first /20 covered whole: every /20
+/// and every /24 below it is a node but 16 (the covered ones), so the directory slot is a
+/// depth-2 group of 256 nodes (one per /24); the walk reads one node for three strides.
+#[test]
+fn dense_ranges_become_depth_two_groups_read_once_for_three_strides() {
+    let mut list = vec![v4([198, 18, 0, 0], 20)];
+    list.extend((16..=255u8).flat_map(|n| [v4([198, 18, n, 1], 32), v4([198, 18, n, 200], 30)]));
+    let memory = Memory::compile(&list, 32);
+    // The directory's /8 holds one /16: the /8's node and the /12's stay nodes; the /16's
+    // slot in the /12's node is the group.
+    assert_eq!(groups(&memory.compiled), 1);
+    let (allowed, reads) = lookup(
+        memory.compiled.root,
+        v4_addr([198, 18, 77, 1]),
+        Shape::V4,
+        &memory,
+    );
+    assert!(allowed);
+    // Root, directory, /8's node, /12's node, the group's /24 node, the /28 node: 6, against 8.
+    assert_eq!(reads, 6);
+    let bases = Bases {
+        half: 0,
+        node: 0,
+        tail: 0,
+    };
+    let never = compile(&list, Shape::V4, bases, Grouping::Never);
+    let (_, plain) = lookup(
+        never.root,
+        v4_addr([198, 18, 77, 1]),
+        Shape::V4,
+        &Memory {
+            shape: Shape::V4,
+            bases,
+            compiled: never,
+        },
+    );
+    assert_eq!(plain, 8);
+    check(&list, 32);
 }
 
 /// Groups at the deepest level they can be (their children the last nodes, on the address's
@@ -488,13 +542,23 @@ fn random_lists_stay_within_the_node_budget() {
             node: 0,
             tail: 0,
         };
-        let v4 = compile(&v4_list, Shape::V4, bases);
-        let v6 = compile(&v6_list, Shape::V6, bases);
+        let (v4, v4_grouping) = compile_within(
+            &v4_list,
+            Shape::V4,
+            bases,
+            capacity.nodes_per_half_v4 as usize,
+        );
+        let (v6, v6_grouping) = compile_within(
+            &v6_list,
+            Shape::V6,
+            bases,
+            capacity.nodes_per_half_v6 as usize,
+        );
         let v4_nodes = v4.nodes.len() / Shape::V4.fanout();
         let v6_nodes = v6.nodes.len() / Shape::V6.fanout();
         eprintln!(
-            "{cidrs} CIDRs: nodes v4 {v4_nodes} (tails {}, groups {}), v6 {v6_nodes} (tails {}, \
-             groups {}); budget v4 {} a half, maps {} MiB",
+            "{cidrs} CIDRs: nodes v4 {v4_nodes} (tails {}, groups {} {v4_grouping:?}), v6 \
+             {v6_nodes} (tails {}, groups {} {v6_grouping:?}); budget v4 {} a half, maps {} MiB",
             v4.tails.len(),
             groups(&v4),
             v6.tails.len(),
