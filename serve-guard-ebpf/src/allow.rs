@@ -6,8 +6,9 @@
 //! sources, on how many of them are still in cache (docs/lookup.md).
 
 use serve_guard_common::trie::{
-    DirBlock, HALVES, ROOT_V4, ROOT_V6, Slot, V4_DIR_BLOCKS, V4_LEVELS, V4_STRIDE, V6_DIR_BLOCKS,
-    V6_LEVELS, V6_STRIDE, dir_index_v4, dir_index_v6, dir_position, slot_v4, slot_v6,
+    DirBlock, HALVES, ROOT_V4, ROOT_V6, SLOT_EMPTY, Slot, V4_DIR_BLOCKS, V4_LEVELS, V4_STRIDE,
+    V6_DIR_BLOCKS, V6_LEVELS, V6_STRIDE, dir_index_v4, dir_index_v6, dir_position, slot_v4,
+    slot_v6,
 };
 
 use aya_ebpf::maps::Array;
@@ -16,38 +17,42 @@ use crate::maps::{DIR_V4, DIR_V6, NODES_V4, NODES_V6, ROOTS, TAILS_V4, TAILS_V6}
 
 /// What one level of the walk found.
 enum Step {
-    /// The answer.
-    Done(bool),
+    /// A slot that is not a node or a group (empty, full, a tail: judged once, after the
+    /// walk), or empty for a structure the walk cannot follow.
+    Stop(u32),
     /// The slot to decode at the next level.
     Next(u32),
     /// The slot to decode after skipping this many levels (a group's depth).
     Skip(u32, u32),
 }
 
-/// Writes the walk out level by level, `$step` with each level as a constant. Kernels before
-/// ~6.3 reject a loop whose last instruction falls through to its head ("back-edge"), which is
-/// what LLVM makes of a `for` over the levels; straight-line code loads everywhere from 5.10 on.
-/// A group jumps forward over one or two levels, which keeps every level's stride a constant:
-/// the verifier sees each level at most three times (reached, or skipped with one or two left),
-/// not once per path.
+/// Writes the walk out level by level, `$step` with each level as a constant, and evaluates to
+/// the slot it stopped at. Kernels before ~6.3 reject a loop whose last instruction falls
+/// through to its head ("back-edge"), which is what LLVM makes of a `for` over the levels;
+/// straight-line code loads everywhere from 5.10 on. A group jumps forward over one or two
+/// levels, which keeps every level's stride a constant: the verifier sees each level at most
+/// three times (reached, or skipped with one or two left), not once per path.
 macro_rules! walk {
     ($step:ident, $slot:ident, $addr:ident, [$($level:literal)*]) => {
-        let mut skip = 0u32;
-        $(
-            if skip > 0 {
-                skip -= 1;
-            } else {
-                match $step($slot, $addr, $level) {
-                    Step::Done(allowed) => return allowed,
-                    Step::Next(next) => $slot = next,
-                    Step::Skip(levels, next) => {
-                        $slot = next;
-                        skip = levels;
+        'walk: {
+            let mut skip = 0u32;
+            $(
+                if skip > 0 {
+                    skip -= 1;
+                } else {
+                    match $step($slot, $addr, $level) {
+                        Step::Stop(leaf) => break 'walk leaf,
+                        Step::Next(next) => $slot = next,
+                        Step::Skip(levels, next) => {
+                            $slot = next;
+                            skip = levels;
+                        }
                     }
                 }
-            }
-        )*
-        let _ = skip;
+            )*
+            let _ = (skip, $slot);
+            SLOT_EMPTY
+        }
     };
 }
 
@@ -71,34 +76,41 @@ fn directory(family: u32, map: &Array<DirBlock>, blocks: u32, index: u32) -> Opt
 }
 
 /// Whether `addr` (network order) is inside a listed IPv4 CIDR.
-#[inline(always)]
+///
+/// A BPF subprogram, not inlined: inlined into the parser's function (three call sites), the
+/// walk's unrolled levels shared its registers with the parser's offsets, LLVM spilled and
+/// merged across both, one inlined copy of it made the verifier refuse the parser ("pointer
+/// arithmetic with >>= operator prohibited", a stack slot reused on a path the verifier cannot
+/// rule out), and a walk ending on a tail several levels down cost 7-15 ns more than its reads
+/// (docs/lookup.md). As a call it costs 2-3 ns on every protected packet.
+#[inline(never)]
 pub fn allowed_v4(addr: [u8; 4]) -> bool {
     let addr = u32::from_be_bytes(addr);
     let Some(mut slot) = directory(ROOT_V4, &DIR_V4, V4_DIR_BLOCKS, dir_index_v4(addr)) else {
         return false;
     };
     // One more round than levels: the last one reads the slot the deepest node gave.
-    walk!(step_v4, slot, addr, [1 2 3 4 5 6 7]);
-    let _ = slot;
-    false
+    let leaf = walk!(step_v4, slot, addr, [1 2 3 4 5 6 7]);
+    // One copy of the tail's check, whatever the level the walk stopped at.
+    match Slot::decode(leaf) {
+        Slot::Full => true,
+        Slot::Tail(index) => TAILS_V4
+            .get(index)
+            .is_some_and(|tail| addr & tail.mask == tail.prefix),
+        Slot::Empty | Slot::Node(_) | Slot::Group { .. } => false,
+    }
 }
 
 #[inline(always)]
 fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
     match Slot::decode(slot) {
-        Slot::Empty => Step::Done(false),
-        Slot::Full => Step::Done(true),
-        Slot::Tail(index) => Step::Done(
-            TAILS_V4
-                .get(index)
-                .is_some_and(|tail| addr & tail.mask == tail.prefix),
-        ),
+        Slot::Empty | Slot::Full | Slot::Tail(_) => Step::Stop(slot),
         // The compiler never nests nodes deeper than the address has strides; a corrupt
         // structure that does is treated as empty.
-        Slot::Node(_) if level > V4_LEVELS => Step::Done(false),
+        Slot::Node(_) if level > V4_LEVELS => Step::Stop(SLOT_EMPTY),
         Slot::Node(index) => match NODES_V4.get(index) {
             Some(node) => Step::Next(node.slots[slot_v4(addr, level)]),
-            None => Step::Done(false),
+            None => Step::Stop(SLOT_EMPTY),
         },
         // The node a group names, from the strides it stands for, and that node's slot on the
         // stride after; none below the deepest level. `level` is a constant: the depths that
@@ -110,43 +122,45 @@ fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
                 let offset = slot_v4(addr, level) << V4_STRIDE | slot_v4(addr, level + 1);
                 (offset, slot_v4(addr, level + 2))
             } else {
-                return Step::Done(false);
+                return Step::Stop(SLOT_EMPTY);
             };
             match NODES_V4.get(first + offset as u32) {
                 Some(node) => Step::Skip(depth, node.slots[next]),
-                None => Step::Done(false),
+                None => Step::Stop(SLOT_EMPTY),
             }
         }
     }
 }
 
-/// Whether `addr` (network order) is inside a listed IPv6 CIDR.
-#[inline(always)]
+/// Whether `addr` (network order) is inside a listed IPv6 CIDR (a subprogram: see
+/// [`allowed_v4`]).
+#[inline(never)]
 pub fn allowed_v6(addr: [u8; 16]) -> bool {
     let addr = u128::from_be_bytes(addr);
     let addr = [(addr >> 64) as u64, addr as u64];
     let Some(mut slot) = directory(ROOT_V6, &DIR_V6, V6_DIR_BLOCKS, dir_index_v6(addr)) else {
         return false;
     };
-    walk!(step_v6, slot, addr, [
+    let leaf = walk!(step_v6, slot, addr, [
         1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29
     ]);
-    let _ = slot;
-    false
+    match Slot::decode(leaf) {
+        Slot::Full => true,
+        Slot::Tail(index) => TAILS_V6.get(index).is_some_and(|tail| {
+            addr[0] & tail.mask[0] == tail.prefix[0] && addr[1] & tail.mask[1] == tail.prefix[1]
+        }),
+        Slot::Empty | Slot::Node(_) | Slot::Group { .. } => false,
+    }
 }
 
 #[inline(always)]
 fn step_v6(slot: u32, addr: [u64; 2], level: usize) -> Step {
     match Slot::decode(slot) {
-        Slot::Empty => Step::Done(false),
-        Slot::Full => Step::Done(true),
-        Slot::Tail(index) => Step::Done(TAILS_V6.get(index).is_some_and(|tail| {
-            addr[0] & tail.mask[0] == tail.prefix[0] && addr[1] & tail.mask[1] == tail.prefix[1]
-        })),
-        Slot::Node(_) if level > V6_LEVELS => Step::Done(false),
+        Slot::Empty | Slot::Full | Slot::Tail(_) => Step::Stop(slot),
+        Slot::Node(_) if level > V6_LEVELS => Step::Stop(SLOT_EMPTY),
         Slot::Node(index) => match NODES_V6.get(index) {
             Some(node) => Step::Next(node.slots[slot_v6(addr, level)]),
-            None => Step::Done(false),
+            None => Step::Stop(SLOT_EMPTY),
         },
         Slot::Group { first, depth } => {
             let (offset, next) = if depth == 1 && level < V6_LEVELS {
@@ -155,11 +169,11 @@ fn step_v6(slot: u32, addr: [u64; 2], level: usize) -> Step {
                 let offset = slot_v6(addr, level) << V6_STRIDE | slot_v6(addr, level + 1);
                 (offset, slot_v6(addr, level + 2))
             } else {
-                return Step::Done(false);
+                return Step::Stop(SLOT_EMPTY);
             };
             match NODES_V6.get(first + offset as u32) {
                 Some(node) => Step::Skip(depth, node.slots[next]),
-                None => Step::Done(false),
+                None => Step::Stop(SLOT_EMPTY),
             }
         }
     }
