@@ -270,3 +270,22 @@ fn directed_frames_at_the_namespace_sockets_take_both_lookup_outcomes() {
         failures.join("\n")
     );
 }
+
+/// The fuzzer's allow-lists hold clusters dense enough to be stored as groups (scenario's
+/// `dense_v4`, `dense_v6`), so its frames judge the group path of the walk too: a host route of
+/// each cluster is reached with one read fewer than the nodes of every stride would take.
+#[test]
+fn the_fuzzers_lists_are_walked_through_groups() {
+    use serve_guard_tests::fuzz::scenario;
+    let program = scenario::program_in(0, false, Hook::Xdp).expect("load the scenario");
+    // 198.18.16.13: root, directory, then one node per stride below 198.0.0.0/8 (splitting on
+    // /12, /16, /20, /24, /28, /32): 8 without groups. The /24's node (its 16 /28s hold two
+    // host routes each but one) is a group: one read for the last two strides.
+    let v4 = "198.18.16.13".parse().expect("address");
+    assert!(program.lookup_allows(v4));
+    assert_eq!(program.lookup_reads(v4), 7);
+    // fd00:7::7: root, directory, one node per stride from /20 to /128: 30 without groups.
+    let v6 = "fd00:7::7".parse().expect("address");
+    assert!(program.lookup_allows(v6));
+    assert_eq!(program.lookup_reads(v6), 29);
+}
