@@ -91,10 +91,7 @@ impl Placement<'_> {
         ) {
             Ok((attached, handle)) => Ok(AtXdp::Attached(attached, handle)),
             Err(FilterError::AnotherProgram { interface, .. }) => {
-                let found = XdpHolder::of(ifindex).unwrap_or_else(|| XdpHolder {
-                    program: String::new(),
-                    id: 0,
-                });
+                let found = XdpHolder::of(ifindex).unwrap_or_default();
                 // Another agent's filter (another pin_dir): two agents on one interface is a
                 // mistake to point out, not to work around.
                 if found.program == PROGRAM_NAME {

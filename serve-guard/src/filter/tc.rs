@@ -29,8 +29,9 @@ const CLSACT_PRIORITY: u16 = 1;
 /// The filter's handle ("SG"): with the priority, where a restart finds it to replace it.
 const CLSACT_HANDLE: u32 = 0x5347;
 
-/// Who holds the interface's XDP hook (`status`, the log, the metrics).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Who holds the interface's XDP hook (`status`, the log, the metrics). The default, empty name
+/// and id 0, stands for a holder that could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XdpHolder {
     /// Empty when this process may not read it (see [`XdpHolder::of`]).
     pub program: String,

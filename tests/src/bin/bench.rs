@@ -434,15 +434,24 @@ pub(crate) const DISPATCHER_CASES: [&str; 2] = [
 ];
 
 enum Target<'a> {
-    Floor(&'a OwnedFd),
-    /// A program of the bench's own (bench/memory.rs).
-    Raw(&'a OwnedFd),
-    /// The empty TC classifier, and the filter's classifier (bench/tc.rs).
-    TcFloor(&'a OwnedFd),
+    /// A program loaded by its fd, and the hook it runs at (whose floor it is compared with):
+    /// the floors, the memory probes (bench/memory.rs), libxdp's dispatcher with the filter in
+    /// its first slot (bench/dispatcher.rs).
+    Program(&'a OwnedFd, Hook),
+    /// The filter's classifier (bench/tc.rs).
     FilterTc(&'a TestProgram),
-    /// libxdp's dispatcher with the filter in its first slot.
-    Dispatcher(&'a OwnedFd),
     Filter(&'a TestProgram),
+}
+
+impl Target<'_> {
+    /// The hook the target runs at: a TC target's floor is the empty classifier.
+    fn hook(&self) -> Hook {
+        match self {
+            Target::Program(_, hook) => *hook,
+            Target::Filter(_) => Hook::Xdp,
+            Target::FilterTc(_) => Hook::Tc,
+        }
+    }
 }
 
 pub(crate) struct Scenario<'a> {
@@ -482,9 +491,7 @@ impl<'a> Scenario<'a> {
 
     fn run(&mut self, repeat: u32) -> Result<()> {
         let fd = match &self.target {
-            Target::Floor(fd) | Target::Raw(fd) | Target::TcFloor(fd) | Target::Dispatcher(fd) => {
-                fd.as_fd()
-            }
+            Target::Program(fd, _) => fd.as_fd(),
             Target::Filter(program) => program.fd_of(Hook::Xdp)?,
             Target::FilterTc(program) => program.fd_of(Hook::Tc)?,
         };
@@ -644,7 +651,7 @@ fn main() -> Result<()> {
     let mut scenarios = vec![Scenario::new(
         FLOOR,
         None,
-        Target::Floor(&floor),
+        Target::Program(&floor, Hook::Xdp),
         v4_out.clone().tcp(HTTP).build(),
         XDP_PASS,
     )];
@@ -672,7 +679,7 @@ fn main() -> Result<()> {
     let mut rotating_floor = Scenario::new(
         ROTATING_FLOOR,
         None,
-        Target::Floor(&floor),
+        Target::Program(&floor, Hook::Xdp),
         Vec::new(),
         XDP_PASS,
     );
@@ -684,7 +691,7 @@ fn main() -> Result<()> {
     scenarios.push(Scenario::new(
         tc::TC_FLOOR,
         None,
-        Target::TcFloor(&tc_floor),
+        Target::Program(&tc_floor, Hook::Tc),
         v4_out.clone().tcp(HTTP).build(),
         TC_ACT_UNSPEC,
     ));
@@ -779,7 +786,7 @@ fn main() -> Result<()> {
             scenarios.push(Scenario::new(
                 name,
                 Some(programs[0].0),
-                Target::Dispatcher(&d.fd),
+                Target::Program(&d.fd, Hook::Xdp),
                 frame,
                 verdict,
             ));

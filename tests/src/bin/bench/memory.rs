@@ -8,7 +8,7 @@
 use super::{HTTP, ROTATING_FLOOR, ROTATING_SOURCES, SERVER_V4, Scenario, Target, find};
 use anyhow::{Context as _, Result};
 use serve_guard_tests::frames::Frame;
-use serve_guard_tests::program::{MemoryProbe, XDP_PASS};
+use serve_guard_tests::program::{Hook, MemoryProbe, XDP_PASS};
 use serve_guard_tests::rng::Rng;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -53,7 +53,7 @@ pub fn scenarios(probes: &[MemoryProbe]) -> Vec<Scenario<'_>> {
             let mut s = Scenario::new(
                 name,
                 None,
-                Target::Raw(&probe.program),
+                Target::Program(&probe.program, Hook::Xdp),
                 Vec::new(),
                 XDP_PASS,
             );

@@ -6,6 +6,7 @@
 
 use super::{FLOOR, PROTECTED_CASES, Scenario, Target, find};
 use anyhow::{Context as _, Result};
+use serve_guard_tests::program::Hook;
 use std::fmt::Write as _;
 
 pub const TC_FLOOR: &str = "empty TC classifier (TC floor)";
@@ -22,7 +23,7 @@ const XDP_UNPROTECTED: &str = "filter: v4 TCP to an unprotected port";
 
 /// Whether `target` runs at the TC hook (its floor is the TC floor).
 pub fn is_tc(target: &Target) -> bool {
-    matches!(target, Target::TcFloor(_) | Target::FilterTc(_))
+    target.hook() == Hook::Tc
 }
 
 pub fn report(scenarios: &[Scenario], size: usize) -> Result<String> {
