@@ -187,24 +187,28 @@ fn restart_adopts_the_pinned_maps_and_link() -> Result<()> {
     Ok(())
 }
 
-/// An upgrade from the version whose allow-list was a pair of LPM tries: pins of that layout
-/// are not adopted; the agent creates and fills the new maps, attaches, then removes the old pins.
+/// An upgrade from earlier versions' allow-lists (LPM tries, the nibble trie, the directory
+/// without groups): pins of those layouts are not adopted; the agent creates and fills the new
+/// maps, attaches, then removes every old pin.
 #[test]
 fn an_earlier_versions_allow_list_pins_are_replaced() -> Result<()> {
     let topo = Topology::new()?;
     let mut agent = Agent::new(&topo.server.ns, config())?;
     let maps_dir = layout(&agent).maps_dir();
     std::fs::create_dir_all(&maps_dir)?;
-    // The old layout: LPM tries (BPF_F_NO_PREALLOC) keyed by prefix length + address.
-    for (name, key) in maps::RETIRED.into_iter().zip(["8", "20"]) {
-        let path = maps_dir.join(name);
+    for (n, name) in maps::RETIRED.into_iter().enumerate() {
+        // The first two are LPM tries (BPF_F_NO_PREALLOC) keyed by prefix length + address;
+        // the later layouts' are arrays (their sizes do not matter: none is adopted).
+        let shape: &[&str] = match n {
+            0 => &["type", "lpm_trie", "key", "8", "value", "1", "flags", "1"],
+            1 => &["type", "lpm_trie", "key", "20", "value", "1", "flags", "1"],
+            _ => &["type", "array", "key", "4", "value", "4"],
+        };
         let out = std::process::Command::new("bpftool")
             .args(["map", "create"])
-            .arg(&path)
-            .args([
-                "type", "lpm_trie", "key", key, "value", "1", "entries", "16", "name", name,
-                "flags", "1",
-            ])
+            .arg(maps_dir.join(name))
+            .args(shape)
+            .args(["entries", "16", "name", name])
             .output()?;
         assert!(out.status.success(), "bpftool: {out:?}");
     }
