@@ -179,12 +179,13 @@ static PARSED_V6: LazyLock<Vec<Ipv6Net>> = LazyLock::new(|| {
     list
 });
 
-/// Clusters dense enough that the lookup stores nodes as groups (level compression, at least
-/// 15 of a node's 16 children nodes; docs/lookup.md), each with one child that is not a node:
-/// - in 198.18.16.0/24, two host routes in each /28 but one (a single route): a group on the
-///   last two strides;
-/// - in 198.19.0.0/16, a /26 and a /27 in each /20 beside the named ones, whose 198.19.16.0/20
-///   is a child the list covers whole: a group of /20s, above nodes of /24s.
+/// Clusters dense enough that the lookup stores nodes as groups (level compression,
+/// docs/lookup.md), each with a child that is not a node:
+/// - in 198.18.16.0/24, two host routes in each /28 but one (a single route): a depth-1 group
+///   on the last two strides (free: 15 of the 16 /28s are nodes);
+/// - in 198.19.0.0/16, beside the named prefixes there (whose 198.19.16.0/20 is a /20 the list
+///   covers whole), a /26 and a /30 in four /24s of every other /20: a depth-2 group of the
+///   256 /24s (dense: 75 of them, the /20s and the /16 would be nodes anyway).
 fn dense_v4() -> Vec<Ipv4Net> {
     let hosts = (0..16u8).flat_map(|n| {
         let count = if n == 6 { 1 } else { 2 };
@@ -194,16 +195,20 @@ fn dense_v4() -> Vec<Ipv4Net> {
             .map(move |host| net_v4([198, 18, 16, n << 4 | host], 32))
     });
     let wide = (0..16u8).filter(|&n| n != 1).flat_map(|n| {
-        [
-            net_v4([198, 19, n << 4 | 3, 64], 26),
-            net_v4([198, 19, n << 4 | 9, 0], 27),
-        ]
+        [3u8, 6, 9, 12].into_iter().flat_map(move |m| {
+            let third = n << 4 | m;
+            [
+                net_v4([198, 19, third, 64], 26),
+                net_v4([198, 19, third, 200], 30),
+            ]
+        })
     });
     hosts.chain(wide).collect()
 }
 
-/// The same in IPv6: two /128s in each /124 of fd00:7::/120 but one (a single /128), and two
-/// prefixes in each /36 of fd00:8::/32 but one (a single /48).
+/// The same in IPv6: two /128s in each /124 of fd00:7::/120 but one (a single /128: depth 1 on
+/// the last two strides); two prefixes in each /36 of fd00:8::/32 but one (a single /48: depth
+/// 1); two /48s in four /40s of every /36 of fd00:9::/32 (depth 2).
 fn dense_v6() -> Vec<Ipv6Net> {
     let hosts = (0..16u16).flat_map(|n| {
         let count = if n == 9 { 1 } else { 2 };
@@ -219,8 +224,19 @@ fn dense_v6() -> Vec<Ipv6Net> {
             .take(count)
             .map(move |(low, len)| net_v6([0xfd00, 8, n << 12 | low, 0, 0, 0, 0, 0], len))
     });
-    hosts.chain(wide).collect()
+    let deep = (0..16u16).flat_map(|n| {
+        [0u16, 5, 10, 15].into_iter().flat_map(move |m| {
+            let third = n << 12 | m << 8;
+            [0u16, 0x10].map(|low| net_v6([0xfd00, 9, third | low, 0, 0, 0, 0, 0], 48))
+        })
+    });
+    hosts.chain(wide).chain(deep).collect()
 }
+
+/// How many of the allow-lists' prefixes are the named ones (`ALLOW_V4`, `ALLOW_V6`), which
+/// come first; the dense clusters follow.
+pub const NAMED_V4: usize = ALLOW_V4.len();
+pub const NAMED_V6: usize = ALLOW_V6.len();
 
 fn net_v4(addr: [u8; 4], len: u8) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::from(addr), len).expect("length within 32")

@@ -272,8 +272,9 @@ fn directed_frames_at_the_namespace_sockets_take_both_lookup_outcomes() {
 }
 
 /// The fuzzer's allow-lists hold clusters dense enough to be stored as groups (scenario's
-/// `dense_v4`, `dense_v6`), so its frames judge the group path of the walk too: a host route of
-/// each cluster is reached with one read fewer than the nodes of every stride would take.
+/// `dense_v4`, `dense_v6`), so its frames judge the group paths of the walk too: an address of
+/// each cluster is reached with one read fewer (depth 1) or two (depth 2) than the nodes of
+/// every stride would take.
 #[test]
 fn the_fuzzers_lists_are_walked_through_groups() {
     use serve_guard_tests::fuzz::scenario;
@@ -288,4 +289,14 @@ fn the_fuzzers_lists_are_walked_through_groups() {
     let v6 = "fd00:7::7".parse().expect("address");
     assert!(program.lookup_allows(v6));
     assert_eq!(program.lookup_reads(v6), 29);
+    // Depth 2. 198.19.3.64: root, directory, nodes splitting on /12, /16, /20, /24, /28: 7
+    // without groups; 198.19.0.0/16's slot is a group for the /20 and /24 nodes.
+    let v4 = "198.19.3.64".parse().expect("address");
+    assert!(program.lookup_allows(v4));
+    assert_eq!(program.lookup_reads(v4), 5);
+    // fd00:9:500::1: root, directory, nodes splitting on /20 ... /44, then the /48's tail: 10
+    // without groups; fd00:9::/32's slot is a group for the /36 and /40 nodes.
+    let v6 = "fd00:9:500::1".parse().expect("address");
+    assert!(program.lookup_allows(v6));
+    assert_eq!(program.lookup_reads(v6), 8);
 }

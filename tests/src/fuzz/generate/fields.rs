@@ -38,7 +38,7 @@ pub fn source_v4(rng: &mut Rng) -> [u8; 4] {
         .iter()
         .map(|n| (u128::from(u32::from(n.network())), n.prefix_len()))
         .collect();
-    (source(rng, &prefixes, 32, TEST_V4) as u32).to_be_bytes()
+    (source(rng, &prefixes, scenario::NAMED_V4, 32, TEST_V4) as u32).to_be_bytes()
 }
 
 pub fn source_v6(rng: &mut Rng) -> [u8; 16] {
@@ -46,12 +46,25 @@ pub fn source_v6(rng: &mut Rng) -> [u8; 16] {
         .iter()
         .map(|n| (u128::from(n.network()), n.prefix_len()))
         .collect();
-    source(rng, &prefixes, 128, TEST_V6).to_be_bytes()
+    source(rng, &prefixes, scenario::NAMED_V6, 128, TEST_V6).to_be_bytes()
 }
 
-/// An address of a `bits`-bit family near one of `prefixes`, or in `test`.
-fn source(rng: &mut Rng, prefixes: &[(u128, u8)], bits: u32, test: (u128, u8)) -> u128 {
-    let (base, len) = prefixes[rng.below(prefixes.len())];
+/// An address of a `bits`-bit family near one of `prefixes`, or in `test`. The first `named`
+/// prefixes are drawn three times in four, the dense clusters after them (many prefixes each)
+/// once: each named edge case keeps its share.
+fn source(
+    rng: &mut Rng,
+    prefixes: &[(u128, u8)],
+    named: usize,
+    bits: u32,
+    test: (u128, u8),
+) -> u128 {
+    let pick = if named < prefixes.len() && rng.one_in(4) {
+        named + rng.below(prefixes.len() - named)
+    } else {
+        rng.below(named)
+    };
+    let (base, len) = prefixes[pick];
     match rng.below(3) {
         0 => in_range(rng, base, len, bits),
         1 => edge(rng, base, u32::from(len), bits),
