@@ -11,6 +11,7 @@ use serve_guard_tests::{
     rng::Rng,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +60,76 @@ fn expect(p: &TestProgram, cases: &[(&str, bool)]) {
         .map(|(src, allowed)| format!("{src}: expected {}", if *allowed { "PASS" } else { "DROP" }))
         .collect();
     assert!(wrong.is_empty(), "wrong verdicts: {wrong:#?}");
+}
+
+/// Makes the allow-list exactly `nets`.
+fn set(p: &mut TestProgram, nets: &[IpNet]) {
+    let mut allowed = CidrList::default();
+    for net in nets {
+        allowed.insert(*net);
+    }
+    p.set_allowed(allowed).unwrap();
+}
+
+/// An address as a left-aligned `u128` (IPv4 in the top 32 bits) and its family's width.
+fn wide(a: IpAddr) -> (u128, u32) {
+    match a {
+        IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    }
+}
+
+fn narrow(x: u128, width: u32) -> IpAddr {
+    match width {
+        32 => IpAddr::V4(((x >> 96) as u32).into()),
+        _ => IpAddr::V6(x.into()),
+    }
+}
+
+/// Each prefix's first and last address, the addresses next to them, and around each of
+/// those the edges of every directory- and stride-aligned range (/8, /12, ... /28 for IPv4;
+/// /16, /20, ... /124 for IPv6): where a walk moves from one slot to the next.
+fn stride_probes(nets: &[IpNet]) -> Vec<IpAddr> {
+    use serve_guard_common::trie::level_boundaries;
+    let mut probes: Vec<IpAddr> = Vec::new();
+    for net in nets {
+        let ((f, width), (l, _)) = (wide(net.network()), wide(net.broadcast()));
+        let unit = 1u128 << (128 - width);
+        for a in [f, l, f.wrapping_sub(unit), l.wrapping_add(unit)] {
+            probes.push(narrow(a, width));
+            for at in level_boundaries(width) {
+                let span = 1u128 << (128 - at);
+                let start = a & !(span - 1);
+                probes.extend(
+                    [start, start.wrapping_sub(unit), start.wrapping_add(span)]
+                        .map(|x| narrow(x, width)),
+                );
+            }
+        }
+    }
+    probes.sort_unstable();
+    probes.dedup();
+    probes
+}
+
+/// Asserts that the program, and the host's copy of its walk, judge every probe as a linear
+/// scan of `nets` does.
+fn assert_linear_scan(p: &TestProgram, nets: &[IpNet], probes: &[IpAddr]) {
+    let wrong: Vec<String> = probes
+        .iter()
+        .filter(|addr| {
+            let expected = nets.iter().any(|n| n.contains(*addr));
+            passes(p, &addr.to_string()) != expected || p.lookup_allows(**addr) != expected
+        })
+        .map(|addr| format!("{addr}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} probes judged wrong: {:?}",
+        wrong.len(),
+        probes.len(),
+        &wrong[..wrong.len().min(20)]
+    );
 }
 
 #[test]
@@ -188,137 +259,55 @@ fn a_change_that_swaps_the_lengths_in_use_takes_effect_whole() {
     expect(&p, &cases_old);
 }
 
+/// `count` prefixes, alternately inside each of `regions` (a network and the lengths to draw),
+/// at random addresses there: reproducible lists that nest and overlap.
+fn random_nets(rng: &mut Rng, count: usize, regions: &[(&str, RangeInclusive<u8>)]) -> Vec<IpNet> {
+    (0..count)
+        .map(|i| {
+            let (region, lens) = &regions[i % regions.len()];
+            let region: IpNet = region.parse().expect("region");
+            let (base, width) = wide(region.network());
+            let random = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+            let addr = base | (random >> region.prefix_len());
+            let len =
+                lens.start() + (rng.next_u64() % u64::from(lens.end() - lens.start() + 1)) as u8;
+            IpNet::new(narrow(addr, width), len).unwrap().trunc()
+        })
+        .collect()
+}
+
+/// Random lists clustered in 10.0.0.0/12 and fd00::/20: each prefix's ends and the stride edges
+/// around them against a linear scan.
 #[test]
 fn random_lists_match_a_linear_scan() {
     let mut p = program();
-    // Reproducible random lists.
     let mut rng = Rng::new(11);
     for _ in 0..4 {
-        // Clustered in 10.0.0.0/12 and fd00::/20 so prefixes nest and overlap.
-        let nets: Vec<IpNet> = (0..400)
-            .map(|i| {
-                if i % 2 == 0 {
-                    let addr = Ipv4Addr::from(0x0a00_0000 | (rng.next_u64() as u32 & 0x000f_ffff));
-                    IpNet::new(addr.into(), 12 + (rng.next_u64() % 21) as u8)
-                        .unwrap()
-                        .trunc()
-                } else {
-                    let low = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
-                    let addr = Ipv6Addr::from((0xfd00u128 << 112) | (low >> 20));
-                    IpNet::new(addr.into(), 20 + (rng.next_u64() % 109) as u8)
-                        .unwrap()
-                        .trunc()
-                }
-            })
-            .collect();
-        let mut allowed = CidrList::default();
-        for net in &nets {
-            allowed.insert(*net);
-        }
-        p.set_allowed(allowed).unwrap();
-        // Each prefix's first and last address and the addresses next to them.
-        for net in &nets {
-            let (first, last) = (net.network(), net.broadcast());
-            let around: Vec<IpAddr> = match (first, last) {
-                (IpAddr::V4(f), IpAddr::V4(l)) => [
-                    u32::from(f).wrapping_sub(1),
-                    u32::from(f),
-                    u32::from(l),
-                    u32::from(l).wrapping_add(1),
-                ]
-                .map(|a| IpAddr::V4(a.into()))
-                .to_vec(),
-                (IpAddr::V6(f), IpAddr::V6(l)) => [
-                    u128::from(f).wrapping_sub(1),
-                    u128::from(f),
-                    u128::from(l),
-                    u128::from(l).wrapping_add(1),
-                ]
-                .map(|a| IpAddr::V6(a.into()))
-                .to_vec(),
-                _ => unreachable!("network and broadcast share a family"),
-            };
-            for addr in around {
-                let expected = nets.iter().any(|n| n.contains(&addr));
-                assert_eq!(
-                    passes(&p, &addr.to_string()),
-                    expected,
-                    "{addr} (inside a listed range: {expected})"
-                );
-            }
-        }
+        let nets = random_nets(
+            &mut rng,
+            400,
+            &[("10.0.0.0/12", 12..=32), ("fd00::/20", 20..=128)],
+        );
+        set(&mut p, &nets);
+        assert_linear_scan(&p, &nets, &stride_probes(&nets));
     }
 }
 
-/// Lists packed densely into one /16 (IPv4) and one /112 (IPv6), so that most nodes have node
-/// children on every side and are stored as groups (docs/lookup.md): each prefix's ends, the
-/// addresses next to them and the stride edges around them, against a linear scan.
+/// Lists packed densely into one /16 (IPv4) and one /112 (IPv6), of prefixes of at most 64
+/// addresses, so that most nodes have node children on every side and are stored as groups of
+/// both depths (docs/lookup.md): probed as above.
 #[test]
 fn dense_lists_read_through_groups_match_a_linear_scan() {
-    use serve_guard_common::trie::level_boundaries;
     let mut p = program();
     let mut rng = Rng::new(23);
     for _ in 0..3 {
-        let nets: Vec<IpNet> = (0..1200)
-            .map(|i| {
-                let host = rng.next_u64();
-                if i % 2 == 0 {
-                    let addr = Ipv4Addr::from(0x0a07_0000 | (host as u32 & 0xffff));
-                    IpNet::new(addr.into(), 32 - (rng.next_u64() % 7) as u8)
-                        .unwrap()
-                        .trunc()
-                } else {
-                    let addr = Ipv6Addr::from((0xfd00_0009u128 << 96) | u128::from(host as u16));
-                    IpNet::new(addr.into(), 128 - (rng.next_u64() % 7) as u8)
-                        .unwrap()
-                        .trunc()
-                }
-            })
-            .collect();
-        let mut allowed = CidrList::default();
-        for net in &nets {
-            allowed.insert(*net);
-        }
-        p.set_allowed(allowed).unwrap();
-        let mut probes: Vec<IpAddr> = Vec::new();
-        for net in &nets {
-            let width = if net.addr().is_ipv4() { 32 } else { 128 };
-            let wide = |a: IpAddr| match a {
-                IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
-                IpAddr::V6(a) => u128::from(a),
-            };
-            let back = |x: u128| match width {
-                32 => IpAddr::V4(((x >> 96) as u32).into()),
-                _ => IpAddr::V6(x.into()),
-            };
-            let unit = 1u128 << (128 - width);
-            let (f, l) = (wide(net.network()), wide(net.broadcast()));
-            for a in [f, l, f.wrapping_sub(unit), l.wrapping_add(unit)] {
-                probes.push(back(a));
-                for at in level_boundaries(width) {
-                    let span = 1u128 << (128 - at);
-                    let start = a & !(span - 1);
-                    probes.extend([start, start.wrapping_sub(unit)].map(back));
-                }
-            }
-        }
-        probes.sort_unstable();
-        probes.dedup();
-        let wrong: Vec<String> = probes
-            .iter()
-            .filter(|addr| {
-                let expected = nets.iter().any(|n| n.contains(*addr));
-                passes(&p, &addr.to_string()) != expected || p.lookup_allows(**addr) != expected
-            })
-            .map(|addr| format!("{addr}"))
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "{} of {} probes judged wrong: {:?}",
-            wrong.len(),
-            probes.len(),
-            &wrong[..wrong.len().min(20)]
+        let nets = random_nets(
+            &mut rng,
+            1200,
+            &[("10.7.0.0/16", 26..=32), ("fd00:9::/112", 122..=128)],
         );
+        set(&mut p, &nets);
+        assert_linear_scan(&p, &nets, &stride_probes(&nets));
     }
 }
 
@@ -413,65 +402,21 @@ fn no_gap_while_the_list_switches_under_traffic() {
 /// directory- and stride-aligned range around them (/8, /12, ... /28 for IPv4; /16, /20, ... /124 for IPv6), against a linear scan, through the real program.
 #[test]
 fn every_prefix_length_at_the_edges_of_every_stride() {
-    use serve_guard_common::trie::level_boundaries;
     let mut p = program();
-    // Addresses as left-aligned u128 values, so one loop serves both families.
-    let bits = |a: IpAddr| match a {
-        IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32u32),
-        IpAddr::V6(a) => (u128::from(a), 128),
-    };
-    let addr = |x: u128, width: u32| match width {
-        32 => IpAddr::V4(((x >> 96) as u32).into()),
-        _ => IpAddr::V6(x.into()),
-    };
     let mut nets: Vec<IpNet> = Vec::new();
     for width in [32u32, 128] {
         let unit = 1u128 << (128 - width);
         for len in 8..=width as u8 {
             // The region's last address: its first byte is `len`, every other bit set.
             let end = (u128::from(len) << 120) | (u128::MAX >> 8);
-            let net = IpNet::new(addr(end, width), len).unwrap().trunc();
-            let host = bits(net.network()).0.wrapping_sub(unit);
+            let net = IpNet::new(narrow(end, width), len).unwrap().trunc();
+            let host = wide(net.network()).0.wrapping_sub(unit);
             nets.push(net);
-            nets.push(IpNet::new(addr(host, width), width as u8).unwrap());
+            nets.push(IpNet::new(narrow(host, width), width as u8).unwrap());
         }
     }
-    let mut allowed = CidrList::default();
-    for net in &nets {
-        allowed.insert(*net);
-    }
-    p.set_allowed(allowed).unwrap();
-    let mut probes: Vec<IpAddr> = Vec::new();
-    for net in &nets {
-        let ((f, width), (l, _)) = (bits(net.network()), bits(net.broadcast()));
-        let unit = 1u128 << (128 - width);
-        for a in [f, l, f.wrapping_sub(unit), l.wrapping_add(unit)] {
-            let mut around = vec![a];
-            for at in level_boundaries(width) {
-                let span = 1u128 << (128 - at);
-                let start = a & !(span - 1);
-                around.extend([start, start.wrapping_sub(unit), start.wrapping_add(span)]);
-            }
-            probes.extend(around.into_iter().map(|x| addr(x, width)));
-        }
-    }
-    probes.sort_unstable();
-    probes.dedup();
-    let wrong: Vec<String> = probes
-        .iter()
-        .filter(|addr| {
-            let expected = nets.iter().any(|n| n.contains(*addr));
-            passes(&p, &addr.to_string()) != expected
-        })
-        .map(|addr| format!("{addr}"))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{} of {} probes judged wrong: {:?}",
-        wrong.len(),
-        probes.len(),
-        &wrong[..wrong.len().min(20)]
-    );
+    set(&mut p, &nets);
+    assert_linear_scan(&p, &nets, &stride_probes(&nets));
     // Lengths below /8 cover regions above: alone, each with a host route.
     for len in 0..8u8 {
         let (v4, v6) = (format!("128.0.0.0/{len}"), format!("8000::/{len}"));
