@@ -367,12 +367,17 @@ pub fn program_in(layout: usize, audit: bool, hook: Hook) -> Result<TestProgram>
     program
         .set_port_classes(ports(layout).values())
         .with_context(|| format!("port classes of layout {layout}"))?;
-    for net in allow_v4() {
-        program.allow(IpAddr::V4(net.addr()), net.prefix_len())?;
-    }
-    for net in allow_v6() {
-        program.allow(IpAddr::V6(net.addr()), net.prefix_len())?;
-    }
+    // One list switch (each waits for an RCU grace period), not one per prefix.
+    let cidrs: Vec<(IpAddr, u8)> = allow_v4()
+        .iter()
+        .map(|net| (IpAddr::V4(net.addr()), net.prefix_len()))
+        .chain(
+            allow_v6()
+                .iter()
+                .map(|net| (IpAddr::V6(net.addr()), net.prefix_len())),
+        )
+        .collect();
+    program.allow_all(&cidrs)?;
     let flags = if audit { FilterConfig::FLAG_AUDIT } else { 0 };
     program.set_config(FilterConfig { flags })?;
     Ok(program)
