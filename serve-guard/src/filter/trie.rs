@@ -224,7 +224,14 @@ impl Builder<'_> {
                 // The node, and its children that are nodes.
                 let replaced = 1 + children.iter().filter(|c| c.len() >= 2).count();
                 let levels = self.shape.levels();
-                if level + GROUP_MAX_DEPTH < levels {
+                // Each grandchild that is a node holds two prefixes: with too few prefixes
+                // for the rule, the 256 grandchildren are not worth splitting out.
+                let at_most = replaced + (prefixes.len() / 2).min(1 << (2 * self.shape.stride));
+                if level + GROUP_MAX_DEPTH < levels
+                    && self
+                        .grouping
+                        .allows(GROUP_MAX_DEPTH, at_most, 1 << (2 * self.shape.stride))
+                {
                     let grandchildren: Vec<&[Prefix]> = children
                         .iter()
                         .flat_map(|child| self.shape.children(child, level + 2))
