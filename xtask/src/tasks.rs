@@ -134,8 +134,12 @@ pub fn test(args: &[String]) -> Result<()> {
             .unwrap_or_else(|_| bail!("preparing the VMs panicked"))
     });
     tested?;
-    match (matrix, prepared) {
-        (Some(options), Some(prepared)) => run_vm(&tc, &options, &prepared?),
+    match (matrix, prepared, deb) {
+        // The suite's own builds: the agent tested above, the .deb the package test installed.
+        (Some(options), Some(prepared), Some(deb)) => {
+            crate::vm::run(&options, &prepared?, &deb, &agent)
+        }
+        (Some(options), Some(prepared), None) => run_vm(&tc, &options, &prepared?),
         _ => Ok(()),
     }
 }
