@@ -6,9 +6,9 @@
 //! sources, on how many of them are still in cache (docs/lookup.md).
 
 use serve_guard_common::trie::{
-    DirBlock, HALVES, ROOT_V4, ROOT_V6, SLOT_EMPTY, Slot, V4_DIR_BLOCKS, V4_LEVELS, V4_STRIDE,
-    V6_DIR_BLOCKS, V6_LEVELS, V6_STRIDE, dir_index_v4, dir_index_v6, dir_position, slot_v4,
-    slot_v6,
+    DirBlock, HALVES, ROOT_V4, ROOT_V6, SLOT_EMPTY, Slot, Slots, V4_DIR_BLOCKS, V4_LEVELS,
+    V4_STRIDE, V6_DIR_BLOCKS, V6_LEVELS, V6_STRIDE, dir_index_v4, dir_index_v6, dir_position,
+    slot_v4, slot_v6,
 };
 
 use aya_ebpf::maps::Array;
@@ -26,21 +26,21 @@ enum Step {
     Skip(u32, u32),
 }
 
-/// Writes the walk out level by level, `$step` with each level as a constant, and evaluates to
+/// Writes the walk out level by level, [`step`] with each level as a constant, and evaluates to
 /// the slot it stopped at. Kernels before ~6.3 reject a loop whose last instruction falls
 /// through to its head ("back-edge"), which is what LLVM makes of a `for` over the levels;
 /// straight-line code loads everywhere from 5.10 on. A group jumps forward over one or two
 /// levels, which keeps every level's stride a constant: the verifier sees each level at most
 /// three times (reached, or skipped with one or two left), not once per path.
 macro_rules! walk {
-    ($step:ident, $slot:ident, $addr:ident, [$($level:literal)*]) => {
+    ($levels:ident, $slot:ident, [$($level:literal)*]) => {
         'walk: {
             let mut skip = 0u32;
             $(
                 if skip > 0 {
                     skip -= 1;
                 } else {
-                    match $step($slot, $addr, $level) {
+                    match step($slot, &$levels, $level) {
                         Step::Stop(leaf) => break 'walk leaf,
                         Step::Next(next) => $slot = next,
                         Step::Skip(levels, next) => {
@@ -90,7 +90,13 @@ pub fn allowed_v4(addr: [u8; 4]) -> bool {
         return false;
     };
     // One more round than levels: the last one reads the slot the deepest node gave.
-    let leaf = walk!(step_v4, slot, addr, [1 2 3 4 5 6 7]);
+    let levels = Levels {
+        nodes: &NODES_V4,
+        deepest: V4_LEVELS,
+        stride: V4_STRIDE,
+        slot_at: |level| slot_v4(addr, level),
+    };
+    let leaf = walk!(levels, slot, [1 2 3 4 5 6 7]);
     // One copy of the tail's check, whatever the level the walk stopped at.
     match Slot::decode(leaf) {
         Slot::Full => true,
@@ -101,30 +107,44 @@ pub fn allowed_v4(addr: [u8; 4]) -> bool {
     }
 }
 
+/// One family's nodes as the walk reads them: their map, how many levels the address has below
+/// the directory, the stride, and the address's slot at a level.
+struct Levels<'a, const F: usize, S: Fn(usize) -> usize> {
+    nodes: &'a Array<Slots<F>>,
+    deepest: usize,
+    stride: u32,
+    slot_at: S,
+}
+
 #[inline(always)]
-fn step_v4(slot: u32, addr: u32, level: usize) -> Step {
+fn step<const F: usize, S: Fn(usize) -> usize>(
+    slot: u32,
+    levels: &Levels<F, S>,
+    level: usize,
+) -> Step {
+    let slot_at = &levels.slot_at;
     match Slot::decode(slot) {
         Slot::Empty | Slot::Full | Slot::Tail(_) => Step::Stop(slot),
         // The compiler never nests nodes deeper than the address has strides; a corrupt
         // structure that does is treated as empty.
-        Slot::Node(_) if level > V4_LEVELS => Step::Stop(SLOT_EMPTY),
-        Slot::Node(index) => match NODES_V4.get(index) {
-            Some(node) => Step::Next(node.slots[slot_v4(addr, level)]),
+        Slot::Node(_) if level > levels.deepest => Step::Stop(SLOT_EMPTY),
+        Slot::Node(index) => match levels.nodes.get(index) {
+            Some(node) => Step::Next(node.slots[slot_at(level)]),
             None => Step::Stop(SLOT_EMPTY),
         },
         // The node a group names, from the strides it stands for, and that node's slot on the
         // stride after; none below the deepest level. `level` is a constant: the depths that
         // fit are decided when the walk is compiled.
         Slot::Group { first, depth } => {
-            let (offset, next) = if depth == 1 && level < V4_LEVELS {
-                (slot_v4(addr, level), slot_v4(addr, level + 1))
-            } else if depth == 2 && level + 1 < V4_LEVELS {
-                let offset = slot_v4(addr, level) << V4_STRIDE | slot_v4(addr, level + 1);
-                (offset, slot_v4(addr, level + 2))
+            let (offset, next) = if depth == 1 && level < levels.deepest {
+                (slot_at(level), slot_at(level + 1))
+            } else if depth == 2 && level + 1 < levels.deepest {
+                let offset = slot_at(level) << levels.stride | slot_at(level + 1);
+                (offset, slot_at(level + 2))
             } else {
                 return Step::Stop(SLOT_EMPTY);
             };
-            match NODES_V4.get(first + offset as u32) {
+            match levels.nodes.get(first + offset as u32) {
                 Some(node) => Step::Skip(depth, node.slots[next]),
                 None => Step::Stop(SLOT_EMPTY),
             }
@@ -141,7 +161,13 @@ pub fn allowed_v6(addr: [u8; 16]) -> bool {
     let Some(mut slot) = directory(ROOT_V6, &DIR_V6, V6_DIR_BLOCKS, dir_index_v6(addr)) else {
         return false;
     };
-    let leaf = walk!(step_v6, slot, addr, [
+    let levels = Levels {
+        nodes: &NODES_V6,
+        deepest: V6_LEVELS,
+        stride: V6_STRIDE,
+        slot_at: |level| slot_v6(addr, level),
+    };
+    let leaf = walk!(levels, slot, [
         1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29
     ]);
     match Slot::decode(leaf) {
@@ -150,31 +176,5 @@ pub fn allowed_v6(addr: [u8; 16]) -> bool {
             addr[0] & tail.mask[0] == tail.prefix[0] && addr[1] & tail.mask[1] == tail.prefix[1]
         }),
         Slot::Empty | Slot::Node(_) | Slot::Group { .. } => false,
-    }
-}
-
-#[inline(always)]
-fn step_v6(slot: u32, addr: [u64; 2], level: usize) -> Step {
-    match Slot::decode(slot) {
-        Slot::Empty | Slot::Full | Slot::Tail(_) => Step::Stop(slot),
-        Slot::Node(_) if level > V6_LEVELS => Step::Stop(SLOT_EMPTY),
-        Slot::Node(index) => match NODES_V6.get(index) {
-            Some(node) => Step::Next(node.slots[slot_v6(addr, level)]),
-            None => Step::Stop(SLOT_EMPTY),
-        },
-        Slot::Group { first, depth } => {
-            let (offset, next) = if depth == 1 && level < V6_LEVELS {
-                (slot_v6(addr, level), slot_v6(addr, level + 1))
-            } else if depth == 2 && level + 1 < V6_LEVELS {
-                let offset = slot_v6(addr, level) << V6_STRIDE | slot_v6(addr, level + 1);
-                (offset, slot_v6(addr, level + 2))
-            } else {
-                return Step::Stop(SLOT_EMPTY);
-            };
-            match NODES_V6.get(first + offset as u32) {
-                Some(node) => Step::Skip(depth, node.slots[next]),
-                None => Step::Stop(SLOT_EMPTY),
-            }
-        }
     }
 }
