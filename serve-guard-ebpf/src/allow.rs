@@ -89,13 +89,13 @@ pub fn allowed_v4(addr: [u8; 4]) -> bool {
     let Some(mut slot) = directory(ROOT_V4, &DIR_V4, V4_DIR_BLOCKS, dir_index_v4(addr)) else {
         return false;
     };
-    // One more round than levels: the last one reads the slot the deepest node gave.
     let levels = Levels {
         nodes: &NODES_V4,
         deepest: V4_LEVELS,
         stride: V4_STRIDE,
         slot_at: |level| slot_v4(addr, level),
     };
+    // One more round than levels: the last one reads the slot the deepest node gave.
     let leaf = walk!(levels, slot, [1 2 3 4 5 6 7]);
     // One copy of the tail's check, whatever the level the walk stopped at.
     match Slot::decode(leaf) {
@@ -116,6 +116,8 @@ struct Levels<'a, const F: usize, S: Fn(usize) -> usize> {
     slot_at: S,
 }
 
+/// One level of the walk: what `slot` names, and if it is a node or a group, that node's slot for
+/// the address (`level` is a constant in each unrolled copy).
 #[inline(always)]
 fn step<const F: usize, S: Fn(usize) -> usize>(
     slot: u32,
