@@ -276,39 +276,45 @@ fn random_nets(rng: &mut Rng, count: usize, regions: &[(&str, RangeInclusive<u8>
         .collect()
 }
 
-/// Random lists clustered in 10.0.0.0/12 and fd00::/20: each prefix's ends and the stride edges
-/// around them against a linear scan.
-#[test]
-fn random_lists_match_a_linear_scan() {
+/// `rounds` random lists of `count` prefixes in `regions` (seeded): each prefix's ends and the
+/// stride edges around them against a linear scan.
+fn random_lists_match_a_linear_scan_in(
+    seed: u64,
+    rounds: usize,
+    count: usize,
+    regions: &[(&str, RangeInclusive<u8>)],
+) {
     let mut p = program();
-    let mut rng = Rng::new(11);
-    for _ in 0..4 {
-        let nets = random_nets(
-            &mut rng,
-            400,
-            &[("10.0.0.0/12", 12..=32), ("fd00::/20", 20..=128)],
-        );
+    let mut rng = Rng::new(seed);
+    for _ in 0..rounds {
+        let nets = random_nets(&mut rng, count, regions);
         set(&mut p, &nets);
         assert_linear_scan(&p, &nets, &stride_probes(&nets));
     }
 }
 
+/// Random lists clustered in 10.0.0.0/12 and fd00::/20.
+#[test]
+fn random_lists_match_a_linear_scan() {
+    random_lists_match_a_linear_scan_in(
+        11,
+        4,
+        400,
+        &[("10.0.0.0/12", 12..=32), ("fd00::/20", 20..=128)],
+    );
+}
+
 /// Lists packed densely into one /16 (IPv4) and one /112 (IPv6), of prefixes of at most 64
 /// addresses, so that most nodes have node children on every side and are stored as groups of
-/// both depths (docs/lookup.md): probed as above.
+/// both depths (docs/lookup.md).
 #[test]
 fn dense_lists_read_through_groups_match_a_linear_scan() {
-    let mut p = program();
-    let mut rng = Rng::new(23);
-    for _ in 0..3 {
-        let nets = random_nets(
-            &mut rng,
-            1200,
-            &[("10.7.0.0/16", 26..=32), ("fd00:9::/112", 122..=128)],
-        );
-        set(&mut p, &nets);
-        assert_linear_scan(&p, &nets, &stride_probes(&nets));
-    }
+    random_lists_match_a_linear_scan_in(
+        23,
+        3,
+        1200,
+        &[("10.7.0.0/16", 26..=32), ("fd00:9::/112", 122..=128)],
+    );
 }
 
 /// While the list switches back and forth between two lists with different lengths in use, a

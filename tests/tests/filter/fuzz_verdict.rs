@@ -279,24 +279,23 @@ fn directed_frames_at_the_namespace_sockets_take_both_lookup_outcomes() {
 fn the_fuzzers_lists_are_walked_through_groups() {
     use serve_guard_tests::fuzz::scenario;
     let program = scenario::program_in(0, false, Hook::Xdp).expect("load the scenario");
-    // 198.18.16.13: root, directory, then one node per stride below 198.0.0.0/8 (splitting on
-    // /12, /16, /20, /24, /28, /32): 8 without groups. The /24's node (its 16 /28s hold two
-    // host routes each but one) is a group: one read for the last two strides.
-    let v4 = "198.18.16.13".parse().expect("address");
-    assert!(program.lookup_allows(v4));
-    assert_eq!(program.lookup_reads(v4), 7);
-    // fd00:7::7: root, directory, one node per stride from /20 to /128: 30 without groups.
-    let v6 = "fd00:7::7".parse().expect("address");
-    assert!(program.lookup_allows(v6));
-    assert_eq!(program.lookup_reads(v6), 29);
-    // Depth 2. 198.19.3.64: root, directory, nodes splitting on /12, /16, /20, /24, /28: 7
-    // without groups; 198.19.0.0/16's slot is a group for the /20 and /24 nodes.
-    let v4 = "198.19.3.64".parse().expect("address");
-    assert!(program.lookup_allows(v4));
-    assert_eq!(program.lookup_reads(v4), 5);
-    // fd00:9:500::1: root, directory, nodes splitting on /20 ... /44, then the /48's tail: 10
-    // without groups; fd00:9::/32's slot is a group for the /36 and /40 nodes.
-    let v6 = "fd00:9:500::1".parse().expect("address");
-    assert!(program.lookup_allows(v6));
-    assert_eq!(program.lookup_reads(v6), 8);
+    let cases = [
+        // Root, directory, then one node per stride below 198.0.0.0/8 (splitting on /12, /16,
+        // /20, /24, /28, /32): 8 without groups. The /24's node (its 16 /28s hold two host
+        // routes each but one) is a group: one read for the last two strides.
+        ("198.18.16.13", 7),
+        // Root, directory, one node per stride from /20 to /128: 30 without groups.
+        ("fd00:7::7", 29),
+        // Depth 2. Root, directory, nodes splitting on /12, /16, /20, /24, /28: 7 without
+        // groups; 198.19.0.0/16's slot is a group for the /20 and /24 nodes.
+        ("198.19.3.64", 5),
+        // Root, directory, nodes splitting on /20 ... /44, then the /48's tail: 10 without
+        // groups; fd00:9::/32's slot is a group for the /36 and /40 nodes.
+        ("fd00:9:500::1", 8),
+    ];
+    for (addr, reads) in cases {
+        let addr = addr.parse().expect("address");
+        assert!(program.lookup_allows(addr), "{addr} is listed");
+        assert_eq!(program.lookup_reads(addr), reads, "reads for {addr}");
+    }
 }
